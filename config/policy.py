@@ -1,0 +1,215 @@
+"""The domain policy: every number in the operations rules, as validated YAML.
+
+Money is ``Decimal`` (written as a string in YAML, never a float); ratios are
+fractions in 0..1. Durations are seconds, so a demo can shorten a 30-minute
+escalation to 30 seconds without touching code.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from config.errors import ConfigError, describe_validation_error
+
+Money = Annotated[Decimal, Field(ge=0, decimal_places=2)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Seconds = Annotated[float, Field(ge=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SlaTerms(_Model):
+    p99_latency_ms: Annotated[float, Field(gt=0)]
+    uptime_pct: Annotated[Decimal, Field(gt=0, le=100)]
+    accuracy_pct: Annotated[Decimal, Field(gt=0, le=100)]
+    max_cost_per_task: Money
+    review_days: Annotated[int, Field(gt=0)]
+
+
+class EscalationTier(_Model):
+    tier: Annotated[int, Field(ge=1, le=4)]
+    after_s: Seconds
+    action: str
+
+
+class EscalationPolicy(_Model):
+    tiers: list[EscalationTier]
+    # Consecutive compliant samples needed to close an episode (hysteresis).
+    recovery_samples: Annotated[int, Field(ge=1)] = 2
+    ack_timeout_s: Seconds = 1800
+    traffic_cut_fraction: Fraction = 0.5
+    remediation_webhook: str | None = None
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_in_order(cls, tiers: list[EscalationTier]) -> list[EscalationTier]:
+        if [t.tier for t in tiers] != [1, 2, 3, 4]:
+            raise ValueError("must list tiers 1, 2, 3, 4 in order")
+        starts = [t.after_s for t in tiers]
+        if starts != sorted(starts):
+            raise ValueError("after_s must not decrease from one tier to the next")
+        return tiers
+
+
+class HealthThresholds(_Model):
+    error_rate: Fraction
+    p99_ms: Annotated[float, Field(gt=0)]
+
+
+class HealthPolicy(_Model):
+    critical: HealthThresholds
+    degraded: HealthThresholds
+
+    @model_validator(mode="after")
+    def _critical_is_worse(self) -> HealthPolicy:
+        if self.critical.error_rate < self.degraded.error_rate or self.critical.p99_ms < self.degraded.p99_ms:
+            raise ValueError("critical thresholds must not be below degraded ones")
+        return self
+
+
+class FleetAlertRules(_Model):
+    emergency_critical_fraction: Fraction = 0.20
+    sla_compliance_min: Fraction = 0.95
+    burn_rate_warning_per_hour: Money = Decimal("100.00")
+
+
+class AgentAlertRules(_Model):
+    p99_baseline_factor: Annotated[float, Field(gt=1)] = 2.0
+    p99_for_s: Seconds = 300
+    error_rate: Fraction = 0.05
+    error_rate_for_s: Seconds = 600
+    low_balance: Money = Decimal("5.00")
+    cost_anomaly_factor: Annotated[float, Field(gt=1)] = 2.0
+
+
+class BehaviourSignals(_Model):
+    tool_calls_per_task_factor: Annotated[float, Field(gt=1)] = 2.0
+    unique_tools_per_task_factor: Annotated[float, Field(gt=1)] = 3.0
+    retry_ratio: Fraction = 0.20
+    escalation_rate: Fraction = 0.15
+    decision_latency_p99_over_p50: Annotated[float, Field(gt=1)] = 5.0
+    min_counterparties_per_day: Annotated[int, Field(ge=0)] = 2
+
+
+class AlertPolicy(_Model):
+    fleet: FleetAlertRules = FleetAlertRules()
+    agent: AgentAlertRules = AgentAlertRules()
+    behaviour: BehaviourSignals = BehaviourSignals()
+    webhooks: list[str] = []
+
+
+class Budgets(_Model):
+    per_task: Money
+    per_agent_hour: Money
+    fleet_day: Money
+
+
+class BurnRateAlert(_Model):
+    factor: Annotated[float, Field(gt=0)]
+    long_window_s: Annotated[float, Field(gt=0)]
+    short_window_s: Annotated[float, Field(gt=0)]
+    severity: str
+
+
+class ErrorBudgetPolicy(_Model):
+    # The SLO window is explicit: 30 days gives 216 minutes at 0.5 %; an
+    # average calendar month (30.44 days) gives the playbook's 219.
+    slo_window_days: Annotated[float, Field(gt=0)] = 30
+    allowed_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.005
+    burn_alerts: list[BurnRateAlert] = []
+
+
+class Risk(str, Enum):
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+    CRITICAL = "CRITICAL"
+
+
+class ApprovalPolicy(_Model):
+    # Action name → risk; actions not listed are classified by default_risk.
+    matrix: dict[str, Risk]
+    default_risk: Risk = Risk.MEDIUM
+    quorum: dict[Risk, Annotated[int, Field(ge=0)]] = {Risk.HIGH: 1, Risk.CRITICAL: 2}
+    request_expiry_s: Seconds = 86400
+    review_due_s: Seconds = 86400
+    high_money_threshold: Money = Decimal("100.00")
+    medium_money_ceiling: Money = Decimal("10.00")
+
+
+class ProvisioningPolicy(_Model):
+    max_agents_per_manifest: Annotated[int, Field(gt=0)] = 10000
+    key_rotation_days: Annotated[float, Field(gt=0)] = 90
+    key_overlap_s: Seconds = 60
+    treasury_wallet: str = "fleet-treasury"
+    step_max_attempts: Annotated[int, Field(ge=1)] = 3
+
+
+class ScalingPolicy(_Model):
+    scale_up_queue_per_agent: float = 10
+    scale_up_step: Annotated[int, Field(gt=0)] = 5
+    scale_down_queue_per_agent: float = 1
+    scale_down_step: Annotated[int, Field(gt=0)] = 2
+    max_agents: Annotated[int, Field(gt=0)] = 100
+    min_agents: Annotated[int, Field(ge=0)] = 5
+    cooldown_s: Seconds = 600
+    drain_timeout_s: Seconds = 300
+    tier_upgrade_approval_increase: Annotated[float, Field(gt=0)] = 2.0
+
+
+class DisputePolicy(_Model):
+    refund_fraction: Fraction = 0.5
+    notes: str = "Partial refund per SLA breach policy."
+
+
+class RetentionPolicy(_Model):
+    metrics_days: Annotated[float, Field(gt=0)] = 90
+    audit_days: Annotated[float, Field(ge=183)] = 183
+
+
+class Policy(_Model):
+    sla_templates: dict[str, SlaTerms]
+    escalation: EscalationPolicy
+    health: HealthPolicy
+    alerts: AlertPolicy = AlertPolicy()
+    budgets: Budgets
+    error_budget: ErrorBudgetPolicy = ErrorBudgetPolicy()
+    approvals: ApprovalPolicy
+    provisioning: ProvisioningPolicy = ProvisioningPolicy()
+    scaling: ScalingPolicy = ScalingPolicy()
+    disputes: DisputePolicy = DisputePolicy()
+    retention: RetentionPolicy = RetentionPolicy()
+
+    @field_validator("sla_templates")
+    @classmethod
+    def _some_template(cls, templates: dict[str, SlaTerms]) -> dict[str, SlaTerms]:
+        if not templates:
+            raise ValueError("at least one SLA template is required")
+        return templates
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a policy file, or raise a one-line ConfigError."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid configuration in {path}: expected a mapping at the top level")
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source=str(path))) from None

@@ -1,0 +1,219 @@
+"""The one settings object.
+
+Environment variables (prefix ``FLEET_``, nested with ``__``, e.g.
+``FLEET_GATEWAY__TIMEOUT_S=5``) and an optional ``.env`` file set the process
+settings; the domain policy (SLA templates, escalation, alerts, budgets,
+approvals) lives in YAML, by default ``config/defaults/policy.yaml``, and is
+validated by the models in :mod:`config.policy`.
+
+Anything invalid raises :class:`ConfigError`, whose message is one line naming
+the source (variable or file), the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AnyUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.errors import ConfigError, describe_validation_error
+from config.policy import Policy, load_policy
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_POLICY_FILE = PACKAGE_DIR / "defaults" / "policy.yaml"
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySettings(_Section):
+    """Where the agent-commerce gateway is and how hard we lean on it."""
+
+    # None means "the local sandbox", whose address comes from ``sandbox``.
+    base_url: AnyUrl | None = None
+    tool_path: str = "/v1"
+    admin_key: SecretStr = SecretStr("sandbox-admin-key")
+    timeout_s: PositiveFloat = 10.0
+    connect_timeout_s: PositiveFloat = 3.0
+    # Retry ceiling: total attempts per call, transient failures only.
+    max_attempts: PositiveInt = 3
+    backoff_initial_s: Annotated[float, Field(ge=0)] = 0.2
+    backoff_max_s: Annotated[float, Field(ge=0)] = 5.0
+    # A Retry-After longer than this is not waited for: the call fails fast.
+    retry_after_max_s: Annotated[float, Field(ge=0)] = 30.0
+    breaker_failure_threshold: PositiveInt = 5
+    breaker_reset_s: PositiveFloat = 30.0
+    max_connections: PositiveInt = 200
+
+    @field_validator("tool_path")
+    @classmethod
+    def _tool_path_is_absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value.rstrip("/") or "/"
+
+
+class SandboxSettings(_Section):
+    """The local gateway sandbox: where it listens and how it misbehaves."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8765
+    seed: int = 42
+    # Agents pre-seeded with behaviour profiles (0: only what gets registered).
+    agents: Annotated[int, Field(ge=0)] = 0
+    latency_ms: Annotated[float, Field(ge=0)] = 50.0
+    latency_jitter_ms: Annotated[float, Field(ge=0)] = 10.0
+    error_rate: Fraction = 0.0
+    timeout_rate: Fraction = 0.0
+    timeout_s: PositiveFloat = 30.0
+
+
+class RedisSettings(_Section):
+    # None: `fleet up` starts an embedded Redis-protocol server and points
+    # every process at it.
+    url: str | None = None
+    embedded_port: Annotated[int, Field(ge=0, le=65535)] = 6390
+
+
+class WorkerSettings(_Section):
+    """Deliberate limits for every worker (per-queue overrides in workers/)."""
+
+    soft_time_limit_s: PositiveInt = 300
+    time_limit_s: PositiveInt = 360
+    prefetch_multiplier: PositiveInt = 4
+    # Must exceed the longest countdown/ETA we schedule, or Redis redelivers
+    # a message that is merely waiting.
+    visibility_timeout_s: PositiveInt = 3600
+    result_expires_s: PositiveInt = 3600
+    concurrency: PositiveInt = 4
+
+    @model_validator(mode="after")
+    def _hard_above_soft(self) -> WorkerSettings:
+        if self.time_limit_s <= self.soft_time_limit_s:
+            raise ValueError("time_limit_s must be greater than soft_time_limit_s")
+        return self
+
+
+class ScheduleSettings(_Section):
+    """Beat cadences, in seconds."""
+
+    metrics_sweep_s: PositiveFloat = 60.0
+    sla_check_s: PositiveFloat = 300.0
+    escalation_tick_s: PositiveFloat = 60.0
+    key_rotation_check_s: PositiveFloat = 3600.0
+    retention_s: PositiveFloat = 86400.0
+
+
+class FlowerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 5555
+    user: str = "admin"
+    password: SecretStr = SecretStr("fleet-demo")
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    token: SecretStr = SecretStr("fleet-demo-token")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLEET_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+    )
+
+    environment: Literal["local", "test", "staging", "production"] = "local"
+    fleet_name: str = "demo"
+    data_dir: Path = Path("var")
+    database_url: str | None = None  # None: SQLite file in data_dir
+    policy_file: Path = DEFAULT_POLICY_FILE
+    # Key that encrypts agents' API keys at rest.
+    secrets_key: SecretStr = SecretStr("change-me-in-production")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    redis: RedisSettings = RedisSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    sandbox: SandboxSettings = SandboxSettings()
+    worker: WorkerSettings = WorkerSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    flower: FlowerSettings = FlowerSettings()
+    api: ApiSettings = ApiSettings()
+
+    @property
+    def redis_url(self) -> str:
+        if self.redis.url:
+            return self.redis.url
+        return f"redis://127.0.0.1:{self.redis.embedded_port}/0"
+
+    @property
+    def gateway_url(self) -> str:
+        """Full endpoint that every tool call is POSTed to."""
+        if self.gateway.base_url is not None:
+            base = str(self.gateway.base_url).rstrip("/")
+        else:
+            base = f"http://{self.sandbox.host}:{self.sandbox.port}"
+        # The real service documents base_url=.../v1 with tool_path=/v1; do not
+        # double the segment.
+        if base.endswith(self.gateway.tool_path):
+            return base
+        return base + self.gateway.tool_path
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'fleet.db').resolve()}"
+
+    @functools.cached_property
+    def policy(self) -> Policy:
+        return load_policy(self.policy_file)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings and policy; raise ConfigError on anything bad."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source="environment", env_prefix="FLEET_")) from None
+    settings.policy  # noqa: B018 — validate the YAML at start-up, not on first use
+    return settings
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def reset_settings_cache() -> None:
+    """For tests and `fleet` sub-commands that change the environment."""
+    get_settings.cache_clear()
+
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "get_settings",
+    "load_settings",
+    "reset_settings_cache",
+]
