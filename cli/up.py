@@ -1,0 +1,84 @@
+"""`fleet up`: the whole system on one machine, stopped cleanly by Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import time
+from types import FrameType
+
+import click
+
+from cli.processes import (
+    StartError,
+    Supervisor,
+    beat_argv,
+    child_env,
+    flower_argv,
+    flower_env,
+    port_open,
+    start_redis,
+    start_sandbox,
+    start_worker,
+)
+from config.settings import Settings
+from workers.queues import ALL_QUEUES
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise _Stop(signum)
+
+
+def _check_ports_free(settings: Settings) -> None:
+    wanted = [("sandbox", settings.sandbox.host, settings.sandbox.port), ("flower", settings.flower.host, settings.flower.port)]
+    if not settings.redis.url:
+        wanted.append(("embedded redis", "127.0.0.1", settings.redis.embedded_port))
+    for name, host, port in wanted:
+        if port_open(host, port):
+            raise StartError(f"port {host}:{port} for {name} is already in use (is another `fleet up` running?)")
+
+
+def run_up(settings: Settings, *, agents: int | None, concurrency: int) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = settings.data_dir.resolve() / "logs"
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    sup = Supervisor(log_dir=log_dir)
+    try:
+        _check_ports_free(settings)
+        if settings.redis.url:
+            click.echo(f"redis     {settings.redis_url} (configured)")
+        else:
+            start_redis(sup, settings.redis.embedded_port, settings.data_dir.resolve() / "redis")
+            click.echo(f"redis     {settings.redis_url} (embedded)")
+        start_sandbox(sup, settings, agents)
+        click.echo(f"sandbox   {settings.gateway_url}")
+        for queue in ALL_QUEUES:
+            start_worker(sup, settings, queue, concurrency)
+        click.echo(f"workers   one per queue: {', '.join(q.value for q in ALL_QUEUES)}")
+        sup.start("beat", beat_argv(settings), env=child_env(settings))
+        fl = settings.flower
+        sup.start("flower", flower_argv(settings), env=flower_env(settings), ready=lambda: port_open(fl.host, fl.port), timeout_s=60)
+        click.echo(f"flower    http://{fl.host}:{fl.port}  (user {fl.user!r}, password from FLEET_FLOWER__PASSWORD)")
+        click.echo(f"logs      {log_dir}")
+        click.echo("running — press Ctrl-C to stop everything")
+        while True:
+            dead = sup.dead()
+            if dead:
+                names = ", ".join(f"{c.name} (status {c.process.returncode})" for c in dead)
+                click.echo(f"fleet: stopped because a process exited: {names}; see {log_dir}", err=True)
+                return 1
+            time.sleep(0.5)
+    except StartError as exc:
+        click.echo(f"fleet: {exc}", err=True)
+        return 1
+    except (_Stop, KeyboardInterrupt):
+        click.echo("stopping…")
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children
+        sup.stop_all()
+        click.echo("all processes stopped")

@@ -1,0 +1,29 @@
+"""The Celery application. This module only builds it: name, config, tasks, logging."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from config.settings import Settings, get_settings
+from workers.celery_config import celery_config
+
+TASK_MODULES = (
+    "tasks.provisioning",
+    "tasks.metrics",
+    "tasks.sla",
+    "tasks.escalation",
+    "tasks.audit",
+)
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """The app for this process; tests build extra ones for their own Redis."""
+    app = Celery("fleet_commander", set_as_current=settings is None)
+    app.conf.update(celery_config(settings or get_settings()))
+    app.conf.imports = TASK_MODULES
+    return app
+
+
+app = create_app()
+
+import workers.signals  # noqa: E402,F401  (connects worker signal handlers)

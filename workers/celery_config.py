@@ -1,0 +1,53 @@
+"""Celery's configuration, derived from the one settings object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.settings import Settings
+from workers.queues import TASK_QUEUES, TASK_ROUTES
+from workers.schedule import build_beat_schedule
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    worker = settings.worker
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        # Redis redelivers an unacknowledged message after visibility_timeout;
+        # it must exceed every countdown/ETA we use or waiting work runs twice.
+        "broker_transport_options": {"visibility_timeout": worker.visibility_timeout_s},
+        "result_backend_transport_options": {"visibility_timeout": worker.visibility_timeout_s},
+        # JSON only: a pickled message is refused, never executed.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_queues": TASK_QUEUES,
+        "task_routes": TASK_ROUTES,
+        # A task with no route must fail loudly, not vanish into a queue that
+        # no worker reads.
+        "task_create_missing_queues": False,
+        "task_default_queue": "audit",
+        # State-changing tasks are idempotent; acknowledge after they finish so
+        # a worker killed mid-task loses nothing (Celery PR #3053).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "task_soft_time_limit": worker.soft_time_limit_s,
+        "task_time_limit": worker.time_limit_s,
+        "worker_prefetch_multiplier": worker.prefetch_multiplier,
+        "worker_concurrency": worker.concurrency,
+        # Results in Redis grow without bound unless they expire (Celery #7801).
+        "result_expires": worker.result_expires_s,
+        "result_extended": True,
+        # Events on, so Flower sees every task from sent to done.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": build_beat_schedule(settings),
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
