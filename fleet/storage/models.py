@@ -1,0 +1,8 @@
+"""Every table, imported in one place so Base.metadata (and Alembic) sees them all.
+
+Domain modules define their tables next to their logic and are listed here.
+"""
+
+from fleet.storage.records import Agent, AgentStatus, SlaContract
+
+__all__ = ["Agent", "AgentStatus", "SlaContract"]
