@@ -18,7 +18,7 @@ from workers.queues import ALL_QUEUES, FleetQueue
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _settings() -> Settings:
+def settings_for_cli() -> Settings:
     reset_settings_cache()
     return load_settings()
 
@@ -67,7 +67,7 @@ def up(demo: bool, agents: int | None, concurrency: int) -> None:
     if demo:
         # Short cadences so a newcomer sees every queue consumed within a minute.
         os.environ.setdefault("FLEET_SCHEDULE__HEARTBEAT_S", "5")
-    settings = _settings()
+    settings = settings_for_cli()
     sys.exit(run_up(settings, agents=agents if agents is not None else (20 if demo else None), concurrency=concurrency))
 
 
@@ -83,7 +83,7 @@ def sandbox(agents: int | None, port: int | None, sandbox_args: tuple[str, ...])
     """
     from cli.processes import sandbox_argv
 
-    settings = _settings()
+    settings = settings_for_cli()
     if port is not None:
         settings = settings.model_copy(update={"sandbox": settings.sandbox.model_copy(update={"port": port})})
     argv = sandbox_argv(settings, agents, sandbox_args)
@@ -99,7 +99,7 @@ def worker(queue: str, concurrency: int | None, pool: str) -> None:
     """Run a Celery worker consuming one QUEUE."""
     from cli.processes import worker_argv
 
-    settings = _settings()
+    settings = settings_for_cli()
     argv = worker_argv(FleetQueue(queue), concurrency or settings.worker.concurrency, pool, settings.log_level)
     os.execv(argv[0], argv)
 
@@ -110,7 +110,7 @@ def beat() -> None:
     """Run the beat scheduler (exactly one per deployment)."""
     from cli.processes import beat_argv
 
-    settings = _settings()
+    settings = settings_for_cli()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     argv = beat_argv(settings)
     os.execv(argv[0], argv)
@@ -122,7 +122,7 @@ def flower() -> None:
     """Run Flower, behind basic auth from FLEET_FLOWER__USER / FLEET_FLOWER__PASSWORD."""
     from cli.processes import flower_argv, flower_env
 
-    settings = _settings()
+    settings = settings_for_cli()
     argv = flower_argv(settings)
     os.execve(argv[0], argv, {**os.environ, **flower_env(settings)})
 
@@ -136,7 +136,7 @@ def status() -> None:
     from fleet.heartbeat import read_heartbeat
     from fleet.hotstate import connect
 
-    settings = _settings()
+    settings = settings_for_cli()
     r = connect(settings.redis_url)
     try:
         r.ping()
@@ -166,10 +166,14 @@ def status() -> None:
 @config_errors_exit
 def show_config() -> None:
     """Print the effective settings (secrets masked) and validate the policy file."""
-    settings = _settings()
+    settings = settings_for_cli()
     click.echo(settings.model_dump_json(indent=2))
     click.echo(f"# policy: {settings.policy_file} ({len(settings.policy.sla_templates)} SLA templates) — valid")
 
+
+# Command groups that live in their own modules register themselves on `main`.
+import cli.bench  # noqa: E402,F401
+import cli.provisioning_cmds  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -143,6 +143,8 @@ class ApprovalPolicy(_Model):
     review_due_s: Seconds = 86400
     high_money_threshold: Money = Decimal("100.00")
     medium_money_ceiling: Money = Decimal("10.00")
+    # How often beat denies expired requests and re-sends approved work.
+    sweep_s: Annotated[float, Field(gt=0)] = 60
 
 
 class ProvisioningPolicy(_Model):
@@ -175,6 +177,40 @@ class RetentionPolicy(_Model):
     audit_days: Annotated[float, Field(ge=183)] = 183
 
 
+class AuditPolicy(_Model):
+    """The audit chain: checkpoints, where its files live, batching and mirroring.
+
+    Relative paths are under the settings' data_dir.
+    """
+
+    chain: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = "main"
+    # A signed checkpoint at least every this many entries...
+    checkpoint_every: Annotated[int, Field(ge=1)] = 1000
+    # ...and, when anything was appended since the last one, at least this often.
+    checkpoint_interval_s: Annotated[float, Field(gt=0)] = 300
+    signing_key_file: Path = Path("audit/signing-key.pem")
+    # Checkpoints are also appended here, outside the database.
+    checkpoint_file: Path = Path("audit/checkpoints.jsonl")
+    archive_dir: Path = Path("audit/archive")
+    report_dir: Path = Path("reports")
+    # Entries per queue message when a producer sends many at once.
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = 500
+    mirror_enabled: bool = True
+    # Entries one mirroring run sends before handing over to a fresh task.
+    mirror_run_max: Annotated[int, Field(ge=1)] = 500
+    # A mirroring worker's claim on the outbox; another may take over after it lapses.
+    mirror_lease_s: Annotated[float, Field(gt=0)] = 60
+    # How often beat nudges the outbox (it also runs after every append).
+    mirror_every_s: Annotated[float, Field(gt=0)] = 30
+
+
+class TransparencyPolicy(_Model):
+    # Art. 13: the line every agent-to-counterparty message carries.
+    ai_disclosure: str = (
+        "[Automated message: sent by AI agent {agent_id} of fleet {fleet}, operated by Fleet Commander.]"
+    )
+
+
 class Policy(_Model):
     sla_templates: dict[str, SlaTerms]
     escalation: EscalationPolicy
@@ -187,6 +223,8 @@ class Policy(_Model):
     scaling: ScalingPolicy = ScalingPolicy()
     disputes: DisputePolicy = DisputePolicy()
     retention: RetentionPolicy = RetentionPolicy()
+    audit: AuditPolicy = AuditPolicy()
+    transparency: TransparencyPolicy = TransparencyPolicy()
 
     @field_validator("sla_templates")
     @classmethod

@@ -119,6 +119,9 @@ class ScheduleSettings(_Section):
     sla_check_s: PositiveFloat = 300.0
     escalation_tick_s: PositiveFloat = 60.0
     key_rotation_check_s: PositiveFloat = 3600.0
+    provisioning_resume_s: PositiveFloat = 60.0
+    # An agent whose provisioning has not moved for this long is re-dispatched.
+    provisioning_stall_s: PositiveFloat = 300.0
     retention_s: PositiveFloat = 86400.0
 
 

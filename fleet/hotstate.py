@@ -6,6 +6,8 @@ Key names live here so every process agrees on them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 
@@ -20,3 +22,43 @@ def heartbeat_key(queue: str) -> str:
 def connect(url: str) -> redis.Redis:
     """One pooled client per URL per process."""
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+def provisioning_frozen_key(fleet: str) -> str:
+    return f"{KEY_PREFIX}provisioning-frozen:{fleet}"
+
+
+def is_provisioning_frozen(r: redis.Redis, fleet: str) -> bool:
+    return bool(r.exists(provisioning_frozen_key(fleet)))
+
+
+def set_provisioning_frozen(r: redis.Redis, fleet: str, frozen: bool, reason: str = "") -> None:
+    if frozen:
+        r.set(provisioning_frozen_key(fleet), reason or "frozen")
+    else:
+        r.delete(provisioning_frozen_key(fleet))
+
+
+@contextmanager
+def try_lock(r: redis.Redis, name: str, ttl_s: float) -> Iterator[bool]:
+    """Hold a lock if nobody else does; yields whether we got it. Expires on its own
+    so a worker killed while holding it does not block the work forever."""
+    lock = r.lock(f"{KEY_PREFIX}lock:{name}", timeout=ttl_s, blocking=False)
+    acquired = lock.acquire()
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                pass  # expired meanwhile; someone else may hold it now
+
+
+def inflight_key(agent_id: str) -> str:
+    """Work items routed to an agent and not yet finished (routing keeps it)."""
+    return f"{KEY_PREFIX}inflight:{agent_id}"
+
+
+def inflight(r: redis.Redis, agent_id: str) -> int:
+    return int(r.get(inflight_key(agent_id)) or 0)

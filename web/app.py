@@ -7,20 +7,9 @@ settings (FLEET_API__TOKEN).
 
 from __future__ import annotations
 
-import secrets
+from fastapi import FastAPI
 
-from fastapi import Depends, FastAPI, HTTPException, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-
-from config.settings import get_settings
-
-_bearer = HTTPBearer(auto_error=False)
-
-
-def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    expected = get_settings().api.token.get_secret_value()
-    if credentials is None or not secrets.compare_digest(credentials.credentials, expected):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+from web.app_auth import require_token
 
 
 def create_api() -> FastAPI:
@@ -30,7 +19,12 @@ def create_api() -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    from web.routes import provisioning
+
+    api.include_router(provisioning.router)
     return api
 
+
+__all__ = ["create_api", "require_token"]
 
 app = create_api()

@@ -60,7 +60,7 @@ def session_factory(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
+def migrate(engine: Engine, revision: str = "heads") -> None:
     """Bring the schema to `revision` with Alembic (idempotent)."""
     from alembic import command
     from alembic.config import Config

@@ -3,6 +3,7 @@
 Domain modules define their tables next to their logic and are listed here.
 """
 
+from fleet.provisioning.records import JobAgent, ProvisioningJob
 from fleet.storage.records import Agent, AgentStatus, SlaContract
 
-__all__ = ["Agent", "AgentStatus", "SlaContract"]
+__all__ = ["Agent", "AgentStatus", "JobAgent", "ProvisioningJob", "SlaContract"]

@@ -16,7 +16,8 @@ class AgentStatus(StrEnum):
     PROVISIONING = "provisioning"
     ACTIVE = "active"
     PAUSED = "paused"  # out of every routing pool (tier 4, or an operator)
-    FAILED = "failed"  # provisioning gave up and was compensated
+    COMPENSATING = "compensating"  # provisioning gave up; undoing what was made
+    FAILED = "failed"  # provisioning gave up and everything made was undone
     RETIRING = "retiring"
     RETIRED = "retired"
 

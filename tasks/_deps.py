@@ -1,0 +1,76 @@
+"""Per-process wiring: the domain's dependencies, built once from settings.
+
+Tasks are thin: they fetch what they need here and call a domain function.
+Everything is created lazily in the worker process (after fork), never at import.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import Settings, get_settings
+from fleet.clock import SystemClock
+from fleet.gateway import GatewayClient
+from fleet.hotstate import connect, is_provisioning_frozen, try_lock
+from fleet.provisioning.pipeline import ProvisioningDeps
+from fleet.secrets import KeyVault
+from fleet.storage.db import engine_for, session_factory
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+@functools.cache
+def sessions() -> sessionmaker[Session]:
+    return session_factory(engine_for(settings().sqlalchemy_url))
+
+
+def hot() -> redis.Redis:
+    return connect(settings().redis_url)
+
+
+@functools.cache
+def gateway() -> GatewayClient:
+    # One client per process: its connection pool and circuit breakers are shared
+    # by every thread of a threads-pool worker.
+    return GatewayClient.from_settings(settings())
+
+
+def lock(name: str, ttl_s: float) -> AbstractContextManager[bool]:
+    return try_lock(hot(), name, ttl_s)
+
+
+def audit_sink() -> Callable[..., None]:
+    from tasks.audit import enqueue_audit
+
+    return enqueue_audit
+
+
+@functools.cache
+def provisioning() -> ProvisioningDeps:
+    s = settings()
+    return ProvisioningDeps(
+        sessions=sessions(),
+        gateway=gateway(),
+        policy=s.policy,
+        vault=KeyVault(s.secrets_key.get_secret_value()),
+        clock=SystemClock(),
+        audit=audit_sink(),
+        lock=lock,
+        is_frozen=lambda fleet: is_provisioning_frozen(hot(), fleet),
+    )
+
+
+def reset() -> None:
+    """Forget everything built (tests that change settings in-process)."""
+    for cached in (sessions, gateway, provisioning):
+        cached.cache_clear()
+
+
+__all__ = ["gateway", "hot", "lock", "provisioning", "reset", "sessions", "settings"]
