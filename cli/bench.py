@@ -81,9 +81,9 @@ def _wait_job(sessions: Any, job_id: str, timeout_s: float) -> Any:
 
     deadline = time.monotonic() + timeout_s
     while True:
-        progress = job_progress(sessions, job_id)
+        progress = job_progress(sessions, job_id, with_agents=False)
         if progress is not None and progress.state in ("done", "invalid", "refused"):
             return progress
         if time.monotonic() > deadline:
             raise click.ClickException(f"job {job_id} not done after {timeout_s:.0f} s: {progress and progress.as_dict(False)}")
-        time.sleep(0.1)
+        time.sleep(0.25)

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,18 @@ from workers.queues import FleetQueue
 
 class StartError(RuntimeError):
     """A process did not come up; the message says which and why."""
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the parent dies, however abruptly, so do we,
+    so a killed `fleet up` or test run never leaves orphans holding ports."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: Ctrl-C and stop_all() still clean up
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,6 +104,7 @@ class Supervisor:
             stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches us, and we stop children in order
+            preexec_fn=_die_with_parent,
         )
         child = Managed(name, argv, process, log)
         self.children.append(child)
@@ -132,10 +146,17 @@ class Supervisor:
         self.children.clear()
 
     def __enter__(self) -> Supervisor:
+        # SIGTERM (a CI timeout, `kill`) must unwind through stop_all() like Ctrl-C.
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminate)
         return self
 
     def __exit__(self, *_: object) -> None:
         self.stop_all()
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def child_env(settings: Settings) -> dict[str, str]:

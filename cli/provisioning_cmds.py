@@ -84,10 +84,11 @@ def follow_job(job_id: str, timeout: float) -> int:
                   TextColumn("failed {task.fields[failed]}"), TimeElapsedColumn()) as bar:
         task = bar.add_task(f"job {job_id[:12]}", total=None, failed=0)
         while True:
-            progress = pipeline.job_progress(_deps.sessions(), job_id)
+            progress = pipeline.job_progress(_deps.sessions(), job_id, with_agents=False)
             if progress is not None:
                 bar.update(task, total=progress.total, completed=progress.done + progress.failed, failed=progress.failed)
                 if progress.state in ("done", "invalid", "refused"):
+                    progress = pipeline.job_progress(_deps.sessions(), job_id)
                     break
             if time.monotonic() > deadline:
                 click.echo(f"job {job_id}: still running after {timeout:.0f} s", err=True)

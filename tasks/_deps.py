@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings, get_settings
 from fleet.clock import SystemClock
-from fleet.gateway import GatewayClient
+from fleet.gateway.loop import LoopGatewayClient
 from fleet.hotstate import connect, is_provisioning_frozen, try_lock
 from fleet.provisioning.pipeline import ProvisioningDeps
 from fleet.secrets import KeyVault
@@ -36,10 +36,10 @@ def hot() -> redis.Redis:
 
 
 @functools.cache
-def gateway() -> GatewayClient:
-    # One client per process: its connection pool and circuit breakers are shared
-    # by every thread of a threads-pool worker.
-    return GatewayClient.from_settings(settings())
+def gateway() -> LoopGatewayClient:
+    # One client per process, on one background event loop: its connection
+    # pool and circuit breakers are shared by every thread of a threads-pool worker.
+    return LoopGatewayClient.from_settings(settings())
 
 
 def lock(name: str, ttl_s: float) -> AbstractContextManager[bool]:

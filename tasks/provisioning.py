@@ -61,7 +61,7 @@ def provision_fleet(self: Task, manifest: Any, job_id: str | None = None, submit
             "already_active": submission.already_active}
 
 
-@app.task(name="provisioning.provision_agent", acks_late=True)
+@app.task(name="provisioning.provision_agent", acks_late=True, ignore_result=True)
 def provision_agent(job_id: str, agent_id: str) -> dict[str, Any]:
     status = pipeline.provision_agent(_deps.provisioning(), agent_id)
     return {"job_id": job_id, "agent_id": agent_id, "status": str(status) if status else "held-by-another-worker"}

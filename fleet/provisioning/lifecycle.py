@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import select, update
 
 from fleet.gateway import Conflict, NotFound, tools
-from fleet.provisioning.pipeline import ProvisioningDeps
+from fleet.provisioning.pipeline import ProvisioningDeps, _key_of
+from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus, SlaContract
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def rotate_key(deps: ProvisioningDeps, agent_id: str) -> bool:
         if rotated_at is not None and rotated_at.replace(tzinfo=cutoff.tzinfo) > cutoff:
             return False  # a redelivered message: already rotated
         result = deps.gateway.run(tools.rotate_agent_key(agent_id))
-        _update(deps, agent_id, api_key_encrypted=deps.vault.encrypt(result.api_key), key_rotated_at=deps.clock.now())
+        _update(deps, agent_id, api_key_encrypted=deps.vault.encrypt(_key_of(result)), key_rotated_at=deps.clock.now())
     deps.audit(actor="fleet-commander/provisioning", action="rotate_key", subject=agent_id,
                details={"overlap_s": str(deps.policy.provisioning.key_overlap_s)})
     return True
@@ -154,7 +155,7 @@ def _drain(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
 
 def _settle_sla(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str) -> dict[str, Any]:
     violations = deps.gateway.run(tools.get_sla_violations(agent_id=agent_id))
-    with deps.sessions.begin() as s:
+    with write_session(deps.sessions) as s:
         s.execute(update(SlaContract).where(SlaContract.agent_id == agent_id, SlaContract.ended_at.is_(None))
                   .values(ended_at=deps.clock.now()))
     return {"sla_violations": len(violations.violations), "violation_minutes": str(violations.duration_minutes)}
@@ -231,5 +232,5 @@ def _active_agent(deps: ProvisioningDeps, agent_id: str) -> Agent:
 
 
 def _update(deps: ProvisioningDeps, agent_id: str, **values: Any) -> None:
-    with deps.sessions.begin() as s:
+    with write_session(deps.sessions) as s:
         s.execute(update(Agent).where(Agent.agent_id == agent_id).values(**values, updated_at=deps.clock.now()))

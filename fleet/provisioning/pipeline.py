@@ -24,15 +24,18 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.policy import Policy
 from fleet.clock import Clock
-from fleet.gateway import Conflict, GatewayClient, GatewayError, NotFound, tools
+from fleet.gateway.loop import LoopGatewayClient
+from fleet.gateway.schemas import RegisterAgentResult
+from fleet.gateway import Conflict, GatewayClient, GatewayError, InvalidResponse, NotFound, Tool, tools
 from fleet.provisioning.manifest import AgentGroup, FleetManifest, ManifestError, manifest_digest, plan_agents, validate_manifest
 from fleet.provisioning.records import JobAgent, JobState, ProvisioningJob
 from fleet.secrets import KeyVault
+from fleet.storage.db import write_connection, write_session
 from fleet.storage.records import Agent, AgentStatus, SlaContract
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ class AuditSink(Protocol):
 @dataclass
 class ProvisioningDeps:
     sessions: sessionmaker[Session]
-    gateway: GatewayClient
+    gateway: GatewayClient | LoopGatewayClient
     policy: Policy
     vault: KeyVault
     clock: Clock
@@ -73,7 +76,7 @@ class JobSubmission:
 
 def record_invalid_job(sessions: sessionmaker[Session], job_id: str, data: Any, problems: list[str], now: datetime, submitted_by: str) -> None:
     """Keep a refused manifest's job with its problems, so GET /jobs/{id} explains itself."""
-    with sessions.begin() as s:
+    with write_session(sessions) as s:
         if s.get(ProvisioningJob, job_id) is None:
             s.add(ProvisioningJob(
                 job_id=job_id, manifest=data if isinstance(data, dict) else {"raw": repr(data)[:2000]},
@@ -92,7 +95,7 @@ def queue_job(deps: ProvisioningDeps, data: Any, job_id: str, submitted_by: str)
         raise
     if deps.is_frozen(manifest.fleet):
         raise ProvisioningFrozen(f"provisioning is frozen for fleet {manifest.fleet!r}")
-    with deps.sessions.begin() as s:
+    with write_session(deps.sessions) as s:
         s.add(_job_row(job_id, manifest, now, submitted_by, JobState.QUEUED, []))
     return manifest
 
@@ -111,13 +114,13 @@ def submit_job(deps: ProvisioningDeps, data: Any, job_id: str, submitted_by: str
         record_invalid_job(deps.sessions, job_id, data, exc.problems, now, submitted_by)
         raise
     if deps.is_frozen(manifest.fleet):
-        with deps.sessions.begin() as s:
+        with write_session(deps.sessions) as s:
             if s.get(ProvisioningJob, job_id) is None:
                 s.add(_job_row(job_id, manifest, now, submitted_by, JobState.REFUSED, ["provisioning is frozen for this fleet"]))
         raise ProvisioningFrozen(f"provisioning is frozen for fleet {manifest.fleet!r}")
 
     planned = list(plan_agents(manifest))
-    with deps.sessions.begin() as s:
+    with write_session(deps.sessions) as s:
         job = s.get(ProvisioningJob, job_id)
         if job is None:
             s.add(_job_row(job_id, manifest, now, submitted_by, JobState.RUNNING, []))
@@ -134,12 +137,12 @@ def submit_job(deps: ProvisioningDeps, data: Any, job_id: str, submitted_by: str
                 # Cleaned up before; a new run of the manifest tries it afresh.
                 agent.status, agent.steps_done, agent.failure_reason, agent.updated_at = AgentStatus.PROVISIONING, [], None, now
                 agent.extra = {**agent.extra, "spec": _spec(manifest, p.group)}
-            if p.agent_id not in linked:
-                s.add(JobAgent(job_id=job_id, agent_id=p.agent_id))
             if agent is not None and agent.status == AgentStatus.ACTIVE:
                 active += 1
             else:
                 to_dispatch.append(p.agent_id)
+        s.flush()  # job and agents exist before the links that point at them
+        s.add_all(JobAgent(job_id=job_id, agent_id=p.agent_id) for p in planned if p.agent_id not in linked)
     return JobSubmission(job_id, len(planned), to_dispatch, active)
 
 
@@ -202,21 +205,26 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
                 continue
             try:
                 fields = _STEP_FUNCTIONS[step](run)
-            except GatewayError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever broke, nothing half-made stays behind
                 reason = f"step {step} failed: {type(exc).__name__}: {exc}"
                 log.warning("agent %s: %s; compensating", agent_id, reason)
                 return _compensate(deps, agent, reason)
             agent.steps_done = [*agent.steps_done, step]
-            _save(deps, agent_id, {"steps_done": agent.steps_done, **fields})
+            finished = len(agent.steps_done) == len(STEPS)
+            _save(deps, agent_id, {"steps_done": agent.steps_done, **fields, **({"status": AgentStatus.ACTIVE} if finished else {})})
             for key, value in fields.items():
                 setattr(agent, key, value)
-        _save(deps, agent_id, {"status": AgentStatus.ACTIVE})
         return AgentStatus.ACTIVE
 
 
+_AGENTS = Agent.__table__
+
+
 def _save(deps: ProvisioningDeps, agent_id: str, values: dict[str, Any]) -> None:
-    with deps.sessions.begin() as s:
-        s.execute(update(Agent).where(Agent.agent_id == agent_id).values(**values, updated_at=deps.clock.now()))
+    # Core, not the ORM: this runs after every step of every agent, and the
+    # ORM's bulk-update path cost three times the statement itself.
+    with write_connection(deps.sessions) as conn:
+        conn.execute(_AGENTS.update().where(_AGENTS.c.agent_id == agent_id).values(**values, updated_at=deps.clock.now()))
 
 
 def _register(run: _Run) -> dict[str, Any]:
@@ -228,7 +236,13 @@ def _register(run: _Run) -> dict[str, Any]:
         # Registered by an earlier run that died before it could store the key:
         # the old key is lost to us, so take a fresh one.
         result = deps.gateway.run(tools.rotate_agent_key(agent.agent_id))
-    return {"api_key_encrypted": deps.vault.encrypt(result.api_key), "key_rotated_at": deps.clock.now()}
+    return {"api_key_encrypted": deps.vault.encrypt(_key_of(result)), "key_rotated_at": deps.clock.now()}
+
+
+def _key_of(result: RegisterAgentResult) -> str:
+    if result.api_key is None:
+        raise InvalidResponse("register_agent answered without an api_key", tool=Tool.REGISTER_AGENT, status=200, code="missing_key")
+    return str(result.api_key.get_secret_value())
 
 
 def _wallet(run: _Run) -> dict[str, Any]:
@@ -251,7 +265,7 @@ def _sla(run: _Run) -> dict[str, Any]:
     deps, agent = run.deps, run.agent
     terms = deps.policy.sla_templates[run.group.sla_template].model_dump(mode="json")
     result = deps.gateway.run(tools.create_sla(agent.agent_id, terms))
-    with deps.sessions.begin() as s:
+    with write_session(deps.sessions) as s:
         if s.get(SlaContract, result.sla_id) is None:
             s.add(SlaContract(sla_id=result.sla_id, agent_id=agent.agent_id, template=run.group.sla_template,
                               terms=terms, created_at=deps.clock.now()))
@@ -325,7 +339,7 @@ def _compensate(deps: ProvisioningDeps, agent: Agent, reason: str) -> AgentStatu
     return AgentStatus.FAILED
 
 
-def _drain_wallet(gateway: GatewayClient, agent_id: str, treasury: str) -> None:
+def _drain_wallet(gateway: GatewayClient | LoopGatewayClient, agent_id: str, treasury: str) -> None:
     """Freeze the wallet (no more spending), then move what is left to the treasury."""
     try:
         gateway.run(tools.freeze_wallet(agent_id, "provisioning failed"))
@@ -368,23 +382,29 @@ class JobProgress:
         return out
 
 
-def job_progress(sessions: sessionmaker[Session], job_id: str) -> JobProgress | None:
+def job_progress(sessions: sessionmaker[Session], job_id: str, with_agents: bool = True) -> JobProgress | None:
+    """Counts always; the per-agent list only when asked (a poller needs counts)."""
     with sessions() as s:
         job = s.get(ProvisioningJob, job_id)
         if job is None:
             return None
-        rows = s.execute(
-            select(Agent.agent_id, Agent.status, Agent.steps_done, Agent.failure_reason)
-            .join(JobAgent, JobAgent.agent_id == Agent.agent_id)
-            .where(JobAgent.job_id == job_id)
-            .order_by(Agent.agent_id)
-        ).all()
-    agents = [AgentProgress(r.agent_id, r.status, list(r.steps_done), r.failure_reason) for r in rows]
-    done = sum(a.status == AgentStatus.ACTIVE for a in agents)
-    failed = sum(a.status == AgentStatus.FAILED for a in agents)
-    pending = len(agents) - done - failed
+        linked = select(JobAgent.agent_id).where(JobAgent.job_id == job_id)
+        counts = dict(s.execute(
+            select(Agent.status, func.count()).where(Agent.agent_id.in_(linked)).group_by(Agent.status)
+        ).tuples().all())
+        agents = []
+        if with_agents:
+            rows = s.execute(
+                select(Agent.agent_id, Agent.status, Agent.steps_done, Agent.failure_reason)
+                .where(Agent.agent_id.in_(linked)).order_by(Agent.agent_id)
+            ).all()
+            agents = [AgentProgress(r.agent_id, r.status, list(r.steps_done), r.failure_reason) for r in rows]
+    done = counts.get(AgentStatus.ACTIVE, 0)
+    failed = counts.get(AgentStatus.FAILED, 0)
+    linked_total = sum(counts.values())
+    pending = linked_total - done - failed
     state = job.state
-    if state == JobState.RUNNING and agents and pending == 0:
+    if state == JobState.RUNNING and linked_total and pending == 0:
         state = JobState.DONE
     return JobProgress(job.job_id, state, job.fleet, job.total, done, failed, pending, list(job.problems), agents)
 
