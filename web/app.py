@@ -22,6 +22,11 @@ def create_api() -> FastAPI:
     from web.routes import provisioning
 
     api.include_router(provisioning.router)
+
+    from web.routes import approvals, audit
+
+    api.include_router(approvals.router)
+    api.include_router(audit.router)
     return api
 
 

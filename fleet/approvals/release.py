@@ -1,0 +1,68 @@
+"""Releasing a frozen agent: itself an approval-gated action (``release_agent`` in the matrix).
+
+Tier 4 pauses an agent and freezes its wallet, and requires a human to undo
+it. :func:`request_release` opens the request; once approved, the task named
+here runs :func:`release_agent`, which checks the approval, unfreezes the
+wallet, makes the agent active again, and only then marks the approval used.
+Both steps are idempotent, so a redelivered task finishes the job instead of
+doing it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet.approvals.service import Approvals, Gate, NotApproved
+from fleet.audit.events import ApprovalState, Article, build_event
+from fleet.gateway.errors import Conflict, NotFound
+from fleet.storage.records import Agent, AgentStatus
+
+ACTION = "release_agent"
+TASK = "audit.release_agent"
+
+
+class ToolCaller(Protocol):
+    def call(self, tool: str, input: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
+
+
+def request_release(approvals: Approvals, agent_id: str, requested_by: str, *, reason: str, fleet: str | None = None) -> Gate:
+    return approvals.request(
+        ACTION, agent_id, requested_by, fleet=fleet, reason=reason,
+        details={"agent_id": agent_id}, task=TASK, task_kwargs={"agent_id": agent_id},
+    )
+
+
+def release_agent(
+    approvals: Approvals, sessions: sessionmaker[Session], gateway: ToolCaller, *, request_id: str, agent_id: str
+) -> bool:
+    """Unfreeze and reactivate the agent under an approval; False if someone else already did."""
+    approvals.require_approved(request_id, action=ACTION, subject=agent_id)
+    # Conflict: not frozen (any more); NotFound: no wallet. Either way nothing to undo there.
+    with contextlib.suppress(Conflict, NotFound):
+        gateway.call("unfreeze_wallet", {"agent_id": agent_id, "reason": f"released under approval {request_id}"})
+    now = approvals.clock.now()
+    fleet = None
+    with sessions.begin() as session:
+        agent = session.get(Agent, agent_id)
+        if agent is not None:
+            fleet = agent.fleet
+            if agent.status == AgentStatus.PAUSED:
+                agent.status = AgentStatus.ACTIVE
+                agent.updated_at = now
+    try:
+        view = approvals.consume(request_id, action=ACTION, subject=agent_id)
+    except NotApproved:
+        return False  # a concurrent delivery finished first
+    approvals.emit_audit([
+        build_event(
+            actor=approvals.actor, action=ACTION, subject=agent_id, fleet=fleet or view.fleet,
+            details={"request_id": request_id, "approvers": [v.approver for v in view.votes]},
+            article=Article.HUMAN_OVERSIGHT, approval=ApprovalState.APPROVED, approval_id=request_id,
+            clock=approvals.clock,
+        )
+    ])
+    return True
