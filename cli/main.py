@@ -64,11 +64,19 @@ def up(demo: bool, agents: int | None, concurrency: int) -> None:
     """
     from cli.up import run_up
 
+    from config.settings import PACKAGE_DIR
+
     if demo:
         # Short cadences so a newcomer sees every queue consumed within a minute.
         os.environ.setdefault("FLEET_SCHEDULE__HEARTBEAT_S", "5")
+        os.environ.setdefault("FLEET_SCHEDULE__METRICS_SWEEP_S", "15")
+        os.environ.setdefault("FLEET_SCHEDULE__SLA_CHECK_S", "30")
+        os.environ.setdefault("FLEET_SCHEDULE__ESCALATION_TICK_S", "5")
+        os.environ.setdefault("FLEET_POLICY_FILE", str(PACKAGE_DIR / "defaults" / "demo-policy.yaml"))
     settings = settings_for_cli()
-    sys.exit(run_up(settings, agents=agents if agents is not None else (20 if demo else None), concurrency=concurrency))
+    manifest = PACKAGE_DIR / "manifests" / "demo.yaml" if demo else None
+    sys.exit(run_up(settings, agents=agents if agents is not None else (20 if demo else None),
+                    concurrency=concurrency, demo_manifest=manifest))
 
 
 @main.command()
@@ -101,6 +109,16 @@ def worker(queue: str, concurrency: int | None, pool: str) -> None:
 
     settings = settings_for_cli()
     argv = worker_argv(FleetQueue(queue), concurrency or settings.worker.concurrency, pool, settings.log_level)
+    os.execv(argv[0], argv)
+
+
+@main.command()
+@config_errors_exit
+def api() -> None:
+    """Serve the HTTP API (OpenAPI at /docs) on FLEET_API__HOST:FLEET_API__PORT."""
+    from cli.processes import api_argv
+
+    argv = api_argv(settings_for_cli())
     os.execv(argv[0], argv)
 
 

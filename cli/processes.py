@@ -243,6 +243,12 @@ def flower_argv(settings: Settings) -> list[str]:
     ]
 
 
+def api_argv(settings: Settings) -> list[str]:
+    api = settings.api
+    return [sys.executable, "-m", "uvicorn", "web.app:app", "--host", api.host, "--port", str(api.port),
+            "--no-access-log", "--log-level", "warning"]
+
+
 def flower_env(settings: Settings) -> dict[str, str]:
     # Through the environment, so the password never shows in `ps`.
     fl = settings.flower

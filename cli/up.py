@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
+from pathlib import Path
 from types import FrameType
 
 import click
 
 from cli.processes import (
     StartError,
+    api_argv,
     Supervisor,
     beat_argv,
     child_env,
@@ -33,7 +36,11 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
 
 
 def _check_ports_free(settings: Settings) -> None:
-    wanted = [("sandbox", settings.sandbox.host, settings.sandbox.port), ("flower", settings.flower.host, settings.flower.port)]
+    wanted = [
+        ("sandbox", settings.sandbox.host, settings.sandbox.port),
+        ("flower", settings.flower.host, settings.flower.port),
+        ("api", settings.api.host, settings.api.port),
+    ]
     if not settings.redis.url:
         wanted.append(("embedded redis", "127.0.0.1", settings.redis.embedded_port))
     for name, host, port in wanted:
@@ -41,7 +48,32 @@ def _check_ports_free(settings: Settings) -> None:
             raise StartError(f"port {host}:{port} for {name} is already in use (is another `fleet up` running?)")
 
 
-def run_up(settings: Settings, *, agents: int | None, concurrency: int) -> int:
+def _migrate(settings: Settings) -> None:
+    from fleet.storage.db import create_db_engine, migrate
+
+    engine = create_db_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    engine.dispose()
+
+
+def _safe_url(url: str) -> str:
+    return url.split("@")[-1] if "@" in url else url
+
+
+def _submit_demo(settings: Settings, manifest_path: Path) -> str:
+    """Send the demo manifest the way any other system would: a Celery message."""
+    import yaml
+
+    from workers.app import create_app
+
+    job_id = uuid.uuid4().hex
+    app = create_app(settings)
+    app.send_task("provisioning.provision_fleet", kwargs={
+        "manifest": yaml.safe_load(manifest_path.read_text()), "job_id": job_id, "submitted_by": "demo"}, task_id=job_id)
+    return job_id
+
+
+def run_up(settings: Settings, *, agents: int | None, concurrency: int, demo_manifest: Path | None = None) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_dir = settings.data_dir.resolve() / "logs"
     signal.signal(signal.SIGINT, _raise_stop)
@@ -54,6 +86,8 @@ def run_up(settings: Settings, *, agents: int | None, concurrency: int) -> int:
         else:
             start_redis(sup, settings.redis.embedded_port, settings.data_dir.resolve() / "redis")
             click.echo(f"redis     {settings.redis_url} (embedded)")
+        _migrate(settings)
+        click.echo(f"database  {_safe_url(settings.sqlalchemy_url)} (schema up to date)")
         start_sandbox(sup, settings, agents)
         click.echo(f"sandbox   {settings.gateway_url}")
         for queue in ALL_QUEUES:
@@ -63,7 +97,13 @@ def run_up(settings: Settings, *, agents: int | None, concurrency: int) -> int:
         fl = settings.flower
         sup.start("flower", flower_argv(settings), env=flower_env(settings), ready=lambda: port_open(fl.host, fl.port), timeout_s=60)
         click.echo(f"flower    http://{fl.host}:{fl.port}  (user {fl.user!r}, password from FLEET_FLOWER__PASSWORD)")
+        api = settings.api
+        sup.start("api", api_argv(settings), env=child_env(settings), ready=lambda: port_open(api.host, api.port), timeout_s=60)
+        click.echo(f"api       http://{api.host}:{api.port}/docs  (bearer token from FLEET_API__TOKEN)")
         click.echo(f"logs      {log_dir}")
+        if demo_manifest is not None:
+            job_id = _submit_demo(settings, demo_manifest)
+            click.echo(f"demo      provisioning {demo_manifest.name} as job {job_id}: watch it in Flower, or GET /api/v1/provisioning-jobs/{job_id}")
         click.echo("running — press Ctrl-C to stop everything")
         while True:
             dead = sup.dead()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -145,6 +145,8 @@ class ApprovalPolicy(_Model):
     medium_money_ceiling: Money = Decimal("10.00")
     # How often beat denies expired requests and re-sends approved work.
     sweep_s: Annotated[float, Field(gt=0)] = 60
+    # Who may approve (the N of the M-of-N quorum); empty: anyone who can reach the CLI or API.
+    approvers: list[str] = []
 
 
 class ProvisioningPolicy(_Model):
@@ -234,8 +236,7 @@ class Policy(_Model):
         return templates
 
 
-def load_policy(path: Path) -> Policy:
-    """Read and validate a policy file, or raise a one-line ConfigError."""
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -247,6 +248,39 @@ def load_policy(path: Path) -> Policy:
         raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"invalid configuration in {path}: expected a mapping at the top level")
+    return raw
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else (lists included) is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_policy(path: Path, _seen: tuple[Path, ...] = ()) -> Policy:
+    """Read and validate a policy file, or raise a one-line ConfigError.
+
+    A file may begin with ``extends: other.yaml`` (relative to itself) and
+    give only what differs.
+    """
+    return _validate(_resolve(Path(path), _seen), path)
+
+
+def _resolve(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"invalid configuration in {path}: extends itself (through {seen[-1]})")
+    raw = _read_yaml(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"invalid configuration in {path}: extends: expected a file name")
+    return _merge(_resolve(path.parent / parent, (*seen, path.resolve())), raw)
+
+
+def _validate(raw: dict[str, Any], path: Path) -> Policy:
     try:
         return Policy.model_validate(raw)
     except ValidationError as exc:

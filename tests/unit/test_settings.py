@@ -65,3 +65,17 @@ def test_not_yaml_is_refused_with_its_position(tmp_path: Path) -> None:
 def test_missing_policy_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read policy file"):
         load_settings(policy_file=tmp_path / "absent.yaml")
+
+
+def test_demo_policy_extends_the_defaults() -> None:
+    demo = load_settings(policy_file=DEFAULT_POLICY_FILE.parent / "demo-policy.yaml").policy
+    default = load_settings().policy
+    assert [t.after_s for t in demo.escalation.tiers] == [0, 10, 20, 30]
+    assert demo.sla_templates == default.sla_templates  # everything else inherited
+
+
+def test_extends_cycle_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_settings(policy_file=tmp_path / "a.yaml")

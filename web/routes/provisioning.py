@@ -36,7 +36,7 @@ async def _manifest_from(request: Request) -> Any:
     try:
         return yaml.safe_load(body.decode("utf-8"))  # JSON is YAML
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, {"problems": [f"(manifest): not valid JSON or YAML: {exc}"]}) from None
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"problems": [f"(manifest): not valid JSON or YAML: {exc}"]}) from None
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
@@ -49,7 +49,7 @@ async def create_job(request: Request) -> JobAccepted:
     try:
         manifest = pipeline.queue_job(_deps.provisioning(), data, job_id, submitted_by="api")
     except ManifestError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, {"problems": exc.problems}) from None
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"problems": exc.problems}) from None
     except pipeline.ProvisioningFrozen as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     provision_fleet.apply_async(kwargs={"manifest": manifest.model_dump(mode="json"), "job_id": job_id, "submitted_by": "api"}, task_id=job_id)
