@@ -6,6 +6,8 @@ run the system the same way: real processes talking over sockets.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from pydantic import BaseModel, SecretStr
 
 from config.settings import Settings
 from workers.queues import FleetQueue
@@ -139,9 +143,22 @@ class Supervisor:
             child.log.close()
             child.log = None
 
+    def remove(self, child: Managed, timeout_s: float = 10.0) -> None:
+        """Stop one child (if it still runs) and stop supervising it."""
+        self.stop(child, timeout_s)
+        self.children.remove(child)
+
     def stop_all(self, timeout_s: float = 10.0) -> None:
-        # Reverse start order: consumers go before the broker they talk to.
-        for child in reversed(self.children):
+        # Everything that talks to Redis stops together (a warm worker shutdown
+        # needs the broker), then Redis itself.
+        consumers = [c for c in self.children if c.name != "redis"]
+        for child in consumers:
+            if child.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGTERM)
+        for child in consumers:
+            self.stop(child, timeout_s)
+        for child in self.children:
             self.stop(child, timeout_s)
         self.children.clear()
 
@@ -160,16 +177,32 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 def child_env(settings: Settings) -> dict[str, str]:
-    """Pin every child to the same Redis, gateway and data directory."""
-    env = {
+    """Every setting that differs from its default, as FLEET_* variables, so a
+    child process builds exactly the settings its parent has; plus the
+    resolved Redis URL and data directory, so all agree on the embedded server."""
+    env = _settings_env(settings, Settings(), "FLEET_")
+    env.update({
         "FLEET_REDIS__URL": settings.redis_url,
         "FLEET_DATA_DIR": str(settings.data_dir.resolve()),
-        "FLEET_SANDBOX__HOST": settings.sandbox.host,
-        "FLEET_SANDBOX__PORT": str(settings.sandbox.port),
         "PYTHONUNBUFFERED": "1",
-    }
-    if settings.database_url:
-        env["FLEET_DATABASE_URL"] = settings.database_url
+    })
+    return env
+
+
+def _settings_env(current: BaseModel, default: BaseModel, prefix: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name in type(current).model_fields:
+        value, base = getattr(current, name), getattr(default, name)
+        key = f"{prefix}{name.upper()}"
+        if isinstance(value, BaseModel):
+            env.update(_settings_env(value, base, key + "__"))
+        elif value != base:
+            if isinstance(value, SecretStr):
+                env[key] = value.get_secret_value()
+            elif isinstance(value, (list, dict)):
+                env[key] = json.dumps(value)
+            else:
+                env[key] = str(value)
     return env
 
 

@@ -24,6 +24,7 @@ class Stack:
     settings: Settings
     sup: Supervisor
     base_dir: Path
+    _sandbox: Any = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -44,15 +45,23 @@ class Stack:
 
     def celery(self) -> Celery:
         """A producer app on this stack's Redis, with our routing."""
-        from workers.app import create_app
+        from workers.app import create_producer
 
-        return create_app(self.settings)
+        return create_producer(self.settings)
 
     def sandbox(self) -> Any:
-        from sandbox.control import SandboxControl
+        """The sandbox's admin client (one per stack, closed with it)."""
+        if self._sandbox is None:
+            from sandbox.control import SandboxControl
 
-        return SandboxControl(f"http://{self.settings.sandbox.host}:{self.settings.sandbox.port}",
-                              self.settings.gateway.admin_key.get_secret_value())
+            self._sandbox = SandboxControl(f"http://{self.settings.sandbox.host}:{self.settings.sandbox.port}",
+                                           self.settings.gateway.admin_key.get_secret_value())
+        return self._sandbox
+
+    def close(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
 
 
 def _wait(predicate: Any, child: Managed, timeout_s: float, message: str) -> None:
@@ -91,5 +100,9 @@ def local_stack(
         port = int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
         start_redis(sup, port, base_dir / "redis")
         start_sandbox(sup, settings, sandbox_agents, sandbox_extra)
-        yield Stack(settings, sup, base_dir)
+        stack = Stack(settings, sup, base_dir)
+        try:
+            yield stack
+        finally:
+            stack.close()
 

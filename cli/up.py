@@ -64,10 +64,10 @@ def _submit_demo(settings: Settings, manifest_path: Path) -> str:
     """Send the demo manifest the way any other system would: a Celery message."""
     import yaml
 
-    from workers.app import create_app
+    from workers.app import create_producer
 
     job_id = uuid.uuid4().hex
-    app = create_app(settings)
+    app = create_producer(settings)
     app.send_task("provisioning.provision_fleet", kwargs={
         "manifest": yaml.safe_load(manifest_path.read_text()), "job_id": job_id, "submitted_by": "demo"}, task_id=job_id)
     return job_id

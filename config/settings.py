@@ -122,6 +122,9 @@ class ScheduleSettings(_Section):
     provisioning_resume_s: PositiveFloat = 60.0
     # An agent whose provisioning has not moved for this long is re-dispatched.
     provisioning_stall_s: PositiveFloat = 300.0
+    # Per-agent provisioning lock, renewed after every step: longer than one
+    # step can take (retry ceiling × gateway timeout).
+    provisioning_lock_ttl_s: PositiveFloat = 60.0
     retention_s: PositiveFloat = 86400.0
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
+import redis.lock
 
 KEY_PREFIX = "fleet:"
 
@@ -39,14 +40,28 @@ def set_provisioning_frozen(r: redis.Redis, fleet: str, frozen: bool, reason: st
         r.delete(provisioning_frozen_key(fleet))
 
 
+class Lease:
+    """A held lock; `renew()` pushes its expiry out again while work goes on."""
+
+    def __init__(self, lock: redis.lock.Lock) -> None:
+        self._lock = lock
+
+    def renew(self) -> None:
+        try:
+            self._lock.reacquire()
+        except redis.exceptions.LockNotOwnedError:
+            pass  # expired meanwhile: the step records keep a second runner harmless
+
+
 @contextmanager
-def try_lock(r: redis.Redis, name: str, ttl_s: float) -> Iterator[bool]:
-    """Hold a lock if nobody else does; yields whether we got it. Expires on its own
-    so a worker killed while holding it does not block the work forever."""
+def try_lock(r: redis.Redis, name: str, ttl_s: float) -> Iterator[Lease | None]:
+    """Hold a lock if nobody else does; yields a Lease, or None when it is taken.
+    It expires on its own, so a worker killed while holding it blocks the work
+    for at most ttl_s."""
     lock = r.lock(f"{KEY_PREFIX}lock:{name}", timeout=ttl_s, blocking=False)
     acquired = lock.acquire()
     try:
-        yield acquired
+        yield Lease(lock) if acquired else None
     finally:
         if acquired:
             try:

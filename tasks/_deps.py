@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.settings import Settings, get_settings
 from fleet.clock import SystemClock
 from fleet.gateway.loop import LoopGatewayClient
-from fleet.hotstate import connect, is_provisioning_frozen, try_lock
+from fleet.hotstate import Lease, connect, is_provisioning_frozen, try_lock
 from fleet.provisioning.pipeline import ProvisioningDeps
 from fleet.secrets import KeyVault
 from fleet.storage.db import engine_for, session_factory
@@ -42,7 +42,7 @@ def gateway() -> LoopGatewayClient:
     return LoopGatewayClient.from_settings(settings())
 
 
-def lock(name: str, ttl_s: float) -> AbstractContextManager[bool]:
+def lock(name: str, ttl_s: float) -> AbstractContextManager[Lease | None]:
     return try_lock(hot(), name, ttl_s)
 
 
@@ -64,6 +64,7 @@ def provisioning() -> ProvisioningDeps:
         audit=audit_sink(),
         lock=lock,
         is_frozen=lambda fleet: is_provisioning_frozen(hot(), fleet),
+        lock_ttl_s=s.schedule.provisioning_lock_ttl_s,
     )
 
 

@@ -24,6 +24,14 @@ def create_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+def create_producer(settings: Settings) -> Celery:
+    """An app that only sends (CLI, benchmarks, tests): no result-backend
+    subscription that would outlive the Redis it points at."""
+    producer = create_app(settings)
+    producer.conf.result_backend = None
+    return producer
+
+
 app = create_app()
 
 import workers.signals  # noqa: E402,F401  (connects worker signal handlers)

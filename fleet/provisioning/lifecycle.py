@@ -48,8 +48,8 @@ def keys_due(deps: ProvisioningDeps, limit: int = 1000) -> list[str]:
 def rotate_key(deps: ProvisioningDeps, agent_id: str) -> bool:
     """New key from the gateway (the old one keeps working for the overlap window);
     stored encrypted. False when another worker is rotating it, or it is not due."""
-    with deps.lock(f"rotate:{agent_id}", 60) as acquired:
-        if not acquired:
+    with deps.lock(f"rotate:{agent_id}", 60) as lease:
+        if lease is None:
             return False
         with deps.sessions() as s:
             agent = s.get(Agent, agent_id)
@@ -118,8 +118,8 @@ class RetireDeps:
 
 def retire_agent(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str) -> str:
     """Run the remaining retirement stages; returns the agent's final status."""
-    with deps.lock(f"retire:{agent_id}", deps.policy.scaling.drain_timeout_s + 120) as acquired:
-        if not acquired:
+    with deps.lock(f"retire:{agent_id}", deps.policy.scaling.drain_timeout_s + 120) as lease:
+        if lease is None:
             return "held-by-another-worker"
         agent = _agent(deps, agent_id)
         if agent.status == AgentStatus.RETIRED:

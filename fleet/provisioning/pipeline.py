@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.policy import Policy
 from fleet.clock import Clock
 from fleet.gateway.loop import LoopGatewayClient
+from fleet.hotstate import Lease
 from fleet.gateway.schemas import RegisterAgentResult
 from fleet.gateway import Conflict, GatewayClient, GatewayError, InvalidResponse, NotFound, Tool, tools
 from fleet.provisioning.manifest import AgentGroup, FleetManifest, ManifestError, manifest_digest, plan_agents, validate_manifest
@@ -60,10 +61,13 @@ class ProvisioningDeps:
     vault: KeyVault
     clock: Clock
     audit: AuditSink
-    # Per-agent mutual exclusion across workers: (name, ttl) -> context yielding acquired.
-    lock: Callable[[str, float], AbstractContextManager[bool]]
+    # Per-agent mutual exclusion across workers: (name, ttl) -> context yielding
+    # a lease (renewed after every step) or None when another worker holds it.
+    lock: Callable[[str, float], AbstractContextManager[Lease | None]]
     is_frozen: Callable[[str], bool] = lambda fleet: False
-    lock_ttl_s: float = 120.0
+    # Longer than one step can take (retry ceiling × timeout); a worker killed
+    # mid-agent delays that agent by at most this much.
+    lock_ttl_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -186,8 +190,8 @@ class _Run:
 def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None:
     """Run the remaining steps of one agent. Returns its status, or None when
     another worker holds it (a duplicate message; that worker finishes it)."""
-    with deps.lock(f"provision:{agent_id}", deps.lock_ttl_s) as acquired:
-        if not acquired:
+    with deps.lock(f"provision:{agent_id}", deps.lock_ttl_s) as lease:
+        if lease is None:
             return None
         with deps.sessions() as s:
             agent = s.get(Agent, agent_id)
@@ -214,6 +218,7 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
             _save(deps, agent_id, {"steps_done": agent.steps_done, **fields, **({"status": AgentStatus.ACTIVE} if finished else {})})
             for key, value in fields.items():
                 setattr(agent, key, value)
+            lease.renew()
         return AgentStatus.ACTIVE
 
 
@@ -256,7 +261,10 @@ def _wallet(run: _Run) -> dict[str, Any]:
 
 
 def _claims(run: _Run) -> dict[str, Any]:
-    claims = [c.model_dump(exclude_none=True) for c in run.group.trust_claims]
+    # Every chain starts with what we can attest ourselves: which fleet and
+    # environment the agent belongs to; the manifest's own claims follow.
+    membership = {"type": "fleet-membership", "value": f"{run.fleet}/{run.environment}", "issuer": "fleet-commander"}
+    claims = [membership, *(c.model_dump(exclude_none=True) for c in run.group.trust_claims)]
     result = run.deps.gateway.run(tools.build_claim_chain(run.agent.agent_id, claims))
     return {"claim_chain_id": result.chain_id}
 
@@ -391,7 +399,7 @@ def job_progress(sessions: sessionmaker[Session], job_id: str, with_agents: bool
         linked = select(JobAgent.agent_id).where(JobAgent.job_id == job_id)
         counts = dict(s.execute(
             select(Agent.status, func.count()).where(Agent.agent_id.in_(linked)).group_by(Agent.status)
-        ).tuples().all())
+        ).all())
         agents = []
         if with_agents:
             rows = s.execute(

@@ -12,13 +12,13 @@ from celery import Celery
 
 from cli.processes import Supervisor, free_port, start_redis, worker_argv
 from config.settings import RedisSettings, load_settings
-from workers.app import create_app
+from workers.app import create_producer
 from workers.queues import FleetQueue
 
 
 def producer_app(redis_url: str) -> Celery:
     """Our Celery configuration, pointed at a test's own Redis, for sending work."""
-    return create_app(load_settings(redis=RedisSettings(url=redis_url)))
+    return create_producer(load_settings(redis=RedisSettings(url=redis_url)))
 
 
 @contextmanager
