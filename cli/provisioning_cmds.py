@@ -119,3 +119,56 @@ def db_upgrade() -> None:
     settings = settings_for_cli()
     _ensure_schema(settings)
     click.echo(f"schema up to date at {settings.sqlalchemy_url.split('@')[-1]}")
+
+
+def _approvals_and_deps() -> tuple[object, object]:
+    from tasks import _deps
+    from tasks.audit import approvals
+
+    return approvals(), _deps.provisioning()
+
+
+@main.command()
+@click.argument("target")
+@click.option("--reason", default="retired by operator", show_default=True)
+@click.option("--by", "requested_by", required=True, help="Who asks (recorded; may not approve their own request).")
+@config_errors_exit
+def retire(target: str, reason: str, requested_by: str) -> None:
+    """Retire an agent, or every agent whose id starts with TARGET-.
+
+    Retirement revokes an identity, so it is CRITICAL: each agent gets an
+    approval request that needs two distinct approvers (`fleet approvals
+    approve`); once approved it drains, settles SLAs, withdraws funds to the
+    treasury, writes the final snapshot and audit entry, and deregisters.
+    """
+    from fleet.provisioning.lifecycle import agents_matching
+
+    settings = settings_for_cli()
+    _ensure_schema(settings)
+    approvals, deps = _approvals_and_deps()
+    agents = agents_matching(deps, target)  # type: ignore[arg-type]
+    if not agents:
+        raise click.ClickException(f"no active or paused agent is {target!r} or starts with {target + '-'!r}")
+    for agent_id in agents:
+        gate = approvals.request(  # type: ignore[attr-defined]
+            "retire_agent", agent_id, requested_by, reason=reason, irreversible=True,
+            task="provisioning.retire_agent", task_kwargs={"agent_id": agent_id, "reason": reason},
+        )
+        need = gate.request.required if gate.request else 0
+        click.echo(f"{agent_id}: approval {gate.request_id} requested ({gate.risk.value}, {need} approver(s) needed)")
+
+
+@main.command()
+@click.argument("agent_id")
+@click.argument("new_tier")
+@click.option("--volume", "projected_volume", type=int, required=True, help="Projected daily tool-call volume at the new tier.")
+@click.option("--by", "requested_by", required=True, help="Who asks.")
+@config_errors_exit
+def upgrade(agent_id: str, new_tier: str, projected_volume: int, requested_by: str) -> None:
+    """Move AGENT_ID to NEW_TIER: cost estimated first, approval needed above the configured increase."""
+    from tasks.provisioning import upgrade_tier
+
+    settings_for_cli()
+    result = upgrade_tier.apply_async(kwargs={"agent_id": agent_id, "new_tier": new_tier,
+                                              "projected_volume": projected_volume, "requested_by": requested_by})
+    click.echo(f"upgrade of {agent_id} to {new_tier} queued as task {result.id}")

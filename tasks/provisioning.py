@@ -15,12 +15,14 @@ agent id in its arguments.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
 
+from fleet.approvals import Approvals, NotApproved
 from fleet.gateway import Unavailable
 from fleet.hotstate import inflight
 from fleet.provisioning import lifecycle, pipeline
@@ -96,6 +98,54 @@ def rotate_key(agent_id: str) -> bool:
 
 @app.task(name="provisioning.retire_agent", acks_late=True, autoretry_for=(Unavailable,), max_retries=5,
           retry_backoff=30, retry_backoff_max=600)
-def retire_agent(agent_id: str, reason: str = "retired by operator") -> str:
+def retire_agent(agent_id: str, reason: str = "retired by operator", approval_id: str | None = None) -> str:
+    """Irreversible (it revokes the identity): runs only under an approval that
+    names exactly this agent, claimed once, whatever sent the message."""
+    approvals = _approvals()
+    try:
+        if approval_id is None:
+            raise NotApproved("retire_agent needs an approval; request one with `fleet retire`")
+        approvals.require_approved(approval_id, action="retire_agent", subject=agent_id)
+    except NotApproved as exc:
+        raise Reject(str(exc), requeue=False) from None
     rdeps = lifecycle.RetireDeps(inflight=lambda a: inflight(_deps.hot(), a))
-    return str(lifecycle.retire_agent(_deps.provisioning(), rdeps, agent_id, reason))
+    status = lifecycle.retire_agent(_deps.provisioning(), rdeps, agent_id, reason)
+    if status == "retired":
+        with contextlib.suppress(NotApproved):  # a redelivery after the claim
+            approvals.consume(approval_id, action="retire_agent", subject=agent_id)
+    return str(status)
+
+
+@app.task(name="provisioning.upgrade_tier", acks_late=True)
+def upgrade_tier(agent_id: str, new_tier: str, projected_volume: int, requested_by: str = "celery",
+                 approval_id: str | None = None) -> dict[str, Any]:
+    """Estimate first; above the configured increase (+200 %) wait for an approval."""
+    deps = _deps.provisioning()
+    plan = lifecycle.plan_upgrade(deps, agent_id, new_tier, projected_volume)
+    threshold = deps.policy.scaling.tier_upgrade_approval_increase
+    approved_by: list[str] = []
+    if plan.needs_approval(threshold):
+        approvals = _approvals()
+        if approval_id is None:
+            gate = approvals.request(
+                "upgrade_tier", agent_id, requested_by, reason=f"cost +{plan.as_details()['increase_pct']} %",
+                details=plan.as_details(), task="provisioning.upgrade_tier",
+                task_kwargs={"agent_id": agent_id, "new_tier": new_tier, "projected_volume": projected_volume,
+                             "requested_by": requested_by},
+            )
+            if not gate.may_run:
+                return {"agent_id": agent_id, "status": "awaiting-approval", "approval_id": gate.request_id, **plan.as_details()}
+        else:
+            try:
+                view = approvals.consume(approval_id, action="upgrade_tier", subject=agent_id)
+            except NotApproved as exc:
+                raise Reject(str(exc), requeue=False) from None
+            approved_by = [v.approver for v in view.votes if v.verdict == "approve"]
+    lifecycle.apply_upgrade(deps, plan, approved_by)
+    return {"agent_id": agent_id, "status": "upgraded", **plan.as_details()}
+
+
+def _approvals() -> Approvals:
+    from tasks.audit import approvals
+
+    return approvals()

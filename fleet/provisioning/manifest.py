@@ -153,6 +153,9 @@ def _policy_problems(data: dict[str, Any], policy: Policy) -> list[str]:
         if isinstance(template, str) and template not in policy.sla_templates:
             known = ", ".join(sorted(policy.sla_templates))
             problems.append(f"agents[{i}].sla_template: unknown template '{template}' (known: {known})")
+        tier = group.get("tier")
+        if isinstance(tier, str) and tier not in policy.provisioning.tiers:
+            problems.append(f"agents[{i}].tier: unknown tier '{tier}' (known: {', '.join(policy.provisioning.tiers)})")
         prefix = group.get("id_prefix")
         if isinstance(prefix, str):
             if prefix in seen:

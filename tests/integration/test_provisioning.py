@@ -266,3 +266,100 @@ def test_raw_message_from_a_foreign_script_runs_and_shows_in_flower(stack: Stack
     for task in seen["agents"]:  # type: ignore[index]
         assert any(a.agent_id in task["args"] for a in progress.agents)  # the agent id is in the arguments
     assert httpx.get(f"{base}/api/tasks", auth=("admin", "wrong"), timeout=10).status_code == 401
+
+
+def _approvals(stack: Stack, audit_events: list[Any] | None = None) -> Any:
+    """The approvals service as an operator's CLI would use it; its audit
+    entries are collected here instead of going to a queue."""
+    from fleet.approvals import Approvals
+    from fleet.clock import SystemClock
+
+    events = audit_events if audit_events is not None else []
+    return Approvals(sessions(stack), stack.settings.policy.approvals, clock=SystemClock(), emit=events.extend)
+
+
+def _agent_row(stack: Stack, agent_id: str) -> Any:
+    from fleet.storage.records import Agent
+
+    with sessions(stack)() as s:
+        return s.get(Agent, agent_id)
+
+
+def test_retirement_runs_only_after_two_distinct_approvals(stack: Stack) -> None:
+    progress = wait_done(stack, submit(stack, bench_manifest(2, fleet="retiring")))
+    agent_id = progress.agents[0].agent_id
+    sandbox = stack.sandbox()
+    treasury_before = float(sandbox.state()["wallets"]["treasury_balance"])
+    audit_events: list[Any] = []
+    approvals = _approvals(stack, audit_events)
+    gate = approvals.request("retire_agent", agent_id, "alice", reason="segment shrinks", irreversible=True,
+                             task="provisioning.retire_agent", task_kwargs={"agent_id": agent_id, "reason": "segment shrinks"})
+    assert not gate.may_run and gate.request.required == 2
+
+    # Sent straight to the worker without a granted approval, it is refused.
+    stack.celery().send_task("provisioning.retire_agent", kwargs={"agent_id": agent_id, "approval_id": gate.request_id})
+    approvals.approve(gate.request_id, "bob")
+    with pytest.raises(Exception):
+        approvals.approve(gate.request_id, "bob")  # the same person twice counts once
+    time.sleep(1.0)
+    assert _agent_row(stack, agent_id).status == "active"
+
+    approvals.approve(gate.request_id, "carol")
+    stack.celery().send_task("audit.approvals_sweep")  # what beat does: send approved requests' tasks
+    wait_until(lambda: _agent_row(stack, agent_id).status == "retired", timeout_s=30)
+    row = _agent_row(stack, agent_id)
+    assert row.api_key_encrypted is None and row.traffic_weight == "0"
+    assert row.extra["retire_stages"] == ["stop_routing", "drain", "settle_sla", "withdraw", "final_snapshot", "deregister"]
+    assert "final_snapshot" in row.extra["retirement"]
+    assert sandbox.agent(agent_id)["status"] == "deregistered"
+    withdrawn = float(row.extra["retirement"]["withdrawn"])
+    assert withdrawn > 0
+    assert float(sandbox.state()["wallets"]["treasury_balance"]) - treasury_before == pytest.approx(withdrawn, abs=0.01)
+    assert approvals.get(gate.request_id).status.value == "executed"
+    recorded = [e.action for e in audit_events]
+    assert recorded[0] == "approval_requested" and "approval_granted" in recorded
+
+
+def test_key_rotation_replaces_the_key_and_the_old_one_overlaps(stack: Stack) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from fleet.secrets import KeyVault
+    from fleet.storage.db import write_session
+    from fleet.storage.records import Agent
+
+    progress = wait_done(stack, submit(stack, bench_manifest(1, fleet="rotating")))
+    agent_id = progress.agents[0].agent_id
+    vault = KeyVault(stack.settings.secrets_key.get_secret_value())
+    old_key = vault.decrypt(_agent_row(stack, agent_id).api_key_encrypted)
+    with write_session(sessions(stack)) as s:
+        s.get(Agent, agent_id).key_rotated_at = datetime.now(UTC) - timedelta(days=91)
+    stack.celery().send_task("provisioning.rotate_due_keys")
+    wait_until(lambda: _agent_row(stack, agent_id).key_rotated_at.replace(tzinfo=UTC) > datetime.now(UTC) - timedelta(minutes=1))
+    new_key = vault.decrypt(_agent_row(stack, agent_id).api_key_encrypted)
+    assert new_key != old_key
+    sandbox = stack.sandbox()
+    # Both keys work during the overlap window.
+    assert sandbox.call("get_balance", new_key, agent_id=agent_id).status_code == 200
+    assert sandbox.call("get_balance", old_key, agent_id=agent_id).status_code == 200
+    # A redelivered rotation finds the key fresh and does nothing.
+    sandbox.reset_counters()
+    stack.celery().send_task("provisioning.rotate_key", args=(agent_id,))
+    time.sleep(1.0)
+    assert sandbox.counters()["tools"].get("register_agent", 0) == 0
+
+
+def test_tier_upgrade_over_the_increase_waits_for_approval(stack: Stack) -> None:
+    progress = wait_done(stack, submit(stack, bench_manifest(1, fleet="upgrading")))
+    agent_id = progress.agents[0].agent_id
+    app = stack.celery()
+    app.send_task("provisioning.upgrade_tier", kwargs={"agent_id": agent_id, "new_tier": "enterprise",
+                                                       "projected_volume": 1_000_000, "requested_by": "alice"})
+    approvals = _approvals(stack)
+    pending = wait_until(lambda: [r for r in approvals.list_requests() if r.subject == agent_id and r.action == "upgrade_tier"])
+    request = pending[0]  # type: ignore[index]
+    assert float(request.details["increase_pct"]) > 200
+    assert stack.sandbox().agent(agent_id)["tier"] == "standard"  # nothing changed yet
+    approvals.approve(request.request_id, "bob")
+    app.send_task("audit.approvals_sweep")
+    wait_until(lambda: stack.sandbox().agent(agent_id)["tier"] == "enterprise", timeout_s=30)
+    assert _agent_row(stack, agent_id).tier == "enterprise"

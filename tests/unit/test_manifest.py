@@ -63,6 +63,10 @@ def test_every_problem_is_listed_at_once() -> None:
     assert "agents[1].id_prefix: duplicate prefix 'support'" in joined
 
 
+def test_unknown_tier_is_refused() -> None:
+    assert problems(manifest(group(tier="platinum")))[0].startswith("agents[0].tier: unknown tier 'platinum'")
+
+
 def test_float_money_is_refused() -> None:
     assert any("not a float" in p for p in problems(manifest(group(initial_balance=50.5))))
 
