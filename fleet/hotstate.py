@@ -6,6 +6,7 @@ Key names live here so every process agrees on them.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -43,12 +44,19 @@ def set_provisioning_frozen(r: redis.Redis, fleet: str, frozen: bool, reason: st
 class Lease:
     """A held lock; `renew()` pushes its expiry out again while work goes on."""
 
-    def __init__(self, lock: redis.lock.Lock) -> None:
+    def __init__(self, lock: redis.lock.Lock, ttl_s: float) -> None:
         self._lock = lock
+        self._ttl_s = ttl_s
+        self._renewed_at = time.monotonic()
 
     def renew(self) -> None:
+        """Cheap to call often: talks to Redis only once half the TTL has gone."""
+        now = time.monotonic()
+        if now - self._renewed_at < self._ttl_s / 2:
+            return
         try:
             self._lock.reacquire()
+            self._renewed_at = now
         except redis.exceptions.LockNotOwnedError:
             pass  # expired meanwhile: the step records keep a second runner harmless
 
@@ -61,7 +69,7 @@ def try_lock(r: redis.Redis, name: str, ttl_s: float) -> Iterator[Lease | None]:
     lock = r.lock(f"{KEY_PREFIX}lock:{name}", timeout=ttl_s, blocking=False)
     acquired = lock.acquire()
     try:
-        yield Lease(lock) if acquired else None
+        yield Lease(lock, ttl_s) if acquired else None
     finally:
         if acquired:
             try:

@@ -46,10 +46,16 @@ def lock(name: str, ttl_s: float) -> AbstractContextManager[Lease | None]:
     return try_lock(hot(), name, ttl_s)
 
 
+@functools.cache
 def audit_sink() -> Callable[..., None]:
-    from tasks.audit import enqueue_audit
+    """`fleet.audit.record`, with the events of concurrent threads grouped into
+    shared queue messages (see fleet.audit.group)."""
+    from fleet import audit
+    from fleet.audit.group import GroupSink
+    from tasks.audit import enqueue_or_append
 
-    return enqueue_audit
+    audit.use_sink(GroupSink(enqueue_or_append))
+    return audit.record
 
 
 @functools.cache
