@@ -1,0 +1,80 @@
+"""`fleet up --demo`, as `make demo` runs it: every queue consumed, Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cli.processes import free_port
+from tests.support.system import wait_until
+from workers.queues import ALL_QUEUES
+
+pytestmark = pytest.mark.integration
+
+
+def _children_of(pid: int) -> set[int]:
+    """Every process whose parent chain leads to pid (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_demo_starts_a_worker_per_queue_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("redis", "sandbox", "flower", "api")}
+    env = {
+        **os.environ,
+        "FLEET_DATA_DIR": str(tmp_path / "var"),
+        "FLEET_REDIS__EMBEDDED_PORT": str(ports["redis"]),
+        "FLEET_SANDBOX__PORT": str(ports["sandbox"]),
+        "FLEET_FLOWER__PORT": str(ports["flower"]),
+        "FLEET_API__PORT": str(ports["api"]),
+        "FLEET_FLOWER__PASSWORD": "up-test",
+    }
+    env.pop("FLEET_REDIS__URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--demo", "--concurrency", "1"],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        flower = f"http://127.0.0.1:{ports['flower']}"
+
+        def every_queue_consumed() -> bool:
+            try:
+                workers = httpx.get(f"{flower}/api/workers", params={"refresh": "1"}, auth=("admin", "up-test"), timeout=5).json()
+            except (httpx.HTTPError, ValueError):
+                return False
+            consumed = {q["name"] for info in workers.values() for q in info.get("active_queues", [])}
+            return consumed >= {q.value for q in ALL_QUEUES}
+
+        wait_until(every_queue_consumed, timeout_s=90, interval_s=1)
+
+        def heartbeats_ran_on_every_queue() -> bool:
+            tasks = httpx.get(f"{flower}/api/tasks", params={"limit": 500}, auth=("admin", "up-test"), timeout=5).json()
+            done = {t["name"].rsplit(".heartbeat", 1)[0] for t in tasks.values()
+                    if t["name"].endswith(".heartbeat") and t["state"] == "SUCCESS"}
+            return done >= {q.value for q in ALL_QUEUES}
+
+        wait_until(heartbeats_ran_on_every_queue, timeout_s=60, interval_s=1)
+        children = _children_of(proc.pid)
+        assert len(children) >= 12  # redis, sandbox, 8 workers, beat, flower, api (+ pool processes)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "all processes stopped" in output
+    leftovers = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    assert not leftovers, f"still running after Ctrl-C: {leftovers}"
