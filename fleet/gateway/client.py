@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -173,6 +173,17 @@ class GatewayClient(_ClientBase):
             exchange.abandoned()
             raise
         return exchange.answered(response)
+
+    def run_many(self, calls: Sequence[ToolCall[Any]], *, api_key: Key | None = None) -> list[Any]:
+        """The calls one after another (this client has no loop to overlap them
+        on); each item is the typed answer or the GatewayError it ended with."""
+        results: list[Any] = []
+        for call in calls:
+            try:
+                results.append(self.run(call, api_key=api_key))
+            except GatewayError as exc:
+                results.append(exc)
+        return results
 
     def close(self) -> None:
         self._http.close()

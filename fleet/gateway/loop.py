@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Self, TypeVar
 
 from config.settings import Settings
@@ -66,6 +66,14 @@ class LoopGatewayClient:
 
     def run(self, call: ToolCall[OutT], *, api_key: Key | None = None, trace: TraceContext | None = None) -> OutT:
         return self._submit(self._client.run(call, api_key=api_key, trace=trace))
+
+    def run_many(self, calls: Sequence[ToolCall[Any]], *, api_key: Key | None = None) -> list[Any]:
+        """Independent calls concurrently, in one hop to the loop; each item is
+        the typed answer or the GatewayError that call ended with."""
+        async def gather() -> list[Any]:
+            return await asyncio.gather(*(self._client.run(c, api_key=api_key) for c in calls), return_exceptions=True)
+
+        return self._submit(gather())
 
     def call(self, tool: str, input: Mapping[str, Any] | None = None, *, api_key: Key | None = None,
              trace: TraceContext | None = None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from fleet.clock import Clock
 from fleet.gateway.loop import LoopGatewayClient
 from fleet.hotstate import Lease
 from fleet.gateway.schemas import RegisterAgentResult
-from fleet.gateway import Conflict, GatewayClient, GatewayError, InvalidResponse, NotFound, Tool, tools
+from fleet.gateway import Conflict, GatewayClient, GatewayError, InvalidResponse, NotFound, Tool, ToolCall, tools
 from fleet.provisioning.manifest import AgentGroup, FleetManifest, ManifestError, manifest_digest, plan_agents, validate_manifest
 from fleet.provisioning.records import JobAgent, JobState, ProvisioningJob
 from fleet.secrets import KeyVault
@@ -204,22 +204,54 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
             return _compensate(deps, agent, agent.failure_reason or "earlier failure")
         spec = agent.extra["spec"]
         run = _Run(deps, agent, AgentGroup.model_validate(spec["group"]), spec["fleet"], spec["environment"])
-        for step in STEPS:
-            if step in agent.steps_done:
+        for phase in PHASES:
+            todo = [step for step in phase if step not in agent.steps_done]
+            if not todo:
                 continue
-            try:
-                fields = _STEP_FUNCTIONS[step](run)
-            except Exception as exc:  # noqa: BLE001 - whatever broke, nothing half-made stays behind
+            done, failure = _run_phase(run, todo)
+            if done:
+                fields: dict[str, Any] = {}
+                for step_fields in done.values():
+                    fields |= step_fields
+                agent.steps_done = [*agent.steps_done, *done]
+                finished = len(agent.steps_done) == len(STEPS)
+                _save(deps, agent_id, {"steps_done": agent.steps_done, **fields,
+                                       **({"status": AgentStatus.ACTIVE} if finished else {})})
+                for key, value in fields.items():
+                    setattr(agent, key, value)
+            if failure is not None:
+                step, exc = failure
                 reason = f"step {step} failed: {type(exc).__name__}: {exc}"
                 log.warning("agent %s: %s; compensating", agent_id, reason)
                 return _compensate(deps, agent, reason)
-            agent.steps_done = [*agent.steps_done, step]
-            finished = len(agent.steps_done) == len(STEPS)
-            _save(deps, agent_id, {"steps_done": agent.steps_done, **fields, **({"status": AgentStatus.ACTIVE} if finished else {})})
-            for key, value in fields.items():
-                setattr(agent, key, value)
             lease.renew()
         return AgentStatus.ACTIVE
+
+
+def _run_phase(run: _Run, steps: list[str]) -> tuple[dict[str, dict[str, Any]], tuple[str, BaseException] | None]:
+    """Run a phase's remaining steps: what each finished step records, and the first failure."""
+    done: dict[str, dict[str, Any]] = {}
+    if len(steps) == 1:
+        try:
+            done[steps[0]] = _STEP_FUNCTIONS[steps[0]](run)
+        except Exception as exc:  # noqa: BLE001 - whatever broke, nothing half-made stays behind
+            return done, (steps[0], exc)
+        return done, None
+    # Independent steps: their calls go to the gateway together.
+    calls = {step: _PARALLEL_STEPS[step][0](run) for step in steps}
+    to_send = [(step, call) for step, call in calls.items() if call is not None]
+    answers = dict(zip([step for step, _ in to_send], run.deps.gateway.run_many([c for _, c in to_send]), strict=True))
+    failure = None
+    for step in steps:
+        answer = answers.get(step)
+        if isinstance(answer, BaseException):
+            failure = failure or (step, answer)
+            continue
+        try:
+            done[step] = _PARALLEL_STEPS[step][1](run, answer)
+        except Exception as exc:  # noqa: BLE001
+            failure = failure or (step, exc)
+    return done, failure
 
 
 _AGENTS = Agent.__table__
@@ -260,37 +292,52 @@ def _wallet(run: _Run) -> dict[str, Any]:
     return {"wallet_id": wallet_id}
 
 
-def _claims(run: _Run) -> dict[str, Any]:
+def _claims_call(run: _Run) -> ToolCall[Any]:
     # Every chain starts with what we can attest ourselves: which fleet and
     # environment the agent belongs to; the manifest's own claims follow.
     membership = {"type": "fleet-membership", "value": f"{run.fleet}/{run.environment}", "issuer": "fleet-commander"}
     claims = [membership, *(c.model_dump(exclude_none=True) for c in run.group.trust_claims)]
-    result = run.deps.gateway.run(tools.build_claim_chain(run.agent.agent_id, claims))
+    return tools.build_claim_chain(run.agent.agent_id, claims)
+
+
+def _claims_record(run: _Run, result: Any) -> dict[str, Any]:
     return {"claim_chain_id": result.chain_id}
 
 
-def _sla(run: _Run) -> dict[str, Any]:
+def _sla_terms(run: _Run) -> dict[str, Any]:
+    return run.deps.policy.sla_templates[run.group.sla_template].model_dump(mode="json")
+
+
+def _sla_call(run: _Run) -> ToolCall[Any]:
+    return tools.create_sla(run.agent.agent_id, _sla_terms(run))
+
+
+def _sla_record(run: _Run, result: Any) -> dict[str, Any]:
     deps, agent = run.deps, run.agent
-    terms = deps.policy.sla_templates[run.group.sla_template].model_dump(mode="json")
-    result = deps.gateway.run(tools.create_sla(agent.agent_id, terms))
     with write_session(deps.sessions) as s:
         if s.get(SlaContract, result.sla_id) is None:
             s.add(SlaContract(sla_id=result.sla_id, agent_id=agent.agent_id, template=run.group.sla_template,
-                              terms=terms, created_at=deps.clock.now()))
+                              terms=_sla_terms(run), created_at=deps.clock.now()))
     return {}
 
 
-def _listing(run: _Run) -> dict[str, Any]:
+def _listing_call(run: _Run) -> ToolCall[Any]:
     pricing = {name: str(amount) for name, amount in run.group.pricing.items()}
-    result = run.deps.gateway.run(tools.register_service(run.agent.agent_id, run.agent.capabilities, pricing))
+    return tools.register_service(run.agent.agent_id, run.agent.capabilities, pricing)
+
+
+def _listing_record(run: _Run, result: Any) -> dict[str, Any]:
     return {"service_id": result.service_id}
 
 
-def _reputation(run: _Run) -> dict[str, Any]:
-    if run.group.seed_reputation:
-        # A neutral starting record so a new agent is not ranked as unknown.
-        seed = {"task_completion_rate": "0.95", "error_rate": "0.01", "tasks": 0}
-        run.deps.gateway.run(tools.submit_metrics(run.agent.agent_id, seed))
+def _reputation_call(run: _Run) -> ToolCall[Any] | None:
+    if not run.group.seed_reputation:
+        return None
+    # A neutral starting record so a new agent is not ranked as unknown.
+    return tools.submit_metrics(run.agent.agent_id, {"task_completion_rate": "0.95", "error_rate": "0.01", "tasks": 0})
+
+
+def _nothing(run: _Run, result: Any) -> dict[str, Any]:
     return {}
 
 
@@ -317,10 +364,21 @@ def _health(run: _Run) -> dict[str, Any]:
 
 
 _STEP_FUNCTIONS: dict[str, Callable[[_Run], dict[str, Any]]] = {
-    "register": _register, "wallet": _wallet, "claims": _claims, "sla": _sla,
-    "listing": _listing, "reputation": _reputation, "audit": _audit, "health": _health,
+    "register": _register, "wallet": _wallet, "audit": _audit, "health": _health,
 }
-assert tuple(_STEP_FUNCTIONS) == STEPS
+
+# Claims, SLA, listing and reputation need the identity (and, for the SLA's
+# money terms, the wallet) but not each other: one round trip instead of four.
+_PARALLEL_STEPS: dict[str, tuple[Callable[[_Run], ToolCall[Any] | None], Callable[[_Run, Any], dict[str, Any]]]] = {
+    "claims": (_claims_call, _claims_record),
+    "sla": (_sla_call, _sla_record),
+    "listing": (_listing_call, _listing_record),
+    "reputation": (_reputation_call, _nothing),
+}
+
+PHASES: tuple[tuple[str, ...], ...] = (("register",), ("wallet",), ("claims", "sla", "listing", "reputation"), ("audit",), ("health",))
+assert tuple(step for phase in PHASES for step in phase) == STEPS
+assert set(_STEP_FUNCTIONS) | set(_PARALLEL_STEPS) == set(STEPS)
 
 
 # ---------------------------------------------------------------- compensation
