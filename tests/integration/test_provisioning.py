@@ -21,6 +21,7 @@ from cli.bench import bench_manifest
 from cli.processes import api_argv, flower_argv, flower_env, free_port, port_open
 from cli.stack import Stack, local_stack
 from config.settings import ApiSettings, FlowerSettings, ScheduleSettings
+from fleet.approvals import DuplicateVote
 from fleet.provisioning.pipeline import JobProgress, job_progress
 from fleet.storage.db import engine_for, session_factory
 from tests.support.system import wait_until
@@ -299,7 +300,7 @@ def test_retirement_runs_only_after_two_distinct_approvals(stack: Stack) -> None
     # Sent straight to the worker without a granted approval, it is refused.
     stack.celery().send_task("provisioning.retire_agent", kwargs={"agent_id": agent_id, "approval_id": gate.request_id})
     approvals.approve(gate.request_id, "bob")
-    with pytest.raises(Exception):
+    with pytest.raises(DuplicateVote):
         approvals.approve(gate.request_id, "bob")  # the same person twice counts once
     time.sleep(1.0)
     assert _agent_row(stack, agent_id).status == "active"

@@ -49,7 +49,7 @@ def test_every_queue_has_a_worker_service() -> None:
 
 
 def test_every_fleet_service_command_names_a_real_entry_point() -> None:
-    for name, svc in _services().items():
+    for svc in _services().values():
         if "command" not in svc or svc.get("image", "").startswith(("redis", "postgres")):
             continue
         _resolve(svc["command"])  # raises on an unknown command or bad arguments
