@@ -177,7 +177,78 @@ def status() -> None:
             unhealthy += age > stale_after
             who = beat.worker
         click.echo(f"{queue.value:<18} {depth:>7}  {age_text:<16} {who}")
+    _echo_fleet_health(settings, r, now)
     sys.exit(1 if unhealthy else 0)
+
+
+def _echo_fleet_health(settings: Settings, r: Any, now: float) -> None:
+    """The last sweep's fleet view and the open alerts, under the queue table."""
+    from fleet.monitoring.sweep import fleet_health, recent_sweeps, sweep_status
+
+    fleets, meta = fleet_health(r)
+    click.echo("")
+    if not fleets:
+        click.echo("fleet health: no sweep has finished yet")
+    else:
+        age = now - float(meta.get("finished_at") or now)
+        click.echo(f"fleet health (sweep {meta.get('sweep_id')}, {age:.0f} s ago, took {float(meta.get('wall_s') or 0):.1f} s)")
+        click.echo(f"{'fleet':<18} {'agents':>7} {'healthy':>8} {'degraded':>9} {'critical':>9} {'unknown':>8} "
+                   f"{'p99 ms':>8} {'errors':>7} {'SLA ok':>7} {'burn $/h':>10}")
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{v:.1%}"
+
+        for name, h in sorted(fleets.items(), key=lambda kv: (kv[0] == "*", kv[0])):
+            if name == "*" and len(fleets) == 2:
+                continue  # one fleet: its line is the total
+            p99 = "-" if h["latency_p99"] is None else f"{h['latency_p99']:.0f}"
+            click.echo(f"{'(all)' if name == '*' else name:<18} {h['agents']:>7} {h['healthy']:>8} {h['degraded']:>9} "
+                       f"{h['critical']:>9} {h['unknown']:>8} {p99:>8} {pct(h['error_rate']):>7} "
+                       f"{pct(h['sla_compliance']):>7} {h['burn_rate_per_hour']:>10}")
+    running = [s for s in (sweep_status(r, sid) for sid in recent_sweeps(r, 1)) if s and s["status"] == "running"]
+    for s in running:
+        click.echo(f"sweep {s['sweep_id']} running: {s['agents_done']}/{s['agents']} agents, {s['unknown']} unknown")
+    try:
+        from fleet.monitoring.alerts import open_counts
+        from fleet.storage.db import engine_for, session_factory
+
+        counts = open_counts(session_factory(engine_for(settings.sqlalchemy_url)))
+    except Exception as exc:  # noqa: BLE001 - status must print what it can
+        click.echo(f"alerts: database not readable ({type(exc).__name__})")
+        return
+    order = ("emergency", "critical", "warning", "info")
+    text = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "none"
+    click.echo(f"open alerts: {text}" + ("  (`fleet alerts`)" if counts else ""))
+
+
+@main.command("alerts")
+@click.option("--all", "show_all", is_flag=True, help="Resolved alerts too, newest first.")
+@click.option("--severity", type=click.Choice(["info", "warning", "critical", "emergency"]), default=None)
+@click.option("--subject", default=None, help="One agent id or fleet name.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@config_errors_exit
+def alerts_cmd(show_all: bool, severity: str | None, subject: str | None, limit: int, as_json: bool) -> None:
+    """List open alerts (one per condition while it holds), newest first."""
+    import json
+
+    from fleet.monitoring.alerts import list_alerts
+    from fleet.storage.db import engine_for, migrate, session_factory
+
+    settings = settings_for_cli()
+    engine = engine_for(settings.sqlalchemy_url)
+    migrate(engine)
+    rows = list_alerts(session_factory(engine), open_only=not show_all, severity=severity, subject=subject, limit=limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no alerts" if show_all else "no open alerts")
+        return
+    click.echo(f"{'fired (UTC)':<20} {'severity':<9} {'state':<8} {'rule':<26} {'subject':<32} value")
+    for a in rows:
+        fired = a["fired_at"][:19].replace("T", " ")
+        click.echo(f"{fired:<20} {a['severity']:<9} {a['state']:<8} {a['rule']:<26} {a['subject']:<32} {a['value']}"
+                   + (f" (threshold {a['threshold']})" if a["threshold"] else ""))
 
 
 @main.command("config")
@@ -478,6 +549,7 @@ def report_compliance(fleet_name: str | None, period: str | None, no_gateway: bo
 # Command groups that live in their own modules register themselves on `main`.
 import cli.bench  # noqa: E402,F401
 import cli.provisioning_cmds  # noqa: E402,F401
+import cli.sla_cmds  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- audit benchmarks (`fleet bench …`)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,8 +45,22 @@ class EscalationPolicy(_Model):
     # Consecutive compliant samples needed to close an episode (hysteresis).
     recovery_samples: Annotated[int, Field(ge=1)] = 2
     ack_timeout_s: Seconds = 1800
+    # Tiers an operator's acknowledgement holds back until ack_timeout_s runs
+    # out; the automated ones (1, 2) run on "unresolved", not "unacknowledged".
+    ack_pauses_tiers: list[Annotated[int, Field(ge=1, le=4)]] = [3, 4]
     traffic_cut_fraction: Fraction = 0.5
     remediation_webhook: str | None = None
+    remediation_timeout_s: Annotated[float, Field(gt=0)] = 10
+    # Who tier 3 and 4 notify (send_message's "to"), and how urgently.
+    operator: str = "fleet-operator"
+    notify_priority: str = "high"
+    # A tier action claimed by a worker that then vanished is taken over after this.
+    action_lease_s: Annotated[float, Field(gt=0)] = 300
+    # Attempts at a tier action whose gateway or webhook keeps failing transiently.
+    action_max_attempts: Annotated[int, Field(ge=1)] = 5
+    action_retry_s: Annotated[float, Field(gt=0)] = 30
+    # A tier recorded as sent but never picked up (the message was lost) is sent again after this.
+    redispatch_after_s: Annotated[float, Field(gt=0)] = 900
 
     @field_validator("tiers")
     @classmethod
@@ -79,6 +93,8 @@ class FleetAlertRules(_Model):
     emergency_critical_fraction: Fraction = 0.20
     sla_compliance_min: Fraction = 0.95
     burn_rate_warning_per_hour: Money = Decimal("100.00")
+    # Cost anomaly: fleet burn above this multiple of its hourly baseline.
+    burn_baseline_factor: Annotated[float, Field(gt=1)] = 2.0
 
 
 class AgentAlertRules(_Model):
@@ -87,7 +103,14 @@ class AgentAlertRules(_Model):
     error_rate: Fraction = 0.05
     error_rate_for_s: Seconds = 600
     low_balance: Money = Decimal("5.00")
+    # Cost anomaly: burn rate above this multiple of the agent's hourly baseline...
     cost_anomaly_factor: Annotated[float, Field(gt=1)] = 2.0
+    # ...or observed spending (balance going down) above this multiple of its normal.
+    spend_anomaly_factor: Annotated[float, Field(gt=1)] = 3.0
+    # Baselines are exponentially weighted means with this half-life, and
+    # count only after this many samples (a new agent has no "normal" yet).
+    baseline_half_life_s: Annotated[float, Field(gt=0)] = 86400
+    baseline_min_samples: Annotated[int, Field(ge=1)] = 10
 
 
 class BehaviourSignals(_Model):
@@ -97,13 +120,26 @@ class BehaviourSignals(_Model):
     escalation_rate: Fraction = 0.15
     decision_latency_p99_over_p50: Annotated[float, Field(gt=1)] = 5.0
     min_counterparties_per_day: Annotated[int, Field(ge=0)] = 2
+    # A window with fewer tasks than this says nothing about behaviour.
+    min_tasks: Annotated[int, Field(ge=1)] = 20
+    # Task logs are judged over this rolling window; baselines fold in each finished window.
+    window_s: Annotated[float, Field(ge=60)] = 3600
+    # Finished windows a per-task baseline needs before it is compared against.
+    baseline_windows: Annotated[int, Field(ge=1)] = 3
 
 
 class AlertPolicy(_Model):
     fleet: FleetAlertRules = FleetAlertRules()
     agent: AgentAlertRules = AgentAlertRules()
     behaviour: BehaviourSignals = BehaviourSignals()
+    # Every alert (fired and resolved) is posted to these (Slack-compatible JSON)...
     webhooks: list[str] = []
+    # ...and to the URLs of its audience: "page", "oncall", "finops", "info".
+    routes: dict[Literal["page", "oncall", "finops", "info"], list[str]] = {}
+    webhook_timeout_s: Annotated[float, Field(gt=0)] = 5
+    # Attempts per webhook per notice (transient failures only), then it is dropped and logged.
+    webhook_max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    webhook_retry_s: Annotated[float, Field(ge=0)] = 10
 
 
 class Budgets(_Model):
@@ -125,6 +161,12 @@ class ErrorBudgetPolicy(_Model):
     slo_window_days: Annotated[float, Field(gt=0)] = 30
     allowed_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.005
     burn_alerts: list[BurnRateAlert] = []
+    # Time to exhaustion assumes the burn of this most recent window goes on.
+    exhaustion_rate_window_s: Annotated[float, Field(gt=0)] = 3600
+    # send_message priority per alert severity; fleet alerts always notify the
+    # operator, per-agent ones only when asked (escalation already handles agents).
+    alert_priority: dict[str, str] = {"page": "urgent", "ticket": "normal"}
+    notify_agent_alerts: bool = False
 
 
 class Risk(str, Enum):
@@ -172,8 +214,26 @@ class ScalingPolicy(_Model):
 
 
 class DisputePolicy(_Model):
+    resolution: str = "partial_refund"
     refund_fraction: Fraction = 0.5
     notes: str = "Partial refund per SLA breach policy."
+    # What a dispute claims when whoever named the counterparty gave no amount.
+    default_claim: Money = Decimal("0.00")
+    # "close": resolve when the episode ends (its length is known); "open": at once.
+    resolve_on: Literal["open", "close"] = "close"
+
+
+class RoutingPolicy(_Model):
+    """Weighted agent selection: score = Σ weight × factor, each factor in 0..1."""
+
+    reputation_weight: Fraction = 0.4
+    headroom_weight: Fraction = 0.2
+    idleness_weight: Fraction = 0.2
+    sla_margin_weight: Fraction = 0.2
+    # Budget headroom = balance / this, capped at 1.
+    full_headroom_balance: Annotated[Decimal, Field(gt=0)] = Decimal("100.00")
+    # Work items in flight at which an agent counts as fully busy (idleness 0).
+    busy_inflight: Annotated[int, Field(gt=0)] = 10
 
 
 class RetentionPolicy(_Model):
@@ -226,6 +286,7 @@ class Policy(_Model):
     provisioning: ProvisioningPolicy = ProvisioningPolicy()
     scaling: ScalingPolicy = ScalingPolicy()
     disputes: DisputePolicy = DisputePolicy()
+    routing: RoutingPolicy = RoutingPolicy()
     retention: RetentionPolicy = RetentionPolicy()
     audit: AuditPolicy = AuditPolicy()
     transparency: TransparencyPolicy = TransparencyPolicy()

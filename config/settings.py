@@ -118,6 +118,8 @@ class ScheduleSettings(_Section):
     metrics_sweep_s: PositiveFloat = 60.0
     sla_check_s: PositiveFloat = 300.0
     escalation_tick_s: PositiveFloat = 60.0
+    # Multi-window burn-rate alerts: the 5-minute short window needs about a minute.
+    burn_alert_s: PositiveFloat = 60.0
     key_rotation_check_s: PositiveFloat = 3600.0
     provisioning_resume_s: PositiveFloat = 60.0
     # An agent whose provisioning has not moved for this long is re-dispatched.
@@ -126,6 +128,48 @@ class ScheduleSettings(_Section):
     # step can take (retry ceiling × gateway timeout).
     provisioning_lock_ttl_s: PositiveFloat = 60.0
     retention_s: PositiveFloat = 86400.0
+    # Behavioural signals come from task logs, not from the sweep's polls:
+    # every five minutes is plenty for hour-long windows.
+    behaviour_check_s: PositiveFloat = 300.0
+
+
+class MetricsSettings(_Section):
+    """How the monitoring sweep fans out and polls (README, Performance, has the measurements)."""
+
+    # Agents per `metrics.poll_batch` message: 10,000 agents are 20 messages, not 10,000.
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = 500
+    # Gateway calls in flight at once per worker process (an agent's four reads go out together).
+    in_flight: Annotated[int, Field(ge=4, le=2000)] = 200
+    # Per-call timeout of the sweep's reads: one hung call holds its batch at
+    # most this long per attempt (the retry ceiling is the gateway's).
+    poll_timeout_s: PositiveFloat = 5.0
+    # Consecutive failures that open a tool's breaker in the sweep's client.
+    # The sweep makes hundreds of calls at once: at 10 % random errors, five
+    # failures in a row happen about once a sweep (measured: the breaker then
+    # failed 60-100 % of the agents fast for 30 s); fifty in a row is an outage.
+    breaker_failure_threshold: PositiveInt = 50
+    # Agent statuses the sweep polls. Paused agents stay observed, so the
+    # alert that paused one resolves once it recovers.
+    statuses: list[str] = ["active", "paused"]
+    # A snapshot nobody refreshes (agent retired) disappears after this.
+    snapshot_ttl_s: Annotated[int, Field(ge=0)] = 86400
+    # Per-agent rule state (durations, baselines, the hour being rolled up).
+    state_ttl_s: Annotated[int, Field(ge=60)] = 7 * 86400
+    # Sweep records (progress, per-agent failures) kept this long in Redis.
+    sweep_record_ttl_s: Annotated[int, Field(ge=60)] = 86400
+    # /metrics lists per-agent series up to this many agents, fleet totals always.
+    prometheus_max_agents: Annotated[int, Field(ge=0)] = 20000
+
+
+class SlaSettings(_Section):
+    """How the compliance sweep fans out."""
+
+    # Agents per `sla.check_batch` message: 10,000 agents are 40 messages, not 10,000.
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = 250
+    # Compliance checks in flight at once within one batch.
+    checks_in_flight: Annotated[int, Field(ge=1, le=1000)] = 100
+    # A metrics snapshot older than this is no cross-check.
+    snapshot_max_age_s: PositiveFloat = 300.0
 
 
 class FlowerSettings(_Section):
@@ -164,6 +208,8 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = SandboxSettings()
     worker: WorkerSettings = WorkerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    sla: SlaSettings = SlaSettings()
     flower: FlowerSettings = FlowerSettings()
     api: ApiSettings = ApiSettings()
 

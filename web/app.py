@@ -27,6 +27,14 @@ def create_api() -> FastAPI:
 
     api.include_router(approvals.router)
     api.include_router(audit.router)
+
+    from web.routes import monitoring
+
+    api.include_router(monitoring.router)
+
+    from web.routes import sla
+
+    api.include_router(sla.router)
     return api
 
 

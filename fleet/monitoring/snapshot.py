@@ -8,7 +8,7 @@ decimal fractions, so nothing is lost to float formatting.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from enum import StrEnum
 
@@ -46,10 +46,15 @@ class Snapshot:
     sla_margin_pct: float | None = None
     breached_terms: tuple[str, ...] = ()
     error: str | None = None  # why the poll failed, when health is UNKNOWN
+    fleet: str | None = None
+    sweep_id: str | None = None  # the sweep that took it
 
     def to_redis(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for name, value in asdict(self).items():
+        # Not dataclasses.asdict: it deep-copies every value, and this runs for
+        # every agent on every sweep.
+        for name in _FIELD_NAMES:
+            value = getattr(self, name)
             if value is None:
                 continue
             if isinstance(value, bool):
@@ -85,15 +90,23 @@ class Snapshot:
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
-def write_snapshots(r: redis.Redis, snapshots: list[Snapshot], ttl_s: int | None = None) -> None:
-    """All of a batch in one round trip."""
-    pipe = r.pipeline(transaction=False)
+_FIELD_NAMES = tuple(f.name for f in fields(Snapshot))
+
+
+def queue_snapshots(pipe: redis.client.Pipeline, snapshots: list[Snapshot], ttl_s: int | None = None) -> None:
+    """Add the writes of ``snapshots`` to a pipeline that also carries other writes."""
     for snap in snapshots:
         key = snapshot_key(snap.agent_id)
         pipe.delete(key)
         pipe.hset(key, mapping=snap.to_redis())
         if ttl_s:
             pipe.expire(key, ttl_s)
+
+
+def write_snapshots(r: redis.Redis, snapshots: list[Snapshot], ttl_s: int | None = None) -> None:
+    """All of a batch in one round trip."""
+    pipe = r.pipeline(transaction=False)
+    queue_snapshots(pipe, snapshots, ttl_s)
     pipe.execute()
 
 

@@ -1,0 +1,217 @@
+"""The sweep's reads: four calls per agent, thousands of agents at once, on one event loop.
+
+Measured on the sweep's own workload (README, Performance): the gateway
+client's general path, httpx over aiohttp, costs about 0.46 ms of CPU per call,
+against 0.13 ms for the same request on a bare aiohttp session; at 40,000
+calls a sweep that is 18 s of CPU against 5. So the sweep reads through
+:class:`ReadClient`, an :class:`~fleet.gateway.AsyncGatewayClient` whose
+attempt is one bare aiohttp request. Everything else is the gateway package's
+own code, unchanged: the envelope, auth, the per-tool circuit breaker, the
+retry ceiling and its backoff, the traceparent per attempt, typed errors and
+the validation of every answer.
+
+:class:`SweepPoller` runs one ReadClient on a background event loop per
+process and bounds the calls in flight for the whole process, so a worker
+running several batches at once (threads pool) shares one connection pool and
+one limit, and a batch stuck on a timed-out call holds one slot, not a core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import http
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+
+from fleet.gateway import AsyncGatewayClient, GatewayConfig, GatewayError, NotFound, TraceContext
+from fleet.gateway._core import Exchange
+from fleet.gateway.client import _ASYNC_TRANSPORT_ERRORS, _HEADERS
+
+T = TypeVar("T")
+
+# The four reads of operations §2, in the order of a Reading's fields.
+SWEEP_TOOLS = ("get_analytics", "get_balance", "check_sla_compliance", "get_agent_reputation")
+ANALYTICS, BALANCE, SLA, REPUTATION = range(4)
+
+
+class _Answer:
+    """What ``Exchange.answered`` reads of an HTTP answer (status, body, headers)."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, content: bytes, headers: Mapping[str, str]) -> None:
+        self.status_code = status_code
+        self.content = content
+        self.headers = headers
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    @property
+    def reason_phrase(self) -> str:
+        try:
+            return http.HTTPStatus(self.status_code).phrase
+        except ValueError:
+            return ""
+
+
+class _NoTransport:
+    """The httpx transport the base class would build is never used here."""
+
+    async def handle_async_request(self, request: Any) -> Any:  # pragma: no cover - never called
+        raise RuntimeError("ReadClient sends through its aiohttp session")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class ReadClient(AsyncGatewayClient):
+    """An AsyncGatewayClient that moves bytes over a bare aiohttp session (create it on its loop)."""
+
+    def __init__(self, config: GatewayConfig, *, keepalive_s: float = 15.0, **kwargs: Any) -> None:
+        super().__init__(config, transport=_NoTransport(), **kwargs)  # type: ignore[arg-type]
+        self._url = config.url
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=config.max_connections, limit_per_host=config.max_connections,
+                                           keepalive_timeout=keepalive_s),
+            timeout=aiohttp.ClientTimeout(total=config.timeout_s, sock_connect=config.connect_timeout_s),
+            headers=_HEADERS,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+        )
+
+    async def _attempt(self, exchange: Exchange) -> dict[str, Any]:
+        headers = exchange.begin_attempt()
+        try:
+            async with self._session.post(self._url, data=exchange.content, headers=headers) as response:
+                answer = _Answer(response.status, await response.read(), response.headers)
+        except _ASYNC_TRANSPORT_ERRORS as exc:
+            raise exchange.transport_failed(exc) from exc
+        except BaseException:
+            exchange.abandoned()
+            raise
+        return exchange.answered(answer)  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        await self._session.close()
+        await super().aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One agent's four answers (None where the call failed) and what went wrong."""
+
+    agent_id: str
+    analytics: dict[str, Any] | None
+    balance: dict[str, Any] | None
+    sla: dict[str, Any] | None
+    reputation: dict[str, Any] | None
+    errors: tuple[str, ...] = ()
+    no_sla: bool = False  # the gateway knows no SLA for this agent: not a failure
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors)
+
+
+def describe(tool: str, exc: GatewayError) -> str:
+    code = exc.code or type(exc).__name__
+    status = f" {exc.status}" if exc.status else ""
+    return f"{tool}: {type(exc).__name__}{status} {code}"
+
+
+class LoopThread:
+    """An asyncio event loop (uvloop when installed) running in a daemon thread."""
+
+    def __init__(self, name: str = "sweep-loop") -> None:
+        try:
+            import uvloop
+
+            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+            self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()
+
+
+class SweepPoller:
+    """Polls agents on a background loop; thread-safe, one per process."""
+
+    def __init__(self, config: GatewayConfig, *, in_flight: int, timeout_s: float | None = None,
+                 keepalive_s: float = 15.0) -> None:
+        """``keepalive_s``: how long idle connections are kept; longer than the sweep
+        interval, so each sweep does not open hundreds of connections again."""
+        self.in_flight = in_flight
+        config = dataclasses.replace(
+            config, max_connections=in_flight, timeout_s=timeout_s if timeout_s is not None else config.timeout_s
+        )
+        self._loop = LoopThread()
+        self.client: ReadClient = self._loop.run(self._open(config, keepalive_s))
+
+    async def _open(self, config: GatewayConfig, keepalive_s: float) -> ReadClient:
+        self._slots = asyncio.Semaphore(self.in_flight)
+        return ReadClient(config, keepalive_s=keepalive_s)
+
+    def poll(self, agent_ids: Sequence[str]) -> list[Reading]:
+        return self._loop.run(self.poll_async(agent_ids))
+
+    async def poll_async(self, agent_ids: Sequence[str]) -> list[Reading]:
+        """Every agent's four reads; an agent's calls go out together, agents in order."""
+        n = len(agent_ids)
+        answers: list[dict[str, Any] | GatewayError | None] = [None] * (4 * n)
+        traces = [TraceContext.new() for _ in range(n)]
+        calls = iter(range(4 * n))
+        slots, client = self._slots, self.client
+
+        async def worker() -> None:
+            for i in calls:
+                agent = i >> 2
+                tool = SWEEP_TOOLS[i & 3]
+                async with slots:
+                    try:
+                        answers[i] = await client.call(tool, {"agent_id": agent_ids[agent]}, trace=traces[agent])
+                    except GatewayError as exc:
+                        answers[i] = exc
+
+        await asyncio.gather(*(worker() for _ in range(min(self.in_flight, 4 * n))))
+        return [self._reading(agent_ids[k], answers[4 * k : 4 * k + 4]) for k in range(n)]
+
+    @staticmethod
+    def _reading(agent_id: str, four: list[dict[str, Any] | GatewayError | None]) -> Reading:
+        errors: list[str] = []
+        out: list[dict[str, Any] | None] = []
+        no_sla = False
+        for tool, answer in zip(SWEEP_TOOLS, four, strict=True):
+            if isinstance(answer, GatewayError):
+                if tool == "check_sla_compliance" and isinstance(answer, NotFound) and answer.code == "sla_not_found":
+                    no_sla = True
+                else:
+                    errors.append(describe(tool, answer))
+                out.append(None)
+            else:
+                out.append(answer)
+        return Reading(agent_id, out[0], out[1], out[2], out[3], tuple(errors), no_sla)
+
+    def close(self) -> None:
+        if not self._loop.loop.is_closed():
+            self._loop.run(self.client.aclose())
+        self._loop.stop()
+
+
+__all__ = ["SWEEP_TOOLS", "LoopThread", "ReadClient", "Reading", "SweepPoller"]

@@ -1,0 +1,116 @@
+"""SLA enforcement over HTTP: budgets, episodes with the tiers they reached, acknowledgement, checks.
+
+Prometheus: including this router registers the SLA collector
+(:mod:`fleet.sla.metrics`) on the default registry, which /metrics serves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, status
+from pydantic import BaseModel, Field
+
+from fleet.clock import SystemClock
+from fleet.sla.episodes import EpisodeClosed, EpisodeError, EpisodeNotFound
+from fleet.sla.metrics import register_sla_collector
+from tasks import _deps
+from web.app_auth import require_token
+
+router = APIRouter(prefix="/api/v1/sla", tags=["sla"], dependencies=[Depends(require_token)])
+
+register_sla_collector(_deps.sessions, lambda: _deps.settings().policy)
+
+
+def _redis() -> Any:
+    import redis
+
+    r = _deps.hot()
+    try:
+        r.ping()
+    except redis.RedisError:
+        return None
+    return r
+
+
+class Ack(BaseModel):
+    by: str = Field(min_length=1, max_length=128)
+    note: str = Field(default="", max_length=2000)
+
+
+class Check(BaseModel):
+    source: str = Field(default="api", min_length=1, max_length=128)
+    counterparty: str | None = Field(default=None, max_length=128)
+    amount: str | None = Field(default=None, pattern=r"^\d{1,12}(\.\d{1,2})?$")
+
+
+@router.get("/status")
+def fleet_status(fleet: str | None = None) -> dict[str, Any]:
+    """Per fleet: error budget left, time to exhaustion, burn alerts firing; open and recent episodes."""
+    from fleet.sla.status import fleet_report
+
+    return fleet_report(_deps.sessions(), _deps.settings().policy, SystemClock().now(), fleet=fleet, r=_redis())
+
+
+@router.get("/agents/{agent_id}")
+def agent_status(agent_id: str) -> dict[str, Any]:
+    from fleet.sla.status import agent_report
+
+    report = agent_report(_deps.sessions(), _deps.settings().policy, SystemClock().now(), agent_id, r=_redis())
+    if report is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no agent {agent_id!r}")
+    return report
+
+
+@router.post("/agents/{agent_id}/check", status_code=status.HTTP_202_ACCEPTED)
+def check_agent(agent_id: str, body: Check | None = None) -> dict[str, Any]:
+    """Check the agent now on the sla queue (opens an episode if it is in breach)."""
+    from tasks.sla import evaluate_agent
+
+    body = body or Check()
+    kwargs = {"agent_id": agent_id, "source": body.source, "counterparty": body.counterparty, "amount": body.amount}
+    result = evaluate_agent.apply_async(kwargs={k: v for k, v in kwargs.items() if v is not None})
+    return {"task_id": result.id, "agent_id": agent_id}
+
+
+@router.get("/episodes")
+def list_episodes(state: str | None = None, agent_id: str | None = None, fleet: str | None = None,
+                  limit: int = 100) -> list[dict[str, Any]]:
+    from fleet.sla.status import episodes
+
+    if state not in (None, "open", "closed"):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "state must be open or closed")
+    return episodes(_deps.sessions(), SystemClock().now(), state=state, agent_id=agent_id, fleet=fleet,
+                    limit=max(1, min(limit, 1000)))
+
+
+@router.get("/episodes/{episode_id}")
+def get_episode(episode_id: str) -> dict[str, Any]:
+    from fleet.sla.status import episode_detail
+
+    detail = episode_detail(_deps.sessions(), episode_id, SystemClock().now())
+    if detail is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no episode {episode_id!r}")
+    return detail
+
+
+@router.post("/episodes/{episode_id}/ack")
+def acknowledge(episode_id: str, body: Ack) -> dict[str, Any]:
+    """Acknowledge: tiers 3-4 wait until the acknowledgement times out; tiers 1-2 go on."""
+    from fleet.sla.service import acknowledge_episode
+
+    clock = SystemClock()
+    try:
+        ep = acknowledge_episode(_deps.sessions(), _deps.settings().policy, clock, episode_id, body.by, body.note)
+    except EpisodeNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except (EpisodeClosed, EpisodeError) as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return ep.to_dict(clock.now())
+
+
+@router.get("/templates")
+def templates() -> dict[str, dict[str, Any]]:
+    from fleet.sla.contracts import templates as all_templates
+
+    return all_templates(_deps.settings().policy)
