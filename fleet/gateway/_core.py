@@ -42,6 +42,7 @@ from fleet.gateway.errors import (
 from fleet.gateway.schemas import GatewayOutput
 from fleet.gateway.tools import OUTPUT_MODELS, REPEAT_UNSAFE
 from fleet.gateway.tracing import TraceContext
+from fleet.gateway.wire import WireError, WireTimeout
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -78,6 +79,8 @@ _AIOHTTP_NOT_SENT: tuple[type[BaseException], ...] = (
 
 
 def _never_sent(exc: BaseException) -> bool:
+    if isinstance(exc, WireError):
+        return not exc.sent
     if isinstance(exc, aiohttp.ClientError):
         return isinstance(exc, _AIOHTTP_NOT_SENT)
     if not isinstance(exc, _NOT_SENT):
@@ -282,7 +285,7 @@ class Exchange:
         # Name what really happened, not httpx-aiohttp's approximation of it.
         root = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
         detail = redact(str(root), self._secrets) or "no detail"
-        timed_out = isinstance(root, httpx.TimeoutException | TimeoutError)
+        timed_out = isinstance(root, httpx.TimeoutException | TimeoutError | WireTimeout)
         code = "timeout" if timed_out else "connection_error"
         return Unavailable(
             f"{type(root).__name__}: {detail}",

@@ -1,0 +1,254 @@
+"""HTTP/1.1 keep-alive connections for the sweep's fan-out, on asyncio protocols.
+
+The sweep makes tens of thousands of small POSTs a minute to one host, and on
+two cores the client's CPU per request decides how long that takes. Measured
+on the sweep's workload (README, Performance): aiohttp's client costs about
+155 µs of CPU per request, this pool about a third of that. It does only what
+the gateway protocol needs: one origin, POST with a body of known length,
+answers framed by Content-Length, chunked or the connection's close (parsed
+by httptools, the llhttp parser uvicorn uses), TLS for https, a bounded pool
+of connections reused LIFO and dropped when idle too long.
+
+A request that finds its reused connection closed by the server before a byte
+of the answer arrived (the keep-alive race every client has) is sent once more
+on a new connection; any other failure is the caller's to judge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Mapping
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+import httptools
+
+
+class WireError(Exception):
+    """The connection failed or the answer was not HTTP; nothing is known of the call's fate."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent  # the request may have reached the server
+
+
+class WireTimeout(WireError):
+    pass
+
+
+class Answer:
+    """Status, headers (names lowercased) and body of one HTTP answer."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, content: bytes, headers: Mapping[str, str]) -> None:
+        self.status_code = status_code
+        self.content = content
+        self.headers = headers
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    @property
+    def reason_phrase(self) -> str:
+        try:
+            return HTTPStatus(self.status_code).phrase
+        except ValueError:
+            return ""
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = ("_body", "_framed", "_headed", "_headers", "_name", "_parser", "_waiter", "closed", "idle_since",
+                 "received", "transport")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = time.monotonic()
+        self._waiter: asyncio.Future[Answer] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._body: list[bytes] = []
+        self._headers: dict[str, str] = {}
+        self._name = ""
+        self._headed = False  # the answer's status line and headers are in
+        self._framed = False  # the answer says where it ends (length or chunks)
+        self.received = False  # a byte of the current answer arrived
+
+    # --- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(WireError("unexpected protocol upgrade", sent=True))
+        except httptools.HttpParserError as exc:
+            self._fail(WireError(f"malformed HTTP answer: {exc}", sent=True))
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._headed and not self._framed:
+            # An answer without length or chunks ends when the connection does.
+            self._complete(keep=False)
+            return
+        detail = f"{type(exc).__name__}: {exc}" if exc else "server closed the connection"
+        waiter.set_exception(WireError(detail, sent=True))
+
+    # --- httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._name = name.decode("latin-1").lower()
+        self._headers[self._name] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._headed = True
+        self._framed = "content-length" in self._headers or "chunked" in self._headers.get("transfer-encoding", "")
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete(keep=self._parser.should_keep_alive())
+
+    # --- ours
+
+    def _complete(self, *, keep: bool) -> None:
+        answer = Answer(self._parser.get_status_code(), b"".join(self._body), self._headers)
+        waiter = self._waiter
+        self._waiter = None
+        if not keep:
+            self.close()
+        else:
+            self._reset()
+            self.idle_since = time.monotonic()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+    def _fail(self, error: WireError) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def send(self, request: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Answer]:
+        assert self.transport is not None and self._waiter is None
+        self._waiter = waiter = loop.create_future()
+        self.transport.write(request)
+        return waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ConnectionPool:
+    """Up to ``limit`` keep-alive connections to the origin of ``url``; one per event loop."""
+
+    def __init__(self, url: str, *, limit: int, connect_timeout_s: float, keepalive_s: float = 15.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self._host = parts.hostname
+        self._tls = parts.scheme == "https"
+        self._port = parts.port or (443 if self._tls else 80)
+        self._ssl = (ssl_context or ssl.create_default_context()) if self._tls else None
+        default_port = self._port == (443 if self._tls else 80)
+        host_header = parts.netloc.rsplit("@", 1)[-1] if not default_port else self._host
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._head = f"POST {target} HTTP/1.1\r\nHost: {host_header}\r\n".encode("latin-1")
+        self._connect_timeout_s = connect_timeout_s
+        self._keepalive_s = keepalive_s
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(limit)
+        self._open: set[_Connection] = set()
+
+    async def post(self, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Answer:
+        """POST ``body``; the answer whatever its status, or WireError / WireTimeout."""
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        request = b"".join((self._head, lines.encode("latin-1"), b"Content-Length: %d\r\n\r\n" % len(body), body))
+        async with self._slots:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return await self._exchange(request)
+            except TimeoutError:
+                raise WireTimeout(f"no answer within {timeout_s:g} s", sent=True) from None
+
+    async def _exchange(self, request: bytes) -> Answer:
+        loop = asyncio.get_running_loop()
+        conn, reused = self._take()
+        if conn is None:
+            conn = await self._connect(loop)
+        try:
+            answer = await conn.send(request, loop)
+        except WireError:
+            self._drop(conn)
+            if not (reused and not conn.received):
+                raise
+            # The server closed an idle connection as we reused it: once more, on a new one.
+            conn = await self._connect(loop)
+            try:
+                answer = await conn.send(request, loop)
+            except BaseException:
+                self._drop(conn)
+                raise
+        except BaseException:  # cancelled or timed out mid-answer: the connection is unusable
+            self._drop(conn)
+            raise
+        if conn.closed:
+            self._drop(conn)
+        else:
+            self._idle.append(conn)
+        return answer
+
+    def _take(self) -> tuple[_Connection | None, bool]:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed and now - conn.idle_since < self._keepalive_s:
+                return conn, True
+            self._drop(conn)
+        return None, False
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, conn = await loop.create_connection(
+                    _Connection, self._host, self._port, ssl=self._ssl,
+                    server_hostname=self._host if self._tls else None,
+                )
+        except TimeoutError:
+            raise WireTimeout(f"connect to {self._host}:{self._port} timed out", sent=False) from None
+        except OSError as exc:
+            raise WireError(f"connect to {self._host}:{self._port}: {exc}", sent=False) from exc
+        self._open.add(conn)
+        return conn
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.close()
+        self._open.discard(conn)
+
+    async def close(self) -> None:
+        for conn in list(self._open):
+            self._drop(conn)
+        self._idle.clear()
+
+
+__all__ = ["Answer", "ConnectionPool", "WireError", "WireTimeout"]

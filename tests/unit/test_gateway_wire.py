@@ -1,0 +1,303 @@
+"""The sweep's keep-alive pool against scripted servers on loopback: framing, reuse, failures, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Self
+
+import pytest
+
+from fleet.gateway.wire import ConnectionPool, WireError, WireTimeout
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:] if line)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return lines[0].encode(), headers, body
+
+
+class Server:
+    """A loopback server running ``handler(reader, writer, connection_number)`` per connection."""
+
+    def __init__(self, handler: Handler, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.ssl_context = ssl_context
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Self:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await self.handler(reader, writer, self.connections)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=self.ssl_context)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+
+def echo_forever(extra: bytes = b"") -> Handler:
+    """Answer every request on the connection with its own body (Content-Length framing)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            line, _, body = await read_request(reader)
+            assert line == b"POST /v1 HTTP/1.1"
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
+                         % (extra, len(body), body))
+            await writer.drain()
+
+    return handler
+
+
+def run(coro: Awaitable[object]) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_one_connection_serves_every_request_in_turn() -> None:
+    async def go() -> None:
+        async with Server(echo_forever(b"Retry-After: 3\r\n")) as server:
+            pool = ConnectionPool(server.url, limit=4, connect_timeout_s=1)
+            for i in range(20):
+                answer = await pool.post(b'{"n": %d}' % i, {"Authorization": "Bearer k"}, 1.0)
+                assert (answer.status_code, answer.content) == (200, b'{"n": %d}' % i)
+                assert answer.headers["retry-after"] == "3"  # names lowercased
+            await pool.close()
+            assert server.connections == 1
+
+    run(go())
+
+
+def test_concurrency_is_bounded_by_the_limit() -> None:
+    async def go() -> None:
+        async with Server(echo_forever()) as server:
+            pool = ConnectionPool(server.url, limit=3, connect_timeout_s=1)
+            answers = await asyncio.gather(*(pool.post(b"%d" % i, {}, 2.0) for i in range(30)))
+            assert [a.content for a in answers] == [b"%d" % i for i in range(30)]
+            assert server.connections == 3
+            await pool.close()
+
+    run(go())
+
+
+def test_chunked_and_close_delimited_answers() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        if n == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+            await writer.drain()
+            await read_request(reader)  # still alive: chunked answers keep the connection
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n{\"x\": 2}")
+        else:
+            writer.write(b"HTTP/1.0 200 OK\r\n\r\n{\"b\": 3}")  # ends with the connection
+        await writer.drain()
+
+    async def go() -> None:
+        async with Server(handler) as server:
+            pool = ConnectionPool(server.url, limit=1, connect_timeout_s=1)
+            first = await pool.post(b"{}", {}, 1.0)
+            assert (first.status_code, first.content) == (200, b'{"a": 1}')
+            second = await pool.post(b"{}", {}, 1.0)
+            assert (second.status_code, second.content) == (503, b'{"x": 2}')
+            third = await pool.post(b"{}", {}, 1.0)
+            assert (third.status_code, third.content) == (200, b'{"b": 3}')
+            assert server.connections == 2
+            await pool.close()
+
+    run(go())
+
+
+def test_a_reused_connection_closed_by_the_server_is_replaced_once() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        _, _, body = await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        # Keep-alive was promised, but the server reads the next request and hangs up.
+        if n == 1:
+            await read_request(reader)
+            writer.transport.abort()
+            return
+        while True:
+            _, _, body = await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    async def go() -> None:
+        async with Server(handler) as server:
+            pool = ConnectionPool(server.url, limit=1, connect_timeout_s=1)
+            assert (await pool.post(b"1", {}, 1.0)).content == b"1"
+            assert (await pool.post(b"2", {}, 1.0)).content == b"2"  # re-sent on connection 2
+            assert server.connections == 2
+            await pool.close()
+
+    run(go())
+
+
+def test_a_reused_connection_cut_mid_answer_is_an_error_not_a_resend() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        _, _, body = await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"half")  # the call ran: no resend
+        await writer.drain()
+        writer.transport.abort()
+
+    async def go() -> None:
+        async with Server(handler) as server:
+            pool = ConnectionPool(server.url, limit=1, connect_timeout_s=1)
+            await pool.post(b"1", {}, 1.0)
+            with pytest.raises(WireError) as caught:
+                await pool.post(b"2", {}, 1.0)
+            assert caught.value.sent
+            assert server.connections == 1
+            await pool.close()
+
+    run(go())
+
+
+def test_a_new_connection_that_fails_is_an_error_not_a_resend() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.transport.abort()
+
+    async def go() -> None:
+        async with Server(handler) as server:
+            pool = ConnectionPool(server.url, limit=1, connect_timeout_s=1)
+            with pytest.raises(WireError) as caught:
+                await pool.post(b"{}", {}, 1.0)
+            assert caught.value.sent  # it may have run: the caller decides whether to repeat it
+            assert server.connections == 1
+            await pool.close()
+
+    run(go())
+
+
+def test_no_answer_in_time_is_a_timeout_and_the_connection_is_not_reused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        _, _, body = await read_request(reader)
+        if n == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\"par")  # and never the rest
+            await writer.drain()
+            await asyncio.sleep(5)
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    async def go() -> None:
+        async with Server(handler) as server:
+            pool = ConnectionPool(server.url, limit=1, connect_timeout_s=1)
+            with pytest.raises(WireTimeout) as caught:
+                await pool.post(b"{}", {}, 0.2)
+            assert caught.value.sent
+            assert (await pool.post(b"ok", {}, 1.0)).content == b"ok"
+            assert server.connections == 2
+            await pool.close()
+
+    run(go())
+
+
+def test_refused_connection_was_never_sent() -> None:
+    async def go() -> None:
+        async with Server(echo_forever()) as server:
+            url = server.url
+        pool = ConnectionPool(url, limit=1, connect_timeout_s=1)
+        with pytest.raises(WireError) as caught:
+            await pool.post(b"{}", {}, 1.0)
+        assert not caught.value.sent and "connect to 127.0.0.1" in str(caught.value)
+
+    run(go())
+
+
+def test_garbage_instead_of_http_is_an_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async def go() -> None:
+        async with Server(handler) as server:
+            pool = ConnectionPool(server.url, limit=1, connect_timeout_s=1)
+            with pytest.raises(WireError, match="malformed HTTP answer"):
+                await pool.post(b"{}", {}, 1.0)
+            await pool.close()
+
+    run(go())
+
+
+def test_idle_connections_past_keepalive_are_not_reused() -> None:
+    async def go() -> None:
+        async with Server(echo_forever()) as server:
+            pool = ConnectionPool(server.url, limit=1, connect_timeout_s=1, keepalive_s=0.05)
+            await pool.post(b"1", {}, 1.0)
+            await asyncio.sleep(0.1)
+            await pool.post(b"2", {}, 1.0)
+            assert server.connections == 2
+            await pool.close()
+
+    run(go())
+
+
+def test_not_an_http_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        ConnectionPool("ftp://example.org/v1", limit=1, connect_timeout_s=1)
+
+
+def test_https(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert_file, key_file)
+    client_ctx = ssl.create_default_context(cafile=str(cert_file))
+
+    async def go() -> None:
+        async with Server(echo_forever(), ssl_context=server_ctx) as server:
+            untrusting = ConnectionPool(server.url, limit=1, connect_timeout_s=1)
+            with pytest.raises(WireError, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusting.post(b"{}", {}, 1.0)
+            pool = ConnectionPool(server.url, limit=1, connect_timeout_s=1, ssl_context=client_ctx)
+            assert (await pool.post(b"secret", {}, 1.0)).content == b"secret"
+            await pool.close()
+
+    run(go())
