@@ -75,8 +75,7 @@ def monitor() -> sweeping.MonitorDeps:
 def poller() -> SweepPoller:
     s = _deps.settings()
     config = dataclasses.replace(GatewayConfig.from_settings(s), breaker_failure_threshold=s.metrics.breaker_failure_threshold)
-    return SweepPoller(config, in_flight=s.metrics.in_flight, timeout_s=s.metrics.poll_timeout_s,
-                       keepalive_s=s.schedule.metrics_sweep_s * 1.5)
+    return SweepPoller(config, in_flight=s.metrics.in_flight, timeout_s=s.metrics.poll_timeout_s)
 
 
 @functools.cache

@@ -19,7 +19,6 @@ from datetime import UTC
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
 import httpx
 import orjson
 from pydantic import SecretStr, ValidationError
@@ -69,24 +68,12 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
     httpx.ConnectTimeout,
     httpx.PoolTimeout,
 )
-# httpx-aiohttp reports every aiohttp connection error, including a server
-# hanging up after the request went out, as ConnectTimeout: only these causes
-# really mean "not connected".
-_AIOHTTP_NOT_SENT: tuple[type[BaseException], ...] = (
-    aiohttp.ClientConnectorError,
-    aiohttp.ConnectionTimeoutError,
-)
 
 
 def _never_sent(exc: BaseException) -> bool:
     if isinstance(exc, WireError):
         return not exc.sent
-    if isinstance(exc, aiohttp.ClientError):
-        return isinstance(exc, _AIOHTTP_NOT_SENT)
-    if not isinstance(exc, _NOT_SENT):
-        return False
-    cause = exc.__cause__
-    return not isinstance(cause, aiohttp.ClientError) or isinstance(cause, _AIOHTTP_NOT_SENT)
+    return isinstance(exc, _NOT_SENT)
 
 
 _STATUS_ERRORS: dict[int, type[GatewayError]] = {
@@ -115,6 +102,7 @@ class GatewayConfig:
     breaker_failure_threshold: int = 5
     breaker_reset_s: float = 30.0
     max_connections: int = 200
+    keepalive_s: float = 50.0
 
     def __post_init__(self) -> None:
         if isinstance(self.admin_key, str):
@@ -137,6 +125,7 @@ class GatewayConfig:
             breaker_failure_threshold=gw.breaker_failure_threshold,
             breaker_reset_s=gw.breaker_reset_s,
             max_connections=gw.max_connections,
+            keepalive_s=gw.keepalive_s,
         )
 
     @property
@@ -282,13 +271,11 @@ class Exchange:
     def transport_failed(self, exc: BaseException) -> Unavailable:
         self.breaker.record_failure()
         self._holds_trial = False
-        # Name what really happened, not httpx-aiohttp's approximation of it.
-        root = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
-        detail = redact(str(root), self._secrets) or "no detail"
-        timed_out = isinstance(root, httpx.TimeoutException | TimeoutError | WireTimeout)
+        detail = redact(str(exc), self._secrets) or "no detail"
+        timed_out = isinstance(exc, httpx.TimeoutException | TimeoutError | WireTimeout)
         code = "timeout" if timed_out else "connection_error"
         return Unavailable(
-            f"{type(root).__name__}: {detail}",
+            f"{type(exc).__name__}: {detail}",
             tool=self.tool,
             code=code,
             trace=self.span,

@@ -4,7 +4,7 @@ Worker processes that run many threads (the provisioning queue) need a sync
 API, but httpx's sync connection pool serialises on one lock: profiled at 96
 threads, over half of the worker's samples were waiting in
 ``httpcore ConnectionPool`` rather than doing work. Submitting each call to a
-single asyncio loop running :class:`AsyncGatewayClient` over aiohttp keeps the
+single asyncio loop running :class:`AsyncGatewayClient` keeps the
 sync API, shares one connection pool and one set of circuit breakers across
 every thread, and costs a fraction of the CPU per call.
 """
@@ -37,7 +37,7 @@ class LoopGatewayClient:
 
     @staticmethod
     async def _make(config: GatewayConfig, kwargs: dict[str, Any]) -> AsyncGatewayClient:
-        # Built on the loop, so aiohttp binds its session to it.
+        # Built on the loop its connections will live on.
         return AsyncGatewayClient(config, **kwargs)
 
     @classmethod

@@ -1,16 +1,16 @@
 """The sweep's reads: four calls per agent, thousands of agents at once, on one event loop.
 
-Measured on the sweep's own workload (README, Performance): the gateway
-client's general path, httpx over aiohttp, costs about 0.46 ms of CPU per call;
-a bare aiohttp session about 0.155 ms; the keep-alive pool of
-:mod:`fleet.gateway.wire` about 0.06 ms. At 40,000 calls a sweep that is the
-difference between 18 s of CPU, 6 s and 2.4 s on a two-core machine that the
-gateway sandbox shares. So the sweep reads through :class:`ReadClient`, an
-:class:`~fleet.gateway.AsyncGatewayClient` whose attempt is one request on that
+Measured at 200 calls in flight against the sandbox (CPU per call, whole
+client): the gateway client's general path, httpx over the keep-alive pool of
+:mod:`fleet.gateway.wire`, about 0.32 ms (0.49 ms over aiohttp); the same
+pool without httpx about 0.10 ms. At 40,000 calls a sweep on a two-core
+machine that the gateway sandbox shares, that is 13 s of CPU against 4. So the
+sweep reads through :class:`ReadClient`, an
+:class:`~fleet.gateway.AsyncGatewayClient` whose attempt is one request on the
 pool. Everything else is the gateway package's own code, unchanged: the
 envelope, auth, the per-tool circuit breaker, the retry ceiling and its
-backoff, the traceparent per attempt, typed errors and the validation of every
-answer.
+backoff, the traceparent per attempt, typed errors and the validation of
+every answer.
 
 :class:`SweepPoller` runs one ReadClient on a background event loop per
 process; the pool bounds the calls in flight for the whole process, so a
@@ -53,10 +53,10 @@ class _NoTransport:
 class ReadClient(AsyncGatewayClient):
     """An AsyncGatewayClient that moves bytes over a :class:`ConnectionPool` (create it on its loop)."""
 
-    def __init__(self, config: GatewayConfig, *, keepalive_s: float = 15.0, **kwargs: Any) -> None:
+    def __init__(self, config: GatewayConfig, **kwargs: Any) -> None:
         super().__init__(config, transport=_NoTransport(), **kwargs)  # type: ignore[arg-type]
         self._pool = ConnectionPool(config.url, limit=config.max_connections,
-                                    connect_timeout_s=config.connect_timeout_s, keepalive_s=keepalive_s)
+                                    connect_timeout_s=config.connect_timeout_s, keepalive_s=config.keepalive_s)
 
     async def _attempt(self, exchange: Exchange) -> dict[str, Any]:
         headers = _HEADERS | exchange.begin_attempt()
@@ -124,20 +124,17 @@ class LoopThread:
 class SweepPoller:
     """Polls agents on a background loop; thread-safe, one per process."""
 
-    def __init__(self, config: GatewayConfig, *, in_flight: int, timeout_s: float | None = None,
-                 keepalive_s: float = 15.0) -> None:
-        """``keepalive_s``: how long idle connections are kept; longer than the sweep
-        interval, so each sweep does not open hundreds of connections again."""
+    def __init__(self, config: GatewayConfig, *, in_flight: int, timeout_s: float | None = None) -> None:
         self.in_flight = in_flight
         config = dataclasses.replace(
             config, max_connections=in_flight, timeout_s=timeout_s if timeout_s is not None else config.timeout_s
         )
         self._loop = LoopThread()
-        self.client: ReadClient = self._loop.run(self._open(config, keepalive_s))
+        self.client: ReadClient = self._loop.run(self._open(config))
 
     @staticmethod
-    async def _open(config: GatewayConfig, keepalive_s: float) -> ReadClient:
-        return ReadClient(config, keepalive_s=keepalive_s)
+    async def _open(config: GatewayConfig) -> ReadClient:
+        return ReadClient(config)
 
     def poll(self, agent_ids: Sequence[str]) -> list[Reading]:
         return self._loop.run(self.poll_async(agent_ids))

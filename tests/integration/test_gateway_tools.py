@@ -259,7 +259,7 @@ def test_sandbox_errors_map_to_typed_errors(
     assert set(gateway.breakers.states().values()) == {BreakerState.CLOSED}
 
 
-def test_async_client_fans_out_over_aiohttp(sandbox: SandboxControl, prefix: str) -> None:
+def test_async_client_fans_out(sandbox: SandboxControl, prefix: str) -> None:
     ids = [f"{prefix}-{i:04d}-abcdef01" for i in range(1, 41)]
     sandbox.reset_counters()
 

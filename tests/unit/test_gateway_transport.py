@@ -1,8 +1,9 @@
 """Both clients over real loopback sockets, on their default transports.
 
-A tiny in-process HTTP server stands in for the gateway, so the aiohttp
-transport's own failures (dropped connections, timeouts, refused connects)
-are checked to come out as ``Unavailable`` like httpx's do.
+A tiny in-process HTTP server stands in for the gateway, so the async
+client's keep-alive transport (fleet.gateway.wire) is checked to turn its own
+failures (dropped connections, timeouts, refused connects) into
+``Unavailable`` as httpx's sync transport does.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def test_sync_client_over_sockets(server: _Server) -> None:
     assert info.value.maybe_processed is False
 
 
-def test_async_client_over_aiohttp(server: _Server) -> None:
+def test_async_client_over_its_keepalive_transport(server: _Server) -> None:
     server.seen.clear()
 
     async def main() -> None:

@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Self
 
+import httpx
 import pytest
 
-from fleet.gateway.wire import ConnectionPool, WireError, WireTimeout
+from fleet.gateway.wire import ConnectionPool, WireError, WireTimeout, WireTransport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
@@ -130,18 +131,17 @@ def test_chunked_and_close_delimited_answers() -> None:
     run(go())
 
 
-def test_a_reused_connection_closed_by_the_server_is_replaced_once() -> None:
+def test_a_reused_connection_the_server_closed_is_an_error_never_a_silent_resend() -> None:
+    """The server may have run the call before hanging up: only the caller may decide to repeat it."""
+    bodies: list[bytes] = []
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        _, _, body = await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        await writer.drain()
-        # Keep-alive was promised, but the server reads the next request and hangs up.
-        if n == 1:
-            await read_request(reader)
-            writer.transport.abort()
-            return
         while True:
             _, _, body = await read_request(reader)
+            bodies.append(body)
+            if body == b"2":
+                writer.transport.abort()  # keep-alive was promised, but it hangs up unanswered
+                return
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             await writer.drain()
 
@@ -149,11 +149,15 @@ def test_a_reused_connection_closed_by_the_server_is_replaced_once() -> None:
         async with Server(handler) as server:
             pool = ConnectionPool(server.url, limit=1, connect_timeout_s=1)
             assert (await pool.post(b"1", {}, 1.0)).content == b"1"
-            assert (await pool.post(b"2", {}, 1.0)).content == b"2"  # re-sent on connection 2
+            with pytest.raises(WireError) as caught:
+                await pool.post(b"2", {}, 1.0)
+            assert caught.value.sent
+            assert (await pool.post(b"3", {}, 1.0)).content == b"3"  # on a new connection
             assert server.connections == 2
             await pool.close()
 
     run(go())
+    assert bodies == [b"1", b"2", b"3"]
 
 
 def test_a_reused_connection_cut_mid_answer_is_an_error_not_a_resend() -> None:
@@ -299,5 +303,58 @@ def test_https(tmp_path: Path) -> None:
             pool = ConnectionPool(server.url, limit=1, connect_timeout_s=1, ssl_context=client_ctx)
             assert (await pool.post(b"secret", {}, 1.0)).content == b"secret"
             await pool.close()
+
+    run(go())
+
+
+def test_httpx_over_the_transport_sends_the_request_as_given() -> None:
+    seen: list[tuple[bytes, dict[str, str], bytes]] = []
+    ports: list[str] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            request = await read_request(reader)
+            seen.append(request)
+            writer.write(b"HTTP/1.1 201 Created\r\nX-Trace: t1\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    async def go() -> None:
+        async with Server(handler) as server:
+            port = server.url.split(":")[2].split("/")[0]
+            ports.append(port)
+            async with httpx.AsyncClient(transport=WireTransport(limit=2, connect_timeout_s=1)) as client:
+                for _ in range(3):
+                    response = await client.post(f"http://127.0.0.1:{port}/v1?x=1", content=b'{"a": 1}',
+                                                 headers={"Authorization": "Bearer k"})
+                    assert (response.status_code, response.json(), response.headers["x-trace"]) == (201, {}, "t1")
+            assert server.connections == 1
+
+    run(go())
+    line, headers, body = seen[0]
+    assert line == b"POST /v1?x=1 HTTP/1.1" and body == b'{"a": 1}'
+    assert headers["host"] == f"127.0.0.1:{ports[0]}" and headers["authorization"] == "Bearer k"
+    assert "accept-encoding" not in headers  # answers are never compressed, so never asked to be
+
+
+def test_httpx_over_the_transport_raises_httpx_errors_that_say_whether_it_was_sent() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        _, _, body = await read_request(reader)
+        if body == b"cut":
+            writer.transport.abort()
+        else:
+            await asyncio.sleep(2)
+
+    async def go() -> None:
+        async with Server(handler) as server:
+            url = server.url
+            async with httpx.AsyncClient(transport=WireTransport(limit=2, connect_timeout_s=1),
+                                         timeout=httpx.Timeout(0.2)) as client:
+                with pytest.raises(httpx.ReadError):
+                    await client.post(url, content=b"cut")
+                with pytest.raises(httpx.ReadTimeout):
+                    await client.post(url, content=b"slow")
+        async with httpx.AsyncClient(transport=WireTransport(limit=2, connect_timeout_s=1)) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.post(url, content=b"{}")
 
     run(go())
