@@ -325,7 +325,8 @@ class Exchange:
             "trace": self.span,
         }
         if status == 429:
-            fields["retry_after"] = parse_retry_after(response.headers.get("Retry-After"))
+            # Lowercase: httpx headers ignore case, the wire pool's are lowercased.
+            fields["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
         elif status >= 500:
             # 503 is "not now": the tool did not run. Any other 5xx may come after it did.
             fields["maybe_processed"] = status != 503

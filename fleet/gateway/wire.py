@@ -65,13 +65,14 @@ class Answer:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_body", "_framed", "_headed", "_headers", "_name", "_parser", "_waiter", "closed", "idle_since",
+    __slots__ = ("_body", "_framed", "_headed", "_headers", "_parser", "_waiter", "closed", "idle_since", "sent",
                  "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = time.monotonic()
+        self.sent = False  # the current request went out
         self._waiter: asyncio.Future[Answer] | None = None
         self._reset()
 
@@ -79,7 +80,6 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._body: list[bytes] = []
         self._headers: dict[str, str] = {}
-        self._name = ""
         self._headed = False  # the answer's status line and headers are in
         self._framed = False  # the answer says where it ends (length or chunks)
 
@@ -114,8 +114,7 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._name = name.decode("latin-1").lower()
-        self._headers[self._name] = value.decode("latin-1")
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self._headed = True
@@ -152,6 +151,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None and self._waiter is None
         self._waiter = waiter = loop.create_future()
         self.transport.write(request)
+        self.sent = True
         return waiter
 
     def close(self) -> None:
@@ -194,15 +194,18 @@ class ConnectionPool:
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         request = b"".join((head, lines.encode("latin-1"), b"Content-Length: %d\r\n\r\n" % len(body), body))
         async with self._slots:
+            conn: _Connection | None = None
             try:
                 async with asyncio.timeout(timeout_s):
-                    return await self._exchange(request)
+                    conn = self._take() or await self._connect()
+                    return await self._exchange(conn, request)
             except TimeoutError:
-                raise WireTimeout(f"no answer within {timeout_s:g} s", sent=True) from None
+                sent = conn is not None and conn.sent
+                raise WireTimeout(f"no answer within {timeout_s:g} s", sent=sent) from None
 
-    async def _exchange(self, request: bytes) -> Answer:
+    async def _exchange(self, conn: _Connection, request: bytes) -> Answer:
         loop = asyncio.get_running_loop()
-        conn = self._take() or await self._connect(loop)
+        conn.sent = False
         try:
             answer = await conn.send(request, loop)
         except BaseException:  # failed, cancelled or timed out mid-answer: the connection is unusable
@@ -224,7 +227,8 @@ class ConnectionPool:
             self._drop(conn)
         return None
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, conn = await loop.create_connection(

@@ -358,3 +358,36 @@ def test_httpx_over_the_transport_raises_httpx_errors_that_say_whether_it_was_se
                 await client.post(url, content=b"{}")
 
     run(go())
+
+
+def test_the_sweep_client_honours_retry_after_through_the_pool() -> None:
+    from fleet.gateway import GatewayConfig
+    from fleet.monitoring.poller import ReadClient
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        body = b'{"error": {"code": "rate_limited", "message": "slow down"}}'
+        writer.write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0.25\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await writer.drain()
+        await read_request(reader)
+        body = b'{"agent_id": "a", "balance": "1.00", "burn_rate_per_hour": "0.10"}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def go() -> None:
+        async with Server(handler) as server:
+            client = ReadClient(GatewayConfig(url=server.url, admin_key="k", backoff_initial_s=5.0), sleep=sleep)
+            try:
+                assert (await client.call("get_balance", {"agent_id": "a"}))["balance"] == "1.00"
+            finally:
+                await client.aclose()
+
+    run(go())
+    assert waits == [0.25]  # the server's word, not the 5 s backoff
