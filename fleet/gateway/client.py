@@ -17,10 +17,11 @@ Three ways to call, on either client:
 - ``send(...)`` -> :class:`GatewayResult` (raw dict plus trace and attempts).
 
 The async client runs httpx over :class:`~fleet.gateway.wire.WireTransport`
-(keep-alive connections parsed by httptools): measured here, httpx's own async
-transport costs about 0.9 ms of CPU per request and collapses past a few dozen
-concurrent connections, httpx over aiohttp about 0.25 ms, httpx over this
-transport less again (README, Performance). Use one async client per event loop.
+(keep-alive connections parsed by httptools). httpx's own async transport
+costs about 0.9 ms of CPU per request and collapses past a few dozen
+concurrent connections; measured against the sandbox at 200 in flight, the
+whole client (httpx, breaker, validation) costs 0.49 ms per call over aiohttp
+and 0.32 ms over this transport. Use one async client per event loop.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ _HEADERS = {
     "Accept": "application/json",
     "User-Agent": USER_AGENT,
 }
-
 
 
 class _ClientBase:
