@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import ssl
@@ -200,13 +201,15 @@ def test_a_new_connection_that_fails_is_an_error_not_a_resend() -> None:
     run(go())
 
 
-def test_no_answer_in_time_is_a_timeout_and_the_connection_is_not_reused() -> None:
+def test_no_answer_in_time_is_a_timeout_and_the_connection_is_closed() -> None:
+    hung_up: list[bool] = []
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         _, _, body = await read_request(reader)
         if n == 1:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\"par")  # and never the rest
             await writer.drain()
-            await asyncio.sleep(5)
+            hung_up.append(await asyncio.wait_for(reader.read(), 2) == b"")  # the client closed it
             return
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         await writer.drain()
@@ -222,6 +225,31 @@ def test_no_answer_in_time_is_a_timeout_and_the_connection_is_not_reused() -> No
             await pool.close()
 
     run(go())
+    assert hung_up == [True]
+
+
+def test_an_answer_saying_connection_close_is_not_followed_by_another_request() -> None:
+    reused: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        _, _, body = await read_request(reader)
+        close = b"Connection: close\r\n" if n == 1 else b""
+        writer.write(b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (close, len(body), body))
+        await writer.drain()
+        if n == 1:  # said close, but leaves the socket open a while: the client must not use it
+            with contextlib.suppress(asyncio.IncompleteReadError, TimeoutError):
+                reused.append((await asyncio.wait_for(read_request(reader), 0.5))[2])
+
+    async def go() -> None:
+        async with Server(handler) as server:
+            pool = ConnectionPool(server.url, limit=1, connect_timeout_s=1)
+            assert (await pool.post(b"1", {}, 1.0)).content == b"1"
+            assert (await pool.post(b"2", {}, 1.0)).content == b"2"
+            assert server.connections == 2
+            await pool.close()
+
+    run(go())
+    assert reused == []
 
 
 def test_refused_connection_was_never_sent() -> None:
