@@ -52,9 +52,24 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--demo", is_flag=True, help="Seed a small simulated fleet and use short cadences so every queue is busy within a minute.")
-@click.option("--agents", type=int, default=None, help="Simulated agents seeded in the sandbox (default: 20 with --demo, else FLEET_SANDBOX__AGENTS).")
-@click.option("--concurrency", type=int, default=2, show_default=True, help="Processes per worker (one worker per queue).")
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Seed a small simulated fleet and use short cadences so every queue is busy within a minute.",
+)
+@click.option(
+    "--agents",
+    type=int,
+    default=None,
+    help="Simulated agents seeded in the sandbox (default: 20 with --demo, else FLEET_SANDBOX__AGENTS).",
+)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Processes per worker (one worker per queue).",
+)
 @config_errors_exit
 def up(demo: bool, agents: int | None, concurrency: int) -> None:
     """Start the whole system: Redis, sandbox, a worker per queue, beat and Flower.
@@ -63,7 +78,6 @@ def up(demo: bool, agents: int | None, concurrency: int) -> None:
     Ctrl-C stops everything.
     """
     from cli.up import run_up
-
     from config.settings import PACKAGE_DIR
 
     if demo:
@@ -72,15 +86,28 @@ def up(demo: bool, agents: int | None, concurrency: int) -> None:
         os.environ.setdefault("FLEET_SCHEDULE__METRICS_SWEEP_S", "15")
         os.environ.setdefault("FLEET_SCHEDULE__SLA_CHECK_S", "30")
         os.environ.setdefault("FLEET_SCHEDULE__ESCALATION_TICK_S", "5")
-        os.environ.setdefault("FLEET_POLICY_FILE", str(PACKAGE_DIR / "defaults" / "demo-policy.yaml"))
+        os.environ.setdefault(
+            "FLEET_POLICY_FILE", str(PACKAGE_DIR / "defaults" / "demo-policy.yaml")
+        )
     settings = settings_for_cli()
     manifest = PACKAGE_DIR / "manifests" / "demo.yaml" if demo else None
-    sys.exit(run_up(settings, agents=agents if agents is not None else (20 if demo else None),
-                    concurrency=concurrency, demo_manifest=manifest))
+    sys.exit(
+        run_up(
+            settings,
+            agents=agents if agents is not None else (20 if demo else None),
+            concurrency=concurrency,
+            demo_manifest=manifest,
+        )
+    )
 
 
 @main.command()
-@click.option("--agents", type=int, default=None, help="Simulated agents to seed (default FLEET_SANDBOX__AGENTS).")
+@click.option(
+    "--agents",
+    type=int,
+    default=None,
+    help="Simulated agents to seed (default FLEET_SANDBOX__AGENTS).",
+)
 @click.option("--port", type=int, default=None, help="Port (default FLEET_SANDBOX__PORT).")
 @click.argument("sandbox_args", nargs=-1, type=click.UNPROCESSED)
 @config_errors_exit
@@ -93,22 +120,36 @@ def sandbox(agents: int | None, port: int | None, sandbox_args: tuple[str, ...])
 
     settings = settings_for_cli()
     if port is not None:
-        settings = settings.model_copy(update={"sandbox": settings.sandbox.model_copy(update={"port": port})})
+        settings = settings.model_copy(
+            update={"sandbox": settings.sandbox.model_copy(update={"port": port})}
+        )
     argv = sandbox_argv(settings, agents, sandbox_args)
     os.execv(argv[0], argv)
 
 
 @main.command()
 @click.argument("queue", type=click.Choice([q.value for q in ALL_QUEUES]))
-@click.option("--concurrency", type=int, default=None, help="Worker processes (default FLEET_WORKER__CONCURRENCY).")
-@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Worker processes (default FLEET_WORKER__CONCURRENCY).",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+)
 @config_errors_exit
 def worker(queue: str, concurrency: int | None, pool: str) -> None:
     """Run a Celery worker consuming one QUEUE."""
     from cli.processes import worker_argv
 
     settings = settings_for_cli()
-    argv = worker_argv(FleetQueue(queue), concurrency or settings.worker.concurrency, pool, settings.log_level)
+    argv = worker_argv(
+        FleetQueue(queue), concurrency or settings.worker.concurrency, pool, settings.log_level
+    )
     os.execv(argv[0], argv)
 
 
@@ -191,9 +232,14 @@ def _echo_fleet_health(settings: Settings, r: Any, now: float) -> None:
         click.echo("fleet health: no sweep has finished yet")
     else:
         age = now - float(meta.get("finished_at") or now)
-        click.echo(f"fleet health (sweep {meta.get('sweep_id')}, {age:.0f} s ago, took {float(meta.get('wall_s') or 0):.1f} s)")
-        click.echo(f"{'fleet':<18} {'agents':>7} {'healthy':>8} {'degraded':>9} {'critical':>9} {'unknown':>8} "
-                   f"{'p99 ms':>8} {'errors':>7} {'SLA ok':>7} {'burn $/h':>10}")
+        click.echo(
+            f"fleet health (sweep {meta.get('sweep_id')}, {age:.0f} s ago, took {float(meta.get('wall_s') or 0):.1f} s)"
+        )
+        click.echo(
+            f"{'fleet':<18} {'agents':>7} {'healthy':>8} {'degraded':>9} {'critical':>9} {'unknown':>8} "
+            f"{'p99 ms':>8} {'errors':>7} {'SLA ok':>7} {'burn $/h':>10}"
+        )
+
         def pct(v: float | None) -> str:
             return "-" if v is None else f"{v:.1%}"
 
@@ -201,12 +247,20 @@ def _echo_fleet_health(settings: Settings, r: Any, now: float) -> None:
             if name == "*" and len(fleets) == 2:
                 continue  # one fleet: its line is the total
             p99 = "-" if h["latency_p99"] is None else f"{h['latency_p99']:.0f}"
-            click.echo(f"{'(all)' if name == '*' else name:<18} {h['agents']:>7} {h['healthy']:>8} {h['degraded']:>9} "
-                       f"{h['critical']:>9} {h['unknown']:>8} {p99:>8} {pct(h['error_rate']):>7} "
-                       f"{pct(h['sla_compliance']):>7} {h['burn_rate_per_hour']:>10}")
-    running = [s for s in (sweep_status(r, sid) for sid in recent_sweeps(r, 1)) if s and s["status"] == "running"]
+            click.echo(
+                f"{'(all)' if name == '*' else name:<18} {h['agents']:>7} {h['healthy']:>8} {h['degraded']:>9} "
+                f"{h['critical']:>9} {h['unknown']:>8} {p99:>8} {pct(h['error_rate']):>7} "
+                f"{pct(h['sla_compliance']):>7} {h['burn_rate_per_hour']:>10}"
+            )
+    running = [
+        s
+        for s in (sweep_status(r, sid) for sid in recent_sweeps(r, 1))
+        if s and s["status"] == "running"
+    ]
     for s in running:
-        click.echo(f"sweep {s['sweep_id']} running: {s['agents_done']}/{s['agents']} agents, {s['unknown']} unknown")
+        click.echo(
+            f"sweep {s['sweep_id']} running: {s['agents_done']}/{s['agents']} agents, {s['unknown']} unknown"
+        )
     try:
         from fleet.monitoring.alerts import open_counts
         from fleet.storage.db import engine_for, session_factory
@@ -222,12 +276,16 @@ def _echo_fleet_health(settings: Settings, r: Any, now: float) -> None:
 
 @main.command("alerts")
 @click.option("--all", "show_all", is_flag=True, help="Resolved alerts too, newest first.")
-@click.option("--severity", type=click.Choice(["info", "warning", "critical", "emergency"]), default=None)
+@click.option(
+    "--severity", type=click.Choice(["info", "warning", "critical", "emergency"]), default=None
+)
 @click.option("--subject", default=None, help="One agent id or fleet name.")
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @config_errors_exit
-def alerts_cmd(show_all: bool, severity: str | None, subject: str | None, limit: int, as_json: bool) -> None:
+def alerts_cmd(
+    show_all: bool, severity: str | None, subject: str | None, limit: int, as_json: bool
+) -> None:
     """List open alerts (one per condition while it holds), newest first."""
     import json
 
@@ -237,18 +295,28 @@ def alerts_cmd(show_all: bool, severity: str | None, subject: str | None, limit:
     settings = settings_for_cli()
     engine = engine_for(settings.sqlalchemy_url)
     migrate(engine)
-    rows = list_alerts(session_factory(engine), open_only=not show_all, severity=severity, subject=subject, limit=limit)
+    rows = list_alerts(
+        session_factory(engine),
+        open_only=not show_all,
+        severity=severity,
+        subject=subject,
+        limit=limit,
+    )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("no alerts" if show_all else "no open alerts")
         return
-    click.echo(f"{'fired (UTC)':<20} {'severity':<9} {'state':<8} {'rule':<26} {'subject':<32} value")
+    click.echo(
+        f"{'fired (UTC)':<20} {'severity':<9} {'state':<8} {'rule':<26} {'subject':<32} value"
+    )
     for a in rows:
         fired = a["fired_at"][:19].replace("T", " ")
-        click.echo(f"{fired:<20} {a['severity']:<9} {a['state']:<8} {a['rule']:<26} {a['subject']:<32} {a['value']}"
-                   + (f" (threshold {a['threshold']})" if a["threshold"] else ""))
+        click.echo(
+            f"{fired:<20} {a['severity']:<9} {a['state']:<8} {a['rule']:<26} {a['subject']:<32} {a['value']}"
+            + (f" (threshold {a['threshold']})" if a["threshold"] else "")
+        )
 
 
 @main.command("config")
@@ -257,7 +325,9 @@ def show_config() -> None:
     """Print the effective settings (secrets masked) and validate the policy file."""
     settings = settings_for_cli()
     click.echo(settings.model_dump_json(indent=2))
-    click.echo(f"# policy: {settings.policy_file} ({len(settings.policy.sla_templates)} SLA templates) — valid")
+    click.echo(
+        f"# policy: {settings.policy_file} ({len(settings.policy.sla_templates)} SLA templates) — valid"
+    )
 
 
 # --------------------------------------------------------------------------- audit, approvals, compliance
@@ -288,7 +358,9 @@ def _parse_when(value: str | None) -> Any:
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 date or time (e.g. 2026-01-31 or 2026-01-31T12:00Z)") from None
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 date or time (e.g. 2026-01-31 or 2026-01-31T12:00Z)"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
@@ -298,9 +370,18 @@ def audit_group() -> None:
 
 
 @audit_group.command("verify")
-@click.option("--public-key", default=None, help="Check signatures with this key (hex or PEM file) instead of the local signing key.")
-@click.option("--export", "export_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Verify an export file alone, as a third party would.")
+@click.option(
+    "--public-key",
+    default=None,
+    help="Check signatures with this key (hex or PEM file) instead of the local signing key.",
+)
+@click.option(
+    "--export",
+    "export_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Verify an export file alone, as a third party would.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @config_errors_exit
 def audit_verify(public_key: str | None, export_file: str | None, as_json: bool) -> None:
@@ -326,8 +407,10 @@ def audit_verify(public_key: str | None, export_file: str | None, as_json: bool)
         for line in check.warnings:
             click.echo(f"note: {line}")
         state = "intact" if check.ok else "TAMPERED"
-        click.echo(f"{state}: {check.entries} entries ({check.first_seq}..{check.last_seq}), "
-                   f"{check.checkpoints} valid checkpoints, key {check.key_id}")
+        click.echo(
+            f"{state}: {check.entries} entries ({check.first_seq}..{check.last_seq}), "
+            f"{check.checkpoints} valid checkpoints, key {check.key_id}"
+        )
         sys.exit(0 if check.ok else 1)
 
     from fleet.audit.verify import verify_log
@@ -351,9 +434,17 @@ def audit_verify(public_key: str | None, export_file: str | None, as_json: bool)
 @audit_group.command("export")
 @click.option("--since", default=None, help="First day or time (ISO 8601, UTC unless given).")
 @click.option("--until", default=None, help="End (exclusive), ISO 8601.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True,
-              help="File to write; - for standard output.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    default="-",
+    show_default=True,
+    help="File to write; - for standard output.",
+)
 @config_errors_exit
 def audit_export(since: str | None, until: str | None, fmt: str, output: str) -> None:
     """Export entries with their hashes, the checkpoints and the public key, for a regulator.
@@ -367,8 +458,11 @@ def audit_export(since: str | None, until: str | None, fmt: str, output: str) ->
     out = click.open_file(output, "wb")
     with out:
         summary = export_log(log, out, fmt=fmt, since=_parse_when(since), until=_parse_when(until))  # type: ignore[arg-type]
-    click.echo(f"exported {summary.entries} entries ({summary.first_seq}..{summary.last_seq}) "
-               f"and {summary.checkpoints} checkpoints; key {log.signer.key_id}", err=True)
+    click.echo(
+        f"exported {summary.entries} entries ({summary.first_seq}..{summary.last_seq}) "
+        f"and {summary.checkpoints} checkpoints; key {log.signer.key_id}",
+        err=True,
+    )
 
 
 @audit_group.command("public-key")
@@ -392,7 +486,11 @@ def audit_archive() -> None:
     settings = settings_for_cli()
     log, _ = _audit_context(settings)
     try:
-        result = archive_expired(log, settings.policy.retention.audit_days, respect_mirror=settings.policy.audit.mirror_enabled)
+        result = archive_expired(
+            log,
+            settings.policy.retention.audit_days,
+            respect_mirror=settings.policy.audit.mirror_enabled,
+        )
     except RetentionRefused as exc:
         raise click.ClickException(str(exc)) from None
     if result is None:
@@ -409,14 +507,22 @@ def approvals_group() -> None:
 def _print_request(view: Any) -> None:
     votes = ", ".join(f"{v.approver} {v.verdict}d" for v in view.votes) or "no votes"
     due = view.expires_at or view.review_due_at
-    click.echo(f"{view.request_id}  {view.risk.value:<8} {view.status.value:<9} {view.action} on {view.subject} "
-               f"by {view.requested_by}; {view.approvals}/{view.required} approvals ({votes})"
-               + (f"; due {due:%Y-%m-%d %H:%M} UTC" if due else ""))
+    click.echo(
+        f"{view.request_id}  {view.risk.value:<8} {view.status.value:<9} {view.action} on {view.subject} "
+        f"by {view.requested_by}; {view.approvals}/{view.required} approvals ({votes})"
+        + (f"; due {due:%Y-%m-%d %H:%M} UTC" if due else "")
+    )
 
 
 @approvals_group.command("list")
-@click.option("--status", type=click.Choice(["pending", "approved", "denied", "executed", "auto"]), default=None)
-@click.option("--review", is_flag=True, help="The post-hoc review queue (MEDIUM actions not yet reviewed).")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "approved", "denied", "executed", "auto"]),
+    default=None,
+)
+@click.option(
+    "--review", is_flag=True, help="The post-hoc review queue (MEDIUM actions not yet reviewed)."
+)
 @click.option("--all", "show_all", is_flag=True, help="Every status (default: pending only).")
 @click.option("--json", "as_json", is_flag=True)
 @config_errors_exit
@@ -443,7 +549,11 @@ def _decide(request_id: str, by: str, comment: str, approve: bool) -> None:
 
     _, service = _audit_context(settings_for_cli())
     try:
-        view = service.approve(request_id, by, comment) if approve else service.reject(request_id, by, comment)
+        view = (
+            service.approve(request_id, by, comment)
+            if approve
+            else service.reject(request_id, by, comment)
+        )
     except ApprovalError as exc:
         click.echo(f"fleet: {exc}", err=True)
         sys.exit(1)
@@ -517,7 +627,11 @@ def report_group() -> None:
 
 @report_group.command("compliance")
 @click.option("--fleet", "fleet_name", default=None, help="Fleet name (default FLEET_FLEET_NAME).")
-@click.option("--period", default=None, help="A month (2026-05) or days up to now (30d); default the last month.")
+@click.option(
+    "--period",
+    default=None,
+    help="A month (2026-05) or days up to now (30d); default the last month.",
+)
 @click.option("--no-gateway", is_flag=True, help="Only our own evidence; do not ask the gateway.")
 @config_errors_exit
 def report_compliance(fleet_name: str | None, period: str | None, no_gateway: bool) -> None:
@@ -531,8 +645,12 @@ def report_compliance(fleet_name: str | None, period: str | None, no_gateway: bo
     client = None if no_gateway else GatewayClient.from_settings(settings)
     try:
         report, json_path, html_path = produce_report(
-            settings, log, service, fleet_name or settings.fleet_name,
-            period or previous_month(SystemClock().now()), client.call if client else None,
+            settings,
+            log,
+            service,
+            fleet_name or settings.fleet_name,
+            period or previous_month(SystemClock().now()),
+            client.call if client else None,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--period") from None
@@ -551,19 +669,34 @@ import cli.bench  # noqa: E402,F401
 import cli.provisioning_cmds  # noqa: E402,F401
 import cli.sla_cmds  # noqa: E402,F401
 
-
 # --------------------------------------------------------------------------- audit benchmarks (`fleet bench …`)
 
 
 @click.command("audit")
 @click.option("--entries", type=int, default=50000, show_default=True)
-@click.option("--batch", type=int, default=None, help="Events per queue message (default audit.batch_size).")
-@click.option("--concurrency", type=int, default=2, show_default=True, help="Audit worker processes (or threads).")
-@click.option("--pool", type=click.Choice(["prefork", "threads"]), default="prefork", show_default=True)
-@click.option("--mirror", is_flag=True, help="Also mirror to the (zero-latency) sandbox while appending.")
-@click.option("--keep", type=click.Path(file_okay=False), default=None, help="Keep the stack's files here.")
+@click.option(
+    "--batch", type=int, default=None, help="Events per queue message (default audit.batch_size)."
+)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Audit worker processes (or threads).",
+)
+@click.option(
+    "--pool", type=click.Choice(["prefork", "threads"]), default="prefork", show_default=True
+)
+@click.option(
+    "--mirror", is_flag=True, help="Also mirror to the (zero-latency) sandbox while appending."
+)
+@click.option(
+    "--keep", type=click.Path(file_okay=False), default=None, help="Keep the stack's files here."
+)
 @config_errors_exit
-def bench_audit(entries: int, batch: int | None, concurrency: int, pool: str, mirror: bool, keep: str | None) -> None:
+def bench_audit(
+    entries: int, batch: int | None, concurrency: int, pool: str, mirror: bool, keep: str | None
+) -> None:
     """Push ENTRIES audit events through the audit queue into SQLite; the last line is the rate."""
     import shutil
     import tempfile
@@ -578,7 +711,9 @@ def bench_audit(entries: int, batch: int | None, concurrency: int, pool: str, mi
             shutil.rmtree(base, ignore_errors=True)
 
 
-def _bench_audit_in(base: Any, entries: int, batch: int | None, concurrency: int, pool: str, mirror: bool) -> None:
+def _bench_audit_in(
+    base: Any, entries: int, batch: int | None, concurrency: int, pool: str, mirror: bool
+) -> None:
     import json
 
     import yaml
@@ -595,13 +730,20 @@ def _bench_audit_in(base: Any, entries: int, batch: int | None, concurrency: int
     policy_file.write_text(yaml.safe_dump(policy))
     with local_stack(base, policy_file=policy_file) as stack:
         batch = batch or stack.settings.policy.audit.batch_size
-        stack.start_worker(["audit"], concurrency=concurrency, pool=pool, name="audit",
-                           extra_env={"FLEET_POLICY_FILE": str(policy_file)})
+        stack.start_worker(
+            ["audit"],
+            concurrency=concurrency,
+            pool=pool,
+            name="audit",
+            extra_env={"FLEET_POLICY_FILE": str(policy_file)},
+        )
         app = stack.celery()
         log = AuditLog.from_settings(stack.settings)
         messages = payloads(bench_events(entries), batch)
-        click.echo(f"{entries} entries in {len(messages)} messages of up to {batch}; "
-                   f"audit worker: {pool} × {concurrency}; SQLite at {stack.settings.sqlalchemy_url}")
+        click.echo(
+            f"{entries} entries in {len(messages)} messages of up to {batch}; "
+            f"audit worker: {pool} × {concurrency}; SQLite at {stack.settings.sqlalchemy_url}"
+        )
         started = time.perf_counter()
         with app.producer_or_acquire() as producer:
             for message in messages:
@@ -611,14 +753,29 @@ def _bench_audit_in(base: Any, entries: int, batch: int | None, concurrency: int
         wall = time.perf_counter() - started
         report = verify_log(log)
         rate = entries / wall
-        click.echo(f"sent in {sent:.2f} s; all {entries} appended in {wall:.2f} s; chain {report.summary()}")
-        click.echo(json.dumps({"entries": entries, "batch": batch, "pool": pool, "concurrency": concurrency,
-                               "wall_s": round(wall, 3), "chain_ok": report.ok, "entries_per_s": round(rate)}))
+        click.echo(
+            f"sent in {sent:.2f} s; all {entries} appended in {wall:.2f} s; chain {report.summary()}"
+        )
+        click.echo(
+            json.dumps(
+                {
+                    "entries": entries,
+                    "batch": batch,
+                    "pool": pool,
+                    "concurrency": concurrency,
+                    "wall_s": round(wall, 3),
+                    "chain_ok": report.ok,
+                    "entries_per_s": round(rate),
+                }
+            )
+        )
 
 
 @click.command("audit-verify")
 @click.option("--entries", type=int, default=1_000_000, show_default=True)
-@click.option("--keep", type=click.Path(file_okay=False), default=None, help="Keep the database here.")
+@click.option(
+    "--keep", type=click.Path(file_okay=False), default=None, help="Keep the database here."
+)
 @config_errors_exit
 def bench_audit_verify(entries: int, keep: str | None) -> None:
     """Fill a SQLite log with ENTRIES entries, then time `fleet audit verify` on it."""
@@ -652,7 +809,9 @@ def _bench_verify_in(base: Any, entries: int) -> None:
     click.echo(proc.stdout.rstrip())
     if proc.returncode != 0:
         click.echo(proc.stderr.rstrip(), err=True)
-    click.echo(json.dumps({"entries": entries, "verify_s": round(wall, 2), "exit_status": proc.returncode}))
+    click.echo(
+        json.dumps({"entries": entries, "verify_s": round(wall, 2), "exit_status": proc.returncode})
+    )
 
 
 def _register_audit_benchmarks() -> None:

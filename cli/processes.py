@@ -116,9 +116,13 @@ class Supervisor:
             deadline = time.monotonic() + timeout_s
             while not ready():
                 if not child.alive():
-                    raise StartError(f"{name} exited with status {process.returncode} while starting{self._log_hint(name)}")
+                    raise StartError(
+                        f"{name} exited with status {process.returncode} while starting{self._log_hint(name)}"
+                    )
                 if time.monotonic() > deadline:
-                    raise StartError(f"{name} was not ready after {timeout_s:.0f} s{self._log_hint(name)}")
+                    raise StartError(
+                        f"{name} was not ready after {timeout_s:.0f} s{self._log_hint(name)}"
+                    )
                 time.sleep(0.05)
         return child
 
@@ -164,7 +168,10 @@ class Supervisor:
 
     def __enter__(self) -> Supervisor:
         # SIGTERM (a CI timeout, `kill`) must unwind through stop_all() like Ctrl-C.
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        ):
             signal.signal(signal.SIGTERM, _terminate)
         return self
 
@@ -181,11 +188,13 @@ def child_env(settings: Settings) -> dict[str, str]:
     child process builds exactly the settings its parent has; plus the
     resolved Redis URL and data directory, so all agree on the embedded server."""
     env = _settings_env(settings, Settings(), "FLEET_")
-    env.update({
-        "FLEET_REDIS__URL": settings.redis_url,
-        "FLEET_DATA_DIR": str(settings.data_dir.resolve()),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "FLEET_REDIS__URL": settings.redis_url,
+            "FLEET_DATA_DIR": str(settings.data_dir.resolve()),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -211,8 +220,19 @@ def start_redis(sup: Supervisor, port: int, data_dir: Path) -> Managed:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
-        "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(data_dir),
+        find_redis_server(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        str(data_dir),
     ]
 
     def ready() -> bool:
@@ -224,65 +244,144 @@ def start_redis(sup: Supervisor, port: int, data_dir: Path) -> Managed:
     return sup.start("redis", argv, ready=ready, timeout_s=15)
 
 
-def sandbox_argv(settings: Settings, agents: int | None = None, extra: Sequence[str] = ()) -> list[str]:
+def sandbox_argv(
+    settings: Settings, agents: int | None = None, extra: Sequence[str] = ()
+) -> list[str]:
     sb = settings.sandbox
     return [
-        sys.executable, "-m", "sandbox",
-        "--host", sb.host, "--port", str(sb.port),
-        "--agents", str(sb.agents if agents is None else agents),
-        "--seed", str(sb.seed),
-        "--latency-ms", str(sb.latency_ms), "--latency-jitter-ms", str(sb.latency_jitter_ms),
-        "--error-rate", str(sb.error_rate), "--timeout-rate", str(sb.timeout_rate),
-        "--admin-key", settings.gateway.admin_key.get_secret_value(),
+        sys.executable,
+        "-m",
+        "sandbox",
+        "--host",
+        sb.host,
+        "--port",
+        str(sb.port),
+        "--agents",
+        str(sb.agents if agents is None else agents),
+        "--seed",
+        str(sb.seed),
+        "--latency-ms",
+        str(sb.latency_ms),
+        "--latency-jitter-ms",
+        str(sb.latency_jitter_ms),
+        "--error-rate",
+        str(sb.error_rate),
+        "--timeout-rate",
+        str(sb.timeout_rate),
+        "--admin-key",
+        settings.gateway.admin_key.get_secret_value(),
         *extra,
     ]
 
 
-def start_sandbox(sup: Supervisor, settings: Settings, agents: int | None = None, extra: Sequence[str] = ()) -> Managed:
+def start_sandbox(
+    sup: Supervisor, settings: Settings, agents: int | None = None, extra: Sequence[str] = ()
+) -> Managed:
     host, port = settings.sandbox.host, settings.sandbox.port
     return sup.start(
-        "sandbox", sandbox_argv(settings, agents, extra),
-        env=child_env(settings), ready=lambda: port_open(host, port), timeout_s=60,
+        "sandbox",
+        sandbox_argv(settings, agents, extra),
+        env=child_env(settings),
+        ready=lambda: port_open(host, port),
+        timeout_s=60,
     )
 
 
 def worker_argv(
-    queues: FleetQueue | str, concurrency: int, pool: str = "prefork", loglevel: str = "INFO", hostname: str | None = None
+    queues: FleetQueue | str,
+    concurrency: int,
+    pool: str = "prefork",
+    loglevel: str = "INFO",
+    hostname: str | None = None,
 ) -> list[str]:
     name = str(queues)
     return [
-        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-        "--queues", name, "--hostname", hostname or f"{name}@%h",
-        "--concurrency", str(concurrency), "--pool", pool,
-        "--loglevel", loglevel, "--task-events", "--without-mingle", "--without-gossip",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "--queues",
+        name,
+        "--hostname",
+        hostname or f"{name}@%h",
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        pool,
+        "--loglevel",
+        loglevel,
+        "--task-events",
+        "--without-mingle",
+        "--without-gossip",
     ]
 
 
-def start_worker(sup: Supervisor, settings: Settings, queue: FleetQueue | str, concurrency: int, pool: str = "prefork") -> Managed:
-    return sup.start(f"worker-{queue}", worker_argv(queue, concurrency, pool), env=child_env(settings))
+def start_worker(
+    sup: Supervisor,
+    settings: Settings,
+    queue: FleetQueue | str,
+    concurrency: int,
+    pool: str = "prefork",
+) -> Managed:
+    return sup.start(
+        f"worker-{queue}", worker_argv(queue, concurrency, pool), env=child_env(settings)
+    )
 
 
 def beat_argv(settings: Settings) -> list[str]:
     schedule_file = settings.data_dir.resolve() / "celerybeat-schedule"
-    return [sys.executable, "-m", "celery", "-A", "workers.app", "beat", "--schedule", str(schedule_file), "--loglevel", "INFO"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "beat",
+        "--schedule",
+        str(schedule_file),
+        "--loglevel",
+        "INFO",
+    ]
 
 
 def flower_argv(settings: Settings) -> list[str]:
     fl = settings.flower
     return [
-        sys.executable, "-m", "celery", "-A", "workers.app", "flower",
-        f"--address={fl.host}", f"--port={fl.port}",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "flower",
+        f"--address={fl.host}",
+        f"--port={fl.port}",
         "--persistent=False",
     ]
 
 
 def api_argv(settings: Settings) -> list[str]:
     api = settings.api
-    return [sys.executable, "-m", "uvicorn", "web.app:app", "--host", api.host, "--port", str(api.port),
-            "--no-access-log", "--log-level", "warning"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "web.app:app",
+        "--host",
+        api.host,
+        "--port",
+        str(api.port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
 
 
 def flower_env(settings: Settings) -> dict[str, str]:
     # Through the environment, so the password never shows in `ps`.
     fl = settings.flower
-    return {**child_env(settings), "FLOWER_BASIC_AUTH": f"{fl.user}:{fl.password.get_secret_value()}"}
+    return {
+        **child_env(settings),
+        "FLOWER_BASIC_AUTH": f"{fl.user}:{fl.password.get_secret_value()}",
+    }

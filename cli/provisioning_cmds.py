@@ -33,7 +33,9 @@ def validate(manifest: str) -> None:
         for problem in exc.problems:
             click.echo(f"{manifest}: {problem}", err=True)
         sys.exit(1)
-    click.echo(f"{manifest}: valid — fleet {parsed.fleet!r} ({parsed.environment}), {parsed.total_agents} agents in {len(parsed.agents)} groups")
+    click.echo(
+        f"{manifest}: valid — fleet {parsed.fleet!r} ({parsed.environment}), {parsed.total_agents} agents in {len(parsed.agents)} groups"
+    )
 
 
 @main.command("manifest-schema")
@@ -44,9 +46,15 @@ def manifest_schema() -> None:
 
 @main.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("--wait", is_flag=True, help="Follow the job with a live progress bar until every agent is done or failed.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Follow the job with a live progress bar until every agent is done or failed.",
+)
 @click.option("--job-id", default=None, help="Idempotency key for the job (default: a new id).")
-@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to wait with --wait.")
+@click.option(
+    "--timeout", type=float, default=3600, show_default=True, help="Seconds to wait with --wait."
+)
 @config_errors_exit
 def provision(manifest: str, wait: bool, job_id: str | None, timeout: float) -> None:
     """Provision the agents of a fleet MANIFEST on the provisioning queue."""
@@ -64,10 +72,19 @@ def provision(manifest: str, wait: bool, job_id: str | None, timeout: float) -> 
     _ensure_schema(settings)
     job_id = job_id or uuid.uuid4().hex
     try:
-        pipeline.queue_job(_deps.provisioning(), parsed.model_dump(mode="json"), job_id, submitted_by="cli")
+        pipeline.queue_job(
+            _deps.provisioning(), parsed.model_dump(mode="json"), job_id, submitted_by="cli"
+        )
     except pipeline.ProvisioningFrozen as exc:
         raise click.ClickException(str(exc)) from None
-    provision_fleet.apply_async(kwargs={"manifest": parsed.model_dump(mode="json"), "job_id": job_id, "submitted_by": "cli"}, task_id=job_id)
+    provision_fleet.apply_async(
+        kwargs={
+            "manifest": parsed.model_dump(mode="json"),
+            "job_id": job_id,
+            "submitted_by": "cli",
+        },
+        task_id=job_id,
+    )
     click.echo(f"job {job_id}: {parsed.total_agents} agents queued")
     if wait:
         sys.exit(follow_job(job_id, timeout))
@@ -80,13 +97,23 @@ def follow_job(job_id: str, timeout: float) -> int:
     from tasks import _deps
 
     deadline = time.monotonic() + timeout
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("failed {task.fields[failed]}"), TimeElapsedColumn()) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+    ) as bar:
         task = bar.add_task(f"job {job_id[:12]}", total=None, failed=0)
         while True:
             progress = pipeline.job_progress(_deps.sessions(), job_id, with_agents=False)
             if progress is not None:
-                bar.update(task, total=progress.total, completed=progress.done + progress.failed, failed=progress.failed)
+                bar.update(
+                    task,
+                    total=progress.total,
+                    completed=progress.done + progress.failed,
+                    failed=progress.failed,
+                )
                 if progress.state in ("done", "invalid", "refused"):
                     progress = pipeline.job_progress(_deps.sessions(), job_id)
                     break
@@ -97,7 +124,9 @@ def follow_job(job_id: str, timeout: float) -> int:
     for agent in progress.agents:
         if agent.status == "failed":
             click.echo(f"  failed {agent.agent_id}: {agent.failure_reason}", err=True)
-    click.echo(f"job {job_id}: {progress.state} — {progress.done} active, {progress.failed} failed of {progress.total}")
+    click.echo(
+        f"job {job_id}: {progress.state} — {progress.done} active, {progress.failed} failed of {progress.total}"
+    )
     return 0 if progress.state == "done" and progress.failed == 0 else 1
 
 
@@ -131,7 +160,12 @@ def _approvals_and_deps() -> tuple[object, object]:
 @main.command()
 @click.argument("target")
 @click.option("--reason", default="retired by operator", show_default=True)
-@click.option("--by", "requested_by", required=True, help="Who asks (recorded; may not approve their own request).")
+@click.option(
+    "--by",
+    "requested_by",
+    required=True,
+    help="Who asks (recorded; may not approve their own request).",
+)
 @config_errors_exit
 def retire(target: str, reason: str, requested_by: str) -> None:
     """Retire an agent, or every agent whose id starts with TARGET-.
@@ -148,20 +182,35 @@ def retire(target: str, reason: str, requested_by: str) -> None:
     approvals, deps = _approvals_and_deps()
     agents = agents_matching(deps, target)  # type: ignore[arg-type]
     if not agents:
-        raise click.ClickException(f"no active or paused agent is {target!r} or starts with {target + '-'!r}")
+        raise click.ClickException(
+            f"no active or paused agent is {target!r} or starts with {target + '-'!r}"
+        )
     for agent_id in agents:
         gate = approvals.request(  # type: ignore[attr-defined]
-            "retire_agent", agent_id, requested_by, reason=reason, irreversible=True,
-            task="provisioning.retire_agent", task_kwargs={"agent_id": agent_id, "reason": reason},
+            "retire_agent",
+            agent_id,
+            requested_by,
+            reason=reason,
+            irreversible=True,
+            task="provisioning.retire_agent",
+            task_kwargs={"agent_id": agent_id, "reason": reason},
         )
         need = gate.request.required if gate.request else 0
-        click.echo(f"{agent_id}: approval {gate.request_id} requested ({gate.risk.value}, {need} approver(s) needed)")
+        click.echo(
+            f"{agent_id}: approval {gate.request_id} requested ({gate.risk.value}, {need} approver(s) needed)"
+        )
 
 
 @main.command()
 @click.argument("agent_id")
 @click.argument("new_tier")
-@click.option("--volume", "projected_volume", type=int, required=True, help="Projected daily tool-call volume at the new tier.")
+@click.option(
+    "--volume",
+    "projected_volume",
+    type=int,
+    required=True,
+    help="Projected daily tool-call volume at the new tier.",
+)
 @click.option("--by", "requested_by", required=True, help="Who asks.")
 @config_errors_exit
 def upgrade(agent_id: str, new_tier: str, projected_volume: int, requested_by: str) -> None:
@@ -169,6 +218,12 @@ def upgrade(agent_id: str, new_tier: str, projected_volume: int, requested_by: s
     from tasks.provisioning import upgrade_tier
 
     settings_for_cli()
-    result = upgrade_tier.apply_async(kwargs={"agent_id": agent_id, "new_tier": new_tier,
-                                              "projected_volume": projected_volume, "requested_by": requested_by})
+    result = upgrade_tier.apply_async(
+        kwargs={
+            "agent_id": agent_id,
+            "new_tier": new_tier,
+            "projected_volume": projected_volume,
+            "requested_by": requested_by,
+        }
+    )
     click.echo(f"upgrade of {agent_id} to {new_tier} queued as task {result.id}")

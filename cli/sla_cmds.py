@@ -42,10 +42,12 @@ def _duration(seconds: float | None) -> str:
 
 def _budget_line(name: str, b: dict[str, Any]) -> str:
     tte = b["time_to_exhaustion_s"]
-    return (f"{name:<28} budget left {b['remaining_pct']:>7.2f} %  "
-            f"({b['consumed_minutes']:.1f} of {b['allowed_minutes']:.0f} min over {b['window_days']:g} d"
-            + (f", {b['agents']} agents" if b["scope"].startswith("fleet:") else "")
-            + f")  burn {b['recent_burn_rate']:.2f}x last hour  exhausted in {_duration(tte)}")
+    return (
+        f"{name:<28} budget left {b['remaining_pct']:>7.2f} %  "
+        f"({b['consumed_minutes']:.1f} of {b['allowed_minutes']:.0f} min over {b['window_days']:g} d"
+        + (f", {b['agents']} agents" if b["scope"].startswith("fleet:") else "")
+        + f")  burn {b['recent_burn_rate']:.2f}x last hour  exhausted in {_duration(tte)}"
+    )
 
 
 def _tiers(escalations: list[dict[str, Any]]) -> str:
@@ -58,9 +60,13 @@ def _tiers(escalations: list[dict[str, Any]]) -> str:
 
 def _print_episode(e: dict[str, Any]) -> None:
     state = e["state"] + (" (recovering)" if e["state"] == "open" and e["compliant_streak"] else "")
-    ack = f"  acked by {e['acked_by']} until {e['ack_until'][11:16]}" if e.get("acknowledged") else ""
-    click.echo(f"  {e['episode_id']}  {e['agent_id']:<28} {state:<20} {_duration(e['duration_s']):>8}  "
-               f"tier {e['tier_reached']}  [{_tiers(e['escalations'])}]  {','.join(e['breached_terms'])}{ack}")
+    ack = (
+        f"  acked by {e['acked_by']} until {e['ack_until'][11:16]}" if e.get("acknowledged") else ""
+    )
+    click.echo(
+        f"  {e['episode_id']}  {e['agent_id']:<28} {state:<20} {_duration(e['duration_s']):>8}  "
+        f"tier {e['tier_reached']}  [{_tiers(e['escalations'])}]  {','.join(e['breached_terms'])}{ack}"
+    )
 
 
 @main.group("sla")
@@ -71,7 +77,9 @@ def sla_group() -> None:
 @sla_group.command("status")
 @click.argument("agent_id", required=False)
 @click.option("--fleet", "fleet_name", default=None, help="Only this fleet.")
-@click.option("--limit", type=int, default=50, show_default=True, help="Episodes listed per section.")
+@click.option(
+    "--limit", type=int, default=50, show_default=True, help="Episodes listed per section."
+)
 @click.option("--json", "as_json", is_flag=True)
 @config_errors_exit
 def sla_status(agent_id: str | None, fleet_name: str | None, limit: int, as_json: bool) -> None:
@@ -90,27 +98,50 @@ def sla_status(agent_id: str | None, fleet_name: str | None, limit: int, as_json
         if as_json:
             click.echo(json.dumps(report, indent=2, default=str))
             return
-        click.echo(f"{agent_id}  fleet {report['fleet']}  {report['status']}  traffic weight {report['traffic_weight']}  "
-                   f"SLA {report['sla_template']} ({report['sla_id'] or 'template terms'})")
+        click.echo(
+            f"{agent_id}  fleet {report['fleet']}  {report['status']}  traffic weight {report['traffic_weight']}  "
+            f"SLA {report['sla_template']} ({report['sla_id'] or 'template terms'})"
+        )
         click.echo(_budget_line("error budget", report["budget"]))
         sample = report["last_sample"]
         if sample:
-            click.echo(f"last check {sample['at'][:19]}: {sample['verdict']} (from {sample['source']})"
-                       + (f" {sample['terms']}" if sample.get("terms") else "") + (f" — {sample['note']}" if sample.get("note") else ""))
+            click.echo(
+                f"last check {sample['at'][:19]}: {sample['verdict']} (from {sample['source']})"
+                + (f" {sample['terms']}" if sample.get("terms") else "")
+                + (f" — {sample['note']}" if sample.get("note") else "")
+            )
         for alert in report["alerts"]:
             click.echo(f"ALERT {alert['severity']} {alert['rule']} since {alert['fired_at'][:19]}")
         click.echo(f"episodes ({len(report['episodes'])}):")
         for e in report["episodes"]:
             _print_episode(e)
             for x in e["escalations"]:
-                detail = x["result"].get("error") or ", ".join(f"{k}={v}" for k, v in x["result"].items()
-                                                              if k in ("message_id", "after", "release_request",
-                                                                       "dispute_id", "webhook_status", "remediation"))
-                click.echo(f"      tier {x['tier']} {x['action']:<9} {x['status']:<8} on {x['queue'] or '-':<17} "
-                           f"sent at {_duration(x['episode_age_s'])}  {detail}")
+                detail = x["result"].get("error") or ", ".join(
+                    f"{k}={v}"
+                    for k, v in x["result"].items()
+                    if k
+                    in (
+                        "message_id",
+                        "after",
+                        "release_request",
+                        "dispute_id",
+                        "webhook_status",
+                        "remediation",
+                    )
+                )
+                click.echo(
+                    f"      tier {x['tier']} {x['action']:<9} {x['status']:<8} on {x['queue'] or '-':<17} "
+                    f"sent at {_duration(x['episode_age_s'])}  {detail}"
+                )
         for d in report["disputes"]:
-            click.echo(f"dispute {d['dispute_id']} with {d['counterparty']}: {d['status']}"
-                       + (f", {d['resolution']} {d['refund']} of {d['claimed']}" if d["resolution"] else ""))
+            click.echo(
+                f"dispute {d['dispute_id']} with {d['counterparty']}: {d['status']}"
+                + (
+                    f", {d['resolution']} {d['refund']} of {d['claimed']}"
+                    if d["resolution"]
+                    else ""
+                )
+            )
         return
     report = fleet_report(sessions, settings.policy, now, fleet=fleet_name, r=r, limit=limit)
     if as_json:
@@ -119,11 +150,19 @@ def sla_status(agent_id: str | None, fleet_name: str | None, limit: int, as_json
     for name, b in report["budgets"].items():
         click.echo(_budget_line(f"fleet {name}", b))
     for alert in report["alerts"]:
-        click.echo(f"ALERT {alert['severity']:<6} {alert['rule']:<12} {alert['scope']} since {alert['fired_at'][:19]}")
+        click.echo(
+            f"ALERT {alert['severity']:<6} {alert['rule']:<12} {alert['scope']} since {alert['fired_at'][:19]}"
+        )
     sweep = report["last_sweep"]
     if sweep:
-        took = f"in {sweep['duration_s']:.1f} s" if "duration_s" in sweep else f"{sweep['done']}/{sweep['total']} so far"
-        click.echo(f"last sweep: {sweep['total']} agents {took}, {sweep['breaches']} in breach, {sweep['failed']} failed")
+        took = (
+            f"in {sweep['duration_s']:.1f} s"
+            if "duration_s" in sweep
+            else f"{sweep['done']}/{sweep['total']} so far"
+        )
+        click.echo(
+            f"last sweep: {sweep['total']} agents {took}, {sweep['breaches']} in breach, {sweep['failed']} failed"
+        )
     click.echo(f"open episodes ({len(report['open_episodes'])}):")
     for e in report["open_episodes"][:limit]:
         _print_episode(e)
@@ -171,14 +210,20 @@ def sla_ack(episode_id: str, by: str, note: str) -> None:
         click.echo(f"fleet: {exc}", err=True)
         sys.exit(1)
     held = ", ".join(str(t) for t in settings.policy.escalation.ack_pauses_tiers)
-    click.echo(f"{ep.episode_id} acknowledged by {ep.acked_by}; tiers {held} held until "
-               f"{ep.ack_until:%Y-%m-%d %H:%M:%S} UTC")
+    click.echo(
+        f"{ep.episode_id} acknowledged by {ep.acked_by}; tiers {held} held until "
+        f"{ep.ack_until:%Y-%m-%d %H:%M:%S} UTC"
+    )
 
 
 @sla_group.command("check")
 @click.argument("agent_id")
-@click.option("--source", default="operator", show_default=True, help="Recorded as what asked for the check.")
-@click.option("--counterparty", default=None, help="Who the breach hurts (tier 3 files a dispute for them).")
+@click.option(
+    "--source", default="operator", show_default=True, help="Recorded as what asked for the check."
+)
+@click.option(
+    "--counterparty", default=None, help="Who the breach hurts (tier 3 files a dispute for them)."
+)
 @click.option("--amount", default=None, help="What the counterparty claims, a decimal string.")
 @config_errors_exit
 def sla_check(agent_id: str, source: str, counterparty: str | None, amount: str | None) -> None:
@@ -187,9 +232,17 @@ def sla_check(agent_id: str, source: str, counterparty: str | None, amount: str 
 
     settings = settings_for_cli()
     app = create_producer(settings)
-    kwargs = {"agent_id": agent_id, "source": source, "counterparty": counterparty, "amount": amount}
-    result = app.send_task("sla.evaluate_agent", kwargs={k: v for k, v in kwargs.items() if v is not None},
-                           ignore_result=True)
+    kwargs = {
+        "agent_id": agent_id,
+        "source": source,
+        "counterparty": counterparty,
+        "amount": amount,
+    }
+    result = app.send_task(
+        "sla.evaluate_agent",
+        kwargs={k: v for k, v in kwargs.items() if v is not None},
+        ignore_result=True,
+    )
     click.echo(f"sent sla.evaluate_agent for {agent_id} ({result.id})")
 
 

@@ -14,7 +14,15 @@ from typing import Any
 
 from celery import Celery
 
-from cli.processes import Managed, Supervisor, child_env, free_port, start_redis, start_sandbox, worker_argv
+from cli.processes import (
+    Managed,
+    Supervisor,
+    child_env,
+    free_port,
+    start_redis,
+    start_sandbox,
+    worker_argv,
+)
 from config.settings import RedisSettings, SandboxSettings, Settings, load_settings
 from fleet.storage.db import create_db_engine, migrate
 
@@ -33,14 +41,26 @@ class Stack:
         return env
 
     def start_worker(
-        self, queues: Sequence[str], *, concurrency: int = 2, pool: str = "prefork", name: str | None = None,
+        self,
+        queues: Sequence[str],
+        *,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        name: str | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> Managed:
         name = name or "worker-" + "-".join(queues)
-        argv = worker_argv(",".join(queues), concurrency, pool, loglevel="INFO", hostname=f"{name}@%h")
+        argv = worker_argv(
+            ",".join(queues), concurrency, pool, loglevel="INFO", hostname=f"{name}@%h"
+        )
         child = self.sup.start(name, argv, env={**self.env, **(extra_env or {})})
         log_file = self.base_dir / "logs" / f"{name}.log"
-        _wait(lambda: log_file.exists() and b"ready." in log_file.read_bytes(), child, 60, f"{name} not ready; see {log_file}")
+        _wait(
+            lambda: log_file.exists() and b"ready." in log_file.read_bytes(),
+            child,
+            60,
+            f"{name} not ready; see {log_file}",
+        )
         return child
 
     def celery(self) -> Celery:
@@ -54,8 +74,10 @@ class Stack:
         if self._sandbox is None:
             from sandbox.control import SandboxControl
 
-            self._sandbox = SandboxControl(f"http://{self.settings.sandbox.host}:{self.settings.sandbox.port}",
-                                           self.settings.gateway.admin_key.get_secret_value())
+            self._sandbox = SandboxControl(
+                f"http://{self.settings.sandbox.host}:{self.settings.sandbox.port}",
+                self.settings.gateway.admin_key.get_secret_value(),
+            )
         return self._sandbox
 
     def close(self) -> None:
@@ -90,7 +112,9 @@ def local_stack(
         data_dir=base_dir,
         database_url=database_url or f"sqlite:///{base_dir / 'fleet.db'}",
         redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0"),
-        sandbox=SandboxSettings(port=free_port(), latency_ms=latency_ms, latency_jitter_ms=jitter_ms),
+        sandbox=SandboxSettings(
+            port=free_port(), latency_ms=latency_ms, latency_jitter_ms=jitter_ms
+        ),
         **overrides,
     )
     engine = create_db_engine(settings.sqlalchemy_url)
@@ -105,4 +129,3 @@ def local_stack(
             yield stack
         finally:
             stack.close()
-

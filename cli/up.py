@@ -12,8 +12,8 @@ import click
 
 from cli.processes import (
     StartError,
-    api_argv,
     Supervisor,
+    api_argv,
     beat_argv,
     child_env,
     flower_argv,
@@ -45,7 +45,9 @@ def _check_ports_free(settings: Settings) -> None:
         wanted.append(("embedded redis", "127.0.0.1", settings.redis.embedded_port))
     for name, host, port in wanted:
         if port_open(host, port):
-            raise StartError(f"port {host}:{port} for {name} is already in use (is another `fleet up` running?)")
+            raise StartError(
+                f"port {host}:{port} for {name} is already in use (is another `fleet up` running?)"
+            )
 
 
 def _migrate(settings: Settings) -> None:
@@ -68,12 +70,21 @@ def _submit_demo(settings: Settings, manifest_path: Path) -> str:
 
     job_id = uuid.uuid4().hex
     app = create_producer(settings)
-    app.send_task("provisioning.provision_fleet", kwargs={
-        "manifest": yaml.safe_load(manifest_path.read_text()), "job_id": job_id, "submitted_by": "demo"}, task_id=job_id)
+    app.send_task(
+        "provisioning.provision_fleet",
+        kwargs={
+            "manifest": yaml.safe_load(manifest_path.read_text()),
+            "job_id": job_id,
+            "submitted_by": "demo",
+        },
+        task_id=job_id,
+    )
     return job_id
 
 
-def run_up(settings: Settings, *, agents: int | None, concurrency: int, demo_manifest: Path | None = None) -> int:
+def run_up(
+    settings: Settings, *, agents: int | None, concurrency: int, demo_manifest: Path | None = None
+) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_dir = settings.data_dir.resolve() / "logs"
     signal.signal(signal.SIGINT, _raise_stop)
@@ -95,21 +106,41 @@ def run_up(settings: Settings, *, agents: int | None, concurrency: int, demo_man
         click.echo(f"workers   one per queue: {', '.join(q.value for q in ALL_QUEUES)}")
         sup.start("beat", beat_argv(settings), env=child_env(settings))
         fl = settings.flower
-        sup.start("flower", flower_argv(settings), env=flower_env(settings), ready=lambda: port_open(fl.host, fl.port), timeout_s=60)
-        click.echo(f"flower    http://{fl.host}:{fl.port}  (user {fl.user!r}, password from FLEET_FLOWER__PASSWORD)")
+        sup.start(
+            "flower",
+            flower_argv(settings),
+            env=flower_env(settings),
+            ready=lambda: port_open(fl.host, fl.port),
+            timeout_s=60,
+        )
+        click.echo(
+            f"flower    http://{fl.host}:{fl.port}  (user {fl.user!r}, password from FLEET_FLOWER__PASSWORD)"
+        )
         api = settings.api
-        sup.start("api", api_argv(settings), env=child_env(settings), ready=lambda: port_open(api.host, api.port), timeout_s=60)
-        click.echo(f"api       http://{api.host}:{api.port}/docs  (bearer token from FLEET_API__TOKEN)")
+        sup.start(
+            "api",
+            api_argv(settings),
+            env=child_env(settings),
+            ready=lambda: port_open(api.host, api.port),
+            timeout_s=60,
+        )
+        click.echo(
+            f"api       http://{api.host}:{api.port}/docs  (bearer token from FLEET_API__TOKEN)"
+        )
         click.echo(f"logs      {log_dir}")
         if demo_manifest is not None:
             job_id = _submit_demo(settings, demo_manifest)
-            click.echo(f"demo      provisioning {demo_manifest.name} as job {job_id}: watch it in Flower, or GET /api/v1/provisioning-jobs/{job_id}")
+            click.echo(
+                f"demo      provisioning {demo_manifest.name} as job {job_id}: watch it in Flower, or GET /api/v1/provisioning-jobs/{job_id}"
+            )
         click.echo("running — press Ctrl-C to stop everything")
         while True:
             dead = sup.dead()
             if dead:
                 names = ", ".join(f"{c.name} (status {c.process.returncode})" for c in dead)
-                click.echo(f"fleet: stopped because a process exited: {names}; see {log_dir}", err=True)
+                click.echo(
+                    f"fleet: stopped because a process exited: {names}; see {log_dir}", err=True
+                )
                 return 1
             time.sleep(0.5)
     except StartError as exc:

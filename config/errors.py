@@ -19,7 +19,9 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out or "(root)"
 
 
-def describe_validation_error(exc: ValidationError, *, source: str, env_prefix: str | None = None) -> str:
+def describe_validation_error(
+    exc: ValidationError, *, source: str, env_prefix: str | None = None
+) -> str:
     """First problem first, then a count of the others, all on one line."""
     problems = []
     for err in exc.errors(include_url=False):

@@ -84,7 +84,10 @@ class HealthPolicy(_Model):
 
     @model_validator(mode="after")
     def _critical_is_worse(self) -> HealthPolicy:
-        if self.critical.error_rate < self.degraded.error_rate or self.critical.p99_ms < self.degraded.p99_ms:
+        if (
+            self.critical.error_rate < self.degraded.error_rate
+            or self.critical.p99_ms < self.degraded.p99_ms
+        ):
             raise ValueError("critical thresholds must not be below degraded ones")
         return self
 
@@ -270,9 +273,7 @@ class AuditPolicy(_Model):
 
 class TransparencyPolicy(_Model):
     # Art. 13: the line every agent-to-counterparty message carries.
-    ai_disclosure: str = (
-        "[Automated message: sent by AI agent {agent_id} of fleet {fleet}, operated by Fleet Commander.]"
-    )
+    ai_disclosure: str = "[Automated message: sent by AI agent {agent_id} of fleet {fleet}, operated by Fleet Commander.]"
 
 
 class Policy(_Model):
@@ -318,7 +319,11 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Mappings merge key by key; anything else (lists included) is replaced."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 

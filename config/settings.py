@@ -255,7 +255,9 @@ def load_settings(**overrides: object) -> Settings:
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source="environment", env_prefix="FLEET_")) from None
+        raise ConfigError(
+            describe_validation_error(exc, source="environment", env_prefix="FLEET_")
+        ) from None
     settings.policy  # noqa: B018 — validate the YAML at start-up, not on first use
     return settings
 

@@ -22,7 +22,9 @@ class Heartbeat:
     lag_s: float | None
 
 
-def record_heartbeat(r: redis.Redis, queue: str, worker: str, ran_at: float, sent_at: float | None) -> Heartbeat:
+def record_heartbeat(
+    r: redis.Redis, queue: str, worker: str, ran_at: float, sent_at: float | None
+) -> Heartbeat:
     lag = None if sent_at is None else max(0.0, ran_at - sent_at)
     fields = {"worker": worker, "ran_at": repr(ran_at), "lag_s": "" if lag is None else repr(lag)}
     r.hset(heartbeat_key(queue), mapping=fields)
@@ -34,4 +36,6 @@ def read_heartbeat(r: redis.Redis, queue: str) -> Heartbeat | None:
     if not raw:
         return None
     lag = raw.get("lag_s") or None
-    return Heartbeat(queue, raw.get("worker", "?"), float(raw["ran_at"]), None if lag is None else float(lag))
+    return Heartbeat(
+        queue, raw.get("worker", "?"), float(raw["ran_at"]), None if lag is None else float(lag)
+    )

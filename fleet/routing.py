@@ -72,20 +72,32 @@ def sla_margin(c: Candidate) -> float:
 
 def score(c: Candidate, policy: RoutingPolicy) -> float:
     reputation = min(max(c.reputation if c.reputation is not None else 0.5, 0.0), 1.0)
-    headroom = 0.0 if c.balance is None else float(min(max(c.balance / policy.full_headroom_balance, Decimal(0)), Decimal(1)))
+    headroom = (
+        0.0
+        if c.balance is None
+        else float(min(max(c.balance / policy.full_headroom_balance, Decimal(0)), Decimal(1)))
+    )
     idleness = 1.0 - min(c.in_flight / policy.busy_inflight, 1.0)
-    return (policy.reputation_weight * reputation + policy.headroom_weight * headroom
-            + policy.idleness_weight * idleness + policy.sla_margin_weight * sla_margin(c))
+    return (
+        policy.reputation_weight * reputation
+        + policy.headroom_weight * headroom
+        + policy.idleness_weight * idleness
+        + policy.sla_margin_weight * sla_margin(c)
+    )
 
 
 def shares(candidates: Sequence[Candidate], policy: RoutingPolicy) -> dict[str, float]:
     """Each eligible agent's chance of getting the next item (sums to 1, or empty)."""
-    weights = {c.agent_id: float(c.traffic_weight) * score(c, policy) for c in candidates if eligible(c)}
+    weights = {
+        c.agent_id: float(c.traffic_weight) * score(c, policy) for c in candidates if eligible(c)
+    }
     total = sum(weights.values())
     return {a: w / total for a, w in weights.items()} if total > 0 else {}
 
 
-def select_agent(candidates: Sequence[Candidate], policy: RoutingPolicy, rng: random.Random | None = None) -> Candidate | None:
+def select_agent(
+    candidates: Sequence[Candidate], policy: RoutingPolicy, rng: random.Random | None = None
+) -> Candidate | None:
     """One agent by weighted chance; None when no agent is eligible (all paused, cut to zero)."""
     pool = [c for c in candidates if eligible(c)]
     weights = [float(c.traffic_weight) * score(c, policy) for c in pool]
@@ -95,18 +107,27 @@ def select_agent(candidates: Sequence[Candidate], policy: RoutingPolicy, rng: ra
 
 
 def load_candidates(
-    sessions: sessionmaker[Session], r: redis.Redis | None = None, *, fleet: str | None = None,
-    id_prefix: str | None = None, capability: str | None = None,
+    sessions: sessionmaker[Session],
+    r: redis.Redis | None = None,
+    *,
+    fleet: str | None = None,
+    id_prefix: str | None = None,
+    capability: str | None = None,
 ) -> list[Candidate]:
     """The routing pool from the table (active, weight > 0), scored from Redis when given."""
     stmt = select(Agent.agent_id, Agent.status, Agent.traffic_weight, Agent.capabilities).where(
-        Agent.status == AgentStatus.ACTIVE)
+        Agent.status == AgentStatus.ACTIVE
+    )
     if fleet is not None:
         stmt = stmt.where(Agent.fleet == fleet)
     if id_prefix is not None:
         stmt = stmt.where(Agent.id_prefix == id_prefix)
     with sessions() as s:
-        rows = [(a, st, w) for a, st, w, caps in s.execute(stmt) if capability is None or capability in (caps or [])]
+        rows = [
+            (a, st, w)
+            for a, st, w, caps in s.execute(stmt)
+            if capability is None or capability in (caps or [])
+        ]
     rows = [(a, st, weight_of(w)) for a, st, w in rows]
     rows = [row for row in rows if row[2] > 0]
     snaps: list[dict[str, str]] = []
@@ -121,10 +142,16 @@ def load_candidates(
     out = []
     for i, (agent_id, status, weight) in enumerate(rows):
         snap = Snapshot.from_redis(snaps[i]) if i < len(snaps) and snaps[i] else None
-        out.append(Candidate(
-            agent_id, weight, str(status),
-            reputation=snap.reputation if snap else None, balance=snap.balance if snap else None,
-            in_flight=int(flights[i] or 0) if i < len(flights) else 0,
-            sla_compliant=snap.sla_compliant if snap else None, sla_margin_pct=snap.sla_margin_pct if snap else None,
-        ))
+        out.append(
+            Candidate(
+                agent_id,
+                weight,
+                str(status),
+                reputation=snap.reputation if snap else None,
+                balance=snap.balance if snap else None,
+                in_flight=int(flights[i] or 0) if i < len(flights) else 0,
+                sla_compliant=snap.sla_compliant if snap else None,
+                sla_margin_pct=snap.sla_margin_pct if snap else None,
+            )
+        )
     return out

@@ -28,7 +28,9 @@ class KeyVault:
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
-            raise SecretsError("stored agent key cannot be decrypted with the configured FLEET_SECRETS_KEY") from None
+            raise SecretsError(
+                "stored agent key cannot be decrypted with the configured FLEET_SECRETS_KEY"
+            ) from None
 
     def __repr__(self) -> str:
         return "KeyVault(<redacted>)"

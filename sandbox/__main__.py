@@ -59,26 +59,105 @@ def parse_args(argv: list[str] | None = None) -> SandboxOptions:
         print(f"sandbox: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
-    p = argparse.ArgumentParser(prog="python -m sandbox", description="Local agent-commerce gateway sandbox.")
+    p = argparse.ArgumentParser(
+        prog="python -m sandbox", description="Local agent-commerce gateway sandbox."
+    )
     a = p.add_argument
     a("--host", default=defaults.host, help="address to listen on (default %(default)s)")
-    a("--port", type=int, default=defaults.port, help="port; 0 picks a free one (default %(default)s)")
-    a("--agents", type=int, default=defaults.agents, help="agents to pre-seed (default %(default)s)")
-    a("--seed", type=int, default=defaults.seed, help="seed for profiles, ids and fault draws (default %(default)s)")
-    a("--seed-prefix", default=defaults.seed_prefix, help="id prefix of pre-seeded agents (default %(default)s)")
-    a("--latency-ms", type=_non_negative, default=defaults.latency_ms, help="mean added latency (default %(default)s)")
-    a("--latency-jitter-ms", type=_non_negative, default=defaults.latency_jitter_ms, help="uniform ± jitter (default %(default)s)")
-    a("--error-rate", type=_fraction, default=defaults.error_rate, help="share of calls failing with 500 (default %(default)s)")
-    a("--timeout-rate", type=_fraction, default=defaults.timeout_rate, help="share of calls held then dropped (default %(default)s)")
-    a("--timeout-s", type=_non_negative, default=defaults.timeout_s, help="how long a timed-out call is held (default %(default)s)")
+    a(
+        "--port",
+        type=int,
+        default=defaults.port,
+        help="port; 0 picks a free one (default %(default)s)",
+    )
+    a(
+        "--agents",
+        type=int,
+        default=defaults.agents,
+        help="agents to pre-seed (default %(default)s)",
+    )
+    a(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="seed for profiles, ids and fault draws (default %(default)s)",
+    )
+    a(
+        "--seed-prefix",
+        default=defaults.seed_prefix,
+        help="id prefix of pre-seeded agents (default %(default)s)",
+    )
+    a(
+        "--latency-ms",
+        type=_non_negative,
+        default=defaults.latency_ms,
+        help="mean added latency (default %(default)s)",
+    )
+    a(
+        "--latency-jitter-ms",
+        type=_non_negative,
+        default=defaults.latency_jitter_ms,
+        help="uniform ± jitter (default %(default)s)",
+    )
+    a(
+        "--error-rate",
+        type=_fraction,
+        default=defaults.error_rate,
+        help="share of calls failing with 500 (default %(default)s)",
+    )
+    a(
+        "--timeout-rate",
+        type=_fraction,
+        default=defaults.timeout_rate,
+        help="share of calls held then dropped (default %(default)s)",
+    )
+    a(
+        "--timeout-s",
+        type=_non_negative,
+        default=defaults.timeout_s,
+        help="how long a timed-out call is held (default %(default)s)",
+    )
     a("--admin-key", default=defaults.admin_key, help="the fleet-admin API key")
-    a("--tool-path", default=defaults.tool_path, help="path tool calls are POSTed to (default %(default)s)")
-    a("--key-overlap-s", type=_non_negative, default=defaults.key_overlap_s, help="how long a rotated-out key keeps working (default %(default)s)")
-    a("--treasury-wallet", default=defaults.treasury_wallet, help="the fleet treasury wallet id (default %(default)s)")
-    a("--profile-mix", type=_mix, default=None, help="behaviour mix, e.g. healthy=80,flaky=8,degrading=5,cost_runaway=4,dead=3")
-    a("--rate-limit", type=int, default=defaults.rate_limit, help="calls per window check_rate_limit reports (default %(default)s)")
-    a("--rate-window-s", type=float, default=defaults.rate_window_s, help="rate-limit window (default %(default)s)")
-    a("--faults", type=_faults, default=None, help="a fault document (JSON, or @file) applied at start")
+    a(
+        "--tool-path",
+        default=defaults.tool_path,
+        help="path tool calls are POSTed to (default %(default)s)",
+    )
+    a(
+        "--key-overlap-s",
+        type=_non_negative,
+        default=defaults.key_overlap_s,
+        help="how long a rotated-out key keeps working (default %(default)s)",
+    )
+    a(
+        "--treasury-wallet",
+        default=defaults.treasury_wallet,
+        help="the fleet treasury wallet id (default %(default)s)",
+    )
+    a(
+        "--profile-mix",
+        type=_mix,
+        default=None,
+        help="behaviour mix, e.g. healthy=80,flaky=8,degrading=5,cost_runaway=4,dead=3",
+    )
+    a(
+        "--rate-limit",
+        type=int,
+        default=defaults.rate_limit,
+        help="calls per window check_rate_limit reports (default %(default)s)",
+    )
+    a(
+        "--rate-window-s",
+        type=float,
+        default=defaults.rate_window_s,
+        help="rate-limit window (default %(default)s)",
+    )
+    a(
+        "--faults",
+        type=_faults,
+        default=None,
+        help="a fault document (JSON, or @file) applied at start",
+    )
     a("--access-log", action="store_true", help="log every request to stderr (slow)")
     args = p.parse_args(argv)
     if not args.tool_path.startswith("/"):
@@ -94,7 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        print(f"sandbox: cannot listen on {options.host}:{options.port}: {exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"sandbox: cannot listen on {options.host}:{options.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
 
 

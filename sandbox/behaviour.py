@@ -227,9 +227,21 @@ def metrics_at(profile: int, h: int, p: Params, now: float, origin: float) -> Me
     p99 = p50 * p.tail
     err = p.err * _noise(h, now, 21, 0.2)
     if profile == HEALTHY:
-        return Metrics(p50, p99, err, p.completion, p.uptime, p.accuracy, p.cost, p.tasks_per_hour, p.calls_per_task)
+        return Metrics(
+            p50,
+            p99,
+            err,
+            p.completion,
+            p.uptime,
+            p.accuracy,
+            p.cost,
+            p.tasks_per_hour,
+            p.calls_per_task,
+        )
     if profile == IDLE:
-        return Metrics(p50, p99, err, p.completion, p.uptime, p.accuracy, p.cost, 0.0, p.calls_per_task)
+        return Metrics(
+            p50, p99, err, p.completion, p.uptime, p.accuracy, p.cost, 0.0, p.calls_per_task
+        )
     if profile == DEAD:
         return Metrics(DEAD_LATENCY_MS, DEAD_LATENCY_MS, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     if profile == FLAKY:
@@ -247,7 +259,17 @@ def metrics_at(profile: int, h: int, p: Params, now: float, origin: float) -> Me
                 p.tasks_per_hour,
                 p.calls_per_task * 1.5,
             )
-        return Metrics(p50, p99 * 1.3, err * 2.5, p.completion - 0.02, p.uptime - 0.1, p.accuracy, p.cost, p.tasks_per_hour, p.calls_per_task)
+        return Metrics(
+            p50,
+            p99 * 1.3,
+            err * 2.5,
+            p.completion - 0.02,
+            p.uptime - 0.1,
+            p.accuracy,
+            p.cost,
+            p.tasks_per_hour,
+            p.calls_per_task,
+        )
     if profile == DEGRADING:
         # Every term drifts linearly and crosses the standard-support line
         # (p99 2000 ms, uptime 99.5 %, accuracy 95 %) together at d == 1, so
@@ -266,7 +288,17 @@ def metrics_at(profile: int, h: int, p: Params, now: float, origin: float) -> Me
         )
     # COST_RUNAWAY: a loop of tool calls, so calls per task grow with the cost.
     cost = runaway_cost(p, age_h)
-    return Metrics(p50, p99, err, p.completion, p.uptime, p.accuracy, cost, p.tasks_per_hour, p.calls_per_task * cost / p.cost)
+    return Metrics(
+        p50,
+        p99,
+        err,
+        p.completion,
+        p.uptime,
+        p.accuracy,
+        cost,
+        p.tasks_per_hour,
+        p.calls_per_task * cost / p.cost,
+    )
 
 
 def spend_between(profile: int, p: Params, origin: float, t0: float, t1: float) -> float:
@@ -291,9 +323,7 @@ def spend_between(profile: int, p: Params, origin: float, t0: float, t1: float) 
     return p.tasks_per_hour * total
 
 
-def reputation_score(
-    error_rate: float, completion: float, p99: float, accuracy: float
-) -> float:
+def reputation_score(error_rate: float, completion: float, p99: float, accuracy: float) -> float:
     """0..1: mostly reliability, then completion, latency and accuracy."""
     reliability = 1.0 - min(1.0, error_rate / 0.2)
     latency = min(1.0, max(0.0, (5000.0 - p99) / 4800.0))

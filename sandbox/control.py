@@ -31,7 +31,12 @@ class SandboxControl:
     """Admin client for one sandbox. ``url`` is the base URL, ``gateway_url`` the tool endpoint."""
 
     def __init__(
-        self, base_url: str, admin_key: str = "sandbox-admin-key", *, tool_path: str = "/v1", timeout_s: float = 30.0
+        self,
+        base_url: str,
+        admin_key: str = "sandbox-admin-key",
+        *,
+        tool_path: str = "/v1",
+        timeout_s: float = 30.0,
     ) -> None:
         self.url = base_url.rstrip("/")
         self.admin_key = admin_key
@@ -45,7 +50,9 @@ class SandboxControl:
 
     # --- plumbing ------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, json: Any = None, params: dict[str, str] | None = None) -> dict[str, Any]:
+    def _request(
+        self, method: str, path: str, json: Any = None, params: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         response = self._http.request(method, "/_sandbox" + path, json=json, params=params)
         try:
             body = response.json()
@@ -53,9 +60,15 @@ class SandboxControl:
             body = None
         if response.status_code != 200:
             error = body.get("error", {}) if isinstance(body, dict) else {}
-            raise SandboxError(response.status_code, str(error.get("code", "error")), str(error.get("message", response.text[:200])))
+            raise SandboxError(
+                response.status_code,
+                str(error.get("code", "error")),
+                str(error.get("message", response.text[:200])),
+            )
         if not isinstance(body, dict):
-            raise SandboxError(response.status_code, "invalid_response", "answer is not a JSON object")
+            raise SandboxError(
+                response.status_code, "invalid_response", "answer is not a JSON object"
+            )
         return body
 
     def close(self) -> None:
@@ -126,7 +139,9 @@ class SandboxControl:
         """Pin a behaviour (healthy, flaky, degrading, cost_runaway, dead, idle), starting now."""
         return self._request("PUT", f"/agents/{agent_id}", json={"profile": profile})
 
-    def messages(self, *, to: str | None = None, sender: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def messages(
+        self, *, to: str | None = None, sender: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
         params = {"limit": str(limit)}
         if to is not None:
             params["to"] = to
@@ -143,4 +158,6 @@ class SandboxControl:
     def call(self, tool: str, key: str | None = None, /, **tool_input: Any) -> httpx.Response:
         """One raw tool call (admin key unless ``key``), for tests that look at the HTTP answer."""
         headers = {"Authorization": f"Bearer {key}"} if key is not None else None
-        return self._http.post(self.tool_path, json={"tool": tool, "input": tool_input}, headers=headers)
+        return self._http.post(
+            self.tool_path, json={"tool": tool, "input": tool_input}, headers=headers
+        )

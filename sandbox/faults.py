@@ -36,7 +36,13 @@ from sandbox.validate import MAX_DURATION_S, ToolError, iso, parse_time
 
 PASS, DROP, ERROR, RATE_LIMITED, OUTAGE, TIMEOUT, DROP_AFTER_COMMIT = range(7)
 ERROR_STATUSES = (500, 502, 503, 504)
-_RATE_FIELDS = ("error_rate", "timeout_rate", "rate_limit_rate", "drop_rate", "drop_after_commit_rate")
+_RATE_FIELDS = (
+    "error_rate",
+    "timeout_rate",
+    "rate_limit_rate",
+    "drop_rate",
+    "drop_after_commit_rate",
+)
 
 
 class FaultConfigError(ValueError):
@@ -113,8 +119,14 @@ class Rule:
             if name in _RATE_FIELDS:
                 setattr(self, name, _fraction(field, value))
             elif name == "error_status":
-                if not isinstance(value, int) or isinstance(value, bool) or value not in ERROR_STATUSES:
-                    raise FaultConfigError(field, f"must be one of {', '.join(map(str, ERROR_STATUSES))}")
+                if (
+                    not isinstance(value, int)
+                    or isinstance(value, bool)
+                    or value not in ERROR_STATUSES
+                ):
+                    raise FaultConfigError(
+                        field, f"must be one of {', '.join(map(str, ERROR_STATUSES))}"
+                    )
                 self.error_status = value
             elif name == "rate_limit_next":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -132,7 +144,9 @@ class Rule:
                 raise FaultConfigError(field, "unknown fault setting")
 
     def view(self, now: float) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name) for name in Rule.__slots__ if name != "outages"}
+        out: dict[str, Any] = {
+            name: getattr(self, name) for name in Rule.__slots__ if name != "outages"
+        }
         out["outages"] = [o.view(now) for o in self.outages]
         return out
 
@@ -197,7 +211,9 @@ class Faults:
                         tools.pop(tool, None)
                         continue
                     if not isinstance(tool_body, dict):
-                        raise FaultConfigError(f"tools.{tool}", "must be an object (or null to remove)")
+                        raise FaultConfigError(
+                            f"tools.{tool}", "must be an object (or null to remove)"
+                        )
                     tool_rule = tools.get(tool) or Rule()
                     tool_rule.update(tool_body, f"tools.{tool}.", now)
                     tools[tool] = tool_rule
@@ -220,7 +236,9 @@ class Faults:
     def _refresh(self) -> None:
         self.active = self.rule.active or any(r.active for r in self.tools.values())
         self.has_latency = bool(
-            self.latency_ms or self.latency_jitter_ms or any(r.latency_ms for r in self.tools.values())
+            self.latency_ms
+            or self.latency_jitter_ms
+            or any(r.latency_ms for r in self.tools.values())
         )
 
     def view(self, now: float) -> dict[str, Any]:
@@ -325,7 +343,9 @@ def _outages(field: str, value: Any, now: float) -> list[Outage]:
     for i, item in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(item, dict):
-            raise FaultConfigError(where, 'must be {"start", "end"} or {"duration_s", "start_in_s"?}')
+            raise FaultConfigError(
+                where, 'must be {"start", "end"} or {"duration_s", "start_in_s"?}'
+            )
         unknown = set(item) - {"start", "end", "duration_s", "start_in_s"}
         if unknown:
             raise FaultConfigError(f"{where}.{sorted(unknown)[0]}", "unknown outage field")
@@ -333,11 +353,15 @@ def _outages(field: str, value: Any, now: float) -> list[Outage]:
             if "start" in item:
                 start = parse_time("start", item["start"])
             else:
-                start = now + _number(f"{where}.start_in_s", item.get("start_in_s", 0), 0.0, MAX_DURATION_S)
+                start = now + _number(
+                    f"{where}.start_in_s", item.get("start_in_s", 0), 0.0, MAX_DURATION_S
+                )
             if "end" in item:
                 end = parse_time("end", item["end"])
             elif "duration_s" in item:
-                end = start + _number(f"{where}.duration_s", item["duration_s"], 0.0, MAX_DURATION_S)
+                end = start + _number(
+                    f"{where}.duration_s", item["duration_s"], 0.0, MAX_DURATION_S
+                )
             else:
                 raise FaultConfigError(where, 'needs "end" or "duration_s"')
         except ToolError as exc:  # from parse_time: re-label with our path

@@ -23,10 +23,14 @@ import orjson
 SWEEP_TOOLS = ("get_analytics", "get_balance", "check_sla_compliance", "get_agent_reputation")
 
 
-async def _agent_ids(session: aiohttp.ClientSession, base: str, args: argparse.Namespace) -> list[str]:
+async def _agent_ids(
+    session: aiohttp.ClientSession, base: str, args: argparse.Namespace
+) -> list[str]:
     if not args.no_seed:
         prefix = f"{args.prefix}{int(time.time()) % 100000}"
-        async with session.post(f"{base}/_sandbox/seed", json={"agents": args.agents, "prefix": prefix}) as r:
+        async with session.post(
+            f"{base}/_sandbox/seed", json={"agents": args.agents, "prefix": prefix}
+        ) as r:
             body = await r.json(loads=orjson.loads)
             if r.status != 200:
                 raise SystemExit(f"seeding failed: {r.status} {body}")
@@ -37,7 +41,15 @@ async def _agent_ids(session: aiohttp.ClientSession, base: str, args: argparse.N
     ids: list[str] = []
     offset: int | None = 0
     while offset is not None and len(ids) < args.agents:
-        call = {"tool": "search_agents_by_metrics", "input": {"prefix": args.prefix, "metrics": ["latency_p50"], "limit": 1000, "offset": offset}}
+        call = {
+            "tool": "search_agents_by_metrics",
+            "input": {
+                "prefix": args.prefix,
+                "metrics": ["latency_p50"],
+                "limit": 1000,
+                "offset": offset,
+            },
+        }
         async with session.post(base + args.tool_path, data=orjson.dumps(call)) as r:
             body = await r.json(loads=orjson.loads)
             if r.status != 200:
@@ -54,7 +66,9 @@ async def _run(args: argparse.Namespace) -> None:
     headers = {"Authorization": f"Bearer {args.admin_key}", "Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=args.concurrency)
     timeout = aiohttp.ClientTimeout(total=args.timeout_s)
-    async with aiohttp.ClientSession(headers=headers, connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        headers=headers, connector=connector, timeout=timeout
+    ) as session:
         ids = await _agent_ids(session, base, args)
         # Pre-encode every body: the client should spend its CPU on sending.
         bodies = [
@@ -78,7 +92,7 @@ async def _run(args: argparse.Namespace) -> None:
                     async with session.post(url, data=body) as r:
                         await r.read()
                         statuses[str(r.status)] += 1
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     statuses[type(exc).__name__] += 1
                 latencies.append(time.perf_counter() - t0)
 
@@ -96,20 +110,30 @@ async def _run(args: argparse.Namespace) -> None:
         f"{n} requests over {len(ids)} agents, concurrency {args.concurrency}: "
         f"{elapsed:.2f} s, {n / elapsed:,.0f} requests/s"
     )
-    print(f"latency ms: p50 {pct(0.5):.1f}  p90 {pct(0.9):.1f}  p99 {pct(0.99):.1f}  max {pct(1.0):.1f}")
+    print(
+        f"latency ms: p50 {pct(0.5):.1f}  p90 {pct(0.9):.1f}  p99 {pct(0.99):.1f}  max {pct(1.0):.1f}"
+    )
     print("statuses: " + ", ".join(f"{k}={v}" for k, v in sorted(statuses.items())))
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m sandbox.loadtest", description=__doc__.splitlines()[0])
-    p.add_argument("--url", default="http://127.0.0.1:8765", help="sandbox base URL (default %(default)s)")
+    p = argparse.ArgumentParser(
+        prog="python -m sandbox.loadtest", description=__doc__.splitlines()[0]
+    )
+    p.add_argument(
+        "--url", default="http://127.0.0.1:8765", help="sandbox base URL (default %(default)s)"
+    )
     p.add_argument("--tool-path", default="/v1")
     p.add_argument("--admin-key", default="sandbox-admin-key")
     p.add_argument("--agents", type=int, default=10000)
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--requests", type=int, default=40000)
-    p.add_argument("--prefix", default="load", help="prefix of the agents to seed (or to use with --no-seed)")
-    p.add_argument("--no-seed", action="store_true", help="use live agents under --prefix instead of seeding")
+    p.add_argument(
+        "--prefix", default="load", help="prefix of the agents to seed (or to use with --no-seed)"
+    )
+    p.add_argument(
+        "--no-seed", action="store_true", help="use live agents under --prefix instead of seeding"
+    )
     p.add_argument("--timeout-s", type=float, default=60.0)
     args = p.parse_args(argv)
     if args.agents < 1 or args.concurrency < 1 or args.requests < 1:

@@ -133,7 +133,9 @@ class Counters:
         self.total = 0
         self.tools: defaultdict[str, int] = defaultdict(int)
         self.agents: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.statuses: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.statuses: defaultdict[str, defaultdict[str, int]] = defaultdict(
+            lambda: defaultdict(int)
+        )
         self.in_flight = 0
         self.since = time.time()
 
@@ -146,7 +148,9 @@ class Counters:
             "statuses": {tool: dict(s) for tool, s in self.statuses.items()},
         }
         if with_agents:
-            out["agents"] = {a: dict(t) for a, t in self.agents.items() if a.startswith(agent_prefix)}
+            out["agents"] = {
+                a: dict(t) for a, t in self.agents.items() if a.startswith(agent_prefix)
+            }
         return out
 
 
@@ -159,7 +163,9 @@ class Sandbox:
         self._admin_key_bytes = options.admin_key.encode("utf-8", "surrogateescape")
         self.clock = Clock()
         self.mix = ProfileMix.parse(options.profile_mix) if options.profile_mix else ProfileMix()
-        self.templates = options.sla_templates if options.sla_templates is not None else templates_from_policy()
+        self.templates = (
+            options.sla_templates if options.sla_templates is not None else templates_from_policy()
+        )
         self.started = time.monotonic()
         self.faults = self._startup_faults()
         self.counters = Counters()
@@ -221,7 +227,9 @@ class Sandbox:
             if not isinstance(call, dict):
                 counters.tools[tool_key] += 1
                 status = "400"
-                return _error(400, "invalid_json", 'body must be a JSON object {"tool": NAME, "input": {...}}')
+                return _error(
+                    400, "invalid_json", 'body must be a JSON object {"tool": NAME, "input": {...}}'
+                )
             tool = call.get("tool")
             inp = call.get("input")
             if inp is None:
@@ -245,7 +253,9 @@ class Sandbox:
             counters.in_flight -= 1
             counters.statuses[tool_key][status] += 1
 
-    async def _answer(self, request: web.Request, tool_key: str, tool: Any, inp: Any) -> web.Response | None:
+    async def _answer(
+        self, request: web.Request, tool_key: str, tool: Any, inp: Any
+    ) -> web.Response | None:
         """The response for one call, or None to drop the connection unanswered."""
         faults = self.faults
         # The kill switch models an unreachable gateway: nothing is checked first.
@@ -269,9 +279,13 @@ class Sandbox:
         decision, status, retry_after = faults.decide(tool_key, now)
         if decision != PASS:
             if decision == RATE_LIMITED:
-                return _error(429, "rate_limited", "rate limit exceeded; retry later", retry_after=retry_after)
+                return _error(
+                    429, "rate_limited", "rate limit exceeded; retry later", retry_after=retry_after
+                )
             if decision == OUTAGE:
-                return _error(503, "outage", f"{tool_key} is unavailable (outage)", retry_after=retry_after)
+                return _error(
+                    503, "outage", f"{tool_key} is unavailable (outage)", retry_after=retry_after
+                )
             if decision == TIMEOUT:
                 await asyncio.sleep(faults.timeout_s)
                 if faults.timeout_action == "drop":
@@ -283,7 +297,9 @@ class Sandbox:
                 return _error(status, _ERROR_CODES[status], f"injected failure ({status})")
 
         if tool_key == INVALID_CALL:
-            return _error(400, "invalid_input", 'tool: must be a string naming the tool', field="tool")
+            return _error(
+                400, "invalid_input", "tool: must be a string naming the tool", field="tool"
+            )
         if tool_key == UNKNOWN_TOOL:
             return _error(404, "unknown_tool", f"no tool named {str(tool)[:64]!r}", field="tool")
         if not isinstance(inp, dict):
@@ -291,7 +307,9 @@ class Sandbox:
         try:
             result = TOOLS[tool_key](state, inp, caller, now)
         except ToolError as exc:
-            return _error(exc.status, exc.code, exc.message, field=exc.field, retry_after=exc.retry_after)
+            return _error(
+                exc.status, exc.code, exc.message, field=exc.field, retry_after=exc.retry_after
+            )
         except Exception:  # a bug of ours must not take the server down
             log.exception("tool %s failed", tool_key)
             return _error(500, "internal_error", f"{tool_key} failed inside the sandbox")
@@ -327,12 +345,20 @@ class Sandbox:
         """Dispatch /_sandbox/... after checking the admin key."""
         try:
             self._admin(request)
-            route = request.match_info.route.resource.canonical if request.match_info.route.resource else ""
+            route = (
+                request.match_info.route.resource.canonical
+                if request.match_info.route.resource
+                else ""
+            )
             handler = self._admin_routes.get((request.method, route))
             if handler is None:
                 if route == ADMIN_FALLBACK:
                     raise AdminError(404, "not_found", f"no admin endpoint {request.path}")
-                raise AdminError(405, "method_not_allowed", f"{request.method} is not supported on {request.path}")
+                raise AdminError(
+                    405,
+                    "method_not_allowed",
+                    f"{request.method} is not supported on {request.path}",
+                )
             return _json(200, await handler(self, request))
         except AdminError as exc:
             return _error(exc.status, exc.code, exc.message, field=exc.field)
@@ -381,8 +407,17 @@ class Sandbox:
     async def a_clock_advance(self, request: web.Request) -> dict[str, Any]:
         body = await self._body(request)
         seconds = body.get("seconds")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 10 * 365 * 86400:
-            raise AdminError(400, "invalid_input", "seconds: must be a number between 0 and ten years", field="seconds")
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 <= seconds <= 10 * 365 * 86400
+        ):
+            raise AdminError(
+                400,
+                "invalid_input",
+                "seconds: must be a number between 0 and ten years",
+                field="seconds",
+            )
         self.clock.advance(float(seconds))
         return await self.a_clock(request)
 
@@ -390,24 +425,43 @@ class Sandbox:
         body = await self._body(request)
         count = body.get("agents", 0)
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 1_000_000:
-            raise AdminError(400, "invalid_input", "agents: must be an integer 0..1000000", field="agents")
+            raise AdminError(
+                400, "invalid_input", "agents: must be an integer 0..1000000", field="agents"
+            )
         prefix = body.get("prefix", self.options.seed_prefix)
         if not isinstance(prefix, str) or not AGENT_ID_RE.match(prefix) or len(prefix) > 64:
-            raise AdminError(400, "invalid_input", "prefix: must be a short id-safe string", field="prefix")
+            raise AdminError(
+                400, "invalid_input", "prefix: must be a short id-safe string", field="prefix"
+            )
         tier = body.get("tier", "starter")
         if tier not in TIERS:
-            raise AdminError(400, "invalid_input", f"tier: must be one of {', '.join(TIERS)}", field="tier")
+            raise AdminError(
+                400, "invalid_input", f"tier: must be one of {', '.join(TIERS)}", field="tier"
+            )
         balance = parse_money("balance", body.get("balance", "100.00"))
         template = body.get("sla_template", "standard-support")
         if template is not None and template not in self.templates:
-            raise AdminError(400, "invalid_input", f"sla_template: must be one of {', '.join(self.templates)} or null", field="sla_template")
+            raise AdminError(
+                400,
+                "invalid_input",
+                f"sla_template: must be one of {', '.join(self.templates)} or null",
+                field="sla_template",
+            )
         profile = _profile(body.get("profile"))
         services = body.get("services", True)
         if not isinstance(services, bool):
-            raise AdminError(400, "invalid_input", "services: must be true or false", field="services")
+            raise AdminError(
+                400, "invalid_input", "services: must be true or false", field="services"
+            )
         started = time.perf_counter()
         made = self.state.seed_agents(
-            count, prefix, tier=tier, balance=balance, sla_template=template, profile=profile, services=services
+            count,
+            prefix,
+            tier=tier,
+            balance=balance,
+            sla_template=template,
+            profile=profile,
+            services=services,
         )
         return {
             "seeded": len(made),
@@ -446,7 +500,9 @@ class Sandbox:
         try:
             limit = max(1, min(1000, int(request.query.get("limit", "100"))))
         except ValueError:
-            raise AdminError(400, "invalid_input", "limit: must be an integer", field="limit") from None
+            raise AdminError(
+                400, "invalid_input", "limit: must be an integer", field="limit"
+            ) from None
         found = [
             m.view()
             for m in self.state.messages
@@ -458,7 +514,9 @@ class Sandbox:
         body = await self._body(request)
         agents = body.get("agents", 0)
         if isinstance(agents, bool) or not isinstance(agents, int) or not 0 <= agents <= 1_000_000:
-            raise AdminError(400, "invalid_input", "agents: must be an integer 0..1000000", field="agents")
+            raise AdminError(
+                400, "invalid_input", "agents: must be an integer 0..1000000", field="agents"
+            )
         self.reset(agents)
         return {"reset": True, "agents": len(self.state.agents)}
 
@@ -497,7 +555,12 @@ def _profile(value: Any) -> int | None:
     if value is None:
         return None
     if value not in PROFILE_IDS:
-        raise AdminError(400, "invalid_input", f"profile: must be one of {', '.join(PROFILE_NAMES)}", field="profile")
+        raise AdminError(
+            400,
+            "invalid_input",
+            f"profile: must be one of {', '.join(PROFILE_NAMES)}",
+            field="profile",
+        )
     return PROFILE_IDS[value]
 
 
@@ -506,7 +569,12 @@ def _json(status: int, body: Any) -> web.Response:
 
 
 def _error(
-    status: int, code: str, message: str, *, field: str | None = None, retry_after: float | None = None
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    retry_after: float | None = None,
 ) -> web.Response:
     error: dict[str, Any] = {"code": code, "message": message}
     if field is not None:

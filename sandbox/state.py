@@ -61,7 +61,9 @@ _SEED_CAPABILITIES: tuple[tuple[str, ...], ...] = (
     ("support", "translate"),
     ("research", "search"),
 )
-_SEED_PRICES: tuple[Decimal, ...] = tuple(Decimal(p) for p in ("0.01", "0.02", "0.03", "0.04", "0.05"))
+_SEED_PRICES: tuple[Decimal, ...] = tuple(
+    Decimal(p) for p in ("0.01", "0.02", "0.03", "0.04", "0.05")
+)
 
 
 class Clock:
@@ -204,7 +206,14 @@ class Wallet:
         "treasury",
     )
 
-    def __init__(self, wallet_id: str, owner: Agent | None, balance: Decimal, now: float, treasury: bool = False) -> None:
+    def __init__(
+        self,
+        wallet_id: str,
+        owner: Agent | None,
+        balance: Decimal,
+        now: float,
+        treasury: bool = False,
+    ) -> None:
         self.wallet_id = wallet_id
         self.owner = owner
         self.balance = balance
@@ -233,7 +242,12 @@ class Sla:
     )
 
     def __init__(
-        self, sla_id: str, agent: Agent, terms: Mapping[str, Any], limits: tuple[tuple[str, float], ...], now: float
+        self,
+        sla_id: str,
+        agent: Agent,
+        terms: Mapping[str, Any],
+        limits: tuple[tuple[str, float], ...],
+        now: float,
     ) -> None:
         self.sla_id = sla_id
         self.agent = agent
@@ -283,7 +297,15 @@ class Dispute:
         "resolved_at",
     )
 
-    def __init__(self, dispute_id: str, agent_id: str, counterparty: str, reason: str, details: Any, now: float) -> None:
+    def __init__(
+        self,
+        dispute_id: str,
+        agent_id: str,
+        counterparty: str,
+        reason: str,
+        details: Any,
+        now: float,
+    ) -> None:
         self.dispute_id = dispute_id
         self.agent_id = agent_id
         self.counterparty = counterparty
@@ -316,10 +338,27 @@ class Dispute:
 
 
 class Message:
-    __slots__ = ("message_id", "sender", "to", "subject", "body", "priority", "requires_response", "sent_at")
+    __slots__ = (
+        "message_id",
+        "sender",
+        "to",
+        "subject",
+        "body",
+        "priority",
+        "requires_response",
+        "sent_at",
+    )
 
     def __init__(
-        self, message_id: str, sender: str, to: str, subject: str, body: str, priority: str, requires_response: bool, now: float
+        self,
+        message_id: str,
+        sender: str,
+        to: str,
+        subject: str,
+        body: str,
+        priority: str,
+        requires_response: bool,
+        now: float,
     ) -> None:
         self.message_id = message_id
         self.sender = sender
@@ -350,7 +389,13 @@ def sla_limits(terms: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
 
 # Term → how it is met. Percent terms compare the shortfall from 100 %, so
 # "margin" means the share of the allowed downtime / inaccuracy still unused.
-SLA_METRIC_TERMS: tuple[str, ...] = ("p99_latency_ms", "uptime_pct", "accuracy_pct", "max_cost_per_task", "max_error_rate")
+SLA_METRIC_TERMS: tuple[str, ...] = (
+    "p99_latency_ms",
+    "uptime_pct",
+    "accuracy_pct",
+    "max_cost_per_task",
+    "max_error_rate",
+)
 
 
 def term_margins(limits: tuple[tuple[str, float], ...], m: Metrics) -> tuple[list[str], float]:
@@ -363,11 +408,23 @@ def term_margins(limits: tuple[tuple[str, float], ...], m: Metrics) -> tuple[lis
         elif name == "uptime_pct" or name == "accuracy_pct":
             actual = m.uptime_pct if name == "uptime_pct" else m.accuracy_pct
             allowed = 100.0 - limit
-            margin = 1.0 - (100.0 - actual) / allowed if allowed > 0 else (0.0 if actual >= 100.0 else -1.0)
+            margin = (
+                1.0 - (100.0 - actual) / allowed
+                if allowed > 0
+                else (0.0 if actual >= 100.0 else -1.0)
+            )
         elif name == "max_cost_per_task":
-            margin = (limit - m.cost_per_task) / limit if limit > 0 else (0.0 if m.cost_per_task <= 0 else -1.0)
+            margin = (
+                (limit - m.cost_per_task) / limit
+                if limit > 0
+                else (0.0 if m.cost_per_task <= 0 else -1.0)
+            )
         else:  # max_error_rate
-            margin = (limit - m.error_rate) / limit if limit > 0 else (0.0 if m.error_rate <= 0 else -1.0)
+            margin = (
+                (limit - m.error_rate) / limit
+                if limit > 0
+                else (0.0 if m.error_rate <= 0 else -1.0)
+            )
         if margin < 0:
             breached.append(name)
         if margin < worst:
@@ -456,10 +513,17 @@ class SandboxState:
         return self.mix.pick(h)
 
     def register(
-        self, agent_id: str, tier: str, capabilities: tuple[str, ...], metadata: Mapping[str, Any], now: float
+        self,
+        agent_id: str,
+        tier: str,
+        capabilities: tuple[str, ...],
+        metadata: Mapping[str, Any],
+        now: float,
     ) -> Agent:
         h = agent_hash(self.seed, agent_id)
-        agent = Agent(agent_id, tier, capabilities, metadata, now, self.new_key(tier), h, self.profile_for(h))
+        agent = Agent(
+            agent_id, tier, capabilities, metadata, now, self.new_key(tier), h, self.profile_for(h)
+        )
         self.agents[agent_id] = agent
         self.keys[agent.api_key] = agent
         self.registrations_total += 1
@@ -512,7 +576,10 @@ class SandboxState:
         if wallet.frozen or owner is None or owner.status != LIVE:
             wallet.settled_at = now
             return
-        dollars = spend_between(owner.profile, owner.params(), owner.origin, wallet.settled_at, now) + wallet.carry
+        dollars = (
+            spend_between(owner.profile, owner.params(), owner.origin, wallet.settled_at, now)
+            + wallet.carry
+        )
         wallet.settled_at = now
         cents = int(dollars * 100.0)
         wallet.carry = dollars - cents / 100.0
@@ -624,7 +691,9 @@ class SandboxState:
 
     def _close_episode(self, sla: Sla, end: float) -> None:
         assert sla.episode_start is not None
-        append_capped(sla.agent.more().violations, (sla.sla_id, sla.episode_start, end, sla.episode_terms))
+        append_capped(
+            sla.agent.more().violations, (sla.sla_id, sla.episode_start, end, sla.episode_terms)
+        )
         sla.episode_start = None
         sla.episode_terms = ()
 
@@ -635,7 +704,9 @@ class SandboxState:
             self._close_episode(sla, now)
         sla.status = "ended"
 
-    def episodes(self, agent: Agent, now: float) -> list[tuple[str, float, float | None, tuple[str, ...]]]:
+    def episodes(
+        self, agent: Agent, now: float
+    ) -> list[tuple[str, float, float | None, tuple[str, ...]]]:
         """Closed and open episodes, oldest first: (sla_id, start, end or None, terms)."""
         out: list[tuple[str, float, float | None, tuple[str, ...]]] = []
         if agent.extra is not None:
@@ -688,7 +759,17 @@ class SandboxState:
             h = agent_hash(self.seed, agent_id)
             key = f"a2a_{tier}_{raw_keys[32 * n : 32 * n + 32]}"
             capabilities = _SEED_CAPABILITIES[h % len(_SEED_CAPABILITIES)]
-            agent = Agent(agent_id, tier, capabilities, metadata, now, key, h, self.mix.pick(h) if profile is None else profile, True)
+            agent = Agent(
+                agent_id,
+                tier,
+                capabilities,
+                metadata,
+                now,
+                key,
+                h,
+                self.mix.pick(h) if profile is None else profile,
+                True,
+            )
             if profile is not None:
                 agent.pinned = True
             agents[agent_id] = agent
@@ -700,7 +781,9 @@ class SandboxState:
                 agent.sla = Sla(f"sla_{next(ids):08d}", agent, terms, limits, now)
             if services:
                 price = _SEED_PRICES[(h >> 8) % len(_SEED_PRICES)]
-                agent.service = Service(f"svc_{next(ids):08d}", agent, capabilities, pricing_by_price[price], price, now)
+                agent.service = Service(
+                    f"svc_{next(ids):08d}", agent, capabilities, pricing_by_price[price], price, now
+                )
             made.append(agent_id)
         self.registrations_total += len(made)
         if terms is not None:
@@ -768,7 +851,10 @@ class SandboxState:
                 "treasury_balance": fmt_money(treasury_balance),
             },
             "orphans": {"count": len(orphans), "wallets": orphans[:50]},
-            "identities_without_wallet": {"count": len(without_wallet), "agent_ids": without_wallet[:50]},
+            "identities_without_wallet": {
+                "count": len(without_wallet),
+                "agent_ids": without_wallet[:50],
+            },
             "agents_without_sla": without_sla,
             "slas": {"created": self.slas_total, "in_violation": breaching},
             "services_listed": services,
@@ -845,7 +931,13 @@ class SandboxState:
         extra = agent.extra
         if extra is not None:
             out["transactions"] = [
-                {"transaction_id": t[0], "kind": t[1], "amount": fmt_money(t[2]), "at": iso(t[3]), "detail": t[4]}
+                {
+                    "transaction_id": t[0],
+                    "kind": t[1],
+                    "amount": fmt_money(t[2]),
+                    "at": iso(t[3]),
+                    "detail": t[4],
+                }
                 for t in extra.transactions[-100:]
             ]
             out["transaction_count"] = extra.transaction_count
@@ -853,7 +945,9 @@ class SandboxState:
             out["audit_count"] = extra.audit_count
             out["claim_chains"] = extra.chains[-20:]
             out["submitted_metrics"] = extra.submitted
-            out["disputes"] = [self.disputes[d].view() for d in extra.disputes[-50:] if d in self.disputes]
+            out["disputes"] = [
+                self.disputes[d].view() for d in extra.disputes[-50:] if d in self.disputes
+            ]
             out["messages_sent"] = extra.messages_sent
         out["messages_received"] = [m.view() for m in self.messages if m.to == agent.agent_id][-50:]
         return out
@@ -873,7 +967,9 @@ def metrics_view(m: Metrics) -> dict[str, Any]:
     }
 
 
-def episode_view(episode: tuple[str, float, float | None, tuple[str, ...]], now: float) -> dict[str, Any]:
+def episode_view(
+    episode: tuple[str, float, float | None, tuple[str, ...]], now: float
+) -> dict[str, Any]:
     sla_id, start, end, terms = episode
     return {
         "sla_id": sla_id,

@@ -101,7 +101,13 @@ TOOL_BASE_COST: dict[str, Decimal] = {
 DEFAULT_TOOL_COST = Decimal("0.0010")
 COST_PER_1K_INPUT = Decimal("0.0005")
 # (monthly call volume, discount %) — the gateway's volume tiers.
-VOLUME_DISCOUNTS: tuple[tuple[int, int], ...] = ((0, 0), (10_000, 5), (100_000, 10), (1_000_000, 15), (10_000_000, 20))
+VOLUME_DISCOUNTS: tuple[tuple[int, int], ...] = (
+    (0, 0),
+    (10_000, 5),
+    (100_000, 10),
+    (1_000_000, 15),
+    (10_000_000, 20),
+)
 ARTICLES: dict[int, str] = {
     9: "Risk management system",
     11: "Technical documentation",
@@ -112,9 +118,18 @@ ARTICLES: dict[int, str] = {
 }
 PRIORITIES = ("low", "normal", "high", "urgent", "critical")
 LEADERBOARD = ("reputation", "latency", "error_rate", "cost", "volume", "completion")
-SLA_TERM_NAMES = ("p99_latency_ms", "uptime_pct", "accuracy_pct", "max_cost_per_task", "max_error_rate", "review_days")
+SLA_TERM_NAMES = (
+    "p99_latency_ms",
+    "uptime_pct",
+    "accuracy_pct",
+    "max_cost_per_task",
+    "max_error_rate",
+    "review_days",
+)
 _PRICE_KEYS = ("per_task", "per_call", "price", "amount", "base_price")
-_AI_DISCLOSURE = re.compile(r"\bAI\b|artificial intelligence|automated agent|\bbot\b", re.IGNORECASE)
+_AI_DISCLOSURE = re.compile(
+    r"\bAI\b|artificial intelligence|automated agent|\bbot\b", re.IGNORECASE
+)
 _ARTICLE_RE = re.compile(r"^(?:art(?:icle)?\.?\s*)?(\d{1,2})$", re.IGNORECASE)
 # An episode this old without a frozen wallet is an oversight gap (tier 4 freezes at 30 min).
 UNATTENDED_BREACH_S = 1800.0
@@ -135,7 +150,14 @@ def admin_only(caller: Caller, tool: str) -> None:
         raise forbidden(f"{tool} needs the fleet-admin key, not an agent key")
 
 
-def lookup(st: SandboxState, agent_id: str, caller: Caller, field: str = "agent_id", *, public: bool = False) -> Agent:
+def lookup(
+    st: SandboxState,
+    agent_id: str,
+    caller: Caller,
+    field: str = "agent_id",
+    *,
+    public: bool = False,
+) -> Agent:
     """The live agent; an agent key may only name itself (unless the read is public)."""
     if caller is not None and not public and caller.agent_id != agent_id:
         raise forbidden(f"this key belongs to {caller.agent_id!r} and may not act for {agent_id!r}")
@@ -205,7 +227,10 @@ def metric_names(inp: dict[str, Any]) -> tuple[str, ...]:
     names = opt_str_list(inp, "metrics", max_items=len(METRIC_NAMES) * 2)
     for i, name in enumerate(names):
         if name not in METRIC_NAMES:
-            raise bad(f"metrics[{i}]", f"unknown metric {name!r} (expected one of {', '.join(METRIC_NAMES)})")
+            raise bad(
+                f"metrics[{i}]",
+                f"unknown metric {name!r} (expected one of {', '.join(METRIC_NAMES)})",
+            )
     return tuple(names) or DEFAULT_METRICS
 
 
@@ -222,7 +247,9 @@ def burn_rate(st: SandboxState, agent: Agent, now: float, m: Metrics | None = No
 # --- identity -------------------------------------------------------------------
 
 
-def register_agent(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def register_agent(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent_id = req_agent_id(inp)
     rotate = opt_bool(inp, "rotate_key")
     upgrade = opt_bool(inp, "upgrade")
@@ -272,7 +299,9 @@ def register_agent(st: SandboxState, inp: dict[str, Any], caller: Caller, now: f
     }
 
 
-def build_claim_chain(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def build_claim_chain(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent_id = req_agent_id(inp)
     claims = inp.get("claims")
     if claims is None:
@@ -291,21 +320,32 @@ def build_claim_chain(st: SandboxState, inp: dict[str, Any], caller: Caller, now
     previous = "0" * 64
     links = []
     for i, claim in enumerate(claims):
-        digest = hashlib.sha256(previous.encode() + orjson.dumps(claim, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        digest = hashlib.sha256(
+            previous.encode() + orjson.dumps(claim, option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()
         links.append({"index": i, "claim": claim, "hash": digest, "previous_hash": previous})
         previous = digest
     chain_id = st.new_id("chn")
-    append_capped(agent.more().chains, {"chain_id": chain_id, "root_hash": previous, "claims": len(links), "built_at": iso(now)})
+    append_capped(
+        agent.more().chains,
+        {"chain_id": chain_id, "root_hash": previous, "claims": len(links), "built_at": iso(now)},
+    )
     st.chains_total += 1
     return {"chain_id": chain_id, "agent_id": agent_id, "claims": links, "root_hash": previous}
 
 
-def deregister_agent(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def deregister_agent(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent_id = req_agent_id(inp)
     reason = opt_str(inp, "reason", "", 1000) or ""
     agent = lookup(st, agent_id, caller)
     st.deregister(agent, reason, now)
-    out: dict[str, Any] = {"agent_id": agent_id, "status": agent.status, "deregistered_at": iso(now)}
+    out: dict[str, Any] = {
+        "agent_id": agent_id,
+        "status": agent.status,
+        "deregistered_at": iso(now),
+    }
     if agent.wallet is not None:
         out["wallet_balance"] = fmt_money(agent.wallet.balance)
         out["wallet_frozen"] = agent.wallet.frozen
@@ -315,20 +355,31 @@ def deregister_agent(st: SandboxState, inp: dict[str, Any], caller: Caller, now:
 # --- billing and payments ---------------------------------------------------------
 
 
-def create_wallet(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def create_wallet(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent_id = req_agent_id(inp)
     balance = opt_money(inp, "initial_balance", ZERO)
     assert balance is not None
     agent = lookup(st, agent_id, caller)
     if agent.wallet is not None:
-        raise conflict("wallet_exists", f"agent {agent_id!r} already has wallet {agent.wallet.wallet_id}")
+        raise conflict(
+            "wallet_exists", f"agent {agent_id!r} already has wallet {agent.wallet.wallet_id}"
+        )
     wallet = Wallet(st.new_id("wal"), agent, balance, now)
     st.wallets[wallet.wallet_id] = wallet
     agent.wallet = wallet
-    return {"wallet_id": wallet.wallet_id, "agent_id": agent_id, "balance": fmt_money(balance), "currency": "USD"}
+    return {
+        "wallet_id": wallet.wallet_id,
+        "agent_id": agent_id,
+        "balance": fmt_money(balance),
+        "currency": "USD",
+    }
 
 
-def get_balance(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def get_balance(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent = lookup(st, req_agent_id(inp), caller)
     wallet = wallet_of(agent)
     st.settle(wallet, now)
@@ -342,12 +393,18 @@ def get_balance(st: SandboxState, inp: dict[str, Any], caller: Caller, now: floa
     }
 
 
-def estimate_cost(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def estimate_cost(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     if inp.get("tool_name") is not None or inp.get("agent_id") is None:
         tool_name = req_str(inp, "tool_name", 128)
         size = req_int(inp, "input_size", 0, 10**12)
         cost = TOOL_BASE_COST.get(tool_name, DEFAULT_TOOL_COST) + COST_PER_1K_INPUT * size / 1000
-        return {"tool_name": tool_name, "input_size": size, "estimated_cost": fmt_money(cost.quantize(Q6))}
+        return {
+            "tool_name": tool_name,
+            "input_size": size,
+            "estimated_cost": fmt_money(cost.quantize(Q6)),
+        }
     agent_id = req_agent_id(inp)
     new_tier = req_tier(inp, "new_tier")
     volume = req_int(inp, "projected_volume", 0, 10**12)
@@ -370,7 +427,9 @@ def estimate_cost(st: SandboxState, inp: dict[str, Any], caller: Caller, now: fl
     }
 
 
-def get_volume_discount(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def get_volume_discount(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent = lookup(st, req_agent_id(inp), caller)
     age_h = min(720.0, max(0.0, now - agent.origin) / 3600.0)
     recorded = agent.extra.transaction_count if agent.extra is not None else 0
@@ -382,16 +441,25 @@ def get_volume_discount(st: SandboxState, inp: dict[str, Any], caller: Caller, n
         else:
             next_volume = threshold
             break
-    return {"agent_id": agent.agent_id, "discount_pct": discount, "volume": volume, "next_tier_volume": next_volume}
+    return {
+        "agent_id": agent.agent_id,
+        "discount_pct": discount,
+        "volume": volume,
+        "next_tier_volume": next_volume,
+    }
 
 
-def convert_currency(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def convert_currency(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     amount = req_money(inp, "amount")
     codes = []
     for name in ("from_currency", "to_currency"):
         code = req_str(inp, name, 16).strip().upper()
         if code not in CURRENCY_PER_USD:
-            raise bad(name, f"unknown currency {code!r} (expected one of {', '.join(CURRENCY_PER_USD)})")
+            raise bad(
+                name, f"unknown currency {code!r} (expected one of {', '.join(CURRENCY_PER_USD)})"
+            )
         codes.append(code)
     rate = (CURRENCY_PER_USD[codes[1]] / CURRENCY_PER_USD[codes[0]]).quantize(Q6)
     converted = (amount * CURRENCY_PER_USD[codes[1]] / CURRENCY_PER_USD[codes[0]]).quantize(Q4)
@@ -404,7 +472,9 @@ def convert_currency(st: SandboxState, inp: dict[str, Any], caller: Caller, now:
     }
 
 
-def record_transaction(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def record_transaction(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent_id = req_agent_id(inp)
     task_id = req_str(inp, "task_id", 256)
     tool = req_str(inp, "tool", 128)
@@ -425,7 +495,9 @@ def record_transaction(st: SandboxState, inp: dict[str, Any], caller: Caller, no
     return {"transaction_id": txn, "agent_id": agent_id, "balance": fmt_money(wallet.balance)}
 
 
-def transfer_funds(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def transfer_funds(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     from_id = req_agent_id(inp, "from_agent_id")
     to = req_str(inp, "to", 128)
     raw_amount = inp.get("amount")
@@ -447,14 +519,21 @@ def transfer_funds(st: SandboxState, inp: dict[str, Any], caller: Caller, now: f
             raise not_found("wallet_not_found", f"agent {to!r} has no wallet", "to")
     else:
         target = st.wallets.get(to)
-        if target is not None and not target.treasury and (target.owner is None or not target.owner.live):
+        if (
+            target is not None
+            and not target.treasury
+            and (target.owner is None or not target.owner.live)
+        ):
             target = None
         if target is None and (to == st.treasury_wallet or "treasury" in to.lower()):
             target = st.treasury(to, now)
     if target is None:
         raise not_found("wallet_not_found", f"no live wallet, agent or treasury named {to!r}", "to")
     if source.frozen and not target.treasury:
-        raise conflict("wallet_frozen", f"wallet {source.wallet_id} is frozen; it may only be drained to a treasury")
+        raise conflict(
+            "wallet_frozen",
+            f"wallet {source.wallet_id} is frozen; it may only be drained to a treasury",
+        )
     st.settle(source, now)
     st.settle(target, now)
     if drain:
@@ -478,7 +557,9 @@ def transfer_funds(st: SandboxState, inp: dict[str, Any], caller: Caller, now: f
     }
 
 
-def freeze_wallet(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def freeze_wallet(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent_id = req_agent_id(inp)
     reason = opt_str(inp, "reason", "", 1000) or ""
     agent = lookup(st, agent_id, caller)
@@ -487,10 +568,17 @@ def freeze_wallet(st: SandboxState, inp: dict[str, Any], caller: Caller, now: fl
     st.settle(wallet, now)
     wallet.frozen = True
     wallet.frozen_reason = reason
-    return {"wallet_id": wallet.wallet_id, "agent_id": agent_id, "frozen": True, "balance": fmt_money(wallet.balance)}
+    return {
+        "wallet_id": wallet.wallet_id,
+        "agent_id": agent_id,
+        "frozen": True,
+        "balance": fmt_money(wallet.balance),
+    }
 
 
-def unfreeze_wallet(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def unfreeze_wallet(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent_id = req_agent_id(inp)
     opt_str(inp, "reason", "", 1000)
     # Lifting a freeze is the human's decision, not the agent's.
@@ -500,13 +588,20 @@ def unfreeze_wallet(st: SandboxState, inp: dict[str, Any], caller: Caller, now: 
     st.settle(wallet, now)
     wallet.frozen = False
     wallet.frozen_reason = ""
-    return {"wallet_id": wallet.wallet_id, "agent_id": agent_id, "frozen": False, "balance": fmt_money(wallet.balance)}
+    return {
+        "wallet_id": wallet.wallet_id,
+        "agent_id": agent_id,
+        "frozen": False,
+        "balance": fmt_money(wallet.balance),
+    }
 
 
 # --- trust ----------------------------------------------------------------------
 
 
-def submit_metrics(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def submit_metrics(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent_id = req_agent_id(inp)
     metrics = opt_object(inp, "metrics", required=True)
     assert metrics is not None
@@ -521,12 +616,16 @@ def submit_metrics(st: SandboxState, inp: dict[str, Any], caller: Caller, now: f
     return {"accepted": True, "agent_id": agent_id, "metrics": len(metrics)}
 
 
-def get_agent_reputation(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def get_agent_reputation(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent = lookup(st, req_agent_id(inp), caller, public=True)
     return {"agent_id": agent.agent_id, "score": reputation(agent, agent.metrics(now))}
 
 
-def get_analytics(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def get_analytics(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent_id = req_agent_id(inp)
     time_range = inp.get("time_range", "1h")
     window_s = parse_duration("time_range", time_range)
@@ -539,7 +638,9 @@ def get_analytics(st: SandboxState, inp: dict[str, Any], caller: Caller, now: fl
     return out
 
 
-def search_agents_by_metrics(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def search_agents_by_metrics(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     prefix = opt_str(inp, "prefix", "", 128) or ""
     names = metric_names(inp)
     limit = opt_int(inp, "limit", 100, 1, 1000)
@@ -559,10 +660,14 @@ def search_agents_by_metrics(st: SandboxState, inp: dict[str, Any], caller: Call
     return {"agents": agents, "total": total, "next_offset": next_offset}
 
 
-def get_leaderboard(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def get_leaderboard(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     category = opt_str(inp, "category", "reputation", 32) or "reputation"
     if category not in LEADERBOARD:
-        raise bad("category", f"unknown category {category!r} (expected one of {', '.join(LEADERBOARD)})")
+        raise bad(
+            "category", f"unknown category {category!r} (expected one of {', '.join(LEADERBOARD)})"
+        )
     fleet = opt_str(inp, "fleet", "", 128) or ""
     limit = opt_int(inp, "limit", 10, 1, 100)
     assert limit is not None
@@ -586,7 +691,10 @@ def get_leaderboard(st: SandboxState, inp: dict[str, Any], caller: Caller, now: 
             value = round(m.task_completion_rate, 4)
         rows.append((value, agent.agent_id))
     best = (heapq.nsmallest if lower_is_better else heapq.nlargest)(limit, rows, key=lambda r: r[0])
-    entries = [{"rank": i + 1, "agent_id": agent_id, "value": value} for i, (value, agent_id) in enumerate(best)]
+    entries = [
+        {"rank": i + 1, "agent_id": agent_id, "value": value}
+        for i, (value, agent_id) in enumerate(best)
+    ]
     return {"category": category, "fleet": fleet, "entries": entries, "total": len(rows)}
 
 
@@ -598,7 +706,10 @@ def _sla_terms(st: SandboxState, inp: dict[str, Any]) -> dict[str, Any]:
     terms: dict[str, Any] = {}
     if template is not None:
         if template not in st.sla_templates:
-            raise bad("template", f"unknown SLA template {template!r} (expected one of {', '.join(st.sla_templates)})")
+            raise bad(
+                "template",
+                f"unknown SLA template {template!r} (expected one of {', '.join(st.sla_templates)})",
+            )
         terms.update(st.sla_templates[template])
     given = opt_object(inp, "terms", required=template is None)
     for name, value in (given or {}).items():
@@ -636,7 +747,13 @@ def create_sla(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
     sla = Sla(st.new_id("sla"), agent, terms, sla_limits(terms), now)
     agent.sla = sla
     st.slas_total += 1
-    return {"sla_id": sla.sla_id, "agent_id": agent_id, "terms": terms, "created_at": iso(now), **out}
+    return {
+        "sla_id": sla.sla_id,
+        "agent_id": agent_id,
+        "terms": terms,
+        "created_at": iso(now),
+        **out,
+    }
 
 
 def _sla_of(agent: Agent) -> Sla:
@@ -645,7 +762,9 @@ def _sla_of(agent: Agent) -> Sla:
     return agent.sla
 
 
-def check_sla_compliance(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def check_sla_compliance(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent = lookup(st, req_agent_id(inp), caller)
     sla = _sla_of(agent)
     breached, margin, _ = st.evaluate(sla, now)
@@ -662,17 +781,26 @@ def check_sla_compliance(st: SandboxState, inp: dict[str, Any], caller: Caller, 
     return out
 
 
-def get_sla_violations(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def get_sla_violations(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     limit = opt_int(inp, "limit", 500, 1, 5000)
     assert limit is not None
     if inp.get("agent_id") is not None or inp.get("fleet_prefix") is None:
         agent_id = req_agent_id(inp)
-        window = parse_period("period", inp["period"], now) if inp.get("period") is not None else None
+        window = (
+            parse_period("period", inp["period"], now) if inp.get("period") is not None else None
+        )
         agent = lookup(st, agent_id, caller)
         if agent.sla is not None:
             st.evaluate(agent.sla, now)
         views, minutes = _episodes_in(st, agent, now, window)
-        return {"agent_id": agent_id, "violations": views[-limit:], "count": len(views), "duration_minutes": minutes}
+        return {
+            "agent_id": agent_id,
+            "violations": views[-limit:],
+            "count": len(views),
+            "duration_minutes": minutes,
+        }
     prefix = req_str(inp, "fleet_prefix", 128, allow_empty=True)
     start, end = parse_period("period", inp.get("period", "30d"), now)
     admin_only(caller, "get_sla_violations for a fleet")
@@ -722,7 +850,9 @@ def _episodes_in(
 # --- messaging, disputes -----------------------------------------------------------
 
 
-def send_message(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def send_message(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     to = req_str(inp, "to", 256)
     subject = req_str(inp, "subject", 512)
     body = req_str(inp, "body", 8000)
@@ -731,7 +861,16 @@ def send_message(st: SandboxState, inp: dict[str, Any], caller: Caller, now: flo
         raise bad("priority", f"must be one of {', '.join(PRIORITIES)}")
     requires_response = opt_bool(inp, "requires_response")
     sender = opt_str(inp, "from", None, 128) if caller is None else caller.agent_id
-    message = Message(st.new_id("msg"), sender or "fleet-admin", to, subject, body, priority, requires_response, now)
+    message = Message(
+        st.new_id("msg"),
+        sender or "fleet-admin",
+        to,
+        subject,
+        body,
+        priority,
+        requires_response,
+        now,
+    )
     st.messages.append(message)
     st.messages_total += 1
     if caller is not None:
@@ -739,7 +878,9 @@ def send_message(st: SandboxState, inp: dict[str, Any], caller: Caller, now: flo
     return {"message_id": message.message_id, "sent_at": iso(now), "to": to}
 
 
-def create_dispute(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def create_dispute(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent_id = req_agent_id(inp)
     counterparty = req_str(inp, "counterparty", 128)
     reason = req_str(inp, "reason", 1000)
@@ -752,10 +893,17 @@ def create_dispute(st: SandboxState, inp: dict[str, Any], caller: Caller, now: f
     dispute = Dispute(st.new_id("dsp"), agent_id, counterparty, reason, details, now)
     st.disputes[dispute.dispute_id] = dispute
     append_capped(agent.more().disputes, dispute.dispute_id)
-    return {"dispute_id": dispute.dispute_id, "status": dispute.status, "agent_id": agent_id, "counterparty": counterparty}
+    return {
+        "dispute_id": dispute.dispute_id,
+        "status": dispute.status,
+        "agent_id": agent_id,
+        "counterparty": counterparty,
+    }
 
 
-def resolve_dispute(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def resolve_dispute(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     dispute_id = req_str(inp, "dispute_id", 64)
     resolution = req_str(inp, "resolution", 256)
     amount = opt_money(inp, "amount", ZERO)
@@ -773,13 +921,20 @@ def resolve_dispute(st: SandboxState, inp: dict[str, Any], caller: Caller, now: 
     dispute.amount = amount
     dispute.notes = notes
     dispute.resolved_at = now
-    return {"dispute_id": dispute_id, "status": dispute.status, "resolution": resolution, "amount": fmt_money(amount)}
+    return {
+        "dispute_id": dispute_id,
+        "status": dispute.status,
+        "resolution": resolution,
+        "amount": fmt_money(amount),
+    }
 
 
 # --- marketplace -----------------------------------------------------------------
 
 
-def register_service(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def register_service(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent_id = req_agent_id(inp)
     capabilities = tuple(opt_str_list(inp, "capabilities"))
     pricing = opt_object(inp, "pricing") or {}
@@ -793,13 +948,22 @@ def register_service(st: SandboxState, inp: dict[str, Any], caller: Caller, now:
     service = agent.service
     updated = service is not None
     if service is None:
-        service = agent.service = Service(st.new_id("svc"), agent, capabilities, pricing, price, now)
+        service = agent.service = Service(
+            st.new_id("svc"), agent, capabilities, pricing, price, now
+        )
     else:
         service.capabilities, service.pricing, service.price = capabilities, pricing, price
-    return {"service_id": service.service_id, "agent_id": agent_id, "price": fmt_money(price), "updated": updated}
+    return {
+        "service_id": service.service_id,
+        "agent_id": agent_id,
+        "price": fmt_money(price),
+        "updated": updated,
+    }
 
 
-def _market_filters(inp: dict[str, Any]) -> tuple[frozenset[str], float, Decimal | None, float | None]:
+def _market_filters(
+    inp: dict[str, Any],
+) -> tuple[frozenset[str], float, Decimal | None, float | None]:
     capabilities = frozenset(opt_str_list(inp, "capabilities"))
     min_rep = opt_number(inp, "min_reputation", 0.0, 0.0, 1.0)
     max_cost = opt_money(inp, "max_cost")
@@ -809,7 +973,11 @@ def _market_filters(inp: dict[str, Any]) -> tuple[frozenset[str], float, Decimal
 
 
 def _matches(
-    agent: Agent, caps: tuple[str, ...], price: Decimal, filters: tuple[frozenset[str], float, Decimal | None, float | None], now: float
+    agent: Agent,
+    caps: tuple[str, ...],
+    price: Decimal,
+    filters: tuple[frozenset[str], float, Decimal | None, float | None],
+    now: float,
 ) -> tuple[float, Metrics] | None:
     """(reputation, metrics) if the agent meets every filter, else None."""
     wanted, min_rep, max_cost, max_latency = filters
@@ -826,7 +994,9 @@ def _matches(
     return rep, m
 
 
-def search_services(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def search_services(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     filters = _market_filters(inp)
     limit = opt_int(inp, "limit", 20, 1, 200)
     assert limit is not None
@@ -860,7 +1030,11 @@ def best_match(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
         filters = _market_filters(requirements)
     except ToolError as exc:
         raise bad(f"requirements.{exc.field}", exc.message.split(": ", 1)[-1]) from None
-    candidates = opt_str_list(inp, "candidates", max_items=1000) if inp.get("candidates") is not None else None
+    candidates = (
+        opt_str_list(inp, "candidates", max_items=1000)
+        if inp.get("candidates") is not None
+        else None
+    )
     pool: list[Agent]
     if candidates is not None:
         pool = [st.agents[c] for c in candidates if c in st.agents]
@@ -877,13 +1051,20 @@ def best_match(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
             best = (hit[0], price, agent.agent_id)
     if best is None:
         return {"best_match": None, "score": None, "considered": len(pool)}
-    return {"best_match": best[2], "score": best[0], "price": fmt_money(best[1]), "considered": len(pool)}
+    return {
+        "best_match": best[2],
+        "score": best[0],
+        "price": fmt_money(best[1]),
+        "considered": len(pool),
+    }
 
 
 # --- compliance, platform ------------------------------------------------------------
 
 
-def create_audit_trail(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def create_audit_trail(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     agent_id = req_agent_id(inp)
     action = req_str(inp, "action", 128)
     details = inp.get("details")
@@ -897,7 +1078,16 @@ def create_audit_trail(st: SandboxState, inp: dict[str, Any], caller: Caller, no
     extra = agent.more()
     append_capped(
         extra.audits,
-        (now, {"audit_id": audit_id, "action": action, "details": details, "metadata": metadata, "recorded_at": iso(now)}),
+        (
+            now,
+            {
+                "audit_id": audit_id,
+                "action": action,
+                "details": details,
+                "metadata": metadata,
+                "recorded_at": iso(now),
+            },
+        ),
     )
     extra.audit_count += 1
     st.audits_total += 1
@@ -905,14 +1095,18 @@ def create_audit_trail(st: SandboxState, inp: dict[str, Any], caller: Caller, no
 
 
 def _article(value: Any, i: int) -> int:
-    text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    text = (
+        str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    )
     match = _ARTICLE_RE.match(text)
     if not match or int(match.group(1)) not in ARTICLES:
         raise bad(f"articles[{i}]", f"must be one of the articles {', '.join(map(str, ARTICLES))}")
     return int(match.group(1))
 
 
-def get_compliance_report(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def get_compliance_report(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     prefix = req_str(inp, "fleet_prefix", 128, allow_empty=True)
     period = inp.get("period", "30d")
     start, end = parse_period("period", period, now)
@@ -936,9 +1130,14 @@ def get_compliance_report(st: SandboxState, inp: dict[str, Any], caller: Caller,
         if count == 0:
             unaudited.append(agent.agent_id)
     sent = [
-        m for m in st.messages if start <= m.sent_at < end and (m.sender in ids or (m.sender == "fleet-admin" and m.to in ids))
+        m
+        for m in st.messages
+        if start <= m.sent_at < end
+        and (m.sender in ids or (m.sender == "fleet-admin" and m.to in ids))
     ]
-    undisclosed = [m.message_id for m in sent if not _AI_DISCLOSURE.search(m.subject + " " + m.body)]
+    undisclosed = [
+        m.message_id for m in sent if not _AI_DISCLOSURE.search(m.subject + " " + m.body)
+    ]
     breaching: list[str] = []
     unattended: list[str] = []
     stale_keys: list[str] = []
@@ -949,15 +1148,23 @@ def get_compliance_report(st: SandboxState, inp: dict[str, Any], caller: Caller,
             if breached:
                 breaching.append(agent.agent_id)
             started = agent.sla.episode_start
-            if started is not None and now - started > UNATTENDED_BREACH_S and not (agent.wallet and agent.wallet.frozen):
+            if (
+                started is not None
+                and now - started > UNATTENDED_BREACH_S
+                and not (agent.wallet and agent.wallet.frozen)
+            ):
                 unattended.append(agent.agent_id)
-        if agent.extra is not None or (agent.sla is not None and agent.sla.episode_start is not None):
+        if agent.extra is not None or (
+            agent.sla is not None and agent.sla.episode_start is not None
+        ):
             violation_minutes += _episodes_in(st, agent, now, (start, end))[1]
         if now - agent.key_rotated_at > KEY_ROTATION_S:
             stale_keys.append(agent.agent_id)
     frozen = sum(1 for a in agents if a.wallet is not None and a.wallet.frozen)
     disputes_resolved = sum(
-        1 for d in st.disputes.values() if d.agent_id in ids and d.status == "resolved" and start <= d.resolved_at < end
+        1
+        for d in st.disputes.values()
+        if d.agent_id in ids and d.status == "resolved" and start <= d.resolved_at < end
     )
 
     def finding(what: str, ids_: list[str]) -> dict[str, Any]:
@@ -965,14 +1172,24 @@ def get_compliance_report(st: SandboxState, inp: dict[str, Any], caller: Caller,
 
     findings: dict[int, list[dict[str, Any]]] = {
         9: [finding("agents without an SLA (no defined risk controls)", no_sla)] if no_sla else [],
-        11: [finding("agents without declared capabilities or metadata", undocumented)] if undocumented else [],
-        12: [finding("agents without an audit entry in the period", unaudited)] if unaudited else [],
+        11: [finding("agents without declared capabilities or metadata", undocumented)]
+        if undocumented
+        else [],
+        12: [finding("agents without an audit entry in the period", unaudited)]
+        if unaudited
+        else [],
         13: [finding("messages without an AI disclosure", undisclosed)] if undisclosed else [],
-        14: [finding("breaches open over 30 minutes with the wallet not frozen", unattended)] if unattended else [],
-        15: [f for f in (
-            finding("agents currently breaching their SLA", breaching) if breaching else None,
-            finding("API keys older than 90 days", stale_keys) if stale_keys else None,
-        ) if f is not None],
+        14: [finding("breaches open over 30 minutes with the wallet not frozen", unattended)]
+        if unattended
+        else [],
+        15: [
+            f
+            for f in (
+                finding("agents currently breaching their SLA", breaching) if breaching else None,
+                finding("API keys older than 90 days", stale_keys) if stale_keys else None,
+            )
+            if f is not None
+        ],
     }
     evidence: dict[int, dict[str, Any]] = {
         9: {"agents": len(agents), "with_sla": len(agents) - len(no_sla)},
@@ -1004,7 +1221,9 @@ def get_compliance_report(st: SandboxState, inp: dict[str, Any], caller: Caller,
     }
 
 
-def check_rate_limit(st: SandboxState, inp: dict[str, Any], caller: Caller, now: float) -> dict[str, Any]:
+def check_rate_limit(
+    st: SandboxState, inp: dict[str, Any], caller: Caller, now: float
+) -> dict[str, Any]:
     fleet = req_str(inp, "fleet", 128)
     # One tenant: the window counts every tool call the sandbox has answered.
     window = st.rate_window_s

@@ -81,14 +81,18 @@ def iso(ts: float) -> str:
 # --- field readers -----------------------------------------------------------------
 
 
-def req_str(inp: Mapping[str, Any], name: str, max_len: int = 256, allow_empty: bool = False) -> str:
+def req_str(
+    inp: Mapping[str, Any], name: str, max_len: int = 256, allow_empty: bool = False
+) -> str:
     value = inp.get(name)
     if value is None:
         raise bad(name, "required")
     return _check_str(name, value, max_len, allow_empty)
 
 
-def opt_str(inp: Mapping[str, Any], name: str, default: str | None = None, max_len: int = 256) -> str | None:
+def opt_str(
+    inp: Mapping[str, Any], name: str, default: str | None = None, max_len: int = 256
+) -> str | None:
     value = inp.get(name)
     if value is None:
         return default
@@ -108,7 +112,10 @@ def _check_str(name: str, value: Any, max_len: int, allow_empty: bool) -> str:
 def req_agent_id(inp: Mapping[str, Any], name: str = "agent_id") -> str:
     value = req_str(inp, name, 128)
     if not AGENT_ID_RE.match(value):
-        raise bad(name, "must be 1-128 characters of letters, digits and . _ : @ - (starting with a letter or digit)")
+        raise bad(
+            name,
+            "must be 1-128 characters of letters, digits and . _ : @ - (starting with a letter or digit)",
+        )
     return value
 
 
@@ -153,7 +160,11 @@ def opt_money(inp: Mapping[str, Any], name: str, default: Decimal | None = None)
 
 
 def opt_number(
-    inp: Mapping[str, Any], name: str, default: float | None = None, lo: float | None = None, hi: float | None = None
+    inp: Mapping[str, Any],
+    name: str,
+    default: float | None = None,
+    lo: float | None = None,
+    hi: float | None = None,
 ) -> float | None:
     value = inp.get(name)
     if value is None:
@@ -183,7 +194,11 @@ def check_number(name: str, value: Any, lo: float | None = None, hi: float | Non
 
 
 def opt_int(
-    inp: Mapping[str, Any], name: str, default: int | None = None, lo: int | None = None, hi: int | None = None
+    inp: Mapping[str, Any],
+    name: str,
+    default: int | None = None,
+    lo: int | None = None,
+    hi: int | None = None,
 ) -> int | None:
     value = inp.get(name)
     if value is None:
@@ -206,7 +221,11 @@ def req_int(inp: Mapping[str, Any], name: str, lo: int | None = None, hi: int | 
 
 
 def opt_str_list(
-    inp: Mapping[str, Any], name: str, max_items: int = 64, max_len: int = 128, required: bool = False
+    inp: Mapping[str, Any],
+    name: str,
+    max_items: int = 64,
+    max_len: int = 128,
+    required: bool = False,
 ) -> list[str]:
     value = inp.get(name)
     if value is None:
@@ -286,7 +305,9 @@ def parse_duration(name: str, value: Any) -> float:
         if match:
             seconds = float(int(match.group(1)) * _UNIT_S[match.group(2)])
     if not 0 < seconds <= MAX_DURATION_S:
-        raise bad(name, 'must be a duration like "5m", "24h", "30d" (or seconds), at most ten years')
+        raise bad(
+            name, 'must be a duration like "5m", "24h", "30d" (or seconds), at most ten years'
+        )
     return seconds
 
 

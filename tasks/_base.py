@@ -15,6 +15,12 @@ from workers.app import app
 def heartbeat_task(queue: str) -> Task:
     @app.task(name=f"{queue}.heartbeat", bind=True, ignore_result=True, acks_late=False)
     def heartbeat(self: Task, sent_at: float | None = None) -> None:
-        record_heartbeat(connect(get_settings().redis_url), queue, self.request.hostname or "?", time.time(), sent_at)
+        record_heartbeat(
+            connect(get_settings().redis_url),
+            queue,
+            self.request.hostname or "?",
+            time.time(),
+            sent_at,
+        )
 
     return heartbeat

@@ -80,7 +80,9 @@ def approvals() -> Approvals:
 @functools.cache
 def _mirror_client() -> GatewayClient:
     # One attempt per call: the outbox is the retry layer, not a second one on top.
-    return GatewayClient(dataclasses.replace(GatewayConfig.from_settings(_settings()), max_attempts=1))
+    return GatewayClient(
+        dataclasses.replace(GatewayConfig.from_settings(_settings()), max_attempts=1)
+    )
 
 
 @functools.cache
@@ -112,7 +114,9 @@ def enqueue(events: AuditEvent | Sequence[AuditEvent], *, celery_app: Celery | N
     with sender.producer_or_acquire() as producer:
         for start in range(0, len(batch), size):
             payload = [e.model_dump(mode="json") for e in batch[start : start + size]]
-            sender.send_task(append_batch.name, args=(payload,), producer=producer, ignore_result=True)
+            sender.send_task(
+                append_batch.name, args=(payload,), producer=producer, ignore_result=True
+            )
 
 
 def enqueue_audit(**fields: Any) -> None:
@@ -135,7 +139,9 @@ def enqueue_or_append(events: Sequence[AuditEvent]) -> None:
 audit.use_sink(enqueue_or_append)
 
 
-def dispatch_approved(requests: Approvals | None = None, *, celery_app: Celery | None = None) -> list[str]:
+def dispatch_approved(
+    requests: Approvals | None = None, *, celery_app: Celery | None = None
+) -> list[str]:
     """Send the task of every approved request not sent yet; returns their ids.
 
     Sending before marking means a crash in between sends it again; the task
@@ -152,7 +158,9 @@ def dispatch_approved(requests: Approvals | None = None, *, celery_app: Celery |
 
 def send(view: RequestView, *, celery_app: Celery | None = None) -> None:
     assert view.task is not None
-    (celery_app or app).send_task(view.task, kwargs={**view.task_kwargs, "approval_id": view.request_id}, ignore_result=True)
+    (celery_app or app).send_task(
+        view.task, kwargs={**view.task_kwargs, "approval_id": view.request_id}, ignore_result=True
+    )
 
 
 # ----------------------------------------------------------------- tasks
@@ -161,8 +169,14 @@ def send(view: RequestView, *, celery_app: Celery | None = None) -> None:
 # An audit entry must not be dropped because the database was busy: database
 # errors retry without a ceiling, backing off to one attempt a minute.
 @app.task(
-    name="audit.append_batch", bind=True, acks_late=True, ignore_result=True,
-    autoretry_for=(OperationalError,), retry_backoff=1, retry_backoff_max=60, max_retries=None,
+    name="audit.append_batch",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=1,
+    retry_backoff_max=60,
+    max_retries=None,
 )
 def append_batch(self: Task, events: list[dict[str, Any]]) -> int:
     valid = []
@@ -228,12 +242,19 @@ def approvals_sweep() -> dict[str, int]:
 
 
 @app.task(
-    name="audit.release_agent", acks_late=True, ignore_result=True,
-    autoretry_for=(Unavailable,), retry_backoff=2, retry_backoff_max=300, max_retries=10,
+    name="audit.release_agent",
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(Unavailable,),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    max_retries=10,
 )
 def release_agent(agent_id: str, approval_id: str) -> bool:
     try:
-        return release_agent_now(approvals(), _sessions(), gateway_client(), request_id=approval_id, agent_id=agent_id)
+        return release_agent_now(
+            approvals(), _sessions(), gateway_client(), request_id=approval_id, agent_id=agent_id
+        )
     except NotApproved as exc:
         log.warning("not releasing %s: %s", agent_id, exc)
         return False
@@ -250,7 +271,9 @@ def compliance_report(fleet: str | None = None, period: str | None = None) -> li
     fleets = [fleet] if fleet else fleets_of(audit_log().engine) or [settings.fleet_name]
     written = []
     for name in fleets:
-        _, json_path, _ = produce_report(settings, audit_log(), approvals(), name, period, gateway_client().call)
+        _, json_path, _ = produce_report(
+            settings, audit_log(), approvals(), name, period, gateway_client().call
+        )
         written.append(str(json_path))
     return written
 
@@ -273,7 +296,8 @@ def beat_entries(settings: Settings) -> dict[str, dict[str, Any]]:
         "audit-approvals-sweep": every("audit.approvals_sweep", approvals_policy.sweep_s),
         # The 1st of the month, for the month just ended.
         "audit-compliance-monthly": {
-            "task": "audit.compliance_report", "schedule": crontab(minute=30, hour=0, day_of_month=1),
+            "task": "audit.compliance_report",
+            "schedule": crontab(minute=30, hour=0, day_of_month=1),
             "options": {"expires": 86400},
         },
     }

@@ -35,47 +35,68 @@ _MAX_COUNTDOWN_S = 3000
 
 @functools.cache
 def _http() -> httpx.Client:
-    return httpx.Client(timeout=_deps.settings().policy.escalation.remediation_timeout_s, follow_redirects=False)
+    return httpx.Client(
+        timeout=_deps.settings().policy.escalation.remediation_timeout_s, follow_redirects=False
+    )
 
 
 @functools.cache
 def action_deps() -> ActionDeps:
     from tasks.audit import approvals
 
-    return ActionDeps(_deps.sessions(), _deps.settings().policy, SystemClock(), _deps.gateway(), _http(), approvals())
+    return ActionDeps(
+        _deps.sessions(),
+        _deps.settings().policy,
+        SystemClock(),
+        _deps.gateway(),
+        _http(),
+        approvals(),
+    )
 
 
 def _run(task: Task, episode_id: str, tier: int, approval_id: str | None) -> dict[str, Any]:
     worker = f"{task.request.hostname or socket.gethostname()}:{os.getpid()}"
     queue = (task.request.delivery_info or {}).get("routing_key")
-    outcome = run_action(action_deps(), episode_id, tier, worker=worker, queue=queue, approval_id=approval_id)
+    outcome = run_action(
+        action_deps(), episode_id, tier, worker=worker, queue=queue, approval_id=approval_id
+    )
     if outcome.retry_in is not None:
         raise task.retry(countdown=min(outcome.retry_in, _MAX_COUNTDOWN_S), max_retries=None)
     return outcome.as_dict()
 
 
 @app.task(name="escalation.tier1.remediate", bind=True, acks_late=True, ignore_result=True)
-def remediate(self: Task, episode_id: str, tier: int = 1, approval_id: str | None = None) -> dict[str, Any]:
+def remediate(
+    self: Task, episode_id: str, tier: int = 1, approval_id: str | None = None
+) -> dict[str, Any]:
     return _run(self, episode_id, 1, approval_id)
 
 
 @app.task(name="escalation.tier2.reroute", bind=True, acks_late=True, ignore_result=True)
-def reroute(self: Task, episode_id: str, tier: int = 2, approval_id: str | None = None) -> dict[str, Any]:
+def reroute(
+    self: Task, episode_id: str, tier: int = 2, approval_id: str | None = None
+) -> dict[str, Any]:
     return _run(self, episode_id, 2, approval_id)
 
 
 @app.task(name="escalation.tier3.notify", bind=True, acks_late=True, ignore_result=True)
-def notify(self: Task, episode_id: str, tier: int = 3, approval_id: str | None = None) -> dict[str, Any]:
+def notify(
+    self: Task, episode_id: str, tier: int = 3, approval_id: str | None = None
+) -> dict[str, Any]:
     return _run(self, episode_id, 3, approval_id)
 
 
 @app.task(name="escalation.tier4.freeze", bind=True, acks_late=True, ignore_result=True)
-def freeze(self: Task, episode_id: str, tier: int = 4, approval_id: str | None = None) -> dict[str, Any]:
+def freeze(
+    self: Task, episode_id: str, tier: int = 4, approval_id: str | None = None
+) -> dict[str, Any]:
     return _run(self, episode_id, 4, approval_id)
 
 
 @app.task(name="escalation.tier3.resolve", bind=True, acks_late=True, ignore_result=True)
-def resolve(self: Task, episode_id: str, tier: int = RESOLVE_TIER, approval_id: str | None = None) -> dict[str, Any]:
+def resolve(
+    self: Task, episode_id: str, tier: int = RESOLVE_TIER, approval_id: str | None = None
+) -> dict[str, Any]:
     """The recovery stage of a closed episode: resolved notice, disputes resolved by policy."""
     return _run(self, episode_id, RESOLVE_TIER, approval_id)
 

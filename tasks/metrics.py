@@ -56,25 +56,39 @@ def _notify(alert_ids: list[str]) -> None:
 def _escalate(pairs: list[tuple[str, str]]) -> None:
     with app.producer_or_acquire() as producer:
         for agent_id, source in pairs:
-            app.send_task(ESCALATION_TASK, kwargs={"agent_id": agent_id, "source": source}, producer=producer,
-                          ignore_result=True)
+            app.send_task(
+                ESCALATION_TASK,
+                kwargs={"agent_id": agent_id, "source": source},
+                producer=producer,
+                ignore_result=True,
+            )
 
 
 @functools.cache
 def monitor() -> sweeping.MonitorDeps:
     s = _deps.settings()
     return sweeping.MonitorDeps(
-        redis=_deps.hot(), sessions=_deps.sessions(), policy=s.policy, metrics=s.metrics,
-        interval_s=s.schedule.metrics_sweep_s, clock=SystemClock(),
-        handoff=Handoff(notify=_notify, escalate=_escalate,
-                        traffic_cut_fraction=s.policy.escalation.traffic_cut_fraction),
+        redis=_deps.hot(),
+        sessions=_deps.sessions(),
+        policy=s.policy,
+        metrics=s.metrics,
+        interval_s=s.schedule.metrics_sweep_s,
+        clock=SystemClock(),
+        handoff=Handoff(
+            notify=_notify,
+            escalate=_escalate,
+            traffic_cut_fraction=s.policy.escalation.traffic_cut_fraction,
+        ),
     )
 
 
 @functools.cache
 def poller() -> SweepPoller:
     s = _deps.settings()
-    config = dataclasses.replace(GatewayConfig.from_settings(s), breaker_failure_threshold=s.metrics.breaker_failure_threshold)
+    config = dataclasses.replace(
+        GatewayConfig.from_settings(s),
+        breaker_failure_threshold=s.metrics.breaker_failure_threshold,
+    )
     return SweepPoller(config, in_flight=s.metrics.in_flight, timeout_s=s.metrics.poll_timeout_s)
 
 
@@ -104,24 +118,51 @@ def sweep(tick: str | None = None) -> dict[str, Any]:
     expires = utc_from_timestamp(plan.deadline)
     with app.producer_or_acquire() as producer:
         for number, batch in enumerate(plan.batches):
-            poll_batch.apply_async(args=(plan.sweep_id, number, batch), expires=expires, producer=producer)
-    return {"started": True, "sweep_id": plan.sweep_id, "agents": plan.agents, "batches": len(plan.batches)}
+            poll_batch.apply_async(
+                args=(plan.sweep_id, number, batch), expires=expires, producer=producer
+            )
+    return {
+        "started": True,
+        "sweep_id": plan.sweep_id,
+        "agents": plan.agents,
+        "batches": len(plan.batches),
+    }
 
 
-@app.task(name="metrics.poll_batch", bind=True, acks_late=True, ignore_result=True,
-          autoretry_for=(redis.ConnectionError,), max_retries=3, retry_backoff=1, retry_backoff_max=10)
-def poll_batch(self: Task, sweep_id: str, batch: int, agents: dict[str, list[str]]) -> dict[str, Any]:
+@app.task(
+    name="metrics.poll_batch",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(redis.ConnectionError,),
+    max_retries=3,
+    retry_backoff=1,
+    retry_backoff_max=10,
+)
+def poll_batch(
+    self: Task, sweep_id: str, batch: int, agents: dict[str, list[str]]
+) -> dict[str, Any]:
     outcome = sweeping.run_batch(monitor(), poller().poll, sweep_id, batch, agents)
-    return {"sweep_id": sweep_id, "batch": batch, "agents": outcome.agents, "unknown": outcome.unknown,
-            "changes": outcome.changes, "skipped": outcome.skipped, "finished": outcome.finished,
-            "poll_s": round(outcome.poll_s, 3), "total_s": round(outcome.total_s, 3)}
+    return {
+        "sweep_id": sweep_id,
+        "batch": batch,
+        "agents": outcome.agents,
+        "unknown": outcome.unknown,
+        "changes": outcome.changes,
+        "skipped": outcome.skipped,
+        "finished": outcome.finished,
+        "poll_s": round(outcome.poll_s, 3),
+        "total_s": round(outcome.total_s, 3),
+    }
 
 
 # --- alerts ----------------------------------------------------------------------------------
 
 
 @app.task(name="metrics.deliver_alerts", bind=True, acks_late=True, ignore_result=True)
-def deliver_alerts(self: Task, alert_ids: list[str], urls: list[str] | None = None, attempt: int = 1) -> int:
+def deliver_alerts(
+    self: Task, alert_ids: list[str], urls: list[str] | None = None, attempt: int = 1
+) -> int:
     """Post alert notices to the configured webhooks; a URL that failed transiently is retried later, bounded."""
     policy = _deps.settings().policy.alerts
     if not (policy.webhooks or policy.routes):
@@ -130,10 +171,18 @@ def deliver_alerts(self: Task, alert_ids: list[str], urls: list[str] | None = No
     failed = notify.deliver(policy, alerts, _webhooks(), only=urls)
     if failed and attempt < policy.webhook_max_attempts:
         # A new message rather than a wait: the worker slot is free for the sweep meanwhile.
-        raise self.retry(kwargs={"alert_ids": alert_ids, "urls": failed, "attempt": attempt + 1},
-                         countdown=policy.webhook_retry_s * attempt, max_retries=policy.webhook_max_attempts)
+        raise self.retry(
+            kwargs={"alert_ids": alert_ids, "urls": failed, "attempt": attempt + 1},
+            countdown=policy.webhook_retry_s * attempt,
+            max_retries=policy.webhook_max_attempts,
+        )
     if failed:
-        log.error("alert notices %s not delivered to %d webhook(s) after %d attempts", alert_ids[:5], len(failed), attempt)
+        log.error(
+            "alert notices %s not delivered to %d webhook(s) after %d attempts",
+            alert_ids[:5],
+            len(failed),
+            attempt,
+        )
     return len(alerts)
 
 

@@ -48,7 +48,9 @@ def dispatch_agents(job_id: str, agent_ids: list[str]) -> None:
 
 
 @app.task(name="provisioning.provision_fleet", bind=True, acks_late=True)
-def provision_fleet(self: Task, manifest: Any, job_id: str | None = None, submitted_by: str = "celery") -> dict[str, Any]:
+def provision_fleet(
+    self: Task, manifest: Any, job_id: str | None = None, submitted_by: str = "celery"
+) -> dict[str, Any]:
     job_id = job_id or self.request.id
     try:
         submission = pipeline.submit_job(_deps.provisioning(), manifest, job_id, submitted_by)
@@ -59,14 +61,22 @@ def provision_fleet(self: Task, manifest: Any, job_id: str | None = None, submit
         raise Reject(str(exc), requeue=False) from None
     for chunk in pipeline.iter_chunks(submission.to_dispatch, _DISPATCH_CHUNK):
         dispatch_agents(job_id, chunk)
-    return {"job_id": job_id, "total": submission.total, "dispatched": len(submission.to_dispatch),
-            "already_active": submission.already_active}
+    return {
+        "job_id": job_id,
+        "total": submission.total,
+        "dispatched": len(submission.to_dispatch),
+        "already_active": submission.already_active,
+    }
 
 
 @app.task(name="provisioning.provision_agent", acks_late=True, ignore_result=True)
 def provision_agent(job_id: str, agent_id: str) -> dict[str, Any]:
     status = pipeline.provision_agent(_deps.provisioning(), agent_id)
-    return {"job_id": job_id, "agent_id": agent_id, "status": str(status) if status else "held-by-another-worker"}
+    return {
+        "job_id": job_id,
+        "agent_id": agent_id,
+        "status": str(status) if status else "held-by-another-worker",
+    }
 
 
 @app.task(name="provisioning.resume_stalled", acks_late=True)
@@ -90,15 +100,29 @@ def rotate_due_keys() -> int:
     return len(due)
 
 
-@app.task(name="provisioning.rotate_key", acks_late=True, autoretry_for=(Unavailable,), max_retries=3,
-          retry_backoff=30, retry_backoff_max=600)
+@app.task(
+    name="provisioning.rotate_key",
+    acks_late=True,
+    autoretry_for=(Unavailable,),
+    max_retries=3,
+    retry_backoff=30,
+    retry_backoff_max=600,
+)
 def rotate_key(agent_id: str) -> bool:
     return lifecycle.rotate_key(_deps.provisioning(), agent_id)
 
 
-@app.task(name="provisioning.retire_agent", acks_late=True, autoretry_for=(Unavailable,), max_retries=5,
-          retry_backoff=30, retry_backoff_max=600)
-def retire_agent(agent_id: str, reason: str = "retired by operator", approval_id: str | None = None) -> str:
+@app.task(
+    name="provisioning.retire_agent",
+    acks_late=True,
+    autoretry_for=(Unavailable,),
+    max_retries=5,
+    retry_backoff=30,
+    retry_backoff_max=600,
+)
+def retire_agent(
+    agent_id: str, reason: str = "retired by operator", approval_id: str | None = None
+) -> str:
     """Irreversible (it revokes the identity): runs only under an approval that
     names exactly this agent, claimed once, whatever sent the message."""
     approvals = _approvals()
@@ -117,8 +141,13 @@ def retire_agent(agent_id: str, reason: str = "retired by operator", approval_id
 
 
 @app.task(name="provisioning.upgrade_tier", acks_late=True)
-def upgrade_tier(agent_id: str, new_tier: str, projected_volume: int, requested_by: str = "celery",
-                 approval_id: str | None = None) -> dict[str, Any]:
+def upgrade_tier(
+    agent_id: str,
+    new_tier: str,
+    projected_volume: int,
+    requested_by: str = "celery",
+    approval_id: str | None = None,
+) -> dict[str, Any]:
     """Estimate first; above the configured increase (+200 %) wait for an approval."""
     deps = _deps.provisioning()
     plan = lifecycle.plan_upgrade(deps, agent_id, new_tier, projected_volume)
@@ -128,13 +157,26 @@ def upgrade_tier(agent_id: str, new_tier: str, projected_volume: int, requested_
         approvals = _approvals()
         if approval_id is None:
             gate = approvals.request(
-                "upgrade_tier", agent_id, requested_by, reason=f"cost +{plan.as_details()['increase_pct']} %",
-                details=plan.as_details(), task="provisioning.upgrade_tier",
-                task_kwargs={"agent_id": agent_id, "new_tier": new_tier, "projected_volume": projected_volume,
-                             "requested_by": requested_by},
+                "upgrade_tier",
+                agent_id,
+                requested_by,
+                reason=f"cost +{plan.as_details()['increase_pct']} %",
+                details=plan.as_details(),
+                task="provisioning.upgrade_tier",
+                task_kwargs={
+                    "agent_id": agent_id,
+                    "new_tier": new_tier,
+                    "projected_volume": projected_volume,
+                    "requested_by": requested_by,
+                },
             )
             if not gate.may_run:
-                return {"agent_id": agent_id, "status": "awaiting-approval", "approval_id": gate.request_id, **plan.as_details()}
+                return {
+                    "agent_id": agent_id,
+                    "status": "awaiting-approval",
+                    "approval_id": gate.request_id,
+                    **plan.as_details(),
+                }
         else:
             try:
                 view = approvals.consume(approval_id, action="upgrade_tier", subject=agent_id)

@@ -42,8 +42,15 @@ def send_messages(messages: Sequence[Message]) -> None:
 @functools.cache
 def deps() -> service.SlaDeps:
     s = _deps.settings()
-    return service.SlaDeps(_deps.sessions(), _deps.hot(), _deps.gateway(), s.policy, s.sla, SystemClock(),
-                           send_messages)
+    return service.SlaDeps(
+        _deps.sessions(),
+        _deps.hot(),
+        _deps.gateway(),
+        s.policy,
+        s.sla,
+        SystemClock(),
+        send_messages,
+    )
 
 
 @app.task(name="sla.sweep", acks_late=True, ignore_result=True)
@@ -57,7 +64,9 @@ def sweep(force: bool = False) -> dict[str, Any]:
     with app.producer_or_acquire() as producer:
         for batch in plan.batches:
             # A batch not started within one interval is dropped: the next sweep checks again.
-            check_batch.apply_async(args=(batch, plan.sweep_id), producer=producer, expires=interval)
+            check_batch.apply_async(
+                args=(batch, plan.sweep_id), producer=producer, expires=interval
+            )
     return {"sweep_id": plan.sweep_id, "agents": plan.total, "batches": len(plan.batches)}
 
 
@@ -67,9 +76,12 @@ def check_batch(agent_ids: list[str], sweep_id: str | None = None) -> dict[str, 
 
 
 @app.task(name="sla.evaluate_agent", acks_late=True)
-def evaluate_agent(agent_id: str, source: str = "alert", counterparty: str | None = None,
-                   amount: str | None = None) -> dict[str, Any]:
-    return service.evaluate_agent(deps(), agent_id, source, counterparty=counterparty, amount=amount)
+def evaluate_agent(
+    agent_id: str, source: str = "alert", counterparty: str | None = None, amount: str | None = None
+) -> dict[str, Any]:
+    return service.evaluate_agent(
+        deps(), agent_id, source, counterparty=counterparty, amount=amount
+    )
 
 
 @app.task(name="sla.escalation_tick", bind=True, acks_late=True, ignore_result=True)

@@ -39,11 +39,24 @@ def sandbox_process(*args: str, ready_timeout_s: float = 60.0) -> Iterator[Sandb
     parallel sessions never collide. Its stderr goes to a temp file that is
     shown if the server fails to start.
     """
-    argv = [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", "0", "--admin-key", SANDBOX_ADMIN_KEY, *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "sandbox",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--admin-key",
+        SANDBOX_ADMIN_KEY,
+        *args,
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryFile("w+") as stderr:
         started = time.monotonic()
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
         lines: queue.Queue[str] = queue.Queue()
 
         def pump() -> None:  # keep reading so the pipe never fills
@@ -65,7 +78,9 @@ def sandbox_process(*args: str, ready_timeout_s: float = 60.0) -> Iterator[Sandb
                     url = line.split(" on ", 1)[1].strip()
                 elif proc.poll() is not None or time.monotonic() > deadline:
                     stderr.seek(0)
-                    raise RuntimeError(f"sandbox did not start (exit {proc.poll()}):\n{stderr.read()[-4000:]}")
+                    raise RuntimeError(
+                        f"sandbox did not start (exit {proc.poll()}):\n{stderr.read()[-4000:]}"
+                    )
             control = SandboxProcess(url, SANDBOX_ADMIN_KEY)
             control.process = proc
             control.started_in_s = time.monotonic() - started
@@ -94,7 +109,9 @@ def sandbox() -> Iterator[SandboxProcess]:
     ``sandbox.url`` is the base URL, ``sandbox.gateway_url`` the tool endpoint
     (base + "/v1"), ``sandbox.admin_key`` the fleet-admin key.
     """
-    with sandbox_process("--latency-ms", "0", "--latency-jitter-ms", "0", "--agents", "0", "--seed", "1234") as control:
+    with sandbox_process(
+        "--latency-ms", "0", "--latency-jitter-ms", "0", "--agents", "0", "--seed", "1234"
+    ) as control:
         yield control
 
 

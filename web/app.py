@@ -13,7 +13,11 @@ from web.app_auth import require_token
 
 
 def create_api() -> FastAPI:
-    api = FastAPI(title="Fleet Commander", version="0.1.0", description="Control plane for fleets of AI agents.")
+    api = FastAPI(
+        title="Fleet Commander",
+        version="0.1.0",
+        description="Control plane for fleets of AI agents.",
+    )
 
     @api.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -15,4 +15,8 @@ _bearer = HTTPBearer(auto_error=False)
 def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     expected = get_settings().api.token.get_secret_value()
     if credentials is None or not secrets.compare_digest(credentials.credentials, expected):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

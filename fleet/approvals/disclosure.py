@@ -28,7 +28,9 @@ def has_ai_disclosure(text: str) -> bool:
     return bool(_DISCLOSED.search(text))
 
 
-def with_ai_disclosure(body: str, *, agent_id: str, fleet: str = "", template: str = DEFAULT_TEMPLATE) -> str:
+def with_ai_disclosure(
+    body: str, *, agent_id: str, fleet: str = "", template: str = DEFAULT_TEMPLATE
+) -> str:
     """The body with the disclosure as its first line (unchanged if it already has it)."""
     line = disclosure_line(agent_id, fleet, template)
     if body.startswith(line):

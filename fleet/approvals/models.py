@@ -63,7 +63,9 @@ class ApprovalRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-    outcome: Mapped[str | None] = mapped_column(Text)  # why it ended: "quorum", "rejected by …", "expired"
+    outcome: Mapped[str | None] = mapped_column(
+        Text
+    )  # why it ended: "quorum", "rejected by …", "expired"
     review_due_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     reviewed_by: Mapped[str | None] = mapped_column(String(128))
     reviewed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -83,7 +85,9 @@ class ApprovalVote(Base):
 
     __tablename__ = "approval_votes"
 
-    request_id: Mapped[str] = mapped_column(ForeignKey("approval_requests.request_id"), primary_key=True)
+    request_id: Mapped[str] = mapped_column(
+        ForeignKey("approval_requests.request_id"), primary_key=True
+    )
     approver: Mapped[str] = mapped_column(String(128), primary_key=True)
     verdict: Mapped[str] = mapped_column(String(8))
     comment: Mapped[str] = mapped_column(Text, default="")

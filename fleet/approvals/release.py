@@ -29,21 +29,37 @@ class ToolCaller(Protocol):
     def call(self, tool: str, input: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
 
 
-def request_release(approvals: Approvals, agent_id: str, requested_by: str, *, reason: str, fleet: str | None = None) -> Gate:
+def request_release(
+    approvals: Approvals, agent_id: str, requested_by: str, *, reason: str, fleet: str | None = None
+) -> Gate:
     return approvals.request(
-        ACTION, agent_id, requested_by, fleet=fleet, reason=reason,
-        details={"agent_id": agent_id}, task=TASK, task_kwargs={"agent_id": agent_id},
+        ACTION,
+        agent_id,
+        requested_by,
+        fleet=fleet,
+        reason=reason,
+        details={"agent_id": agent_id},
+        task=TASK,
+        task_kwargs={"agent_id": agent_id},
     )
 
 
 def release_agent(
-    approvals: Approvals, sessions: sessionmaker[Session], gateway: ToolCaller, *, request_id: str, agent_id: str
+    approvals: Approvals,
+    sessions: sessionmaker[Session],
+    gateway: ToolCaller,
+    *,
+    request_id: str,
+    agent_id: str,
 ) -> bool:
     """Unfreeze and reactivate the agent under an approval; False if someone else already did."""
     approvals.require_approved(request_id, action=ACTION, subject=agent_id)
     # Conflict: not frozen (any more); NotFound: no wallet. Either way nothing to undo there.
     with contextlib.suppress(Conflict, NotFound):
-        gateway.call("unfreeze_wallet", {"agent_id": agent_id, "reason": f"released under approval {request_id}"})
+        gateway.call(
+            "unfreeze_wallet",
+            {"agent_id": agent_id, "reason": f"released under approval {request_id}"},
+        )
     now = approvals.clock.now()
     fleet = None
     with sessions.begin() as session:
@@ -57,12 +73,19 @@ def release_agent(
         view = approvals.consume(request_id, action=ACTION, subject=agent_id)
     except NotApproved:
         return False  # a concurrent delivery finished first
-    approvals.emit_audit([
-        build_event(
-            actor=approvals.actor, action=ACTION, subject=agent_id, fleet=fleet or view.fleet,
-            details={"request_id": request_id, "approvers": [v.approver for v in view.votes]},
-            article=Article.HUMAN_OVERSIGHT, approval=ApprovalState.APPROVED, approval_id=request_id,
-            clock=approvals.clock,
-        )
-    ])
+    approvals.emit_audit(
+        [
+            build_event(
+                actor=approvals.actor,
+                action=ACTION,
+                subject=agent_id,
+                fleet=fleet or view.fleet,
+                details={"request_id": request_id, "approvers": [v.approver for v in view.votes]},
+                article=Article.HUMAN_OVERSIGHT,
+                approval=ApprovalState.APPROVED,
+                approval_id=request_id,
+                clock=approvals.clock,
+            )
+        ]
+    )
     return True

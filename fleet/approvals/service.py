@@ -31,7 +31,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.policy import ApprovalPolicy, Risk
 from fleet.approvals.models import ApprovalRequest, ApprovalVote, RequestStatus, Verdict
 from fleet.approvals.risk import approvals_required, classify
-from fleet.audit.events import ApprovalState, Article, AuditEvent, TraceLike, build_event, clean_details
+from fleet.audit.events import (
+    ApprovalState,
+    Article,
+    AuditEvent,
+    TraceLike,
+    build_event,
+    clean_details,
+)
 from fleet.clock import Clock
 
 
@@ -122,17 +129,32 @@ class RequestView:
             return value.isoformat() if value else None
 
         return {
-            "request_id": self.request_id, "action": self.action, "risk": self.risk.value,
-            "subject": self.subject, "fleet": self.fleet, "requested_by": self.requested_by,
-            "reason": self.reason, "details": self.details, "status": self.status.value,
+            "request_id": self.request_id,
+            "action": self.action,
+            "risk": self.risk.value,
+            "subject": self.subject,
+            "fleet": self.fleet,
+            "requested_by": self.requested_by,
+            "reason": self.reason,
+            "details": self.details,
+            "status": self.status.value,
             "approval_state": self.approval_state.value,
-            "required": self.required, "approvals": self.approvals, "task": self.task,
-            "created_at": t(self.created_at), "expires_at": t(self.expires_at),
-            "decided_at": t(self.decided_at), "outcome": self.outcome,
-            "review_due_at": t(self.review_due_at), "reviewed_by": self.reviewed_by,
-            "reviewed_at": t(self.reviewed_at), "dispatched_at": t(self.dispatched_at),
+            "required": self.required,
+            "approvals": self.approvals,
+            "task": self.task,
+            "created_at": t(self.created_at),
+            "expires_at": t(self.expires_at),
+            "decided_at": t(self.decided_at),
+            "outcome": self.outcome,
+            "review_due_at": t(self.review_due_at),
+            "reviewed_by": self.reviewed_by,
+            "reviewed_at": t(self.reviewed_at),
+            "dispatched_at": t(self.dispatched_at),
             "executed_at": t(self.executed_at),
-            "votes": [{"approver": v.approver, "verdict": v.verdict, "comment": v.comment, "at": t(v.at)} for v in self.votes],
+            "votes": [
+                {"approver": v.approver, "verdict": v.verdict, "comment": v.comment, "at": t(v.at)}
+                for v in self.votes
+            ],
         }
 
 
@@ -152,14 +174,30 @@ class Gate:
 
 def _view(req: ApprovalRequest, votes: Sequence[ApprovalVote]) -> RequestView:
     return RequestView(
-        request_id=req.request_id, action=req.action, risk=Risk(req.risk), subject=req.subject,
-        fleet=req.fleet, requested_by=req.requested_by, reason=req.reason, details=dict(req.details or {}),
-        status=RequestStatus(req.status), required=req.required, task=req.task,
-        task_kwargs=dict(req.task_kwargs or {}), created_at=req.created_at, expires_at=req.expires_at,
-        decided_at=req.decided_at, outcome=req.outcome, review_due_at=req.review_due_at,
-        reviewed_by=req.reviewed_by, reviewed_at=req.reviewed_at, dispatched_at=req.dispatched_at,
+        request_id=req.request_id,
+        action=req.action,
+        risk=Risk(req.risk),
+        subject=req.subject,
+        fleet=req.fleet,
+        requested_by=req.requested_by,
+        reason=req.reason,
+        details=dict(req.details or {}),
+        status=RequestStatus(req.status),
+        required=req.required,
+        task=req.task,
+        task_kwargs=dict(req.task_kwargs or {}),
+        created_at=req.created_at,
+        expires_at=req.expires_at,
+        decided_at=req.decided_at,
+        outcome=req.outcome,
+        review_due_at=req.review_due_at,
+        reviewed_by=req.reviewed_by,
+        reviewed_at=req.reviewed_at,
+        dispatched_at=req.dispatched_at,
         executed_at=req.executed_at,
-        votes=tuple(Vote(v.approver, v.verdict, v.comment, v.at) for v in sorted(votes, key=lambda v: v.at)),
+        votes=tuple(
+            Vote(v.approver, v.verdict, v.comment, v.at) for v in sorted(votes, key=lambda v: v.at)
+        ),
     )
 
 
@@ -228,15 +266,24 @@ class Approvals:
         return req
 
     def _votes(self, session: Session, request_id: str) -> list[ApprovalVote]:
-        return list(session.scalars(select(ApprovalVote).where(ApprovalVote.request_id == request_id)))
+        return list(
+            session.scalars(select(ApprovalVote).where(ApprovalVote.request_id == request_id))
+        )
 
-    def _audit(self, view: RequestView, action: str, *, actor: str | None = None, **details: Any) -> AuditEvent:
+    def _audit(
+        self, view: RequestView, action: str, *, actor: str | None = None, **details: Any
+    ) -> AuditEvent:
         return build_event(
             actor=actor or self.actor,
             action=action,
             subject=view.subject,
             fleet=view.fleet,
-            details={"request_id": view.request_id, "gated_action": view.action, "risk": view.risk.value, **details},
+            details={
+                "request_id": view.request_id,
+                "gated_action": view.action,
+                "risk": view.risk.value,
+                **details,
+            },
             article=Article.HUMAN_OVERSIGHT,
             approval=view.approval_state,
             approval_id=view.request_id,
@@ -250,7 +297,14 @@ class Approvals:
 
     # ------------------------------------------------------------ the gate
 
-    def classify(self, action: str, *, amount: Decimal | None = None, pii: bool = False, irreversible: bool = False) -> Risk:
+    def classify(
+        self,
+        action: str,
+        *,
+        amount: Decimal | None = None,
+        pii: bool = False,
+        irreversible: bool = False,
+    ) -> Risk:
         return classify(self.policy, action, amount=amount, pii=pii, irreversible=irreversible)
 
     def request(
@@ -286,9 +340,18 @@ class Approvals:
         if amount is not None:
             clean["amount"] = format(amount, "f")
         req = ApprovalRequest(
-            request_id=uuid.uuid4().hex, action=action, risk=risk.value, subject=subject, fleet=fleet,
-            requested_by=requested_by, reason=reason, details=clean, required=required,
-            task=task, task_kwargs=clean_details(dict(task_kwargs or {})), created_at=now,
+            request_id=uuid.uuid4().hex,
+            action=action,
+            risk=risk.value,
+            subject=subject,
+            fleet=fleet,
+            requested_by=requested_by,
+            reason=reason,
+            details=clean,
+            required=required,
+            task=task,
+            task_kwargs=clean_details(dict(task_kwargs or {})),
+            created_at=now,
             trace_id=getattr(trace, "trace_id", None),
         )
         if required == 0:
@@ -302,10 +365,30 @@ class Approvals:
             session.flush()
             view = _view(req, [])
         if required == 0:
-            self.emit_audit([self._audit(view, "approval_review_queued", actor=requested_by, review_due_at=view.review_due_at)])
+            self.emit_audit(
+                [
+                    self._audit(
+                        view,
+                        "approval_review_queued",
+                        actor=requested_by,
+                        review_due_at=view.review_due_at,
+                    )
+                ]
+            )
             return Gate(risk, True, ApprovalState.REVIEW_PENDING, view)
-        self.emit_audit([self._audit(view, "approval_requested", actor=requested_by, required=required,
-                                expires_at=view.expires_at, reason=reason, task=task)])
+        self.emit_audit(
+            [
+                self._audit(
+                    view,
+                    "approval_requested",
+                    actor=requested_by,
+                    required=required,
+                    expires_at=view.expires_at,
+                    reason=reason,
+                    task=task,
+                )
+            ]
+        )
         return Gate(risk, False, ApprovalState.PENDING, view)
 
     # ------------------------------------------------------------ decisions
@@ -320,7 +403,9 @@ class Approvals:
         approver = approver.strip()
         if not approver:
             raise NotAnApprover("an approver must give their name")
-        if self.policy.approvers and not any(same_person(approver, a) for a in self.policy.approvers):
+        if self.policy.approvers and not any(
+            same_person(approver, a) for a in self.policy.approvers
+        ):
             raise NotAnApprover(f"{approver!r} is not among the configured approvers")
         now = self.clock.now()
         events: list[AuditEvent] = []
@@ -335,33 +420,73 @@ class Approvals:
                 self._expire(session, req, now)
                 expired = True
             elif same_person(approver, req.requested_by):
-                refused = SelfApproval(f"{approver!r} raised request {request_id} and cannot vote on it")
+                refused = SelfApproval(
+                    f"{approver!r} raised request {request_id} and cannot vote on it"
+                )
             elif any(same_person(approver, v.approver) for v in votes):
-                refused = DuplicateVote(f"{approver!r} already voted on request {request_id}; "
-                                        f"it needs {req.required} distinct approvers")
+                refused = DuplicateVote(
+                    f"{approver!r} already voted on request {request_id}; "
+                    f"it needs {req.required} distinct approvers"
+                )
             else:
-                vote = ApprovalVote(request_id=request_id, approver=approver, verdict=verdict, comment=comment, at=now)
+                vote = ApprovalVote(
+                    request_id=request_id,
+                    approver=approver,
+                    verdict=verdict,
+                    comment=comment,
+                    at=now,
+                )
                 session.add(vote)
                 votes.append(vote)
                 approvals = sum(1 for v in votes if v.verdict == Verdict.APPROVE)
                 if verdict is Verdict.REJECT:
-                    req.status, req.decided_at, req.outcome = RequestStatus.DENIED, now, f"rejected by {approver}"
+                    req.status, req.decided_at, req.outcome = (
+                        RequestStatus.DENIED,
+                        now,
+                        f"rejected by {approver}",
+                    )
                 elif approvals >= req.required:
-                    req.status, req.decided_at, req.outcome = RequestStatus.APPROVED, now, "quorum reached"
+                    req.status, req.decided_at, req.outcome = (
+                        RequestStatus.APPROVED,
+                        now,
+                        "quorum reached",
+                    )
                 session.flush()
             view = _view(req, votes)
         if refused is not None:
             # Refused attempts are evidence too: they show the four-eyes rule held.
-            self.emit_audit([self._audit(view, "approval_vote_refused", actor=approver, verdict=verdict.value,
-                                         reason=str(refused))])
+            self.emit_audit(
+                [
+                    self._audit(
+                        view,
+                        "approval_vote_refused",
+                        actor=approver,
+                        verdict=verdict.value,
+                        reason=str(refused),
+                    )
+                ]
+            )
             raise refused
         if expired:
             self.emit_audit([self._audit(view, "approval_expired", outcome="expired")])
-            raise RequestExpired(f"request {request_id} expired at {view.expires_at:%Y-%m-%d %H:%M:%S} UTC and is denied")
-        events.append(self._audit(view, "approval_vote", actor=approver, verdict=verdict.value, comment=comment,
-                                  approvals=view.approvals, required=view.required))
+            raise RequestExpired(
+                f"request {request_id} expired at {view.expires_at:%Y-%m-%d %H:%M:%S} UTC and is denied"
+            )
+        events.append(
+            self._audit(
+                view,
+                "approval_vote",
+                actor=approver,
+                verdict=verdict.value,
+                comment=comment,
+                approvals=view.approvals,
+                required=view.required,
+            )
+        )
         if view.status is RequestStatus.APPROVED:
-            events.append(self._audit(view, "approval_granted", approvers=[v.approver for v in view.votes]))
+            events.append(
+                self._audit(view, "approval_granted", approvers=[v.approver for v in view.votes])
+            )
         elif view.status is RequestStatus.DENIED:
             events.append(self._audit(view, "approval_denied", outcome=view.outcome))
         self.emit_audit(events)
@@ -374,7 +499,10 @@ class Approvals:
         with self._write() as session:
             due = session.scalars(
                 select(ApprovalRequest)
-                .where(ApprovalRequest.status == RequestStatus.PENDING, ApprovalRequest.expires_at <= now)
+                .where(
+                    ApprovalRequest.status == RequestStatus.PENDING,
+                    ApprovalRequest.expires_at <= now,
+                )
                 .with_for_update()
             ).all()
             for req in due:
@@ -383,19 +511,25 @@ class Approvals:
             for req in due:
                 expired.append(_view(req, self._votes(session, req.request_id)))
         if expired:
-            self.emit_audit([self._audit(v, "approval_expired", outcome="expired") for v in expired])
+            self.emit_audit(
+                [self._audit(v, "approval_expired", outcome="expired") for v in expired]
+            )
         return expired
 
     def require_approved(self, request_id: str, *, action: str, subject: str) -> RequestView:
         """The request, if it approves exactly this action on this subject and has not run yet."""
         view = self.get(request_id)
         if view.action != action or view.subject != subject:
-            raise NotApproved(f"request {request_id} approves {view.action} on {view.subject}, not {action} on {subject}")
+            raise NotApproved(
+                f"request {request_id} approves {view.action} on {view.subject}, not {action} on {subject}"
+            )
         if view.status is not RequestStatus.APPROVED:
             raise NotApproved(f"request {request_id} is {view.status.value}: {action} must not run")
         return view
 
-    def consume(self, request_id: str, *, action: str | None = None, subject: str | None = None) -> RequestView:
+    def consume(
+        self, request_id: str, *, action: str | None = None, subject: str | None = None
+    ) -> RequestView:
         """Claim an approval for the one run of its action, just before running it.
 
         Exactly one caller gets it; anyone else (a second delivery, a request
@@ -404,16 +538,31 @@ class Approvals:
         now = self.clock.now()
         with self._write() as session:
             req = self._load(session, request_id)
-            if action is not None and req.action != action or subject is not None and req.subject != subject:
-                raise NotApproved(f"request {request_id} approves {req.action} on {req.subject}, not {action} on {subject}")
-            claimed = cast(CursorResult[Any], session.execute(
-                update(ApprovalRequest)
-                .where(ApprovalRequest.request_id == request_id, ApprovalRequest.status == RequestStatus.APPROVED)
-                .values(status=RequestStatus.EXECUTED, executed_at=now)
-                .execution_options(synchronize_session=False)
-            )).rowcount
+            if (
+                action is not None
+                and req.action != action
+                or subject is not None
+                and req.subject != subject
+            ):
+                raise NotApproved(
+                    f"request {request_id} approves {req.action} on {req.subject}, not {action} on {subject}"
+                )
+            claimed = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(ApprovalRequest)
+                    .where(
+                        ApprovalRequest.request_id == request_id,
+                        ApprovalRequest.status == RequestStatus.APPROVED,
+                    )
+                    .values(status=RequestStatus.EXECUTED, executed_at=now)
+                    .execution_options(synchronize_session=False)
+                ),
+            ).rowcount
             if claimed != 1:
-                raise NotApproved(f"request {request_id} is {req.status}: {req.action} must not run")
+                raise NotApproved(
+                    f"request {request_id} is {req.status}: {req.action} must not run"
+                )
             session.refresh(req)
             view = _view(req, self._votes(session, request_id))
         self.emit_audit([self._audit(view, "approval_executed")])
@@ -432,7 +581,9 @@ class Approvals:
             session.flush()
             view = _view(req, self._votes(session, request_id))
         late = view.review_due_at is not None and now > view.review_due_at
-        self.emit_audit([self._audit(view, "approval_reviewed", actor=reviewer, note=note, late=late)])
+        self.emit_audit(
+            [self._audit(view, "approval_reviewed", actor=reviewer, note=note, late=late)]
+        )
         return view
 
     # ------------------------------------------------------------ dispatch of approved work
@@ -452,7 +603,10 @@ class Approvals:
         with self._write() as session:
             session.execute(
                 update(ApprovalRequest)
-                .where(ApprovalRequest.request_id == request_id, ApprovalRequest.dispatched_at.is_(None))
+                .where(
+                    ApprovalRequest.request_id == request_id,
+                    ApprovalRequest.dispatched_at.is_(None),
+                )
                 .values(dispatched_at=self.clock.now())
                 .execution_options(synchronize_session=False)
             )
@@ -470,7 +624,9 @@ class Approvals:
         """Newest first; review_queue lists MEDIUM requests not yet reviewed, oldest due first."""
         stmt = select(ApprovalRequest)
         if review_queue:
-            stmt = stmt.where(ApprovalRequest.status == RequestStatus.AUTO, ApprovalRequest.reviewed_at.is_(None))
+            stmt = stmt.where(
+                ApprovalRequest.status == RequestStatus.AUTO, ApprovalRequest.reviewed_at.is_(None)
+            )
             stmt = stmt.order_by(ApprovalRequest.review_due_at)
         else:
             if status is not None:
@@ -480,8 +636,12 @@ class Approvals:
             rows = session.scalars(stmt.limit(limit)).all()
             return [_view(r, self._votes(session, r.request_id)) for r in rows]
 
-    def in_period(self, start: datetime, end: datetime, fleet: str | None = None) -> list[RequestView]:
-        stmt = select(ApprovalRequest).where(ApprovalRequest.created_at >= start, ApprovalRequest.created_at < end)
+    def in_period(
+        self, start: datetime, end: datetime, fleet: str | None = None
+    ) -> list[RequestView]:
+        stmt = select(ApprovalRequest).where(
+            ApprovalRequest.created_at >= start, ApprovalRequest.created_at < end
+        )
         if fleet is not None:
             stmt = stmt.where(ApprovalRequest.fleet == fleet)
         with self.sessions() as session:

@@ -52,7 +52,16 @@ from fleet.audit.events import (
     clean_details,
     fleet_subject,
 )
-from fleet.audit.sinks import AuditNotConfigured, Sink, batch, capture, current_sink, emit, record, use_sink
+from fleet.audit.sinks import (
+    AuditNotConfigured,
+    Sink,
+    batch,
+    capture,
+    current_sink,
+    emit,
+    record,
+    use_sink,
+)
 
 __all__ = [
     "REDACTED",

@@ -52,11 +52,17 @@ def envelope(chain_json: bytes, event_json: bytes, prev: str, seq: int) -> bytes
     """RFC 8785 bytes of {"chain", "entry", "prev", "seq", "v"}; chain_json is canonical(chain)."""
     return b"".join(
         (
-            b'{"chain":', chain_json,
-            b',"entry":', event_json,
-            b',"prev":"', prev.encode("ascii"),
-            b'","seq":', str(seq).encode("ascii"),
-            b',"v":', str(FORMAT_VERSION).encode("ascii"), b"}",
+            b'{"chain":',
+            chain_json,
+            b',"entry":',
+            event_json,
+            b',"prev":"',
+            prev.encode("ascii"),
+            b'","seq":',
+            str(seq).encode("ascii"),
+            b',"v":',
+            str(FORMAT_VERSION).encode("ascii"),
+            b"}",
         )
     )
 

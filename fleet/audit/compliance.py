@@ -46,10 +46,19 @@ ARTICLES: dict[int, str] = {
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _DAYS = re.compile(r"^(\d{1,4})d$")
 # Approval bookkeeping entries, as opposed to the actions they govern.
-_APPROVAL_ACTIONS = frozenset({
-    "approval_requested", "approval_review_queued", "approval_vote", "approval_vote_refused", "approval_granted",
-    "approval_denied", "approval_expired", "approval_executed", "approval_reviewed",
-})
+_APPROVAL_ACTIONS = frozenset(
+    {
+        "approval_requested",
+        "approval_review_queued",
+        "approval_vote",
+        "approval_vote_refused",
+        "approval_granted",
+        "approval_denied",
+        "approval_expired",
+        "approval_executed",
+        "approval_reviewed",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -107,8 +116,13 @@ class _Gather:
             return [
                 (r.agent_id, r.status, r.tier, r.id_prefix, list(r.capabilities or []))
                 for r in conn.execute(
-                    select(Agent.agent_id, Agent.status, Agent.tier, Agent.id_prefix, Agent.capabilities)
-                    .where(Agent.fleet == self.fleet)
+                    select(
+                        Agent.agent_id,
+                        Agent.status,
+                        Agent.tier,
+                        Agent.id_prefix,
+                        Agent.capabilities,
+                    ).where(Agent.fleet == self.fleet)
                 )
             ]
 
@@ -119,8 +133,13 @@ class _Gather:
             return [
                 tuple(r)  # type: ignore[misc]
                 for r in conn.execute(
-                    select(AuditEntry.subject, AuditEntry.action, AuditEntry.article, AuditEntry.approval, AuditEntry.body)
-                    .where(
+                    select(
+                        AuditEntry.subject,
+                        AuditEntry.action,
+                        AuditEntry.article,
+                        AuditEntry.approval,
+                        AuditEntry.body,
+                    ).where(
                         AuditEntry.chain == self.log.chain,
                         AuditEntry.time >= format_time(self.period.start),
                         AuditEntry.time < format_time(self.period.end),
@@ -135,9 +154,13 @@ class _Gather:
 
     def retention(self) -> dict[str, Any]:
         with self.log.engine.connect() as conn:
-            oldest = conn.execute(select(func.min(AuditEntry.time)).where(AuditEntry.chain == self.log.chain)).scalar()
+            oldest = conn.execute(
+                select(func.min(AuditEntry.time)).where(AuditEntry.chain == self.log.chain)
+            ).scalar()
             archives = conn.execute(
-                select(func.count(), func.coalesce(func.sum(AuditArchive.entries), 0)).where(AuditArchive.chain == self.log.chain)
+                select(func.count(), func.coalesce(func.sum(AuditArchive.entries), 0)).where(
+                    AuditArchive.chain == self.log.chain
+                )
             ).one()
             anchor = read_anchor(conn, self.log.chain)
             receipts = dict(
@@ -206,19 +229,30 @@ def build_report(
     expired = [r for r in requests if r.outcome == "expired"]
     rejected = [r for r in requests if r.status is RequestStatus.DENIED and r.outcome != "expired"]
     reviews = [r for r in requests if r.status is RequestStatus.AUTO]
-    overdue = [r for r in reviews if r.reviewed_at is None and r.review_due_at is not None and r.review_due_at < now]
-    late = [r for r in reviews if r.reviewed_at and r.review_due_at and r.reviewed_at > r.review_due_at]
+    overdue = [
+        r
+        for r in reviews
+        if r.reviewed_at is None and r.review_due_at is not None and r.review_due_at < now
+    ]
+    late = [
+        r for r in reviews if r.reviewed_at and r.review_due_at and r.reviewed_at > r.review_due_at
+    ]
     approvers = sorted({v.approver for r in requests for v in r.votes})
 
     ours: dict[int, dict[str, Any]] = {
         9: {
             "evidence": {
-                "risk_matrix": {risk.value: sorted(a for a, r in policy.approvals.matrix.items() if r is risk) for risk in Risk},
+                "risk_matrix": {
+                    risk.value: sorted(a for a, r in policy.approvals.matrix.items() if r is risk)
+                    for risk in Risk
+                },
                 "default_risk": policy.approvals.default_risk.value,
                 "requests_by_risk": dict(Counter(r.risk.value for r in requests)),
                 "risk_entries": by_article.get("Art. 9", 0),
             },
-            "findings": [f"{len(ungated)} HIGH/CRITICAL actions recorded without an approval"] if ungated else [],
+            "findings": [f"{len(ungated)} HIGH/CRITICAL actions recorded without an approval"]
+            if ungated
+            else [],
         },
         11: {
             "evidence": {
@@ -231,7 +265,8 @@ def build_report(
             },
             "findings": (
                 [f"{n} agents without declared capabilities"]
-                if (n := sum(1 for a in agents if not a[4])) else []
+                if (n := sum(1 for a in agents if not a[4]))
+                else []
             ),
         },
         12: {
@@ -246,9 +281,21 @@ def build_report(
                 "mirror_pending": mirror_pending,
             },
             "findings": [
-                *([f"audit chain not intact: {integrity.problem.message}"] if integrity.problem else []),
-                *([f"{len(unaudited)} agents without an audit entry in the period"] if unaudited else []),
-                *([f"{retention['mirror']['refused']} entries refused by the gateway"] if retention["mirror"].get("refused") else []),
+                *(
+                    [f"audit chain not intact: {integrity.problem.message}"]
+                    if integrity.problem
+                    else []
+                ),
+                *(
+                    [f"{len(unaudited)} agents without an audit entry in the period"]
+                    if unaudited
+                    else []
+                ),
+                *(
+                    [f"{retention['mirror']['refused']} entries refused by the gateway"]
+                    if retention["mirror"].get("refused")
+                    else []
+                ),
             ],
         },
         13: {
@@ -257,20 +304,32 @@ def build_report(
                 "messages_with_ai_disclosure": len(messages) - len(undisclosed),
                 "disclosure": policy.transparency.ai_disclosure,
             },
-            "findings": [f"{len(undisclosed)} messages without an AI disclosure"] if undisclosed else [],
+            "findings": [f"{len(undisclosed)} messages without an AI disclosure"]
+            if undisclosed
+            else [],
         },
         14: {
             "evidence": {
                 "requests": len(requests),
                 "by_status": dict(statuses),
-                "approved": sum(1 for r in requests if r.status in (RequestStatus.APPROVED, RequestStatus.EXECUTED)),
+                "approved": sum(
+                    1
+                    for r in requests
+                    if r.status in (RequestStatus.APPROVED, RequestStatus.EXECUTED)
+                ),
                 "rejected": len(rejected),
                 "expired": len(expired),
-                "decision_latency": _seconds([x for r in requests if (x := latency(r)) is not None]),
+                "decision_latency": _seconds(
+                    [x for r in requests if (x := latency(r)) is not None]
+                ),
                 "distinct_approvers": approvers,
                 "quorum": {k.value: v for k, v in policy.approvals.quorum.items()},
-                "reviews": {"queued": len(reviews), "done": sum(1 for r in reviews if r.reviewed_at),
-                            "late": len(late), "overdue": len(overdue)},
+                "reviews": {
+                    "queued": len(reviews),
+                    "done": sum(1 for r in reviews if r.reviewed_at),
+                    "late": len(late),
+                    "overdue": len(overdue),
+                },
                 "freezes": by_action.get("freeze_agent", 0),
                 "releases": by_action.get("release_agent", 0),
             },
@@ -283,8 +342,14 @@ def build_report(
         15: {
             "evidence": {
                 "accuracy_entries": by_article.get("Art. 15", 0),
-                "monitoring_actions": {a: n for a, n in by_action.items()
-                                       if any(k in a for k in ("health", "violation", "breach", "remediat", "restart", "escalat"))},
+                "monitoring_actions": {
+                    a: n
+                    for a, n in by_action.items()
+                    if any(
+                        k in a
+                        for k in ("health", "violation", "breach", "remediat", "restart", "escalat")
+                    )
+                },
             },
             "findings": [],
         },
@@ -308,7 +373,10 @@ def build_report(
             for prefix, report in gateway_reports.items()
         }
         gateway_findings = [
-            f for section in theirs.values() if isinstance(section, Mapping) for f in section.get("findings") or []
+            f
+            for section in theirs.values()
+            if isinstance(section, Mapping)
+            for f in section.get("findings") or []
         ]
         own = ours[number]
         articles[str(number)] = {
@@ -325,7 +393,9 @@ def build_report(
         "period_end": format_time(period.end),
         "generated_at": format_time(now),
         "compliant": all(a["status"] == "compliant" for a in articles.values()),
-        "gateway": {"prefixes": prefixes or [fleet], "error": gateway_error} if gateway is not None else {"error": "not asked"},
+        "gateway": {"prefixes": prefixes or [fleet], "error": gateway_error}
+        if gateway is not None
+        else {"error": "not asked"},
         "articles": articles,
     }
 
@@ -341,7 +411,8 @@ def render_html(report: Mapping[str, Any]) -> str:
     for section in report["articles"].values():
         findings = section["ours"]["findings"] + [
             f"gateway ({prefix}): {f.get('finding', f) if isinstance(f, Mapping) else f}"
-            for prefix, part in section["gateway"].items() if isinstance(part, Mapping)
+            for prefix, part in section["gateway"].items()
+            if isinstance(part, Mapping)
             for f in part.get("findings") or []
         ]
         items = "".join(f"<li>{e(str(f))}</li>" for f in findings) or "<li>none</li>"
@@ -361,7 +432,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<h1>EU AI Act compliance: fleet {e(report['fleet'])}, {e(report['period'])}</h1>"
         f"<p>{e(report['period_start'])} to {e(report['period_end'])}; generated {e(report['generated_at'])}. "
         f"Overall: <strong>{e(verdict)}</strong>.</p>"
-        + (f"<p>Gateway: {e(str(report['gateway'].get('error')))}</p>" if report["gateway"].get("error") else "")
+        + (
+            f"<p>Gateway: {e(str(report['gateway'].get('error')))}</p>"
+            if report["gateway"].get("error")
+            else ""
+        )
         + "".join(rows)
         + "</body></html>"
     )
@@ -399,11 +474,19 @@ def produce_report(
 
     def ask_gateway(prefix: str) -> Mapping[str, Any]:
         assert call is not None
-        return call("get_compliance_report", {"fleet_prefix": prefix, "period": period.label, "articles": articles})
+        return call(
+            "get_compliance_report",
+            {"fleet_prefix": prefix, "period": period.label, "articles": articles},
+        )
 
     report = build_report(
-        log=log, approvals=approvals, policy=settings.policy, policy_file=settings.policy_file,
-        fleet=fleet, period=period, integrity=verify_log(log),
+        log=log,
+        approvals=approvals,
+        policy=settings.policy,
+        policy_file=settings.policy_file,
+        fleet=fleet,
+        period=period,
+        integrity=verify_log(log),
         mirror_pending=Outbox(log, owner="compliance-report").pending(),
         gateway=ask_gateway if call is not None else None,
     )

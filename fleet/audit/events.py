@@ -100,10 +100,14 @@ def clean_details(value: Any, path: str = "details") -> Any:
         return value
     if isinstance(value, int):
         if abs(value) > _MAX_INT:
-            raise ValueError(f"{path}: integer {value} is too large for canonical JSON; send it as a string")
+            raise ValueError(
+                f"{path}: integer {value} is too large for canonical JSON; send it as a string"
+            )
         return value
     if isinstance(value, float):
-        raise ValueError(f"{path}: floats are not allowed in audit entries ({value!r}); send a decimal string")
+        raise ValueError(
+            f"{path}: floats are not allowed in audit entries ({value!r}); send a decimal string"
+        )
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"{path}: not a finite amount")

@@ -39,16 +39,54 @@ from fleet.audit.canonical import FORMAT_VERSION
 from fleet.audit.events import format_time
 from fleet.audit.log import AuditLog, read_anchor, read_head
 from fleet.audit.models import AuditCheckpoint, AuditEntry
-from fleet.audit.signing import Checkpoint, key_id_of, load_public_key, public_key_hex, signature_valid
+from fleet.audit.signing import (
+    Checkpoint,
+    key_id_of,
+    load_public_key,
+    public_key_hex,
+    signature_valid,
+)
 
 Format = Literal["jsonl", "csv"]
 EXPORT_FORMAT = "fleet-commander-audit-export"
 
-_READABLE = ("time", "actor", "action", "subject", "fleet", "article", "approval", "approval_id", "trace_id", "span_id", "event_id")
+_READABLE = (
+    "time",
+    "actor",
+    "action",
+    "subject",
+    "fleet",
+    "article",
+    "approval",
+    "approval_id",
+    "trace_id",
+    "span_id",
+    "event_id",
+)
 CSV_COLUMNS = (
-    "record", "seq", "time", "actor", "action", "subject", "fleet", "article", "approval",
-    "approval_id", "trace_id", "span_id", "event_id", "details", "prev", "hash", "body",
-    "size", "head", "signed_at", "key_id", "signature", "public_key",
+    "record",
+    "seq",
+    "time",
+    "actor",
+    "action",
+    "subject",
+    "fleet",
+    "article",
+    "approval",
+    "approval_id",
+    "trace_id",
+    "span_id",
+    "event_id",
+    "details",
+    "prev",
+    "hash",
+    "body",
+    "size",
+    "head",
+    "signed_at",
+    "key_id",
+    "signature",
+    "public_key",
 )
 
 
@@ -60,19 +98,25 @@ class ExportSummary:
     checkpoints: int
 
 
-def _seq_range(conn: Connection, log: AuditLog, since: datetime | None, until: datetime | None) -> tuple[int, int]:
+def _seq_range(
+    conn: Connection, log: AuditLog, since: datetime | None, until: datetime | None
+) -> tuple[int, int]:
     """A contiguous run of the chain (so it can be verified) covering [since, until)."""
     chain = log.chain
     anchor, head = read_anchor(conn, chain), read_head(conn, chain)
     first, last = anchor.seq + 1, head.seq
     if since is not None:
         found = conn.execute(
-            select(func.min(AuditEntry.seq)).where(AuditEntry.chain == chain, AuditEntry.time >= format_time(since))
+            select(func.min(AuditEntry.seq)).where(
+                AuditEntry.chain == chain, AuditEntry.time >= format_time(since)
+            )
         ).scalar()
         first = found if found is not None else last + 1
     if until is not None:
         found = conn.execute(
-            select(func.max(AuditEntry.seq)).where(AuditEntry.chain == chain, AuditEntry.time < format_time(until))
+            select(func.max(AuditEntry.seq)).where(
+                AuditEntry.chain == chain, AuditEntry.time < format_time(until)
+            )
         ).scalar()
         last = found if found is not None else first - 1
     return first, last
@@ -113,7 +157,9 @@ def export_log(
                 .order_by(AuditCheckpoint.size)
             ).mappings()
         ]
-        covering = [cp for cp in checkpoints if cp.size <= last] + [cp for cp in checkpoints if cp.size > last][:1]
+        covering = [cp for cp in checkpoints if cp.size <= last] + [
+            cp for cp in checkpoints if cp.size > last
+        ][:1]
         header = {
             "type": "header",
             "format": EXPORT_FORMAT,
@@ -141,36 +187,51 @@ def export_log(
     return ExportSummary(first if count else None, last if count else None, count, len(covering))
 
 
-def _write_jsonl(out: IO[bytes], header: dict[str, Any], rows: Any, checkpoints: list[Checkpoint]) -> int:
+def _write_jsonl(
+    out: IO[bytes], header: dict[str, Any], rows: Any, checkpoints: list[Checkpoint]
+) -> int:
     out.write(orjson.dumps(header) + b"\n")
     count = 0
     for seq, digest, body, _prev in rows:
         # The stored canonical bytes go out untouched: no re-serialisation can alter them.
-        out.write(b'{"type":"entry","seq":%d,"hash":"%s","body":%s}\n' % (seq, digest.encode(), body.encode("utf-8")))
+        out.write(
+            b'{"type":"entry","seq":%d,"hash":"%s","body":%s}\n'
+            % (seq, digest.encode(), body.encode("utf-8"))
+        )
         count += 1
     for cp in checkpoints:
         out.write(orjson.dumps({"type": "checkpoint", **cp.to_dict()}) + b"\n")
     return count
 
 
-def _write_csv(out: IO[bytes], header: dict[str, Any], rows: Any, checkpoints: list[Checkpoint]) -> int:
+def _write_csv(
+    out: IO[bytes], header: dict[str, Any], rows: Any, checkpoints: list[Checkpoint]
+) -> int:
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
     writer = csv.DictWriter(text, CSV_COLUMNS)
     writer.writeheader()
-    writer.writerow({"record": "key", "public_key": header["public_key"], "key_id": header["key_id"]})
+    writer.writerow(
+        {"record": "key", "public_key": header["public_key"], "key_id": header["key_id"]}
+    )
     count = 0
     for seq, digest, body, prev in rows:
         entry = orjson.loads(body)["entry"]
         writer.writerow(
             {
-                "record": "entry", "seq": seq, "prev": prev, "hash": digest, "body": body,
+                "record": "entry",
+                "seq": seq,
+                "prev": prev,
+                "hash": digest,
+                "body": body,
                 **{k: entry[k] for k in _READABLE},
                 "details": rfc8785.dumps(entry["details"]).decode("utf-8"),
             }
         )
         count += 1
     for cp in checkpoints:
-        writer.writerow({"record": "checkpoint", **{k: v for k, v in cp.to_dict().items() if k != "chain"}})
+        writer.writerow(
+            {"record": "checkpoint", **{k: v for k, v in cp.to_dict().items() if k != "chain"}}
+        )
     text.detach()
     return count
 
@@ -216,8 +277,17 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 readable = {k: row[k] or None for k in _READABLE}
                 hashed = {k: entry.get(k) for k in _READABLE}
                 details_ok = row["details"] == rfc8785.dumps(entry.get("details")).decode("utf-8")
-                yield "entry", {"seq": int(row["seq"]), "hash": row["hash"], "body": body,
-                                "columns_ok": readable == hashed and details_ok and row["prev"] == body.get("prev")}
+                yield (
+                    "entry",
+                    {
+                        "seq": int(row["seq"]),
+                        "hash": row["hash"],
+                        "body": body,
+                        "columns_ok": readable == hashed
+                        and details_ok
+                        and row["prev"] == body.get("prev"),
+                    },
+                )
             elif kind == "checkpoint":
                 yield "checkpoint", {**row, "size": int(row["size"])}
 
@@ -237,9 +307,13 @@ def verify_export(path: Path, public_key: Ed25519PublicKey | str | None = None) 
             check.key_id = record["key_id"]
             if key is None:
                 key = load_public_key(record["public_key"])
-                check.warnings.append("public key taken from the export itself: compare its key_id with the one published")
+                check.warnings.append(
+                    "public key taken from the export itself: compare its key_id with the one published"
+                )
             elif key_id_of(record["public_key"]) != key_id_of(public_key_hex(key)):
-                check.problems.append("the export was signed with a different key than the one given")
+                check.problems.append(
+                    "the export was signed with a different key than the one given"
+                )
             chain = record.get("chain", chain)
         elif kind == "entry":
             body, seq, digest = record["body"], int(record["seq"]), record["hash"]
@@ -253,7 +327,9 @@ def verify_export(path: Path, public_key: Ed25519PublicKey | str | None = None) 
             if prev is not None and body.get("prev") != prev:
                 check.problems.append(f"entry {seq}: does not link to the entry before it")
             if check.first_seq is not None and seq != (check.last_seq or 0) + 1:
-                check.problems.append(f"entry {seq}: follows entry {check.last_seq} (missing or reordered entries)")
+                check.problems.append(
+                    f"entry {seq}: follows entry {check.last_seq} (missing or reordered entries)"
+                )
             if check.first_seq is None:
                 check.first_seq = seq
                 hashes[seq - 1] = body.get("prev")
@@ -265,8 +341,11 @@ def verify_export(path: Path, public_key: Ed25519PublicKey | str | None = None) 
             checkpoints.append(
                 Checkpoint(
                     chain=record.get("chain") or chain or "",
-                    size=int(record["size"]), head=record["head"], signed_at=record["signed_at"],
-                    key_id=record["key_id"], signature=record["signature"],
+                    size=int(record["size"]),
+                    head=record["head"],
+                    signed_at=record["signed_at"],
+                    key_id=record["key_id"],
+                    signature=record["signature"],
                 )
             )
     if key is None:
@@ -284,5 +363,7 @@ def verify_export(path: Path, public_key: Ed25519PublicKey | str | None = None) 
         if cp.size in hashes:
             covered = max(covered, cp.size)
     if check.last_seq is not None and covered < check.last_seq:
-        check.warnings.append(f"entries {covered + 1}..{check.last_seq} are not covered by a checkpoint in the export")
+        check.warnings.append(
+            f"entries {covered + 1}..{check.last_seq} are not covered by a checkpoint in the export"
+        )
     return check

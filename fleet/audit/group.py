@@ -18,7 +18,9 @@ from fleet.audit.events import AuditEvent
 
 
 class GroupSink:
-    def __init__(self, send: Callable[[Sequence[AuditEvent]], None], *, gather_s: float = 0.005) -> None:
+    def __init__(
+        self, send: Callable[[Sequence[AuditEvent]], None], *, gather_s: float = 0.005
+    ) -> None:
         self._send = send
         self._gather_s = gather_s
         self._lock = threading.Lock()

@@ -117,7 +117,11 @@ def _known_event_ids(conn: Connection, ids: list[str]) -> set[str]:
     known: set[str] = set()
     for start in range(0, len(ids), _IN_CHUNK):
         chunk = ids[start : start + _IN_CHUNK]
-        known.update(conn.execute(select(AuditEntry.event_id).where(AuditEntry.event_id.in_(chunk))).scalars())
+        known.update(
+            conn.execute(
+                select(AuditEntry.event_id).where(AuditEntry.event_id.in_(chunk))
+            ).scalars()
+        )
     return known
 
 
@@ -141,7 +145,9 @@ class AuditLog:
         self._chain_json = canonical(chain)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, engine: Engine | None = None, clock: Clock | None = None) -> AuditLog:
+    def from_settings(
+        cls, settings: Settings, *, engine: Engine | None = None, clock: Clock | None = None
+    ) -> AuditLog:
         from fleet.storage.db import engine_for
 
         audit = settings.policy.audit
@@ -243,10 +249,18 @@ class AuditLog:
     def checkpoints(self) -> list[Checkpoint]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(AuditCheckpoint).where(AuditCheckpoint.chain == self.chain).order_by(AuditCheckpoint.size)
+                select(AuditCheckpoint)
+                .where(AuditCheckpoint.chain == self.chain)
+                .order_by(AuditCheckpoint.size)
             ).mappings()
             return [Checkpoint.from_dict(dict(row)) for row in rows]
 
     def count(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(AuditEntry).where(AuditEntry.chain == self.chain)).scalar_one())
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(AuditEntry)
+                    .where(AuditEntry.chain == self.chain)
+                ).scalar_one()
+            )

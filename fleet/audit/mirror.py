@@ -43,7 +43,14 @@ from sqlalchemy.exc import IntegrityError
 from fleet.audit.events import format_time
 from fleet.audit.log import AuditLog, read_anchor
 from fleet.audit.models import AuditEntry, AuditMirrorReceipt, AuditMirrorState
-from fleet.gateway.errors import AuthError, Conflict, GatewayError, InvalidResponse, RateLimited, Unavailable
+from fleet.gateway.errors import (
+    AuthError,
+    Conflict,
+    GatewayError,
+    InvalidResponse,
+    RateLimited,
+    Unavailable,
+)
 from fleet.gateway.tracing import TraceContext
 
 log = logging.getLogger("fleet.audit.mirror")
@@ -55,7 +62,13 @@ _PAGE = 100
 class GatewayCall(Protocol):
     """``GatewayClient.call``: one tool call, returning the answer's JSON object."""
 
-    def __call__(self, tool: str, input: Mapping[str, Any] | None = None, *, trace: TraceContext | None = None) -> dict[str, Any]: ...
+    def __call__(
+        self,
+        tool: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        trace: TraceContext | None = None,
+    ) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -122,12 +135,16 @@ class Outbox:
 
     def _ensure_state(self) -> None:
         with self.engine.connect() as conn:
-            if conn.execute(select(AuditMirrorState.chain).where(AuditMirrorState.chain == self.chain)).first():
+            if conn.execute(
+                select(AuditMirrorState.chain).where(AuditMirrorState.chain == self.chain)
+            ).first():
                 return
             start = read_anchor(conn, self.chain).seq
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(AuditMirrorState), [{"chain": self.chain, "delivered_seq": start}])
+                conn.execute(
+                    insert(AuditMirrorState), [{"chain": self.chain, "delivered_seq": start}]
+                )
         except IntegrityError:
             pass  # another sender created it first
 
@@ -153,7 +170,9 @@ class Outbox:
         with self.engine.begin() as conn:
             conn.execute(
                 update(AuditMirrorState)
-                .where(AuditMirrorState.chain == self.chain, AuditMirrorState.lease_owner == self.owner)
+                .where(
+                    AuditMirrorState.chain == self.chain, AuditMirrorState.lease_owner == self.owner
+                )
                 .values(lease_owner=None, lease_until=None)
             )
 
@@ -169,7 +188,8 @@ class Outbox:
         with self.engine.connect() as conn:
             return int(
                 conn.execute(
-                    select(func.count()).select_from(AuditEntry)
+                    select(func.count())
+                    .select_from(AuditEntry)
                     .where(AuditEntry.chain == self.chain, AuditEntry.seq > delivered)
                 ).scalar_one()
             )
@@ -185,13 +205,27 @@ class Outbox:
                     AuditMirrorState.lease_owner == self.owner,
                     AuditMirrorState.delivered_seq == seq - 1,
                 )
-                .values(delivered_seq=seq, lease_until=self._lease_until(), last_error=None, last_attempt_at=now)
+                .values(
+                    delivered_seq=seq,
+                    lease_until=self._lease_until(),
+                    last_error=None,
+                    last_attempt_at=now,
+                )
             )
             if moved.rowcount != 1:
                 return False
             conn.execute(
                 insert(AuditMirrorReceipt),
-                [{"chain": self.chain, "seq": seq, "status": status, "audit_id": audit_id, "error": error, "at": now}],
+                [
+                    {
+                        "chain": self.chain,
+                        "seq": seq,
+                        "status": status,
+                        "audit_id": audit_id,
+                        "error": error,
+                        "at": now,
+                    }
+                ],
             )
         return True
 
@@ -199,11 +233,15 @@ class Outbox:
         with self.engine.begin() as conn:
             conn.execute(
                 update(AuditMirrorState)
-                .where(AuditMirrorState.chain == self.chain, AuditMirrorState.lease_owner == self.owner)
+                .where(
+                    AuditMirrorState.chain == self.chain, AuditMirrorState.lease_owner == self.owner
+                )
                 .values(last_error=error[:2000], last_attempt_at=self._now())
             )
 
-    def run(self, call: GatewayCall, *, max_entries: int = 500, max_seconds: float = 60.0) -> MirrorRun:
+    def run(
+        self, call: GatewayCall, *, max_entries: int = 500, max_seconds: float = 60.0
+    ) -> MirrorRun:
         """Send up to max_entries waiting entries (for at most about max_seconds), in order;
         stop at the first transient failure."""
         if not self.acquire():
@@ -214,7 +252,11 @@ class Outbox:
         deadline = time.monotonic() + max_seconds
         try:
             cursor = self.delivered_seq()
-            while delivered + refused + skipped < max_entries and error is None and time.monotonic() < deadline:
+            while (
+                delivered + refused + skipped < max_entries
+                and error is None
+                and time.monotonic() < deadline
+            ):
                 with self.engine.connect() as conn:
                     page = conn.execute(
                         select(AuditEntry.seq, AuditEntry.hash, AuditEntry.body)
@@ -232,7 +274,11 @@ class Outbox:
                     if payload is not None:
                         try:
                             answer = call(TOOL, payload, trace=_trace(payload))
-                            status, audit_id, note = "delivered", str(answer.get("audit_id") or "") or None, None
+                            status, audit_id, note = (
+                                "delivered",
+                                str(answer.get("audit_id") or "") or None,
+                                None,
+                            )
                         except (Unavailable, RateLimited, AuthError) as exc:
                             # Not this entry's fault: it waits, in place, for the next run.
                             error, retry_after = str(exc), exc.retry_after

@@ -41,13 +41,17 @@ class ArchiveResult:
     checkpoint: Checkpoint
 
 
-def _archivable_up_to(log: AuditLog, retention_days: float, *, respect_mirror: bool) -> tuple[Head, Head]:
+def _archivable_up_to(
+    log: AuditLog, retention_days: float, *, respect_mirror: bool
+) -> tuple[Head, Head]:
     """(anchor, last archivable entry); equal when there is nothing to archive."""
     cutoff = format_time(log.clock.now() - timedelta(days=retention_days))
     with log.engine.connect() as conn:
         anchor, head = read_anchor(conn, log.chain), read_head(conn, log.chain)
         first_young = conn.execute(
-            select(func.min(AuditEntry.seq)).where(AuditEntry.chain == log.chain, AuditEntry.time >= cutoff)
+            select(func.min(AuditEntry.seq)).where(
+                AuditEntry.chain == log.chain, AuditEntry.time >= cutoff
+            )
         ).scalar()
         last = head.seq if first_young is None else first_young - 1
         if respect_mirror:
@@ -65,9 +69,15 @@ def _archivable_up_to(log: AuditLog, retention_days: float, *, respect_mirror: b
 
 def _checkpoint_at(log: AuditLog, head: Head) -> Checkpoint:
     with chain_lock(log.engine, log.chain) as conn:
-        row = conn.execute(
-            select(AuditCheckpoint).where(AuditCheckpoint.chain == log.chain, AuditCheckpoint.size == head.seq)
-        ).mappings().first()
+        row = (
+            conn.execute(
+                select(AuditCheckpoint).where(
+                    AuditCheckpoint.chain == log.chain, AuditCheckpoint.size == head.seq
+                )
+            )
+            .mappings()
+            .first()
+        )
         if row is not None:
             return Checkpoint.from_dict(dict(row))
         checkpoint = log.signer.sign(log.chain, head.seq, head.hash, format_time(log.clock.now()))
@@ -76,7 +86,9 @@ def _checkpoint_at(log: AuditLog, head: Head) -> Checkpoint:
     return checkpoint
 
 
-def archive_expired(log: AuditLog, retention_days: float, *, respect_mirror: bool = True) -> ArchiveResult | None:
+def archive_expired(
+    log: AuditLog, retention_days: float, *, respect_mirror: bool = True
+) -> ArchiveResult | None:
     """Move entries older than retention_days to an archive file; None when none are due."""
     anchor, last = _archivable_up_to(log, retention_days, respect_mirror=respect_mirror)
     if last.seq <= anchor.seq:
@@ -96,7 +108,9 @@ def archive_expired(log: AuditLog, retention_days: float, *, respect_mirror: boo
         os.fsync(out.fileno())
     os.replace(partial, final)
     if summary.entries != last.seq - anchor.seq:
-        raise RetentionRefused(f"archive of {first}..{last.seq} holds {summary.entries} entries; nothing deleted")
+        raise RetentionRefused(
+            f"archive of {first}..{last.seq} holds {summary.entries} entries; nothing deleted"
+        )
     file_hash = hashlib.sha256(final.read_bytes()).hexdigest()
 
     with chain_lock(log.engine, log.chain) as conn:
@@ -104,14 +118,23 @@ def archive_expired(log: AuditLog, retention_days: float, *, respect_mirror: boo
             return None  # another worker archived this run meanwhile
         conn.execute(
             insert(AuditArchive),
-            [{
-                "chain": log.chain, "last_seq": last.seq, "first_seq": first, "head": last.hash,
-                "entries": summary.entries, "file": str(final), "file_sha256": file_hash,
-                "archived_at": format_time(log.clock.now()),
-            }],
+            [
+                {
+                    "chain": log.chain,
+                    "last_seq": last.seq,
+                    "first_seq": first,
+                    "head": last.hash,
+                    "entries": summary.entries,
+                    "file": str(final),
+                    "file_sha256": file_hash,
+                    "archived_at": format_time(log.clock.now()),
+                }
+            ],
         )
         if conn.dialect.name == "postgresql":
             # The deliberate path the trigger lets through, for this transaction only.
             conn.execute(text("SET LOCAL fleet.audit_retention = 'on'"))
-        conn.execute(delete(AuditEntry).where(AuditEntry.chain == log.chain, AuditEntry.seq <= last.seq))
+        conn.execute(
+            delete(AuditEntry).where(AuditEntry.chain == log.chain, AuditEntry.seq <= last.seq)
+        )
     return ArchiveResult(first, last.seq, summary.entries, final, checkpoint)

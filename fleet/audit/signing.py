@@ -150,7 +150,9 @@ def load_signer(path: Path, *, create: bool = True) -> Signer:
     path = path.resolve()
     if not path.exists():
         if not create:
-            raise MissingSigningKey(f"no audit signing key at {path}; pass the public key to verify with")
+            raise MissingSigningKey(
+                f"no audit signing key at {path}; pass the public key to verify with"
+            )
         _create_key_file(path)
     return _load_signer(path)
 

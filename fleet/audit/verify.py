@@ -34,8 +34,17 @@ from fleet.audit.signing import Checkpoint, MissingSigningKey, read_checkpoint_f
 
 # Columns that repeat a field of the hashed event, in the order the loop reads them.
 EVENT_FIELDS = (
-    "event_id", "time", "actor", "action", "subject", "fleet",
-    "article", "approval", "approval_id", "trace_id", "span_id",
+    "event_id",
+    "time",
+    "actor",
+    "action",
+    "subject",
+    "fleet",
+    "article",
+    "approval",
+    "approval_id",
+    "trace_id",
+    "span_id",
 )
 _COLUMNS = (AuditEntry.seq, AuditEntry.hash, AuditEntry.body, AuditEntry.prev_hash) + tuple(
     getattr(AuditEntry, name) for name in EVENT_FIELDS
@@ -100,8 +109,12 @@ class VerifyReport:
             "checkpoints": self.checkpoints,
             "signed_up_to": self.signed_up_to,
             "unsigned": self.unsigned,
-            "problem": None if self.problem is None else {
-                "kind": self.problem.kind.value, "seq": self.problem.seq, "message": self.problem.message,
+            "problem": None
+            if self.problem is None
+            else {
+                "kind": self.problem.kind.value,
+                "seq": self.problem.seq,
+                "message": self.problem.message,
             },
             "warnings": self.warnings,
             "seconds": round(self.seconds, 3),
@@ -153,45 +166,87 @@ def _diagnose(conn: Connection, chain: str, anchor: Head, bad_seq: int, last_goo
     K = ProblemKind
 
     if not here.hash_ok:
-        if nxt is not None and nxt.hash_ok and nxt.body_seq == here.seq and nxt.body_prev == last_good.hash:
+        if (
+            nxt is not None
+            and nxt.hash_ok
+            and nxt.body_seq == here.seq
+            and nxt.body_prev == last_good.hash
+        ):
             # The next row is the genuine entry of this position, pushed down by one.
-            return Problem(K.INSERTED, here.seq, f"entry {here.seq} was inserted: it is not part of the chain, "
-                                                 "and the entries after it were renumbered")
-        return Problem(K.EDITED, here.seq, f"entry {here.seq} was edited: its content no longer matches its hash")
+            return Problem(
+                K.INSERTED,
+                here.seq,
+                f"entry {here.seq} was inserted: it is not part of the chain, "
+                "and the entries after it were renumbered",
+            )
+        return Problem(
+            K.EDITED,
+            here.seq,
+            f"entry {here.seq} was edited: its content no longer matches its hash",
+        )
 
     if here.seq > expected and here.body_seq == here.seq:
         last = here.seq - 1
         which = f"entry {expected}" if last == expected else f"entries {expected}..{last}"
-        return Problem(K.DELETED, expected, f"{which} deleted: entry {here.seq} follows entry {last_good.seq}")
+        return Problem(
+            K.DELETED, expected, f"{which} deleted: entry {here.seq} follows entry {last_good.seq}"
+        )
 
     if here.body_seq is not None and here.body_seq < here.seq:
         # This row holds an earlier position's entry: something was put in front of it.
         if p1 is not None and here.body_seq == p1.seq and here.body_prev == p1.body_prev:
-            return Problem(K.INSERTED, p1.seq, f"entry {p1.seq} was inserted: the original entry {p1.seq} "
-                                               f"now sits at {here.seq}, and the entries after it were renumbered")
-        return Problem(K.INSERTED, here.seq, f"entry {here.seq} was inserted: it is a copy of entry {here.body_seq}")
+            return Problem(
+                K.INSERTED,
+                p1.seq,
+                f"entry {p1.seq} was inserted: the original entry {p1.seq} "
+                f"now sits at {here.seq}, and the entries after it were renumbered",
+            )
+        return Problem(
+            K.INSERTED,
+            here.seq,
+            f"entry {here.seq} was inserted: it is a copy of entry {here.body_seq}",
+        )
 
     if here.body_seq is not None and here.body_seq > here.seq:
         # This row holds a later position's entry: the one expected here moved, or is gone.
         moved = next((r for r in after if r.body_seq == here.seq), None)
         if moved is not None:
-            return Problem(K.REORDERED, here.seq, f"entries reordered: entry {here.seq} was moved to position "
-                                                  f"{moved.seq}, and position {here.seq} holds entry {here.body_seq}")
+            return Problem(
+                K.REORDERED,
+                here.seq,
+                f"entries reordered: entry {here.seq} was moved to position "
+                f"{moved.seq}, and position {here.seq} holds entry {here.body_seq}",
+            )
         gone = here.body_seq - 1
         which = f"entry {here.seq}" if gone == here.seq else f"entries {here.seq}..{gone}"
-        return Problem(K.DELETED, here.seq, f"{which} deleted, and the entries after renumbered to hide the gap")
+        return Problem(
+            K.DELETED,
+            here.seq,
+            f"{which} deleted, and the entries after renumbered to hide the gap",
+        )
 
     if here.body_prev != last_good.hash:
         linked_to = nxt is None or nxt.body_prev == here.hash
         if p1 is not None and p1.seq == last_good.seq and linked_to:
             # This row is sound and what follows links to it: its predecessor changed under it.
-            return Problem(K.EDITED, p1.seq, f"entry {p1.seq} was edited and re-hashed: "
-                                             f"entry {here.seq} no longer links to it")
-        return Problem(K.EDITED, bad_seq, f"entry {bad_seq} does not link to entry {last_good.seq}: "
-                                          f"the chain was altered at {bad_seq}")
+            return Problem(
+                K.EDITED,
+                p1.seq,
+                f"entry {p1.seq} was edited and re-hashed: entry {here.seq} no longer links to it",
+            )
+        return Problem(
+            K.EDITED,
+            bad_seq,
+            f"entry {bad_seq} does not link to entry {last_good.seq}: "
+            f"the chain was altered at {bad_seq}",
+        )
 
     # Sound bytes, sound links: what disagrees are the columns queries read.
-    return Problem(K.EDITED, here.seq, f"entry {here.seq} was edited: its columns no longer match its hashed content")
+    return Problem(
+        K.EDITED,
+        here.seq,
+        f"entry {here.seq} was edited: its columns no longer match its hashed content",
+    )
 
 
 @contextmanager
@@ -223,7 +278,9 @@ def verify_log(log: AuditLog, public_key: Ed25519PublicKey | None = None) -> Ver
             cp.size: cp
             for cp in (
                 Checkpoint.from_dict(dict(m))
-                for m in conn.execute(select(AuditCheckpoint).where(AuditCheckpoint.chain == chain)).mappings()
+                for m in conn.execute(
+                    select(AuditCheckpoint).where(AuditCheckpoint.chain == chain)
+                ).mappings()
             )
         }
         file_checkpoints: dict[int, Checkpoint] = {}
@@ -252,10 +309,19 @@ def verify_log(log: AuditLog, public_key: Ed25519PublicKey | None = None) -> Ver
                     or obj["prev"] != prev_hash
                     or obj["chain"] != chain
                     or (
-                        entry["event_id"], entry["time"], entry["actor"], entry["action"], entry["subject"],
-                        entry["fleet"], entry["article"], entry["approval"], entry["approval_id"],
-                        entry["trace_id"], entry["span_id"],
-                    ) != row[4:]
+                        entry["event_id"],
+                        entry["time"],
+                        entry["actor"],
+                        entry["action"],
+                        entry["subject"],
+                        entry["fleet"],
+                        entry["article"],
+                        entry["approval"],
+                        entry["approval_id"],
+                        entry["trace_id"],
+                        entry["span_id"],
+                    )
+                    != row[4:]
                 ):
                     bad_seq = seq
                     break
@@ -273,7 +339,13 @@ def verify_log(log: AuditLog, public_key: Ed25519PublicKey | None = None) -> Ver
 
     problems = [chain_problem] if chain_problem is not None else []
     problems += _check_checkpoints(
-        report, chain, anchor, db_checkpoints, file_checkpoints, hashes_at, trusted,
+        report,
+        chain,
+        anchor,
+        db_checkpoints,
+        file_checkpoints,
+        hashes_at,
+        trusted,
         last_seq=None if chain_problem is not None else (report.last_seq or anchor.seq),
     )
     if problems:
@@ -299,35 +371,77 @@ def _check_checkpoints(
     matched: list[int] = []
     if trusted is None and (db_checkpoints or file_checkpoints):
         first = min(set(db_checkpoints) | set(file_checkpoints))
-        return [Problem(K.CHECKPOINT, first, "checkpoints exist but the signing key is missing: give the public key to check them")]
+        return [
+            Problem(
+                K.CHECKPOINT,
+                first,
+                "checkpoints exist but the signing key is missing: give the public key to check them",
+            )
+        ]
     for size in sorted(set(db_checkpoints) | set(file_checkpoints)):
         in_db, in_file = db_checkpoints.get(size), file_checkpoints.get(size)
         candidates = [cp for cp in (in_file, in_db) if cp is not None]
         for cp in candidates:
             if trusted is None or not signature_valid(cp, trusted):
                 where = "database" if cp is in_db else "checkpoint file"
-                problems.append(Problem(K.CHECKPOINT, size, f"checkpoint at entry {size} in the {where} has no valid signature: forged or altered"))
-        if in_db is not None and in_file is not None and (in_db.head, in_db.signature) != (in_file.head, in_file.signature):
-            problems.append(Problem(K.CHECKPOINT, size, f"checkpoint at entry {size} differs between the database and the checkpoint file"))
+                problems.append(
+                    Problem(
+                        K.CHECKPOINT,
+                        size,
+                        f"checkpoint at entry {size} in the {where} has no valid signature: forged or altered",
+                    )
+                )
+        if (
+            in_db is not None
+            and in_file is not None
+            and (in_db.head, in_db.signature) != (in_file.head, in_file.signature)
+        ):
+            problems.append(
+                Problem(
+                    K.CHECKPOINT,
+                    size,
+                    f"checkpoint at entry {size} differs between the database and the checkpoint file",
+                )
+            )
         if in_file is None:
             report.warnings.append(f"checkpoint at entry {size} is not in the checkpoint file")
         elif in_db is None:
-            report.warnings.append(f"checkpoint at entry {size} is missing from the database (kept in the file)")
+            report.warnings.append(
+                f"checkpoint at entry {size} is missing from the database (kept in the file)"
+            )
         head = (in_file or in_db).head  # type: ignore[union-attr]
         if size < anchor.seq:
             continue  # archived with its entries
         if size == anchor.seq:
             if head != anchor.hash:
-                problems.append(Problem(K.REWRITTEN, size, f"the archived head at entry {size} does not match its signed checkpoint"))
+                problems.append(
+                    Problem(
+                        K.REWRITTEN,
+                        size,
+                        f"the archived head at entry {size} does not match its signed checkpoint",
+                    )
+                )
             continue
         if size in hashes_at:
             if hashes_at[size] == head:
                 matched.append(size)
             else:
                 since = max([m for m in matched if m < size], default=anchor.seq)
-                problems.append(Problem(K.REWRITTEN, since + 1, f"entries {since + 1}..{size} were rewritten: entry {size} does not match the checkpoint signed at {(in_file or in_db).signed_at}"))  # type: ignore[union-attr]
+                problems.append(
+                    Problem(
+                        K.REWRITTEN,
+                        since + 1,
+                        f"entries {since + 1}..{size} were rewritten: entry {size} does not match the checkpoint signed at {(in_file or in_db).signed_at}",
+                    )
+                )  # type: ignore[union-attr]
         elif last_seq is not None and size > last_seq:
-            problems.append(Problem(K.DELETED, last_seq + 1, f"entries {last_seq + 1}..{size} deleted: the log ends at {last_seq} but a checkpoint covers {size}"))
+            problems.append(
+                Problem(
+                    K.DELETED,
+                    last_seq + 1,
+                    f"entries {last_seq + 1}..{size} deleted: the log ends at {last_seq} but a checkpoint covers {size}",
+                )
+            )
     report.checkpoints = len(matched) + sum(1 for s in db_checkpoints if s <= anchor.seq)
     report.signed_up_to = max(matched, default=anchor.seq)
     return problems

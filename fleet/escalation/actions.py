@@ -100,7 +100,12 @@ class Outcome:
     retry_in: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "tier": self.tier, "episode_id": self.episode_id, "result": self.result}
+        return {
+            "status": self.status,
+            "tier": self.tier,
+            "episode_id": self.episode_id,
+            "result": self.result,
+        }
 
 
 class _Held(Exception):
@@ -126,21 +131,43 @@ class _Claim:
     attempts: int
 
 
-def _claim(deps: ActionDeps, episode_id: str, tier: int, worker: str, queue: str | None,
-           approval_id: str | None, now: datetime) -> _Claim | Outcome:
+def _claim(
+    deps: ActionDeps,
+    episode_id: str,
+    tier: int,
+    worker: str,
+    queue: str | None,
+    approval_id: str | None,
+    now: datetime,
+) -> _Claim | Outcome:
     lease = now + timedelta(seconds=deps.policy.escalation.action_lease_s)
-    claimable = [SlaEscalation.status == ActionStatus.DISPATCHED,
-                 (SlaEscalation.status == ActionStatus.RUNNING) & (SlaEscalation.lease_until < now)]
+    claimable = [
+        SlaEscalation.status == ActionStatus.DISPATCHED,
+        (SlaEscalation.status == ActionStatus.RUNNING) & (SlaEscalation.lease_until < now),
+    ]
     if approval_id is not None:
         claimable.append(SlaEscalation.status == ActionStatus.HELD)
     with write_session(deps.sessions) as s:
-        claimed = cast(CursorResult[Any], s.execute(
-            update(SlaEscalation)
-            .where(SlaEscalation.episode_id == episode_id, SlaEscalation.tier == tier, or_(*claimable))
-            .values(status=ActionStatus.RUNNING, claimed_by=worker[:160], lease_until=lease,
-                    attempts=SlaEscalation.attempts + 1, queue=queue, started_at=now)
-            .execution_options(synchronize_session=False)
-        )).rowcount
+        claimed = cast(
+            CursorResult[Any],
+            s.execute(
+                update(SlaEscalation)
+                .where(
+                    SlaEscalation.episode_id == episode_id,
+                    SlaEscalation.tier == tier,
+                    or_(*claimable),
+                )
+                .values(
+                    status=ActionStatus.RUNNING,
+                    claimed_by=worker[:160],
+                    lease_until=lease,
+                    attempts=SlaEscalation.attempts + 1,
+                    queue=queue,
+                    started_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            ),
+        ).rowcount
         row = s.get(SlaEscalation, (episode_id, tier))
         if row is None:
             return Outcome("missing", tier, episode_id)
@@ -156,10 +183,23 @@ def _claim(deps: ActionDeps, episode_id: str, tier: int, worker: str, queue: str
         return Outcome("busy", tier, episode_id, {"claimed_by": row.claimed_by}, retry_in=wait)
 
 
-def _finish(deps: ActionDeps, episode_id: str, tier: int, worker: str, status: ActionStatus,
-            result: dict[str, Any], error: str | None = None, approval_id: str | None = None) -> None:
-    values: dict[str, Any] = {"status": status, "result": result, "error": error, "lease_until": None,
-                              "finished_at": deps.clock.now() if status.finished else None}
+def _finish(
+    deps: ActionDeps,
+    episode_id: str,
+    tier: int,
+    worker: str,
+    status: ActionStatus,
+    result: dict[str, Any],
+    error: str | None = None,
+    approval_id: str | None = None,
+) -> None:
+    values: dict[str, Any] = {
+        "status": status,
+        "result": result,
+        "error": error,
+        "lease_until": None,
+        "finished_at": deps.clock.now() if status.finished else None,
+    }
     if status is ActionStatus.DISPATCHED:
         values["started_at"] = None
     if approval_id is not None:
@@ -167,8 +207,12 @@ def _finish(deps: ActionDeps, episode_id: str, tier: int, worker: str, status: A
     with write_session(deps.sessions) as s:
         s.execute(
             update(SlaEscalation)
-            .where(SlaEscalation.episode_id == episode_id, SlaEscalation.tier == tier,
-                   SlaEscalation.claimed_by == worker[:160], SlaEscalation.status == ActionStatus.RUNNING)
+            .where(
+                SlaEscalation.episode_id == episode_id,
+                SlaEscalation.tier == tier,
+                SlaEscalation.claimed_by == worker[:160],
+                SlaEscalation.status == ActionStatus.RUNNING,
+            )
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -178,9 +222,17 @@ def _release_wait(deps: ActionDeps, episode_id: str, tier: int, worker: str) -> 
     with write_session(deps.sessions) as s:
         s.execute(
             update(SlaEscalation)
-            .where(SlaEscalation.episode_id == episode_id, SlaEscalation.tier == tier,
-                   SlaEscalation.claimed_by == worker[:160], SlaEscalation.status == ActionStatus.RUNNING)
-            .values(status=ActionStatus.DISPATCHED, lease_until=None, attempts=SlaEscalation.attempts - 1)
+            .where(
+                SlaEscalation.episode_id == episode_id,
+                SlaEscalation.tier == tier,
+                SlaEscalation.claimed_by == worker[:160],
+                SlaEscalation.status == ActionStatus.RUNNING,
+            )
+            .values(
+                status=ActionStatus.DISPATCHED,
+                lease_until=None,
+                attempts=SlaEscalation.attempts - 1,
+            )
             .execution_options(synchronize_session=False)
         )
 
@@ -188,8 +240,16 @@ def _release_wait(deps: ActionDeps, episode_id: str, tier: int, worker: str) -> 
 class _Steps:
     """The action's finished steps, each saved as soon as it is done."""
 
-    def __init__(self, deps: ActionDeps, episode_id: str, tier: int, worker: str, done: dict[str, Any]) -> None:
-        self.deps, self.episode_id, self.tier, self.worker, self.done = deps, episode_id, tier, worker, done
+    def __init__(
+        self, deps: ActionDeps, episode_id: str, tier: int, worker: str, done: dict[str, Any]
+    ) -> None:
+        self.deps, self.episode_id, self.tier, self.worker, self.done = (
+            deps,
+            episode_id,
+            tier,
+            worker,
+            done,
+        )
 
     def do(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if name in self.done:
@@ -199,8 +259,11 @@ class _Steps:
         with write_session(self.deps.sessions) as s:
             s.execute(
                 update(SlaEscalation)
-                .where(SlaEscalation.episode_id == self.episode_id, SlaEscalation.tier == self.tier,
-                       SlaEscalation.claimed_by == self.worker[:160])
+                .where(
+                    SlaEscalation.episode_id == self.episode_id,
+                    SlaEscalation.tier == self.tier,
+                    SlaEscalation.claimed_by == self.worker[:160],
+                )
                 .values(steps=dict(self.done))
                 .execution_options(synchronize_session=False)
             )
@@ -218,7 +281,12 @@ class _Context:
 
 
 def run_action(
-    deps: ActionDeps, episode_id: str, tier: int, *, worker: str, queue: str | None = None,
+    deps: ActionDeps,
+    episode_id: str,
+    tier: int,
+    *,
+    worker: str,
+    queue: str | None = None,
     approval_id: str | None = None,
 ) -> Outcome:
     """Claim and run one tier's action for one episode (see the module docstring)."""
@@ -232,25 +300,37 @@ def run_action(
     esc = deps.policy.escalation
     try:
         if tier != RESOLVE_TIER and not ctx.episode.is_open and not claim.steps:
-            result = {"skipped": f"episode closed ({ctx.episode.close_reason}) before tier {tier} ran"}
+            result = {
+                "skipped": f"episode closed ({ctx.episode.close_reason}) before tier {tier} ran"
+            }
             _finish(deps, episode_id, tier, worker, ActionStatus.SKIPPED, result)
             return Outcome(ActionStatus.SKIPPED.value, tier, episode_id, result)
         result, approval = _HANDLERS[tier](deps, ctx, steps, approval_id)
     except _Held as held:
-        _finish(deps, episode_id, tier, worker, ActionStatus.HELD,
-                {"held": "waiting for a human approval", "approval_id": held.request_id},
-                approval_id=held.request_id)
+        _finish(
+            deps,
+            episode_id,
+            tier,
+            worker,
+            ActionStatus.HELD,
+            {"held": "waiting for a human approval", "approval_id": held.request_id},
+            approval_id=held.request_id,
+        )
         return Outcome(ActionStatus.HELD.value, tier, episode_id, {"approval_id": held.request_id})
     except _Wait as wait:
         _release_wait(deps, episode_id, tier, worker)
-        return Outcome("retry", tier, episode_id, {"waiting": str(wait)}, retry_in=esc.action_retry_s)
+        return Outcome(
+            "retry", tier, episode_id, {"waiting": str(wait)}, retry_in=esc.action_retry_s
+        )
     except (_Transient, Unavailable, RateLimited, httpx.TransportError) as exc:
         error = f"{type(exc).__name__}: {exc}"
         if claim.attempts < esc.action_max_attempts:
             _finish(deps, episode_id, tier, worker, ActionStatus.DISPATCHED, {}, error=error)
             retry_in = max(esc.action_retry_s, getattr(exc, "retry_after", None) or 0.0)
             return Outcome("retry", tier, episode_id, {"error": error}, retry_in=retry_in)
-        return _failed(deps, ctx, tier, worker, steps, f"gave up after {claim.attempts} attempts: {error}")
+        return _failed(
+            deps, ctx, tier, worker, steps, f"gave up after {claim.attempts} attempts: {error}"
+        )
     except (GatewayError, NotApproved) as exc:
         return _failed(deps, ctx, tier, worker, steps, f"{type(exc).__name__}: {exc}")
     status = ActionStatus.FAILED if result.get("ok") is False else ActionStatus.DONE
@@ -259,9 +339,13 @@ def run_action(
     return Outcome(status.value, tier, episode_id, result)
 
 
-def _failed(deps: ActionDeps, ctx: _Context, tier: int, worker: str, steps: _Steps, error: str) -> Outcome:
+def _failed(
+    deps: ActionDeps, ctx: _Context, tier: int, worker: str, steps: _Steps, error: str
+) -> Outcome:
     result = {"ok": False, "error": error[:1000], "steps_done": sorted(steps.done)}
-    _finish(deps, ctx.episode.episode_id, tier, worker, ActionStatus.FAILED, result, error=error[:4000])
+    _finish(
+        deps, ctx.episode.episode_id, tier, worker, ActionStatus.FAILED, result, error=error[:4000]
+    )
     _audit_action(deps, ctx, tier, ActionStatus.FAILED, result, _Approval())
     log.warning("episode %s tier %d failed: %s", ctx.episode.episode_id, tier, error)
     return Outcome(ActionStatus.FAILED.value, tier, ctx.episode.episode_id, result)
@@ -284,7 +368,9 @@ class _Approval:
     request_id: str | None = None
 
 
-def _gate(deps: ActionDeps, ctx: _Context, steps: _Steps, action: str, tier: int, approval_id: str | None) -> _Approval:
+def _gate(
+    deps: ActionDeps, ctx: _Context, steps: _Steps, action: str, tier: int, approval_id: str | None
+) -> _Approval:
     """Ask the approval gate once per action; HIGH/CRITICAL raise _Held until a human approves."""
     key = f"gate:{action}"
     held = steps.done.get(f"held:{action}", {}).get("request_id")
@@ -299,15 +385,25 @@ def _gate(deps: ActionDeps, ctx: _Context, steps: _Steps, action: str, tier: int
     elif key not in steps.done:
         ep = ctx.episode
         gate = deps.approvals.request(
-            action, ep.agent_id, ACTOR, fleet=ctx.fleet,
-            details={"episode_id": ep.episode_id, "tier": tier, "breached_terms": list(ep.breached_terms)},
+            action,
+            ep.agent_id,
+            ACTOR,
+            fleet=ctx.fleet,
+            details={
+                "episode_id": ep.episode_id,
+                "tier": tier,
+                "breached_terms": list(ep.breached_terms),
+            },
             reason=f"SLA violation episode {ep.episode_id} reached tier {tier}",
-            task=TIER_TASKS[tier], task_kwargs={"episode_id": ep.episode_id, "tier": tier},
+            task=TIER_TASKS[tier],
+            task_kwargs={"episode_id": ep.episode_id, "tier": tier},
         )
         if not gate.may_run:
             steps.do(f"held:{action}", lambda: {"request_id": gate.request_id})
             raise _Held(gate.request_id)
-        steps.do(key, lambda: {"risk": gate.risk.value, "may_run": True, "request_id": gate.request_id})
+        steps.do(
+            key, lambda: {"risk": gate.risk.value, "may_run": True, "request_id": gate.request_id}
+        )
     decided = steps.done[key]
     if decided["risk"] == "approved":
         return _Approval(ApprovalState.APPROVED, decided["request_id"])
@@ -319,37 +415,61 @@ def _gate(deps: ActionDeps, ctx: _Context, steps: _Steps, action: str, tier: int
 # ------------------------------------------------------------------------------ the tiers
 
 
-def _remediate(deps: ActionDeps, ctx: _Context, steps: _Steps, approval_id: str | None) -> tuple[dict[str, Any], _Approval]:
+def _remediate(
+    deps: ActionDeps, ctx: _Context, steps: _Steps, approval_id: str | None
+) -> tuple[dict[str, Any], _Approval]:
     approval = _gate(deps, ctx, steps, GATED_ACTION[1], 1, approval_id)
     hook = deps.policy.escalation.remediation_webhook
     if not hook:
-        return {"remediation": "not configured", "note": "escalation.remediation_webhook is not set"}, approval
+        return {
+            "remediation": "not configured",
+            "note": "escalation.remediation_webhook is not set",
+        }, approval
     ep = ctx.episode
 
     def call() -> dict[str, Any]:
         payload = {
-            "episode_id": ep.episode_id, "agent_id": ep.agent_id, "fleet": ctx.fleet,
-            "breached_terms": list(ep.breached_terms), "opened_at": ep.opened_at.isoformat(),
+            "episode_id": ep.episode_id,
+            "agent_id": ep.agent_id,
+            "fleet": ctx.fleet,
+            "breached_terms": list(ep.breached_terms),
+            "opened_at": ep.opened_at.isoformat(),
             "requested": ["restart", "clear_cache", "check_dependencies"],
         }
-        response = deps.http.post(hook, json=payload, timeout=deps.policy.escalation.remediation_timeout_s,
-                                  headers={"Idempotency-Key": f"{ep.episode_id}-1"})
+        response = deps.http.post(
+            hook,
+            json=payload,
+            timeout=deps.policy.escalation.remediation_timeout_s,
+            headers={"Idempotency-Key": f"{ep.episode_id}-1"},
+        )
         if response.status_code >= 500 or response.status_code == 429:
             raise _Transient(f"webhook answered {response.status_code}")
-        return {"webhook_status": response.status_code, "ok": response.is_success, "body": response.text[:500]}
+        return {
+            "webhook_status": response.status_code,
+            "ok": response.is_success,
+            "body": response.text[:500],
+        }
 
     return steps.do("webhook", call), approval
 
 
-def _reroute(deps: ActionDeps, ctx: _Context, steps: _Steps, approval_id: str | None) -> tuple[dict[str, Any], _Approval]:
+def _reroute(
+    deps: ActionDeps, ctx: _Context, steps: _Steps, approval_id: str | None
+) -> tuple[dict[str, Any], _Approval]:
     approval = _gate(deps, ctx, steps, GATED_ACTION[2], 2, approval_id)
     fraction = Decimal(str(deps.policy.escalation.traffic_cut_fraction))
 
     def cut() -> dict[str, Any]:
         now = deps.clock.now()
         with write_session(deps.sessions) as s:
-            ep = s.scalars(select(SlaEpisode).where(SlaEpisode.episode_id == ctx.episode.episode_id).with_for_update()).one()
-            agent = s.scalars(select(Agent).where(Agent.agent_id == ep.agent_id).with_for_update()).first()
+            ep = s.scalars(
+                select(SlaEpisode)
+                .where(SlaEpisode.episode_id == ctx.episode.episode_id)
+                .with_for_update()
+            ).one()
+            agent = s.scalars(
+                select(Agent).where(Agent.agent_id == ep.agent_id).with_for_update()
+            ).first()
             if ep.state != EpisodeState.OPEN or agent is None:
                 return {"cut": False, "reason": "episode closed before the cut"}
             if ep.weight_before is not None:  # cut already (a retry after the commit)
@@ -359,40 +479,58 @@ def _reroute(deps: ActionDeps, ctx: _Context, steps: _Steps, approval_id: str | 
             ep.weight_before = agent.traffic_weight
             agent.traffic_weight = format(after, "f")
             agent.updated_at = now
-            return {"cut": True, "before": ep.weight_before, "after": agent.traffic_weight,
-                    "fraction": format(fraction, "f")}
+            return {
+                "cut": True,
+                "before": ep.weight_before,
+                "after": agent.traffic_weight,
+                "fraction": format(fraction, "f"),
+            }
 
     return steps.do("cut", cut), approval
 
 
-def _notify(deps: ActionDeps, ctx: _Context, steps: _Steps, approval_id: str | None) -> tuple[dict[str, Any], _Approval]:
+def _notify(
+    deps: ActionDeps, ctx: _Context, steps: _Steps, approval_id: str | None
+) -> tuple[dict[str, Any], _Approval]:
     approval = _gate(deps, ctx, steps, GATED_ACTION[3], 3, approval_id)
     ep, esc = ctx.episode, deps.policy.escalation
     minutes = int(ep.duration_s(deps.clock.now()) // 60)
-    body = (f"Agent {ep.agent_id} of fleet {ctx.fleet} has been in breach of its SLA for {minutes} min "
-            f"(terms: {', '.join(ep.breached_terms)}; episode {ep.episode_id}, opened {ep.opened_at:%Y-%m-%d %H:%M} UTC). "
-            f"Tiers 1-2 have run. Acknowledge with `fleet sla ack {ep.episode_id} --by NAME` to hold the freeze "
-            f"for {int(esc.ack_timeout_s // 60)} min.")
-    message = steps.do("message", lambda: _message(deps, ctx, f"SLA breach: {ep.agent_id} (tier 3)", body,
-                                                     esc.notify_priority))
+    body = (
+        f"Agent {ep.agent_id} of fleet {ctx.fleet} has been in breach of its SLA for {minutes} min "
+        f"(terms: {', '.join(ep.breached_terms)}; episode {ep.episode_id}, opened {ep.opened_at:%Y-%m-%d %H:%M} UTC). "
+        f"Tiers 1-2 have run. Acknowledge with `fleet sla ack {ep.episode_id} --by NAME` to hold the freeze "
+        f"for {int(esc.ack_timeout_s // 60)} min."
+    )
+    message = steps.do(
+        "message",
+        lambda: _message(
+            deps, ctx, f"SLA breach: {ep.agent_id} (tier 3)", body, esc.notify_priority
+        ),
+    )
     result: dict[str, Any] = {"message_id": message["message_id"], "to": esc.operator}
     if ep.counterparty:
         _gate(deps, ctx, steps, DISPUTE_ACTION, 3, approval_id)
         dispute = steps.do("dispute", lambda: _open_dispute(deps, ctx))
         result["dispute_id"] = dispute["dispute_id"]
         if deps.policy.disputes.resolve_on == "open":
-            result["dispute_resolution"] = steps.do("dispute_resolution", lambda: _resolve_dispute(deps, ctx, dispute["dispute_id"]))
+            result["dispute_resolution"] = steps.do(
+                "dispute_resolution", lambda: _resolve_dispute(deps, ctx, dispute["dispute_id"])
+            )
     return result, approval
 
 
-def _freeze(deps: ActionDeps, ctx: _Context, steps: _Steps, approval_id: str | None) -> tuple[dict[str, Any], _Approval]:
+def _freeze(
+    deps: ActionDeps, ctx: _Context, steps: _Steps, approval_id: str | None
+) -> tuple[dict[str, Any], _Approval]:
     approval = _gate(deps, ctx, steps, GATED_ACTION[4], 4, approval_id)
     ep = ctx.episode
     reason = f"SLA violation episode {ep.episode_id}: tier 4 freeze"
 
     def pause() -> dict[str, Any]:
         with write_session(deps.sessions) as s:
-            agent = s.scalars(select(Agent).where(Agent.agent_id == ep.agent_id).with_for_update()).first()
+            agent = s.scalars(
+                select(Agent).where(Agent.agent_id == ep.agent_id).with_for_update()
+            ).first()
             if agent is None:
                 return {"paused": False, "reason": "agent unknown"}
             before = str(agent.status)
@@ -420,65 +558,134 @@ def _freeze(deps: ActionDeps, ctx: _Context, steps: _Steps, approval_id: str | N
     paused = steps.do("pause", pause)
     wallet = steps.do("wallet", freeze_wallet)
     release = steps.do("release_request", release_request)
-    body = (f"Agent {ep.agent_id} of fleet {ctx.fleet} has been paused and its wallet frozen after "
-            f"{int(ep.duration_s(deps.clock.now()) // 60)} min in breach of its SLA (episode {ep.episode_id}). "
-            f"It stays frozen until a human approves release request {release.get('request_id')} "
-            f"(`fleet approvals approve {release.get('request_id')} --by NAME`).")
-    message = steps.do("message", lambda: _message(deps, ctx, f"SLA breach: {ep.agent_id} frozen (tier 4)", body, "urgent"))
-    return {"paused": paused["paused"], "wallet_frozen": wallet["frozen"], "release_request": release.get("request_id"),
-            "message_id": message["message_id"]}, approval
+    body = (
+        f"Agent {ep.agent_id} of fleet {ctx.fleet} has been paused and its wallet frozen after "
+        f"{int(ep.duration_s(deps.clock.now()) // 60)} min in breach of its SLA (episode {ep.episode_id}). "
+        f"It stays frozen until a human approves release request {release.get('request_id')} "
+        f"(`fleet approvals approve {release.get('request_id')} --by NAME`)."
+    )
+    message = steps.do(
+        "message",
+        lambda: _message(deps, ctx, f"SLA breach: {ep.agent_id} frozen (tier 4)", body, "urgent"),
+    )
+    return {
+        "paused": paused["paused"],
+        "wallet_frozen": wallet["frozen"],
+        "release_request": release.get("request_id"),
+        "message_id": message["message_id"],
+    }, approval
 
 
-def _resolve(deps: ActionDeps, ctx: _Context, steps: _Steps, approval_id: str | None) -> tuple[dict[str, Any], _Approval]:
+def _resolve(
+    deps: ActionDeps, ctx: _Context, steps: _Steps, approval_id: str | None
+) -> tuple[dict[str, Any], _Approval]:
     ep = ctx.episode
     with deps.sessions() as s:
         tier3 = s.get(SlaEscalation, (ep.episode_id, 3))
-        if tier3 is not None and not ActionStatus(tier3.status).finished and tier3.status != ActionStatus.HELD:
+        if (
+            tier3 is not None
+            and not ActionStatus(tier3.status).finished
+            and tier3.status != ActionStatus.HELD
+        ):
             raise _Wait("tier 3 of this episode has not finished")
-        open_disputes = [d.dispute_id for d in s.scalars(
-            select(SlaDispute).where(SlaDispute.episode_id == ep.episode_id, SlaDispute.status == DisputeStatus.OPEN))]
+        open_disputes = [
+            d.dispute_id
+            for d in s.scalars(
+                select(SlaDispute).where(
+                    SlaDispute.episode_id == ep.episode_id, SlaDispute.status == DisputeStatus.OPEN
+                )
+            )
+        ]
     minutes = int(ep.duration_s(deps.clock.now()) // 60)
     frozen = ctx.agent_status == AgentStatus.PAUSED
-    body = (f"Agent {ep.agent_id} of fleet {ctx.fleet} is within its SLA again: episode {ep.episode_id} "
-            f"({', '.join(ep.breached_terms)}) lasted {minutes} min and is closed ({ep.close_reason}). "
-            + ("Its traffic weight is restored. " if ep.weight_before is not None else "")
-            + ("It stays paused with its wallet frozen until a human approves its release." if frozen else ""))
-    message = steps.do("notice", lambda: _message(deps, ctx, f"SLA resolved: {ep.agent_id}", body.strip(), "normal"))
-    resolved = {d: steps.do(f"resolve:{d}", lambda d=d: _resolve_dispute(deps, ctx, d)) for d in open_disputes}
+    body = (
+        f"Agent {ep.agent_id} of fleet {ctx.fleet} is within its SLA again: episode {ep.episode_id} "
+        f"({', '.join(ep.breached_terms)}) lasted {minutes} min and is closed ({ep.close_reason}). "
+        + ("Its traffic weight is restored. " if ep.weight_before is not None else "")
+        + (
+            "It stays paused with its wallet frozen until a human approves its release."
+            if frozen
+            else ""
+        )
+    )
+    message = steps.do(
+        "notice",
+        lambda: _message(deps, ctx, f"SLA resolved: {ep.agent_id}", body.strip(), "normal"),
+    )
+    resolved = {
+        d: steps.do(f"resolve:{d}", lambda d=d: _resolve_dispute(deps, ctx, d))
+        for d in open_disputes
+    }
     return {"message_id": message["message_id"], "disputes_resolved": sorted(resolved)}, _Approval()
 
 
-_HANDLERS: dict[int, Callable[[ActionDeps, _Context, _Steps, str | None], tuple[dict[str, Any], _Approval]]] = {
-    RESOLVE_TIER: _resolve, 1: _remediate, 2: _reroute, 3: _notify, 4: _freeze,
+_HANDLERS: dict[
+    int, Callable[[ActionDeps, _Context, _Steps, str | None], tuple[dict[str, Any], _Approval]]
+] = {
+    RESOLVE_TIER: _resolve,
+    1: _remediate,
+    2: _reroute,
+    3: _notify,
+    4: _freeze,
 }
 
 
 # ------------------------------------------------------------------------------ pieces
 
 
-def _message(deps: ActionDeps, ctx: _Context, subject: str, body: str, priority: str) -> dict[str, Any]:
-    text = with_ai_disclosure(body, agent_id=ctx.episode.agent_id, fleet=ctx.fleet,
-                              template=deps.policy.transparency.ai_disclosure)
-    out = deps.gateway.run(tools.send_message(deps.policy.escalation.operator, subject, text, priority=priority))
+def _message(
+    deps: ActionDeps, ctx: _Context, subject: str, body: str, priority: str
+) -> dict[str, Any]:
+    text = with_ai_disclosure(
+        body,
+        agent_id=ctx.episode.agent_id,
+        fleet=ctx.fleet,
+        template=deps.policy.transparency.ai_disclosure,
+    )
+    out = deps.gateway.run(
+        tools.send_message(deps.policy.escalation.operator, subject, text, priority=priority)
+    )
     return {"message_id": out.message_id}
 
 
 def _open_dispute(deps: ActionDeps, ctx: _Context) -> dict[str, Any]:
     ep = ctx.episode
     assert ep.counterparty is not None
-    claimed = Decimal(ep.disputed_amount) if ep.disputed_amount else deps.policy.disputes.default_claim
-    details = {"episode_id": ep.episode_id, "breached_terms": list(ep.breached_terms),
-               "opened_at": ep.opened_at.isoformat(), "claimed": format(claimed, "f")}
-    out = deps.gateway.run(tools.create_dispute(ep.agent_id, ep.counterparty, "SLA breach", details))
+    claimed = (
+        Decimal(ep.disputed_amount) if ep.disputed_amount else deps.policy.disputes.default_claim
+    )
+    details = {
+        "episode_id": ep.episode_id,
+        "breached_terms": list(ep.breached_terms),
+        "opened_at": ep.opened_at.isoformat(),
+        "claimed": format(claimed, "f"),
+    }
+    out = deps.gateway.run(
+        tools.create_dispute(ep.agent_id, ep.counterparty, "SLA breach", details)
+    )
     now = deps.clock.now()
     with write_session(deps.sessions) as s:
         if s.get(SlaDispute, out.dispute_id) is None:
-            s.add(SlaDispute(dispute_id=out.dispute_id, episode_id=ep.episode_id, agent_id=ep.agent_id,
-                             counterparty=ep.counterparty, claimed=format(claimed, "f"), status=DisputeStatus.OPEN,
-                             opened_at=now))
-    deps.record(actor=ACTOR, action=DISPUTE_ACTION, subject=ep.agent_id, fleet=ctx.fleet,
-                details={**details, "dispute_id": out.dispute_id, "counterparty": ep.counterparty},
-                clock=deps.clock, event_id=f"dsp-open-{out.dispute_id}"[:64])
+            s.add(
+                SlaDispute(
+                    dispute_id=out.dispute_id,
+                    episode_id=ep.episode_id,
+                    agent_id=ep.agent_id,
+                    counterparty=ep.counterparty,
+                    claimed=format(claimed, "f"),
+                    status=DisputeStatus.OPEN,
+                    opened_at=now,
+                )
+            )
+    deps.record(
+        actor=ACTOR,
+        action=DISPUTE_ACTION,
+        subject=ep.agent_id,
+        fleet=ctx.fleet,
+        details={**details, "dispute_id": out.dispute_id, "counterparty": ep.counterparty},
+        clock=deps.clock,
+        event_id=f"dsp-open-{out.dispute_id}"[:64],
+    )
     return {"dispute_id": out.dispute_id, "claimed": format(claimed, "f")}
 
 
@@ -494,7 +701,9 @@ def _resolve_dispute(deps: ActionDeps, ctx: _Context, dispute_id: str) -> dict[s
         claimed = Decimal(row.claimed) if row is not None else policy.default_claim
     refund = refund_for(claimed, policy.refund_fraction)
     minutes = int(ep.duration_s(deps.clock.now()) // 60)
-    notes = f"{policy.notes} Episode {ep.episode_id}: {', '.join(ep.breached_terms)} for {minutes} min."
+    notes = (
+        f"{policy.notes} Episode {ep.episode_id}: {', '.join(ep.breached_terms)} for {minutes} min."
+    )
     try:
         deps.gateway.run(tools.resolve_dispute(dispute_id, policy.resolution, refund, notes))
         already = False
@@ -506,34 +715,68 @@ def _resolve_dispute(deps: ActionDeps, ctx: _Context, dispute_id: str) -> dict[s
         if row is not None and row.status == DisputeStatus.OPEN:
             row.status, row.resolved_at = DisputeStatus.RESOLVED, now
             row.resolution, row.refund, row.notes = policy.resolution, format(refund, "f"), notes
-    deps.record(actor=ACTOR, action=RESOLVE_DISPUTE_ACTION, subject=ep.agent_id, fleet=ctx.fleet,
-                details={"dispute_id": dispute_id, "episode_id": ep.episode_id, "resolution": policy.resolution,
-                         "claimed": format(claimed, "f"), "refund": format(refund, "f"), "notes": notes},
-                clock=deps.clock, event_id=f"dsp-res-{dispute_id}"[:64])
-    return {"resolution": policy.resolution, "refund": format(refund, "f"), "already_resolved": already}
+    deps.record(
+        actor=ACTOR,
+        action=RESOLVE_DISPUTE_ACTION,
+        subject=ep.agent_id,
+        fleet=ctx.fleet,
+        details={
+            "dispute_id": dispute_id,
+            "episode_id": ep.episode_id,
+            "resolution": policy.resolution,
+            "claimed": format(claimed, "f"),
+            "refund": format(refund, "f"),
+            "notes": notes,
+        },
+        clock=deps.clock,
+        event_id=f"dsp-res-{dispute_id}"[:64],
+    )
+    return {
+        "resolution": policy.resolution,
+        "refund": format(refund, "f"),
+        "already_resolved": already,
+    }
 
 
 def _pending_release(deps: ActionDeps, agent_id: str) -> str | None:
     with deps.sessions() as s:
         return s.scalars(
             select(ApprovalRequest.request_id).where(
-                ApprovalRequest.action == RELEASE_ACTION, ApprovalRequest.subject == agent_id,
-                ApprovalRequest.status == RequestStatus.PENDING)
+                ApprovalRequest.action == RELEASE_ACTION,
+                ApprovalRequest.subject == agent_id,
+                ApprovalRequest.status == RequestStatus.PENDING,
+            )
         ).first()
 
 
 _AUDIT_ACTION = {RESOLVE_TIER: "sla_resolved_notice", **GATED_ACTION}
 
 
-def _audit_action(deps: ActionDeps, ctx: _Context, tier: int, status: ActionStatus, result: dict[str, Any],
-                  approval: _Approval) -> None:
+def _audit_action(
+    deps: ActionDeps,
+    ctx: _Context,
+    tier: int,
+    status: ActionStatus,
+    result: dict[str, Any],
+    approval: _Approval,
+) -> None:
     ep = ctx.episode
     deps.record(
-        actor=ACTOR, action=_AUDIT_ACTION[tier], subject=ep.agent_id, fleet=ctx.fleet,
-        details={"episode_id": ep.episode_id, "tier": tier, "status": status.value,
-                 "breached_terms": list(ep.breached_terms), "result": _no_floats(result)},
+        actor=ACTOR,
+        action=_AUDIT_ACTION[tier],
+        subject=ep.agent_id,
+        fleet=ctx.fleet,
+        details={
+            "episode_id": ep.episode_id,
+            "tier": tier,
+            "status": status.value,
+            "breached_terms": list(ep.breached_terms),
+            "result": _no_floats(result),
+        },
         article=Article.HUMAN_OVERSIGHT if tier == 4 else Article.RECORD_KEEPING,
-        approval=approval.state, approval_id=approval.request_id, clock=deps.clock,
+        approval=approval.state,
+        approval_id=approval.request_id,
+        clock=deps.clock,
         # One entry per (episode, tier) however often the action is delivered.
         event_id=f"esc-{ep.episode_id}-t{tier}",
     )

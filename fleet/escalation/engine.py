@@ -152,10 +152,21 @@ def redispatch_stale(deps: EngineDeps) -> list[Dispatch]:
     cutoff = now - timedelta(seconds=deps.policy.redispatch_after_s)
     with deps.sessions() as s:
         rows = s.execute(
-            select(SlaEscalation.episode_id, SlaEscalation.tier).where(or_(
-                and_(SlaEscalation.status == ActionStatus.DISPATCHED, SlaEscalation.dispatched_at < cutoff),
-                and_(SlaEscalation.status == ActionStatus.RUNNING, SlaEscalation.lease_until < now),
-            )).order_by(SlaEscalation.episode_id, SlaEscalation.tier).limit(5000)
+            select(SlaEscalation.episode_id, SlaEscalation.tier)
+            .where(
+                or_(
+                    and_(
+                        SlaEscalation.status == ActionStatus.DISPATCHED,
+                        SlaEscalation.dispatched_at < cutoff,
+                    ),
+                    and_(
+                        SlaEscalation.status == ActionStatus.RUNNING,
+                        SlaEscalation.lease_until < now,
+                    ),
+                )
+            )
+            .order_by(SlaEscalation.episode_id, SlaEscalation.tier)
+            .limit(5000)
         ).all()
     if not rows:
         return []
@@ -181,7 +192,13 @@ def _load(deps: EngineDeps, episode_ids: Iterable[str] | None, now: datetime) ->
             ids = list(dict.fromkeys(episode_ids))
             out = []
             for start in range(0, len(ids), 500):
-                out.extend(s.scalars(select(SlaEpisode).where(SlaEpisode.episode_id.in_(ids[start : start + 500]))))
+                out.extend(
+                    s.scalars(
+                        select(SlaEpisode).where(
+                            SlaEpisode.episode_id.in_(ids[start : start + 500])
+                        )
+                    )
+                )
             return [view(e) for e in out]
         opened = s.scalars(select(SlaEpisode).where(SlaEpisode.state == EpisodeState.OPEN)).all()
         # Closed in the last day and never given their recovery stage (the closer crashed).
@@ -189,7 +206,10 @@ def _load(deps: EngineDeps, episode_ids: Iterable[str] | None, now: datetime) ->
             select(SlaEpisode).where(
                 SlaEpisode.state == EpisodeState.CLOSED,
                 SlaEpisode.closed_at >= now - timedelta(days=1),
-                ~exists().where(SlaEscalation.episode_id == SlaEpisode.episode_id, SlaEscalation.tier == RESOLVE_TIER),
+                ~exists().where(
+                    SlaEscalation.episode_id == SlaEpisode.episode_id,
+                    SlaEscalation.tier == RESOLVE_TIER,
+                ),
             )
         ).all()
         return [view(e) for e in (*opened, *unresolved)]
@@ -200,23 +220,36 @@ def _existing(sessions: sessionmaker[Session], episode_ids: Sequence[str]) -> di
     with sessions() as s:
         for start in range(0, len(episode_ids), 500):
             rows = s.execute(
-                select(SlaEscalation.episode_id, SlaEscalation.tier)
-                .where(SlaEscalation.episode_id.in_(episode_ids[start : start + 500]))
+                select(SlaEscalation.episode_id, SlaEscalation.tier).where(
+                    SlaEscalation.episode_id.in_(episode_ids[start : start + 500])
+                )
             ).all()
             for episode_id, tier in rows:
                 out.setdefault(str(episode_id), set()).add(int(tier))
     return out
 
 
-def _row(policy: EscalationPolicy, episode: EpisodeView, tier: int, now: datetime) -> dict[str, Any]:
+def _row(
+    policy: EscalationPolicy, episode: EpisodeView, tier: int, now: datetime
+) -> dict[str, Any]:
     return {
-        "episode_id": episode.episode_id, "tier": tier, "action": tier_action(policy, tier), "task": TIER_TASKS[tier],
-        "status": ActionStatus.DISPATCHED.value, "dispatched_at": now, "episode_age_s": int(episode.duration_s(now)),
-        "dispatch_count": 1, "attempts": 0, "steps": {}, "result": {},
+        "episode_id": episode.episode_id,
+        "tier": tier,
+        "action": tier_action(policy, tier),
+        "task": TIER_TASKS[tier],
+        "status": ActionStatus.DISPATCHED.value,
+        "dispatched_at": now,
+        "episode_age_s": int(episode.duration_s(now)),
+        "dispatch_count": 1,
+        "attempts": 0,
+        "steps": {},
+        "result": {},
     }
 
 
-def _insert_ignoring_conflicts(conn: Connection, rows: list[dict[str, Any]]) -> set[tuple[str, int]]:
+def _insert_ignoring_conflicts(
+    conn: Connection, rows: list[dict[str, Any]]
+) -> set[tuple[str, int]]:
     """Insert the rows that are not there yet; return the keys this call inserted."""
     dialect = conn.dialect.name
     table = SlaEscalation.__table__
@@ -229,7 +262,9 @@ def _insert_ignoring_conflicts(conn: Connection, rows: list[dict[str, Any]]) -> 
         out: set[tuple[str, int]] = set()
         for start in range(0, len(rows), 500):
             stmt = dialect_insert(table).values(rows[start : start + 500])
-            stmt = stmt.on_conflict_do_nothing(index_elements=["episode_id", "tier"]).returning(*keys)
+            stmt = stmt.on_conflict_do_nothing(index_elements=["episode_id", "tier"]).returning(
+                *keys
+            )
             out.update((str(e), int(t)) for e, t in conn.execute(stmt).all())
         return out
     inserted = set()
@@ -247,10 +282,14 @@ def _forget(sessions: sessionmaker[Session], keys: Sequence[tuple[str, int]]) ->
     try:
         with write_connection(sessions) as conn:
             for episode_id, tier in keys:
-                conn.execute(delete(SlaEscalation).where(
-                    SlaEscalation.episode_id == episode_id, SlaEscalation.tier == tier,
-                    SlaEscalation.status == ActionStatus.DISPATCHED, SlaEscalation.attempts == 0,
-                ))
+                conn.execute(
+                    delete(SlaEscalation).where(
+                        SlaEscalation.episode_id == episode_id,
+                        SlaEscalation.tier == tier,
+                        SlaEscalation.status == ActionStatus.DISPATCHED,
+                        SlaEscalation.attempts == 0,
+                    )
+                )
     except Exception:  # noqa: BLE001 - redispatch_stale picks them up instead
         log.exception("could not forget %d unsent escalation rows", len(keys))
 

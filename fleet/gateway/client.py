@@ -209,8 +209,11 @@ class AsyncGatewayClient(_ClientBase):
         super().__init__(config, clock=clock, breakers=breakers)
         self._sleep = sleep
         if transport is None:
-            transport = WireTransport(limit=config.max_connections, connect_timeout_s=config.connect_timeout_s,
-                                      keepalive_s=config.keepalive_s)
+            transport = WireTransport(
+                limit=config.max_connections,
+                connect_timeout_s=config.connect_timeout_s,
+                keepalive_s=config.keepalive_s,
+            )
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=config.timeout,

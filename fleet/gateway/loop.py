@@ -31,7 +31,9 @@ class LoopGatewayClient:
 
     def __init__(self, config: GatewayConfig, **async_kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="gateway-loop", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="gateway-loop", daemon=True
+        )
         self._thread.start()
         self._client: AsyncGatewayClient = self._submit(self._make(config, async_kwargs))
 
@@ -64,23 +66,40 @@ class LoopGatewayClient:
     def _submit(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def run(self, call: ToolCall[OutT], *, api_key: Key | None = None, trace: TraceContext | None = None) -> OutT:
+    def run(
+        self, call: ToolCall[OutT], *, api_key: Key | None = None, trace: TraceContext | None = None
+    ) -> OutT:
         return self._submit(self._client.run(call, api_key=api_key, trace=trace))
 
     def run_many(self, calls: Sequence[ToolCall[Any]], *, api_key: Key | None = None) -> list[Any]:
         """Independent calls concurrently, in one hop to the loop; each item is
         the typed answer or the GatewayError that call ended with."""
+
         async def gather() -> list[Any]:
-            return await asyncio.gather(*(self._client.run(c, api_key=api_key) for c in calls), return_exceptions=True)
+            return await asyncio.gather(
+                *(self._client.run(c, api_key=api_key) for c in calls), return_exceptions=True
+            )
 
         return self._submit(gather())
 
-    def call(self, tool: str, input: Mapping[str, Any] | None = None, *, api_key: Key | None = None,
-             trace: TraceContext | None = None) -> dict[str, Any]:
+    def call(
+        self,
+        tool: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        api_key: Key | None = None,
+        trace: TraceContext | None = None,
+    ) -> dict[str, Any]:
         return self._submit(self._client.call(tool, input, api_key=api_key, trace=trace))
 
-    def send(self, tool: str, input: Mapping[str, Any] | None = None, *, api_key: Key | None = None,
-             trace: TraceContext | None = None) -> GatewayResult:
+    def send(
+        self,
+        tool: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        api_key: Key | None = None,
+        trace: TraceContext | None = None,
+    ) -> GatewayResult:
         return self._submit(self._client.send(tool, input, api_key=api_key, trace=trace))
 
     def close(self) -> None:

@@ -65,8 +65,18 @@ class Answer:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_body", "_framed", "_headed", "_headers", "_parser", "_waiter", "closed", "idle_since", "sent",
-                 "transport")
+    __slots__ = (
+        "_body",
+        "_framed",
+        "_headed",
+        "_headers",
+        "_parser",
+        "_waiter",
+        "closed",
+        "idle_since",
+        "sent",
+        "transport",
+    )
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -118,7 +128,9 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headed = True
-        self._framed = "content-length" in self._headers or "chunked" in self._headers.get("transfer-encoding", "")
+        self._framed = "content-length" in self._headers or "chunked" in self._headers.get(
+            "transfer-encoding", ""
+        )
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -163,8 +175,15 @@ class _Connection(asyncio.Protocol):
 class ConnectionPool:
     """Up to ``limit`` keep-alive connections to the origin of ``url``; one per event loop."""
 
-    def __init__(self, url: str, *, limit: int, connect_timeout_s: float, keepalive_s: float = 50.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        limit: int,
+        connect_timeout_s: float,
+        keepalive_s: float = 50.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -174,7 +193,9 @@ class ConnectionPool:
         self._ssl = (ssl_context or ssl.create_default_context()) if self._tls else None
         default_port = self._port == (443 if self._tls else 80)
         self._host_header = parts.netloc.rsplit("@", 1)[-1] if not default_port else self._host
-        self._post_head = self.head("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        self._post_head = self.head(
+            "POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        )
         self._connect_timeout_s = connect_timeout_s
         self._keepalive_s = keepalive_s
         self._idle: list[_Connection] = []
@@ -189,10 +210,14 @@ class ConnectionPool:
         """POST ``body`` to the pool's URL; the answer whatever its status, or WireError / WireTimeout."""
         return await self.send(self._post_head, headers, body, timeout_s)
 
-    async def send(self, head: bytes, headers: Mapping[str, str], body: bytes, timeout_s: float) -> Answer:
+    async def send(
+        self, head: bytes, headers: Mapping[str, str], body: bytes, timeout_s: float
+    ) -> Answer:
         """One request (``head`` from :meth:`head`; no Host or framing in ``headers``)."""
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        request = b"".join((head, lines.encode("latin-1"), b"Content-Length: %d\r\n\r\n" % len(body), body))
+        request = b"".join(
+            (head, lines.encode("latin-1"), b"Content-Length: %d\r\n\r\n" % len(body), body)
+        )
         async with self._slots:
             conn: _Connection | None = None
             try:
@@ -208,7 +233,9 @@ class ConnectionPool:
         conn.sent = False
         try:
             answer = await conn.send(request, loop)
-        except BaseException:  # failed, cancelled or timed out mid-answer: the connection is unusable
+        except (
+            BaseException
+        ):  # failed, cancelled or timed out mid-answer: the connection is unusable
             self._drop(conn)
             raise
         if conn.closed:
@@ -221,7 +248,9 @@ class ConnectionPool:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            alive = not conn.closed and conn.transport is not None and not conn.transport.is_closing()
+            alive = (
+                not conn.closed and conn.transport is not None and not conn.transport.is_closing()
+            )
             if alive and now - conn.idle_since < self._keepalive_s:
                 return conn
             self._drop(conn)
@@ -232,11 +261,16 @@ class ConnectionPool:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, conn = await loop.create_connection(
-                    _Connection, self._host, self._port, ssl=self._ssl,
+                    _Connection,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
                     server_hostname=self._host if self._tls else None,
                 )
         except TimeoutError:
-            raise WireTimeout(f"connect to {self._host}:{self._port} timed out", sent=False) from None
+            raise WireTimeout(
+                f"connect to {self._host}:{self._port} timed out", sent=False
+            ) from None
         except OSError as exc:
             raise WireError(f"connect to {self._host}:{self._port}: {exc}", sent=False) from exc
         self._open.add(conn)
@@ -253,8 +287,9 @@ class ConnectionPool:
 
 
 # Hop-by-hop and framing headers: the pool writes its own.
-_NOT_FORWARDED = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive",
-                            "accept-encoding"})
+_NOT_FORWARDED = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
+)
 
 
 class WireTransport(httpx.AsyncBaseTransport):
@@ -266,8 +301,14 @@ class WireTransport(httpx.AsyncBaseTransport):
     Answers are not decompressed (none is asked for).
     """
 
-    def __init__(self, *, limit: int, connect_timeout_s: float, keepalive_s: float = 50.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int,
+        connect_timeout_s: float,
+        keepalive_s: float = 50.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._limit = limit
         self._connect_timeout_s = connect_timeout_s
         self._keepalive_s = keepalive_s
@@ -279,8 +320,12 @@ class WireTransport(httpx.AsyncBaseTransport):
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = ConnectionPool(
-                str(url.copy_with(path="/", query=None, fragment=None)), limit=self._limit,
-                connect_timeout_s=self._connect_timeout_s, keepalive_s=self._keepalive_s, ssl_context=self._ssl)
+                str(url.copy_with(path="/", query=None, fragment=None)),
+                limit=self._limit,
+                connect_timeout_s=self._connect_timeout_s,
+                keepalive_s=self._keepalive_s,
+                ssl_context=self._ssl,
+            )
         return pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -290,14 +335,26 @@ class WireTransport(httpx.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout") or {}
         timeout_s = timeouts.get("read") or 3600.0
         try:
-            answer = await pool.send(pool.head(request.method, request.url.raw_path.decode("ascii")), headers, body,
-                                     timeout_s)
+            answer = await pool.send(
+                pool.head(request.method, request.url.raw_path.decode("ascii")),
+                headers,
+                body,
+                timeout_s,
+            )
         except WireTimeout as exc:
-            raise (httpx.ReadTimeout if exc.sent else httpx.ConnectTimeout)(str(exc), request=request) from exc
+            raise (httpx.ReadTimeout if exc.sent else httpx.ConnectTimeout)(
+                str(exc), request=request
+            ) from exc
         except WireError as exc:
-            raise (httpx.ReadError if exc.sent else httpx.ConnectError)(str(exc), request=request) from exc
-        return httpx.Response(answer.status_code, headers=list(answer.headers.items()), content=answer.content,
-                              request=request)
+            raise (httpx.ReadError if exc.sent else httpx.ConnectError)(
+                str(exc), request=request
+            ) from exc
+        return httpx.Response(
+            answer.status_code,
+            headers=list(answer.headers.items()),
+            content=answer.content,
+            request=request,
+        )
 
     async def aclose(self) -> None:
         for pool in self._pools.values():

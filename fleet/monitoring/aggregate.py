@@ -84,15 +84,38 @@ class Partial:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "n": self.agents, "h": self.healthy, "d": self.degraded, "c": self.critical, "u": self.unknown,
-            "p": [round(v, 3) for v in self.p99s], "ew": self.err_weighted, "v": self.volume,
-            "es": self.err_sum, "en": self.err_n, "so": self.sla_ok, "sk": self.sla_known, "b": str(self.burn),
+            "n": self.agents,
+            "h": self.healthy,
+            "d": self.degraded,
+            "c": self.critical,
+            "u": self.unknown,
+            "p": [round(v, 3) for v in self.p99s],
+            "ew": self.err_weighted,
+            "v": self.volume,
+            "es": self.err_sum,
+            "en": self.err_n,
+            "so": self.sla_ok,
+            "sk": self.sla_known,
+            "b": str(self.burn),
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Partial:
-        return cls(d["n"], d["h"], d["d"], d["c"], d["u"], list(d["p"]), d["ew"], d["v"], d["es"], d["en"],
-                   d["so"], d["sk"], Decimal(d["b"]))
+        return cls(
+            d["n"],
+            d["h"],
+            d["d"],
+            d["c"],
+            d["u"],
+            list(d["p"]),
+            d["ew"],
+            d["v"],
+            d["es"],
+            d["en"],
+            d["so"],
+            d["sk"],
+            Decimal(d["b"]),
+        )
 
     def health(self, fleet: str) -> FleetHealth:
         if self.volume > 0:
@@ -102,11 +125,18 @@ class Partial:
         else:
             error_rate = None
         return FleetHealth(
-            fleet=fleet, agents=self.agents, healthy=self.healthy, degraded=self.degraded,
-            critical=self.critical, unknown=self.unknown, latency_p99=percentile(self.p99s, 0.99),
+            fleet=fleet,
+            agents=self.agents,
+            healthy=self.healthy,
+            degraded=self.degraded,
+            critical=self.critical,
+            unknown=self.unknown,
+            latency_p99=percentile(self.p99s, 0.99),
             error_rate=error_rate,
             sla_compliance=self.sla_ok / self.sla_known if self.sla_known else None,
-            burn_rate_per_hour=self.burn.quantize(Decimal("0.01")) if self.burn else Decimal("0.00"),
+            burn_rate_per_hour=self.burn.quantize(Decimal("0.01"))
+            if self.burn
+            else Decimal("0.00"),
         )
 
 
@@ -134,9 +164,15 @@ class FleetHealth:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "fleet": self.fleet, "agents": self.agents, "healthy": self.healthy, "degraded": self.degraded,
-            "critical": self.critical, "unknown": self.unknown, "latency_p99": self.latency_p99,
-            "error_rate": self.error_rate, "sla_compliance": self.sla_compliance,
+            "fleet": self.fleet,
+            "agents": self.agents,
+            "healthy": self.healthy,
+            "degraded": self.degraded,
+            "critical": self.critical,
+            "unknown": self.unknown,
+            "latency_p99": self.latency_p99,
+            "error_rate": self.error_rate,
+            "sla_compliance": self.sla_compliance,
             "burn_rate_per_hour": str(self.burn_rate_per_hour),
         }
 

@@ -69,11 +69,15 @@ def _message(change: Change) -> str:
     what = change.rule.summary or change.rule.name
     if not change.fired:
         return f"resolved: {what} ({change.subject})"
-    value = f" (value {change.value}" + (f", threshold {change.threshold})" if change.threshold else ")")
+    value = f" (value {change.value}" + (
+        f", threshold {change.threshold})" if change.threshold else ")"
+    )
     return f"{what}: {change.subject}{value}"
 
 
-def _record(session: Session, fired: list[Change], resolved: list[Change]) -> tuple[list[Alert], list[Alert]]:
+def _record(
+    session: Session, fired: list[Change], resolved: list[Change]
+) -> tuple[list[Alert], list[Alert]]:
     opened: list[Alert] = []
     keys = [c.open_key for c in fired]
     existing: set[str] = set()
@@ -85,10 +89,20 @@ def _record(session: Session, fired: list[Change], resolved: list[Change]) -> tu
             continue
         seen.add(c.open_key)
         alert = Alert(
-            alert_id=uuid.uuid4().hex, rule=c.rule.name, scope=c.scope, subject=c.subject, fleet=c.fleet,
-            severity=c.rule.severity, audience=c.rule.audience, open_key=c.open_key, value=c.value,
-            threshold=c.threshold, message=_message(c), since=utc_from_timestamp(c.since),
-            fired_at=utc_from_timestamp(c.at), actions={},
+            alert_id=uuid.uuid4().hex,
+            rule=c.rule.name,
+            scope=c.scope,
+            subject=c.subject,
+            fleet=c.fleet,
+            severity=c.rule.severity,
+            audience=c.rule.audience,
+            open_key=c.open_key,
+            value=c.value,
+            threshold=c.threshold,
+            message=_message(c),
+            since=utc_from_timestamp(c.since),
+            fired_at=utc_from_timestamp(c.at),
+            actions={},
         )
         session.add(alert)
         opened.append(alert)
@@ -108,10 +122,18 @@ def _pause(session: Session, alerts: list[Alert], now: datetime) -> list[Alert]:
     ids = [a.subject for a in alerts]
     paused: set[str] = set()
     for chunk in _chunks(ids):
-        paused.update(session.scalars(
-            select(Agent.agent_id).where(Agent.agent_id.in_(chunk), Agent.status == AgentStatus.ACTIVE)))
-        session.execute(update(Agent).where(Agent.agent_id.in_(chunk), Agent.status == AgentStatus.ACTIVE)
-                        .values(status=AgentStatus.PAUSED, updated_at=now))
+        paused.update(
+            session.scalars(
+                select(Agent.agent_id).where(
+                    Agent.agent_id.in_(chunk), Agent.status == AgentStatus.ACTIVE
+                )
+            )
+        )
+        session.execute(
+            update(Agent)
+            .where(Agent.agent_id.in_(chunk), Agent.status == AgentStatus.ACTIVE)
+            .values(status=AgentStatus.PAUSED, updated_at=now)
+        )
     done = []
     for alert in alerts:
         if alert.subject in paused:
@@ -121,7 +143,9 @@ def _pause(session: Session, alerts: list[Alert], now: datetime) -> list[Alert]:
     return done
 
 
-def _cut_traffic(session: Session, alerts: list[Alert], fraction: float, now: datetime) -> list[Alert]:
+def _cut_traffic(
+    session: Session, alerts: list[Alert], fraction: float, now: datetime
+) -> list[Alert]:
     done = []
     for alert in alerts:
         agent = session.get(Agent, alert.subject)
@@ -132,7 +156,10 @@ def _cut_traffic(session: Session, alerts: list[Alert], fraction: float, now: da
         except InvalidOperation:
             continue
         after = format((before * (Decimal(1) - Decimal(str(fraction)))).normalize(), "f")
-        alert.actions = {**alert.actions, "traffic_weight": {"from": agent.traffic_weight, "to": after}}
+        alert.actions = {
+            **alert.actions,
+            "traffic_weight": {"from": agent.traffic_weight, "to": after},
+        }
         agent.traffic_weight, agent.updated_at = after, now
         done.append(alert)
     return done
@@ -145,8 +172,11 @@ def _restore_traffic(session: Session, alerts: list[Alert], now: datetime) -> li
         if not cut:
             continue
         # Only if nobody (tier 2, an operator) changed the weight since our cut.
-        result = session.execute(update(Agent).where(Agent.agent_id == alert.subject, Agent.traffic_weight == cut["to"])
-                                 .values(traffic_weight=cut["from"], updated_at=now))
+        result = session.execute(
+            update(Agent)
+            .where(Agent.agent_id == alert.subject, Agent.traffic_weight == cut["to"])
+            .values(traffic_weight=cut["from"], updated_at=now)
+        )
         if result.rowcount:  # type: ignore[attr-defined]
             alert.actions = {**alert.actions, "traffic_restored": True}
             done.append(alert)
@@ -154,7 +184,11 @@ def _restore_traffic(session: Session, alerts: list[Alert], now: datetime) -> li
 
 
 def apply_changes(
-    sessions: sessionmaker[Session], r: redis.Redis, changes: Sequence[Change], handoff: Handoff, now: float,
+    sessions: sessionmaker[Session],
+    r: redis.Redis,
+    changes: Sequence[Change],
+    handoff: Handoff,
+    now: float,
 ) -> tuple[list[Alert], list[Alert]]:
     """Record, act, hand over (see the module docstring); returns (opened, resolved)."""
     fired = [c for c in changes if c.fired]
@@ -164,9 +198,16 @@ def apply_changes(
         try:
             with write_session(sessions) as session:
                 opened, closed = _record(session, fired, resolved)
-                want = {name: [a for a in opened if name in _actions(a, changes)] for name in (PAUSE, CUT_TRAFFIC)}
+                want = {
+                    name: [a for a in opened if name in _actions(a, changes)]
+                    for name in (PAUSE, CUT_TRAFFIC)
+                }
                 paused = _pause(session, want[PAUSE], when) if want[PAUSE] else []
-                cut = _cut_traffic(session, want[CUT_TRAFFIC], handoff.traffic_cut_fraction, when) if want[CUT_TRAFFIC] else []
+                cut = (
+                    _cut_traffic(session, want[CUT_TRAFFIC], handoff.traffic_cut_fraction, when)
+                    if want[CUT_TRAFFIC]
+                    else []
+                )
                 restored = _restore_traffic(session, closed, when)
             break
         except IntegrityError:
@@ -175,7 +216,11 @@ def apply_changes(
                 raise
     freezes, unfreezes = _provisioning(r, opened, closed, changes)
     _audit(paused, cut, restored, freezes, unfreezes, now)
-    escalations = [(a.subject, f"alert:{a.rule}") for a in opened if a.scope == "agent" and ESCALATE in _actions(a, changes)]
+    escalations = [
+        (a.subject, f"alert:{a.rule}")
+        for a in opened
+        if a.scope == "agent" and ESCALATE in _actions(a, changes)
+    ]
     if escalations:
         handoff.escalate(escalations)
     ids = [a.alert_id for a in (*opened, *closed)]
@@ -191,11 +236,15 @@ def _actions(alert: Alert, changes: Sequence[Change]) -> tuple[str, ...]:
     return ()
 
 
-def _provisioning(r: redis.Redis, opened: list[Alert], closed: list[Alert], changes: Sequence[Change]) -> tuple[list[Alert], list[Alert]]:
+def _provisioning(
+    r: redis.Redis, opened: list[Alert], closed: list[Alert], changes: Sequence[Change]
+) -> tuple[list[Alert], list[Alert]]:
     freezes, unfreezes = [], []
     for alert in opened:
         if FREEZE_PROVISIONING in _actions(alert, changes) and alert.fleet:
-            set_provisioning_frozen(r, alert.fleet, True, reason=f"{FREEZE_REASON_PREFIX}:{alert.alert_id}")
+            set_provisioning_frozen(
+                r, alert.fleet, True, reason=f"{FREEZE_REASON_PREFIX}:{alert.alert_id}"
+            )
             freezes.append(alert)
     for alert in closed:
         if FREEZE_PROVISIONING in _actions(alert, changes) and alert.fleet:
@@ -206,23 +255,51 @@ def _provisioning(r: redis.Redis, opened: list[Alert], closed: list[Alert], chan
     return freezes, unfreezes
 
 
-def _audit(paused: list[Alert], cut: list[Alert], restored: list[Alert], freezes: list[Alert],
-           unfreezes: list[Alert], now: float) -> None:
+def _audit(
+    paused: list[Alert],
+    cut: list[Alert],
+    restored: list[Alert],
+    freezes: list[Alert],
+    unfreezes: list[Alert],
+    now: float,
+) -> None:
     if not (paused or cut or restored or freezes or unfreezes):
         return
     when = utc_from_timestamp(now)
     with audit.batch():
-        for alert, action in (*((a, "pause_agent") for a in paused), *((a, "reroute_traffic") for a in cut),
-                              *((a, "restore_traffic") for a in restored)):
-            audit.record(actor=ACTOR, action=action, subject=alert.subject, fleet=alert.fleet,
-                         details={"alert_id": alert.alert_id, "rule": alert.rule, "value": alert.value,
-                                  **({"traffic_weight": alert.actions["traffic_weight"]} if "traffic_weight" in alert.actions else {})},
-                         article=audit.Article.RISK_MANAGEMENT, time=when)
+        for alert, action in (
+            *((a, "pause_agent") for a in paused),
+            *((a, "reroute_traffic") for a in cut),
+            *((a, "restore_traffic") for a in restored),
+        ):
+            audit.record(
+                actor=ACTOR,
+                action=action,
+                subject=alert.subject,
+                fleet=alert.fleet,
+                details={
+                    "alert_id": alert.alert_id,
+                    "rule": alert.rule,
+                    "value": alert.value,
+                    **(
+                        {"traffic_weight": alert.actions["traffic_weight"]}
+                        if "traffic_weight" in alert.actions
+                        else {}
+                    ),
+                },
+                article=audit.Article.RISK_MANAGEMENT,
+                time=when,
+            )
         for alert, frozen in (*((a, True) for a in freezes), *((a, False) for a in unfreezes)):
-            audit.record(actor=ACTOR, action="freeze_provisioning" if frozen else "unfreeze_provisioning",
-                         subject=audit.fleet_subject(alert.fleet or ""), fleet=alert.fleet,
-                         details={"alert_id": alert.alert_id, "rule": alert.rule, "value": alert.value},
-                         article=audit.Article.RISK_MANAGEMENT, time=when)
+            audit.record(
+                actor=ACTOR,
+                action="freeze_provisioning" if frozen else "unfreeze_provisioning",
+                subject=audit.fleet_subject(alert.fleet or ""),
+                fleet=alert.fleet,
+                details={"alert_id": alert.alert_id, "rule": alert.rule, "value": alert.value},
+                article=audit.Article.RISK_MANAGEMENT,
+                time=when,
+            )
 
 
 # --- queries -----------------------------------------------------------------------------
@@ -230,17 +307,31 @@ def _audit(paused: list[Alert], cut: list[Alert], restored: list[Alert], freezes
 
 def alert_view(a: Alert) -> dict[str, Any]:
     return {
-        "alert_id": a.alert_id, "rule": a.rule, "scope": a.scope, "subject": a.subject, "fleet": a.fleet,
-        "severity": a.severity, "audience": a.audience, "state": "open" if a.resolved_at is None else "resolved",
-        "value": a.value, "threshold": a.threshold, "message": a.message,
-        "since": a.since.isoformat(), "fired_at": a.fired_at.isoformat(),
-        "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None, "actions": a.actions or {},
+        "alert_id": a.alert_id,
+        "rule": a.rule,
+        "scope": a.scope,
+        "subject": a.subject,
+        "fleet": a.fleet,
+        "severity": a.severity,
+        "audience": a.audience,
+        "state": "open" if a.resolved_at is None else "resolved",
+        "value": a.value,
+        "threshold": a.threshold,
+        "message": a.message,
+        "since": a.since.isoformat(),
+        "fired_at": a.fired_at.isoformat(),
+        "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None,
+        "actions": a.actions or {},
     }
 
 
 def list_alerts(
-    sessions: sessionmaker[Session], *, open_only: bool = True, severity: str | None = None,
-    subject: str | None = None, limit: int = 100,
+    sessions: sessionmaker[Session],
+    *,
+    open_only: bool = True,
+    severity: str | None = None,
+    subject: str | None = None,
+    limit: int = 100,
 ) -> list[dict[str, Any]]:
     query = select(Alert).order_by(Alert.fired_at.desc()).limit(limit)
     if open_only:
@@ -257,7 +348,10 @@ def load_alerts(sessions: sessionmaker[Session], alert_ids: Sequence[str]) -> li
     out: list[dict[str, Any]] = []
     with sessions() as session:
         for chunk in _chunks(list(alert_ids)):
-            out.extend(alert_view(a) for a in session.scalars(select(Alert).where(Alert.alert_id.in_(chunk))))
+            out.extend(
+                alert_view(a)
+                for a in session.scalars(select(Alert).where(Alert.alert_id.in_(chunk)))
+            )
     order = {aid: i for i, aid in enumerate(alert_ids)}
     return sorted(out, key=lambda a: order.get(a["alert_id"], 0))
 
@@ -266,13 +360,27 @@ def open_counts(sessions: sessionmaker[Session]) -> dict[str, int]:
     from sqlalchemy import func
 
     with sessions() as session:
-        rows = session.execute(select(Alert.severity, func.count()).where(Alert.resolved_at.is_(None)).group_by(Alert.severity))
+        rows = session.execute(
+            select(Alert.severity, func.count())
+            .where(Alert.resolved_at.is_(None))
+            .group_by(Alert.severity)
+        )
         return {severity: count for severity, count in rows}
 
 
 def purge_resolved(session: Session, before: datetime) -> int:
-    result = session.execute(delete(Alert).where(Alert.resolved_at.is_not(None), Alert.resolved_at < before))
+    result = session.execute(
+        delete(Alert).where(Alert.resolved_at.is_not(None), Alert.resolved_at < before)
+    )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-__all__ = ["Handoff", "alert_view", "apply_changes", "list_alerts", "load_alerts", "open_counts", "open_key"]
+__all__ = [
+    "Handoff",
+    "alert_view",
+    "apply_changes",
+    "list_alerts",
+    "load_alerts",
+    "open_counts",
+    "open_key",
+]

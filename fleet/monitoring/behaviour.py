@@ -71,7 +71,9 @@ class TaskLog(BaseModel):
     retries: Annotated[int, Field(ge=0, le=100_000)] = 0
     escalated: bool = False
     decision_latency_ms: Annotated[float, Field(ge=0)] | None = None
-    counterparties: Annotated[list[Annotated[str, Field(max_length=128)]], Field(max_length=100)] = []
+    counterparties: Annotated[
+        list[Annotated[str, Field(max_length=128)]], Field(max_length=100)
+    ] = []
 
 
 def _window(agent_id: str, bucket: int) -> str:
@@ -102,7 +104,12 @@ def ingest(r: redis.Redis, records: Sequence[TaskLog], window_s: float, now: flo
     keep = int(window_s * 3)
     seen = r.pipeline(transaction=False)
     for rec in records:
-        seen.set(f"{KEY_PREFIX}tasklog:seen:{rec.agent_id}:{rec.task_id}", "1", nx=True, ex=max(keep, 2 * DAY))
+        seen.set(
+            f"{KEY_PREFIX}tasklog:seen:{rec.agent_id}:{rec.task_id}",
+            "1",
+            nx=True,
+            ex=max(keep, 2 * DAY),
+        )
     fresh = [rec for rec, new in zip(records, seen.execute(), strict=True) if new]
     pipe = r.pipeline(transaction=False)
     for rec in fresh:
@@ -151,7 +158,9 @@ def _counts(raw: dict[str, str]) -> dict[str, int]:
     return {k: int(v) for k, v in raw.items()}
 
 
-def check(r: redis.Redis, policy: AlertPolicy, now: float, fleet_of: dict[str, str] | None = None) -> list[Change]:
+def check(
+    r: redis.Redis, policy: AlertPolicy, now: float, fleet_of: dict[str, str] | None = None
+) -> list[Change]:
     """Judge every agent that reported in the last two windows, or has a signal open; returns the changes."""
     b = policy.behaviour
     window = b.window_s
@@ -176,8 +185,19 @@ def check(r: redis.Redis, policy: AlertPolicy, now: float, fleet_of: dict[str, s
             c, p, lc, lp, day_tasks, day_cps, st = raw[7 * i : 7 * i + 7]
             state: dict[str, Any] = orjson.loads(st) if st else {}
             fleet = (fleet_of or {}).get(agent_id)
-            got = judge(policy, state, agent_id, _counts(c), _counts(p), [float(x) for x in (*lp, *lc)],
-                        int(day_tasks or 0), int(day_cps or 0), prev, now, fleet)
+            got = judge(
+                policy,
+                state,
+                agent_id,
+                _counts(c),
+                _counts(p),
+                [float(x) for x in (*lp, *lc)],
+                int(day_tasks or 0),
+                int(day_cps or 0),
+                prev,
+                now,
+                fleet,
+            )
             changes.extend(got)
             out.set(_state(agent_id), orjson.dumps(state), ex=int(max(window * 3, 2 * DAY)))
             if state.get("c"):
@@ -189,8 +209,16 @@ def check(r: redis.Redis, policy: AlertPolicy, now: float, fleet_of: dict[str, s
 
 
 def judge(
-    policy: AlertPolicy, state: dict[str, Any], agent_id: str, cur: dict[str, int], prev: dict[str, int],
-    latencies: list[float], day_tasks: int, day_counterparties: int, prev_bucket: int, now: float,
+    policy: AlertPolicy,
+    state: dict[str, Any],
+    agent_id: str,
+    cur: dict[str, int],
+    prev: dict[str, int],
+    latencies: list[float],
+    day_tasks: int,
+    day_counterparties: int,
+    prev_bucket: int,
+    now: float,
     fleet: str | None = None,
 ) -> list[Change]:
     """One agent's signals over the current and previous windows (state mutated in place)."""
@@ -217,32 +245,62 @@ def judge(
     per_task = calls / tasks if tasks else 0.0
     unique_per_task = unique / tasks if tasks else 0.0
     base = baseline_ready(bases.get("calls_per_task"), b.baseline_windows)
-    step("tool_calls_per_task", None if not enough or base is None else per_task > b.tool_calls_per_task_factor * base,
-         per_task, "" if base is None else b.tool_calls_per_task_factor * base)
+    step(
+        "tool_calls_per_task",
+        None if not enough or base is None else per_task > b.tool_calls_per_task_factor * base,
+        per_task,
+        "" if base is None else b.tool_calls_per_task_factor * base,
+    )
     base = baseline_ready(bases.get("unique_per_task"), b.baseline_windows)
-    step("unique_tools_per_task", None if not enough or base is None else unique_per_task > b.unique_tools_per_task_factor * base,
-         unique_per_task, "" if base is None else b.unique_tools_per_task_factor * base)
+    step(
+        "unique_tools_per_task",
+        None
+        if not enough or base is None
+        else unique_per_task > b.unique_tools_per_task_factor * base,
+        unique_per_task,
+        "" if base is None else b.unique_tools_per_task_factor * base,
+    )
     ratio = retries / calls if calls else 0.0
     step("retry_ratio", (ratio > b.retry_ratio) if enough and calls else None, ratio, b.retry_ratio)
     rate = escalated / tasks if tasks else 0.0
     step("escalation_rate", (rate > b.escalation_rate) if enough else None, rate, b.escalation_rate)
     if len(latencies) >= b.min_tasks:
         p50, p99 = percentile(latencies, 0.5) or 0.0, percentile(latencies, 0.99) or 0.0
-        step("decision_latency", p50 > 0 and p99 > b.decision_latency_p99_over_p50 * p50,
-             p99 / p50 if p50 else 0.0, b.decision_latency_p99_over_p50)
+        step(
+            "decision_latency",
+            p50 > 0 and p99 > b.decision_latency_p99_over_p50 * p50,
+            p99 / p50 if p50 else 0.0,
+            b.decision_latency_p99_over_p50,
+        )
     else:
         step("decision_latency", None)
-    step("counterparty_diversity", (day_counterparties < b.min_counterparties_per_day) if day_tasks else
-         (False if conds.get("behaviour.counterparty_diversity") else None), day_counterparties, b.min_counterparties_per_day)
+    step(
+        "counterparty_diversity",
+        (day_counterparties < b.min_counterparties_per_day)
+        if day_tasks
+        else (False if conds.get("behaviour.counterparty_diversity") else None),
+        day_counterparties,
+        b.min_counterparties_per_day,
+    )
 
     # The previous window is finished: learn from it once, if it raised nothing.
     p_tasks = prev.get("tasks", 0)
     if state.get("f", -1) < prev_bucket and p_tasks >= b.min_tasks:
         state["f"] = prev_bucket
-        calm = not any(conds.get(RULES[n].name) for n in ("tool_calls_per_task", "unique_tools_per_task"))
+        calm = not any(
+            conds.get(RULES[n].name) for n in ("tool_calls_per_task", "unique_tools_per_task")
+        )
         if calm:
-            learn(bases, "calls_per_task", prev.get("calls", 0) / p_tasks, now, a.baseline_half_life_s)
-            learn(bases, "unique_per_task", prev.get("unique", 0) / p_tasks, now, a.baseline_half_life_s)
+            learn(
+                bases, "calls_per_task", prev.get("calls", 0) / p_tasks, now, a.baseline_half_life_s
+            )
+            learn(
+                bases,
+                "unique_per_task",
+                prev.get("unique", 0) / p_tasks,
+                now,
+                a.baseline_half_life_s,
+            )
     return out
 
 
@@ -254,7 +312,11 @@ def check_and_apply(deps: MonitorDeps) -> list[Change]:
         return []
     subjects = sorted({c.subject for c in changes})
     with deps.sessions() as session:
-        fleets = dict(session.execute(select(Agent.agent_id, Agent.fleet).where(Agent.agent_id.in_(subjects))).all())
+        fleets = dict(
+            session.execute(
+                select(Agent.agent_id, Agent.fleet).where(Agent.agent_id.in_(subjects))
+            ).all()
+        )
     changes = [dataclasses.replace(c, fleet=fleets.get(c.subject)) for c in changes]
     apply_changes(deps.sessions, deps.redis, changes, deps.handoff, now)
     return changes

@@ -15,9 +15,13 @@ def classify(policy: HealthPolicy, error_rate: float | None, p99_ms: float | Non
     if error_rate is None and p99_ms is None:
         return Health.UNKNOWN
     crit, deg = policy.critical, policy.degraded
-    if (error_rate is not None and error_rate > crit.error_rate) or (p99_ms is not None and p99_ms > crit.p99_ms):
+    if (error_rate is not None and error_rate > crit.error_rate) or (
+        p99_ms is not None and p99_ms > crit.p99_ms
+    ):
         return Health.CRITICAL
-    if (error_rate is not None and error_rate > deg.error_rate) or (p99_ms is not None and p99_ms > deg.p99_ms):
+    if (error_rate is not None and error_rate > deg.error_rate) or (
+        p99_ms is not None and p99_ms > deg.p99_ms
+    ):
         return Health.DEGRADED
     return Health.HEALTHY
 

@@ -38,8 +38,12 @@ def slack_payload(alerts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     resolved = len(alerts) - len(opened)
     parts = []
     if opened:
-        worst = max(opened, key=lambda a: ("info", "warning", "critical", "emergency").index(a["severity"]))
-        parts.append(f"{len(opened)} alert{'s' * (len(opened) != 1)} fired (worst: {worst['severity']})")
+        worst = max(
+            opened, key=lambda a: ("info", "warning", "critical", "emergency").index(a["severity"])
+        )
+        parts.append(
+            f"{len(opened)} alert{'s' * (len(opened) != 1)} fired (worst: {worst['severity']})"
+        )
     if resolved:
         parts.append(f"{resolved} resolved")
     lines = [f"• [{a['severity'].upper()}] {a['message']}" for a in alerts[:MAX_LISTED]]
@@ -47,8 +51,11 @@ def slack_payload(alerts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         lines.append(f"… and {len(alerts) - MAX_LISTED} more (`fleet alerts`)")
     attachments = [
         {
-            "color": _COLOURS.get(a["severity"], "#999999") if a["state"] == "open" else _RESOLVED_COLOUR,
-            "title": f"{a['rule']} — {a['subject']}" + (" (resolved)" if a["state"] != "open" else ""),
+            "color": _COLOURS.get(a["severity"], "#999999")
+            if a["state"] == "open"
+            else _RESOLVED_COLOUR,
+            "title": f"{a['rule']} — {a['subject']}"
+            + (" (resolved)" if a["state"] != "open" else ""),
             "text": a["message"],
             "fields": [
                 {"title": "severity", "value": a["severity"], "short": True},
@@ -60,10 +67,15 @@ def slack_payload(alerts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         }
         for a in alerts[:MAX_LISTED]
     ]
-    return {"text": "Fleet Commander: " + ", ".join(parts) + "\n" + "\n".join(lines), "attachments": attachments}
+    return {
+        "text": "Fleet Commander: " + ", ".join(parts) + "\n" + "\n".join(lines),
+        "attachments": attachments,
+    }
 
 
-def plan(policy: AlertPolicy, alerts: Sequence[dict[str, Any]], only: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+def plan(
+    policy: AlertPolicy, alerts: Sequence[dict[str, Any]], only: Sequence[str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """URL → the alerts it should hear about (``only``: just these URLs, for a retry)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for alert in alerts:
@@ -74,7 +86,10 @@ def plan(policy: AlertPolicy, alerts: Sequence[dict[str, Any]], only: Sequence[s
 
 
 def deliver(
-    policy: AlertPolicy, alerts: Sequence[dict[str, Any]], http: httpx.Client, only: Sequence[str] | None = None,
+    policy: AlertPolicy,
+    alerts: Sequence[dict[str, Any]],
+    http: httpx.Client,
+    only: Sequence[str] | None = None,
 ) -> list[str]:
     """Post each URL its message once; return the URLs worth trying again."""
     retry: list[str] = []
@@ -89,7 +104,9 @@ def deliver(
             log.warning("webhook %s answered %d; will retry", _host(url), response.status_code)
             retry.append(url)
         elif response.status_code >= 400:
-            log.error("webhook %s refused the notice (%d); dropped", _host(url), response.status_code)
+            log.error(
+                "webhook %s refused the notice (%d); dropped", _host(url), response.status_code
+            )
     return retry
 
 

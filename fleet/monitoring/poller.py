@@ -55,8 +55,12 @@ class ReadClient(AsyncGatewayClient):
 
     def __init__(self, config: GatewayConfig, **kwargs: Any) -> None:
         super().__init__(config, transport=_NoTransport(), **kwargs)  # type: ignore[arg-type]
-        self._pool = ConnectionPool(config.url, limit=config.max_connections,
-                                    connect_timeout_s=config.connect_timeout_s, keepalive_s=config.keepalive_s)
+        self._pool = ConnectionPool(
+            config.url,
+            limit=config.max_connections,
+            connect_timeout_s=config.connect_timeout_s,
+            keepalive_s=config.keepalive_s,
+        )
 
     async def _attempt(self, exchange: Exchange) -> dict[str, Any]:
         headers = _HEADERS | exchange.begin_attempt()
@@ -124,10 +128,14 @@ class LoopThread:
 class SweepPoller:
     """Polls agents on a background loop; thread-safe, one per process."""
 
-    def __init__(self, config: GatewayConfig, *, in_flight: int, timeout_s: float | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, *, in_flight: int, timeout_s: float | None = None
+    ) -> None:
         self.in_flight = in_flight
         config = dataclasses.replace(
-            config, max_connections=in_flight, timeout_s=timeout_s if timeout_s is not None else config.timeout_s
+            config,
+            max_connections=in_flight,
+            timeout_s=timeout_s if timeout_s is not None else config.timeout_s,
         )
         self._loop = LoopThread()
         self.client: ReadClient = self._loop.run(self._open(config))
@@ -151,8 +159,9 @@ class SweepPoller:
             for i in calls:
                 agent = i >> 2
                 try:
-                    answers[i] = await client.call(SWEEP_TOOLS[i & 3], {"agent_id": agent_ids[agent]},
-                                                   trace=traces[agent])
+                    answers[i] = await client.call(
+                        SWEEP_TOOLS[i & 3], {"agent_id": agent_ids[agent]}, trace=traces[agent]
+                    )
                 except GatewayError as exc:
                     answers[i] = exc
 
@@ -166,7 +175,11 @@ class SweepPoller:
         no_sla = False
         for tool, answer in zip(SWEEP_TOOLS, four, strict=True):
             if isinstance(answer, GatewayError):
-                if tool == "check_sla_compliance" and isinstance(answer, NotFound) and answer.code == "sla_not_found":
+                if (
+                    tool == "check_sla_compliance"
+                    and isinstance(answer, NotFound)
+                    and answer.code == "sla_not_found"
+                ):
                     no_sla = True
                 else:
                     errors.append(describe(tool, answer))

@@ -22,12 +22,25 @@ from fleet.monitoring.aggregate import ALL_FLEETS
 from fleet.monitoring.snapshot import Health
 from fleet.monitoring.sweep import STATS_KEY, fleet_health
 
-_AGENT_FIELDS = ("fleet", "health", "latency_p50", "latency_p99", "error_rate", "tool_call_volume", "reputation",
-                 "balance", "burn_rate_per_hour", "sla_compliant", "polled_at")
+_AGENT_FIELDS = (
+    "fleet",
+    "health",
+    "latency_p50",
+    "latency_p99",
+    "error_rate",
+    "tool_call_volume",
+    "reputation",
+    "balance",
+    "burn_rate_per_hour",
+    "sla_compliant",
+    "polled_at",
+)
 
 
 class FleetCollector(Collector):
-    def __init__(self, r: redis.Redis, *, max_agents: int, open_alerts: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, r: redis.Redis, *, max_agents: int, open_alerts: dict[str, int] | None = None
+    ) -> None:
         self._r = r
         self._max_agents = max_agents
         self._open_alerts = open_alerts or {}
@@ -35,13 +48,18 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         fleets, meta = fleet_health(self._r)
         yield from self._fleet(fleets, meta)
-        alerts = GaugeMetricFamily("fleet_alerts_open", "Alerts open now, by severity.", labels=["severity"])
+        alerts = GaugeMetricFamily(
+            "fleet_alerts_open", "Alerts open now, by severity.", labels=["severity"]
+        )
         for severity in ("info", "warning", "critical", "emergency"):
             alerts.add_metric([severity], self._open_alerts.get(severity, 0))
         yield alerts
         stats = self._r.hgetall(STATS_KEY)
-        sweeps = CounterMetricFamily("fleet_sweeps", "Sweeps started, and ticks skipped (duplicate tick, previous sweep still running).",
-                                     labels=["outcome"])
+        sweeps = CounterMetricFamily(
+            "fleet_sweeps",
+            "Sweeps started, and ticks skipped (duplicate tick, previous sweep still running).",
+            labels=["outcome"],
+        )
         for outcome in ("started", "skipped_duplicate", "skipped_overlap"):
             sweeps.add_metric([outcome], float(stats.get(outcome, 0)))
         yield sweeps
@@ -50,11 +68,25 @@ class FleetCollector(Collector):
             yield from self._agents()
 
     def _fleet(self, fleets: dict[str, dict[str, Any]], meta: dict[str, str]) -> Iterator[Metric]:
-        agents = GaugeMetricFamily("fleet_agents", "Agents by health class at the last sweep.", labels=["fleet", "health"])
-        p99 = GaugeMetricFamily("fleet_latency_p99_seconds", "99th percentile of the agents' p99 latency.", labels=["fleet"])
-        errors = GaugeMetricFamily("fleet_error_ratio", "Errors over tool calls, across the fleet.", labels=["fleet"])
-        sla = GaugeMetricFamily("fleet_sla_compliance_ratio", "Agents compliant with their SLA over agents checked.", labels=["fleet"])
-        burn = GaugeMetricFamily("fleet_burn_rate_dollars_per_hour", "Sum of the agents' burn rates.", labels=["fleet"])
+        agents = GaugeMetricFamily(
+            "fleet_agents", "Agents by health class at the last sweep.", labels=["fleet", "health"]
+        )
+        p99 = GaugeMetricFamily(
+            "fleet_latency_p99_seconds",
+            "99th percentile of the agents' p99 latency.",
+            labels=["fleet"],
+        )
+        errors = GaugeMetricFamily(
+            "fleet_error_ratio", "Errors over tool calls, across the fleet.", labels=["fleet"]
+        )
+        sla = GaugeMetricFamily(
+            "fleet_sla_compliance_ratio",
+            "Agents compliant with their SLA over agents checked.",
+            labels=["fleet"],
+        )
+        burn = GaugeMetricFamily(
+            "fleet_burn_rate_dollars_per_hour", "Sum of the agents' burn rates.", labels=["fleet"]
+        )
         for name, h in fleets.items():
             if name == ALL_FLEETS:
                 continue
@@ -69,28 +101,59 @@ class FleetCollector(Collector):
             burn.add_metric([name], float(h["burn_rate_per_hour"]))
         yield from (agents, p99, errors, sla, burn)
         if meta.get("finished_at"):
-            last = GaugeMetricFamily("fleet_sweep_last_finished_timestamp_seconds", "When the last sweep finished (Unix time).")
+            last = GaugeMetricFamily(
+                "fleet_sweep_last_finished_timestamp_seconds",
+                "When the last sweep finished (Unix time).",
+            )
             last.add_metric([], float(meta["finished_at"]))
             yield last
         if meta.get("wall_s"):
-            wall = GaugeMetricFamily("fleet_sweep_duration_seconds", "Tick to last snapshot and fleet view stored, last sweep.")
+            wall = GaugeMetricFamily(
+                "fleet_sweep_duration_seconds",
+                "Tick to last snapshot and fleet view stored, last sweep.",
+            )
             wall.add_metric([], float(meta["wall_s"]))
             yield wall
 
     def _agents(self) -> Iterator[Metric]:
         labels = ["agent_id", "fleet"]
         fams = {
-            "health": GaugeMetricFamily("fleet_agent_health", "1 for the agent's health class at the last sweep.",
-                                        labels=[*labels, "health"]),
-            "latency_p50": GaugeMetricFamily("fleet_agent_latency_p50_seconds", "Agent p50 latency.", labels=labels),
-            "latency_p99": GaugeMetricFamily("fleet_agent_latency_p99_seconds", "Agent p99 latency.", labels=labels),
-            "error_rate": GaugeMetricFamily("fleet_agent_error_ratio", "Agent error rate.", labels=labels),
-            "tool_call_volume": GaugeMetricFamily("fleet_agent_tool_calls", "Agent tool calls in the analytics window.", labels=labels),
-            "reputation": GaugeMetricFamily("fleet_agent_reputation_score", "Agent reputation (0..1).", labels=labels),
-            "balance": GaugeMetricFamily("fleet_agent_balance_dollars", "Agent wallet balance.", labels=labels),
-            "burn_rate_per_hour": GaugeMetricFamily("fleet_agent_burn_rate_dollars_per_hour", "Agent burn rate.", labels=labels),
-            "sla_compliant": GaugeMetricFamily("fleet_agent_sla_compliant", "1 if the agent met its SLA at the last check.", labels=labels),
-            "polled_at": GaugeMetricFamily("fleet_agent_last_poll_timestamp_seconds", "When the agent was last polled (Unix time).", labels=labels),
+            "health": GaugeMetricFamily(
+                "fleet_agent_health",
+                "1 for the agent's health class at the last sweep.",
+                labels=[*labels, "health"],
+            ),
+            "latency_p50": GaugeMetricFamily(
+                "fleet_agent_latency_p50_seconds", "Agent p50 latency.", labels=labels
+            ),
+            "latency_p99": GaugeMetricFamily(
+                "fleet_agent_latency_p99_seconds", "Agent p99 latency.", labels=labels
+            ),
+            "error_rate": GaugeMetricFamily(
+                "fleet_agent_error_ratio", "Agent error rate.", labels=labels
+            ),
+            "tool_call_volume": GaugeMetricFamily(
+                "fleet_agent_tool_calls", "Agent tool calls in the analytics window.", labels=labels
+            ),
+            "reputation": GaugeMetricFamily(
+                "fleet_agent_reputation_score", "Agent reputation (0..1).", labels=labels
+            ),
+            "balance": GaugeMetricFamily(
+                "fleet_agent_balance_dollars", "Agent wallet balance.", labels=labels
+            ),
+            "burn_rate_per_hour": GaugeMetricFamily(
+                "fleet_agent_burn_rate_dollars_per_hour", "Agent burn rate.", labels=labels
+            ),
+            "sla_compliant": GaugeMetricFamily(
+                "fleet_agent_sla_compliant",
+                "1 if the agent met its SLA at the last check.",
+                labels=labels,
+            ),
+            "polled_at": GaugeMetricFamily(
+                "fleet_agent_last_poll_timestamp_seconds",
+                "When the agent was last polled (Unix time).",
+                labels=labels,
+            ),
         }
         keys = sorted(self._r.scan_iter(match=f"{KEY_PREFIX}snapshot:*", count=1000))
         for start in range(0, len(keys), 1000):
@@ -106,11 +169,20 @@ class FleetCollector(Collector):
                 for name in ("latency_p50", "latency_p99"):
                     if raw[name]:
                         fams[name].add_metric(lv, float(raw[name]) / 1000.0)
-                for name in ("error_rate", "tool_call_volume", "reputation", "balance", "burn_rate_per_hour", "polled_at"):
+                for name in (
+                    "error_rate",
+                    "tool_call_volume",
+                    "reputation",
+                    "balance",
+                    "burn_rate_per_hour",
+                    "polled_at",
+                ):
                     if raw[name]:
                         fams[name].add_metric(lv, float(raw[name]))
                 if raw["sla_compliant"]:
-                    fams["sla_compliant"].add_metric(lv, 1.0 if raw["sla_compliant"] == "1" else 0.0)
+                    fams["sla_compliant"].add_metric(
+                        lv, 1.0 if raw["sla_compliant"] == "1" else 0.0
+                    )
         yield from fams.values()
 
 

@@ -32,7 +32,12 @@ INFO, WARNING, CRITICAL, EMERGENCY = "info", "warning", "critical", "emergency"
 SEVERITIES = (INFO, WARNING, CRITICAL, EMERGENCY)
 
 # Actions a fired alert leads to (the sweep carries them out).
-PAUSE, CUT_TRAFFIC, ESCALATE, FREEZE_PROVISIONING = "pause", "cut_traffic", "escalate", "freeze_provisioning"
+PAUSE, CUT_TRAFFIC, ESCALATE, FREEZE_PROVISIONING = (
+    "pause",
+    "cut_traffic",
+    "escalate",
+    "freeze_provisioning",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +88,17 @@ def track(
             entry = conds[rule.name] = [now, 0]
         if not entry[1] and now - entry[0] >= rule.for_s:
             entry[1] = 1
-            return Change(rule, True, subject, entry[0], now, _text(value), _text(threshold), fleet, scope)
+            return Change(
+                rule, True, subject, entry[0], now, _text(value), _text(threshold), fleet, scope
+            )
         return None
     if entry is None:
         return None
     del conds[rule.name]
     if entry[1]:
-        return Change(rule, False, subject, entry[0], now, _text(value), _text(threshold), fleet, scope)
+        return Change(
+            rule, False, subject, entry[0], now, _text(value), _text(threshold), fleet, scope
+        )
     return None
 
 
@@ -109,7 +118,9 @@ def baseline_ready(b: list[float] | None, min_samples: int) -> float | None:
     return b[0]
 
 
-def learn(bases: dict[str, list[float]], name: str, x: float, now: float, half_life_s: float) -> None:
+def learn(
+    bases: dict[str, list[float]], name: str, x: float, now: float, half_life_s: float
+) -> None:
     """Fold sample ``x`` at time ``now`` into baseline ``name``: [mean, samples, last_at]."""
     b = bases.get(name)
     if b is None:
@@ -142,21 +153,60 @@ class AgentRules:
         a = policy.agent
         return cls(
             policy,
-            Rule("agent.p99_baseline", INFO, "info", a.p99_for_s,
-                 summary=f"p99 latency above {a.p99_baseline_factor:g}x its baseline"),
-            Rule("agent.error_rate", WARNING, "oncall", a.error_rate_for_s, (CUT_TRAFFIC, ESCALATE),
-                 summary=f"error rate above {a.error_rate:.0%}"),
-            Rule("agent.sla_breach", CRITICAL, "page", 0, (PAUSE, ESCALATE), summary="SLA breached"),
-            Rule("agent.low_balance", CRITICAL, "page", 0, (PAUSE, ESCALATE),
-                 summary=f"balance below ${a.low_balance}"),
-            Rule("agent.cost_anomaly", WARNING, "finops", 0,
-                 summary=f"burn rate above {a.cost_anomaly_factor:g}x its hourly baseline"),
-            Rule("agent.spend_anomaly", WARNING, "finops", 0,
-                 summary=f"spending above {a.spend_anomaly_factor:g}x its normal"),
+            Rule(
+                "agent.p99_baseline",
+                INFO,
+                "info",
+                a.p99_for_s,
+                summary=f"p99 latency above {a.p99_baseline_factor:g}x its baseline",
+            ),
+            Rule(
+                "agent.error_rate",
+                WARNING,
+                "oncall",
+                a.error_rate_for_s,
+                (CUT_TRAFFIC, ESCALATE),
+                summary=f"error rate above {a.error_rate:.0%}",
+            ),
+            Rule(
+                "agent.sla_breach", CRITICAL, "page", 0, (PAUSE, ESCALATE), summary="SLA breached"
+            ),
+            Rule(
+                "agent.low_balance",
+                CRITICAL,
+                "page",
+                0,
+                (PAUSE, ESCALATE),
+                summary=f"balance below ${a.low_balance}",
+            ),
+            Rule(
+                "agent.cost_anomaly",
+                WARNING,
+                "finops",
+                0,
+                summary=f"burn rate above {a.cost_anomaly_factor:g}x its hourly baseline",
+            ),
+            Rule(
+                "agent.spend_anomaly",
+                WARNING,
+                "finops",
+                0,
+                summary=f"spending above {a.spend_anomaly_factor:g}x its normal",
+            ),
         )
 
     def by_name(self) -> dict[str, Rule]:
-        return {r.name: r for r in (self.p99, self.error_rate, self.sla_breach, self.low_balance, self.cost, self.spend)}
+        return {
+            r.name: r
+            for r in (
+                self.p99,
+                self.error_rate,
+                self.sla_breach,
+                self.low_balance,
+                self.cost,
+                self.spend,
+            )
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,28 +239,80 @@ def evaluate_agent(rules: AgentRules, state: dict[str, Any], s: AgentSample) -> 
     if s.latency_p99 is not None:
         base = baseline_ready(bases.get("p99"), a.baseline_min_samples)
         holding = None if base is None else s.latency_p99 > a.p99_baseline_factor * base
-        add(track(conds, rules.p99, holding, now, subject, s.latency_p99,
-                  "" if base is None else a.p99_baseline_factor * base, fleet=fleet))
+        add(
+            track(
+                conds,
+                rules.p99,
+                holding,
+                now,
+                subject,
+                s.latency_p99,
+                "" if base is None else a.p99_baseline_factor * base,
+                fleet=fleet,
+            )
+        )
         if not holding:
             learn(bases, "p99", s.latency_p99, now, a.baseline_half_life_s)
 
     if s.error_rate is not None:
-        add(track(conds, rules.error_rate, s.error_rate > a.error_rate, now, subject, s.error_rate, a.error_rate, fleet=fleet))
+        add(
+            track(
+                conds,
+                rules.error_rate,
+                s.error_rate > a.error_rate,
+                now,
+                subject,
+                s.error_rate,
+                a.error_rate,
+                fleet=fleet,
+            )
+        )
 
     if s.sla_compliant is not None:
-        add(track(conds, rules.sla_breach, not s.sla_compliant, now, subject,
-                  "breached" if not s.sla_compliant else "compliant", "compliant", fleet=fleet))
+        add(
+            track(
+                conds,
+                rules.sla_breach,
+                not s.sla_compliant,
+                now,
+                subject,
+                "breached" if not s.sla_compliant else "compliant",
+                "compliant",
+                fleet=fleet,
+            )
+        )
 
     if s.balance is not None:
-        add(track(conds, rules.low_balance, s.balance < a.low_balance, now, subject, s.balance, a.low_balance, fleet=fleet))
+        add(
+            track(
+                conds,
+                rules.low_balance,
+                s.balance < a.low_balance,
+                now,
+                subject,
+                s.balance,
+                a.low_balance,
+                fleet=fleet,
+            )
+        )
 
     # Cost: the reported burn rate against its hourly baseline...
     if s.burn_rate_per_hour is not None:
         burn = float(s.burn_rate_per_hour)
         base = baseline_ready(bases.get("burn"), a.baseline_min_samples)
         holding = None if base is None else (base > 0 and burn > a.cost_anomaly_factor * base)
-        add(track(conds, rules.cost, holding, now, subject, s.burn_rate_per_hour,
-                  "" if base is None else f"{a.cost_anomaly_factor * base:.2f}", fleet=fleet))
+        add(
+            track(
+                conds,
+                rules.cost,
+                holding,
+                now,
+                subject,
+                s.burn_rate_per_hour,
+                "" if base is None else f"{a.cost_anomaly_factor * base:.2f}",
+                fleet=fleet,
+            )
+        )
         if not holding:
             learn(bases, "burn", burn, now, a.baseline_half_life_s)
 
@@ -223,9 +325,21 @@ def evaluate_agent(rules: AgentRules, state: dict[str, Any], s: AgentSample) -> 
             if spent >= 0:  # a top-up says nothing about spending
                 rate = float(spent) * 3600.0 / (now - prev[1])
                 base = baseline_ready(bases.get("spend"), a.baseline_min_samples)
-                holding = None if base is None else (base > 0 and rate > a.spend_anomaly_factor * base)
-                add(track(conds, rules.spend, holding, now, subject, f"{rate:.2f}",
-                          "" if base is None else f"{a.spend_anomaly_factor * base:.2f}", fleet=fleet))
+                holding = (
+                    None if base is None else (base > 0 and rate > a.spend_anomaly_factor * base)
+                )
+                add(
+                    track(
+                        conds,
+                        rules.spend,
+                        holding,
+                        now,
+                        subject,
+                        f"{rate:.2f}",
+                        "" if base is None else f"{a.spend_anomaly_factor * base:.2f}",
+                        fleet=fleet,
+                    )
+                )
                 if not holding:
                     learn(bases, "spend", rate, now, a.baseline_half_life_s)
     return out
@@ -244,20 +358,44 @@ class FleetRules:
         f = policy.fleet
         return cls(
             policy,
-            Rule("fleet.emergency", EMERGENCY, "page", 0, (FREEZE_PROVISIONING,),
-                 summary=f"more than {f.emergency_critical_fraction:.0%} of the fleet critical"),
-            Rule("fleet.sla_compliance", CRITICAL, "page", 0,
-                 summary=f"fleet SLA compliance below {f.sla_compliance_min:.0%}"),
-            Rule("fleet.burn_rate", WARNING, "finops", 0, summary=f"fleet burn rate above ${f.burn_rate_warning_per_hour}/h"),
-            Rule("fleet.cost_anomaly", WARNING, "finops", 0,
-                 summary=f"fleet burn above {f.burn_baseline_factor:g}x its hourly baseline"),
+            Rule(
+                "fleet.emergency",
+                EMERGENCY,
+                "page",
+                0,
+                (FREEZE_PROVISIONING,),
+                summary=f"more than {f.emergency_critical_fraction:.0%} of the fleet critical",
+            ),
+            Rule(
+                "fleet.sla_compliance",
+                CRITICAL,
+                "page",
+                0,
+                summary=f"fleet SLA compliance below {f.sla_compliance_min:.0%}",
+            ),
+            Rule(
+                "fleet.burn_rate",
+                WARNING,
+                "finops",
+                0,
+                summary=f"fleet burn rate above ${f.burn_rate_warning_per_hour}/h",
+            ),
+            Rule(
+                "fleet.cost_anomaly",
+                WARNING,
+                "finops",
+                0,
+                summary=f"fleet burn above {f.burn_baseline_factor:g}x its hourly baseline",
+            ),
         )
 
     def by_name(self) -> dict[str, Rule]:
         return {r.name: r for r in (self.emergency, self.sla, self.burn, self.cost)}
 
 
-def evaluate_fleet(rules: FleetRules, state: dict[str, Any], fleet: str, health: Mapping[str, Any], now: float) -> list[Change]:
+def evaluate_fleet(
+    rules: FleetRules, state: dict[str, Any], fleet: str, health: Mapping[str, Any], now: float
+) -> list[Change]:
     """Apply one sweep's fleet aggregate (see aggregate.FleetHealth.as_dict) to the fleet's rule state."""
     f = rules.policy.fleet
     a = rules.policy.agent
@@ -272,20 +410,66 @@ def evaluate_fleet(rules: FleetRules, state: dict[str, Any], fleet: str, health:
     known = health["agents"] - health["unknown"]
     if known > 0:
         fraction = health["critical"] / known
-        add(track(conds, rules.emergency, fraction > f.emergency_critical_fraction, now, fleet,
-                  f"{fraction:.4f}", f.emergency_critical_fraction, fleet=fleet, scope="fleet"))
+        add(
+            track(
+                conds,
+                rules.emergency,
+                fraction > f.emergency_critical_fraction,
+                now,
+                fleet,
+                f"{fraction:.4f}",
+                f.emergency_critical_fraction,
+                fleet=fleet,
+                scope="fleet",
+            )
+        )
     compliance = health.get("sla_compliance")
     if compliance is not None:
-        add(track(conds, rules.sla, compliance < f.sla_compliance_min, now, fleet, f"{compliance:.4f}",
-                  f.sla_compliance_min, fleet=fleet, scope="fleet"))
+        add(
+            track(
+                conds,
+                rules.sla,
+                compliance < f.sla_compliance_min,
+                now,
+                fleet,
+                f"{compliance:.4f}",
+                f.sla_compliance_min,
+                fleet=fleet,
+                scope="fleet",
+            )
+        )
     if known > 0:
         burn = Decimal(health["burn_rate_per_hour"])
-        add(track(conds, rules.burn, burn > f.burn_rate_warning_per_hour, now, fleet, burn,
-                  f.burn_rate_warning_per_hour, fleet=fleet, scope="fleet"))
+        add(
+            track(
+                conds,
+                rules.burn,
+                burn > f.burn_rate_warning_per_hour,
+                now,
+                fleet,
+                burn,
+                f.burn_rate_warning_per_hour,
+                fleet=fleet,
+                scope="fleet",
+            )
+        )
         base = baseline_ready(bases.get("burn"), a.baseline_min_samples)
-        holding = None if base is None else (base > 0 and float(burn) > f.burn_baseline_factor * base)
-        add(track(conds, rules.cost, holding, now, fleet, burn,
-                  "" if base is None else f"{f.burn_baseline_factor * base:.2f}", fleet=fleet, scope="fleet"))
+        holding = (
+            None if base is None else (base > 0 and float(burn) > f.burn_baseline_factor * base)
+        )
+        add(
+            track(
+                conds,
+                rules.cost,
+                holding,
+                now,
+                fleet,
+                burn,
+                "" if base is None else f"{f.burn_baseline_factor * base:.2f}",
+                fleet=fleet,
+                scope="fleet",
+            )
+        )
         if not holding:
             learn(bases, "burn", float(burn), now, a.baseline_half_life_s)
     return out

@@ -93,7 +93,9 @@ class Snapshot:
 _FIELD_NAMES = tuple(f.name for f in fields(Snapshot))
 
 
-def queue_snapshots(pipe: redis.client.Pipeline, snapshots: list[Snapshot], ttl_s: int | None = None) -> None:
+def queue_snapshots(
+    pipe: redis.client.Pipeline, snapshots: list[Snapshot], ttl_s: int | None = None
+) -> None:
     """Add the writes of ``snapshots`` to a pipeline that also carries other writes."""
     for snap in snapshots:
         key = snapshot_key(snap.agent_id)

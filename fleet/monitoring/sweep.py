@@ -128,8 +128,11 @@ def start_sweep(deps: MonitorDeps, tick: str | None = None) -> SweepPlan | None:
     """
     r, now, interval = deps.redis, deps.now(), deps.interval_s
     window_ms = max(1, int(interval * 0.9 * 1000))
-    taken = r.set(tick_key("beat"), "1", nx=True, px=window_ms) if tick is None else \
-        r.set(tick_key(tick), "1", nx=True, ex=max(1, int(2 * interval)))
+    taken = (
+        r.set(tick_key("beat"), "1", nx=True, px=window_ms)
+        if tick is None
+        else r.set(tick_key(tick), "1", nx=True, ex=max(1, int(2 * interval)))
+    )
     if not taken:
         r.hincrby(STATS_KEY, "skipped_duplicate", 1)
         log.info("sweep tick %s already taken; nothing to do", tick or "(beat window)")
@@ -150,10 +153,18 @@ def start_sweep(deps: MonitorDeps, tick: str | None = None) -> SweepPlan | None:
     plan = SweepPlan(sweep_id, now, deadline, batches)
     pipe = r.pipeline(transaction=False)
     key = sweep_key(sweep_id)
-    pipe.hset(key, mapping={
-        "sweep_id": sweep_id, "tick": tick or "", "status": "running", "started_at": repr(now),
-        "deadline": repr(deadline), "agents": plan.agents, "batches": len(batches),
-    })
+    pipe.hset(
+        key,
+        mapping={
+            "sweep_id": sweep_id,
+            "tick": tick or "",
+            "status": "running",
+            "started_at": repr(now),
+            "deadline": repr(deadline),
+            "agents": plan.agents,
+            "batches": len(batches),
+        },
+    )
     pipe.expire(key, deps.metrics.sweep_record_ttl_s)
     pipe.lpush(RECENT_KEY, sweep_id)
     pipe.ltrim(RECENT_KEY, 0, RECENT_KEPT - 1)
@@ -164,9 +175,15 @@ def start_sweep(deps: MonitorDeps, tick: str | None = None) -> SweepPlan | None:
     return plan
 
 
-def active_agents(sessions: sessionmaker[Session], statuses: Sequence[str]) -> list[tuple[str, str]]:
+def active_agents(
+    sessions: sessionmaker[Session], statuses: Sequence[str]
+) -> list[tuple[str, str]]:
     """(fleet, agent_id) of every agent the sweep polls, grouped by fleet."""
-    query = select(Agent.fleet, Agent.agent_id).where(Agent.status.in_(list(statuses))).order_by(Agent.fleet, Agent.agent_id)
+    query = (
+        select(Agent.fleet, Agent.agent_id)
+        .where(Agent.status.in_(list(statuses)))
+        .order_by(Agent.fleet, Agent.agent_id)
+    )
     with sessions() as session:
         return [(fleet, agent_id) for fleet, agent_id in session.execute(query)]
 
@@ -197,14 +214,21 @@ class BatchOutcome:
     total_s: float = 0.0
 
 
-def to_snapshot(reading: Reading, fleet: str | None, now: float, sweep_id: str | None, policy: Policy) -> Snapshot:
+def to_snapshot(
+    reading: Reading, fleet: str | None, now: float, sweep_id: str | None, policy: Policy
+) -> Snapshot:
     an, bal, sla, rep = reading.analytics or {}, reading.balance, reading.sla, reading.reputation
     p99, err = an.get("latency_p99"), an.get("error_rate")
     health = Health.UNKNOWN if reading.failed else classify(policy.health, err, p99)
     return Snapshot(
-        agent_id=reading.agent_id, polled_at=now, health=health,
-        latency_p50=an.get("latency_p50"), latency_p99=p99, error_rate=err,
-        tool_call_volume=an.get("tool_call_volume"), task_completion_rate=an.get("task_completion_rate"),
+        agent_id=reading.agent_id,
+        polled_at=now,
+        health=health,
+        latency_p50=an.get("latency_p50"),
+        latency_p99=p99,
+        error_rate=err,
+        tool_call_volume=an.get("tool_call_volume"),
+        task_completion_rate=an.get("task_completion_rate"),
         reputation=rep.get("score") if rep else None,
         balance=Decimal(bal["balance"]) if bal else None,
         burn_rate_per_hour=Decimal(bal["burn_rate_per_hour"]) if bal else None,
@@ -212,12 +236,16 @@ def to_snapshot(reading: Reading, fleet: str | None, now: float, sweep_id: str |
         sla_margin_pct=sla.get("margin_pct") if sla else None,
         breached_terms=tuple(sla.get("breached_terms") or ()) if sla else (),
         error="; ".join(reading.errors) if reading.errors else None,
-        fleet=fleet, sweep_id=sweep_id,
+        fleet=fleet,
+        sweep_id=sweep_id,
     )
 
 
 def run_batch(
-    deps: MonitorDeps, poll: Callable[[list[str]], list[Reading]], sweep_id: str, batch: int,
+    deps: MonitorDeps,
+    poll: Callable[[list[str]], list[Reading]],
+    sweep_id: str,
+    batch: int,
     agents: dict[str, list[str]],
 ) -> BatchOutcome:
     began = time.perf_counter()
@@ -255,9 +283,22 @@ def run_batch(
         if snap.error:
             failed[agent_id] = snap.error
         state: dict[str, Any] = orjson.loads(raw) if raw else {}
-        changes.extend(evaluate_agent(rules, state, AgentSample(
-            agent_id, now, fleet, snap.latency_p99, snap.error_rate, snap.balance, snap.burn_rate_per_hour,
-            snap.sla_compliant)))
+        changes.extend(
+            evaluate_agent(
+                rules,
+                state,
+                AgentSample(
+                    agent_id,
+                    now,
+                    fleet,
+                    snap.latency_p99,
+                    snap.error_rate,
+                    snap.balance,
+                    snap.burn_rate_per_hour,
+                    snap.sla_compliant,
+                ),
+            )
+        )
         row = fold_hour(state, snap, now)
         if row is not None:
             rollups.append(row)
@@ -274,7 +315,9 @@ def run_batch(
     queue_snapshots(pipe, snapshots, m.snapshot_ttl_s or None)
     for state_key, value in new_states:
         pipe.set(state_key, value, ex=m.state_ttl_s)
-    pipe.hset(key + ":partials", str(batch), orjson.dumps({f: p.to_json() for f, p in partials.items()}))
+    pipe.hset(
+        key + ":partials", str(batch), orjson.dumps({f: p.to_json() for f, p in partials.items()})
+    )
     pipe.expire(key + ":partials", m.sweep_record_ttl_s)
     if failed:
         pipe.hset(key + ":failed", mapping=failed)
@@ -288,8 +331,16 @@ def run_batch(
     if int(done) >= int(batches or 0):
         # Two batches may both see the count complete: finish_sweep runs once.
         finished = finish_sweep(deps, sweep_id) is not None
-    return BatchOutcome(sweep_id, batch, len(ids), len(failed), len(changes), finished=finished,
-                        poll_s=poll_s, total_s=time.perf_counter() - began)
+    return BatchOutcome(
+        sweep_id,
+        batch,
+        len(ids),
+        len(failed),
+        len(changes),
+        finished=finished,
+        poll_s=poll_s,
+        total_s=time.perf_counter() - began,
+    )
 
 
 def fold_hour(state: dict[str, Any], snap: Snapshot, now: float) -> dict[str, Any] | None:
@@ -301,8 +352,25 @@ def fold_hour(state: dict[str, Any], snap: Snapshot, now: float) -> dict[str, An
         row = hour_row(snap.agent_id, snap.fleet, acc)
         acc = None
     if acc is None:
-        acc = state["h"] = {"t": hour, "n": 0, "u": 0, "c": 0, "d": 0, "ps": 0.0, "pn": 0, "pm": None,
-                            "es": 0.0, "en": 0, "rs": 0.0, "rn": 0, "bm": None, "bs": "0", "bn": 0, "so": 0, "sn": 0}
+        acc = state["h"] = {
+            "t": hour,
+            "n": 0,
+            "u": 0,
+            "c": 0,
+            "d": 0,
+            "ps": 0.0,
+            "pn": 0,
+            "pm": None,
+            "es": 0.0,
+            "en": 0,
+            "rs": 0.0,
+            "rn": 0,
+            "bm": None,
+            "bs": "0",
+            "bn": 0,
+            "so": 0,
+            "sn": 0,
+        }
     acc["n"] += 1
     if snap.health is Health.UNKNOWN:
         acc["u"] += 1
@@ -321,7 +389,9 @@ def fold_hour(state: dict[str, Any], snap: Snapshot, now: float) -> dict[str, An
         acc["rs"] += snap.reputation
         acc["rn"] += 1
     if snap.balance is not None:
-        acc["bm"] = str(snap.balance if acc["bm"] is None else min(Decimal(acc["bm"]), snap.balance))
+        acc["bm"] = str(
+            snap.balance if acc["bm"] is None else min(Decimal(acc["bm"]), snap.balance)
+        )
     if snap.burn_rate_per_hour is not None:
         acc["bs"] = str(Decimal(acc["bs"]) + snap.burn_rate_per_hour)
         acc["bn"] += 1
@@ -333,14 +403,23 @@ def fold_hour(state: dict[str, Any], snap: Snapshot, now: float) -> dict[str, An
 
 def hour_row(agent_id: str, fleet: str | None, acc: dict[str, Any]) -> dict[str, Any]:
     return {
-        "agent_id": agent_id, "hour": utc_from_timestamp(acc["t"]), "fleet": fleet, "samples": acc["n"],
-        "unknown": acc["u"], "critical": acc["c"], "degraded": acc["d"],
-        "latency_p99_avg": acc["ps"] / acc["pn"] if acc["pn"] else None, "latency_p99_max": acc["pm"],
+        "agent_id": agent_id,
+        "hour": utc_from_timestamp(acc["t"]),
+        "fleet": fleet,
+        "samples": acc["n"],
+        "unknown": acc["u"],
+        "critical": acc["c"],
+        "degraded": acc["d"],
+        "latency_p99_avg": acc["ps"] / acc["pn"] if acc["pn"] else None,
+        "latency_p99_max": acc["pm"],
         "error_rate_avg": acc["es"] / acc["en"] if acc["en"] else None,
         "reputation_avg": acc["rs"] / acc["rn"] if acc["rn"] else None,
         "balance_min": acc["bm"],
-        "burn_rate_avg": str((Decimal(acc["bs"]) / acc["bn"]).quantize(Decimal("0.01"))) if acc["bn"] else None,
-        "sla_compliant": acc["so"], "sla_checked": acc["sn"],
+        "burn_rate_avg": str((Decimal(acc["bs"]) / acc["bn"]).quantize(Decimal("0.01")))
+        if acc["bn"]
+        else None,
+        "sla_compliant": acc["so"],
+        "sla_checked": acc["sn"],
     }
 
 
@@ -357,7 +436,10 @@ def insert_rollups(sessions: sessionmaker[Session], rows: list[dict[str, Any]]) 
             conn.execute(sqlite_insert(AgentHourly).on_conflict_do_nothing(), rows)
         else:  # pragma: no cover - the two databases we support
             existing = set(conn.execute(select(AgentHourly.agent_id, AgentHourly.hour)).all())
-            conn.execute(AgentHourly.__table__.insert(), [r for r in rows if (r["agent_id"], r["hour"]) not in existing])
+            conn.execute(
+                AgentHourly.__table__.insert(),
+                [r for r in rows if (r["agent_id"], r["hour"]) not in existing],
+            )
 
 
 # --- finish --------------------------------------------------------------------------------
@@ -375,15 +457,30 @@ def finish_sweep(deps: MonitorDeps, sweep_id: str) -> dict[str, FleetHealth] | N
     pipe = r.pipeline(transaction=True)
     pipe.delete(HEALTH_KEY)
     pipe.hset(HEALTH_KEY, mapping={f: orjson.dumps(h.as_dict()) for f, h in fleets.items()})
-    pipe.hset(HEALTH_META_KEY, mapping={"sweep_id": sweep_id, "started_at": repr(started_at), "finished_at": repr(now)})
+    pipe.hset(
+        HEALTH_META_KEY,
+        mapping={"sweep_id": sweep_id, "started_at": repr(started_at), "finished_at": repr(now)},
+    )
     pipe.execute()
     with write_session(deps.sessions) as session:
-        session.add_all(FleetSweep(
-            sweep_id=sweep_id, fleet=h.fleet, started_at=utc_from_timestamp(started_at),
-            finished_at=utc_from_timestamp(now), agents=h.agents, healthy=h.healthy, degraded=h.degraded,
-            critical=h.critical, unknown=h.unknown, latency_p99=h.latency_p99, error_rate=h.error_rate,
-            sla_compliance=h.sla_compliance, burn_rate_per_hour=str(h.burn_rate_per_hour),
-        ) for h in fleets.values())
+        session.add_all(
+            FleetSweep(
+                sweep_id=sweep_id,
+                fleet=h.fleet,
+                started_at=utc_from_timestamp(started_at),
+                finished_at=utc_from_timestamp(now),
+                agents=h.agents,
+                healthy=h.healthy,
+                degraded=h.degraded,
+                critical=h.critical,
+                unknown=h.unknown,
+                latency_p99=h.latency_p99,
+                error_rate=h.error_rate,
+                sla_compliance=h.sla_compliance,
+                burn_rate_per_hour=str(h.burn_rate_per_hour),
+            )
+            for h in fleets.values()
+        )
 
     names = [f for f in fleets if f != ALL_FLEETS]
     if names:
@@ -392,14 +489,23 @@ def finish_sweep(deps: MonitorDeps, sweep_id: str) -> dict[str, FleetHealth] | N
         pipe = r.pipeline(transaction=False)
         for fleet, raw in zip(names, raw_states, strict=True):
             state: dict[str, Any] = orjson.loads(raw) if raw else {}
-            changes.extend(evaluate_fleet(deps.fleet_rules, state, fleet, fleets[fleet].as_dict(), now))
+            changes.extend(
+                evaluate_fleet(deps.fleet_rules, state, fleet, fleets[fleet].as_dict(), now)
+            )
             pipe.set(fleet_state_key(fleet), orjson.dumps(state), ex=deps.metrics.state_ttl_s)
         if changes:
             alerts_mod.apply_changes(deps.sessions, r, changes, deps.handoff, now)
         pipe.execute()
 
     finished = deps.now()
-    r.hset(key, mapping={"status": "finished", "finished_at": repr(finished), "wall_s": f"{finished - started_at:.3f}"})
+    r.hset(
+        key,
+        mapping={
+            "status": "finished",
+            "finished_at": repr(finished),
+            "wall_s": f"{finished - started_at:.3f}",
+        },
+    )
     r.hset(HEALTH_META_KEY, "wall_s", f"{finished - started_at:.3f}")
     _release(r, sweep_id)
     return fleets
@@ -468,7 +574,9 @@ def stale_sweeps_abandoned(r: redis.Redis, now: float, limit: int = RECENT_KEPT)
 # --- retention -----------------------------------------------------------------------------
 
 
-def enforce_retention(sessions: sessionmaker[Session], policy: Policy, now: float) -> dict[str, int]:
+def enforce_retention(
+    sessions: sessionmaker[Session], policy: Policy, now: float
+) -> dict[str, int]:
     """Delete history older than retention.metrics_days (hourly rollups, fleet sweeps, resolved alerts)."""
     cutoff = utc_from_timestamp(now) - timedelta(days=policy.retention.metrics_days)
     with write_session(sessions) as session:

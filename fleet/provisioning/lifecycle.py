@@ -38,11 +38,14 @@ class LifecycleError(Exception):
 def keys_due(deps: ProvisioningDeps, limit: int = 1000) -> list[str]:
     cutoff = deps.clock.now() - timedelta(days=deps.policy.provisioning.key_rotation_days)
     with deps.sessions() as s:
-        return list(s.scalars(
-            select(Agent.agent_id)
-            .where(Agent.status == AgentStatus.ACTIVE, Agent.key_rotated_at < cutoff)
-            .order_by(Agent.key_rotated_at).limit(limit)
-        ))
+        return list(
+            s.scalars(
+                select(Agent.agent_id)
+                .where(Agent.status == AgentStatus.ACTIVE, Agent.key_rotated_at < cutoff)
+                .order_by(Agent.key_rotated_at)
+                .limit(limit)
+            )
+        )
 
 
 def rotate_key(deps: ProvisioningDeps, agent_id: str) -> bool:
@@ -60,9 +63,18 @@ def rotate_key(deps: ProvisioningDeps, agent_id: str) -> bool:
         if rotated_at is not None and rotated_at.replace(tzinfo=cutoff.tzinfo) > cutoff:
             return False  # a redelivered message: already rotated
         result = deps.gateway.run(tools.rotate_agent_key(agent_id))
-        _update(deps, agent_id, api_key_encrypted=deps.vault.encrypt(_key_of(result)), key_rotated_at=deps.clock.now())
-    deps.audit(actor="fleet-commander/provisioning", action="rotate_key", subject=agent_id,
-               details={"overlap_s": str(deps.policy.provisioning.key_overlap_s)})
+        _update(
+            deps,
+            agent_id,
+            api_key_encrypted=deps.vault.encrypt(_key_of(result)),
+            key_rotated_at=deps.clock.now(),
+        )
+    deps.audit(
+        actor="fleet-commander/provisioning",
+        action="rotate_key",
+        subject=agent_id,
+        details={"overlap_s": str(deps.policy.provisioning.key_overlap_s)},
+    )
     return True
 
 
@@ -87,23 +99,41 @@ class UpgradePlan:
         return self.increase > Decimal(str(threshold))
 
     def as_details(self) -> dict[str, str]:
-        return {"current_tier": self.current_tier, "new_tier": self.new_tier,
-                "current_daily_cost": str(self.current_daily_cost), "projected_daily_cost": str(self.projected_daily_cost),
-                "increase_pct": "inf" if self.increase.is_infinite() else str((self.increase * 100).quantize(Decimal("0.1")))}
+        return {
+            "current_tier": self.current_tier,
+            "new_tier": self.new_tier,
+            "current_daily_cost": str(self.current_daily_cost),
+            "projected_daily_cost": str(self.projected_daily_cost),
+            "increase_pct": "inf"
+            if self.increase.is_infinite()
+            else str((self.increase * 100).quantize(Decimal("0.1"))),
+        }
 
 
-def plan_upgrade(deps: ProvisioningDeps, agent_id: str, new_tier: str, projected_volume: int) -> UpgradePlan:
+def plan_upgrade(
+    deps: ProvisioningDeps, agent_id: str, new_tier: str, projected_volume: int
+) -> UpgradePlan:
     """Estimate the cost impact first (operations rules §5)."""
     agent = _active_agent(deps, agent_id)
     estimate = deps.gateway.run(tools.estimate_tier_change(agent_id, new_tier, projected_volume))
-    return UpgradePlan(agent_id, agent.tier, new_tier, Decimal(estimate.current_daily_cost), Decimal(estimate.projected_daily_cost))
+    return UpgradePlan(
+        agent_id,
+        agent.tier,
+        new_tier,
+        Decimal(estimate.current_daily_cost),
+        Decimal(estimate.projected_daily_cost),
+    )
 
 
 def apply_upgrade(deps: ProvisioningDeps, plan: UpgradePlan, approved_by: list[str]) -> None:
     deps.gateway.run(tools.upgrade_agent_tier(plan.agent_id, plan.new_tier))
     _update(deps, plan.agent_id, tier=plan.new_tier)
-    deps.audit(actor="fleet-commander/provisioning", action="upgrade_tier", subject=plan.agent_id,
-               details={**plan.as_details(), "approved_by": ",".join(approved_by) or "not required"})
+    deps.audit(
+        actor="fleet-commander/provisioning",
+        action="upgrade_tier",
+        subject=plan.agent_id,
+        details={**plan.as_details(), "approved_by": ",".join(approved_by) or "not required"},
+    )
 
 
 # ---------------------------------------------------------------- retirement
@@ -125,7 +155,9 @@ def retire_agent(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reaso
         if agent.status == AgentStatus.RETIRED:
             return AgentStatus.RETIRED
         if agent.status not in (AgentStatus.ACTIVE, AgentStatus.PAUSED, AgentStatus.RETIRING):
-            raise LifecycleError(f"agent {agent_id} is {agent.status}; only active or paused agents retire")
+            raise LifecycleError(
+                f"agent {agent_id} is {agent.status}; only active or paused agents retire"
+            )
         done: list[str] = list(agent.extra.get("retire_stages", []))
         facts: dict[str, Any] = dict(agent.extra.get("retirement", {}))
         for stage in RETIRE_STAGES:
@@ -142,7 +174,9 @@ def retire_agent(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reaso
     return AgentStatus.RETIRED
 
 
-def _stop_routing(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str) -> dict[str, Any]:
+def _stop_routing(
+    deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
+) -> dict[str, Any]:
     return {"reason": reason, "started_at": deps.clock.now().isoformat()}
 
 
@@ -153,15 +187,25 @@ def _drain(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
     return {"drained": left <= 0, "abandoned_in_flight": max(left, 0)}
 
 
-def _settle_sla(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str) -> dict[str, Any]:
+def _settle_sla(
+    deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
+) -> dict[str, Any]:
     violations = deps.gateway.run(tools.get_sla_violations(agent_id=agent_id))
     with write_session(deps.sessions) as s:
-        s.execute(update(SlaContract).where(SlaContract.agent_id == agent_id, SlaContract.ended_at.is_(None))
-                  .values(ended_at=deps.clock.now()))
-    return {"sla_violations": len(violations.violations), "violation_minutes": str(violations.duration_minutes)}
+        s.execute(
+            update(SlaContract)
+            .where(SlaContract.agent_id == agent_id, SlaContract.ended_at.is_(None))
+            .values(ended_at=deps.clock.now())
+        )
+    return {
+        "sla_violations": len(violations.violations),
+        "violation_minutes": str(violations.duration_minutes),
+    }
 
 
-def _withdraw(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str) -> dict[str, Any]:
+def _withdraw(
+    deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
+) -> dict[str, Any]:
     try:
         deps.gateway.run(tools.freeze_wallet(agent_id, f"retirement: {reason}"[:200]))
     except NotFound:
@@ -170,21 +214,36 @@ def _withdraw(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: 
         pass  # frozen already (tier 4, or an earlier attempt)
     balance = deps.gateway.run(tools.get_balance(agent_id)).balance
     if balance > 0:
-        deps.gateway.run(tools.transfer_funds(agent_id, deps.policy.provisioning.treasury_wallet, balance))
+        deps.gateway.run(
+            tools.transfer_funds(agent_id, deps.policy.provisioning.treasury_wallet, balance)
+        )
     return {"withdrawn": str(balance)}
 
 
-def _final_snapshot(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str) -> dict[str, Any]:
+def _final_snapshot(
+    deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
+) -> dict[str, Any]:
     analytics = deps.gateway.run(tools.get_analytics(agent_id))
-    snapshot = {"latency_p50": str(analytics.latency_p50), "latency_p99": str(analytics.latency_p99),
-                "error_rate": str(analytics.error_rate), "tool_call_volume": str(analytics.tool_call_volume),
-                "task_completion_rate": str(analytics.task_completion_rate), "at": deps.clock.now().isoformat()}
-    deps.audit(actor="fleet-commander/provisioning", action="retire_agent", subject=agent_id,
-               details={"reason": reason, "final_snapshot": snapshot})
+    snapshot = {
+        "latency_p50": str(analytics.latency_p50),
+        "latency_p99": str(analytics.latency_p99),
+        "error_rate": str(analytics.error_rate),
+        "tool_call_volume": str(analytics.tool_call_volume),
+        "task_completion_rate": str(analytics.task_completion_rate),
+        "at": deps.clock.now().isoformat(),
+    }
+    deps.audit(
+        actor="fleet-commander/provisioning",
+        action="retire_agent",
+        subject=agent_id,
+        details={"reason": reason, "final_snapshot": snapshot},
+    )
     return {"final_snapshot": snapshot}
 
 
-def _deregister(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str) -> dict[str, Any]:
+def _deregister(
+    deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
+) -> dict[str, Any]:
     try:
         deps.gateway.run(tools.deregister_agent(agent_id, f"retired: {reason}"[:500]))
     except NotFound:
@@ -193,8 +252,12 @@ def _deregister(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason
 
 
 _RETIRE_FUNCS = {
-    "stop_routing": _stop_routing, "drain": _drain, "settle_sla": _settle_sla,
-    "withdraw": _withdraw, "final_snapshot": _final_snapshot, "deregister": _deregister,
+    "stop_routing": _stop_routing,
+    "drain": _drain,
+    "settle_sla": _settle_sla,
+    "withdraw": _withdraw,
+    "final_snapshot": _final_snapshot,
+    "deregister": _deregister,
 }
 assert tuple(_RETIRE_FUNCS) == RETIRE_STAGES
 
@@ -204,12 +267,18 @@ def agents_matching(deps: ProvisioningDeps, agent_or_prefix: str) -> list[str]:
     with deps.sessions() as s:
         if s.get(Agent, agent_or_prefix) is not None:
             return [agent_or_prefix]
-        return list(s.scalars(
-            select(Agent.agent_id).where(
-                Agent.agent_id.startswith(agent_or_prefix + "-"),
-                Agent.status.in_([AgentStatus.ACTIVE, AgentStatus.PAUSED, AgentStatus.RETIRING]),
-            ).order_by(Agent.agent_id)
-        ))
+        return list(
+            s.scalars(
+                select(Agent.agent_id)
+                .where(
+                    Agent.agent_id.startswith(agent_or_prefix + "-"),
+                    Agent.status.in_(
+                        [AgentStatus.ACTIVE, AgentStatus.PAUSED, AgentStatus.RETIRING]
+                    ),
+                )
+                .order_by(Agent.agent_id)
+            )
+        )
 
 
 # ---------------------------------------------------------------- helpers
@@ -233,4 +302,8 @@ def _active_agent(deps: ProvisioningDeps, agent_id: str) -> Agent:
 
 def _update(deps: ProvisioningDeps, agent_id: str, **values: Any) -> None:
     with write_session(deps.sessions) as s:
-        s.execute(update(Agent).where(Agent.agent_id == agent_id).values(**values, updated_at=deps.clock.now()))
+        s.execute(
+            update(Agent)
+            .where(Agent.agent_id == agent_id)
+            .values(**values, updated_at=deps.clock.now())
+        )

@@ -15,7 +15,14 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from config.policy import Policy
 
@@ -46,7 +53,9 @@ class AgentGroup(BaseModel):
     count: Annotated[int, Field(ge=1)]
     tier: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
     initial_balance: Money
-    capabilities: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(min_length=1)]
+    capabilities: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(min_length=1)
+    ]
     trust_claims: list[TrustClaim] = []
     sla_template: str
     # Marketplace pricing, e.g. {"per_task": "0.02"}; amounts are decimal strings.
@@ -57,7 +66,7 @@ class AgentGroup(BaseModel):
     @classmethod
     def _money_not_float(cls, value: Any) -> Any:
         if isinstance(value, float):
-            raise ValueError("money must be a decimal string like \"50.00\", not a float")
+            raise ValueError('money must be a decimal string like "50.00", not a float')
         return value
 
     @field_validator("pricing", mode="before")
@@ -102,7 +111,9 @@ def agent_id(fleet: str, environment: str, prefix: str, index: int) -> str:
 def plan_agents(manifest: FleetManifest) -> Iterator[PlannedAgent]:
     for group in manifest.agents:
         for index in range(1, group.count + 1):
-            yield PlannedAgent(agent_id(manifest.fleet, manifest.environment, group.id_prefix, index), index, group)
+            yield PlannedAgent(
+                agent_id(manifest.fleet, manifest.environment, group.id_prefix, index), index, group
+            )
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -126,7 +137,11 @@ def _schema_problems(exc: ValidationError) -> list[str]:
 def validate_manifest(data: Any, policy: Policy) -> FleetManifest:
     """Validate a parsed manifest against the schema and the policy, or raise ManifestError."""
     if not isinstance(data, dict):
-        raise ManifestError([f"(manifest): expected a mapping with fleet, environment and agents, got {type(data).__name__}"])
+        raise ManifestError(
+            [
+                f"(manifest): expected a mapping with fleet, environment and agents, got {type(data).__name__}"
+            ]
+        )
     manifest, problems = None, []
     try:
         manifest = FleetManifest.model_validate(data)
@@ -152,21 +167,29 @@ def _policy_problems(data: dict[str, Any], policy: Policy) -> list[str]:
         template = group.get("sla_template")
         if isinstance(template, str) and template not in policy.sla_templates:
             known = ", ".join(sorted(policy.sla_templates))
-            problems.append(f"agents[{i}].sla_template: unknown template '{template}' (known: {known})")
+            problems.append(
+                f"agents[{i}].sla_template: unknown template '{template}' (known: {known})"
+            )
         tier = group.get("tier")
         if isinstance(tier, str) and tier not in policy.provisioning.tiers:
-            problems.append(f"agents[{i}].tier: unknown tier '{tier}' (known: {', '.join(policy.provisioning.tiers)})")
+            problems.append(
+                f"agents[{i}].tier: unknown tier '{tier}' (known: {', '.join(policy.provisioning.tiers)})"
+            )
         prefix = group.get("id_prefix")
         if isinstance(prefix, str):
             if prefix in seen:
-                problems.append(f"agents[{i}].id_prefix: duplicate prefix '{prefix}' (also agents[{seen[prefix]}])")
+                problems.append(
+                    f"agents[{i}].id_prefix: duplicate prefix '{prefix}' (also agents[{seen[prefix]}])"
+                )
             seen.setdefault(prefix, i)
         count = group.get("count")
         if isinstance(count, int) and count > 0:
             total += count
     ceiling = policy.provisioning.max_agents_per_manifest
     if total > ceiling:
-        problems.append(f"agents: {total} agents in all, over the ceiling of {ceiling} per manifest")
+        problems.append(
+            f"agents: {total} agents in all, over the ceiling of {ceiling} per manifest"
+        )
     return problems
 
 
@@ -177,7 +200,9 @@ def parse_manifest_text(text: str, policy: Policy) -> FleetManifest:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ManifestError([f"(manifest): not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"]) from None
+        raise ManifestError(
+            [f"(manifest): not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"]
+        ) from None
     return validate_manifest(data, policy)
 
 

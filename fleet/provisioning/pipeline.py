@@ -29,11 +29,27 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.policy import Policy
 from fleet.clock import Clock
+from fleet.gateway import (
+    Conflict,
+    GatewayClient,
+    GatewayError,
+    InvalidResponse,
+    NotFound,
+    Tool,
+    ToolCall,
+    tools,
+)
 from fleet.gateway.loop import LoopGatewayClient
-from fleet.hotstate import Lease
 from fleet.gateway.schemas import RegisterAgentResult
-from fleet.gateway import Conflict, GatewayClient, GatewayError, InvalidResponse, NotFound, Tool, ToolCall, tools
-from fleet.provisioning.manifest import AgentGroup, FleetManifest, ManifestError, manifest_digest, plan_agents, validate_manifest
+from fleet.hotstate import Lease
+from fleet.provisioning.manifest import (
+    AgentGroup,
+    FleetManifest,
+    ManifestError,
+    manifest_digest,
+    plan_agents,
+    validate_manifest,
+)
 from fleet.provisioning.records import JobAgent, JobState, ProvisioningJob
 from fleet.secrets import KeyVault
 from fleet.storage.db import write_connection, write_session
@@ -50,7 +66,9 @@ class ProvisioningFrozen(Exception):
 
 
 class AuditSink(Protocol):
-    def __call__(self, *, actor: str, action: str, subject: str, details: dict[str, Any]) -> None: ...
+    def __call__(
+        self, *, actor: str, action: str, subject: str, details: dict[str, Any]
+    ) -> None: ...
 
 
 @dataclass
@@ -78,15 +96,29 @@ class JobSubmission:
     already_active: int
 
 
-def record_invalid_job(sessions: sessionmaker[Session], job_id: str, data: Any, problems: list[str], now: datetime, submitted_by: str) -> None:
+def record_invalid_job(
+    sessions: sessionmaker[Session],
+    job_id: str,
+    data: Any,
+    problems: list[str],
+    now: datetime,
+    submitted_by: str,
+) -> None:
     """Keep a refused manifest's job with its problems, so GET /jobs/{id} explains itself."""
     with write_session(sessions) as s:
         if s.get(ProvisioningJob, job_id) is None:
-            s.add(ProvisioningJob(
-                job_id=job_id, manifest=data if isinstance(data, dict) else {"raw": repr(data)[:2000]},
-                state=JobState.INVALID, problems=problems, total=0, submitted_by=submitted_by,
-                created_at=now, updated_at=now,
-            ))
+            s.add(
+                ProvisioningJob(
+                    job_id=job_id,
+                    manifest=data if isinstance(data, dict) else {"raw": repr(data)[:2000]},
+                    state=JobState.INVALID,
+                    problems=problems,
+                    total=0,
+                    submitted_by=submitted_by,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
 
 
 def queue_job(deps: ProvisioningDeps, data: Any, job_id: str, submitted_by: str) -> FleetManifest:
@@ -104,7 +136,9 @@ def queue_job(deps: ProvisioningDeps, data: Any, job_id: str, submitted_by: str)
     return manifest
 
 
-def submit_job(deps: ProvisioningDeps, data: Any, job_id: str, submitted_by: str = "unknown") -> JobSubmission:
+def submit_job(
+    deps: ProvisioningDeps, data: Any, job_id: str, submitted_by: str = "unknown"
+) -> JobSubmission:
     """Validate, record the job and its agents; return the agents that still need work.
 
     Idempotent: the same job id twice returns the same job; the same manifest
@@ -120,7 +154,16 @@ def submit_job(deps: ProvisioningDeps, data: Any, job_id: str, submitted_by: str
     if deps.is_frozen(manifest.fleet):
         with write_session(deps.sessions) as s:
             if s.get(ProvisioningJob, job_id) is None:
-                s.add(_job_row(job_id, manifest, now, submitted_by, JobState.REFUSED, ["provisioning is frozen for this fleet"]))
+                s.add(
+                    _job_row(
+                        job_id,
+                        manifest,
+                        now,
+                        submitted_by,
+                        JobState.REFUSED,
+                        ["provisioning is frozen for this fleet"],
+                    )
+                )
         raise ProvisioningFrozen(f"provisioning is frozen for fleet {manifest.fleet!r}")
 
     planned = list(plan_agents(manifest))
@@ -130,7 +173,12 @@ def submit_job(deps: ProvisioningDeps, data: Any, job_id: str, submitted_by: str
             s.add(_job_row(job_id, manifest, now, submitted_by, JobState.RUNNING, []))
         elif job.state == JobState.QUEUED:
             job.state, job.updated_at = JobState.RUNNING, now
-        existing = {a.agent_id: a for a in s.scalars(select(Agent).where(Agent.agent_id.in_([p.agent_id for p in planned])))}
+        existing = {
+            a.agent_id: a
+            for a in s.scalars(
+                select(Agent).where(Agent.agent_id.in_([p.agent_id for p in planned]))
+            )
+        }
         linked = set(s.scalars(select(JobAgent.agent_id).where(JobAgent.job_id == job_id)))
         to_dispatch, active = [], 0
         for p in planned:
@@ -139,36 +187,72 @@ def submit_job(deps: ProvisioningDeps, data: Any, job_id: str, submitted_by: str
                 s.add(_agent_row(p.agent_id, manifest, p.group, now))
             elif agent.status == AgentStatus.FAILED:
                 # Cleaned up before; a new run of the manifest tries it afresh.
-                agent.status, agent.steps_done, agent.failure_reason, agent.updated_at = AgentStatus.PROVISIONING, [], None, now
+                agent.status, agent.steps_done, agent.failure_reason, agent.updated_at = (
+                    AgentStatus.PROVISIONING,
+                    [],
+                    None,
+                    now,
+                )
                 agent.extra = {**agent.extra, "spec": _spec(manifest, p.group)}
             if agent is not None and agent.status == AgentStatus.ACTIVE:
                 active += 1
             else:
                 to_dispatch.append(p.agent_id)
         s.flush()  # job and agents exist before the links that point at them
-        s.add_all(JobAgent(job_id=job_id, agent_id=p.agent_id) for p in planned if p.agent_id not in linked)
+        s.add_all(
+            JobAgent(job_id=job_id, agent_id=p.agent_id)
+            for p in planned
+            if p.agent_id not in linked
+        )
     return JobSubmission(job_id, len(planned), to_dispatch, active)
 
 
 def _spec(manifest: FleetManifest, group: AgentGroup) -> dict[str, Any]:
-    return {"group": group.model_dump(mode="json"), "fleet": manifest.fleet, "environment": manifest.environment}
+    return {
+        "group": group.model_dump(mode="json"),
+        "fleet": manifest.fleet,
+        "environment": manifest.environment,
+    }
 
 
-def _job_row(job_id: str, manifest: FleetManifest, now: datetime, by: str, state: JobState, problems: list[str]) -> ProvisioningJob:
+def _job_row(
+    job_id: str,
+    manifest: FleetManifest,
+    now: datetime,
+    by: str,
+    state: JobState,
+    problems: list[str],
+) -> ProvisioningJob:
     return ProvisioningJob(
-        job_id=job_id, fleet=manifest.fleet, environment=manifest.environment,
-        manifest=manifest.model_dump(mode="json"), manifest_digest=manifest_digest(manifest),
-        state=state, problems=problems, total=manifest.total_agents, submitted_by=by,
-        created_at=now, updated_at=now,
+        job_id=job_id,
+        fleet=manifest.fleet,
+        environment=manifest.environment,
+        manifest=manifest.model_dump(mode="json"),
+        manifest_digest=manifest_digest(manifest),
+        state=state,
+        problems=problems,
+        total=manifest.total_agents,
+        submitted_by=by,
+        created_at=now,
+        updated_at=now,
     )
 
 
 def _agent_row(agent_id: str, manifest: FleetManifest, group: AgentGroup, now: datetime) -> Agent:
     return Agent(
-        agent_id=agent_id, fleet=manifest.fleet, environment=manifest.environment,
-        id_prefix=group.id_prefix, tier=group.tier, capabilities=list(group.capabilities),
-        sla_template=group.sla_template, status=AgentStatus.PROVISIONING, steps_done=[],
-        traffic_weight="1", extra={"spec": _spec(manifest, group)}, created_at=now, updated_at=now,
+        agent_id=agent_id,
+        fleet=manifest.fleet,
+        environment=manifest.environment,
+        id_prefix=group.id_prefix,
+        tier=group.tier,
+        capabilities=list(group.capabilities),
+        sla_template=group.sla_template,
+        status=AgentStatus.PROVISIONING,
+        steps_done=[],
+        traffic_weight="1",
+        extra={"spec": _spec(manifest, group)},
+        created_at=now,
+        updated_at=now,
     )
 
 
@@ -203,7 +287,13 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
         if agent.status == AgentStatus.COMPENSATING:
             return _compensate(deps, agent, agent.failure_reason or "earlier failure")
         spec = agent.extra["spec"]
-        run = _Run(deps, agent, AgentGroup.model_validate(spec["group"]), spec["fleet"], spec["environment"])
+        run = _Run(
+            deps,
+            agent,
+            AgentGroup.model_validate(spec["group"]),
+            spec["fleet"],
+            spec["environment"],
+        )
         for phase in PHASES:
             todo = [step for step in phase if step not in agent.steps_done]
             if not todo:
@@ -215,8 +305,15 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
                     fields |= step_fields
                 agent.steps_done = [*agent.steps_done, *done]
                 finished = len(agent.steps_done) == len(STEPS)
-                _save(deps, agent_id, {"steps_done": agent.steps_done, **fields,
-                                       **({"status": AgentStatus.ACTIVE} if finished else {})})
+                _save(
+                    deps,
+                    agent_id,
+                    {
+                        "steps_done": agent.steps_done,
+                        **fields,
+                        **({"status": AgentStatus.ACTIVE} if finished else {}),
+                    },
+                )
                 for key, value in fields.items():
                     setattr(agent, key, value)
             if failure is not None:
@@ -228,7 +325,9 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
         return AgentStatus.ACTIVE
 
 
-def _run_phase(run: _Run, steps: list[str]) -> tuple[dict[str, dict[str, Any]], tuple[str, BaseException] | None]:
+def _run_phase(
+    run: _Run, steps: list[str]
+) -> tuple[dict[str, dict[str, Any]], tuple[str, BaseException] | None]:
     """Run a phase's remaining steps: what each finished step records, and the first failure."""
     done: dict[str, dict[str, Any]] = {}
     if len(steps) == 1:
@@ -240,7 +339,13 @@ def _run_phase(run: _Run, steps: list[str]) -> tuple[dict[str, dict[str, Any]], 
     # Independent steps: their calls go to the gateway together.
     calls = {step: _PARALLEL_STEPS[step][0](run) for step in steps}
     to_send = [(step, call) for step, call in calls.items() if call is not None]
-    answers = dict(zip([step for step, _ in to_send], run.deps.gateway.run_many([c for _, c in to_send]), strict=True))
+    answers = dict(
+        zip(
+            [step for step, _ in to_send],
+            run.deps.gateway.run_many([c for _, c in to_send]),
+            strict=True,
+        )
+    )
     failure = None
     for step in steps:
         answer = answers.get(step)
@@ -261,24 +366,42 @@ def _save(deps: ProvisioningDeps, agent_id: str, values: dict[str, Any]) -> None
     # Core, not the ORM: this runs after every step of every agent, and the
     # ORM's bulk-update path cost three times the statement itself.
     with write_connection(deps.sessions) as conn:
-        conn.execute(_AGENTS.update().where(_AGENTS.c.agent_id == agent_id).values(**values, updated_at=deps.clock.now()))
+        conn.execute(
+            _AGENTS.update()
+            .where(_AGENTS.c.agent_id == agent_id)
+            .values(**values, updated_at=deps.clock.now())
+        )
 
 
 def _register(run: _Run) -> dict[str, Any]:
     deps, agent = run.deps, run.agent
-    metadata = {"fleet": run.fleet, "environment": run.environment, "provisioned_at": deps.clock.now().isoformat()}
+    metadata = {
+        "fleet": run.fleet,
+        "environment": run.environment,
+        "provisioned_at": deps.clock.now().isoformat(),
+    }
     try:
-        result = deps.gateway.run(tools.register_agent(agent.agent_id, agent.tier, agent.capabilities, metadata))
+        result = deps.gateway.run(
+            tools.register_agent(agent.agent_id, agent.tier, agent.capabilities, metadata)
+        )
     except Conflict:
         # Registered by an earlier run that died before it could store the key:
         # the old key is lost to us, so take a fresh one.
         result = deps.gateway.run(tools.rotate_agent_key(agent.agent_id))
-    return {"api_key_encrypted": deps.vault.encrypt(_key_of(result)), "key_rotated_at": deps.clock.now()}
+    return {
+        "api_key_encrypted": deps.vault.encrypt(_key_of(result)),
+        "key_rotated_at": deps.clock.now(),
+    }
 
 
 def _key_of(result: RegisterAgentResult) -> str:
     if result.api_key is None:
-        raise InvalidResponse("register_agent answered without an api_key", tool=Tool.REGISTER_AGENT, status=200, code="missing_key")
+        raise InvalidResponse(
+            "register_agent answered without an api_key",
+            tool=Tool.REGISTER_AGENT,
+            status=200,
+            code="missing_key",
+        )
     return str(result.api_key.get_secret_value())
 
 
@@ -295,7 +418,11 @@ def _wallet(run: _Run) -> dict[str, Any]:
 def _claims_call(run: _Run) -> ToolCall[Any]:
     # Every chain starts with what we can attest ourselves: which fleet and
     # environment the agent belongs to; the manifest's own claims follow.
-    membership = {"type": "fleet-membership", "value": f"{run.fleet}/{run.environment}", "issuer": "fleet-commander"}
+    membership = {
+        "type": "fleet-membership",
+        "value": f"{run.fleet}/{run.environment}",
+        "issuer": "fleet-commander",
+    }
     claims = [membership, *(c.model_dump(exclude_none=True) for c in run.group.trust_claims)]
     return tools.build_claim_chain(run.agent.agent_id, claims)
 
@@ -316,8 +443,15 @@ def _sla_record(run: _Run, result: Any) -> dict[str, Any]:
     deps, agent = run.deps, run.agent
     with write_session(deps.sessions) as s:
         if s.get(SlaContract, result.sla_id) is None:
-            s.add(SlaContract(sla_id=result.sla_id, agent_id=agent.agent_id, template=run.group.sla_template,
-                              terms=_sla_terms(run), created_at=deps.clock.now()))
+            s.add(
+                SlaContract(
+                    sla_id=result.sla_id,
+                    agent_id=agent.agent_id,
+                    template=run.group.sla_template,
+                    terms=_sla_terms(run),
+                    created_at=deps.clock.now(),
+                )
+            )
     return {}
 
 
@@ -334,7 +468,9 @@ def _reputation_call(run: _Run) -> ToolCall[Any] | None:
     if not run.group.seed_reputation:
         return None
     # A neutral starting record so a new agent is not ranked as unknown.
-    return tools.submit_metrics(run.agent.agent_id, {"task_completion_rate": "0.95", "error_rate": "0.01", "tasks": 0})
+    return tools.submit_metrics(
+        run.agent.agent_id, {"task_completion_rate": "0.95", "error_rate": "0.01", "tasks": 0}
+    )
 
 
 def _nothing(run: _Run, result: Any) -> dict[str, Any]:
@@ -348,9 +484,13 @@ def _audit(run: _Run) -> dict[str, Any]:
         action="provision_agent",
         subject=agent.agent_id,
         details={
-            "fleet": run.fleet, "environment": run.environment, "tier": agent.tier,
-            "wallet_id": agent.wallet_id, "claim_chain_id": agent.claim_chain_id,
-            "service_id": agent.service_id, "sla_template": run.group.sla_template,
+            "fleet": run.fleet,
+            "environment": run.environment,
+            "tier": agent.tier,
+            "wallet_id": agent.wallet_id,
+            "claim_chain_id": agent.claim_chain_id,
+            "service_id": agent.service_id,
+            "sla_template": run.group.sla_template,
             "initial_balance": str(run.group.initial_balance),
         },
     )
@@ -364,19 +504,30 @@ def _health(run: _Run) -> dict[str, Any]:
 
 
 _STEP_FUNCTIONS: dict[str, Callable[[_Run], dict[str, Any]]] = {
-    "register": _register, "wallet": _wallet, "audit": _audit, "health": _health,
+    "register": _register,
+    "wallet": _wallet,
+    "audit": _audit,
+    "health": _health,
 }
 
 # Claims, SLA, listing and reputation need the identity (and, for the SLA's
 # money terms, the wallet) but not each other: one round trip instead of four.
-_PARALLEL_STEPS: dict[str, tuple[Callable[[_Run], ToolCall[Any] | None], Callable[[_Run, Any], dict[str, Any]]]] = {
+_PARALLEL_STEPS: dict[
+    str, tuple[Callable[[_Run], ToolCall[Any] | None], Callable[[_Run, Any], dict[str, Any]]]
+] = {
     "claims": (_claims_call, _claims_record),
     "sla": (_sla_call, _sla_record),
     "listing": (_listing_call, _listing_record),
     "reputation": (_reputation_call, _nothing),
 }
 
-PHASES: tuple[tuple[str, ...], ...] = (("register",), ("wallet",), ("claims", "sla", "listing", "reputation"), ("audit",), ("health",))
+PHASES: tuple[tuple[str, ...], ...] = (
+    ("register",),
+    ("wallet",),
+    ("claims", "sla", "listing", "reputation"),
+    ("audit",),
+    ("health",),
+)
 assert tuple(step for phase in PHASES for step in phase) == STEPS
 assert set(_STEP_FUNCTIONS) | set(_PARALLEL_STEPS) == set(STEPS)
 
@@ -393,15 +544,25 @@ def _compensate(deps: ProvisioningDeps, agent: Agent, reason: str) -> AgentStatu
             _drain_wallet(gateway, agent.agent_id, treasury)
         if "register" in agent.steps_done:
             try:
-                gateway.run(tools.deregister_agent(agent.agent_id, f"provisioning failed: {reason}"[:500]))
+                gateway.run(
+                    tools.deregister_agent(agent.agent_id, f"provisioning failed: {reason}"[:500])
+                )
             except NotFound:
                 pass  # already gone
     except GatewayError as exc:
         log.warning("agent %s: compensation incomplete (%s); will resume", agent.agent_id, exc)
         return AgentStatus.COMPENSATING
-    _save(deps, agent.agent_id, {"status": AgentStatus.FAILED, "steps_done": [], "api_key_encrypted": None})
-    deps.audit(actor="fleet-commander/provisioning", action="compensate_agent", subject=agent.agent_id,
-               details={"reason": reason, "steps_undone": list(agent.steps_done)})
+    _save(
+        deps,
+        agent.agent_id,
+        {"status": AgentStatus.FAILED, "steps_done": [], "api_key_encrypted": None},
+    )
+    deps.audit(
+        actor="fleet-commander/provisioning",
+        action="compensate_agent",
+        subject=agent.agent_id,
+        details={"reason": reason, "steps_undone": list(agent.steps_done)},
+    )
     return AgentStatus.FAILED
 
 
@@ -448,23 +609,33 @@ class JobProgress:
         return out
 
 
-def job_progress(sessions: sessionmaker[Session], job_id: str, with_agents: bool = True) -> JobProgress | None:
+def job_progress(
+    sessions: sessionmaker[Session], job_id: str, with_agents: bool = True
+) -> JobProgress | None:
     """Counts always; the per-agent list only when asked (a poller needs counts)."""
     with sessions() as s:
         job = s.get(ProvisioningJob, job_id)
         if job is None:
             return None
         linked = select(JobAgent.agent_id).where(JobAgent.job_id == job_id)
-        counts = dict(s.execute(
-            select(Agent.status, func.count()).where(Agent.agent_id.in_(linked)).group_by(Agent.status)
-        ).all())
+        counts = dict(
+            s.execute(
+                select(Agent.status, func.count())
+                .where(Agent.agent_id.in_(linked))
+                .group_by(Agent.status)
+            ).all()
+        )
         agents = []
         if with_agents:
             rows = s.execute(
                 select(Agent.agent_id, Agent.status, Agent.steps_done, Agent.failure_reason)
-                .where(Agent.agent_id.in_(linked)).order_by(Agent.agent_id)
+                .where(Agent.agent_id.in_(linked))
+                .order_by(Agent.agent_id)
             ).all()
-            agents = [AgentProgress(r.agent_id, r.status, list(r.steps_done), r.failure_reason) for r in rows]
+            agents = [
+                AgentProgress(r.agent_id, r.status, list(r.steps_done), r.failure_reason)
+                for r in rows
+            ]
     done = counts.get(AgentStatus.ACTIVE, 0)
     failed = counts.get(AgentStatus.FAILED, 0)
     linked_total = sum(counts.values())
@@ -472,17 +643,26 @@ def job_progress(sessions: sessionmaker[Session], job_id: str, with_agents: bool
     state = job.state
     if state == JobState.RUNNING and linked_total and pending == 0:
         state = JobState.DONE
-    return JobProgress(job.job_id, state, job.fleet, job.total, done, failed, pending, list(job.problems), agents)
+    return JobProgress(
+        job.job_id, state, job.fleet, job.total, done, failed, pending, list(job.problems), agents
+    )
 
 
-def stalled_agents(sessions: sessionmaker[Session], older_than: datetime, limit: int = 1000) -> list[str]:
+def stalled_agents(
+    sessions: sessionmaker[Session], older_than: datetime, limit: int = 1000
+) -> list[str]:
     """Agents whose provisioning stopped moving (a worker died): candidates to re-dispatch."""
     with sessions() as s:
-        return list(s.scalars(
-            select(Agent.agent_id)
-            .where(Agent.status.in_([AgentStatus.PROVISIONING, AgentStatus.COMPENSATING]), Agent.updated_at < older_than)
-            .limit(limit)
-        ))
+        return list(
+            s.scalars(
+                select(Agent.agent_id)
+                .where(
+                    Agent.status.in_([AgentStatus.PROVISIONING, AgentStatus.COMPENSATING]),
+                    Agent.updated_at < older_than,
+                )
+                .limit(limit)
+            )
+        )
 
 
 def stall_cutoff(clock: Clock, stall_s: float) -> datetime:
@@ -491,4 +671,4 @@ def stall_cutoff(clock: Clock, stall_s: float) -> datetime:
 
 def iter_chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]

@@ -40,4 +40,6 @@ class JobAgent(Base):
     __tablename__ = "provisioning_job_agents"
 
     job_id: Mapped[str] = mapped_column(ForeignKey("provisioning_jobs.job_id"), primary_key=True)
-    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.agent_id"), primary_key=True, index=True)
+    agent_id: Mapped[str] = mapped_column(
+        ForeignKey("agents.agent_id"), primary_key=True, index=True
+    )

@@ -51,8 +51,11 @@ class AlertRun:
     firing: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"fired": [f"{s} {r}" for s, r in self.fired], "resolved": [f"{s} {r}" for s, r in self.resolved],
-                "firing": self.firing}
+        return {
+            "fired": [f"{s} {r}" for s, r in self.fired],
+            "resolved": [f"{s} {r}" for s, r in self.resolved],
+            "firing": self.firing,
+        }
 
 
 def _key(scope: str, rule: str) -> str:
@@ -69,7 +72,9 @@ def current_states(deps: AlertDeps, now: datetime) -> dict[tuple[str, str], Burn
     sizes = fleet_sizes(deps.sessions)
     out: dict[tuple[str, str], BurnAlertState] = {}
     for fleet in sorted(set(data.fleet_of.values())):
-        for state in evaluate_burn(data.of_fleet(fleet), now, policy, agents=max(sizes.get(fleet, 0), 1)):
+        for state in evaluate_burn(
+            data.of_fleet(fleet), now, policy, agents=max(sizes.get(fleet, 0), 1)
+        ):
             out[(f"fleet:{fleet}", state.rule)] = state
     for agent, intervals in data.by_agent.items():
         for state in evaluate_burn(intervals, now, policy, agents=1):
@@ -82,7 +87,10 @@ def evaluate_burn_alerts(deps: AlertDeps) -> AlertRun:
     states = current_states(deps, now)
     firing = {k: v for k, v in states.items() if v.firing}
     with deps.sessions() as s:
-        open_rows = {(r.scope, r.rule): r.alert_id for r in s.scalars(select(SlaBurnAlert).where(SlaBurnAlert.open_key.is_not(None)))}
+        open_rows = {
+            (r.scope, r.rule): r.alert_id
+            for r in s.scalars(select(SlaBurnAlert).where(SlaBurnAlert.open_key.is_not(None)))
+        }
     run = AlertRun(firing=len(firing))
     for (scope, rule), state in firing.items():
         if (scope, rule) in open_rows:
@@ -90,9 +98,19 @@ def evaluate_burn_alerts(deps: AlertDeps) -> AlertRun:
         alert_id = uuid.uuid4().hex
         try:
             with write_session(deps.sessions) as s:
-                s.add(SlaBurnAlert(alert_id=alert_id, scope=scope, rule=rule, severity=state.severity,
-                                   open_key=_key(scope, rule), long_rate=f"{state.long_rate:.4f}",
-                                   short_rate=f"{state.short_rate:.4f}", fired_at=now, notified={}))
+                s.add(
+                    SlaBurnAlert(
+                        alert_id=alert_id,
+                        scope=scope,
+                        rule=rule,
+                        severity=state.severity,
+                        open_key=_key(scope, rule),
+                        long_rate=f"{state.long_rate:.4f}",
+                        short_rate=f"{state.short_rate:.4f}",
+                        fired_at=now,
+                        notified={},
+                    )
+                )
         except IntegrityError:
             continue  # another evaluator fired it first
         run.fired.append((scope, rule))
@@ -103,8 +121,12 @@ def evaluate_burn_alerts(deps: AlertDeps) -> AlertRun:
         if (scope, rule) in firing:
             continue
         with write_session(deps.sessions) as s:
-            s.execute(update(SlaBurnAlert).where(SlaBurnAlert.alert_id == alert_id, SlaBurnAlert.open_key.is_not(None))
-                      .values(open_key=None, resolved_at=now).execution_options(synchronize_session=False))
+            s.execute(
+                update(SlaBurnAlert)
+                .where(SlaBurnAlert.alert_id == alert_id, SlaBurnAlert.open_key.is_not(None))
+                .values(open_key=None, resolved_at=now)
+                .execution_options(synchronize_session=False)
+            )
         run.resolved.append((scope, rule))
         state = states.get((scope, rule))
         if state is not None:
@@ -112,24 +134,51 @@ def evaluate_burn_alerts(deps: AlertDeps) -> AlertRun:
     return run
 
 
-def firing_alerts(sessions: sessionmaker[Session], scope_prefix: str | None = None) -> list[dict[str, Any]]:
-    stmt = select(SlaBurnAlert).where(SlaBurnAlert.open_key.is_not(None)).order_by(SlaBurnAlert.fired_at)
+def firing_alerts(
+    sessions: sessionmaker[Session], scope_prefix: str | None = None
+) -> list[dict[str, Any]]:
+    stmt = (
+        select(SlaBurnAlert)
+        .where(SlaBurnAlert.open_key.is_not(None))
+        .order_by(SlaBurnAlert.fired_at)
+    )
     if scope_prefix is not None:
         stmt = stmt.where(SlaBurnAlert.scope.startswith(scope_prefix))
     with sessions() as s:
-        return [{"alert_id": r.alert_id, "scope": r.scope, "rule": r.rule, "severity": r.severity,
-                 "fired_at": r.fired_at.isoformat(), "long_rate": r.long_rate, "short_rate": r.short_rate}
-                for r in s.scalars(stmt)]
+        return [
+            {
+                "alert_id": r.alert_id,
+                "scope": r.scope,
+                "rule": r.rule,
+                "severity": r.severity,
+                "fired_at": r.fired_at.isoformat(),
+                "long_rate": r.long_rate,
+                "short_rate": r.short_rate,
+            }
+            for r in s.scalars(stmt)
+        ]
 
 
-def _audit(deps: AlertDeps, action: str, scope: str, state: BurnAlertState, alert_id: str, now: datetime) -> None:
+def _audit(
+    deps: AlertDeps, action: str, scope: str, state: BurnAlertState, alert_id: str, now: datetime
+) -> None:
     kind, _, name = scope.partition(":")
     deps.record(
-        actor=ACTOR, action=action, subject=fleet_subject(name) if kind == "fleet" else name,
+        actor=ACTOR,
+        action=action,
+        subject=fleet_subject(name) if kind == "fleet" else name,
         fleet=name if kind == "fleet" else None,
-        details={"alert_id": alert_id, "rule": state.rule, "severity": state.severity, "scope": scope,
-                 "factor": str(state.factor), "long_rate": f"{state.long_rate:.4f}", "short_rate": f"{state.short_rate:.4f}"},
-        time=now, event_id=f"{'burn-fire' if action.endswith('fired') else 'burn-ok'}-{alert_id}",
+        details={
+            "alert_id": alert_id,
+            "rule": state.rule,
+            "severity": state.severity,
+            "scope": scope,
+            "factor": str(state.factor),
+            "long_rate": f"{state.long_rate:.4f}",
+            "short_rate": f"{state.short_rate:.4f}",
+        },
+        time=now,
+        event_id=f"{'burn-fire' if action.endswith('fired') else 'burn-ok'}-{alert_id}",
     )
 
 
@@ -139,15 +188,22 @@ def _notify(deps: AlertDeps, alert_id: str, scope: str, state: BurnAlertState) -
     policy = deps.policy
     priority = policy.error_budget.alert_priority.get(state.severity, "normal")
     subject = f"[{state.severity}] SLA error budget burning {state.rule} ({scope})"
-    body = (f"The error budget of {scope} is burning at {state.long_rate:.1f}x over "
-            f"{state.long_window_s / 3600:g} h and {state.short_rate:.1f}x over {state.short_window_s / 60:g} min "
-            f"(alert at {state.factor:g}x on both). See `fleet sla status`.")
+    body = (
+        f"The error budget of {scope} is burning at {state.long_rate:.1f}x over "
+        f"{state.long_window_s / 3600:g} h and {state.short_rate:.1f}x over {state.short_window_s / 60:g} min "
+        f"(alert at {state.factor:g}x on both). See `fleet sla status`."
+    )
     try:
-        out = deps.gateway.run(tools.send_message(policy.escalation.operator, subject, body, priority=priority))
+        out = deps.gateway.run(
+            tools.send_message(policy.escalation.operator, subject, body, priority=priority)
+        )
     except GatewayError as exc:
         log.warning("burn alert %s %s: operator not notified: %s", scope, state.rule, exc)
         return
     with write_session(deps.sessions) as s:
-        s.execute(update(SlaBurnAlert).where(SlaBurnAlert.alert_id == alert_id)
-                  .values(notified={"message_id": out.message_id, "priority": priority})
-                  .execution_options(synchronize_session=False))
+        s.execute(
+            update(SlaBurnAlert)
+            .where(SlaBurnAlert.alert_id == alert_id)
+            .values(notified={"message_id": out.message_id, "priority": priority})
+            .execution_options(synchronize_session=False)
+        )

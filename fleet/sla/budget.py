@@ -48,8 +48,13 @@ def overlap_s(intervals: Iterable[Interval], start: datetime, end: datetime) -> 
     return total
 
 
-def burn_rate(intervals: Sequence[Interval], now: datetime, window_s: float, allowed_fraction: float,
-              agents: int = 1) -> float:
+def burn_rate(
+    intervals: Sequence[Interval],
+    now: datetime,
+    window_s: float,
+    allowed_fraction: float,
+    agents: int = 1,
+) -> float:
     if agents <= 0:
         return 0.0
     spent = overlap_s(intervals, now - timedelta(seconds=window_s), now)
@@ -70,32 +75,58 @@ class Budget:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "scope": self.scope, "agents": self.agents, "window_days": self.window_days,
-            "allowed_minutes": round(self.allowed_s / 60, 2), "consumed_minutes": round(self.consumed_s / 60, 2),
-            "remaining": round(self.remaining, 6), "remaining_pct": round(self.remaining * 100, 2),
-            "burn_rate": round(self.burn_rate, 6), "recent_burn_rate": round(self.recent_burn_rate, 4),
-            "time_to_exhaustion_s": None if self.time_to_exhaustion_s is None else round(self.time_to_exhaustion_s),
+            "scope": self.scope,
+            "agents": self.agents,
+            "window_days": self.window_days,
+            "allowed_minutes": round(self.allowed_s / 60, 2),
+            "consumed_minutes": round(self.consumed_s / 60, 2),
+            "remaining": round(self.remaining, 6),
+            "remaining_pct": round(self.remaining * 100, 2),
+            "burn_rate": round(self.burn_rate, 6),
+            "recent_burn_rate": round(self.recent_burn_rate, 4),
+            "time_to_exhaustion_s": None
+            if self.time_to_exhaustion_s is None
+            else round(self.time_to_exhaustion_s),
         }
 
 
-def compute_budget(intervals: Sequence[Interval], now: datetime, policy: ErrorBudgetPolicy, *, agents: int = 1,
-                   scope: str = "") -> Budget:
+def compute_budget(
+    intervals: Sequence[Interval],
+    now: datetime,
+    policy: ErrorBudgetPolicy,
+    *,
+    agents: int = 1,
+    scope: str = "",
+) -> Budget:
     window_s = policy.slo_window_days * DAY_S
     allowed_s = window_s * policy.allowed_fraction * max(agents, 0)
     consumed = overlap_s(intervals, now - timedelta(seconds=window_s), now)
     period_rate = consumed / allowed_s if allowed_s else 0.0
     recent_window = policy.exhaustion_rate_window_s
     recent_spent = overlap_s(intervals, now - timedelta(seconds=recent_window), now)
-    recent_rate = recent_spent / (recent_window * agents * policy.allowed_fraction) if agents else 0.0
+    recent_rate = (
+        recent_spent / (recent_window * agents * policy.allowed_fraction) if agents else 0.0
+    )
     left = allowed_s - consumed
     if left <= 0:
         tte: float | None = 0.0
     elif recent_spent <= 0:
         tte = None
     else:
-        tte = left / (recent_spent / recent_window)  # agent-seconds left / agent-seconds burnt per second
-    return Budget(scope, agents, policy.slo_window_days, allowed_s, consumed, 1.0 - period_rate, period_rate,
-                  recent_rate, tte)
+        tte = left / (
+            recent_spent / recent_window
+        )  # agent-seconds left / agent-seconds burnt per second
+    return Budget(
+        scope,
+        agents,
+        policy.slo_window_days,
+        allowed_s,
+        consumed,
+        1.0 - period_rate,
+        period_rate,
+        recent_rate,
+        tte,
+    )
 
 
 def duration_label(seconds: float) -> str:
@@ -124,16 +155,28 @@ class BurnAlertState:
         return self.long_rate >= self.factor and self.short_rate >= self.factor
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "severity": self.severity, "factor": self.factor, "firing": self.firing,
-                "long_window_s": self.long_window_s, "short_window_s": self.short_window_s,
-                "long_rate": round(self.long_rate, 3), "short_rate": round(self.short_rate, 3)}
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "factor": self.factor,
+            "firing": self.firing,
+            "long_window_s": self.long_window_s,
+            "short_window_s": self.short_window_s,
+            "long_rate": round(self.long_rate, 3),
+            "short_rate": round(self.short_rate, 3),
+        }
 
 
-def evaluate_burn(intervals: Sequence[Interval], now: datetime, policy: ErrorBudgetPolicy, *,
-                  agents: int = 1) -> list[BurnAlertState]:
+def evaluate_burn(
+    intervals: Sequence[Interval], now: datetime, policy: ErrorBudgetPolicy, *, agents: int = 1
+) -> list[BurnAlertState]:
     return [
         BurnAlertState(
-            rule_name(a), a.severity, a.factor, a.long_window_s, a.short_window_s,
+            rule_name(a),
+            a.severity,
+            a.factor,
+            a.long_window_s,
+            a.short_window_s,
             burn_rate(intervals, now, a.long_window_s, policy.allowed_fraction, agents),
             burn_rate(intervals, now, a.short_window_s, policy.allowed_fraction, agents),
         )
@@ -150,15 +193,29 @@ class FleetIntervals:
     fleet_of: dict[str, str]
 
     def of_fleet(self, fleet: str) -> list[Interval]:
-        return [i for agent, ivs in self.by_agent.items() if self.fleet_of.get(agent) == fleet for i in ivs]
+        return [
+            i
+            for agent, ivs in self.by_agent.items()
+            if self.fleet_of.get(agent) == fleet
+            for i in ivs
+        ]
 
 
-def load_intervals(sessions: sessionmaker[Session], since: datetime, *, agent_id: str | None = None,
-                   fleet: str | None = None) -> FleetIntervals:
+def load_intervals(
+    sessions: sessionmaker[Session],
+    since: datetime,
+    *,
+    agent_id: str | None = None,
+    fleet: str | None = None,
+) -> FleetIntervals:
     """Every episode that overlaps [since, now], as violation intervals."""
-    stmt = select(SlaEpisode.agent_id, SlaEpisode.fleet, SlaEpisode.opened_at, SlaEpisode.closed_at,
-                  SlaEpisode.recovering_since).where(
-        or_(SlaEpisode.closed_at.is_(None), SlaEpisode.closed_at >= since))
+    stmt = select(
+        SlaEpisode.agent_id,
+        SlaEpisode.fleet,
+        SlaEpisode.opened_at,
+        SlaEpisode.closed_at,
+        SlaEpisode.recovering_since,
+    ).where(or_(SlaEpisode.closed_at.is_(None), SlaEpisode.closed_at >= since))
     if agent_id is not None:
         stmt = stmt.where(SlaEpisode.agent_id == agent_id)
     if fleet is not None:
@@ -167,7 +224,9 @@ def load_intervals(sessions: sessionmaker[Session], since: datetime, *, agent_id
     fleet_of: dict[str, str] = {}
     with sessions() as s:
         for agent, fleet_name, opened, closed, recovering in s.execute(stmt):
-            by_agent.setdefault(agent, []).append((opened, closed if closed is not None else recovering))
+            by_agent.setdefault(agent, []).append(
+                (opened, closed if closed is not None else recovering)
+            )
             fleet_of[agent] = fleet_name
     return FleetIntervals(by_agent, fleet_of)
 
@@ -175,24 +234,47 @@ def load_intervals(sessions: sessionmaker[Session], since: datetime, *, agent_id
 def fleet_sizes(sessions: sessionmaker[Session]) -> dict[str, int]:
     """Agents that count towards each fleet's budget (active or paused)."""
     with sessions() as s:
-        rows = s.execute(select(Agent.fleet, func.count()).where(Agent.status.in_(IN_BUDGET)).group_by(Agent.fleet))
+        rows = s.execute(
+            select(Agent.fleet, func.count())
+            .where(Agent.status.in_(IN_BUDGET))
+            .group_by(Agent.fleet)
+        )
         return {str(f): int(n) for f, n in rows}
 
 
 def max_window_s(policy: ErrorBudgetPolicy) -> float:
-    return max([policy.slo_window_days * DAY_S, policy.exhaustion_rate_window_s,
-                *(a.long_window_s for a in policy.burn_alerts)])
+    return max(
+        [
+            policy.slo_window_days * DAY_S,
+            policy.exhaustion_rate_window_s,
+            *(a.long_window_s for a in policy.burn_alerts),
+        ]
+    )
 
 
-def agent_budget(sessions: sessionmaker[Session], policy: ErrorBudgetPolicy, agent_id: str, now: datetime) -> Budget:
-    data = load_intervals(sessions, now - timedelta(seconds=max_window_s(policy)), agent_id=agent_id)
-    return compute_budget(data.by_agent.get(agent_id, []), now, policy, agents=1, scope=f"agent:{agent_id}")
+def agent_budget(
+    sessions: sessionmaker[Session], policy: ErrorBudgetPolicy, agent_id: str, now: datetime
+) -> Budget:
+    data = load_intervals(
+        sessions, now - timedelta(seconds=max_window_s(policy)), agent_id=agent_id
+    )
+    return compute_budget(
+        data.by_agent.get(agent_id, []), now, policy, agents=1, scope=f"agent:{agent_id}"
+    )
 
 
-def fleet_budgets(sessions: sessionmaker[Session], policy: ErrorBudgetPolicy, now: datetime,
-                  fleet: str | None = None) -> dict[str, Budget]:
+def fleet_budgets(
+    sessions: sessionmaker[Session],
+    policy: ErrorBudgetPolicy,
+    now: datetime,
+    fleet: str | None = None,
+) -> dict[str, Budget]:
     sizes = fleet_sizes(sessions)
     data = load_intervals(sessions, now - timedelta(seconds=max_window_s(policy)), fleet=fleet)
     names = [fleet] if fleet is not None else sorted(set(sizes) | set(data.fleet_of.values()))
-    return {name: compute_budget(data.of_fleet(name), now, policy, agents=sizes.get(name, 0), scope=f"fleet:{name}")
-            for name in names}
+    return {
+        name: compute_budget(
+            data.of_fleet(name), now, policy, agents=sizes.get(name, 0), scope=f"fleet:{name}"
+        )
+        for name in names
+    }

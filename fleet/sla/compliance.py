@@ -54,8 +54,11 @@ class Sample:
 
     def to_redis(self) -> dict[str, str]:
         return {
-            "at": self.at.isoformat(), "verdict": self.verdict.value, "terms": ",".join(self.breached_terms),
-            "margin_pct": "" if self.margin_pct is None else str(self.margin_pct), "source": self.source,
+            "at": self.at.isoformat(),
+            "verdict": self.verdict.value,
+            "terms": ",".join(self.breached_terms),
+            "margin_pct": "" if self.margin_pct is None else str(self.margin_pct),
+            "source": self.source,
             "note": self.note[:300],
         }
 
@@ -76,7 +79,11 @@ def local_breaches(terms: Mapping[str, Any], snap: Snapshot) -> tuple[str, ...]:
 
 
 def is_fresh(snap: Snapshot | None, at: datetime, max_age_s: float) -> bool:
-    return snap is not None and snap.health is not Health.UNKNOWN and at.timestamp() - snap.polled_at <= max_age_s
+    return (
+        snap is not None
+        and snap.health is not Health.UNKNOWN
+        and at.timestamp() - snap.polled_at <= max_age_s
+    )
 
 
 def decide(
@@ -91,22 +98,57 @@ def decide(
     ours = local_breaches(terms, snapshot) if fresh and snapshot is not None else ()
     if isinstance(answer, SlaComplianceResult):
         if not answer.compliant:
-            return Sample(agent_id, at, Verdict.BREACH, tuple(answer.breached_terms) or ("unspecified",),
-                          answer.margin_pct, "gateway")
+            return Sample(
+                agent_id,
+                at,
+                Verdict.BREACH,
+                tuple(answer.breached_terms) or ("unspecified",),
+                answer.margin_pct,
+                "gateway",
+            )
         if ours:
-            return Sample(agent_id, at, Verdict.INCONCLUSIVE, ours, answer.margin_pct, "gateway",
-                          f"gateway says compliant; our last poll breaches {', '.join(ours)}")
+            return Sample(
+                agent_id,
+                at,
+                Verdict.INCONCLUSIVE,
+                ours,
+                answer.margin_pct,
+                "gateway",
+                f"gateway says compliant; our last poll breaches {', '.join(ours)}",
+            )
         return Sample(agent_id, at, Verdict.COMPLIANT, (), answer.margin_pct, "gateway")
     error = f"{type(answer).__name__}: {answer}" if answer is not None else "not checked"
     if fresh and snapshot is not None:
         stored = tuple(snapshot.breached_terms) if snapshot.sla_compliant is False else ()
         terms_broken = tuple(dict.fromkeys((*stored, *ours)))
         if snapshot.sla_compliant is False or ours:
-            return Sample(agent_id, at, Verdict.BREACH, terms_broken or ("unspecified",), snapshot.sla_margin_pct,
-                          "snapshot", f"gateway check failed ({error}); verdict from the metrics snapshot")
-        return Sample(agent_id, at, Verdict.COMPLIANT, (), snapshot.sla_margin_pct, "snapshot",
-                      f"gateway check failed ({error}); verdict from the metrics snapshot")
-    return Sample(agent_id, at, Verdict.UNKNOWN, (), None, "none", f"gateway check failed ({error}); no fresh snapshot")
+            return Sample(
+                agent_id,
+                at,
+                Verdict.BREACH,
+                terms_broken or ("unspecified",),
+                snapshot.sla_margin_pct,
+                "snapshot",
+                f"gateway check failed ({error}); verdict from the metrics snapshot",
+            )
+        return Sample(
+            agent_id,
+            at,
+            Verdict.COMPLIANT,
+            (),
+            snapshot.sla_margin_pct,
+            "snapshot",
+            f"gateway check failed ({error}); verdict from the metrics snapshot",
+        )
+    return Sample(
+        agent_id,
+        at,
+        Verdict.UNKNOWN,
+        (),
+        None,
+        "none",
+        f"gateway check failed ({error}); no fresh snapshot",
+    )
 
 
 async def check_agents(
@@ -122,6 +164,8 @@ async def check_agents(
             except GatewayError as exc:
                 return agent_id, exc
             except Exception as exc:  # noqa: BLE001 - one agent's surprise must not sink the batch
-                return agent_id, GatewayError(f"{type(exc).__name__}: {exc}", tool="check_sla_compliance")
+                return agent_id, GatewayError(
+                    f"{type(exc).__name__}: {exc}", tool="check_sla_compliance"
+                )
 
     return dict(await asyncio.gather(*(one(a) for a in agent_ids)))

@@ -34,7 +34,9 @@ def template_terms(policy: Policy, template: str) -> dict[str, Any]:
     try:
         return policy.sla_templates[template].model_dump(mode="json")
     except KeyError:
-        raise UnknownTemplate(f"unknown SLA template {template!r} (expected one of {', '.join(policy.sla_templates)})") from None
+        raise UnknownTemplate(
+            f"unknown SLA template {template!r} (expected one of {', '.join(policy.sla_templates)})"
+        ) from None
 
 
 def templates(policy: Policy) -> dict[str, dict[str, Any]]:
@@ -48,7 +50,9 @@ def active_contracts(session: Session, agent_ids: Iterable[str]) -> dict[str, Co
     for start in range(0, len(ids), 500):
         rows = session.scalars(
             select(SlaContract)
-            .where(SlaContract.agent_id.in_(ids[start : start + 500]), SlaContract.ended_at.is_(None))
+            .where(
+                SlaContract.agent_id.in_(ids[start : start + 500]), SlaContract.ended_at.is_(None)
+            )
             .order_by(SlaContract.created_at)
         ).all()
         for row in rows:  # newest last, so it wins

@@ -108,13 +108,25 @@ class EpisodeView:
             return value.isoformat() if value else None
 
         out: dict[str, Any] = {
-            "episode_id": self.episode_id, "agent_id": self.agent_id, "fleet": self.fleet, "sla_id": self.sla_id,
-            "state": self.state.value, "breached_terms": list(self.breached_terms), "opened_at": t(self.opened_at),
-            "opened_by": self.opened_by, "last_breach_at": t(self.last_breach_at),
-            "compliant_streak": self.compliant_streak, "recovering_since": t(self.recovering_since),
-            "counterparty": self.counterparty, "disputed_amount": self.disputed_amount,
-            "acked_by": self.acked_by, "acked_at": t(self.acked_at), "ack_until": t(self.ack_until),
-            "weight_before": self.weight_before, "closed_at": t(self.closed_at), "close_reason": self.close_reason,
+            "episode_id": self.episode_id,
+            "agent_id": self.agent_id,
+            "fleet": self.fleet,
+            "sla_id": self.sla_id,
+            "state": self.state.value,
+            "breached_terms": list(self.breached_terms),
+            "opened_at": t(self.opened_at),
+            "opened_by": self.opened_by,
+            "last_breach_at": t(self.last_breach_at),
+            "compliant_streak": self.compliant_streak,
+            "recovering_since": t(self.recovering_since),
+            "counterparty": self.counterparty,
+            "disputed_amount": self.disputed_amount,
+            "acked_by": self.acked_by,
+            "acked_at": t(self.acked_at),
+            "ack_until": t(self.ack_until),
+            "weight_before": self.weight_before,
+            "closed_at": t(self.closed_at),
+            "close_reason": self.close_reason,
         }
         if now is not None:
             out["duration_s"] = int(self.duration_s(now))
@@ -123,12 +135,25 @@ class EpisodeView:
 
 def view(ep: SlaEpisode) -> EpisodeView:
     return EpisodeView(
-        episode_id=ep.episode_id, agent_id=ep.agent_id, fleet=ep.fleet, sla_id=ep.sla_id,
-        state=EpisodeState(ep.state), breached_terms=tuple(ep.breached_terms or ()), opened_at=ep.opened_at,
-        opened_by=ep.opened_by, last_breach_at=ep.last_breach_at, compliant_streak=ep.compliant_streak,
-        recovering_since=ep.recovering_since, counterparty=ep.counterparty, disputed_amount=ep.disputed_amount,
-        acked_by=ep.acked_by, acked_at=ep.acked_at, ack_until=ep.ack_until, weight_before=ep.weight_before,
-        closed_at=ep.closed_at, close_reason=ep.close_reason,
+        episode_id=ep.episode_id,
+        agent_id=ep.agent_id,
+        fleet=ep.fleet,
+        sla_id=ep.sla_id,
+        state=EpisodeState(ep.state),
+        breached_terms=tuple(ep.breached_terms or ()),
+        opened_at=ep.opened_at,
+        opened_by=ep.opened_by,
+        last_breach_at=ep.last_breach_at,
+        compliant_streak=ep.compliant_streak,
+        recovering_since=ep.recovering_since,
+        counterparty=ep.counterparty,
+        disputed_amount=ep.disputed_amount,
+        acked_by=ep.acked_by,
+        acked_at=ep.acked_at,
+        ack_until=ep.ack_until,
+        weight_before=ep.weight_before,
+        closed_at=ep.closed_at,
+        close_reason=ep.close_reason,
     )
 
 
@@ -157,7 +182,9 @@ def open_episode_ids(session: Session, agent_ids: Iterable[str]) -> dict[str, st
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         rows = session.execute(
-            select(SlaEpisode.open_agent, SlaEpisode.episode_id).where(SlaEpisode.open_agent.in_(chunk))
+            select(SlaEpisode.open_agent, SlaEpisode.episode_id).where(
+                SlaEpisode.open_agent.in_(chunk)
+            )
         ).all()
         out.update({str(a): str(e) for a, e in rows})
     return out
@@ -189,7 +216,9 @@ def apply_sample(
     raise AssertionError("unreachable")
 
 
-def _apply(sessions: sessionmaker[Session], sample: Sample, context: OpenContext, recovery_samples: int) -> Applied:
+def _apply(
+    sessions: sessionmaker[Session], sample: Sample, context: OpenContext, recovery_samples: int
+) -> Applied:
     with write_session(sessions) as s:
         ep = s.scalars(
             select(SlaEpisode).where(SlaEpisode.open_agent == sample.agent_id).with_for_update()
@@ -198,10 +227,19 @@ def _apply(sessions: sessionmaker[Session], sample: Sample, context: OpenContext
             if sample.verdict is not Verdict.BREACH:
                 return Applied(Transition.NONE)
             ep = SlaEpisode(
-                episode_id=uuid.uuid4().hex, agent_id=sample.agent_id, fleet=context.fleet, sla_id=context.sla_id,
-                state=EpisodeState.OPEN, open_agent=sample.agent_id, breached_terms=sorted(sample.breached_terms),
-                opened_at=sample.at, opened_by=context.opened_by[:128], last_breach_at=sample.at,
-                compliant_streak=0, counterparty=context.counterparty, disputed_amount=context.disputed_amount,
+                episode_id=uuid.uuid4().hex,
+                agent_id=sample.agent_id,
+                fleet=context.fleet,
+                sla_id=context.sla_id,
+                state=EpisodeState.OPEN,
+                open_agent=sample.agent_id,
+                breached_terms=sorted(sample.breached_terms),
+                opened_at=sample.at,
+                opened_by=context.opened_by[:128],
+                last_breach_at=sample.at,
+                compliant_streak=0,
+                counterparty=context.counterparty,
+                disputed_amount=context.disputed_amount,
             )
             s.add(ep)
             s.flush()
@@ -229,11 +267,15 @@ def _apply(sessions: sessionmaker[Session], sample: Sample, context: OpenContext
         return Applied(Transition.CLOSED, view(ep), restored)
 
 
-def _close(s: Session, ep: SlaEpisode, ended_at: datetime, reason: str, now: datetime) -> str | None:
+def _close(
+    s: Session, ep: SlaEpisode, ended_at: datetime, reason: str, now: datetime
+) -> str | None:
     """Close in the caller's transaction; restore the traffic weight tier 2 cut. Returns the weight restored."""
     restored = None
     if ep.weight_before is not None:
-        agent = s.scalars(select(Agent).where(Agent.agent_id == ep.agent_id).with_for_update()).first()
+        agent = s.scalars(
+            select(Agent).where(Agent.agent_id == ep.agent_id).with_for_update()
+        ).first()
         if agent is not None and agent.status in (AgentStatus.ACTIVE, AgentStatus.PAUSED):
             agent.traffic_weight = ep.weight_before
             agent.updated_at = now
@@ -244,10 +286,14 @@ def _close(s: Session, ep: SlaEpisode, ended_at: datetime, reason: str, now: dat
     return restored
 
 
-def close_episode(sessions: sessionmaker[Session], episode_id: str, reason: str, now: datetime) -> Applied:
+def close_episode(
+    sessions: sessionmaker[Session], episode_id: str, reason: str, now: datetime
+) -> Applied:
     """Close an open episode without samples (its agent left the fleet, or an operator closed it)."""
     with write_session(sessions) as s:
-        ep = s.scalars(select(SlaEpisode).where(SlaEpisode.episode_id == episode_id).with_for_update()).first()
+        ep = s.scalars(
+            select(SlaEpisode).where(SlaEpisode.episode_id == episode_id).with_for_update()
+        ).first()
         if ep is None:
             raise EpisodeNotFound(f"no episode {episode_id!r}")
         if ep.state != EpisodeState.OPEN:
@@ -264,7 +310,9 @@ def acknowledge(
     if not by:
         raise EpisodeError("an acknowledgement needs the name of who gives it")
     with write_session(sessions) as s:
-        ep = s.scalars(select(SlaEpisode).where(SlaEpisode.episode_id == episode_id).with_for_update()).first()
+        ep = s.scalars(
+            select(SlaEpisode).where(SlaEpisode.episode_id == episode_id).with_for_update()
+        ).first()
         if ep is None:
             raise EpisodeNotFound(f"no episode {episode_id!r}")
         if ep.state != EpisodeState.OPEN:

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.policy import Policy
 from config.settings import SlaSettings
 from fleet import audit
-from fleet.audit.events import Article, ApprovalState
+from fleet.audit.events import ApprovalState, Article
 from fleet.clock import Clock
 from fleet.escalation.engine import EngineDeps, Sender, evaluate
 from fleet.gateway.client import AsyncGatewayClient
@@ -87,7 +87,9 @@ class SlaDeps:
     record: Callable[..., Any] = audit.record
 
     def engine(self) -> EngineDeps:
-        return EngineDeps(self.sessions, self.policy.escalation, self.clock, self.send, redis=self.redis)
+        return EngineDeps(
+            self.sessions, self.policy.escalation, self.clock, self.send, redis=self.redis
+        )
 
 
 @dataclass
@@ -100,8 +102,14 @@ class BatchResult:
     episodes: dict[str, str] = field(default_factory=dict)  # agent → episode touched
 
     def as_dict(self) -> dict[str, Any]:
-        return {"checked": self.checked, "verdicts": dict(self.verdicts), "transitions": dict(self.transitions),
-                "failed": self.failed[:50], "failed_count": len(self.failed), "dispatched": self.dispatched}
+        return {
+            "checked": self.checked,
+            "verdicts": dict(self.verdicts),
+            "transitions": dict(self.transitions),
+            "failed": self.failed[:50],
+            "failed_count": len(self.failed),
+            "dispatched": self.dispatched,
+        }
 
 
 # ------------------------------------------------------------------------------ the sweep
@@ -126,16 +134,26 @@ class SweepPlan:
 
 def plan_sweep(deps: SlaDeps, *, guard_s: float | None = None) -> SweepPlan | None:
     """Split the targets into batches and record the sweep; None if one started within guard_s."""
-    if guard_s and not deps.redis.set(f"{KEY_PREFIX}sla:sweep-guard", "1", nx=True, px=int(guard_s * 1000)):
+    if guard_s and not deps.redis.set(
+        f"{KEY_PREFIX}sla:sweep-guard", "1", nx=True, px=int(guard_s * 1000)
+    ):
         return None
     agents = sweep_targets(deps.sessions)
     size = deps.settings.batch_size
     batches = [agents[i : i + size] for i in range(0, len(agents), size)]
     sweep_id = uuid.uuid4().hex
     pipe = deps.redis.pipeline(transaction=False)
-    pipe.hset(sweep_key(sweep_id), mapping={"total": len(agents), "batches": len(batches), "done": 0,
-                                            "failed": 0, "breaches": 0,
-                                            "started_at": deps.clock.now().timestamp()})
+    pipe.hset(
+        sweep_key(sweep_id),
+        mapping={
+            "total": len(agents),
+            "batches": len(batches),
+            "done": 0,
+            "failed": 0,
+            "breaches": 0,
+            "started_at": deps.clock.now().timestamp(),
+        },
+    )
     pipe.expire(sweep_key(sweep_id), SWEEP_TTL_S)
     pipe.set(LAST_SWEEP_KEY, sweep_id, ex=SWEEP_TTL_S)
     pipe.execute()
@@ -163,8 +181,13 @@ def sweep_progress(r: redis.Redis, sweep_id: str | None = None) -> dict[str, Any
 
 
 def check_batch(
-    deps: SlaDeps, agent_ids: Sequence[str], *, sweep_id: str | None = None, source: str = "sweep",
-    counterparty: str | None = None, amount: str | None = None,
+    deps: SlaDeps,
+    agent_ids: Sequence[str],
+    *,
+    sweep_id: str | None = None,
+    source: str = "sweep",
+    counterparty: str | None = None,
+    amount: str | None = None,
 ) -> BatchResult:
     """Check these agents now and move their episodes; start whatever escalation came due.
 
@@ -174,12 +197,21 @@ def check_batch(
     ids = list(dict.fromkeys(agent_ids))
     result = BatchResult()
     now = deps.clock.now()
-    answers = deps.gateway.submit(check_agents(deps.gateway.async_client, ids, deps.settings.checks_in_flight))
+    answers = deps.gateway.submit(
+        check_agents(deps.gateway.async_client, ids, deps.settings.checks_in_flight)
+    )
     snapshots = _snapshots(deps.redis, ids)
     with deps.sessions() as s:
         # An agent serving one counterparty names it in its record (extra.counterparty).
-        agents = {a.agent_id: (a.fleet, str(a.status), a.sla_template, (a.extra or {}).get("counterparty"))
-                  for a in s.scalars(select(Agent).where(Agent.agent_id.in_(ids)))}
+        agents = {
+            a.agent_id: (
+                a.fleet,
+                str(a.status),
+                a.sla_template,
+                (a.extra or {}).get("counterparty"),
+            )
+            for a in s.scalars(select(Agent).where(Agent.agent_id.in_(ids)))
+        }
         contracts = active_contracts(s, ids)
         open_now = open_episode_ids(s, ids)
     samples: list[Sample] = []
@@ -194,19 +226,33 @@ def check_batch(
                 fleet, status, template, serving = info
                 if status not in CHECKED:
                     if agent_id in open_now:
-                        applied = close_episode(deps.sessions, open_now[agent_id], f"agent {status}", now)
+                        applied = close_episode(
+                            deps.sessions, open_now[agent_id], f"agent {status}", now
+                        )
                         _after(deps, result, agent_id, applied, None)
                     continue
                 contract = contract_for(deps.policy, template, contracts.get(agent_id))
-                sample = decide(agent_id, now, answers.get(agent_id), snapshots.get(agent_id), contract.terms,
-                                deps.settings.snapshot_max_age_s)
+                sample = decide(
+                    agent_id,
+                    now,
+                    answers.get(agent_id),
+                    snapshots.get(agent_id),
+                    contract.terms,
+                    deps.settings.snapshot_max_age_s,
+                )
                 result.checked += 1
                 result.verdicts[sample.verdict.value] += 1
                 samples.append(sample)
-                context = OpenContext(fleet, contract.sla_id, source, counterparty or serving, _amount(amount))
-                applied = apply_sample(deps.sessions, sample, context,
-                                       recovery_samples=deps.policy.escalation.recovery_samples,
-                                       known_open=agent_id in open_now)
+                context = OpenContext(
+                    fleet, contract.sla_id, source, counterparty or serving, _amount(amount)
+                )
+                applied = apply_sample(
+                    deps.sessions,
+                    sample,
+                    context,
+                    recovery_samples=deps.policy.escalation.recovery_samples,
+                    known_open=agent_id in open_now,
+                )
                 _after(deps, result, agent_id, applied, sample)
             except Exception:  # noqa: BLE001 - each agent is its own unit of failure
                 log.exception("sla check of %s failed", agent_id)
@@ -222,8 +268,14 @@ def check_batch(
     return result
 
 
-def evaluate_agent(deps: SlaDeps, agent_id: str, source: str, *, counterparty: str | None = None,
-                   amount: str | None = None) -> dict[str, Any]:
+def evaluate_agent(
+    deps: SlaDeps,
+    agent_id: str,
+    source: str,
+    *,
+    counterparty: str | None = None,
+    amount: str | None = None,
+) -> dict[str, Any]:
     """Check one agent now (an alert handed it over); open an episode if it is in breach."""
     result = check_batch(deps, [agent_id], source=source, counterparty=counterparty, amount=amount)
     out = result.as_dict()
@@ -232,37 +284,79 @@ def evaluate_agent(deps: SlaDeps, agent_id: str, source: str, *, counterparty: s
     return out
 
 
-def _after(deps: SlaDeps, result: BatchResult, agent_id: str, applied: Applied, sample: Sample | None) -> None:
+def _after(
+    deps: SlaDeps, result: BatchResult, agent_id: str, applied: Applied, sample: Sample | None
+) -> None:
     result.transitions[applied.transition.value] += 1
     ep = applied.episode
     if ep is None:
         return
     result.episodes[agent_id] = ep.episode_id
     if applied.transition is Transition.OPENED:
-        _audit_episode(deps, "sla_episode_opened", ep, {
-            "breached_terms": list(ep.breached_terms), "opened_by": ep.opened_by,
-            "source": sample.source if sample else None, "note": sample.note if sample else "",
-            "counterparty": ep.counterparty})
+        _audit_episode(
+            deps,
+            "sla_episode_opened",
+            ep,
+            {
+                "breached_terms": list(ep.breached_terms),
+                "opened_by": ep.opened_by,
+                "source": sample.source if sample else None,
+                "note": sample.note if sample else "",
+                "counterparty": ep.counterparty,
+            },
+        )
     elif applied.transition is Transition.CLOSED:
-        _audit_episode(deps, "sla_episode_closed", ep, {
-            "breached_terms": list(ep.breached_terms), "reason": ep.close_reason,
-            "violation_s": int(ep.duration_s(deps.clock.now())), "weight_restored": applied.restored_weight})
+        _audit_episode(
+            deps,
+            "sla_episode_closed",
+            ep,
+            {
+                "breached_terms": list(ep.breached_terms),
+                "reason": ep.close_reason,
+                "violation_s": int(ep.duration_s(deps.clock.now())),
+                "weight_restored": applied.restored_weight,
+            },
+        )
 
 
 def _audit_episode(deps: SlaDeps, action: str, ep: EpisodeView, details: dict[str, Any]) -> None:
-    deps.record(actor=ACTOR, action=action, subject=ep.agent_id, fleet=ep.fleet,
-                details={"episode_id": ep.episode_id, **details}, clock=deps.clock,
-                event_id=f"{'sla-open' if action.endswith('opened') else 'sla-close'}-{ep.episode_id}")
+    deps.record(
+        actor=ACTOR,
+        action=action,
+        subject=ep.agent_id,
+        fleet=ep.fleet,
+        details={"episode_id": ep.episode_id, **details},
+        clock=deps.clock,
+        event_id=f"{'sla-open' if action.endswith('opened') else 'sla-close'}-{ep.episode_id}",
+    )
 
 
-def acknowledge_episode(sessions: sessionmaker[Session], policy: Policy, clock: Clock, episode_id: str, by: str,
-                        note: str = "", record: Callable[..., Any] = audit.record) -> EpisodeView:
+def acknowledge_episode(
+    sessions: sessionmaker[Session],
+    policy: Policy,
+    clock: Clock,
+    episode_id: str,
+    by: str,
+    note: str = "",
+    record: Callable[..., Any] = audit.record,
+) -> EpisodeView:
     """An operator acknowledges: tiers 3-4 wait ``ack_timeout_s``; recorded as human oversight (Art. 14)."""
     ep = acknowledge(sessions, episode_id, by, clock.now(), policy.escalation.ack_timeout_s)
-    record(actor=f"user:{by.strip()}"[:128], action="sla_episode_acknowledged", subject=ep.agent_id, fleet=ep.fleet,
-           details={"episode_id": ep.episode_id, "ack_until": ep.ack_until, "note": note,
-                    "holds_tiers": list(policy.escalation.ack_pauses_tiers)},
-           article=Article.HUMAN_OVERSIGHT, approval=ApprovalState.NONE, clock=clock)
+    record(
+        actor=f"user:{by.strip()}"[:128],
+        action="sla_episode_acknowledged",
+        subject=ep.agent_id,
+        fleet=ep.fleet,
+        details={
+            "episode_id": ep.episode_id,
+            "ack_until": ep.ack_until,
+            "note": note,
+            "holds_tiers": list(policy.escalation.ack_pauses_tiers),
+        },
+        article=Article.HUMAN_OVERSIGHT,
+        approval=ApprovalState.NONE,
+        clock=clock,
+    )
     return ep
 
 

@@ -28,16 +28,27 @@ def escalations_of(session: Session, episode_ids: Sequence[str]) -> dict[str, li
     out: dict[str, list[dict[str, Any]]] = {}
     for start in range(0, len(episode_ids), 500):
         rows = session.scalars(
-            select(SlaEscalation).where(SlaEscalation.episode_id.in_(episode_ids[start : start + 500]))
+            select(SlaEscalation)
+            .where(SlaEscalation.episode_id.in_(episode_ids[start : start + 500]))
             .order_by(SlaEscalation.episode_id, SlaEscalation.tier)
         ).all()
         for r in rows:
-            out.setdefault(r.episode_id, []).append({
-                "tier": r.tier, "action": r.action, "status": r.status, "queue": r.queue,
-                "dispatched_at": _t(r.dispatched_at), "episode_age_s": r.episode_age_s,
-                "finished_at": _t(r.finished_at), "attempts": r.attempts, "dispatch_count": r.dispatch_count,
-                "result": r.result or {}, "error": r.error, "approval_id": r.approval_id,
-            })
+            out.setdefault(r.episode_id, []).append(
+                {
+                    "tier": r.tier,
+                    "action": r.action,
+                    "status": r.status,
+                    "queue": r.queue,
+                    "dispatched_at": _t(r.dispatched_at),
+                    "episode_age_s": r.episode_age_s,
+                    "finished_at": _t(r.finished_at),
+                    "attempts": r.attempts,
+                    "dispatch_count": r.dispatch_count,
+                    "result": r.result or {},
+                    "error": r.error,
+                    "approval_id": r.approval_id,
+                }
+            )
     return out
 
 
@@ -45,7 +56,9 @@ def tier_reached(escalations: Sequence[dict[str, Any]]) -> int:
     return max((e["tier"] for e in escalations if e["tier"] != RESOLVE_TIER), default=0)
 
 
-def _episode_dict(ep: EpisodeView, escalations: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+def _episode_dict(
+    ep: EpisodeView, escalations: list[dict[str, Any]], now: datetime
+) -> dict[str, Any]:
     out = ep.to_dict(now)
     out["tier_reached"] = tier_reached(escalations)
     out["escalations"] = escalations
@@ -53,8 +66,15 @@ def _episode_dict(ep: EpisodeView, escalations: list[dict[str, Any]], now: datet
     return out
 
 
-def episodes(sessions: sessionmaker[Session], now: datetime, *, state: str | None = None, agent_id: str | None = None,
-             fleet: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+def episodes(
+    sessions: sessionmaker[Session],
+    now: datetime,
+    *,
+    state: str | None = None,
+    agent_id: str | None = None,
+    fleet: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
     stmt = select(SlaEpisode).order_by(SlaEpisode.opened_at.desc()).limit(limit)
     if state is not None:
         stmt = stmt.where(SlaEpisode.state == state)
@@ -68,26 +88,46 @@ def episodes(sessions: sessionmaker[Session], now: datetime, *, state: str | Non
     return [_episode_dict(e, escalations.get(e.episode_id, []), now) for e in rows]
 
 
-def episode_detail(sessions: sessionmaker[Session], episode_id: str, now: datetime) -> dict[str, Any] | None:
+def episode_detail(
+    sessions: sessionmaker[Session], episode_id: str, now: datetime
+) -> dict[str, Any] | None:
     with sessions() as s:
         ep = s.get(SlaEpisode, episode_id)
         if ep is None:
             return None
         escalations = escalations_of(s, [episode_id]).get(episode_id, [])
-        disputes = [_dispute(d) for d in s.scalars(select(SlaDispute).where(SlaDispute.episode_id == episode_id))]
+        disputes = [
+            _dispute(d)
+            for d in s.scalars(select(SlaDispute).where(SlaDispute.episode_id == episode_id))
+        ]
         out = _episode_dict(view(ep), escalations, now)
     out["disputes"] = disputes
     return out
 
 
 def _dispute(d: SlaDispute) -> dict[str, Any]:
-    return {"dispute_id": d.dispute_id, "counterparty": d.counterparty, "claimed": d.claimed, "status": d.status,
-            "opened_at": _t(d.opened_at), "resolved_at": _t(d.resolved_at), "resolution": d.resolution,
-            "refund": d.refund, "notes": d.notes}
+    return {
+        "dispute_id": d.dispute_id,
+        "counterparty": d.counterparty,
+        "claimed": d.claimed,
+        "status": d.status,
+        "opened_at": _t(d.opened_at),
+        "resolved_at": _t(d.resolved_at),
+        "resolution": d.resolution,
+        "refund": d.refund,
+        "notes": d.notes,
+    }
 
 
-def fleet_report(sessions: sessionmaker[Session], policy: Policy, now: datetime, *, fleet: str | None = None,
-                 r: redis.Redis | None = None, limit: int = 20) -> dict[str, Any]:
+def fleet_report(
+    sessions: sessionmaker[Session],
+    policy: Policy,
+    now: datetime,
+    *,
+    fleet: str | None = None,
+    r: redis.Redis | None = None,
+    limit: int = 20,
+) -> dict[str, Any]:
     budgets = fleet_budgets(sessions, policy.error_budget, now, fleet)
     open_eps = episodes(sessions, now, state=EpisodeState.OPEN, fleet=fleet, limit=1000)
     closed = episodes(sessions, now, state=EpisodeState.CLOSED, fleet=fleet, limit=limit)
@@ -101,18 +141,40 @@ def fleet_report(sessions: sessionmaker[Session], policy: Policy, now: datetime,
     }
 
 
-def agent_report(sessions: sessionmaker[Session], policy: Policy, now: datetime, agent_id: str, *,
-                 r: redis.Redis | None = None, limit: int = 20) -> dict[str, Any] | None:
+def agent_report(
+    sessions: sessionmaker[Session],
+    policy: Policy,
+    now: datetime,
+    agent_id: str,
+    *,
+    r: redis.Redis | None = None,
+    limit: int = 20,
+) -> dict[str, Any] | None:
     with sessions() as s:
         agent = s.get(Agent, agent_id)
         if agent is None:
             return None
-        contract = contract_for(policy, agent.sla_template, active_contracts(s, [agent_id]).get(agent_id))
-        head = {"agent_id": agent_id, "fleet": agent.fleet, "status": str(agent.status),
-                "traffic_weight": agent.traffic_weight, "sla_template": contract.template, "sla_id": contract.sla_id,
-                "terms": dict(contract.terms)}
-        disputes = [_dispute(d) for d in s.scalars(
-            select(SlaDispute).where(SlaDispute.agent_id == agent_id).order_by(SlaDispute.opened_at.desc()).limit(limit))]
+        contract = contract_for(
+            policy, agent.sla_template, active_contracts(s, [agent_id]).get(agent_id)
+        )
+        head = {
+            "agent_id": agent_id,
+            "fleet": agent.fleet,
+            "status": str(agent.status),
+            "traffic_weight": agent.traffic_weight,
+            "sla_template": contract.template,
+            "sla_id": contract.sla_id,
+            "terms": dict(contract.terms),
+        }
+        disputes = [
+            _dispute(d)
+            for d in s.scalars(
+                select(SlaDispute)
+                .where(SlaDispute.agent_id == agent_id)
+                .order_by(SlaDispute.opened_at.desc())
+                .limit(limit)
+            )
+        ]
     return {
         **head,
         "now": now.isoformat(),

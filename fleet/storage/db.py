@@ -91,7 +91,9 @@ class _SqliteWriteLock:
             self._thread_lock.release()
 
 
-_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, _SqliteWriteLock] = weakref.WeakKeyDictionary()
+_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, _SqliteWriteLock] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @contextmanager

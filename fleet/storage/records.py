@@ -48,7 +48,10 @@ class Agent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index("ix_agents_fleet_status", "fleet", "status"), Index("ix_agents_prefix", "id_prefix"))
+    __table_args__ = (
+        Index("ix_agents_fleet_status", "fleet", "status"),
+        Index("ix_agents_prefix", "id_prefix"),
+    )
 
 
 class SlaContract(Base):

@@ -29,12 +29,32 @@ pytestmark = pytest.mark.integration
 
 
 class World:
-    def __init__(self, env: dict[str, str], engine: sa.Engine, log: AuditLog, agent_id: str, sandbox: Any, log_file: Path) -> None:
-        self.env, self.engine, self.log, self.agent_id, self.sandbox, self.log_file = env, engine, log, agent_id, sandbox, log_file
+    def __init__(
+        self,
+        env: dict[str, str],
+        engine: sa.Engine,
+        log: AuditLog,
+        agent_id: str,
+        sandbox: Any,
+        log_file: Path,
+    ) -> None:
+        self.env, self.engine, self.log, self.agent_id, self.sandbox, self.log_file = (
+            env,
+            engine,
+            log,
+            agent_id,
+            sandbox,
+            log_file,
+        )
 
     def fleet(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", "from cli.main import main; main()", *args],
-                              env={**os.environ, **self.env}, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-c", "from cli.main import main; main()", *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def status(self) -> str:
         with Session(self.engine) as session:
@@ -47,7 +67,9 @@ class World:
 
     def audited(self) -> list[str]:
         with self.engine.connect() as conn:
-            return list(conn.execute(sa.text("SELECT action FROM audit_entries ORDER BY seq")).scalars())
+            return list(
+                conn.execute(sa.text("SELECT action FROM audit_entries ORDER BY seq")).scalars()
+            )
 
 
 @pytest.fixture
@@ -64,19 +86,49 @@ def world(sandbox: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
     migrate(engine)
 
     agent_id = sandbox.seed(1, prefix=f"a{uuid.uuid4().hex[:6]}")["agent_ids"][0]
-    assert sandbox.call("freeze_wallet", agent_id=agent_id, reason="tier 4 freeze").status_code == 200
+    assert (
+        sandbox.call("freeze_wallet", agent_id=agent_id, reason="tier 4 freeze").status_code == 200
+    )
     now = datetime.now(UTC)
     with Session(engine) as session, session.begin():
-        session.add(Agent(agent_id=agent_id, fleet="demo", environment="test", id_prefix=agent_id.split("-")[0],
-                          tier="starter", capabilities=["support"], sla_template="standard-support",
-                          status=AgentStatus.PAUSED, steps_done=[], extra={}, created_at=now, updated_at=now))
+        session.add(
+            Agent(
+                agent_id=agent_id,
+                fleet="demo",
+                environment="test",
+                id_prefix=agent_id.split("-")[0],
+                tier="starter",
+                capabilities=["support"],
+                sla_template="standard-support",
+                status=AgentStatus.PAUSED,
+                steps_done=[],
+                extra={},
+                created_at=now,
+                updated_at=now,
+            )
+        )
 
-    log = AuditLog(engine, AuditFiles(tmp_path / "audit/signing-key.pem", tmp_path / "audit/checkpoints.jsonl",
-                                      tmp_path / "audit/archive", tmp_path / "reports"))
+    log = AuditLog(
+        engine,
+        AuditFiles(
+            tmp_path / "audit/signing-key.pem",
+            tmp_path / "audit/checkpoints.jsonl",
+            tmp_path / "audit/archive",
+            tmp_path / "reports",
+        ),
+    )
     with redis_server(tmp_path / "redis") as redis_url:
-        env = {"FLEET_REDIS__URL": redis_url, "FLEET_DATABASE_URL": url, "FLEET_DATA_DIR": str(tmp_path),
-               "FLEET_POLICY_FILE": str(policy_file), "FLEET_GATEWAY__BASE_URL": sandbox.url}
-        with celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=2, name="audit") as (_, log_file):
+        env = {
+            "FLEET_REDIS__URL": redis_url,
+            "FLEET_DATABASE_URL": url,
+            "FLEET_DATA_DIR": str(tmp_path),
+            "FLEET_POLICY_FILE": str(policy_file),
+            "FLEET_GATEWAY__BASE_URL": sandbox.url,
+        }
+        with celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=2, name="audit") as (
+            _,
+            log_file,
+        ):
             yield World(env, engine, log, agent_id, sandbox, log_file)
     engine.dispose()
 
@@ -86,7 +138,9 @@ def _request_id(output: str) -> str:
 
 
 def test_a_critical_action_approved_twice_by_the_same_person_does_not_run(world: World) -> None:
-    opened = world.fleet("approvals", "release", world.agent_id, "--by", "alice", "--reason", "root cause fixed")
+    opened = world.fleet(
+        "approvals", "release", world.agent_id, "--by", "alice", "--reason", "root cause fixed"
+    )
     assert opened.returncode == 0, opened.stderr
     rid = _request_id(opened.stdout)
     assert "CRITICAL pending" in opened.stdout and "0/2 approvals" in opened.stdout
@@ -107,12 +161,26 @@ def test_a_critical_action_approved_twice_by_the_same_person_does_not_run(world:
     listed = world.fleet("approvals", "list")
     assert rid in listed.stdout and "pending" in listed.stdout
 
-    second = world.fleet("approvals", "approve", rid, "--by", "carol", "--comment", "checked with bob")
-    assert second.returncode == 0 and "approved" in second.stdout and "sent audit.release_agent" in second.stdout
+    second = world.fleet(
+        "approvals", "approve", rid, "--by", "carol", "--comment", "checked with bob"
+    )
+    assert (
+        second.returncode == 0
+        and "approved" in second.stdout
+        and "sent audit.release_agent" in second.stdout
+    )
     wait_until(lambda: not world.frozen() and world.status() == AgentStatus.ACTIVE, timeout_s=30)
 
-    expected = ["approval_requested", "approval_vote", "approval_vote_refused", "approval_vote_refused",
-                "approval_vote", "approval_granted", "approval_executed", "release_agent"]
+    expected = [
+        "approval_requested",
+        "approval_vote",
+        "approval_vote_refused",
+        "approval_vote_refused",
+        "approval_vote",
+        "approval_granted",
+        "approval_executed",
+        "release_agent",
+    ]
     wait_until(lambda: sorted(world.audited()) == sorted(expected), timeout_s=30)
     report = verify_log(world.log)
     assert report.ok, report.summary()
@@ -120,7 +188,9 @@ def test_a_critical_action_approved_twice_by_the_same_person_does_not_run(world:
 
 @pytest.mark.parametrize("world", [1], indirect=True)
 def test_an_expired_request_is_denied_audited_and_never_runs(world: World) -> None:
-    rid = _request_id(world.fleet("approvals", "release", world.agent_id, "--by", "alice", "--reason", "x").stdout)
+    rid = _request_id(
+        world.fleet("approvals", "release", world.agent_id, "--by", "alice", "--reason", "x").stdout
+    )
     time.sleep(1.2)
     app = producer_app(world.env["FLEET_REDIS__URL"])
     app.send_task("audit.approvals_sweep")  # what beat sends every approvals.sweep_s

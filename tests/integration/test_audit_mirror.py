@@ -39,7 +39,11 @@ def log(tmp_path: Path) -> Iterator[AuditLog]:
     engine = create_db_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
     migrate(engine)
     clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
-    yield AuditLog(engine, AuditFiles(tmp_path / "k.pem", tmp_path / "c.jsonl", tmp_path / "a", tmp_path / "r"), clock=clock)
+    yield AuditLog(
+        engine,
+        AuditFiles(tmp_path / "k.pem", tmp_path / "c.jsonl", tmp_path / "a", tmp_path / "r"),
+        clock=clock,
+    )
     engine.dispose()
 
 
@@ -53,28 +57,66 @@ def _gateway_audits(sandbox: Any, agents: list[str]) -> list[int]:
 
 
 def _created(sandbox: Any, status: str = "200") -> int:
-    return int(sandbox.counters(agents=False)["statuses"].get("create_audit_trail", {}).get(status, 0))
+    return int(
+        sandbox.counters(agents=False)["statuses"].get("create_audit_trail", {}).get(status, 0)
+    )
 
 
-def test_an_outage_holds_entries_and_after_it_each_arrives_exactly_once_in_order(sandbox: Any, agents: list[str], log: AuditLog) -> None:
+def test_an_outage_holds_entries_and_after_it_each_arrives_exactly_once_in_order(
+    sandbox: Any, agents: list[str], log: AuditLog
+) -> None:
     clock = log.clock
-    client = GatewayClient(GatewayConfig(url=sandbox.gateway_url, admin_key=sandbox.admin_key, max_attempts=1,
-                                         breaker_failure_threshold=1000))
+    client = GatewayClient(
+        GatewayConfig(
+            url=sandbox.gateway_url,
+            admin_key=sandbox.admin_key,
+            max_attempts=1,
+            breaker_failure_threshold=1000,
+        )
+    )
     before = _created(sandbox)
     try:
-        log.append([build_event(actor="t", action="restart_agent", subject=agents[i % 3], clock=clock, details={"i": i})
-                    for i in range(4)])
+        log.append(
+            [
+                build_event(
+                    actor="t",
+                    action="restart_agent",
+                    subject=agents[i % 3],
+                    clock=clock,
+                    details={"i": i},
+                )
+                for i in range(4)
+            ]
+        )
         assert Outbox(log, owner="w1").run(client.call).delivered == 4
 
         sandbox.set_faults(**OUTAGE)
-        log.append([build_event(actor="t", action="freeze_agent", subject=agents[i % 3], clock=clock, details={"i": i})
-                    for i in range(4, 10)])
-        log.append([build_event(actor="t", action="pause_fleet", subject=fleet_subject("demo"), clock=clock)])
+        log.append(
+            [
+                build_event(
+                    actor="t",
+                    action="freeze_agent",
+                    subject=agents[i % 3],
+                    clock=clock,
+                    details={"i": i},
+                )
+                for i in range(4, 10)
+            ]
+        )
+        log.append(
+            [
+                build_event(
+                    actor="t", action="pause_fleet", subject=fleet_subject("demo"), clock=clock
+                )
+            ]
+        )
         refused_before = _created(sandbox, "503")
         for _ in range(3):  # beat keeps trying while the gateway is down
             run = Outbox(log, owner="w1").run(client.call)
             assert (run.delivered, run.pending) == (0, 7) and run.error is not None
-        assert _created(sandbox, "503") - refused_before == 3, "one attempt per run, not a retry storm"
+        assert _created(sandbox, "503") - refused_before == 3, (
+            "one attempt per run, not a retry storm"
+        )
 
         sandbox.clear_faults()
         run = Outbox(log, owner="w2").run(client.call)
@@ -84,10 +126,14 @@ def test_an_outage_holds_entries_and_after_it_each_arrives_exactly_once_in_order
         sandbox.clear_faults()
         client.close()
     assert _created(sandbox) - before == 10, "every agent entry exactly once"
-    assert _gateway_audits(sandbox, agents) == list(range(1, 11)), "none lost, none doubled, in chain order"
+    assert _gateway_audits(sandbox, agents) == list(range(1, 11)), (
+        "none lost, none doubled, in chain order"
+    )
 
 
-def test_through_the_queue_and_a_real_worker_across_an_outage(sandbox: Any, agents: list[str], tmp_path: Path) -> None:
+def test_through_the_queue_and_a_real_worker_across_an_outage(
+    sandbox: Any, agents: list[str], tmp_path: Path
+) -> None:
     policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
     policy["audit"].update(mirror_enabled=True, mirror_every_s=1)
     policy_file = tmp_path / "policy.yaml"
@@ -95,23 +141,44 @@ def test_through_the_queue_and_a_real_worker_across_an_outage(sandbox: Any, agen
     url = f"sqlite:///{tmp_path / 'fleet.db'}"
     engine = create_db_engine(url)
     migrate(engine)
-    log = AuditLog(engine, AuditFiles(tmp_path / "audit/signing-key.pem", tmp_path / "audit/checkpoints.jsonl", tmp_path / "a", tmp_path / "r"))
+    log = AuditLog(
+        engine,
+        AuditFiles(
+            tmp_path / "audit/signing-key.pem",
+            tmp_path / "audit/checkpoints.jsonl",
+            tmp_path / "a",
+            tmp_path / "r",
+        ),
+    )
     with redis_server(tmp_path / "redis") as redis_url:
         env = {
-            "FLEET_REDIS__URL": redis_url, "FLEET_DATABASE_URL": url, "FLEET_DATA_DIR": str(tmp_path),
-            "FLEET_POLICY_FILE": str(policy_file), "FLEET_GATEWAY__BASE_URL": sandbox.url,
+            "FLEET_REDIS__URL": redis_url,
+            "FLEET_DATABASE_URL": url,
+            "FLEET_DATA_DIR": str(tmp_path),
+            "FLEET_POLICY_FILE": str(policy_file),
+            "FLEET_GATEWAY__BASE_URL": sandbox.url,
             "FLEET_GATEWAY__BREAKER_RESET_S": "0.5",
         }
         before = _created(sandbox)
         sandbox.set_faults(**OUTAGE)
         try:
-            with celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=2, name="audit") as (sup, log_file):
+            with celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=2, name="audit") as (
+                sup,
+                log_file,
+            ):
                 app = producer_app(redis_url)
-                events = [build_event(actor="t", action="restart_agent", subject=agents[i % 3], details={"i": i}) for i in range(12)]
+                events = [
+                    build_event(
+                        actor="t", action="restart_agent", subject=agents[i % 3], details={"i": i}
+                    )
+                    for i in range(12)
+                ]
                 enqueue(events[:6], celery_app=app)
                 enqueue(events[6:], celery_app=app)
                 wait_until(lambda: log.head().seq == 12, timeout_s=30)
-                wait_until(lambda: _created(sandbox, "503") >= 1, timeout_s=30)  # the append nudged the outbox; it hit the outage
+                wait_until(
+                    lambda: _created(sandbox, "503") >= 1, timeout_s=30
+                )  # the append nudged the outbox; it hit the outage
                 assert _created(sandbox) == before
                 sandbox.clear_faults()
                 app.send_task("audit.mirror")  # what beat does every mirror_every_s
@@ -134,7 +201,10 @@ def test_the_mirror_client_makes_one_attempt_per_call() -> None:
     client = audit_tasks._mirror_client()
     try:
         assert client.config.max_attempts == 1
-        assert dataclasses.replace(client.config, max_attempts=load_settings().gateway.max_attempts) != client.config
+        assert (
+            dataclasses.replace(client.config, max_attempts=load_settings().gateway.max_attempts)
+            != client.config
+        )
     finally:
         client.close()
         audit_tasks.reset()

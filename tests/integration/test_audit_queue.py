@@ -39,8 +39,12 @@ def stack(redis_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], Audi
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(policy))
     url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    env = {"FLEET_REDIS__URL": redis_url, "FLEET_DATABASE_URL": url, "FLEET_DATA_DIR": str(tmp_path),
-           "FLEET_POLICY_FILE": str(policy_file)}
+    env = {
+        "FLEET_REDIS__URL": redis_url,
+        "FLEET_DATABASE_URL": url,
+        "FLEET_DATA_DIR": str(tmp_path),
+        "FLEET_POLICY_FILE": str(policy_file),
+    }
     settings = load_settings(data_dir=tmp_path, database_url=url, policy_file=policy_file)
     engine = create_db_engine(url)
     migrate(engine)
@@ -53,41 +57,64 @@ def test_entries_pass_through_the_queue_into_one_chain_and_redelivery_adds_nothi
 ) -> None:
     env, log = stack
     events = bench_events(1200)
-    with celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=2, name="audit") as (sup, log_file):
+    with celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=2, name="audit") as (
+        sup,
+        log_file,
+    ):
         app = producer_app(redis_url)
         enqueue(events, celery_app=app)  # three messages, appended by two processes at once
-        app.send_task("audit.append_batch", args=([e.model_dump(mode="json") for e in events[:500]],))  # a redelivery
-        wait_until(lambda: log_file.read_text().count("audit.append_batch") >= 8, timeout_s=30)  # received + succeeded
+        app.send_task(
+            "audit.append_batch", args=([e.model_dump(mode="json") for e in events[:500]],)
+        )  # a redelivery
+        wait_until(
+            lambda: log_file.read_text().count("audit.append_batch") >= 8, timeout_s=30
+        )  # received + succeeded
         wait_until(lambda: log.head().seq >= 1200, timeout_s=30)
         assert not sup.dead()
     report = verify_log(log)
     assert report.ok and report.entries == 1200, report.summary()
     with log.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(DISTINCT event_id) FROM audit_entries")).scalar() == 1200
-        secrets = conn.execute(sa.text("SELECT count(*) FROM audit_entries WHERE body LIKE '%never-stored%'")).scalar()
+        assert (
+            conn.execute(sa.text("SELECT count(DISTINCT event_id) FROM audit_entries")).scalar()
+            == 1200
+        )
+        secrets = conn.execute(
+            sa.text("SELECT count(*) FROM audit_entries WHERE body LIKE '%never-stored%'")
+        ).scalar()
     assert secrets == 0, "a key never reaches the log"
-    assert [c.size for c in read_checkpoint_file(log.files.checkpoints)] == [c.size for c in log.checkpoints()]
+    assert [c.size for c in read_checkpoint_file(log.files.checkpoints)] == [
+        c.size for c in log.checkpoints()
+    ]
 
 
 def _fleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from cli.main import main; main()", *args],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
-def test_fleet_audit_verify_exit_status_and_export_verified_alone(stack: tuple[dict[str, str], AuditLog], tmp_path: Path) -> None:
+def test_fleet_audit_verify_exit_status_and_export_verified_alone(
+    stack: tuple[dict[str, str], AuditLog], tmp_path: Path
+) -> None:
     env, log = stack
     log.append(bench_events(40))
     ok = _fleet(env, "audit", "verify")
     assert ok.returncode == 0 and "intact" in ok.stdout, ok.stdout + ok.stderr
 
     export = tmp_path / "export.csv"
-    exported = _fleet(env, "audit", "export", "--since", "2000-01-01", "--format", "csv", "--output", str(export))
+    exported = _fleet(
+        env, "audit", "export", "--since", "2000-01-01", "--format", "csv", "--output", str(export)
+    )
     assert exported.returncode == 0, exported.stderr
     public = _fleet(env, "audit", "public-key").stdout.splitlines()[-1].split()[-1]
     alone = _fleet({}, "audit", "verify", "--export", str(export), "--public-key", public)
-    assert alone.returncode == 0 and "intact: 40 entries" in alone.stdout, alone.stdout + alone.stderr
+    assert alone.returncode == 0 and "intact: 40 entries" in alone.stdout, (
+        alone.stdout + alone.stderr
+    )
 
     with log.engine.begin() as conn:
         conn.execute(sa.text("DROP TRIGGER audit_entries_no_update"))

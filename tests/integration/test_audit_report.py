@@ -23,7 +23,9 @@ from fleet.storage.records import Agent, AgentStatus
 pytestmark = pytest.mark.integration
 
 
-def test_report_merges_our_evidence_with_the_gateways_per_article(sandbox: Any, tmp_path: Path) -> None:
+def test_report_merges_our_evidence_with_the_gateways_per_article(
+    sandbox: Any, tmp_path: Path
+) -> None:
     prefix = f"r{uuid.uuid4().hex[:6]}"
     agent_ids = sandbox.seed(2, prefix=prefix)["agent_ids"]
     settings = load_settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'fleet.db'}")
@@ -32,22 +34,46 @@ def test_report_merges_our_evidence_with_the_gateways_per_article(sandbox: Any, 
     now = datetime.now(UTC)
     with Session(engine) as session, session.begin():
         for agent_id in agent_ids:
-            session.add(Agent(agent_id=agent_id, fleet="reported", environment="test", id_prefix=prefix, tier="starter",
-                              capabilities=["support"], sla_template="standard-support", status=AgentStatus.ACTIVE,
-                              steps_done=[], extra={}, created_at=now, updated_at=now))
+            session.add(
+                Agent(
+                    agent_id=agent_id,
+                    fleet="reported",
+                    environment="test",
+                    id_prefix=prefix,
+                    tier="starter",
+                    capabilities=["support"],
+                    sla_template="standard-support",
+                    status=AgentStatus.ACTIVE,
+                    steps_done=[],
+                    extra={},
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
     log = AuditLog.from_settings(settings, engine=engine)
-    log.append([build_event(actor="t", action="provision_agent", subject=a, fleet="reported") for a in agent_ids])
-    approvals = Approvals(session_factory(engine), settings.policy.approvals, clock=log.clock, emit=log.append)
+    log.append(
+        [
+            build_event(actor="t", action="provision_agent", subject=a, fleet="reported")
+            for a in agent_ids
+        ]
+    )
+    approvals = Approvals(
+        session_factory(engine), settings.policy.approvals, clock=log.clock, emit=log.append
+    )
     client = GatewayClient(GatewayConfig(url=sandbox.gateway_url, admin_key=sandbox.admin_key))
     try:
-        report, json_path, html_path = produce_report(settings, log, approvals, "reported", "30d", client.call)
+        report, json_path, html_path = produce_report(
+            settings, log, approvals, "reported", "30d", client.call
+        )
     finally:
         client.close()
         engine.dispose()
     assert report["gateway"] == {"prefixes": [prefix], "error": None}
     for number in ("9", "11", "12", "13", "14", "15"):
         section = report["articles"][number]
-        assert section["gateway"][prefix]["article"] == int(number), "the gateway's findings sit beside ours"
+        assert section["gateway"][prefix]["article"] == int(number), (
+            "the gateway's findings sit beside ours"
+        )
         assert "evidence" in section["ours"]
     assert report["articles"]["12"]["ours"]["evidence"]["agents_audited"] == 2
     assert report["articles"]["12"]["ours"]["evidence"]["mirror_pending"] == 2

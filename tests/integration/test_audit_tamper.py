@@ -48,14 +48,26 @@ def clock() -> ManualClock:
 def log(database_url: str, tmp_path: Path, clock: ManualClock) -> Iterator[AuditLog]:
     engine = create_db_engine(database_url)
     migrate(engine)
-    files = AuditFiles(tmp_path / "key.pem", tmp_path / "checkpoints.jsonl", tmp_path / "archive", tmp_path / "reports")
+    files = AuditFiles(
+        tmp_path / "key.pem",
+        tmp_path / "checkpoints.jsonl",
+        tmp_path / "archive",
+        tmp_path / "reports",
+    )
     audit_log = AuditLog(engine, files, checkpoint_every=20, clock=clock)
     for start in range(0, ENTRIES, 10):
-        audit_log.append([
-            build_event(actor="fleet-commander/test", action="restart_agent", subject=f"seg0-{i:04d}-aaaaaaaa",
-                        details={"i": i, "amount": f"{i}.00"}, clock=clock)
-            for i in range(start + 1, start + 11)
-        ])
+        audit_log.append(
+            [
+                build_event(
+                    actor="fleet-commander/test",
+                    action="restart_agent",
+                    subject=f"seg0-{i:04d}-aaaaaaaa",
+                    details={"i": i, "amount": f"{i}.00"},
+                    clock=clock,
+                )
+                for i in range(start + 1, start + 11)
+            ]
+        )
     assert verify_log(audit_log).ok
     yield audit_log
     engine.dispose()
@@ -70,7 +82,11 @@ def _unguard(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE audit_entries DISABLE TRIGGER USER"))
         conn.execute(sa.text("ALTER TABLE audit_checkpoints DISABLE TRIGGER USER"))
     else:
-        for trigger in ("audit_entries_no_update", "audit_entries_no_delete", "audit_checkpoints_no_delete"):
+        for trigger in (
+            "audit_entries_no_update",
+            "audit_entries_no_delete",
+            "audit_checkpoints_no_delete",
+        ):
             conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {trigger}"))
 
 
@@ -82,7 +98,11 @@ def tamper(log: AuditLog, *statements: str, **params: Any) -> None:
 
 
 def _row(conn: Connection, seq: int) -> Any:
-    return conn.execute(sa.text("SELECT * FROM audit_entries WHERE seq = :s"), {"s": seq}).mappings().one()
+    return (
+        conn.execute(sa.text("SELECT * FROM audit_entries WHERE seq = :s"), {"s": seq})
+        .mappings()
+        .one()
+    )
 
 
 def _forge(chain: str, entry: dict[str, Any], prev: str, seq: int) -> tuple[str, str]:
@@ -109,7 +129,10 @@ def _shift(conn: Connection, from_seq: int, by: int) -> None:
 
 
 def edit_body(log: AuditLog) -> None:
-    tamper(log, """UPDATE audit_entries SET body = replace(body, '"amount":"31.00"', '"amount":"3100.00"') WHERE seq = 31""")
+    tamper(
+        log,
+        """UPDATE audit_entries SET body = replace(body, '"amount":"31.00"', '"amount":"3100.00"') WHERE seq = 31""",
+    )
 
 
 def edit_column(log: AuditLog) -> None:
@@ -123,7 +146,10 @@ def edit_and_rehash(log: AuditLog) -> None:
         obj = orjson.loads(row["body"])
         obj["entry"]["details"]["amount"] = "3100.00"
         body, digest = _forge("main", obj["entry"], row["prev_hash"], 31)
-        conn.execute(sa.text("UPDATE audit_entries SET body = :b, hash = :h WHERE seq = 31"), {"b": body, "h": digest})
+        conn.execute(
+            sa.text("UPDATE audit_entries SET body = :b, hash = :h WHERE seq = 31"),
+            {"b": body, "h": digest},
+        )
 
 
 def delete_one(log: AuditLog) -> None:
@@ -143,8 +169,12 @@ def insert_forged(log: AuditLog) -> None:
         _unguard(conn)
         before = _row(conn, 30)
         _shift(conn, 31, +1)
-        entry = {**orjson.loads(before["body"])["entry"], "event_id": "f" * 32, "action": "transfer_funds",
-                 "details": {"amount": "9999.00"}}
+        entry = {
+            **orjson.loads(before["body"])["entry"],
+            "event_id": "f" * 32,
+            "action": "transfer_funds",
+            "details": {"amount": "9999.00"},
+        }
         body, digest = _forge("main", entry, before["hash"], 31)
         _put(conn, 31, body, digest, before["hash"])
 
@@ -154,8 +184,10 @@ def insert_copy_at_end(log: AuditLog) -> None:
         _unguard(conn)
         row = dict(_row(conn, 5))
         conn.execute(
-            sa.text("INSERT INTO audit_entries SELECT chain, :seq, :eid, time, actor, action, subject, fleet, article,"
-                    " approval, approval_id, trace_id, span_id, prev_hash, hash, body FROM audit_entries WHERE seq = 5"),
+            sa.text(
+                "INSERT INTO audit_entries SELECT chain, :seq, :eid, time, actor, action, subject, fleet, article,"
+                " approval, approval_id, trace_id, span_id, prev_hash, hash, body FROM audit_entries WHERE seq = 5"
+            ),
             {"seq": ENTRIES + 1, "eid": "c" * 32},
         )
         assert row["seq"] == 5
@@ -185,8 +217,12 @@ def rewrite_suffix(log: AuditLog) -> None:
             if seq == 31:
                 entry["details"]["amount"] = "3100.00"
             body, digest = _forge("main", entry, prev, seq)
-            conn.execute(sa.text("UPDATE audit_entries SET body = :b, hash = :h, prev_hash = :p WHERE seq = :s"),
-                         {"b": body, "h": digest, "p": prev, "s": seq})
+            conn.execute(
+                sa.text(
+                    "UPDATE audit_entries SET body = :b, hash = :h, prev_hash = :p WHERE seq = :s"
+                ),
+                {"b": body, "h": digest, "p": prev, "s": seq},
+            )
             prev = digest
         conn.execute(sa.text("DELETE FROM audit_checkpoints WHERE size > 30"))
 
@@ -195,8 +231,12 @@ def forge_checkpoint(log: AuditLog) -> None:
     with log.engine.begin() as conn:
         _unguard(conn)
         head = _row(conn, 50)["hash"]
-        conn.execute(sa.text("INSERT INTO audit_checkpoints VALUES ('main', 50, :h, '2026-01-01T00:00:00.000000Z', :k, :sig)"),
-                     {"h": head, "k": log.signer.key_id, "sig": "00" * 64})
+        conn.execute(
+            sa.text(
+                "INSERT INTO audit_checkpoints VALUES ('main', 50, :h, '2026-01-01T00:00:00.000000Z', :k, :sig)"
+            ),
+            {"h": head, "k": log.signer.key_id, "sig": "00" * 64},
+        )
 
 
 CASES: list[tuple[Callable[[AuditLog], None], ProblemKind, int, str]] = [
@@ -214,8 +254,12 @@ CASES: list[tuple[Callable[[AuditLog], None], ProblemKind, int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("attack", "kind", "seq", "words"), CASES, ids=[c[0].__name__ for c in CASES])
-def test_verify_names_the_first_bad_entry(log: AuditLog, attack: Callable[[AuditLog], None], kind: ProblemKind, seq: int, words: str) -> None:
+@pytest.mark.parametrize(
+    ("attack", "kind", "seq", "words"), CASES, ids=[c[0].__name__ for c in CASES]
+)
+def test_verify_names_the_first_bad_entry(
+    log: AuditLog, attack: Callable[[AuditLog], None], kind: ProblemKind, seq: int, words: str
+) -> None:
     attack(log)
     report = verify_log(log)
     assert not report.ok
@@ -233,8 +277,18 @@ def test_two_edits_report_the_earlier_one(log: AuditLog) -> None:
 def test_concurrent_writers_keep_one_unforked_chain(log: AuditLog, clock: ManualClock) -> None:
     def writer(n: int) -> None:
         for batch in range(10):
-            log.append([build_event(actor=f"w{n}", action="restart_agent", subject=f"seg{n}-{batch:04d}-aaaaaaaa",
-                                    details={"k": k}, clock=clock) for k in range(7)])
+            log.append(
+                [
+                    build_event(
+                        actor=f"w{n}",
+                        action="restart_agent",
+                        subject=f"seg{n}-{batch:04d}-aaaaaaaa",
+                        details={"k": k},
+                        clock=clock,
+                    )
+                    for k in range(7)
+                ]
+            )
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
     for thread in threads:
@@ -245,17 +299,27 @@ def test_concurrent_writers_keep_one_unforked_chain(log: AuditLog, clock: Manual
     assert report.ok, report.summary()
     assert report.last_seq == ENTRIES + 4 * 10 * 7 == report.entries
     with log.engine.connect() as conn:
-        by_writer = conn.execute(sa.text("SELECT actor, min(seq), max(seq) FROM audit_entries WHERE actor LIKE 'w%' GROUP BY actor")).all()
+        by_writer = conn.execute(
+            sa.text(
+                "SELECT actor, min(seq), max(seq) FROM audit_entries WHERE actor LIKE 'w%' GROUP BY actor"
+            )
+        ).all()
     assert len(by_writer) == 4
 
 
-def test_retention_deletes_through_its_own_path_and_the_rest_verifies(log: AuditLog, clock: ManualClock) -> None:
+def test_retention_deletes_through_its_own_path_and_the_rest_verifies(
+    log: AuditLog, clock: ManualClock
+) -> None:
     clock.advance(200 * 86400)
-    log.append([build_event(actor="t", action="restart_agent", subject="seg9-0001-aaaaaaaa", clock=clock)])
+    log.append(
+        [build_event(actor="t", action="restart_agent", subject="seg9-0001-aaaaaaaa", clock=clock)]
+    )
     result = archive_expired(log, retention_days=183, respect_mirror=False)
     assert result is not None and (result.first_seq, result.last_seq) == (1, ENTRIES)
     report = verify_log(log)
-    assert report.ok and (report.first_seq, report.last_seq) == (ENTRIES + 1, ENTRIES + 1), report.summary()
+    assert report.ok and (report.first_seq, report.last_seq) == (ENTRIES + 1, ENTRIES + 1), (
+        report.summary()
+    )
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

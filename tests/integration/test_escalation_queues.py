@@ -77,7 +77,9 @@ class System:
     sent: list[tuple[datetime, str, int]] = field(default_factory=list)
 
     def send(self, messages: Any) -> None:
-        self.sent += [(self.clock.now(), kwargs["episode_id"], kwargs["tier"]) for _, kwargs in messages]
+        self.sent += [
+            (self.clock.now(), kwargs["episode_id"], kwargs["tier"]) for _, kwargs in messages
+        ]
         app = self.stack.celery()
         with app.producer_or_acquire() as producer:
             for name, kwargs in messages:
@@ -85,11 +87,24 @@ class System:
 
     def sla(self) -> service.SlaDeps:
         s = self.stack.settings
-        return service.SlaDeps(self.sessions, connect(s.redis_url), self.gateway, s.policy, s.sla, self.clock, self.send)
+        return service.SlaDeps(
+            self.sessions,
+            connect(s.redis_url),
+            self.gateway,
+            s.policy,
+            s.sla,
+            self.clock,
+            self.send,
+        )
 
     def engine(self) -> EngineDeps:
-        return EngineDeps(self.sessions, self.stack.settings.policy.escalation, self.clock, self.send,
-                          redis=connect(self.stack.settings.redis_url))
+        return EngineDeps(
+            self.sessions,
+            self.stack.settings.policy.escalation,
+            self.clock,
+            self.send,
+            redis=connect(self.stack.settings.redis_url),
+        )
 
     def agents(self, n: int, prefix: str) -> list[str]:
         ids: list[str] = self.stack.sandbox().seed(n, prefix=prefix, profile="healthy")["agent_ids"]
@@ -97,24 +112,56 @@ class System:
         terms = self.stack.settings.policy.sla_templates["standard-support"].model_dump(mode="json")
         with write_session(self.sessions) as s:
             for a in ids:
-                s.add(Agent(agent_id=a, fleet="itest", environment="test", id_prefix=prefix, tier="standard",
-                            capabilities=["support"], sla_template="standard-support", status=AgentStatus.ACTIVE,
-                            steps_done=[], traffic_weight="1", extra={}, created_at=now, updated_at=now))
+                s.add(
+                    Agent(
+                        agent_id=a,
+                        fleet="itest",
+                        environment="test",
+                        id_prefix=prefix,
+                        tier="standard",
+                        capabilities=["support"],
+                        sla_template="standard-support",
+                        status=AgentStatus.ACTIVE,
+                        steps_done=[],
+                        traffic_weight="1",
+                        extra={},
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
             s.flush()
             for a in ids:
-                s.add(SlaContract(sla_id=f"sla-{a}", agent_id=a, template="standard-support", terms=terms, created_at=now))
+                s.add(
+                    SlaContract(
+                        sla_id=f"sla-{a}",
+                        agent_id=a,
+                        template="standard-support",
+                        terms=terms,
+                        created_at=now,
+                    )
+                )
         return ids
 
     def rows(self, episode_id: str) -> list[SlaEscalation]:
         with self.sessions() as s:
-            return list(s.scalars(select(SlaEscalation).where(SlaEscalation.episode_id == episode_id)
-                                  .order_by(SlaEscalation.tier)))
+            return list(
+                s.scalars(
+                    select(SlaEscalation)
+                    .where(SlaEscalation.episode_id == episode_id)
+                    .order_by(SlaEscalation.tier)
+                )
+            )
 
     def settle(self, episode_id: str, timeout_s: float = 30) -> None:
         """Wait until every tier sent for the episode has finished on its worker."""
-        wait_until(lambda: all(ActionStatus(r.status).finished for r in self.rows(episode_id)), timeout_s=timeout_s)
+        wait_until(
+            lambda: all(ActionStatus(r.status).finished for r in self.rows(episode_id)),
+            timeout_s=timeout_s,
+        )
 
-    def run(self, agent: str, minutes: int, *, recover_at: int | None = None) -> tuple[str, list[tuple[int, int]]]:
+    def run(
+        self, agent: str, minutes: int, *, recover_at: int | None = None
+    ) -> tuple[str, list[tuple[int, int]]]:
         """Minute by minute on the ManualClock: checks every 5 min, the engine each minute, workers do the rest.
         Returns the episode and (minute, tier) of everything sent for it, in the order sent."""
         episode_id = ""
@@ -125,11 +172,17 @@ class System:
             if recover_at is not None and minute == recover_at:
                 self.stack.sandbox().set_profile(agent, "healthy")
             if minute % 5 == 0:
-                episode_id = service.check_batch(self.sla(), [agent]).episodes.get(agent, episode_id)
+                episode_id = service.check_batch(self.sla(), [agent]).episodes.get(
+                    agent, episode_id
+                )
             if episode_id:
                 evaluate(self.engine(), [episode_id])
                 self.settle(episode_id)
-        sent = [(int((at - start).total_seconds() // 60), tier) for at, e, tier in self.sent[first:] if e == episode_id]
+        sent = [
+            (int((at - start).total_seconds() // 60), tier)
+            for at, e, tier in self.sent[first:]
+            if e == episode_id
+        ]
         return episode_id, sent
 
 
@@ -148,13 +201,17 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         stack.start_worker(["sla"], concurrency=2, pool="threads", name="sla")
         gateway = LoopGatewayClient.from_settings(stack.settings)
         try:
-            yield System(stack, session_factory(engine_for(stack.settings.sqlalchemy_url)), gateway, hook)
+            yield System(
+                stack, session_factory(engine_for(stack.settings.sqlalchemy_url)), gateway, hook
+            )
         finally:
             gateway.close()
             hook.close()
 
 
-def test_a_35_minute_episode_runs_tiers_1_to_4_once_each_in_order_each_on_its_own_queue(system: System) -> None:
+def test_a_35_minute_episode_runs_tiers_1_to_4_once_each_in_order_each_on_its_own_queue(
+    system: System,
+) -> None:
     sb = system.stack.sandbox()
     [agent] = system.agents(1, "long")
     sb.set_profile(agent, "dead")
@@ -163,11 +220,15 @@ def test_a_35_minute_episode_runs_tiers_1_to_4_once_each_in_order_each_on_its_ow
     assert sent == [(0, 1), (5, 2), (15, 3), (30, 4)]
     rows = system.rows(episode_id)
     assert [(r.tier, r.status, r.queue, r.attempts, r.dispatch_count) for r in rows] == [
-        (1, "done", "escalation.tier1", 1, 1), (2, "done", "escalation.tier2", 1, 1),
-        (3, "done", "escalation.tier3", 1, 1), (4, "done", "escalation.tier4", 1, 1),
+        (1, "done", "escalation.tier1", 1, 1),
+        (2, "done", "escalation.tier2", 1, 1),
+        (3, "done", "escalation.tier3", 1, 1),
+        (4, "done", "escalation.tier4", 1, 1),
     ]
     # Each ran on the worker of its own queue, in order.
-    assert [r.claimed_by.split("@")[0] for r in rows if r.claimed_by] == [q.replace(".", "-") for q in TIER_QUEUES]
+    assert [r.claimed_by.split("@")[0] for r in rows if r.claimed_by] == [
+        q.replace(".", "-") for q in TIER_QUEUES
+    ]
     started = [r.started_at for r in rows]
     assert started == sorted(started)  # type: ignore[type-var]
 
@@ -190,13 +251,20 @@ def test_a_35_minute_episode_runs_tiers_1_to_4_once_each_in_order_each_on_its_ow
     assert more == []
 
 
-def test_an_episode_recovering_at_20_minutes_stops_after_tier_3_restores_traffic_and_notifies(system: System) -> None:
+def test_an_episode_recovering_at_20_minutes_stops_after_tier_3_restores_traffic_and_notifies(
+    system: System,
+) -> None:
     sb = system.stack.sandbox()
     [agent] = system.agents(1, "back")
     sb.set_profile(agent, "dead")
     episode_id, sent = system.run(agent, 40, recover_at=20)
 
-    assert sent == [(0, 1), (5, 2), (15, 3), (25, 0)]  # tier 0: the recovery stage, after two good checks
+    assert sent == [
+        (0, 1),
+        (5, 2),
+        (15, 3),
+        (25, 0),
+    ]  # tier 0: the recovery stage, after two good checks
     with system.sessions() as s:
         ep = s.get(SlaEpisode, episode_id)
         a = s.get(Agent, agent)
@@ -204,7 +272,9 @@ def test_an_episode_recovering_at_20_minutes_stops_after_tier_3_restores_traffic
         assert ep.closed_at == ep.opened_at + timedelta(minutes=20)
         assert a is not None and a.status == AgentStatus.ACTIVE and a.traffic_weight == "1"
     assert sb.agent(agent)["wallet"]["frozen"] is False
-    resolved = [m for m in sb.messages(to="fleet-operator") if m["subject"] == f"SLA resolved: {agent}"]
+    resolved = [
+        m for m in sb.messages(to="fleet-operator") if m["subject"] == f"SLA resolved: {agent}"
+    ]
     assert len(resolved) == 1 and "traffic weight is restored" in resolved[0]["body"]
     assert [r.queue for r in system.rows(episode_id)] == ["escalation.tier3", *TIER_QUEUES[:3]]
 
@@ -214,19 +284,34 @@ def test_duplicated_tier_messages_change_nothing(system: System) -> None:
     [agent] = system.agents(1, "dup")
     sb.set_profile(agent, "dead")
     episode_id, _ = system.run(agent, 30)
-    before_rows = [(r.tier, r.status, r.attempts, r.finished_at, dict(r.result)) for r in system.rows(episode_id)]
+    before_rows = [
+        (r.tier, r.status, r.attempts, r.finished_at, dict(r.result))
+        for r in system.rows(episode_id)
+    ]
     before_counts = sb.counters(agents=False)["tools"]
     hook_calls = len(system.hook.calls)
     logs = {q: system.stack.base_dir / "logs" / f"{q.replace('.', '-')}.log" for q in TIER_QUEUES}
     seen = {q: logs[q].read_text().count("duplicate, nothing to do") for q in TIER_QUEUES}
 
-    tasks = {1: "escalation.tier1.remediate", 2: "escalation.tier2.reroute", 3: "escalation.tier3.notify",
-             4: "escalation.tier4.freeze"}
+    tasks = {
+        1: "escalation.tier1.remediate",
+        2: "escalation.tier2.reroute",
+        3: "escalation.tier3.notify",
+        4: "escalation.tier4.freeze",
+    }
     system.send([(tasks[t], {"episode_id": episode_id, "tier": t}) for t in (1, 2, 3, 4)] * 2)
-    wait_until(lambda: all(logs[q].read_text().count("duplicate, nothing to do") >= seen[q] + 2 for q in TIER_QUEUES),
-               timeout_s=30)
+    wait_until(
+        lambda: all(
+            logs[q].read_text().count("duplicate, nothing to do") >= seen[q] + 2
+            for q in TIER_QUEUES
+        ),
+        timeout_s=30,
+    )
 
-    assert [(r.tier, r.status, r.attempts, r.finished_at, dict(r.result)) for r in system.rows(episode_id)] == before_rows
+    assert [
+        (r.tier, r.status, r.attempts, r.finished_at, dict(r.result))
+        for r in system.rows(episode_id)
+    ] == before_rows
     after_counts = sb.counters(agents=False)["tools"]
     for tool in ("freeze_wallet", "send_message", "create_dispute"):
         assert after_counts.get(tool, 0) == before_counts.get(tool, 0), tool
@@ -252,13 +337,17 @@ def test_the_sweep_and_evaluate_agent_by_name_on_the_sla_queue(system: System) -
     progress = wait_until(finished, timeout_s=60)
     assert isinstance(progress, dict) and progress["failed"] == 0
     with system.sessions() as s:
-        opened = s.scalars(select(SlaEpisode).where(SlaEpisode.agent_id.in_(agents), SlaEpisode.state == "open")).all()
+        opened = s.scalars(
+            select(SlaEpisode).where(SlaEpisode.agent_id.in_(agents), SlaEpisode.state == "open")
+        ).all()
     assert sorted(e.agent_id for e in opened) == sorted(agents[:2])
     assert all(e.opened_by == "sweep" for e in opened)
 
     # The monitoring alert rules hand an agent over by task name.
     sb.set_profile(agents[2], "dead")
-    app.send_task("sla.evaluate_agent", kwargs={"agent_id": agents[2], "source": "alert:error-rate"})
+    app.send_task(
+        "sla.evaluate_agent", kwargs={"agent_id": agents[2], "source": "alert:error-rate"}
+    )
 
     def opened_by_alert() -> SlaEpisode | None:
         with system.sessions() as s:

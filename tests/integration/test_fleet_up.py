@@ -47,30 +47,52 @@ def test_demo_starts_a_worker_per_queue_and_ctrl_c_stops_everything(tmp_path: Pa
         "FLEET_FLOWER__PASSWORD": "up-test",
     }
     env.pop("FLEET_REDIS__URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--demo", "--concurrency", "1"],
-                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up", "--demo", "--concurrency", "1"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         flower = f"http://127.0.0.1:{ports['flower']}"
 
         def every_queue_consumed() -> bool:
             try:
-                workers = httpx.get(f"{flower}/api/workers", params={"refresh": "1"}, auth=("admin", "up-test"), timeout=5).json()
+                workers = httpx.get(
+                    f"{flower}/api/workers",
+                    params={"refresh": "1"},
+                    auth=("admin", "up-test"),
+                    timeout=5,
+                ).json()
             except (httpx.HTTPError, ValueError):
                 return False
-            consumed = {q["name"] for info in workers.values() for q in info.get("active_queues", [])}
+            consumed = {
+                q["name"] for info in workers.values() for q in info.get("active_queues", [])
+            }
             return consumed >= {q.value for q in ALL_QUEUES}
 
-        wait_until(every_queue_consumed, timeout_s=180, interval_s=1)  # generous: CI machines are shared
+        wait_until(
+            every_queue_consumed, timeout_s=180, interval_s=1
+        )  # generous: CI machines are shared
 
         def heartbeats_ran_on_every_queue() -> bool:
-            tasks = httpx.get(f"{flower}/api/tasks", params={"limit": 500}, auth=("admin", "up-test"), timeout=5).json()
-            done = {t["name"].rsplit(".heartbeat", 1)[0] for t in tasks.values()
-                    if t["name"].endswith(".heartbeat") and t["state"] == "SUCCESS"}
+            tasks = httpx.get(
+                f"{flower}/api/tasks", params={"limit": 500}, auth=("admin", "up-test"), timeout=5
+            ).json()
+            done = {
+                t["name"].rsplit(".heartbeat", 1)[0]
+                for t in tasks.values()
+                if t["name"].endswith(".heartbeat") and t["state"] == "SUCCESS"
+            }
             return done >= {q.value for q in ALL_QUEUES}
 
         wait_until(heartbeats_ran_on_every_queue, timeout_s=120, interval_s=1)
         children = _children_of(proc.pid)
-        assert len(children) >= 12  # redis, sandbox, 8 workers, beat, flower, api (+ pool processes)
+        assert (
+            len(children) >= 12
+        )  # redis, sandbox, 8 workers, beat, flower, api (+ pool processes)
     finally:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)

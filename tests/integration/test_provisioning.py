@@ -51,7 +51,9 @@ def sessions(stack: Stack) -> Any:
 
 def submit(stack: Stack, manifest: dict[str, Any], job_id: str | None = None) -> str:
     job_id = job_id or uuid.uuid4().hex
-    stack.celery().send_task("provisioning.provision_fleet", kwargs={"manifest": manifest, "job_id": job_id})
+    stack.celery().send_task(
+        "provisioning.provision_fleet", kwargs={"manifest": manifest, "job_id": job_id}
+    )
     return job_id
 
 
@@ -109,7 +111,9 @@ def test_a_step_that_keeps_failing_is_compensated(stack: Stack) -> None:
     assert after["agents"]["live"] == before["agents"]["live"]
     assert after["agents"]["deregistered"] - before["agents"]["deregistered"] == 8
     # Every dollar that went into those wallets went back to the treasury.
-    moved = float(after["wallets"]["treasury_balance"]) - float(before["wallets"]["treasury_balance"])
+    moved = float(after["wallets"]["treasury_balance"]) - float(
+        before["wallets"]["treasury_balance"]
+    )
     assert moved == pytest.approx(8 * 25.0, abs=0.01)
 
     # Later runs, with the gateway healthy again, provision them afresh. The
@@ -121,7 +125,9 @@ def test_a_step_that_keeps_failing_is_compensated(stack: Stack) -> None:
         again = wait_done(stack, submit(stack, bench_manifest(8, fleet="no-claims")))
         if again.failed == 0:
             break
-    assert (again.done, again.failed) == (8, 0), {a.agent_id: a.failure_reason for a in again.agents}
+    assert (again.done, again.failed) == (8, 0), {
+        a.agent_id: a.failure_reason for a in again.agents
+    }
     assert sandbox.state()["orphans"]["count"] == 0
 
 
@@ -132,7 +138,9 @@ def test_invalid_manifest_sent_as_a_message_is_recorded_with_its_problems(stack:
     bad["agents"][0]["sla_template"] = "gold"
     progress = wait_done(stack, submit(stack, bad))
     assert progress.state == "invalid"
-    assert any(p.startswith("agents[0].sla_template: unknown template 'gold'") for p in progress.problems)
+    assert any(
+        p.startswith("agents[0].sla_template: unknown template 'gold'") for p in progress.problems
+    )
     # Refused before any gateway call (the audit mirror, catching up on earlier
     # entries in the background, is the only caller).
     assert set(sandbox.counters()["tools"]) <= {"create_audit_trail"}
@@ -140,7 +148,9 @@ def test_invalid_manifest_sent_as_a_message_is_recorded_with_its_problems(stack:
 
 def test_http_api_accepts_yaml_and_reports_progress(stack: Stack) -> None:
     api = stack.settings.api
-    stack.sup.start("api", api_argv(stack.settings), env=stack.env, ready=lambda: port_open(api.host, api.port))
+    stack.sup.start(
+        "api", api_argv(stack.settings), env=stack.env, ready=lambda: port_open(api.host, api.port)
+    )
     base = f"http://{api.host}:{api.port}"
     auth = {"Authorization": "Bearer test-token"}
     manifest_yaml = textwrap.dedent("""\
@@ -156,12 +166,18 @@ def test_http_api_accepts_yaml_and_reports_progress(stack: Stack) -> None:
     """)
     with httpx.Client(base_url=base, timeout=10) as client:
         assert client.post("/api/v1/provisioning-jobs", content=manifest_yaml).status_code == 401
-        bad = client.post("/api/v1/provisioning-jobs", content=manifest_yaml.replace("premium-support", "gold"),
-                          headers={**auth, "Content-Type": "application/yaml"})
+        bad = client.post(
+            "/api/v1/provisioning-jobs",
+            content=manifest_yaml.replace("premium-support", "gold"),
+            headers={**auth, "Content-Type": "application/yaml"},
+        )
         assert bad.status_code == 422
         assert "agents[0].sla_template: unknown template 'gold'" in bad.text
-        accepted = client.post("/api/v1/provisioning-jobs", content=manifest_yaml,
-                               headers={**auth, "Content-Type": "application/yaml"})
+        accepted = client.post(
+            "/api/v1/provisioning-jobs",
+            content=manifest_yaml,
+            headers={**auth, "Content-Type": "application/yaml"},
+        )
         assert accepted.status_code == 202, accepted.text
         job_id = accepted.json()["job_id"]
 
@@ -176,7 +192,9 @@ def test_http_api_accepts_yaml_and_reports_progress(stack: Stack) -> None:
         assert "/api/v1/provisioning-jobs" in client.get("/openapi.json").json()["paths"]
 
 
-def test_worker_killed_mid_job_resumes_without_duplicate_agents(stack: Stack, tmp_path: Path) -> None:
+def test_worker_killed_mid_job_resumes_without_duplicate_agents(
+    stack: Stack, tmp_path: Path
+) -> None:
     sandbox = stack.sandbox()
     registrations_before = sandbox.state()["agents"]["registrations"]
     slow = {"latency_ms": 40, "latency_jitter_ms": 0}
@@ -188,11 +206,16 @@ def test_worker_killed_mid_job_resumes_without_duplicate_agents(stack: Stack, tm
     victim = stack.start_worker(["provisioning"], concurrency=8, pool="threads", name="victim")
     try:
         job_id = submit(stack, bench_manifest(40, fleet="killed"))
-        wait_until(lambda: (p := job_progress(sessions(stack), job_id, with_agents=False)) and p.done >= 5, timeout_s=60)
+        wait_until(
+            lambda: (p := job_progress(sessions(stack), job_id, with_agents=False)) and p.done >= 5,
+            timeout_s=60,
+        )
         os.killpg(victim.process.pid, signal.SIGKILL)
         stack.sup.remove(victim)
         interrupted = job_progress(sessions(stack), job_id, with_agents=False)
-        assert interrupted is not None and interrupted.pending > 0, "the kill came too late to interrupt anything"
+        assert interrupted is not None and interrupted.pending > 0, (
+            "the kill came too late to interrupt anything"
+        )
     finally:
         sandbox.set_faults(latency_ms=0, latency_jitter_ms=0)
     stack.start_worker(["provisioning"], concurrency=16, pool="threads", name="provisioning")
@@ -212,7 +235,7 @@ def test_worker_killed_mid_job_resumes_without_duplicate_agents(stack: Stack, tm
         assert sandbox.agent(agent.agent_id)["status"] == "active"
 
 
-OUTSIDER = r'''
+OUTSIDER = r"""
 import json, sys, uuid, base64
 import redis  # only the Redis client: nothing of Fleet Commander's
 
@@ -232,21 +255,34 @@ message = {
 }
 redis.Redis.from_url(url).lpush("provisioning", json.dumps(message))
 print(task_id)
-'''
+"""
 
 
-def test_raw_message_from_a_foreign_script_runs_and_shows_in_flower(stack: Stack, tmp_path: Path) -> None:
+def test_raw_message_from_a_foreign_script_runs_and_shows_in_flower(
+    stack: Stack, tmp_path: Path
+) -> None:
     fl = stack.settings.flower
-    stack.sup.start("flower", flower_argv(stack.settings), env={**stack.env, **flower_env(stack.settings)},
-                    ready=lambda: port_open(fl.host, fl.port), timeout_s=60)
+    stack.sup.start(
+        "flower",
+        flower_argv(stack.settings),
+        env={**stack.env, **flower_env(stack.settings)},
+        ready=lambda: port_open(fl.host, fl.port),
+        timeout_s=60,
+    )
     manifest_file = tmp_path / "manifest.json"
     manifest_file.write_text(json.dumps(bench_manifest(5, fleet="outsider")))
     script = tmp_path / "outsider.py"
     script.write_text(OUTSIDER)
     # A clean interpreter that cannot import our packages: -I ignores the
     # environment and user site, and the working directory is elsewhere.
-    out = subprocess.run([sys.executable, "-I", str(script), stack.settings.redis_url, str(manifest_file)],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=30, check=True)
+    out = subprocess.run(
+        [sys.executable, "-I", str(script), stack.settings.redis_url, str(manifest_file)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     job_id = out.stdout.strip()
     progress = wait_done(stack, job_id)
     assert (progress.done, progress.failed) == (5, 0)
@@ -257,15 +293,26 @@ def test_raw_message_from_a_foreign_script_runs_and_shows_in_flower(stack: Stack
     def flower_sees_everything() -> dict[str, Any] | None:
         tasks = httpx.get(f"{base}/api/tasks", params={"limit": 2000}, auth=auth, timeout=10).json()
         job = tasks.get(job_id)
-        agents = [t for t in tasks.values() if t["name"] == "provisioning.provision_agent" and job_id in (t.get("args") or "")]
-        if job and job["state"] == "SUCCESS" and len(agents) == 5 and all(t["state"] == "SUCCESS" for t in agents):
+        agents = [
+            t
+            for t in tasks.values()
+            if t["name"] == "provisioning.provision_agent" and job_id in (t.get("args") or "")
+        ]
+        if (
+            job
+            and job["state"] == "SUCCESS"
+            and len(agents) == 5
+            and all(t["state"] == "SUCCESS" for t in agents)
+        ):
             return {"job": job, "agents": agents}
         return None
 
     seen = wait_until(flower_sees_everything, timeout_s=30)
     assert seen["job"]["name"] == "provisioning.provision_fleet"  # type: ignore[index]
     for task in seen["agents"]:  # type: ignore[index]
-        assert any(a.agent_id in task["args"] for a in progress.agents)  # the agent id is in the arguments
+        assert any(
+            a.agent_id in task["args"] for a in progress.agents
+        )  # the agent id is in the arguments
     assert httpx.get(f"{base}/api/tasks", auth=("admin", "wrong"), timeout=10).status_code == 401
 
 
@@ -276,7 +323,9 @@ def _approvals(stack: Stack, audit_events: list[Any] | None = None) -> Any:
     from fleet.clock import SystemClock
 
     events = audit_events if audit_events is not None else []
-    return Approvals(sessions(stack), stack.settings.policy.approvals, clock=SystemClock(), emit=events.extend)
+    return Approvals(
+        sessions(stack), stack.settings.policy.approvals, clock=SystemClock(), emit=events.extend
+    )
 
 
 def _agent_row(stack: Stack, agent_id: str) -> Any:
@@ -293,12 +342,21 @@ def test_retirement_runs_only_after_two_distinct_approvals(stack: Stack) -> None
     treasury_before = float(sandbox.state()["wallets"]["treasury_balance"])
     audit_events: list[Any] = []
     approvals = _approvals(stack, audit_events)
-    gate = approvals.request("retire_agent", agent_id, "alice", reason="segment shrinks", irreversible=True,
-                             task="provisioning.retire_agent", task_kwargs={"agent_id": agent_id, "reason": "segment shrinks"})
+    gate = approvals.request(
+        "retire_agent",
+        agent_id,
+        "alice",
+        reason="segment shrinks",
+        irreversible=True,
+        task="provisioning.retire_agent",
+        task_kwargs={"agent_id": agent_id, "reason": "segment shrinks"},
+    )
     assert not gate.may_run and gate.request.required == 2
 
     # Sent straight to the worker without a granted approval, it is refused.
-    stack.celery().send_task("provisioning.retire_agent", kwargs={"agent_id": agent_id, "approval_id": gate.request_id})
+    stack.celery().send_task(
+        "provisioning.retire_agent", kwargs={"agent_id": agent_id, "approval_id": gate.request_id}
+    )
     approvals.approve(gate.request_id, "bob")
     with pytest.raises(DuplicateVote):
         approvals.approve(gate.request_id, "bob")  # the same person twice counts once
@@ -306,16 +364,27 @@ def test_retirement_runs_only_after_two_distinct_approvals(stack: Stack) -> None
     assert _agent_row(stack, agent_id).status == "active"
 
     approvals.approve(gate.request_id, "carol")
-    stack.celery().send_task("audit.approvals_sweep")  # what beat does: send approved requests' tasks
+    stack.celery().send_task(
+        "audit.approvals_sweep"
+    )  # what beat does: send approved requests' tasks
     wait_until(lambda: _agent_row(stack, agent_id).status == "retired", timeout_s=30)
     row = _agent_row(stack, agent_id)
     assert row.api_key_encrypted is None and row.traffic_weight == "0"
-    assert row.extra["retire_stages"] == ["stop_routing", "drain", "settle_sla", "withdraw", "final_snapshot", "deregister"]
+    assert row.extra["retire_stages"] == [
+        "stop_routing",
+        "drain",
+        "settle_sla",
+        "withdraw",
+        "final_snapshot",
+        "deregister",
+    ]
     assert "final_snapshot" in row.extra["retirement"]
     assert sandbox.agent(agent_id)["status"] == "deregistered"
     withdrawn = float(row.extra["retirement"]["withdrawn"])
     assert withdrawn > 0
-    assert float(sandbox.state()["wallets"]["treasury_balance"]) - treasury_before == pytest.approx(withdrawn, abs=0.01)
+    assert float(sandbox.state()["wallets"]["treasury_balance"]) - treasury_before == pytest.approx(
+        withdrawn, abs=0.01
+    )
     assert approvals.get(gate.request_id).status.value == "executed"
     recorded = [e.action for e in audit_events]
     assert recorded[0] == "approval_requested" and "approval_granted" in recorded
@@ -335,7 +404,12 @@ def test_key_rotation_replaces_the_key_and_the_old_one_overlaps(stack: Stack) ->
     with write_session(sessions(stack)) as s:
         s.get(Agent, agent_id).key_rotated_at = datetime.now(UTC) - timedelta(days=91)
     stack.celery().send_task("provisioning.rotate_due_keys")
-    wait_until(lambda: _agent_row(stack, agent_id).key_rotated_at.replace(tzinfo=UTC) > datetime.now(UTC) - timedelta(minutes=1))
+    wait_until(
+        lambda: (
+            _agent_row(stack, agent_id).key_rotated_at.replace(tzinfo=UTC)
+            > datetime.now(UTC) - timedelta(minutes=1)
+        )
+    )
     new_key = vault.decrypt(_agent_row(stack, agent_id).api_key_encrypted)
     assert new_key != old_key
     sandbox = stack.sandbox()
@@ -353,10 +427,23 @@ def test_tier_upgrade_over_the_increase_waits_for_approval(stack: Stack) -> None
     progress = wait_done(stack, submit(stack, bench_manifest(1, fleet="upgrading")))
     agent_id = progress.agents[0].agent_id
     app = stack.celery()
-    app.send_task("provisioning.upgrade_tier", kwargs={"agent_id": agent_id, "new_tier": "enterprise",
-                                                       "projected_volume": 1_000_000, "requested_by": "alice"})
+    app.send_task(
+        "provisioning.upgrade_tier",
+        kwargs={
+            "agent_id": agent_id,
+            "new_tier": "enterprise",
+            "projected_volume": 1_000_000,
+            "requested_by": "alice",
+        },
+    )
     approvals = _approvals(stack)
-    pending = wait_until(lambda: [r for r in approvals.list_requests() if r.subject == agent_id and r.action == "upgrade_tier"])
+    pending = wait_until(
+        lambda: [
+            r
+            for r in approvals.list_requests()
+            if r.subject == agent_id and r.action == "upgrade_tier"
+        ]
+    )
     request = pending[0]  # type: ignore[index]
     assert float(request.details["increase_pct"]) > 200
     assert stack.sandbox().agent(agent_id)["tier"] == "standard"  # nothing changed yet

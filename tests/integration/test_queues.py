@@ -33,7 +33,9 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_pickled_message_is_refused_on_every_queue_and_worker_lives_on(redis_url: str, tmp_path: Path) -> None:
+def test_pickled_message_is_refused_on_every_queue_and_worker_lives_on(
+    redis_url: str, tmp_path: Path
+) -> None:
     env = {"FLEET_REDIS__URL": redis_url}
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     marker = tmp_path / "executed"
@@ -48,9 +50,13 @@ def test_pickled_message_is_refused_on_every_queue_and_worker_lives_on(redis_url
                 queue=Queue(queue.value, exchange, routing_key=queue.value),
                 serializer="pickle",
             )
-        wait_until(lambda: log_file.read_text().count("refused message on queue") >= len(ALL_QUEUES))
+        wait_until(
+            lambda: log_file.read_text().count("refused message on queue") >= len(ALL_QUEUES)
+        )
         log = log_file.read_text()
-        assert log.count("Refusing to deserialize untrusted content of type pickle") >= len(ALL_QUEUES)
+        assert log.count("Refusing to deserialize untrusted content of type pickle") >= len(
+            ALL_QUEUES
+        )
         for queue in ALL_QUEUES:
             assert f"refused message on queue {queue.value}:" in log
         assert not marker.exists(), "a pickled payload was executed"

@@ -36,7 +36,9 @@ def _close_http() -> Iterator[None]:
     _http.close()
 
 
-def post(sb: SandboxProcess, tool: str, key: str | None = ADMIN, /, *, raw: Any = None, **inp: Any) -> httpx.Response:
+def post(
+    sb: SandboxProcess, tool: str, key: str | None = ADMIN, /, *, raw: Any = None, **inp: Any
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
     body = raw if raw is not None else {"tool": tool, "input": inp}
     return _http.post(sb.gateway_url, json=body, headers=headers)
@@ -51,14 +53,28 @@ def ok(sb: SandboxProcess, tool: str, key: str = ADMIN, /, **inp: Any) -> dict[s
 def error(r: httpx.Response, status: int) -> dict[str, Any]:
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error"} and isinstance(body["error"]["code"], str) and body["error"]["message"]
+    assert (
+        set(body) == {"error"}
+        and isinstance(body["error"]["code"], str)
+        and body["error"]["message"]
+    )
     return body["error"]
 
 
-def new_agent(sb: SandboxProcess, *, balance: str | None = None, profile: str | None = "idle", **extra: Any) -> tuple[str, str]:
+def new_agent(
+    sb: SandboxProcess, *, balance: str | None = None, profile: str | None = "idle", **extra: Any
+) -> tuple[str, str]:
     """A registered agent (pinned to ``profile`` so its wallet does not drift) and its key."""
     agent_id = uid()
-    reg = ok(sb, "register_agent", agent_id=agent_id, tier="starter", capabilities=["summarise"], metadata={"fleet": "t"}, **extra)
+    reg = ok(
+        sb,
+        "register_agent",
+        agent_id=agent_id,
+        tier="starter",
+        capabilities=["summarise"],
+        metadata={"fleet": "t"},
+        **extra,
+    )
     if profile is not None:
         sb.set_profile(agent_id, profile)
     if balance is not None:
@@ -84,19 +100,26 @@ def test_missing_or_wrong_key_is_401_on_tools_and_admin_api(sb: SandboxProcess) 
     error(r, 401)
 
 
-def test_agent_key_acts_only_for_its_agent_and_rotation_keeps_old_key_for_overlap(sb: SandboxProcess) -> None:
+def test_agent_key_acts_only_for_its_agent_and_rotation_keeps_old_key_for_overlap(
+    sb: SandboxProcess,
+) -> None:
     a, key_a = new_agent(sb, balance="5.00")
     b, _ = new_agent(sb, balance="5.00")
     assert ok(sb, "get_balance", key_a, agent_id=a)["balance"] == "5.00"
     assert error(post(sb, "get_balance", key_a, agent_id=b), 403)["code"] == "forbidden"
     # New identities and fleet-wide tools need the admin key.
     error(post(sb, "register_agent", key_a, agent_id=uid(), tier="free"), 403)
-    error(post(sb, "get_compliance_report", key_a, fleet_prefix="t-", period="30d", articles=[12]), 403)
+    error(
+        post(sb, "get_compliance_report", key_a, fleet_prefix="t-", period="30d", articles=[12]),
+        403,
+    )
 
     rotated = ok(sb, "register_agent", key_a, agent_id=a, rotate_key=True)
     new_key = rotated["api_key"]
     assert new_key != key_a and rotated["tier"] == "starter"
-    assert ok(sb, "get_balance", key_a, agent_id=a)["balance"] == "5.00"  # old key inside the overlap
+    assert (
+        ok(sb, "get_balance", key_a, agent_id=a)["balance"] == "5.00"
+    )  # old key inside the overlap
     assert ok(sb, "get_balance", new_key, agent_id=a)["balance"] == "5.00"
     sb.advance_clock(61)  # default overlap is 60 s
     error(post(sb, "get_balance", key_a, agent_id=a), 401)
@@ -113,24 +136,54 @@ def test_agent_key_acts_only_for_its_agent_and_rotation_keeps_old_key_for_overla
         ("register_agent", {"tier": "free"}, "agent_id"),
         ("register_agent", {"agent_id": "bad id!", "tier": "free"}, "agent_id"),
         ("register_agent", {"agent_id": "ok-1", "tier": "platinum"}, "tier"),
-        ("register_agent", {"agent_id": "ok-1", "tier": "free", "capabilities": "x"}, "capabilities"),
+        (
+            "register_agent",
+            {"agent_id": "ok-1", "tier": "free", "capabilities": "x"},
+            "capabilities",
+        ),
         ("create_wallet", {"agent_id": "ok-1", "initial_balance": 50.0}, "initial_balance"),
         ("create_wallet", {"agent_id": "ok-1", "initial_balance": "1e3"}, "initial_balance"),
-        ("record_transaction", {"agent_id": "ok-1", "task_id": "t", "tool": "x", "cost": "-1.00"}, "cost"),
+        (
+            "record_transaction",
+            {"agent_id": "ok-1", "task_id": "t", "tool": "x", "cost": "-1.00"},
+            "cost",
+        ),
         ("record_transaction", {"agent_id": "ok-1", "tool": "x", "cost": "1.00"}, "task_id"),
-        ("convert_currency", {"amount": "1.00", "from_currency": "USD", "to_currency": "XXX"}, "to_currency"),
+        (
+            "convert_currency",
+            {"amount": "1.00", "from_currency": "USD", "to_currency": "XXX"},
+            "to_currency",
+        ),
         ("get_analytics", {"agent_id": "ok-1", "metrics": ["latency_p99", "vibes"]}, "metrics[1]"),
         ("get_analytics", {"agent_id": "ok-1", "time_range": "forever"}, "time_range"),
-        ("create_sla", {"agent_id": "ok-1", "terms": {"p99_latency_ms": 500, "speed": 1}}, "terms.speed"),
-        ("create_sla", {"agent_id": "ok-1", "terms": {"max_cost_per_task": 0.05}}, "terms.max_cost_per_task"),
-        ("transfer_funds", {"from_agent_id": "ok-1", "to": "fleet-treasury", "amount": 5}, "amount"),
+        (
+            "create_sla",
+            {"agent_id": "ok-1", "terms": {"p99_latency_ms": 500, "speed": 1}},
+            "terms.speed",
+        ),
+        (
+            "create_sla",
+            {"agent_id": "ok-1", "terms": {"max_cost_per_task": 0.05}},
+            "terms.max_cost_per_task",
+        ),
+        (
+            "transfer_funds",
+            {"from_agent_id": "ok-1", "to": "fleet-treasury", "amount": 5},
+            "amount",
+        ),
         ("search_services", {"capabilities": ["x"], "min_reputation": 2}, "min_reputation"),
-        ("get_compliance_report", {"fleet_prefix": "t", "period": "30d", "articles": [10]}, "articles[0]"),
+        (
+            "get_compliance_report",
+            {"fleet_prefix": "t", "period": "30d", "articles": [10]},
+            "articles[0]",
+        ),
         ("send_message", {"to": "ops", "subject": "s", "body": "b", "priority": "meh"}, "priority"),
         ("estimate_cost", {"tool_name": "get_balance", "input_size": -1}, "input_size"),
     ],
 )
-def test_bad_input_is_400_naming_the_field(sb: SandboxProcess, tool: str, inp: dict[str, Any], field: str) -> None:
+def test_bad_input_is_400_naming_the_field(
+    sb: SandboxProcess, tool: str, inp: dict[str, Any], field: str
+) -> None:
     err = error(post(sb, tool, **inp), 400)
     assert err["code"] == "invalid_input"
     assert err["field"] == field
@@ -147,19 +200,34 @@ def test_malformed_envelopes_are_400(sb: SandboxProcess) -> None:
 
 def test_unknown_tool_and_unknown_agent_are_404(sb: SandboxProcess) -> None:
     assert error(post(sb, "mint_money"), 404)["code"] == "unknown_tool"
-    for tool in ("get_balance", "get_analytics", "check_sla_compliance", "create_wallet", "deregister_agent"):
+    for tool in (
+        "get_balance",
+        "get_analytics",
+        "check_sla_compliance",
+        "create_wallet",
+        "deregister_agent",
+    ):
         err = error(post(sb, tool, agent_id="ghost-0001-00000000"), 404)
         assert err["code"] == "agent_not_found", tool
     agent, _ = new_agent(sb)
     assert error(post(sb, "get_balance", agent_id=agent), 404)["code"] == "wallet_not_found"
     assert error(post(sb, "check_sla_compliance", agent_id=agent), 404)["code"] == "sla_not_found"
-    assert error(post(sb, "resolve_dispute", dispute_id="dsp_nope", resolution="x"), 404)["code"] == "dispute_not_found"
+    assert (
+        error(post(sb, "resolve_dispute", dispute_id="dsp_nope", resolution="x"), 404)["code"]
+        == "dispute_not_found"
+    )
 
 
 def test_duplicate_register_is_409_and_a_deregistered_id_can_return(sb: SandboxProcess) -> None:
     agent, _ = new_agent(sb, balance="0.00")
-    assert error(post(sb, "register_agent", agent_id=agent, tier="free"), 409)["code"] == "agent_exists"
-    assert error(post(sb, "create_wallet", agent_id=agent, initial_balance="1.00"), 409)["code"] == "wallet_exists"
+    assert (
+        error(post(sb, "register_agent", agent_id=agent, tier="free"), 409)["code"]
+        == "agent_exists"
+    )
+    assert (
+        error(post(sb, "create_wallet", agent_id=agent, initial_balance="1.00"), 409)["code"]
+        == "wallet_exists"
+    )
     ok(sb, "freeze_wallet", agent_id=agent, reason="retire")
     out = ok(sb, "deregister_agent", agent_id=agent, reason="retired")
     assert out == {**out, "agent_id": agent, "status": "deregistered"}
@@ -177,12 +245,22 @@ def test_duplicate_register_is_409_and_a_deregistered_id_can_return(sb: SandboxP
 def test_transactions_and_transfers_move_money_exactly(sb: SandboxProcess) -> None:
     a, _ = new_agent(sb, balance="50.00")
     b, _ = new_agent(sb, balance="0.00")
-    tx = ok(sb, "record_transaction", agent_id=a, task_id="task-1", tool="summarise", cost="1.25", timestamp="2026-01-01T00:00:00Z")
+    tx = ok(
+        sb,
+        "record_transaction",
+        agent_id=a,
+        task_id="task-1",
+        tool="summarise",
+        cost="1.25",
+        timestamp="2026-01-01T00:00:00Z",
+    )
     assert tx["transaction_id"] and tx["balance"] == "48.75"
     ok(sb, "record_transaction", agent_id=a, task_id="task-2", tool="summarise", cost="0.001")
     assert ok(sb, "get_balance", agent_id=a)["balance"] == "48.749"
 
-    err = error(post(sb, "record_transaction", agent_id=a, task_id="t3", tool="x", cost="100.00"), 409)
+    err = error(
+        post(sb, "record_transaction", agent_id=a, task_id="t3", tool="x", cost="100.00"), 409
+    )
     assert err["code"] == "insufficient_funds"
     assert ok(sb, "get_balance", agent_id=a)["balance"] == "48.749"  # refused: nothing moved
 
@@ -204,8 +282,16 @@ def test_frozen_wallet_refuses_spending_but_drains_to_treasury(sb: SandboxProces
     b, _ = new_agent(sb, balance="0.00")
     frozen = ok(sb, "freeze_wallet", agent_id=a, reason="sla breach")
     assert frozen["frozen"] is True and frozen["wallet_id"]
-    assert error(post(sb, "record_transaction", agent_id=a, task_id="t", tool="x", cost="1.00"), 409)["code"] == "wallet_frozen"
-    assert error(post(sb, "transfer_funds", from_agent_id=a, to=b, amount="1.00"), 409)["code"] == "wallet_frozen"
+    assert (
+        error(post(sb, "record_transaction", agent_id=a, task_id="t", tool="x", cost="1.00"), 409)[
+            "code"
+        ]
+        == "wallet_frozen"
+    )
+    assert (
+        error(post(sb, "transfer_funds", from_agent_id=a, to=b, amount="1.00"), 409)["code"]
+        == "wallet_frozen"
+    )
     assert ok(sb, "get_balance", agent_id=a)["balance"] == "20.00"
     # Only a human (admin key) may lift a freeze.
     error(post(sb, "unfreeze_wallet", key, agent_id=a, reason="mine"), 403)
@@ -238,7 +324,9 @@ def test_cost_runaway_agent_burns_money_as_the_clock_moves(sb: SandboxProcess) -
     after = ok(sb, "get_balance", agent_id=agent)
     assert Decimal(after["balance"]) < Decimal(before["balance"])
     assert Decimal(after["burn_rate_per_hour"]) > Decimal(before["burn_rate_per_hour"])
-    assert Decimal(sb.agent(agent)["wallet"]["simulated_spend"]) == Decimal("100.00") - Decimal(after["balance"])
+    assert Decimal(sb.agent(agent)["wallet"]["simulated_spend"]) == Decimal("100.00") - Decimal(
+        after["balance"]
+    )
     # A frozen wallet stops the burn.
     ok(sb, "freeze_wallet", agent_id=agent, reason="runaway")
     sb.advance_clock(3600)
@@ -252,7 +340,13 @@ def test_clock_advance_degrades_an_agent_into_an_sla_violation(sb: SandboxProces
     agent, _ = new_agent(sb, balance="10.00", profile="degrading")
     ok(sb, "create_sla", agent_id=agent, template="standard-support")
     first = ok(sb, "get_analytics", agent_id=agent, time_range="1h")
-    assert set(first) >= {"latency_p50", "latency_p99", "error_rate", "tool_call_volume", "task_completion_rate"}
+    assert set(first) >= {
+        "latency_p50",
+        "latency_p99",
+        "error_rate",
+        "tool_call_volume",
+        "task_completion_rate",
+    }
     assert ok(sb, "check_sla_compliance", agent_id=agent)["compliant"] is True
 
     sb.advance_clock(3 * 3600)  # every degrading agent breaches within 2 h
@@ -268,14 +362,28 @@ def test_clock_advance_degrades_an_agent_into_an_sla_violation(sb: SandboxProces
     # The episode began when the behaviour crossed the line, not when somebody looked.
     assert 60 <= violations["duration_minutes"] < 180
     sb.advance_clock(600)
-    assert ok(sb, "get_sla_violations", agent_id=agent)["duration_minutes"] == pytest.approx(violations["duration_minutes"] + 10, abs=0.2)
+    assert ok(sb, "get_sla_violations", agent_id=agent)["duration_minutes"] == pytest.approx(
+        violations["duration_minutes"] + 10, abs=0.2
+    )
     fleet = ok(sb, "get_sla_violations", fleet_prefix="t-", period="1d")
     assert fleet["agents_in_violation"] == 1 and fleet["duration_minutes"] > 0
 
 
-def test_a_healthy_agent_stays_compliant_and_recovery_closes_the_episode(sb: SandboxProcess) -> None:
+def test_a_healthy_agent_stays_compliant_and_recovery_closes_the_episode(
+    sb: SandboxProcess,
+) -> None:
     agent, _ = new_agent(sb, profile="healthy")
-    ok(sb, "create_sla", agent_id=agent, terms={"p99_latency_ms": 2000, "uptime_pct": "99.5", "accuracy_pct": 95, "max_cost_per_task": "0.05"})
+    ok(
+        sb,
+        "create_sla",
+        agent_id=agent,
+        terms={
+            "p99_latency_ms": 2000,
+            "uptime_pct": "99.5",
+            "accuracy_pct": 95,
+            "max_cost_per_task": "0.05",
+        },
+    )
     sb.advance_clock(6 * 3600)
     assert ok(sb, "check_sla_compliance", agent_id=agent)["compliant"] is True
     sb.set_profile(agent, "dead")
@@ -300,18 +408,26 @@ def test_profiles_are_deterministic_and_mostly_healthy(sb: SandboxProcess) -> No
     assert sb.seed(2000, prefix="mix")["agent_ids"] == seeded["agent_ids"]
     assert sb.state()["agents"]["profiles"] == profiles
     agent = sb.agent(seeded["first"])
-    assert agent["wallet"]["balance"] == "100.00" and agent["sla"]["terms"]["p99_latency_ms"] == 2000
+    assert (
+        agent["wallet"]["balance"] == "100.00" and agent["sla"]["terms"]["p99_latency_ms"] == 2000
+    )
     dead = [a for a in seeded["agent_ids"][:400] if sb.agent(a)["profile"] == "dead"][:1]
     assert dead and ok(sb, "get_analytics", agent_id=dead[0])["error_rate"] == 1.0
 
 
-def test_seeding_100k_agents_is_fast_and_small(spawn_sandbox: Callable[..., SandboxProcess]) -> None:
+def test_seeding_100k_agents_is_fast_and_small(
+    spawn_sandbox: Callable[..., SandboxProcess],
+) -> None:
     big = spawn_sandbox("--agents", "100000", "--latency-ms", "0", "--latency-jitter-ms", "0")
     assert big.health()["agents"] == 100_000
     assert big.started_in_s < 20, f"start-up with 100k agents took {big.started_in_s:.1f} s"
-    rss_kb = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{big.process.pid}/status").read_text()).group(1))
+    rss_kb = int(
+        re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{big.process.pid}/status").read_text()).group(1)
+    )
     assert rss_kb < 400 * 1024, f"{rss_kb // 1024} MB resident for 100k agents"
-    listed = big.call("search_agents_by_metrics", prefix="sim-10000-", metrics=["error_rate"]).json()
+    listed = big.call(
+        "search_agents_by_metrics", prefix="sim-10000-", metrics=["error_rate"]
+    ).json()
     assert listed["total"] == 1
     last = listed["agents"][0]["agent_id"]
     assert big.call("get_balance", agent_id=last).json()["balance"] == "100.00"
@@ -329,33 +445,100 @@ def test_marketplace_search_and_best_match(sb: SandboxProcess) -> None:
     pricey, _ = new_agent(sb, profile="healthy")
     dead, _ = new_agent(sb, profile="dead")
     for agent, price in ((cheap, "0.01"), (pricey, "0.09"), (dead, "0.01")):
-        ok(sb, "register_service", agent_id=agent, capabilities=["translate", "summarise"], pricing={"per_task": price})
-    found = ok(sb, "search_services", capabilities=["translate"], min_reputation=0.5, max_cost="0.05")
+        ok(
+            sb,
+            "register_service",
+            agent_id=agent,
+            capabilities=["translate", "summarise"],
+            pricing={"per_task": price},
+        )
+    found = ok(
+        sb, "search_services", capabilities=["translate"], min_reputation=0.5, max_cost="0.05"
+    )
     assert [s["agent_id"] for s in found["services"]] == [cheap]
     listing = found["services"][0]
-    assert listing["price"] == "0.01" and 0.5 <= listing["reputation"] <= 1 and listing["latency_ms"] > 0
-    assert ok(sb, "best_match", requirements={"capabilities": ["translate"]}, candidates=[pricey, dead])["best_match"] == pricey
+    assert (
+        listing["price"] == "0.01"
+        and 0.5 <= listing["reputation"] <= 1
+        and listing["latency_ms"] > 0
+    )
+    assert (
+        ok(
+            sb,
+            "best_match",
+            requirements={"capabilities": ["translate"]},
+            candidates=[pricey, dead],
+        )["best_match"]
+        == pricey
+    )
     assert ok(sb, "best_match", requirements={"capabilities": ["fly"]})["best_match"] is None
 
 
 def test_messages_disputes_audit_and_compliance_report(sb: SandboxProcess) -> None:
     agent, key = new_agent(sb, balance="1.00")
-    ok(sb, "create_audit_trail", agent_id=agent, action="provision", details={"step": "wallet"}, metadata={"trace_id": "abc"})
-    chain = ok(sb, "build_claim_chain", agent_id=agent, claims=["kyc", {"type": "capability", "value": "summarise"}])
+    ok(
+        sb,
+        "create_audit_trail",
+        agent_id=agent,
+        action="provision",
+        details={"step": "wallet"},
+        metadata={"trace_id": "abc"},
+    )
+    chain = ok(
+        sb,
+        "build_claim_chain",
+        agent_id=agent,
+        claims=["kyc", {"type": "capability", "value": "summarise"}],
+    )
     assert chain["chain_id"] and len(chain["claims"]) == 2
-    msg = ok(sb, "send_message", key, to="operator", subject="Escalation", body="I am an AI agent; SLA breach.", priority="high")
+    msg = ok(
+        sb,
+        "send_message",
+        key,
+        to="operator",
+        subject="Escalation",
+        body="I am an AI agent; SLA breach.",
+        priority="high",
+    )
     ok(sb, "send_message", to=agent, subject="hi", body="no disclosure here")
     assert [m["message_id"] for m in sb.messages(to="operator")] == [msg["message_id"]]
-    dispute = ok(sb, "create_dispute", agent_id=agent, counterparty="vendor-x", reason="sla", details={"minutes": 31})
+    dispute = ok(
+        sb,
+        "create_dispute",
+        agent_id=agent,
+        counterparty="vendor-x",
+        reason="sla",
+        details={"minutes": 31},
+    )
     assert dispute["status"] == "open"
-    resolved = ok(sb, "resolve_dispute", dispute_id=dispute["dispute_id"], resolution="partial_refund", amount="0.50", notes="policy")
+    resolved = ok(
+        sb,
+        "resolve_dispute",
+        dispute_id=dispute["dispute_id"],
+        resolution="partial_refund",
+        amount="0.50",
+        notes="policy",
+    )
     assert resolved["status"] == "resolved" and resolved["amount"] == "0.50"
-    assert error(post(sb, "resolve_dispute", dispute_id=dispute["dispute_id"], resolution="again"), 409)["code"] == "dispute_resolved"
+    assert (
+        error(
+            post(sb, "resolve_dispute", dispute_id=dispute["dispute_id"], resolution="again"), 409
+        )["code"]
+        == "dispute_resolved"
+    )
 
-    report = ok(sb, "get_compliance_report", fleet_prefix="t-", period="30d", articles=[9, "11", "Art. 12", 13, 14, 15])
+    report = ok(
+        sb,
+        "get_compliance_report",
+        fleet_prefix="t-",
+        period="30d",
+        articles=[9, "11", "Art. 12", 13, 14, 15],
+    )
     articles = report["articles"]
     assert set(articles) == {"9", "11", "12", "13", "14", "15"}
-    assert articles["12"]["status"] == "compliant" and articles["12"]["evidence"]["audit_entries"] == 1
+    assert (
+        articles["12"]["status"] == "compliant" and articles["12"]["evidence"]["audit_entries"] == 1
+    )
     assert articles["9"]["status"] == "findings"  # no SLA yet
     assert articles["13"]["evidence"] == {"messages": 2, "disclosed": 1}
     limits = ok(sb, "check_rate_limit", fleet="t")
@@ -366,9 +549,15 @@ def test_messages_disputes_audit_and_compliance_report(sb: SandboxProcess) -> No
 
 def test_estimates_conversion_and_discounts(sb: SandboxProcess) -> None:
     agent, _ = new_agent(sb, profile="healthy")
-    assert ok(sb, "estimate_cost", tool_name="get_balance", input_size=2000)["estimated_cost"] == "0.002"
+    assert (
+        ok(sb, "estimate_cost", tool_name="get_balance", input_size=2000)["estimated_cost"]
+        == "0.002"
+    )
     tier = ok(sb, "estimate_cost", agent_id=agent, new_tier="enterprise", projected_volume=1000)
-    assert Decimal(tier["projected_daily_cost"]) == Decimal("50.20") and Decimal(tier["current_daily_cost"]) > 0
+    assert (
+        Decimal(tier["projected_daily_cost"]) == Decimal("50.20")
+        and Decimal(tier["current_daily_cost"]) > 0
+    )
     conv = ok(sb, "convert_currency", amount="10.00", from_currency="USD", to_currency="EUR")
     assert conv == {**conv, "amount": "9.20", "rate": "0.92"}
     discount = ok(sb, "get_volume_discount", agent_id=agent)
@@ -441,7 +630,12 @@ def test_timeouts_hold_the_call_then_drop_or_504(sb: SandboxProcess) -> None:
     assert error(post(sb, "check_rate_limit", fleet="t"), 504)["code"] == "timeout"
     # A client with a shorter timeout gives up first.
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(sb.gateway_url, json={"tool": "check_rate_limit", "input": {"fleet": "t"}}, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=0.1)
+        httpx.post(
+            sb.gateway_url,
+            json={"tool": "check_rate_limit", "input": {"fleet": "t"}},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+            timeout=0.1,
+        )
     statuses = sb.counters()["statuses"]["check_rate_limit"]
     assert statuses["dropped"] == 1 and statuses["504"] >= 1
 
@@ -472,7 +666,10 @@ def test_fault_config_is_validated(sb: SandboxProcess) -> None:
         ({"error_rate": 1.5}, "error_rate"),
         ({"error_status": 418}, "error_status"),
         ({"tools": {"no_such_tool": {"error_rate": 0.1}}}, "tools.no_such_tool"),
-        ({"tools": {"get_balance": {"outages": [{"duration_s": -1}]}}}, "tools.get_balance.outages[0].duration_s"),
+        (
+            {"tools": {"get_balance": {"outages": [{"duration_s": -1}]}}},
+            "tools.get_balance.outages[0].duration_s",
+        ),
         ({"latency_ms": "fast"}, "latency_ms"),
         ({"surprise": True}, "surprise"),
     ):
@@ -518,19 +715,77 @@ def test_counters_count_every_call_per_tool_agent_and_status(sb: SandboxProcess)
 
 
 def _junk_values() -> list[Any]:
-    return [None, True, -1, 0, 1.5, 1e308, "", "x" * 5000, "1e5", "NaN", [], [1, {"a": None}], {}, {"nested": {"deep": [1]}}]
+    return [
+        None,
+        True,
+        -1,
+        0,
+        1.5,
+        1e308,
+        "",
+        "x" * 5000,
+        "1e5",
+        "NaN",
+        [],
+        [1, {"a": None}],
+        {},
+        {"nested": {"deep": [1]}},
+    ]
 
 
 def test_bad_input_never_crashes_the_server(sb: SandboxProcess) -> None:
     agent, _ = new_agent(sb, balance="5.00")
     ok(sb, "create_sla", agent_id=agent, template="standard-support")
     fields = [
-        "agent_id", "tier", "capabilities", "metadata", "rotate_key", "upgrade", "claims", "initial_balance", "tool_name",
-        "input_size", "new_tier", "projected_volume", "amount", "from_currency", "to_currency", "task_id", "tool", "cost",
-        "timestamp", "metrics", "time_range", "prefix", "category", "fleet", "terms", "template", "fleet_prefix", "period",
-        "to", "subject", "body", "priority", "requires_response", "counterparty", "reason", "details", "dispute_id",
-        "resolution", "notes", "pricing", "min_reputation", "max_cost", "requirements", "candidates", "action", "articles",
-        "from_agent_id", "limit", "offset",
+        "agent_id",
+        "tier",
+        "capabilities",
+        "metadata",
+        "rotate_key",
+        "upgrade",
+        "claims",
+        "initial_balance",
+        "tool_name",
+        "input_size",
+        "new_tier",
+        "projected_volume",
+        "amount",
+        "from_currency",
+        "to_currency",
+        "task_id",
+        "tool",
+        "cost",
+        "timestamp",
+        "metrics",
+        "time_range",
+        "prefix",
+        "category",
+        "fleet",
+        "terms",
+        "template",
+        "fleet_prefix",
+        "period",
+        "to",
+        "subject",
+        "body",
+        "priority",
+        "requires_response",
+        "counterparty",
+        "reason",
+        "details",
+        "dispute_id",
+        "resolution",
+        "notes",
+        "pricing",
+        "min_reputation",
+        "max_cost",
+        "requirements",
+        "candidates",
+        "action",
+        "articles",
+        "from_agent_id",
+        "limit",
+        "offset",
     ]
     junk = _junk_values()
     statuses = set()

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_world(request: pytest.FixtureRequest, tmp_path: Any, world_factory: Callable[..., World]) -> Iterator[World]:  # noqa: F811
+def db_world(
+    request: pytest.FixtureRequest, tmp_path: Any, world_factory: Callable[..., World]
+) -> Iterator[World]:  # noqa: F811
     if request.param == "sqlite":
         with sqlite_database(tmp_path) as url:
             yield world_factory(url=url)
@@ -62,8 +64,11 @@ def test_the_35_minute_episode_on_this_database(db_world: World) -> None:
     w.gateway.breach(agent)
     log = run_minutes(w, 35, agents=[agent])
     assert [(m, name, o.status) for m, name, o in log] == [
-        (0, "escalation.tier1.remediate", "done"), (5, "escalation.tier2.reroute", "done"),
-        (15, "escalation.tier3.notify", "done"), (30, "escalation.tier4.freeze", "done")]
+        (0, "escalation.tier1.remediate", "done"),
+        (5, "escalation.tier2.reroute", "done"),
+        (15, "escalation.tier3.notify", "done"),
+        (30, "escalation.tier4.freeze", "done"),
+    ]
     assert w.agent(agent).status == AgentStatus.PAUSED and w.agent(agent).traffic_weight == "0.5"
     assert service.sweep_targets(w.sessions) == [agent]  # paused, but its episode is still open
 
@@ -72,7 +77,9 @@ def test_racing_checks_open_one_episode(db_world: World) -> None:
     w = db_world
     [agent] = w.add_agents(1)
     sample = Sample(agent, w.clock.now(), Verdict.BREACH, ("uptime_pct",))
-    results = _together(6, lambda i: apply_sample(w.sessions, sample, OpenContext("demo"), recovery_samples=2))
+    results = _together(
+        6, lambda i: apply_sample(w.sessions, sample, OpenContext("demo"), recovery_samples=2)
+    )
     assert sorted(r.transition.value for r in results) == ["continued"] * 5 + ["opened"]
     with w.sessions() as s:
         assert s.query(SlaEpisode).count() == 1
@@ -90,6 +97,8 @@ def test_racing_engines_send_each_tier_once_and_racing_workers_run_it_once(db_wo
     keys = [(d.episode_id, d.tier) for batch in sent for d in batch]
     assert len(keys) == len(set(keys)) == 20 * 3
     first = w.sent[0][1]
-    outcomes = _together(4, lambda i: run_action(w.actions(), first["episode_id"], first["tier"], worker=f"w{i}"))
+    outcomes = _together(
+        4, lambda i: run_action(w.actions(), first["episode_id"], first["tier"], worker=f"w{i}")
+    )
     assert sorted(o.status for o in outcomes).count("done") == 1
     assert {o.status for o in outcomes} <= {"done", "busy", "duplicate"}

@@ -25,8 +25,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 def test_migrations_create_every_table_and_are_idempotent(database_url: str) -> None:
-    from fleet.storage.db import Base
     import fleet.storage.models  # noqa: F401
+    from fleet.storage.db import Base
 
     engine = create_db_engine(database_url)
     migrate(engine)

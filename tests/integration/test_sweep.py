@@ -32,7 +32,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("sweep")
     with local_stack(
         base,
-        latency_ms=5, jitter_ms=1,
+        latency_ms=5,
+        jitter_ms=1,
         metrics={"batch_size": 25, "in_flight": 40, "poll_timeout_s": 0.5},
         gateway={"max_attempts": MAX_ATTEMPTS, "backoff_initial_s": 0.01, "backoff_max_s": 0.05},
     ) as st:
@@ -43,8 +44,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def fleet(stack: Stack) -> list[str]:
     ids = list(stack.sandbox().seed(AGENTS, prefix="it")["agent_ids"])
-    insert_bench_agents(session_factory(engine_for(stack.settings.sqlalchemy_url)), ids, fleet="it",
-                        policy=stack.settings.policy)
+    insert_bench_agents(
+        session_factory(engine_for(stack.settings.sqlalchemy_url)),
+        ids,
+        fleet="it",
+        policy=stack.settings.policy,
+    )
     return ids
 
 
@@ -63,7 +68,9 @@ def run_sweep(stack: Stack, timeout_s: float = 60) -> dict[str, Any]:
     return wait_until(finished, timeout_s=timeout_s)  # type: ignore[return-value]
 
 
-def test_a_sweep_polls_every_agent_once_and_stores_the_fleet_view(stack: Stack, fleet: list[str]) -> None:
+def test_a_sweep_polls_every_agent_once_and_stores_the_fleet_view(
+    stack: Stack, fleet: list[str]
+) -> None:
     sandbox = stack.sandbox()
     sandbox.reset_counters()
     status = run_sweep(stack)
@@ -72,8 +79,16 @@ def test_a_sweep_polls_every_agent_once_and_stores_the_fleet_view(stack: Stack, 
     r = connect(stack.settings.redis_url)
     for agent_id in fleet:
         snap = read_snapshot(r, agent_id)
-        assert snap is not None and snap.sweep_id == status["sweep_id"] and snap.health is not Health.UNKNOWN
-        assert snap.balance is not None and snap.reputation is not None and snap.latency_p99 is not None
+        assert (
+            snap is not None
+            and snap.sweep_id == status["sweep_id"]
+            and snap.health is not Health.UNKNOWN
+        )
+        assert (
+            snap.balance is not None
+            and snap.reputation is not None
+            and snap.latency_p99 is not None
+        )
     counters = sandbox.counters(agent_prefix="it")
     assert counters["agents"] == {a: {tool: 1 for tool in SWEEP_TOOLS} for a in fleet}
     fleets, meta = sweeping.fleet_health(r)
@@ -113,9 +128,13 @@ def test_with_gateway_faults_the_sweep_completes_failed_agents_are_unknown_and_t
     per_agent = counters["agents"]
     assert all(n <= MAX_ATTEMPTS for calls in per_agent.values() for n in calls.values()), per_agent
     total = sum(n for calls in per_agent.values() for n in calls.values())
-    assert 4 * len(fleet) < total <= MAX_ATTEMPTS * 4 * len(everyone)  # retries happened, within the ceiling
-    assert sum(counters["statuses"].get(t, {}).get("dropped", 0) for t in SWEEP_TOOLS) > 0 or \
-        sum(counters["statuses"].get(t, {}).get("500", 0) for t in SWEEP_TOOLS) > 0
+    assert (
+        4 * len(fleet) < total <= MAX_ATTEMPTS * 4 * len(everyone)
+    )  # retries happened, within the ceiling
+    assert (
+        sum(counters["statuses"].get(t, {}).get("dropped", 0) for t in SWEEP_TOOLS) > 0
+        or sum(counters["statuses"].get(t, {}).get("500", 0) for t in SWEEP_TOOLS) > 0
+    )
     assert took < 60
     # With the faults gone every known agent is back to a real class.
     status = run_sweep(stack)
@@ -138,9 +157,21 @@ def _row(agent_id: str) -> dict[str, Any]:
     from datetime import UTC, datetime
 
     now = datetime.now(UTC)
-    return {"agent_id": agent_id, "fleet": "it", "environment": "test", "id_prefix": "it", "tier": "standard",
-            "capabilities": [], "sla_template": "standard-support", "status": "active", "steps_done": [],
-            "traffic_weight": "1", "extra": {}, "created_at": now, "updated_at": now}
+    return {
+        "agent_id": agent_id,
+        "fleet": "it",
+        "environment": "test",
+        "id_prefix": "it",
+        "tier": "standard",
+        "capabilities": [],
+        "sla_template": "standard-support",
+        "status": "active",
+        "steps_done": [],
+        "traffic_weight": "1",
+        "extra": {},
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def test_logs_show_no_errors(stack: Stack) -> None:

@@ -25,16 +25,23 @@ AGENTS = 30
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with local_stack(tmp_path_factory.mktemp("beat"), schedule={"metrics_sweep_s": INTERVAL_S},
-                     metrics={"batch_size": 10}) as st:
+    with local_stack(
+        tmp_path_factory.mktemp("beat"),
+        schedule={"metrics_sweep_s": INTERVAL_S},
+        metrics={"batch_size": 10},
+    ) as st:
         st.start_worker(["metrics"], concurrency=2, name="metrics")
         yield st
 
 
 def test_two_beats_sweep_once_per_tick(stack: Stack) -> None:
     ids = list(stack.sandbox().seed(AGENTS, prefix="beat")["agent_ids"])
-    insert_bench_agents(session_factory(engine_for(stack.settings.sqlalchemy_url)), ids, fleet="beat",
-                        policy=stack.settings.policy)
+    insert_bench_agents(
+        session_factory(engine_for(stack.settings.sqlalchemy_url)),
+        ids,
+        fleet="beat",
+        policy=stack.settings.policy,
+    )
     stack.sandbox().reset_counters()
     r = connect(stack.settings.redis_url)
     beats = []
@@ -44,7 +51,9 @@ def test_two_beats_sweep_once_per_tick(stack: Stack) -> None:
         argv[argv.index("--schedule") + 1] = str(stack.base_dir / f"beat-{n}-schedule")
         beats.append(stack.sup.start(f"beat-{n}", argv, env=stack.env))
     try:
-        wait_until(lambda: int(r.hget(sweeping.STATS_KEY, "skipped_duplicate") or 0) >= 2, timeout_s=30)
+        wait_until(
+            lambda: int(r.hget(sweeping.STATS_KEY, "skipped_duplicate") or 0) >= 2, timeout_s=30
+        )
         time.sleep(INTERVAL_S)
     finally:
         for beat in beats:
@@ -52,7 +61,10 @@ def test_two_beats_sweep_once_per_tick(stack: Stack) -> None:
     elapsed = time.monotonic() - started
 
     def settled() -> bool:
-        return all((sweeping.sweep_status(r, s) or {}).get("status") != "running" for s in sweeping.recent_sweeps(r, 50))
+        return all(
+            (sweeping.sweep_status(r, s) or {}).get("status") != "running"
+            for s in sweeping.recent_sweeps(r, 50)
+        )
 
     wait_until(settled, timeout_s=30)
     stats = {k: int(v) for k, v in r.hgetall(sweeping.STATS_KEY).items()}

@@ -14,8 +14,11 @@ pytestmark = pytest.mark.integration
 
 
 def poller_for(sandbox: SandboxProcess, **config: object) -> SweepPoller:
-    return SweepPoller(GatewayConfig(url=sandbox.gateway_url, admin_key=sandbox.admin_key, **config), in_flight=16,  # type: ignore[arg-type]
-                       timeout_s=2.0)
+    return SweepPoller(
+        GatewayConfig(url=sandbox.gateway_url, admin_key=sandbox.admin_key, **config),
+        in_flight=16,  # type: ignore[arg-type]
+        timeout_s=2.0,
+    )
 
 
 def test_four_reads_per_agent(sandbox: SandboxProcess) -> None:
@@ -34,14 +37,22 @@ def test_four_reads_per_agent(sandbox: SandboxProcess) -> None:
     no_sla = readings[12]
     assert not no_sla.failed and no_sla.no_sla and no_sla.sla is None and no_sla.analytics
     stranger = readings[13]
-    assert stranger.failed and len(stranger.errors) == 4 and all("NotFound 404" in e for e in stranger.errors)
+    assert (
+        stranger.failed
+        and len(stranger.errors) == 4
+        and all("NotFound 404" in e for e in stranger.errors)
+    )
 
 
-def test_transient_failures_are_retried_up_to_the_ceiling(spawn_sandbox: Callable[..., SandboxProcess]) -> None:
+def test_transient_failures_are_retried_up_to_the_ceiling(
+    spawn_sandbox: Callable[..., SandboxProcess],
+) -> None:
     sb = spawn_sandbox("--latency-ms", "0", "--latency-jitter-ms", "0", "--seed", "7")
     ids = sb.seed(20, prefix="flaky")["agent_ids"]
     sb.set_faults(error_rate=1.0, error_status=503)
-    poller = poller_for(sb, max_attempts=2, backoff_initial_s=0.0, backoff_max_s=0.0, breaker_failure_threshold=1000)
+    poller = poller_for(
+        sb, max_attempts=2, backoff_initial_s=0.0, backoff_max_s=0.0, breaker_failure_threshold=1000
+    )
     try:
         readings = poller.poll(ids)
     finally:

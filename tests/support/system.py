@@ -29,7 +29,9 @@ def redis_server(data_dir: Path) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
 
 
-def wait_until(predicate: Callable[[], object], timeout_s: float = 20.0, interval_s: float = 0.05) -> object:
+def wait_until(
+    predicate: Callable[[], object], timeout_s: float = 20.0, interval_s: float = 0.05
+) -> object:
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()

@@ -14,11 +14,18 @@ from fleet.monitoring.alerts import Handoff, apply_changes, list_alerts
 from fleet.monitoring.rules import Change, Rule
 from fleet.storage.db import create_db_engine, migrate, session_factory
 
-RULE = Rule("agent.low_balance", "critical", "page", 0, ("escalate",), summary="balance below $5.00")
+RULE = Rule(
+    "agent.low_balance", "critical", "page", 0, ("escalate",), summary="balance below $5.00"
+)
 INFO_RULE = Rule("agent.p99_baseline", "info", "info", 300)
 
 
-def change(fired: bool = True, subject: str = "seg0-0001-00000001", rule: Rule = RULE, at: float = 1_800_000_000.0) -> Change:
+def change(
+    fired: bool = True,
+    subject: str = "seg0-0001-00000001",
+    rule: Rule = RULE,
+    at: float = 1_800_000_000.0,
+) -> Change:
     return Change(rule, fired, subject, at - 60, at, "4.20", "5.00", fleet="demo")
 
 
@@ -29,8 +36,13 @@ def env(tmp_path: Path) -> Iterator[dict[str, Any]]:
     notified: list[str] = []
     escalated: list[tuple[str, str]] = []
     with audit.capture():
-        yield {"sessions": session_factory(engine), "r": fakeredis.FakeRedis(decode_responses=True),
-               "handoff": Handoff(notified.extend, escalated.extend), "notified": notified, "escalated": escalated}
+        yield {
+            "sessions": session_factory(engine),
+            "r": fakeredis.FakeRedis(decode_responses=True),
+            "handoff": Handoff(notified.extend, escalated.extend),
+            "notified": notified,
+            "escalated": escalated,
+        }
     engine.dispose()
 
 
@@ -56,15 +68,20 @@ def test_resolve_closes_it_and_the_next_episode_is_a_new_alert(env: dict[str, An
     (second,), _ = apply(env, change(at=1_800_000_600.0))
     assert second.alert_id != first.alert_id
     rows = list_alerts(env["sessions"], open_only=False)  # newest first
-    assert [(a["alert_id"], a["state"]) for a in rows] == [(second.alert_id, "open"), (first.alert_id, "resolved")]
+    assert [(a["alert_id"], a["state"]) for a in rows] == [
+        (second.alert_id, "open"),
+        (first.alert_id, "resolved"),
+    ]
     assert env["notified"] == [first.alert_id, first.alert_id, second.alert_id]
 
 
 def test_each_rule_and_subject_is_its_own_condition(env: dict[str, Any]) -> None:
     opened, _ = apply(env, change(), change(subject="seg0-0002-00000002"), change(rule=INFO_RULE))
     assert len(opened) == 3
-    assert env["escalated"] == [("seg0-0001-00000001", "alert:agent.low_balance"),
-                                ("seg0-0002-00000002", "alert:agent.low_balance")]
+    assert env["escalated"] == [
+        ("seg0-0001-00000001", "alert:agent.low_balance"),
+        ("seg0-0002-00000002", "alert:agent.low_balance"),
+    ]
     assert {a["severity"] for a in list_alerts(env["sessions"])} == {"critical", "info"}
 
 

@@ -42,9 +42,19 @@ class Agent:
         out: list[Change] = []
         for _ in range(minutes):
             self.clock.advance(SWEEP_S)
-            values = {"latency_p99": 800.0, "error_rate": 0.01, "balance": Decimal("50.00"),
-                      "burn_rate_per_hour": Decimal("1.00"), "sla_compliant": True, **sample}
-            out += evaluate_agent(self.rules, self.state, AgentSample(AGENT, self.clock.now().timestamp(), "demo", **values))
+            values = {
+                "latency_p99": 800.0,
+                "error_rate": 0.01,
+                "balance": Decimal("50.00"),
+                "burn_rate_per_hour": Decimal("1.00"),
+                "sla_compliant": True,
+                **sample,
+            }
+            out += evaluate_agent(
+                self.rules,
+                self.state,
+                AgentSample(AGENT, self.clock.now().timestamp(), "demo", **values),
+            )
         self.log += out
         return out
 
@@ -109,20 +119,29 @@ def test_p99_twice_its_baseline_fires_after_five_minutes() -> None:
 def test_no_baseline_rule_before_the_baseline_has_its_samples() -> None:
     agent = Agent()
     assert agent.sweep(1, latency_p99=100.0) == []
-    assert agent.sweep(10, latency_p99=5000.0) == []  # too few samples at first; then it is the normal
+    assert (
+        agent.sweep(10, latency_p99=5000.0) == []
+    )  # too few samples at first; then it is the normal
     assert agent.state["b"]["p99"][1] >= 3
 
 
-@pytest.mark.parametrize(("sample", "rule"), [
-    ({"sla_compliant": False}, "agent.sla_breach"),
-    ({"balance": Decimal("4.99")}, "agent.low_balance"),
-])
+@pytest.mark.parametrize(
+    ("sample", "rule"),
+    [
+        ({"sla_compliant": False}, "agent.sla_breach"),
+        ({"balance": Decimal("4.99")}, "agent.low_balance"),
+    ],
+)
 def test_critical_rules_fire_at_once_and_resolve(sample: dict[str, Any], rule: str) -> None:
     agent = Agent()
     agent.sweep(2)
     fired = agent.sweep(1, **sample)
     assert names(fired) == [(rule, True)]
-    assert fired[0].rule.severity == "critical" and "pause" in fired[0].rule.actions and "escalate" in fired[0].rule.actions
+    assert (
+        fired[0].rule.severity == "critical"
+        and "pause" in fired[0].rule.actions
+        and "escalate" in fired[0].rule.actions
+    )
     assert agent.sweep(5, **sample) == []
     assert names(agent.sweep(1)) == [(rule, False)]
 
@@ -131,7 +150,14 @@ def test_unknown_input_keeps_the_condition_running() -> None:
     agent = Agent()
     agent.sweep(5, error_rate=0.2)
     # Polls failed for three minutes: no evidence either way, the episode goes on.
-    agent.sweep(3, error_rate=None, latency_p99=None, balance=None, burn_rate_per_hour=None, sla_compliant=None)
+    agent.sweep(
+        3,
+        error_rate=None,
+        latency_p99=None,
+        balance=None,
+        burn_rate_per_hour=None,
+        sla_compliant=None,
+    )
     assert names(agent.sweep(2, error_rate=0.2)) == []
     assert names(agent.sweep(1, error_rate=0.2)) == [("agent.error_rate", True)]
 
@@ -145,7 +171,9 @@ def test_cost_anomaly_burn_above_twice_its_hourly_baseline() -> None:
     fired = agent.sweep(1, burn_rate_per_hour=Decimal("4.10"))
     assert names(fired) == [("agent.cost_anomaly", True)]
     assert fired[0].rule.audience == "finops"
-    assert names(agent.sweep(1, burn_rate_per_hour=Decimal("2.10"))) == [("agent.cost_anomaly", False)]
+    assert names(agent.sweep(1, burn_rate_per_hour=Decimal("2.10"))) == [
+        ("agent.cost_anomaly", False)
+    ]
 
 
 def test_spend_anomaly_spending_above_three_times_its_normal() -> None:
@@ -172,17 +200,31 @@ def test_durations_come_from_the_policy() -> None:
 
 
 def fleet_view(**kw: Any) -> dict[str, Any]:
-    return {"agents": 100, "healthy": 90, "degraded": 5, "critical": 5, "unknown": 0, "latency_p99": 900.0,
-            "error_rate": 0.01, "sla_compliance": 0.99, "burn_rate_per_hour": "50.00", **kw}
+    return {
+        "agents": 100,
+        "healthy": 90,
+        "degraded": 5,
+        "critical": 5,
+        "unknown": 0,
+        "latency_p99": 900.0,
+        "error_rate": 0.01,
+        "sla_compliance": 0.99,
+        "burn_rate_per_hour": "50.00",
+        **kw,
+    }
 
 
 def test_fleet_rules_fire_once_and_resolve() -> None:
-    rules = FleetRules.from_policy(AlertPolicy(fleet=FleetAlertRules(), agent=AgentAlertRules(baseline_min_samples=3)))
+    rules = FleetRules.from_policy(
+        AlertPolicy(fleet=FleetAlertRules(), agent=AgentAlertRules(baseline_min_samples=3))
+    )
     clock, state = ManualClock(), {}
 
     def tick(**kw: Any) -> list[tuple[str, bool]]:
         clock.advance(SWEEP_S)
-        return names(evaluate_fleet(rules, state, "demo", fleet_view(**kw), clock.now().timestamp()))
+        return names(
+            evaluate_fleet(rules, state, "demo", fleet_view(**kw), clock.now().timestamp())
+        )
 
     assert tick() == []
     assert tick(critical=20, healthy=75) == []  # exactly 20 %: not more than
@@ -192,15 +234,29 @@ def test_fleet_rules_fire_once_and_resolve() -> None:
     assert tick() == [("fleet.emergency", False)]
     assert tick(sla_compliance=0.94) == [("fleet.sla_compliance", True)]
     assert tick(sla_compliance=0.96) == [("fleet.sla_compliance", False)]
-    assert tick(burn_rate_per_hour="100.01") == [("fleet.burn_rate", True), ("fleet.cost_anomaly", True)]
-    assert tick(burn_rate_per_hour="99.00") == [("fleet.burn_rate", False), ("fleet.cost_anomaly", False)]
+    assert tick(burn_rate_per_hour="100.01") == [
+        ("fleet.burn_rate", True),
+        ("fleet.cost_anomaly", True),
+    ]
+    assert tick(burn_rate_per_hour="99.00") == [
+        ("fleet.burn_rate", False),
+        ("fleet.cost_anomaly", False),
+    ]
 
 
 def test_fleet_with_every_poll_failed_raises_no_emergency() -> None:
     rules = FleetRules.from_policy(AlertPolicy())
     state: dict[str, Any] = {}
-    assert evaluate_fleet(rules, state, "demo", fleet_view(healthy=0, degraded=0, critical=0, unknown=100,
-                                                           sla_compliance=None), 0.0) == []
+    assert (
+        evaluate_fleet(
+            rules,
+            state,
+            "demo",
+            fleet_view(healthy=0, degraded=0, critical=0, unknown=100, sla_compliance=None),
+            0.0,
+        )
+        == []
+    )
 
 
 # --- behavioural signals -------------------------------------------------------------------
@@ -210,10 +266,21 @@ def windows(**totals: int) -> dict[str, int]:
     return {"tasks": 0, "calls": 0, "unique": 0, "retries": 0, "escalated": 0, **totals}
 
 
-def judge(state: dict[str, Any], p: AlertPolicy, cur: dict[str, int], prev: dict[str, int], *, bucket: int,
-          lat: list[float] | None = None, day_tasks: int = 0, day_cps: int = 0) -> list[tuple[str, bool]]:
+def judge(
+    state: dict[str, Any],
+    p: AlertPolicy,
+    cur: dict[str, int],
+    prev: dict[str, int],
+    *,
+    bucket: int,
+    lat: list[float] | None = None,
+    day_tasks: int = 0,
+    day_cps: int = 0,
+) -> list[tuple[str, bool]]:
     now = (bucket + 1) * p.behaviour.window_s + 10
-    return names(behaviour.judge(p, state, AGENT, cur, prev, lat or [], day_tasks, day_cps, bucket, now))
+    return names(
+        behaviour.judge(p, state, AGENT, cur, prev, lat or [], day_tasks, day_cps, bucket, now)
+    )
 
 
 def test_behaviour_tool_calls_per_task_against_its_own_baseline() -> None:
@@ -230,15 +297,20 @@ def test_behaviour_tool_calls_per_task_against_its_own_baseline() -> None:
     assert judge(state, p, normal, normal, bucket=4) == [("behaviour.tool_calls_per_task", False)]
 
 
-@pytest.mark.parametrize(("cur", "signal"), [
-    (windows(tasks=20, calls=100, unique=40, retries=21), "behaviour.retry_ratio"),
-    (windows(tasks=20, calls=100, unique=40, escalated=4), "behaviour.escalation_rate"),
-])
+@pytest.mark.parametrize(
+    ("cur", "signal"),
+    [
+        (windows(tasks=20, calls=100, unique=40, retries=21), "behaviour.retry_ratio"),
+        (windows(tasks=20, calls=100, unique=40, escalated=4), "behaviour.escalation_rate"),
+    ],
+)
 def test_behaviour_ratio_signals(cur: dict[str, int], signal: str) -> None:
     p = AlertPolicy(behaviour=BehaviourSignals(min_tasks=10))
     state: dict[str, Any] = {}
     assert judge(state, p, cur, windows(), bucket=0) == [(signal, True)]
-    assert judge(state, p, windows(tasks=20, calls=100, unique=40), windows(), bucket=1) == [(signal, False)]
+    assert judge(state, p, windows(tasks=20, calls=100, unique=40), windows(), bucket=1) == [
+        (signal, False)
+    ]
 
 
 def test_behaviour_decision_latency_and_counterparties() -> None:
@@ -247,14 +319,19 @@ def test_behaviour_decision_latency_and_counterparties() -> None:
     lat = [100.0] * 95 + [900.0] * 5  # p99 9x p50
     work = windows(tasks=20, calls=100, unique=40)
     assert judge(state, p, work, windows(), bucket=0, lat=lat, day_tasks=50, day_cps=1) == [
-        ("behaviour.decision_latency", True), ("behaviour.counterparty_diversity", True)]
-    assert judge(state, p, work, windows(), bucket=1, lat=[100.0] * 100, day_tasks=50, day_cps=3) == [
-        ("behaviour.decision_latency", False), ("behaviour.counterparty_diversity", False)]
+        ("behaviour.decision_latency", True),
+        ("behaviour.counterparty_diversity", True),
+    ]
+    assert judge(
+        state, p, work, windows(), bucket=1, lat=[100.0] * 100, day_tasks=50, day_cps=3
+    ) == [("behaviour.decision_latency", False), ("behaviour.counterparty_diversity", False)]
 
 
 def test_behaviour_too_few_tasks_say_nothing_and_silence_resolves() -> None:
     p = AlertPolicy(behaviour=BehaviourSignals(min_tasks=10))
     state: dict[str, Any] = {}
     assert judge(state, p, windows(tasks=5, calls=50, retries=40), windows(), bucket=0) == []
-    assert judge(state, p, windows(tasks=20, calls=50, retries=40), windows(), bucket=0) == [("behaviour.retry_ratio", True)]
+    assert judge(state, p, windows(tasks=20, calls=50, retries=40), windows(), bucket=0) == [
+        ("behaviour.retry_ratio", True)
+    ]
     assert judge(state, p, windows(), windows(), bucket=2) == [("behaviour.retry_ratio", False)]

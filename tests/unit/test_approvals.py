@@ -66,20 +66,28 @@ def approvals(tmp_path: Path, clock: ManualClock, audited: list[AuditEvent]) -> 
         ("retire_agent", {"amount": Decimal("0.50")}, Risk.CRITICAL),  # never lowered
     ],
 )
-def test_classification_follows_the_matrix_and_only_raises(action: str, kwargs: dict[str, object], risk: Risk) -> None:
+def test_classification_follows_the_matrix_and_only_raises(
+    action: str, kwargs: dict[str, object], risk: Risk
+) -> None:
     assert classify(POLICY, action, **kwargs) is risk  # type: ignore[arg-type]
 
 
-def test_low_runs_at_once_and_stores_nothing(approvals: Approvals, audited: list[AuditEvent]) -> None:
+def test_low_runs_at_once_and_stores_nothing(
+    approvals: Approvals, audited: list[AuditEvent]
+) -> None:
     gate = approvals.request("read_metrics", "seg0-0001-aaaaaaaa", "fleet-commander/metrics")
     assert gate.may_run and gate.request is None and gate.approval is ApprovalState.NONE
     assert approvals.list_requests(status=None) == [] and audited == []
 
 
-def test_medium_runs_and_joins_the_review_queue_due_in_24_h(approvals: Approvals, clock: ManualClock, audited: list[AuditEvent]) -> None:
+def test_medium_runs_and_joins_the_review_queue_due_in_24_h(
+    approvals: Approvals, clock: ManualClock, audited: list[AuditEvent]
+) -> None:
     gate = approvals.request("restart_agent", "seg0-0001-aaaaaaaa", "fleet-commander/escalation")
     assert gate.may_run and gate.approval is ApprovalState.REVIEW_PENDING
-    assert gate.request is not None and gate.request.review_due_at == datetime(2026, 2, 2, 9, 0, tzinfo=UTC)
+    assert gate.request is not None and gate.request.review_due_at == datetime(
+        2026, 2, 2, 9, 0, tzinfo=UTC
+    )
     assert [v.request_id for v in approvals.list_requests(review_queue=True)] == [gate.request_id]
     with pytest.raises(SelfApproval):
         approvals.review(gate.request_id, "fleet-commander/escalation")  # type: ignore[arg-type]
@@ -91,9 +99,17 @@ def test_medium_runs_and_joins_the_review_queue_due_in_24_h(approvals: Approvals
     assert audited[-1].details["late"] is False
 
 
-def test_high_waits_for_one_approval_from_someone_else(approvals: Approvals, audited: list[AuditEvent]) -> None:
-    gate = approvals.request("transfer_funds", "seg0-0001-aaaaaaaa", "alice", amount=Decimal("250.00"),
-                             task="provisioning.transfer", task_kwargs={"agent_id": "seg0-0001-aaaaaaaa"})
+def test_high_waits_for_one_approval_from_someone_else(
+    approvals: Approvals, audited: list[AuditEvent]
+) -> None:
+    gate = approvals.request(
+        "transfer_funds",
+        "seg0-0001-aaaaaaaa",
+        "alice",
+        amount=Decimal("250.00"),
+        task="provisioning.transfer",
+        task_kwargs={"agent_id": "seg0-0001-aaaaaaaa"},
+    )
     assert not gate.may_run and gate.risk is Risk.HIGH and gate.request is not None
     assert gate.request.required == 1 and gate.request.details["amount"] == "250.00"
     rid = gate.request.request_id
@@ -104,13 +120,25 @@ def test_high_waits_for_one_approval_from_someone_else(approvals: Approvals, aud
     view = approvals.approve(rid, "bob", "checked the invoice")
     assert view.status is RequestStatus.APPROVED and view.outcome == "quorum reached"
     assert [v.request_id for v in approvals.awaiting_dispatch()] == [rid]
-    assert [e.action for e in audited] == ["approval_requested", "approval_vote_refused", "approval_vote", "approval_granted"]
+    assert [e.action for e in audited] == [
+        "approval_requested",
+        "approval_vote_refused",
+        "approval_vote",
+        "approval_granted",
+    ]
     assert all(e.article is Article.HUMAN_OVERSIGHT and e.approval_id == rid for e in audited)
 
 
-def test_critical_approved_twice_by_the_same_person_does_not_run(approvals: Approvals, audited: list[AuditEvent]) -> None:
-    gate = approvals.request("revoke_identity", "seg0-0001-aaaaaaaa", "fleet-commander/retirement",
-                             task="provisioning.revoke", task_kwargs={"agent_id": "seg0-0001-aaaaaaaa"})
+def test_critical_approved_twice_by_the_same_person_does_not_run(
+    approvals: Approvals, audited: list[AuditEvent]
+) -> None:
+    gate = approvals.request(
+        "revoke_identity",
+        "seg0-0001-aaaaaaaa",
+        "fleet-commander/retirement",
+        task="provisioning.revoke",
+        task_kwargs={"agent_id": "seg0-0001-aaaaaaaa"},
+    )
     rid = gate.request_id
     assert rid is not None and gate.request is not None and gate.request.required == 2
     approvals.approve(rid, "bob")
@@ -124,12 +152,18 @@ def test_critical_approved_twice_by_the_same_person_does_not_run(approvals: Appr
     with pytest.raises(NotApproved):
         approvals.consume(rid)
     view = approvals.approve(rid, "carol")
-    assert view.status is RequestStatus.APPROVED and {v.approver for v in view.votes} == {"bob", "carol"}
+    assert view.status is RequestStatus.APPROVED and {v.approver for v in view.votes} == {
+        "bob",
+        "carol",
+    }
     assert approvals.consume(rid).status is RequestStatus.EXECUTED
     with pytest.raises(NotApproved):
         approvals.consume(rid)  # exactly once
     actions = [e.action for e in audited]
-    assert actions.count("approval_vote_refused") == 2 and actions[-2:] == ["approval_granted", "approval_executed"]
+    assert actions.count("approval_vote_refused") == 2 and actions[-2:] == [
+        "approval_granted",
+        "approval_executed",
+    ]
 
 
 def test_one_rejection_denies(approvals: Approvals, audited: list[AuditEvent]) -> None:
@@ -143,7 +177,9 @@ def test_one_rejection_denies(approvals: Approvals, audited: list[AuditEvent]) -
     assert audited[-1].action == "approval_denied" and audited[-1].approval is ApprovalState.DENIED
 
 
-def test_expiry_denies_and_is_audited(approvals: Approvals, clock: ManualClock, audited: list[AuditEvent]) -> None:
+def test_expiry_denies_and_is_audited(
+    approvals: Approvals, clock: ManualClock, audited: list[AuditEvent]
+) -> None:
     swept = approvals.request("change_sla", "seg0-0001-aaaaaaaa", "alice").request_id
     voted = approvals.request("change_sla", "seg0-0002-aaaaaaaa", "alice").request_id
     clock.advance(POLICY.request_expiry_s - 1)
@@ -155,7 +191,9 @@ def test_expiry_denies_and_is_audited(approvals: Approvals, clock: ManualClock, 
     assert [v.request_id for v in expired] == [swept]
     for rid in (swept, voted):
         view = approvals.get(rid)  # type: ignore[arg-type]
-        assert view.status is RequestStatus.DENIED and view.outcome == "expired" and view.votes == ()
+        assert (
+            view.status is RequestStatus.DENIED and view.outcome == "expired" and view.votes == ()
+        )
     assert [e.action for e in audited if e.action == "approval_expired"] == ["approval_expired"] * 2
 
 
@@ -172,7 +210,9 @@ def test_only_configured_approvers_may_vote(tmp_path: Path, clock: ManualClock) 
 
 
 def test_messages_carry_an_ai_disclosure_once() -> None:
-    body = with_ai_disclosure("Your refund is on its way.", agent_id="seg0-0001-aaaaaaaa", fleet="demo")
+    body = with_ai_disclosure(
+        "Your refund is on its way.", agent_id="seg0-0001-aaaaaaaa", fleet="demo"
+    )
     assert body.startswith("[Automated message: sent by AI agent seg0-0001-aaaaaaaa of fleet demo")
     assert body.endswith("Your refund is on its way.")
     assert has_ai_disclosure(body) and not has_ai_disclosure("Your refund is on its way.")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 import pytest
 
@@ -24,7 +23,9 @@ AUTH = {"Authorization": "Bearer fleet-demo-token"}
 
 
 @pytest.fixture
-def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, list[audit.AuditEvent], Any]]:
+def api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[TestClient, list[audit.AuditEvent], Any]]:
     monkeypatch.setenv("FLEET_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("FLEET_DATABASE_URL", f"sqlite:///{tmp_path / 'fleet.db'}")
     reset_settings_cache()
@@ -33,7 +34,9 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestC
     audit_tasks.reset()
     migrate(engine_for(f"sqlite:///{tmp_path / 'fleet.db'}"))
     sent: list[str] = []
-    monkeypatch.setattr(audit_tasks, "dispatch_approved", lambda *a, **k: sent.append("dispatched") or [])
+    monkeypatch.setattr(
+        audit_tasks, "dispatch_approved", lambda *a, **k: sent.append("dispatched") or []
+    )
     from web.app import create_api
 
     with audit.capture() as events, TestClient(create_api()) as client:
@@ -48,36 +51,68 @@ def test_endpoints_need_the_token(api: tuple[TestClient, list[audit.AuditEvent],
     assert client.get("/api/v1/audit/verify").status_code == 401
 
 
-def test_decisions_over_http_keep_the_four_eyes_rules(api: tuple[TestClient, list[audit.AuditEvent], Any]) -> None:
+def test_decisions_over_http_keep_the_four_eyes_rules(
+    api: tuple[TestClient, list[audit.AuditEvent], Any],
+) -> None:
     client, events, audit_tasks = api
-    gate = audit_tasks.approvals().request("delete_data", "fleet:demo", "alice", reason="GDPR erasure")
+    gate = audit_tasks.approvals().request(
+        "delete_data", "fleet:demo", "alice", reason="GDPR erasure"
+    )
     rid = gate.request_id
     listed = client.get("/api/v1/approvals", headers=AUTH).json()
     assert [r["request_id"] for r in listed] == [rid] and listed[0]["risk"] == "CRITICAL"
 
     own = client.post(f"/api/v1/approvals/{rid}/approve", json={"approver": "alice"}, headers=AUTH)
     assert own.status_code == 403 and own.json()["detail"]["error"] == "SelfApproval"
-    assert client.post(f"/api/v1/approvals/{rid}/approve", json={"approver": "bob"}, headers=AUTH).status_code == 200
+    assert (
+        client.post(
+            f"/api/v1/approvals/{rid}/approve", json={"approver": "bob"}, headers=AUTH
+        ).status_code
+        == 200
+    )
     twice = client.post(f"/api/v1/approvals/{rid}/approve", json={"approver": "bob"}, headers=AUTH)
     assert twice.status_code == 409 and twice.json()["detail"]["error"] == "DuplicateVote"
     assert client.get(f"/api/v1/approvals/{rid}", headers=AUTH).json()["status"] == "pending"
-    done = client.post(f"/api/v1/approvals/{rid}/approve", json={"approver": "carol", "comment": "ok"}, headers=AUTH)
-    assert done.status_code == 200 and done.json()["status"] == "approved" and done.json()["approvals"] == 2
+    done = client.post(
+        f"/api/v1/approvals/{rid}/approve",
+        json={"approver": "carol", "comment": "ok"},
+        headers=AUTH,
+    )
+    assert (
+        done.status_code == 200
+        and done.json()["status"] == "approved"
+        and done.json()["approvals"] == 2
+    )
     assert client.get("/api/v1/approvals/nope", headers=AUTH).status_code == 404
-    assert client.post(f"/api/v1/approvals/{rid}/reject", json={"approver": "dave"}, headers=AUTH).status_code == 409
+    assert (
+        client.post(
+            f"/api/v1/approvals/{rid}/reject", json={"approver": "dave"}, headers=AUTH
+        ).status_code
+        == 409
+    )
     assert [e.action for e in events].count("approval_vote_refused") == 2
 
-    release = client.post("/api/v1/approvals/release", headers=AUTH,
-                          json={"agent_id": "seg0-0001-aaaaaaaa", "requested_by": "ops", "reason": "fixed"})
+    release = client.post(
+        "/api/v1/approvals/release",
+        headers=AUTH,
+        json={"agent_id": "seg0-0001-aaaaaaaa", "requested_by": "ops", "reason": "fixed"},
+    )
     assert release.status_code == 202 and release.json()["may_run"] is False
     assert release.json()["request"]["action"] == "release_agent"
 
 
-def test_audit_and_compliance_endpoints(api: tuple[TestClient, list[audit.AuditEvent], Any], tmp_path: Path) -> None:
+def test_audit_and_compliance_endpoints(
+    api: tuple[TestClient, list[audit.AuditEvent], Any], tmp_path: Path
+) -> None:
     client, _, audit_tasks = api
-    audit_tasks.audit_log().append([
-        audit.build_event(actor="t", action="restart_agent", subject="seg0-0001-aaaaaaaa", details={"i": i}) for i in range(5)
-    ])
+    audit_tasks.audit_log().append(
+        [
+            audit.build_event(
+                actor="t", action="restart_agent", subject="seg0-0001-aaaaaaaa", details={"i": i}
+            )
+            for i in range(5)
+        ]
+    )
     verified = client.get("/api/v1/audit/verify", headers=AUTH).json()
     assert verified["ok"] and verified["entries"] == 5
     exported = client.get("/api/v1/audit/export", params={"format": "jsonl"}, headers=AUTH)
@@ -86,8 +121,28 @@ def test_audit_and_compliance_endpoints(api: tuple[TestClient, list[audit.AuditE
     path.write_bytes(exported.content)
     key = client.get("/api/v1/audit/public-key", headers=AUTH).json()["public_key"]
     assert verify_export(path, key).ok
-    report = client.get("/api/v1/reports/compliance", params={"fleet": "demo", "period": "30d", "gateway": "false"}, headers=AUTH)
-    assert report.status_code == 200 and set(report.json()["articles"]) == {"9", "11", "12", "13", "14", "15"}
-    page = client.get("/api/v1/reports/compliance", params={"fleet": "demo", "period": "30d", "gateway": "false", "format": "html"}, headers=AUTH)
+    report = client.get(
+        "/api/v1/reports/compliance",
+        params={"fleet": "demo", "period": "30d", "gateway": "false"},
+        headers=AUTH,
+    )
+    assert report.status_code == 200 and set(report.json()["articles"]) == {
+        "9",
+        "11",
+        "12",
+        "13",
+        "14",
+        "15",
+    }
+    page = client.get(
+        "/api/v1/reports/compliance",
+        params={"fleet": "demo", "period": "30d", "gateway": "false", "format": "html"},
+        headers=AUTH,
+    )
     assert page.headers["content-type"].startswith("text/html") and "Art. 14" in page.text
-    assert client.get("/api/v1/reports/compliance", params={"fleet": "demo", "period": "soon"}, headers=AUTH).status_code == 422
+    assert (
+        client.get(
+            "/api/v1/reports/compliance", params={"fleet": "demo", "period": "soon"}, headers=AUTH
+        ).status_code
+        == 422
+    )

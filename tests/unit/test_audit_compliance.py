@@ -13,7 +13,13 @@ from sqlalchemy.orm import Session
 
 from config.settings import DEFAULT_POLICY_FILE, load_settings
 from fleet.approvals import Approvals
-from fleet.audit.compliance import build_report, parse_period, previous_month, render_html, write_report
+from fleet.audit.compliance import (
+    build_report,
+    parse_period,
+    previous_month,
+    render_html,
+    write_report,
+)
 from fleet.audit.events import ApprovalState, Article, build_event
 from fleet.audit.log import AuditFiles, AuditLog
 from fleet.audit.verify import verify_log
@@ -27,10 +33,16 @@ SETTINGS = load_settings()
 def test_periods() -> None:
     now = datetime(2026, 3, 15, tzinfo=UTC)
     may = parse_period("2026-12", now)
-    assert (may.start, may.end) == (datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    assert (may.start, may.end) == (
+        datetime(2026, 12, 1, tzinfo=UTC),
+        datetime(2027, 1, 1, tzinfo=UTC),
+    )
     recent = parse_period("30d", now)
     assert (recent.end - recent.start).days == 30 and recent.label == "30d"
-    assert previous_month(now) == "2026-02" and previous_month(datetime(2026, 1, 1, tzinfo=UTC)) == "2025-12"
+    assert (
+        previous_month(now) == "2026-02"
+        and previous_month(datetime(2026, 1, 1, tzinfo=UTC)) == "2025-12"
+    )
     with pytest.raises(ValueError, match="expected a month"):
         parse_period("last month", now)
 
@@ -42,35 +54,91 @@ def world(tmp_path: Path) -> Iterator[tuple[AuditLog, Approvals, ManualClock]]:
     clock = ManualClock(datetime(2026, 4, 10, tzinfo=UTC))
     with Session(engine) as session, session.begin():
         for i, caps in enumerate((["support"], [], ["support"])):
-            session.add(Agent(
-                agent_id=f"seg0-{i:04d}-aaaaaaaa", fleet="demo", environment="test", id_prefix="seg0", tier="standard",
-                capabilities=caps, sla_template="standard-support", status=AgentStatus.ACTIVE, steps_done=[],
-                extra={}, created_at=clock.now(), updated_at=clock.now(),
-            ))
-    log = AuditLog(engine, AuditFiles(tmp_path / "k.pem", tmp_path / "c.jsonl", tmp_path / "a", tmp_path / "reports"), clock=clock)
-    approvals = Approvals(session_factory(engine), SETTINGS.policy.approvals, clock=clock, emit=log.append)
+            session.add(
+                Agent(
+                    agent_id=f"seg0-{i:04d}-aaaaaaaa",
+                    fleet="demo",
+                    environment="test",
+                    id_prefix="seg0",
+                    tier="standard",
+                    capabilities=caps,
+                    sla_template="standard-support",
+                    status=AgentStatus.ACTIVE,
+                    steps_done=[],
+                    extra={},
+                    created_at=clock.now(),
+                    updated_at=clock.now(),
+                )
+            )
+    log = AuditLog(
+        engine,
+        AuditFiles(tmp_path / "k.pem", tmp_path / "c.jsonl", tmp_path / "a", tmp_path / "reports"),
+        clock=clock,
+    )
+    approvals = Approvals(
+        session_factory(engine), SETTINGS.policy.approvals, clock=clock, emit=log.append
+    )
     yield log, approvals, clock
     engine.dispose()
 
 
 def _gateway(prefix: str) -> Mapping[str, Any]:
-    return {"articles": {
-        "12": {"status": "findings", "findings": [{"finding": "agents without an audit entry in the period", "count": 1}]},
-        "13": {"status": "compliant", "findings": []},
-    }}
+    return {
+        "articles": {
+            "12": {
+                "status": "findings",
+                "findings": [
+                    {"finding": "agents without an audit entry in the period", "count": 1}
+                ],
+            },
+            "13": {"status": "compliant", "findings": []},
+        }
+    }
 
 
-def test_report_covers_every_article_with_our_evidence_and_the_gateways(world: tuple[AuditLog, Approvals, ManualClock]) -> None:
+def test_report_covers_every_article_with_our_evidence_and_the_gateways(
+    world: tuple[AuditLog, Approvals, ManualClock],
+) -> None:
     log, approvals, clock = world
-    log.append([
-        build_event(actor="p", action="provision_agent", subject="seg0-0000-aaaaaaaa", fleet="demo", clock=clock),
-        build_event(actor="e", action="transfer_funds", subject="seg0-0000-aaaaaaaa", clock=clock),  # HIGH, not approved
-        build_event(actor="m", action="send_message", subject="seg0-0001-aaaaaaaa", clock=clock, details={"ai_disclosure": True}),
-        build_event(actor="m", action="send_message", subject="seg0-0001-aaaaaaaa", clock=clock, details={}),
-        build_event(actor="x", action="restart_agent", subject="other-0001-aaaaaaaa", clock=clock),  # another fleet
-        build_event(actor="e", action="freeze_agent", subject="seg0-0001-aaaaaaaa", clock=clock,
-                    article=Article.HUMAN_OVERSIGHT, approval=ApprovalState.NONE),
-    ])
+    log.append(
+        [
+            build_event(
+                actor="p",
+                action="provision_agent",
+                subject="seg0-0000-aaaaaaaa",
+                fleet="demo",
+                clock=clock,
+            ),
+            build_event(
+                actor="e", action="transfer_funds", subject="seg0-0000-aaaaaaaa", clock=clock
+            ),  # HIGH, not approved
+            build_event(
+                actor="m",
+                action="send_message",
+                subject="seg0-0001-aaaaaaaa",
+                clock=clock,
+                details={"ai_disclosure": True},
+            ),
+            build_event(
+                actor="m",
+                action="send_message",
+                subject="seg0-0001-aaaaaaaa",
+                clock=clock,
+                details={},
+            ),
+            build_event(
+                actor="x", action="restart_agent", subject="other-0001-aaaaaaaa", clock=clock
+            ),  # another fleet
+            build_event(
+                actor="e",
+                action="freeze_agent",
+                subject="seg0-0001-aaaaaaaa",
+                clock=clock,
+                article=Article.HUMAN_OVERSIGHT,
+                approval=ApprovalState.NONE,
+            ),
+        ]
+    )
     rid = approvals.request("change_sla", "seg0-0000-aaaaaaaa", "alice", fleet="demo").request_id
     clock.advance(90)
     approvals.approve(rid, "bob")  # type: ignore[arg-type]
@@ -80,41 +148,70 @@ def test_report_covers_every_article_with_our_evidence_and_the_gateways(world: t
 
     period = parse_period("2026-04", clock.now())
     report = build_report(
-        log=log, approvals=approvals, policy=SETTINGS.policy, policy_file=DEFAULT_POLICY_FILE, fleet="demo",
-        period=period, integrity=verify_log(log), mirror_pending=0, gateway=_gateway,
+        log=log,
+        approvals=approvals,
+        policy=SETTINGS.policy,
+        policy_file=DEFAULT_POLICY_FILE,
+        fleet="demo",
+        period=period,
+        integrity=verify_log(log),
+        mirror_pending=0,
+        gateway=_gateway,
     )
     articles = report["articles"]
     assert sorted(articles, key=int) == ["9", "11", "12", "13", "14", "15"]
-    assert articles["9"]["ours"]["findings"] == ["1 HIGH/CRITICAL actions recorded without an approval"]
+    assert articles["9"]["ours"]["findings"] == [
+        "1 HIGH/CRITICAL actions recorded without an approval"
+    ]
     assert articles["11"]["ours"]["findings"] == ["1 agents without declared capabilities"]
     ours12 = articles["12"]["ours"]["evidence"]
     assert ours12["chain"]["ok"] and ours12["agents_audited"] == 2
-    assert ours12["entries_in_period"] == 5 + 5  # five of ours; request, vote, grant, request, expiry
+    assert (
+        ours12["entries_in_period"] == 5 + 5
+    )  # five of ours; request, vote, grant, request, expiry
     assert "1 agents without an audit entry in the period" in articles["12"]["ours"]["findings"]
     assert articles["12"]["gateway"]["seg0"]["findings"][0]["count"] == 1
     assert articles["13"]["ours"]["evidence"]["messages_with_ai_disclosure"] == 1
     assert articles["13"]["status"] == "findings"
     ours14 = articles["14"]["ours"]["evidence"]
     assert (ours14["requests"], ours14["approved"], ours14["expired"]) == (2, 1, 1)
-    assert ours14["decision_latency"] == {"count": "1", "median_s": "90.0", "p95_s": "90.0", "max_s": "90.0"}
+    assert ours14["decision_latency"] == {
+        "count": "1",
+        "median_s": "90.0",
+        "p95_s": "90.0",
+        "max_s": "90.0",
+    }
     assert ours14["distinct_approvers"] == ["bob"] and ours14["freezes"] == 1
     assert report["compliant"] is False
-    assert b"." not in orjson.dumps(ours14["decision_latency"]).replace(b".0", b""), "figures are strings, not floats"
+    assert b"." not in orjson.dumps(ours14["decision_latency"]).replace(b".0", b""), (
+        "figures are strings, not floats"
+    )
 
 
-def test_a_gateway_failure_is_reported_not_fatal_and_html_is_escaped(world: tuple[AuditLog, Approvals, ManualClock], tmp_path: Path) -> None:
+def test_a_gateway_failure_is_reported_not_fatal_and_html_is_escaped(
+    world: tuple[AuditLog, Approvals, ManualClock], tmp_path: Path
+) -> None:
     log, approvals, clock = world
 
     def down(prefix: str) -> Mapping[str, Any]:
         raise ConnectionError("gateway unreachable")
 
     report = build_report(
-        log=log, approvals=approvals, policy=SETTINGS.policy, policy_file=DEFAULT_POLICY_FILE,
-        fleet="demo", period=parse_period("30d", clock.now()), integrity=verify_log(log), mirror_pending=3, gateway=down,
+        log=log,
+        approvals=approvals,
+        policy=SETTINGS.policy,
+        policy_file=DEFAULT_POLICY_FILE,
+        fleet="demo",
+        period=parse_period("30d", clock.now()),
+        integrity=verify_log(log),
+        mirror_pending=3,
+        gateway=down,
     )
     assert "gateway unreachable" in report["gateway"]["error"]
     assert report["articles"]["12"]["ours"]["evidence"]["mirror_pending"] == 3
     page = render_html({**report, "fleet": "<script>alert(1)</script>"})
     assert "<script>alert" not in page and "&lt;script&gt;" in page
     json_path, html_path = write_report(report, tmp_path / "out")
-    assert orjson.loads(json_path.read_bytes())["fleet"] == "demo" and html_path.read_text().startswith("<!doctype html>")
+    assert orjson.loads(json_path.read_bytes())[
+        "fleet"
+    ] == "demo" and html_path.read_text().startswith("<!doctype html>")

@@ -16,21 +16,41 @@ from fleet.clock import ManualClock
 
 
 def _event(**overrides: object) -> audit.AuditEvent:
-    fields: dict[str, object] = {"actor": "fleet-commander/test", "action": "restart_agent", "subject": "seg0-0001-1a2b3c4d"}
+    fields: dict[str, object] = {
+        "actor": "fleet-commander/test",
+        "action": "restart_agent",
+        "subject": "seg0-0001-1a2b3c4d",
+    }
     fields.update(overrides)
     return audit.build_event(**fields)  # type: ignore[arg-type]
 
 
 def test_floats_are_refused_with_the_path_named() -> None:
-    with pytest.raises(ValidationError, match=r"details\.metrics\.error_rate: floats are not allowed"):
+    with pytest.raises(
+        ValidationError, match=r"details\.metrics\.error_rate: floats are not allowed"
+    ):
         _event(details={"metrics": {"error_rate": 0.12}})
 
 
 def test_money_and_times_become_strings() -> None:
     when = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-    event = _event(details={"amount": Decimal("12.50"), "at": when, "n": 3, "ok": True, "none": None, "ids": ("a", "b")})
+    event = _event(
+        details={
+            "amount": Decimal("12.50"),
+            "at": when,
+            "n": 3,
+            "ok": True,
+            "none": None,
+            "ids": ("a", "b"),
+        }
+    )
     assert event.details == {
-        "amount": "12.50", "at": "2026-03-01T12:00:00.000000Z", "n": 3, "ok": True, "none": None, "ids": ["a", "b"],
+        "amount": "12.50",
+        "at": "2026-03-01T12:00:00.000000Z",
+        "n": 3,
+        "ok": True,
+        "none": None,
+        "ids": ["a", "b"],
     }
 
 
@@ -40,10 +60,16 @@ def test_integers_beyond_canonical_json_are_refused() -> None:
 
 
 def test_secret_looking_keys_are_redacted_at_any_depth_but_descriptions_are_kept() -> None:
-    event = _event(details={
-        "api_key": "sk-live-123", "nested": {"client_secret": "s3cret", "tokens": ["a"]}, "Password": "pw",
-        "key_id": "k-1", "key_rotated_at": "2026-01-01", "wallet_id": "w-1",
-    })
+    event = _event(
+        details={
+            "api_key": "sk-live-123",
+            "nested": {"client_secret": "s3cret", "tokens": ["a"]},
+            "Password": "pw",
+            "key_id": "k-1",
+            "key_rotated_at": "2026-01-01",
+            "wallet_id": "w-1",
+        }
+    )
     assert event.details["api_key"] == audit.REDACTED
     assert event.details["nested"] == {"client_secret": audit.REDACTED, "tokens": audit.REDACTED}
     assert event.details["Password"] == audit.REDACTED
@@ -52,10 +78,19 @@ def test_secret_looking_keys_are_redacted_at_any_depth_but_descriptions_are_kept
     assert "sk-live-123" not in event.model_dump_json()
 
 
-@pytest.mark.parametrize(("name", "secret"), [
-    ("api_key", True), ("authorization", True), ("private_key_pem", True), ("session_token", True),
-    ("key_fingerprint", False), ("key_version", False), ("tier", False), ("balance", False),
-])
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("api_key", True),
+        ("authorization", True),
+        ("private_key_pem", True),
+        ("session_token", True),
+        ("key_fingerprint", False),
+        ("key_version", False),
+        ("tier", False),
+        ("balance", False),
+    ],
+)
 def test_is_secret_key(name: str, secret: bool) -> None:
     assert is_secret_key(name) is secret
 
@@ -72,10 +107,15 @@ def test_build_event_reads_the_clock_and_a_trace_context() -> None:
         trace_id, span_id = "a" * 32, "b" * 16
 
     clock = ManualClock(datetime(2026, 5, 1, tzinfo=UTC))
-    event = _event(clock=clock, trace=Trace(), article=audit.Article.HUMAN_OVERSIGHT, approval="approved")
+    event = _event(
+        clock=clock, trace=Trace(), article=audit.Article.HUMAN_OVERSIGHT, approval="approved"
+    )
     assert event.time == clock.now()
     assert (event.trace_id, event.span_id) == ("a" * 32, "b" * 16)
-    assert event.article is audit.Article.HUMAN_OVERSIGHT and event.approval is audit.ApprovalState.APPROVED
+    assert (
+        event.article is audit.Article.HUMAN_OVERSIGHT
+        and event.approval is audit.ApprovalState.APPROVED
+    )
     assert event.agent_id == "seg0-0001-1a2b3c4d"
     assert _event(subject=audit.fleet_subject("demo")).agent_id is None
 
@@ -110,7 +150,9 @@ def test_capture_and_batch() -> None:
         with pytest.raises(RuntimeError), audit.batch():
             audit.record(actor="a", action="three", subject="x")
             raise RuntimeError("the step failed after acting")
-        assert [e.action for e in sent[-1]] == ["three"], "what was recorded did happen: it is still sent"
+        assert [e.action for e in sent[-1]] == ["three"], (
+            "what was recorded did happen: it is still sent"
+        )
     finally:
         audit.use_sink(previous)
 
@@ -126,7 +168,9 @@ def test_the_envelope_is_exactly_rfc8785(chain: str, seq: int) -> None:
     event_json = canonical(event_object(event))
     prev = "f" * 64
     body = envelope(canonical(chain), event_json, prev, seq)
-    expected = rfc8785.dumps({"chain": chain, "entry": event_object(event), "prev": prev, "seq": seq, "v": 1})
+    expected = rfc8785.dumps(
+        {"chain": chain, "entry": event_object(event), "prev": prev, "seq": seq, "v": 1}
+    )
     assert body == expected
     assert entry_hash(body) == entry_hash(expected)
     assert GENESIS == "0" * 64

@@ -13,7 +13,9 @@ from fleet.audit.group import GroupSink
 
 
 def event(i: int) -> AuditEvent:
-    return build_event(actor="test", action="provision_agent", subject=f"agent-{i}", details={"i": i})
+    return build_event(
+        actor="test", action="provision_agent", subject=f"agent-{i}", details={"i": i}
+    )
 
 
 def test_concurrent_events_share_messages_and_all_arrive() -> None:

@@ -33,29 +33,46 @@ def clock() -> ManualClock:
 def log(tmp_path: Path, clock: ManualClock) -> Iterator[AuditLog]:
     engine = create_db_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
     migrate(engine)
-    files = AuditFiles(tmp_path / "audit/key.pem", tmp_path / "audit/checkpoints.jsonl", tmp_path / "archive", tmp_path / "reports")
+    files = AuditFiles(
+        tmp_path / "audit/key.pem",
+        tmp_path / "audit/checkpoints.jsonl",
+        tmp_path / "archive",
+        tmp_path / "reports",
+    )
     yield AuditLog(engine, files, checkpoint_every=10, clock=clock)
     engine.dispose()
 
 
 def events(n: int, clock: ManualClock, **extra: object) -> list[AuditEvent]:
     return [
-        build_event(actor="test", action="restart_agent", subject=f"seg0-{i:04d}-00000000", details={"i": i, **extra}, clock=clock)
+        build_event(
+            actor="test",
+            action="restart_agent",
+            subject=f"seg0-{i:04d}-00000000",
+            details={"i": i, **extra},
+            clock=clock,
+        )
         for i in range(n)
     ]
 
 
-def test_entries_chain_from_the_genesis_and_each_hash_covers_its_canonical_bytes(log: AuditLog, clock: ManualClock) -> None:
+def test_entries_chain_from_the_genesis_and_each_hash_covers_its_canonical_bytes(
+    log: AuditLog, clock: ManualClock
+) -> None:
     result = log.append(events(3, clock))
     assert (result.appended, result.head.seq) == (3, 3)
     with log.engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT seq, prev_hash, hash, body FROM audit_entries ORDER BY seq")).all()
+        rows = conn.execute(
+            sa.text("SELECT seq, prev_hash, hash, body FROM audit_entries ORDER BY seq")
+        ).all()
     assert rows[0].prev_hash == GENESIS
     for before, row in zip(rows, rows[1:], strict=False):
         assert row.prev_hash == before.hash
     for row in rows:
         body = orjson.loads(row.body)
-        assert entry_hash(rfc8785.dumps(body)) == row.hash, "anyone can recompute it from the parsed entry"
+        assert entry_hash(rfc8785.dumps(body)) == row.hash, (
+            "anyone can recompute it from the parsed entry"
+        )
         assert (body["seq"], body["prev"]) == (row.seq, row.prev_hash)
 
 
@@ -67,7 +84,9 @@ def test_appending_is_idempotent_on_event_ids(log: AuditLog, clock: ManualClock)
     assert log.count() == 6 and verify_log(log).ok
 
 
-def test_checkpoints_every_n_entries_signed_and_also_kept_in_a_file(log: AuditLog, clock: ManualClock) -> None:
+def test_checkpoints_every_n_entries_signed_and_also_kept_in_a_file(
+    log: AuditLog, clock: ManualClock
+) -> None:
     for _ in range(5):
         log.append(events(7, clock))  # 35 entries: crossings at 10, 20, 30
     checkpoints = log.checkpoints()
@@ -85,7 +104,10 @@ def test_checkpoints_every_n_entries_signed_and_also_kept_in_a_file(log: AuditLo
 
 
 def test_concurrent_writers_never_fork_the_chain(log: AuditLog, clock: ManualClock) -> None:
-    writers = [threading.Thread(target=lambda: [log.append(events(5, clock)) for _ in range(8)]) for _ in range(4)]
+    writers = [
+        threading.Thread(target=lambda: [log.append(events(5, clock)) for _ in range(8)])
+        for _ in range(4)
+    ]
     for writer in writers:
         writer.start()
     for writer in writers:
@@ -96,7 +118,9 @@ def test_concurrent_writers_never_fork_the_chain(log: AuditLog, clock: ManualClo
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
-def test_an_export_verifies_alone_and_shows_tampering(log: AuditLog, clock: ManualClock, tmp_path: Path, fmt: str) -> None:
+def test_an_export_verifies_alone_and_shows_tampering(
+    log: AuditLog, clock: ManualClock, tmp_path: Path, fmt: str
+) -> None:
     log.append(events(15, clock))
     clock.advance(86400)
     log.append(events(8, clock, late=True))
@@ -124,7 +148,9 @@ def test_an_export_verifies_alone_and_shows_tampering(log: AuditLog, clock: Manu
     assert not verify_export(path, other_key).ok, "a different key does not vouch for it"
 
 
-def test_retention_archives_old_entries_with_their_checkpoint_and_the_rest_still_verifies(log: AuditLog, clock: ManualClock) -> None:
+def test_retention_archives_old_entries_with_their_checkpoint_and_the_rest_still_verifies(
+    log: AuditLog, clock: ManualClock
+) -> None:
     for _ in range(200):
         log.append(events(2, clock))
         clock.advance(86400)
@@ -143,7 +169,9 @@ def test_retention_archives_old_entries_with_their_checkpoint_and_the_rest_still
     assert verify_log(log).ok
 
 
-def test_retention_keeps_what_the_gateway_has_not_received_yet(log: AuditLog, clock: ManualClock) -> None:
+def test_retention_keeps_what_the_gateway_has_not_received_yet(
+    log: AuditLog, clock: ManualClock
+) -> None:
     log.append(events(4, clock))
     clock.advance(400 * 86400)
     assert archive_expired(log, retention_days=183, respect_mirror=True) is None
@@ -159,10 +187,16 @@ def test_retention_refuses_to_sign_over_a_damaged_log(log: AuditLog, clock: Manu
         archive_expired(log, retention_days=183, respect_mirror=False)
 
 
-def test_sqlite_triggers_refuse_edits_and_deletes_outside_retention(log: AuditLog, clock: ManualClock) -> None:
+def test_sqlite_triggers_refuse_edits_and_deletes_outside_retention(
+    log: AuditLog, clock: ManualClock
+) -> None:
     log.append(events(2, clock))
     log.checkpoint()
-    for statement in ("UPDATE audit_entries SET actor = 'x'", "DELETE FROM audit_entries", "DELETE FROM audit_checkpoints"):
+    for statement in (
+        "UPDATE audit_entries SET actor = 'x'",
+        "DELETE FROM audit_entries",
+        "DELETE FROM audit_checkpoints",
+    ):
         with pytest.raises(sa.exc.IntegrityError, match="append-only"), log.engine.begin() as conn:
             conn.execute(sa.text(statement))
     assert log.count() == 2
@@ -176,6 +210,8 @@ def test_export_to_a_stream_is_the_stored_bytes(log: AuditLog, clock: ManualCloc
     header = orjson.loads(lines[0])
     assert header["type"] == "header" and header["public_key"] == log.signer.public_hex
     with log.engine.connect() as conn:
-        bodies = conn.execute(sa.text("SELECT body FROM audit_entries ORDER BY seq")).scalars().all()
+        bodies = (
+            conn.execute(sa.text("SELECT body FROM audit_entries ORDER BY seq")).scalars().all()
+        )
     for line, body in zip(lines[1:3], bodies, strict=True):
         assert line.endswith(body.encode() + b"}")

@@ -22,7 +22,9 @@ def test_bad_setting_is_one_line_and_exit_2() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "cli.main", "config"],
         env={"FLEET_WORKER__CONCURRENCY": "many", "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -32,7 +34,9 @@ def test_bad_setting_is_one_line_and_exit_2() -> None:
 
 
 def test_config_masks_secrets() -> None:
-    result = CliRunner().invoke(main, ["config"], env={"FLEET_GATEWAY__ADMIN_KEY": "very-secret-key"})
+    result = CliRunner().invoke(
+        main, ["config"], env={"FLEET_GATEWAY__ADMIN_KEY": "very-secret-key"}
+    )
     assert result.exit_code == 0, result.output
     assert "very-secret-key" not in result.output
     assert "valid" in result.output

@@ -59,6 +59,8 @@ def test_beat_flower_sandbox_redis_postgres_present_and_configured_by_env_only()
     services = _services()
     assert {"redis", "postgres", "sandbox", "beat", "flower"} <= set(services)
     for name, svc in services.items():
-        assert "volumes" not in svc or name in {"redis", "postgres"}, f"{name} mounts files instead of using env"
+        assert "volumes" not in svc or name in {"redis", "postgres"}, (
+            f"{name} mounts files instead of using env"
+        )
         env = svc.get("environment", {})
         assert isinstance(env, dict)

@@ -22,8 +22,13 @@ from tests.unit.test_sla_fixtures import World, world, world_factory  # noqa: F4
 CHECK_EVERY_MIN = 5
 
 
-def run_minutes(w: World, minutes: int, *, on_minute: Callable[[int], None] | None = None,
-                agents: list[str] | None = None) -> list[tuple[int, str, Any]]:
+def run_minutes(
+    w: World,
+    minutes: int,
+    *,
+    on_minute: Callable[[int], None] | None = None,
+    agents: list[str] | None = None,
+) -> list[tuple[int, str, Any]]:
     """Minute by minute: a check every 5 min, the engine tick every minute, the workers drain.
     Returns (minute, task sent, outcome) in the order things ran."""
     log = []
@@ -42,40 +47,61 @@ def run_minutes(w: World, minutes: int, *, on_minute: Callable[[int], None] | No
 
 def escalations(w: World, episode_id: str) -> list[SlaEscalation]:
     with w.sessions() as s:
-        return list(s.scalars(select(SlaEscalation).where(SlaEscalation.episode_id == episode_id)
-                              .order_by(SlaEscalation.dispatched_at, SlaEscalation.tier)))
+        return list(
+            s.scalars(
+                select(SlaEscalation)
+                .where(SlaEscalation.episode_id == episode_id)
+                .order_by(SlaEscalation.dispatched_at, SlaEscalation.tier)
+            )
+        )
 
 
-def test_an_episode_of_35_minutes_runs_tiers_1_to_4_once_each_in_order_on_their_own_queues(world: World) -> None:
+def test_an_episode_of_35_minutes_runs_tiers_1_to_4_once_each_in_order_on_their_own_queues(
+    world: World,
+) -> None:
     w = world
     [agent] = w.add_agents(1)
     w.gateway.breach(agent, "p99_latency_ms")
     log = run_minutes(w, 35, agents=[agent])
 
     assert [(m, name) for m, name, _ in log] == [
-        (0, "escalation.tier1.remediate"), (5, "escalation.tier2.reroute"),
-        (15, "escalation.tier3.notify"), (30, "escalation.tier4.freeze"),
+        (0, "escalation.tier1.remediate"),
+        (5, "escalation.tier2.reroute"),
+        (15, "escalation.tier3.notify"),
+        (30, "escalation.tier4.freeze"),
     ]
     assert all(o.status == "done" for _, _, o in log), [o for _, _, o in log]
     episode_id = log[0][2].episode_id
     rows = escalations(w, episode_id)
     assert [(r.tier, r.queue, r.status, r.dispatch_count, r.attempts) for r in rows] == [
-        (1, "escalation.tier1", "done", 1, 1), (2, "escalation.tier2", "done", 1, 1),
-        (3, "escalation.tier3", "done", 1, 1), (4, "escalation.tier4", "done", 1, 1),
+        (1, "escalation.tier1", "done", 1, 1),
+        (2, "escalation.tier2", "done", 1, 1),
+        (3, "escalation.tier3", "done", 1, 1),
+        (4, "escalation.tier4", "done", 1, 1),
     ]
     assert [r.episode_age_s // 60 for r in rows] == [0, 5, 15, 30]
 
     # Tier 1 called the remediation hook; tier 2 halved the routing weight;
     # tier 3 told the operator, as an AI; tier 4 paused, froze and asked a human.
-    assert w.hook_calls and w.hook_calls[0]["agent_id"] == agent and "restart" in w.hook_calls[0]["requested"]
+    assert (
+        w.hook_calls
+        and w.hook_calls[0]["agent_id"] == agent
+        and "restart" in w.hook_calls[0]["requested"]
+    )
     assert rows[1].result["before"] == "1" and rows[1].result["after"] == "0.5"
     assert w.agent(agent).status == AgentStatus.PAUSED
     assert agent in w.gateway.frozen
     notes = [m for m in w.gateway.messages if m["to"] == "fleet-operator"]
     assert len(notes) == 2 and all("AI agent" in m["body"] for m in notes)
     with w.sessions() as s:
-        release = s.scalars(select(ApprovalRequest).where(ApprovalRequest.action == "release_agent")).all()
-    assert len(release) == 1 and release[0].status == RequestStatus.PENDING and release[0].subject == agent
+        release = s.scalars(
+            select(ApprovalRequest).where(ApprovalRequest.action == "release_agent")
+        ).all()
+    assert (
+        len(release) == 1
+        and release[0].status == RequestStatus.PENDING
+        and release[0].subject == agent
+    )
     assert rows[3].result["release_request"] == release[0].request_id
 
     # Nothing more happens however long it lasts: each tier once per episode.
@@ -85,7 +111,9 @@ def test_an_episode_of_35_minutes_runs_tiers_1_to_4_once_each_in_order_on_their_
     assert actions.count("freeze_agent") == 1 and actions.count("sla_episode_opened") == 1
 
 
-def test_an_episode_recovering_at_20_minutes_stops_after_tier_3_restores_traffic_and_says_so(world: World) -> None:
+def test_an_episode_recovering_at_20_minutes_stops_after_tier_3_restores_traffic_and_says_so(
+    world: World,
+) -> None:
     w = world
     [agent, other] = w.add_agents(2)
     w.gateway.breach(agent)
@@ -96,17 +124,24 @@ def test_an_episode_recovering_at_20_minutes_stops_after_tier_3_restores_traffic
 
     log = run_minutes(w, 40, agents=[agent, other], on_minute=recover)
     assert [(m, name) for m, name, _ in log] == [
-        (0, "escalation.tier1.remediate"), (5, "escalation.tier2.reroute"), (15, "escalation.tier3.notify"),
+        (0, "escalation.tier1.remediate"),
+        (5, "escalation.tier2.reroute"),
+        (15, "escalation.tier3.notify"),
         # Two compliant samples (20 and 25 min) close it: the resolved notice.
         (25, "escalation.tier3.resolve"),
     ]
     episode = get_episode(w.sessions, log[0][2].episode_id)
     assert not episode.is_open and episode.close_reason == "recovered"
-    assert episode.closed_at == episode.opened_at + timedelta(minutes=20)  # the violation ended at 20 min
+    assert episode.closed_at == episode.opened_at + timedelta(
+        minutes=20
+    )  # the violation ended at 20 min
     assert w.agent(agent).traffic_weight == "1" and w.agent(agent).status == AgentStatus.ACTIVE
     assert agent not in w.gateway.frozen
     resolved = w.gateway.messages[-1]
-    assert resolved["subject"].startswith("SLA resolved") and "traffic weight is restored" in resolved["body"]
+    assert (
+        resolved["subject"].startswith("SLA resolved")
+        and "traffic weight is restored" in resolved["body"]
+    )
     assert "AI agent" in resolved["body"]
 
 
@@ -125,8 +160,12 @@ def test_one_good_sample_between_bad_ones_does_not_close_the_episode(world: Worl
     log = run_minutes(w, 31, agents=[agent], on_minute=flap)
     sent = [(m, name) for m, name, _ in log]
     # Escalation holds while it looks recovered, and resumes at the tier its age reached.
-    assert sent == [(0, "escalation.tier1.remediate"), (10, "escalation.tier2.reroute"),
-                    (20, "escalation.tier3.notify"), (30, "escalation.tier4.freeze")]
+    assert sent == [
+        (0, "escalation.tier1.remediate"),
+        (10, "escalation.tier2.reroute"),
+        (20, "escalation.tier3.notify"),
+        (30, "escalation.tier4.freeze"),
+    ]
     assert len({o.episode_id for _, _, o in log}) == 1  # one episode throughout
 
 
@@ -134,7 +173,9 @@ def test_a_breach_after_a_close_opens_a_new_episode_with_its_own_tiers(world: Wo
     w = world
     [agent] = w.add_agents(1)
     w.gateway.breach(agent)
-    first = run_minutes(w, 10, agents=[agent], on_minute=lambda m: w.gateway.comply(agent) if m == 5 else None)
+    first = run_minutes(
+        w, 10, agents=[agent], on_minute=lambda m: w.gateway.comply(agent) if m == 5 else None
+    )
     w.gateway.breach(agent)
     second = run_minutes(w, 6, agents=[agent])
     assert [n for _, n, _ in first] == ["escalation.tier1.remediate", "escalation.tier3.resolve"]
@@ -148,10 +189,16 @@ def test_a_redelivered_or_duplicated_tier_message_changes_nothing(world: World) 
     w.gateway.breach(agent)
     log = run_minutes(w, 31, agents=[agent])
     episode_id = log[0][2].episode_id
-    before_calls, before_hook, before_events = dict(w.gateway.calls), len(w.hook_calls), len(w.events)
+    before_calls, before_hook, before_events = (
+        dict(w.gateway.calls),
+        len(w.hook_calls),
+        len(w.events),
+    )
     deps = w.actions()
     for tier in (1, 2, 3, 4):
-        again = run_action(deps, episode_id, tier, worker="another-worker", queue=f"escalation.tier{tier}")
+        again = run_action(
+            deps, episode_id, tier, worker="another-worker", queue=f"escalation.tier{tier}"
+        )
         assert again.status == "duplicate" and again.retry_in is None
     assert dict(w.gateway.calls) == before_calls and len(w.hook_calls) == before_hook
     assert len(w.events) == before_events
@@ -178,7 +225,9 @@ def test_a_duplicate_while_the_first_is_running_waits_and_then_does_nothing(worl
 
     deps.http = SlowHook()
     results: list[Any] = []
-    first = threading.Thread(target=lambda: results.append(run_action(deps, kwargs["episode_id"], 1, worker="w1")))
+    first = threading.Thread(
+        target=lambda: results.append(run_action(deps, kwargs["episode_id"], 1, worker="w1"))
+    )
     first.start()
     assert entered.wait(5)
     second = run_action(w.actions(), kwargs["episode_id"], 1, worker="w2")
@@ -228,13 +277,19 @@ def test_acknowledgement_holds_tiers_3_and_4_until_it_runs_out(world_factory: An
         if minute == 10:
             episode_id = service.open_episode_of(w.sessions, agent)
             assert episode_id is not None
-            service.acknowledge_episode(w.sessions, w.policy, w.clock, episode_id, "alice", "looking into it")
+            service.acknowledge_episode(
+                w.sessions, w.policy, w.clock, episode_id, "alice", "looking into it"
+            )
             acked.append(episode_id)
 
     log = run_minutes(w, 31, agents=[agent], on_minute=ack)
     # Tier 2 still ran (automated tiers run while unresolved); 3 and 4 waited for the ack to lapse at 30 min.
-    assert [(m, n) for m, n, _ in log] == [(0, "escalation.tier1.remediate"), (5, "escalation.tier2.reroute"),
-                                           (30, "escalation.tier3.notify"), (30, "escalation.tier4.freeze")]
+    assert [(m, n) for m, n, _ in log] == [
+        (0, "escalation.tier1.remediate"),
+        (5, "escalation.tier2.reroute"),
+        (30, "escalation.tier3.notify"),
+        (30, "escalation.tier4.freeze"),
+    ]
     assert any(e.action == "sla_episode_acknowledged" and e.actor == "user:alice" for e in w.events)
 
 
@@ -253,13 +308,19 @@ def test_tiers_due_is_pure_and_follows_the_policy(world: World) -> None:
     assert due_tiers(policy, episode, at + timedelta(minutes=30)) == [1, 2, 3, 4]
 
 
-def test_a_dispute_is_filed_for_a_named_counterparty_and_resolved_by_policy_on_recovery(world: World) -> None:
+def test_a_dispute_is_filed_for_a_named_counterparty_and_resolved_by_policy_on_recovery(
+    world: World,
+) -> None:
     w = world
     [agent] = w.add_agents(1)
     w.gateway.breach(agent, "uptime_pct")
-    out = service.evaluate_agent(w.sla(), agent, "alert:sla-breach", counterparty="buyer-0042", amount="12.40")
+    out = service.evaluate_agent(
+        w.sla(), agent, "alert:sla-breach", counterparty="buyer-0042", amount="12.40"
+    )
     assert out["episode_id"] and out["transitions"] == {"opened": 1}
-    run_minutes(w, 25, agents=[agent], on_minute=lambda m: w.gateway.comply(agent) if m == 18 else None)
+    run_minutes(
+        w, 25, agents=[agent], on_minute=lambda m: w.gateway.comply(agent) if m == 18 else None
+    )
     [dispute] = w.gateway.disputes.values()
     assert dispute["counterparty"] == "buyer-0042" and dispute["agent_id"] == agent
     assert dispute["status"] == "resolved" and dispute["resolution"] == "partial_refund"
@@ -271,7 +332,9 @@ def test_a_dispute_is_filed_for_a_named_counterparty_and_resolved_by_policy_on_r
     assert "open_dispute" in audited and "resolve_dispute" in audited
 
 
-def test_a_transient_gateway_failure_retries_the_action_and_resumes_after_its_finished_steps(world: World) -> None:
+def test_a_transient_gateway_failure_retries_the_action_and_resumes_after_its_finished_steps(
+    world: World,
+) -> None:
     w = world
     [agent] = w.add_agents(1)
     w.gateway.breach(agent)
@@ -291,8 +354,20 @@ def test_a_transient_gateway_failure_retries_the_action_and_resumes_after_its_fi
     assert second.status == "done"
     assert w.gateway.calls["freeze_wallet"] == 1  # not frozen twice: the step was recorded
     with w.sessions() as s:
-        assert s.scalar(select(ApprovalRequest.request_id).where(ApprovalRequest.action == "release_agent")) is not None
-        assert len(s.scalars(select(ApprovalRequest).where(ApprovalRequest.action == "release_agent")).all()) == 1
+        assert (
+            s.scalar(
+                select(ApprovalRequest.request_id).where(ApprovalRequest.action == "release_agent")
+            )
+            is not None
+        )
+        assert (
+            len(
+                s.scalars(
+                    select(ApprovalRequest).where(ApprovalRequest.action == "release_agent")
+                ).all()
+            )
+            == 1
+        )
 
 
 def test_an_action_rated_high_waits_for_a_human_and_then_runs(world_factory: Any) -> None:
@@ -301,19 +376,33 @@ def test_an_action_rated_high_waits_for_a_human_and_then_runs(world_factory: Any
     w.gateway.breach(agent)
     log = run_minutes(w, 30, agents=[agent])
     held = log[-1][2]
-    assert held.status == "held" and agent not in w.gateway.frozen and w.agent(agent).status == AgentStatus.ACTIVE
+    assert (
+        held.status == "held"
+        and agent not in w.gateway.frozen
+        and w.agent(agent).status == AgentStatus.ACTIVE
+    )
     approval_id = held.result["approval_id"]
     approvals = w.actions().approvals
     approvals.approve(approval_id, "bob")
     [view] = approvals.awaiting_dispatch()
     assert view.task == TIER_TASKS[4]
-    done = run_action(w.actions(), view.task_kwargs["episode_id"], 4, worker="w1", approval_id=approval_id)
-    assert done.status == "done" and agent in w.gateway.frozen and w.agent(agent).status == AgentStatus.PAUSED
-    again = run_action(w.actions(), view.task_kwargs["episode_id"], 4, worker="w1", approval_id=approval_id)
+    done = run_action(
+        w.actions(), view.task_kwargs["episode_id"], 4, worker="w1", approval_id=approval_id
+    )
+    assert (
+        done.status == "done"
+        and agent in w.gateway.frozen
+        and w.agent(agent).status == AgentStatus.PAUSED
+    )
+    again = run_action(
+        w.actions(), view.task_kwargs["episode_id"], 4, worker="w1", approval_id=approval_id
+    )
     assert again.status == "duplicate"
 
 
-def test_a_lost_message_is_sent_again_and_a_tier_of_a_closed_episode_is_skipped(world: World) -> None:
+def test_a_lost_message_is_sent_again_and_a_tier_of_a_closed_episode_is_skipped(
+    world: World,
+) -> None:
     w = world
     [agent] = w.add_agents(1)
     w.gateway.breach(agent)
@@ -341,12 +430,20 @@ def test_a_frozen_agent_stays_frozen_after_recovery_until_a_human_releases_it(wo
     w.gateway.breach(agent)
     log = run_minutes(w, 30, agents=[agent])
     freeze = log[-1][2]
-    assert freeze.tier == 4 and w.agent(agent).status == AgentStatus.PAUSED and agent in w.gateway.frozen
+    assert (
+        freeze.tier == 4
+        and w.agent(agent).status == AgentStatus.PAUSED
+        and agent in w.gateway.frozen
+    )
     w.gateway.comply(agent)
-    closing = run_minutes(w, 10, agents=[agent])  # a paused agent is still checked: its episode can close
+    closing = run_minutes(
+        w, 10, agents=[agent]
+    )  # a paused agent is still checked: its episode can close
     assert [n for _, n, _ in closing] == ["escalation.tier3.resolve"]
     assert w.agent(agent).status == AgentStatus.PAUSED and agent in w.gateway.frozen
-    assert w.agent(agent).traffic_weight == "1"  # restored, but paused: out of every pool until released
+    assert (
+        w.agent(agent).traffic_weight == "1"
+    )  # restored, but paused: out of every pool until released
     assert "stays paused with its wallet frozen" in w.gateway.messages[-1]["body"]
 
     approvals = w.actions().approvals

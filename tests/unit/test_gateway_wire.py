@@ -67,8 +67,10 @@ def echo_forever(extra: bytes = b"") -> Handler:
         while True:
             line, _, body = await read_request(reader)
             assert line == b"POST /v1 HTTP/1.1"
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
-                         % (extra, len(body), body))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
+                % (extra, len(body), body)
+            )
             await writer.drain()
 
     return handler
@@ -108,13 +110,15 @@ def test_chunked_and_close_delimited_answers() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
         if n == 1:
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b'5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n'
+            )
             await writer.drain()
             await read_request(reader)  # still alive: chunked answers keep the connection
-            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n{\"x\": 2}")
+            writer.write(b'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n{"x": 2}')
         else:
-            writer.write(b"HTTP/1.0 200 OK\r\n\r\n{\"b\": 3}")  # ends with the connection
+            writer.write(b'HTTP/1.0 200 OK\r\n\r\n{"b": 3}')  # ends with the connection
         await writer.drain()
 
     async def go() -> None:
@@ -167,7 +171,9 @@ def test_a_reused_connection_cut_mid_answer_is_an_error_not_a_resend() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         await writer.drain()
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"half")  # the call ran: no resend
+        writer.write(
+            b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"half'
+        )  # the call ran: no resend
         await writer.drain()
         writer.transport.abort()
 
@@ -207,7 +213,9 @@ def test_no_answer_in_time_is_a_timeout_and_the_connection_is_closed() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         _, _, body = await read_request(reader)
         if n == 1:
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\"par")  # and never the rest
+            writer.write(
+                b'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{"par'
+            )  # and never the rest
             await writer.drain()
             hung_up.append(await asyncio.wait_for(reader.read(), 2) == b"")  # the client closed it
             return
@@ -234,7 +242,9 @@ def test_an_answer_saying_connection_close_is_not_followed_by_another_request() 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         _, _, body = await read_request(reader)
         close = b"Connection: close\r\n" if n == 1 else b""
-        writer.write(b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (close, len(body), body))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (close, len(body), body)
+        )
         await writer.drain()
         if n == 1:  # said close, but leaves the socket open a while: the client must not use it
             with contextlib.suppress(asyncio.IncompleteReadError, TimeoutError):
@@ -309,16 +319,29 @@ def test_https(tmp_path: Path) -> None:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
 
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert_file, key_file)
     client_ctx = ssl.create_default_context(cafile=str(cert_file))
@@ -350,11 +373,20 @@ def test_httpx_over_the_transport_sends_the_request_as_given() -> None:
         async with Server(handler) as server:
             port = server.url.split(":")[2].split("/")[0]
             ports.append(port)
-            async with httpx.AsyncClient(transport=WireTransport(limit=2, connect_timeout_s=1)) as client:
+            async with httpx.AsyncClient(
+                transport=WireTransport(limit=2, connect_timeout_s=1)
+            ) as client:
                 for _ in range(3):
-                    response = await client.post(f"http://127.0.0.1:{port}/v1?x=1", content=b'{"a": 1}',
-                                                 headers={"Authorization": "Bearer k"})
-                    assert (response.status_code, response.json(), response.headers["x-trace"]) == (201, {}, "t1")
+                    response = await client.post(
+                        f"http://127.0.0.1:{port}/v1?x=1",
+                        content=b'{"a": 1}',
+                        headers={"Authorization": "Bearer k"},
+                    )
+                    assert (response.status_code, response.json(), response.headers["x-trace"]) == (
+                        201,
+                        {},
+                        "t1",
+                    )
             assert server.connections == 1
 
     run(go())
@@ -375,13 +407,16 @@ def test_httpx_over_the_transport_raises_httpx_errors_that_say_whether_it_was_se
     async def go() -> None:
         async with Server(handler) as server:
             url = server.url
-            async with httpx.AsyncClient(transport=WireTransport(limit=2, connect_timeout_s=1),
-                                         timeout=httpx.Timeout(0.2)) as client:
+            async with httpx.AsyncClient(
+                transport=WireTransport(limit=2, connect_timeout_s=1), timeout=httpx.Timeout(0.2)
+            ) as client:
                 with pytest.raises(httpx.ReadError):
                     await client.post(url, content=b"cut")
                 with pytest.raises(httpx.ReadTimeout):
                     await client.post(url, content=b"slow")
-        async with httpx.AsyncClient(transport=WireTransport(limit=2, connect_timeout_s=1)) as client:
+        async with httpx.AsyncClient(
+            transport=WireTransport(limit=2, connect_timeout_s=1)
+        ) as client:
             with pytest.raises(httpx.ConnectError):
                 await client.post(url, content=b"{}")
 
@@ -395,8 +430,10 @@ def test_the_sweep_client_honours_retry_after_through_the_pool() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
         body = b'{"error": {"code": "rate_limited", "message": "slow down"}}'
-        writer.write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0.25\r\nContent-Length: %d\r\n\r\n%s"
-                     % (len(body), body))
+        writer.write(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0.25\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
         await writer.drain()
         await read_request(reader)
         body = b'{"agent_id": "a", "balance": "1.00", "burn_rate_per_hour": "0.10"}'
@@ -411,7 +448,9 @@ def test_the_sweep_client_honours_retry_after_through_the_pool() -> None:
 
     async def go() -> None:
         async with Server(handler) as server:
-            client = ReadClient(GatewayConfig(url=server.url, admin_key="k", backoff_initial_s=5.0), sleep=sleep)
+            client = ReadClient(
+                GatewayConfig(url=server.url, admin_key="k", backoff_initial_s=5.0), sleep=sleep
+            )
             try:
                 assert (await client.call("get_balance", {"agent_id": "a"}))["balance"] == "1.00"
             finally:

@@ -23,8 +23,12 @@ POLICY = load_settings().policy
 
 def group(**overrides: object) -> dict[str, object]:
     base = {
-        "id_prefix": "support", "count": 2, "tier": "standard", "initial_balance": "50.00",
-        "capabilities": ["support"], "sla_template": "standard-support",
+        "id_prefix": "support",
+        "count": 2,
+        "tier": "standard",
+        "initial_balance": "50.00",
+        "capabilities": ["support"],
+        "sla_template": "standard-support",
     }
     return {**base, **overrides}
 
@@ -51,11 +55,13 @@ def test_unknown_template_is_named_by_path() -> None:
 
 
 def test_every_problem_is_listed_at_once() -> None:
-    found = problems(manifest(
-        group(initial_balance="-5.00"),
-        group(count=0),
-        group(sla_template="gold"),
-    ))
+    found = problems(
+        manifest(
+            group(initial_balance="-5.00"),
+            group(count=0),
+            group(sla_template="gold"),
+        )
+    )
     joined = "\n".join(found)
     assert "agents[0].initial_balance" in joined
     assert "agents[1].count" in joined
@@ -64,7 +70,9 @@ def test_every_problem_is_listed_at_once() -> None:
 
 
 def test_unknown_tier_is_refused() -> None:
-    assert problems(manifest(group(tier="platinum")))[0].startswith("agents[0].tier: unknown tier 'platinum'")
+    assert problems(manifest(group(tier="platinum")))[0].startswith(
+        "agents[0].tier: unknown tier 'platinum'"
+    )
 
 
 def test_float_money_is_refused() -> None:
@@ -74,7 +82,9 @@ def test_float_money_is_refused() -> None:
 def test_count_over_ceiling() -> None:
     ceiling = POLICY.provisioning.max_agents_per_manifest
     found = problems(manifest(group(count=ceiling), group(id_prefix="b", count=1)))
-    assert found == [f"agents: {ceiling + 1} agents in all, over the ceiling of {ceiling} per manifest"]
+    assert found == [
+        f"agents: {ceiling + 1} agents in all, over the ceiling of {ceiling} per manifest"
+    ]
 
 
 def test_not_yaml_and_not_a_mapping() -> None:
@@ -101,4 +111,6 @@ def test_agent_ids_are_derived_and_stable() -> None:
 
 def test_published_schema_is_current() -> None:
     published = json.loads((ROOT / "docs/manifest.schema.json").read_text())
-    assert published == manifest_json_schema(), "regenerate with: fleet manifest-schema > docs/manifest.schema.json"
+    assert published == manifest_json_schema(), (
+        "regenerate with: fleet manifest-schema > docs/manifest.schema.json"
+    )

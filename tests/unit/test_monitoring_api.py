@@ -42,18 +42,68 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, A
 
     monkeypatch.setattr(_deps, "hot", lambda: r)
     monkeypatch.setattr(_deps, "sessions", lambda: sessions)
-    r.hset(sweep.HEALTH_KEY, mapping={"demo": orjson.dumps({
-        "fleet": "demo", "agents": 1, "healthy": 0, "degraded": 0, "critical": 1, "unknown": 0, "latency_p99": 6000.0,
-        "error_rate": 0.2, "sla_compliance": 0.0, "burn_rate_per_hour": "3.00"})})
-    r.hset(sweep.HEALTH_META_KEY, mapping={"sweep_id": "s1", "finished_at": "1800000000.0", "wall_s": "2.5"})
-    write_snapshots(r, [Snapshot(AGENT, 1.0, Health.CRITICAL, latency_p99=6000.0, error_rate=0.2, fleet="demo",
-                                 breached_terms=("p99_latency_ms",))])
-    r.hset(sweep.sweep_key("s1"), mapping={"sweep_id": "s1", "status": "finished", "agents": 1, "batches": 1})
+    r.hset(
+        sweep.HEALTH_KEY,
+        mapping={
+            "demo": orjson.dumps(
+                {
+                    "fleet": "demo",
+                    "agents": 1,
+                    "healthy": 0,
+                    "degraded": 0,
+                    "critical": 1,
+                    "unknown": 0,
+                    "latency_p99": 6000.0,
+                    "error_rate": 0.2,
+                    "sla_compliance": 0.0,
+                    "burn_rate_per_hour": "3.00",
+                }
+            )
+        },
+    )
+    r.hset(
+        sweep.HEALTH_META_KEY,
+        mapping={"sweep_id": "s1", "finished_at": "1800000000.0", "wall_s": "2.5"},
+    )
+    write_snapshots(
+        r,
+        [
+            Snapshot(
+                AGENT,
+                1.0,
+                Health.CRITICAL,
+                latency_p99=6000.0,
+                error_rate=0.2,
+                fleet="demo",
+                breached_terms=("p99_latency_ms",),
+            )
+        ],
+    )
+    r.hset(
+        sweep.sweep_key("s1"),
+        mapping={"sweep_id": "s1", "status": "finished", "agents": 1, "batches": 1},
+    )
     r.hset(sweep.sweep_key("s1") + ":done", "0", "1:0")
     r.lpush(sweep.RECENT_KEY, "s1")
     with audit.capture():
-        apply_changes(sessions, r, [Change(Rule("agent.sla_breach", "critical", "page"), True, AGENT, 0.0, 60.0,
-                                           "breached", "compliant", "demo")], Handoff(lambda ids: None, lambda p: None), 60.0)
+        apply_changes(
+            sessions,
+            r,
+            [
+                Change(
+                    Rule("agent.sla_breach", "critical", "page"),
+                    True,
+                    AGENT,
+                    0.0,
+                    60.0,
+                    "breached",
+                    "compliant",
+                    "demo",
+                )
+            ],
+            Handoff(lambda ids: None, lambda p: None),
+            60.0,
+        )
     yield {"r": r, "sessions": sessions, "url": url}
     reset_settings_cache()
 
@@ -63,7 +113,9 @@ def test_metrics_needs_no_token_and_the_rest_does(env: dict[str, Any]) -> None:
 
     with TestClient(create_api()) as client:
         metrics = client.get("/metrics")
-        assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+        assert metrics.status_code == 200 and metrics.headers["content-type"].startswith(
+            "text/plain"
+        )
         assert 'fleet_agents{fleet="demo",health="critical"} 1.0' in metrics.text
         assert 'fleet_alerts_open{severity="critical"} 1.0' in metrics.text
         assert client.get("/api/v1/monitoring/fleet").status_code == 401
@@ -76,10 +128,18 @@ def test_metrics_needs_no_token_and_the_rest_does(env: dict[str, Any]) -> None:
         assert client.get("/api/v1/monitoring/sweeps/s1", headers=AUTH).json()["failures"] == {}
         alerts = client.get("/api/v1/monitoring/alerts", headers=AUTH).json()
         assert [(a["rule"], a["state"]) for a in alerts] == [("agent.sla_breach", "open")]
-        accepted = client.post("/api/v1/monitoring/task-logs", headers=AUTH, json=[
-            {"agent_id": AGENT, "task_id": "t1", "tool_calls": 3, "unique_tools": 2}])
+        accepted = client.post(
+            "/api/v1/monitoring/task-logs",
+            headers=AUTH,
+            json=[{"agent_id": AGENT, "task_id": "t1", "tool_calls": 3, "unique_tools": 2}],
+        )
         assert accepted.status_code == 202 and accepted.json() == {"received": 1, "accepted": 1}
-        assert client.post("/api/v1/monitoring/task-logs", headers=AUTH, json=[{"agent_id": AGENT}]).status_code == 422
+        assert (
+            client.post(
+                "/api/v1/monitoring/task-logs", headers=AUTH, json=[{"agent_id": AGENT}]
+            ).status_code
+            == 422
+        )
 
 
 def test_fleet_alerts_and_status(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,20 +13,55 @@ from fleet.monitoring.snapshot import Health, Snapshot, write_snapshots
 
 def test_fleet_totals_and_per_agent_gauges() -> None:
     r = fakeredis.FakeRedis(decode_responses=True)
-    r.hset(sweep.HEALTH_KEY, mapping={
-        "demo": orjson.dumps({"fleet": "demo", "agents": 2, "healthy": 1, "degraded": 0, "critical": 1, "unknown": 0,
-                              "latency_p99": 2500.0, "error_rate": 0.04, "sla_compliance": 0.5,
-                              "burn_rate_per_hour": "12.50"}),
-        "*": orjson.dumps({"fleet": "*", "agents": 2}),
-    })
-    r.hset(sweep.HEALTH_META_KEY, mapping={"sweep_id": "s1", "finished_at": "1800000000.5", "wall_s": "4.250"})
+    r.hset(
+        sweep.HEALTH_KEY,
+        mapping={
+            "demo": orjson.dumps(
+                {
+                    "fleet": "demo",
+                    "agents": 2,
+                    "healthy": 1,
+                    "degraded": 0,
+                    "critical": 1,
+                    "unknown": 0,
+                    "latency_p99": 2500.0,
+                    "error_rate": 0.04,
+                    "sla_compliance": 0.5,
+                    "burn_rate_per_hour": "12.50",
+                }
+            ),
+            "*": orjson.dumps({"fleet": "*", "agents": 2}),
+        },
+    )
+    r.hset(
+        sweep.HEALTH_META_KEY,
+        mapping={"sweep_id": "s1", "finished_at": "1800000000.5", "wall_s": "4.250"},
+    )
     r.hset(sweep.STATS_KEY, mapping={"started": 3, "skipped_overlap": 1})
-    write_snapshots(r, [
-        Snapshot("seg0-0001-00000001", 1.0, Health.HEALTHY, latency_p99=800.0, error_rate=0.01,
-                 balance=Decimal("40.00"), sla_compliant=True, fleet="demo"),
-        Snapshot("seg0-0002-00000002", 1.0, Health.CRITICAL, latency_p99=9000.0, error_rate=0.3, sla_compliant=False,
-                 fleet="demo"),
-    ])
+    write_snapshots(
+        r,
+        [
+            Snapshot(
+                "seg0-0001-00000001",
+                1.0,
+                Health.HEALTHY,
+                latency_p99=800.0,
+                error_rate=0.01,
+                balance=Decimal("40.00"),
+                sla_compliant=True,
+                fleet="demo",
+            ),
+            Snapshot(
+                "seg0-0002-00000002",
+                1.0,
+                Health.CRITICAL,
+                latency_p99=9000.0,
+                error_rate=0.3,
+                sla_compliant=False,
+                fleet="demo",
+            ),
+        ],
+    )
     text = prom.render(r, max_agents=100, open_alerts={"critical": 2}).decode()
     for line in (
         'fleet_agents{fleet="demo",health="critical"} 1.0',
@@ -49,9 +84,24 @@ def test_fleet_totals_and_per_agent_gauges() -> None:
 
 def test_per_agent_series_stop_above_the_limit() -> None:
     r = fakeredis.FakeRedis(decode_responses=True)
-    r.hset(sweep.HEALTH_KEY, "demo", orjson.dumps({"fleet": "demo", "agents": 3, "healthy": 3, "degraded": 0,
-                                                   "critical": 0, "unknown": 0, "latency_p99": None, "error_rate": None,
-                                                   "sla_compliance": None, "burn_rate_per_hour": "0.00"}))
+    r.hset(
+        sweep.HEALTH_KEY,
+        "demo",
+        orjson.dumps(
+            {
+                "fleet": "demo",
+                "agents": 3,
+                "healthy": 3,
+                "degraded": 0,
+                "critical": 0,
+                "unknown": 0,
+                "latency_p99": None,
+                "error_rate": None,
+                "sla_compliance": None,
+                "burn_rate_per_hour": "0.00",
+            }
+        ),
+    )
     write_snapshots(r, [Snapshot(f"a-{i}", 1.0, Health.HEALTHY, fleet="demo") for i in range(3)])
     text = prom.render(r, max_agents=2).decode()
     assert "fleet_agents{" in text and "fleet_agent_health{" not in text

@@ -57,17 +57,36 @@ class World:
         for agent_id in ids:
             b = self.gateway[agent_id]
             if b.fail:
-                out.append(Reading(agent_id, None, {"balance": b.balance, "burn_rate_per_hour": b.burn}, None, None, (b.fail,)))
+                out.append(
+                    Reading(
+                        agent_id,
+                        None,
+                        {"balance": b.balance, "burn_rate_per_hour": b.burn},
+                        None,
+                        None,
+                        (b.fail,),
+                    )
+                )
                 continue
-            out.append(Reading(
-                agent_id,
-                {"latency_p50": b.p99 / 4, "latency_p99": b.p99, "error_rate": b.error_rate, "tool_call_volume": 100,
-                 "task_completion_rate": 0.97},
-                {"balance": b.balance, "burn_rate_per_hour": b.burn},
-                {"compliant": b.compliant, "margin_pct": 10.0 if b.compliant else -5.0,
-                 "breached_terms": [] if b.compliant else ["p99_latency_ms"]},
-                {"score": 0.9},
-            ))
+            out.append(
+                Reading(
+                    agent_id,
+                    {
+                        "latency_p50": b.p99 / 4,
+                        "latency_p99": b.p99,
+                        "error_rate": b.error_rate,
+                        "tool_call_volume": 100,
+                        "task_completion_rate": 0.97,
+                    },
+                    {"balance": b.balance, "burn_rate_per_hour": b.burn},
+                    {
+                        "compliant": b.compliant,
+                        "margin_pct": 10.0 if b.compliant else -5.0,
+                        "breached_terms": [] if b.compliant else ["p99_latency_ms"],
+                    },
+                    {"score": 0.9},
+                )
+            )
         return out
 
     def sweep(self, tick: str | None = None, advance_s: float = 60) -> sweeping.SweepPlan:
@@ -95,19 +114,56 @@ def world(tmp_path: Path) -> Iterator[World]:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     ids = agent_ids(10)
     with sessions.begin() as s:
-        s.execute(insert(Agent), [
-            {"agent_id": a, "fleet": "demo", "environment": "test", "id_prefix": "seg0", "tier": "standard",
-             "capabilities": [], "sla_template": "standard-support", "status": AgentStatus.ACTIVE, "steps_done": [],
-             "traffic_weight": "1", "extra": {}, "created_at": now, "updated_at": now} for a in ids])
-        s.execute(insert(Agent), [{"agent_id": "gone-0001-00000000", "fleet": "demo", "environment": "test",
-                                   "id_prefix": "gone", "tier": "standard", "capabilities": [], "sla_template": "x",
-                                   "status": AgentStatus.RETIRED, "steps_done": [], "traffic_weight": "1", "extra": {},
-                                   "created_at": now, "updated_at": now}])
+        s.execute(
+            insert(Agent),
+            [
+                {
+                    "agent_id": a,
+                    "fleet": "demo",
+                    "environment": "test",
+                    "id_prefix": "seg0",
+                    "tier": "standard",
+                    "capabilities": [],
+                    "sla_template": "standard-support",
+                    "status": AgentStatus.ACTIVE,
+                    "steps_done": [],
+                    "traffic_weight": "1",
+                    "extra": {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for a in ids
+            ],
+        )
+        s.execute(
+            insert(Agent),
+            [
+                {
+                    "agent_id": "gone-0001-00000000",
+                    "fleet": "demo",
+                    "environment": "test",
+                    "id_prefix": "gone",
+                    "tier": "standard",
+                    "capabilities": [],
+                    "sla_template": "x",
+                    "status": AgentStatus.RETIRED,
+                    "steps_done": [],
+                    "traffic_weight": "1",
+                    "extra": {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            ],
+        )
     clock = ManualClock(now)
     w = World(None, clock, {a: Behaviour() for a in ids})  # type: ignore[arg-type]
     w.deps = sweeping.MonitorDeps(
-        redis=fakeredis.FakeRedis(decode_responses=True), sessions=sessions, policy=SETTINGS.policy,
-        metrics=MetricsSettings(batch_size=4), interval_s=60, clock=clock,
+        redis=fakeredis.FakeRedis(decode_responses=True),
+        sessions=sessions,
+        policy=SETTINGS.policy,
+        metrics=MetricsSettings(batch_size=4),
+        interval_s=60,
+        clock=clock,
         handoff=Handoff(notify=w.notified.extend, escalate=w.escalated.extend),
     )
     with audit.capture() as events:
@@ -116,21 +172,34 @@ def world(tmp_path: Path) -> Iterator[World]:
     engine.dispose()
 
 
-def test_a_sweep_snapshots_every_active_agent_in_batches_and_stores_the_fleet_view(world: World) -> None:
+def test_a_sweep_snapshots_every_active_agent_in_batches_and_stores_the_fleet_view(
+    world: World,
+) -> None:
     plan = world.sweep()
     assert [len(ids) for b in plan.batches for ids in b.values()] == [4, 4, 2]
-    assert all("gone-0001-00000000" not in ids for ids in world.polled)  # retired agents are not polled
+    assert all(
+        "gone-0001-00000000" not in ids for ids in world.polled
+    )  # retired agents are not polled
     for agent_id in world.gateway:
         snap = read_snapshot(world.r, agent_id)
         assert snap is not None and snap.health is Health.HEALTHY and snap.sweep_id == plan.sweep_id
-        assert snap.balance == Decimal("50.00") and snap.fleet == "demo" and snap.sla_compliant is True
+        assert (
+            snap.balance == Decimal("50.00") and snap.fleet == "demo" and snap.sla_compliant is True
+        )
     status = sweeping.sweep_status(world.r, plan.sweep_id)
     assert status is not None
-    assert (status["status"], status["batches_done"], status["agents_done"], status["unknown"]) == ("finished", 3, 10, 0)
+    assert (status["status"], status["batches_done"], status["agents_done"], status["unknown"]) == (
+        "finished",
+        3,
+        10,
+        0,
+    )
     fleets, meta = sweeping.fleet_health(world.r)
     assert meta["sweep_id"] == plan.sweep_id
     assert fleets["demo"]["agents"] == 10 and fleets["demo"]["healthy"] == 10
-    assert fleets["demo"]["burn_rate_per_hour"] == "10.00" and fleets["demo"]["sla_compliance"] == 1.0
+    assert (
+        fleets["demo"]["burn_rate_per_hour"] == "10.00" and fleets["demo"]["sla_compliance"] == 1.0
+    )
     with world.deps.sessions() as s:
         rows = s.scalars(select(FleetSweep)).all()
     assert {(r.fleet, r.agents) for r in rows} == {("demo", 10), ("*", 10)}
@@ -143,12 +212,20 @@ def test_a_failed_agent_is_unknown_with_its_error_and_fails_nobody_else(world: W
     world.gateway[agent_ids(10)[5]].error_rate = 0.2
     plan = world.sweep()
     snap = read_snapshot(world.r, broken)
-    assert snap is not None and snap.health is Health.UNKNOWN and "Unavailable" in (snap.error or "")
+    assert (
+        snap is not None and snap.health is Health.UNKNOWN and "Unavailable" in (snap.error or "")
+    )
     assert snap.balance == Decimal("50.00")  # what did come back is kept
     assert read_snapshot(world.r, agent_ids(10)[5]).health is Health.CRITICAL  # type: ignore[union-attr]
-    assert sweeping.sweep_failures(world.r, plan.sweep_id) == {broken: "get_analytics: Unavailable 503 unavailable"}
+    assert sweeping.sweep_failures(world.r, plan.sweep_id) == {
+        broken: "get_analytics: Unavailable 503 unavailable"
+    }
     fleets, _ = sweeping.fleet_health(world.r)
-    assert (fleets["demo"]["unknown"], fleets["demo"]["critical"], fleets["demo"]["healthy"]) == (1, 1, 8)
+    assert (fleets["demo"]["unknown"], fleets["demo"]["critical"], fleets["demo"]["healthy"]) == (
+        1,
+        1,
+        8,
+    )
 
 
 def test_a_tick_is_swept_once_and_a_second_beat_window_does_nothing(world: World) -> None:
@@ -204,9 +281,16 @@ def test_hours_roll_up_into_the_database(world: World) -> None:
         rows = {r.agent_id: r for r in s.scalars(select(AgentHourly))}
     row = rows[agent_ids(10)[0]]
     assert len(rows) == 10 and row.samples == 3
-    assert row.hour.replace(tzinfo=UTC) == datetime(2026, 1, 1, tzinfo=UTC)  # SQLite hands back naive UTC
+    assert row.hour.replace(tzinfo=UTC) == datetime(
+        2026, 1, 1, tzinfo=UTC
+    )  # SQLite hands back naive UTC
     assert row.latency_p99_avg == pytest.approx(2000.0) and row.latency_p99_max == 3000.0
-    assert row.degraded == 0 and row.balance_min == "50.00" and row.burn_rate_avg == "1.00" and row.sla_compliant == 3
+    assert (
+        row.degraded == 0
+        and row.balance_min == "50.00"
+        and row.burn_rate_avg == "1.00"
+        and row.sla_compliant == 3
+    )
 
 
 def test_retention_deletes_history_older_than_the_policy(world: World) -> None:
@@ -234,7 +318,9 @@ def test_an_sla_breach_alerts_once_pauses_escalates_and_resolves(world: World) -
     assert world.agents()[victim].status == AgentStatus.PAUSED
     assert [e.action for e in world.audit] == ["pause_agent"]  # type: ignore[attr-defined]
     # One agent in ten breaching is 90 % fleet compliance: the fleet rule pages too.
-    assert [a["rule"] for a in list_alerts(world.deps.sessions, subject="demo")] == ["fleet.sla_compliance"]
+    assert [a["rule"] for a in list_alerts(world.deps.sessions, subject="demo")] == [
+        "fleet.sla_compliance"
+    ]
     for _ in range(3):
         world.sweep()  # a paused agent is still swept; the alert holds, once
     assert len(list_alerts(world.deps.sessions, open_only=False, subject=victim)) == 1

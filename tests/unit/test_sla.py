@@ -33,14 +33,29 @@ from tests.unit.test_sla_fixtures import START, World, world, world_factory, wri
 TERMS = {"p99_latency_ms": 2000, "uptime_pct": "99.5"}
 
 
-def _snap(agent: str, *, age_s: float = 10, p99: float = 800, compliant: bool | None = True,
-          health: Health = Health.HEALTHY) -> Snapshot:
-    return Snapshot(agent, START.timestamp() - age_s, health, latency_p99=p99, sla_compliant=compliant,
-                    sla_margin_pct=20.0, breached_terms=() if compliant is not False else ("uptime_pct",))
+def _snap(
+    agent: str,
+    *,
+    age_s: float = 10,
+    p99: float = 800,
+    compliant: bool | None = True,
+    health: Health = Health.HEALTHY,
+) -> Snapshot:
+    return Snapshot(
+        agent,
+        START.timestamp() - age_s,
+        health,
+        latency_p99=p99,
+        sla_compliant=compliant,
+        sla_margin_pct=20.0,
+        breached_terms=() if compliant is not False else ("uptime_pct",),
+    )
 
 
 def _answer(compliant: bool, *terms: str) -> SlaComplianceResult:
-    return SlaComplianceResult(compliant=compliant, margin_pct=10.0 if compliant else -20.0, breached_terms=list(terms))
+    return SlaComplianceResult(
+        compliant=compliant, margin_pct=10.0 if compliant else -20.0, breached_terms=list(terms)
+    )
 
 
 # ------------------------------------------------------------------------------ the sample
@@ -58,7 +73,12 @@ def _answer(compliant: bool, *terms: str) -> SlaComplianceResult:
         # A stale snapshot is no cross-check.
         (_answer(True), _snap("a", p99=4000, age_s=900), Verdict.COMPLIANT, "gateway"),
         # The gateway failed: the fresh snapshot decides.
-        (Unavailable("down", tool="check_sla_compliance"), _snap("a", compliant=False), Verdict.BREACH, "snapshot"),
+        (
+            Unavailable("down", tool="check_sla_compliance"),
+            _snap("a", compliant=False),
+            Verdict.BREACH,
+            "snapshot",
+        ),
         (Unavailable("down"), _snap("a", p99=4000, compliant=None), Verdict.BREACH, "snapshot"),
         (Unavailable("down"), _snap("a"), Verdict.COMPLIANT, "snapshot"),
         # ...and without one, nothing is known.
@@ -67,7 +87,9 @@ def _answer(compliant: bool, *terms: str) -> SlaComplianceResult:
         (None, None, Verdict.UNKNOWN, "none"),
     ],
 )
-def test_sample_decision_table(answer: Any, snap: Snapshot | None, verdict: Verdict, source: str) -> None:
+def test_sample_decision_table(
+    answer: Any, snap: Snapshot | None, verdict: Verdict, source: str
+) -> None:
     sample = decide("a", START, answer, snap, TERMS, snapshot_max_age_s=300)
     assert (sample.verdict, sample.source) == (verdict, source)
     if verdict is Verdict.BREACH:
@@ -83,9 +105,12 @@ def test_templates_validated_at_load_and_unknown_ones_refused(tmp_path: Path, wo
     with pytest.raises(UnknownTemplate):
         template_terms(world.policy, "gold")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("extends: " + str(Path(__file__).resolve().parents[2] / "config/defaults/policy.yaml") +
-                   "\nsla_templates:\n  gold:\n    p99_latency_ms: -1\n    uptime_pct: '99'\n    accuracy_pct: '90'\n"
-                   "    max_cost_per_task: '0.1'\n    review_days: 7\n")
+    bad.write_text(
+        "extends: "
+        + str(Path(__file__).resolve().parents[2] / "config/defaults/policy.yaml")
+        + "\nsla_templates:\n  gold:\n    p99_latency_ms: -1\n    uptime_pct: '99'\n    accuracy_pct: '90'\n"
+        "    max_cost_per_task: '0.1'\n    review_days: 7\n"
+    )
     with pytest.raises(ConfigError, match="sla_templates.gold.p99_latency_ms"):
         load_policy(bad)
 
@@ -100,9 +125,20 @@ def test_a_sweep_batches_active_agents_and_agents_with_open_episodes(world: Worl
     paused = w.add_agents(2, prefix="pz", status=AgentStatus.PAUSED)
     w.add_agents(3, prefix="gone", status=AgentStatus.RETIRED)
     with write_session(w.sessions) as s:
-        s.add(SlaEpisode(episode_id="e" * 32, agent_id=paused[0], fleet="demo", state="open", open_agent=paused[0],
-                         breached_terms=["uptime_pct"], opened_at=START, opened_by="sweep", last_breach_at=START,
-                         compliant_streak=0))
+        s.add(
+            SlaEpisode(
+                episode_id="e" * 32,
+                agent_id=paused[0],
+                fleet="demo",
+                state="open",
+                open_agent=paused[0],
+                breached_terms=["uptime_pct"],
+                opened_at=START,
+                opened_by="sweep",
+                last_breach_at=START,
+                compliant_streak=0,
+            )
+        )
     plan = service.plan_sweep(w.sla())
     assert plan is not None and plan.total == 11 and [len(b) for b in plan.batches] == [4, 4, 3]
     assert sorted(a for b in plan.batches for a in b) == sorted([*active, paused[0]])
@@ -110,7 +146,9 @@ def test_a_sweep_batches_active_agents_and_agents_with_open_episodes(world: Worl
     assert service.plan_sweep(w.sla(), guard_s=60) is None  # a second beat within the interval
 
 
-def test_each_agent_is_its_own_unit_of_failure(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_agent_is_its_own_unit_of_failure(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     w = world
     agents = w.add_agents(6)
     for a in agents[:3]:
@@ -131,7 +169,12 @@ def test_each_agent_is_its_own_unit_of_failure(world: World, monkeypatch: pytest
     assert result.verdicts == {"breach": 3, "compliant": 2, "unknown": 1}
     assert result.transitions["opened"] == 2 and result.dispatched == 2
     progress = service.sweep_progress(w.redis, plan.sweep_id)
-    assert progress is not None and progress["done"] == 6 and progress["failed"] == 1 and "duration_s" in progress
+    assert (
+        progress is not None
+        and progress["done"] == 6
+        and progress["failed"] == 1
+        and "duration_s" in progress
+    )
     assert service.last_sample(w.redis, agents[3])["verdict"] == "unknown"  # type: ignore[index]
 
 
@@ -140,8 +183,19 @@ def test_with_the_gateway_down_the_snapshot_decides(world: World) -> None:
     [a, b] = w.add_agents(2)
     w.gateway.down |= {a, b}
     now = w.clock.now().timestamp()
-    write_snapshots(w.redis, [Snapshot(a, now - 30, Health.CRITICAL, latency_p99=9000.0, sla_compliant=False,
-                                       breached_terms=("p99_latency_ms",))])
+    write_snapshots(
+        w.redis,
+        [
+            Snapshot(
+                a,
+                now - 30,
+                Health.CRITICAL,
+                latency_p99=9000.0,
+                sla_compliant=False,
+                breached_terms=("p99_latency_ms",),
+            )
+        ],
+    )
     result = service.check_batch(w.sla(), [a, b])
     assert result.verdicts == {"breach": 1, "unknown": 1}
     assert service.last_sample(w.redis, a)["source"] == "snapshot"  # type: ignore[index]
@@ -160,7 +214,10 @@ def test_agents_that_left_the_fleet_have_their_episodes_closed(world: World) -> 
     assert result.transitions == {"closed": 1}
     episode_id = result.episodes[a]
     assert get_episode(w.sessions, episode_id).close_reason == "agent retired"
-    assert close_episode(w.sessions, episode_id, "again", w.clock.now()).transition.value == "unchanged"
+    assert (
+        close_episode(w.sessions, episode_id, "again", w.clock.now()).transition.value
+        == "unchanged"
+    )
     with pytest.raises(EpisodeClosed):
         service.acknowledge_episode(w.sessions, w.policy, w.clock, episode_id, "alice")
 
@@ -180,8 +237,10 @@ def test_the_budget_is_half_a_percent_of_an_explicit_window() -> None:
 def test_budget_consumed_remaining_and_time_to_exhaustion() -> None:
     policy = ErrorBudgetPolicy(slo_window_days=30, exhaustion_rate_window_s=3600)
     # 100 min of violation a week ago, and 30 min still going on right now.
-    intervals = [(START - timedelta(days=7), START - timedelta(days=7) + timedelta(minutes=100)),
-                 (START - timedelta(minutes=30), None)]
+    intervals = [
+        (START - timedelta(days=7), START - timedelta(days=7) + timedelta(minutes=100)),
+        (START - timedelta(minutes=30), None),
+    ]
     b = compute_budget(intervals, START, policy)
     assert round(b.consumed_s / 60) == 130
     assert b.remaining == pytest.approx(1 - 130 / 216, abs=1e-9)
@@ -195,18 +254,35 @@ def test_budget_consumed_remaining_and_time_to_exhaustion() -> None:
 
 
 def test_multi_window_burn_alerts_need_both_windows_over_the_factor() -> None:
-    policy = load_policy(Path(__file__).resolve().parents[2] / "config/defaults/policy.yaml").error_budget
-    assert [rule_name(a) for a in policy.burn_alerts] == ["14.4x-1h-5m", "6x-6h-30m", "3x-1d-2h", "1x-3d-6h"]
+    policy = load_policy(
+        Path(__file__).resolve().parents[2] / "config/defaults/policy.yaml"
+    ).error_budget
+    assert [rule_name(a) for a in policy.burn_alerts] == [
+        "14.4x-1h-5m",
+        "6x-6h-30m",
+        "3x-1d-2h",
+        "1x-3d-6h",
+    ]
     # 6 minutes in violation, still going: 14.4x over 1 h needs 4.32 min; 5 min window fully burning.
-    fresh = {s.rule: s for s in evaluate_burn([(START - timedelta(minutes=6), None)], START, policy)}
+    fresh = {
+        s.rule: s for s in evaluate_burn([(START - timedelta(minutes=6), None)], START, policy)
+    }
     assert fresh["14.4x-1h-5m"].firing and fresh["14.4x-1h-5m"].severity == "page"
     assert not fresh["6x-6h-30m"].firing  # 6 min of 6 h is 1.67 % = 3.3x
     # The same 6 minutes, ended 10 minutes ago: the long window still burns, the short one stopped.
-    ended = {s.rule: s for s in evaluate_burn([(START - timedelta(minutes=16), START - timedelta(minutes=10))], START, policy)}
+    ended = {
+        s.rule: s
+        for s in evaluate_burn(
+            [(START - timedelta(minutes=16), START - timedelta(minutes=10))], START, policy
+        )
+    }
     assert ended["14.4x-1h-5m"].long_rate >= 14.4 and ended["14.4x-1h-5m"].short_rate == 0
     assert not ended["14.4x-1h-5m"].firing
     # A slow burn: 40 % of the last day → 3x (ticket) fires on 1 d and 2 h, not the page rules.
-    slow = [(START - timedelta(hours=h) , START - timedelta(hours=h) + timedelta(minutes=24)) for h in range(1, 25)]
+    slow = [
+        (START - timedelta(hours=h), START - timedelta(hours=h) + timedelta(minutes=24))
+        for h in range(1, 25)
+    ]
     slow.append((START - timedelta(minutes=50), None))
     states = {s.rule: s for s in evaluate_burn(slow, START, policy)}
     assert states["3x-1d-2h"].firing and states["3x-1d-2h"].severity == "ticket"
@@ -226,11 +302,15 @@ def test_burn_alerts_fire_once_notify_for_fleets_and_resolve(world: World) -> No
     # page. The fleet: 12 of 240 agent-minutes = 10x over 1 h: not yet.
     assert {("agent:" + a, "14.4x-1h-5m") for a in agents[:2]} <= set(first.fired)
     assert ("fleet:demo", "14.4x-1h-5m") not in first.fired
-    w.clock.advance(3 * 60)  # 9 min: 18 of 240 agent-minutes = 7.5 % = 15x over 1 h, 50 % over 5 min = 100x
+    w.clock.advance(
+        3 * 60
+    )  # 9 min: 18 of 240 agent-minutes = 7.5 % = 15x over 1 h, 50 % over 5 min = 100x
     second = evaluate_burn_alerts(deps)
     assert second.fired == [("fleet:demo", "14.4x-1h-5m")]
     pages = [m for m in w.gateway.messages if m["subject"].startswith("[page]")]
-    assert len(pages) == 1 and pages[0]["priority"] == "urgent" and "fleet:demo" in pages[0]["subject"]
+    assert (
+        len(pages) == 1 and pages[0]["priority"] == "urgent" and "fleet:demo" in pages[0]["subject"]
+    )
     assert evaluate_burn_alerts(deps).fired == []  # fires once
     for a in agents[:2]:
         w.gateway.comply(a)
@@ -258,21 +338,42 @@ def test_status_reports_and_prometheus(world: World) -> None:
     w.run_sent()
     report = fleet_report(w.sessions, w.policy, w.clock.now(), r=w.redis)
     [episode] = report["open_episodes"]
-    assert episode["agent_id"] == agents[0] and episode["tier_reached"] == 3 and episode["duration_s"] == 16 * 60
-    assert [e["queue"] for e in episode["escalations"]] == ["escalation.tier1", "escalation.tier2", "escalation.tier3"]
+    assert (
+        episode["agent_id"] == agents[0]
+        and episode["tier_reached"] == 3
+        and episode["duration_s"] == 16 * 60
+    )
+    assert [e["queue"] for e in episode["escalations"]] == [
+        "escalation.tier1",
+        "escalation.tier2",
+        "escalation.tier3",
+    ]
     budget = report["budgets"]["demo"]
-    assert budget["agents"] == 3 and budget["consumed_minutes"] == 16 and budget["allowed_minutes"] == 648
+    assert (
+        budget["agents"] == 3
+        and budget["consumed_minutes"] == 16
+        and budget["allowed_minutes"] == 648
+    )
     one = agent_report(w.sessions, w.policy, w.clock.now(), agents[0], r=w.redis)
-    assert one is not None and one["budget"]["consumed_minutes"] == 16 and one["traffic_weight"] == "0.5"
+    assert (
+        one is not None
+        and one["budget"]["consumed_minutes"] == 16
+        and one["traffic_weight"] == "0.5"
+    )
     assert one["last_sample"]["verdict"] == "breach" and one["terms"]["p99_latency_ms"] == 2000
     assert agent_report(w.sessions, w.policy, w.clock.now(), "nobody") is None
 
     registry = CollectorRegistry()
     register_sla_collector(lambda: w.sessions, lambda: w.policy, registry, clock=w.clock)
-    assert register_sla_collector(lambda: w.sessions, lambda: w.policy, registry) is not None  # once only
+    assert (
+        register_sla_collector(lambda: w.sessions, lambda: w.policy, registry) is not None
+    )  # once only
     text = generate_latest(registry).decode()
     assert 'fleet_sla_error_budget_remaining_ratio{agent="",fleet="demo",scope="fleet"}' in text
-    assert f'fleet_sla_error_budget_consumed_seconds{{agent="{agents[0]}",fleet="demo",scope="agent"}} 960.0' in text
+    assert (
+        f'fleet_sla_error_budget_consumed_seconds{{agent="{agents[0]}",fleet="demo",scope="agent"}} 960.0'
+        in text
+    )
     assert 'fleet_sla_burn_rate{agent="",fleet="demo",scope="fleet",window="5m"}' in text
     assert 'fleet_sla_open_episodes{fleet="demo"} 1.0' in text
     assert 'fleet_sla_escalations{status="done",tier="3"} 1.0' in text
@@ -288,13 +389,19 @@ def test_the_sweep_of_many_agents_stays_a_handful_of_messages(world: World) -> N
         service.check_batch(w.sla(), batch, sweep_id=plan.sweep_id)
     assert time.perf_counter() - started < 10
     progress = service.sweep_progress(w.redis)
-    assert progress is not None and progress["done"] == 1000 and progress["sweep_id"] == plan.sweep_id
+    assert (
+        progress is not None and progress["done"] == 1000 and progress["sweep_id"] == plan.sweep_id
+    )
     assert len(agents) == 1000
 
 
 def test_policy_numbers_live_in_the_policy(tmp_path: Path) -> None:
-    policy = write_policy(tmp_path, escalation__traffic_cut_fraction=0.25, error_budget__slo_window_days=7)
-    assert policy.escalation.traffic_cut_fraction == 0.25 and policy.error_budget.slo_window_days == 7
+    policy = write_policy(
+        tmp_path, escalation__traffic_cut_fraction=0.25, error_budget__slo_window_days=7
+    )
+    assert (
+        policy.escalation.traffic_cut_fraction == 0.25 and policy.error_budget.slo_window_days == 7
+    )
     with pytest.raises(ConfigError):
         write_policy(tmp_path, escalation__ack_pauses_tiers=[5])
 

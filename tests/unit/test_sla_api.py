@@ -26,11 +26,15 @@ AGENT = "api-0001-0000abcd"
 
 
 @pytest.fixture
-def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, list[audit.AuditEvent]]]:
+def api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[TestClient, list[audit.AuditEvent]]]:
     url = f"sqlite:///{tmp_path / 'fleet.db'}"
     monkeypatch.setenv("FLEET_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("FLEET_DATABASE_URL", url)
-    monkeypatch.setenv("FLEET_REDIS__URL", "redis://127.0.0.1:1/0")  # nothing listens: shown as unknown
+    monkeypatch.setenv(
+        "FLEET_REDIS__URL", "redis://127.0.0.1:1/0"
+    )  # nothing listens: shown as unknown
     reset_settings_cache()
     from tasks import _deps
 
@@ -39,18 +43,55 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestC
     migrate(engine)
     now = datetime.now(UTC)
     with write_session(session_factory(engine)) as s:
-        s.add(Agent(agent_id=AGENT, fleet="demo", environment="test", id_prefix="api", tier="standard",
-                    capabilities=[], sla_template="standard-support", status=AgentStatus.ACTIVE, steps_done=[],
-                    traffic_weight="0.5", extra={}, created_at=now, updated_at=now))
+        s.add(
+            Agent(
+                agent_id=AGENT,
+                fleet="demo",
+                environment="test",
+                id_prefix="api",
+                tier="standard",
+                capabilities=[],
+                sla_template="standard-support",
+                status=AgentStatus.ACTIVE,
+                steps_done=[],
+                traffic_weight="0.5",
+                extra={},
+                created_at=now,
+                updated_at=now,
+            )
+        )
         s.flush()
-        s.add(SlaEpisode(episode_id="a" * 32, agent_id=AGENT, fleet="demo", state="open", open_agent=AGENT,
-                         breached_terms=["uptime_pct"], opened_at=now - timedelta(minutes=7), opened_by="sweep",
-                         last_breach_at=now, compliant_streak=0, weight_before="1"))
+        s.add(
+            SlaEpisode(
+                episode_id="a" * 32,
+                agent_id=AGENT,
+                fleet="demo",
+                state="open",
+                open_agent=AGENT,
+                breached_terms=["uptime_pct"],
+                opened_at=now - timedelta(minutes=7),
+                opened_by="sweep",
+                last_breach_at=now,
+                compliant_streak=0,
+                weight_before="1",
+            )
+        )
         s.flush()
         for tier, age in ((1, 0), (2, 300)):
-            s.add(SlaEscalation(episode_id="a" * 32, tier=tier, action="x", task=f"escalation.tier{tier}.x",
-                                status="done", dispatched_at=now, episode_age_s=age, queue=f"escalation.tier{tier}",
-                                steps={}, result={"after": "0.5"} if tier == 2 else {}))
+            s.add(
+                SlaEscalation(
+                    episode_id="a" * 32,
+                    tier=tier,
+                    action="x",
+                    task=f"escalation.tier{tier}.x",
+                    status="done",
+                    dispatched_at=now,
+                    episode_age_s=age,
+                    queue=f"escalation.tier{tier}",
+                    steps={},
+                    result={"after": "0.5"} if tier == 2 else {},
+                )
+            )
     from web.app import create_api
 
     with audit.capture() as events, TestClient(create_api()) as client:
@@ -59,14 +100,21 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestC
     reset_settings_cache()
 
 
-def test_sla_endpoints(api: tuple[TestClient, list[audit.AuditEvent]], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sla_endpoints(
+    api: tuple[TestClient, list[audit.AuditEvent]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     client, events = api
     assert client.get("/api/v1/sla/status").status_code == 401
     report = client.get("/api/v1/sla/status", headers=AUTH).json()
-    assert report["budgets"]["demo"]["agents"] == 1 and report["budgets"]["demo"]["consumed_minutes"] == pytest.approx(7, abs=0.1)
+    assert report["budgets"]["demo"]["agents"] == 1 and report["budgets"]["demo"][
+        "consumed_minutes"
+    ] == pytest.approx(7, abs=0.1)
     assert report["budgets"]["demo"]["time_to_exhaustion_s"] is not None
     [episode] = report["open_episodes"]
-    assert episode["tier_reached"] == 2 and [e["queue"] for e in episode["escalations"]] == ["escalation.tier1", "escalation.tier2"]
+    assert episode["tier_reached"] == 2 and [e["queue"] for e in episode["escalations"]] == [
+        "escalation.tier1",
+        "escalation.tier2",
+    ]
     agent = client.get(f"/api/v1/sla/agents/{AGENT}", headers=AUTH).json()
     assert agent["traffic_weight"] == "0.5" and agent["budget"]["remaining"] < 1
     assert client.get("/api/v1/sla/agents/nobody", headers=AUTH).status_code == 404
@@ -75,23 +123,39 @@ def test_sla_endpoints(api: tuple[TestClient, list[audit.AuditEvent]], monkeypat
     assert client.get("/api/v1/sla/episodes/" + "a" * 32, headers=AUTH).json()["disputes"] == []
     assert client.get("/api/v1/sla/episodes/nope", headers=AUTH).status_code == 404
 
-    acked = client.post(f"/api/v1/sla/episodes/{'a' * 32}/ack", json={"by": "alice", "note": "on it"}, headers=AUTH)
+    acked = client.post(
+        f"/api/v1/sla/episodes/{'a' * 32}/ack", json={"by": "alice", "note": "on it"}, headers=AUTH
+    )
     assert acked.status_code == 200 and acked.json()["acked_by"] == "alice"
-    assert [e.action for e in events] == ["sla_episode_acknowledged"] and events[0].actor == "user:alice"
+    assert [e.action for e in events] == ["sla_episode_acknowledged"] and events[
+        0
+    ].actor == "user:alice"
 
     from tasks import sla as sla_tasks
 
     sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(sla_tasks.evaluate_agent, "apply_async",
-                        lambda kwargs: sent.append(kwargs) or type("R", (), {"id": "t1"})())
-    checked = client.post(f"/api/v1/sla/agents/{AGENT}/check", json={"counterparty": "buyer-1", "amount": "3.50"},
-                          headers=AUTH)
-    assert checked.status_code == 202 and sent == [{"agent_id": AGENT, "source": "api", "counterparty": "buyer-1",
-                                                     "amount": "3.50"}]
-    assert set(client.get("/api/v1/sla/templates", headers=AUTH).json()) == {"standard-support", "premium-support"}
+    monkeypatch.setattr(
+        sla_tasks.evaluate_agent,
+        "apply_async",
+        lambda kwargs: sent.append(kwargs) or type("R", (), {"id": "t1"})(),
+    )
+    checked = client.post(
+        f"/api/v1/sla/agents/{AGENT}/check",
+        json={"counterparty": "buyer-1", "amount": "3.50"},
+        headers=AUTH,
+    )
+    assert checked.status_code == 202 and sent == [
+        {"agent_id": AGENT, "source": "api", "counterparty": "buyer-1", "amount": "3.50"}
+    ]
+    assert set(client.get("/api/v1/sla/templates", headers=AUTH).json()) == {
+        "standard-support",
+        "premium-support",
+    }
 
 
-def test_fleet_sla_status_shows_episodes_tiers_and_budget(api: tuple[TestClient, list[audit.AuditEvent]]) -> None:
+def test_fleet_sla_status_shows_episodes_tiers_and_budget(
+    api: tuple[TestClient, list[audit.AuditEvent]],
+) -> None:
     from cli.main import main
 
     runner = CliRunner()

@@ -63,7 +63,9 @@ class FakeGateway:
             self.calls[tool] += 1
             if tool in self.fail_tools:
                 status = self.fail_tools[tool]
-                return httpx.Response(status, json={"error": {"code": "unavailable", "message": "scripted"}})
+                return httpx.Response(
+                    status, json={"error": {"code": "unavailable", "message": "scripted"}}
+                )
             return self._answer(tool, inp)
 
     def _answer(self, tool: str, inp: dict[str, Any]) -> httpx.Response:
@@ -71,10 +73,18 @@ class FakeGateway:
         if tool == "check_sla_compliance":
             agent = inp["agent_id"]
             if agent in self.down:
-                return httpx.Response(503, json={"error": {"code": "unavailable", "message": "down"}})
+                return httpx.Response(
+                    503, json={"error": {"code": "unavailable", "message": "down"}}
+                )
             terms = self.breaching.get(agent)
-            return httpx.Response(200, json={"compliant": terms is None, "margin_pct": -40.0 if terms else 35.0,
-                                             "breached_terms": terms or []})
+            return httpx.Response(
+                200,
+                json={
+                    "compliant": terms is None,
+                    "margin_pct": -40.0 if terms else 35.0,
+                    "breached_terms": terms or [],
+                },
+            )
         if tool == "send_message":
             self.messages.append(inp)
             return httpx.Response(200, json={"message_id": f"msg-{n}"})
@@ -85,8 +95,15 @@ class FakeGateway:
         if tool == "resolve_dispute":
             dispute = self.disputes[inp["dispute_id"]]
             if dispute["status"] != "open":
-                return httpx.Response(409, json={"error": {"code": "dispute_resolved", "message": "resolved"}})
-            dispute.update(status="resolved", resolution=inp["resolution"], amount=inp["amount"], notes=inp["notes"])
+                return httpx.Response(
+                    409, json={"error": {"code": "dispute_resolved", "message": "resolved"}}
+                )
+            dispute.update(
+                status="resolved",
+                resolution=inp["resolution"],
+                amount=inp["amount"],
+                notes=inp["notes"],
+            )
             return httpx.Response(200, json={"dispute_id": inp["dispute_id"], "status": "resolved"})
         if tool == "freeze_wallet":
             self.frozen.add(inp["agent_id"])
@@ -115,30 +132,77 @@ class World:
         self.sent.extend(messages)
 
     def sla(self) -> SlaDeps:
-        return SlaDeps(self.sessions, self.redis, self.client, self.policy, self.settings, self.clock, self.send)
+        return SlaDeps(
+            self.sessions,
+            self.redis,
+            self.client,
+            self.policy,
+            self.settings,
+            self.clock,
+            self.send,
+        )
 
     def engine(self, with_locks: bool = False) -> EngineDeps:
-        return EngineDeps(self.sessions, self.policy.escalation, self.clock, self.send,
-                          redis=self.redis if with_locks else None)
+        return EngineDeps(
+            self.sessions,
+            self.policy.escalation,
+            self.clock,
+            self.send,
+            redis=self.redis if with_locks else None,
+        )
 
     def actions(self) -> ActionDeps:
         approvals = Approvals(self.sessions, self.policy.approvals, clock=self.clock)
-        return ActionDeps(self.sessions, self.policy, self.clock, self.client, httpx.Client(transport=self.hook),
-                          approvals)
+        return ActionDeps(
+            self.sessions,
+            self.policy,
+            self.clock,
+            self.client,
+            httpx.Client(transport=self.hook),
+            approvals,
+        )
 
-    def add_agents(self, n: int, *, fleet: str = "demo", prefix: str = "ag", status: AgentStatus = AgentStatus.ACTIVE,
-                   template: str = "standard-support") -> list[str]:
+    def add_agents(
+        self,
+        n: int,
+        *,
+        fleet: str = "demo",
+        prefix: str = "ag",
+        status: AgentStatus = AgentStatus.ACTIVE,
+        template: str = "standard-support",
+    ) -> list[str]:
         ids = [f"{prefix}-{i:04d}-0000abcd" for i in range(n)]
         terms = self.policy.sla_templates[template].model_dump(mode="json")
         with write_session(self.sessions) as s:
             for agent_id in ids:
-                s.add(Agent(agent_id=agent_id, fleet=fleet, environment="test", id_prefix=prefix, tier="standard",
-                            capabilities=["support"], sla_template=template, status=status, steps_done=[],
-                            traffic_weight="1", extra={}, created_at=START, updated_at=START))
+                s.add(
+                    Agent(
+                        agent_id=agent_id,
+                        fleet=fleet,
+                        environment="test",
+                        id_prefix=prefix,
+                        tier="standard",
+                        capabilities=["support"],
+                        sla_template=template,
+                        status=status,
+                        steps_done=[],
+                        traffic_weight="1",
+                        extra={},
+                        created_at=START,
+                        updated_at=START,
+                    )
+                )
             s.flush()
             for agent_id in ids:
-                s.add(SlaContract(sla_id=f"sla-{agent_id}", agent_id=agent_id, template=template, terms=terms,
-                                  created_at=START))
+                s.add(
+                    SlaContract(
+                        sla_id=f"sla-{agent_id}",
+                        agent_id=agent_id,
+                        template=template,
+                        terms=terms,
+                        created_at=START,
+                    )
+                )
         return ids
 
     def run_sent(self, *, worker: str = "w1") -> list[tuple[Message, Outcome]]:
@@ -149,7 +213,14 @@ class World:
             message = self.sent.pop(0)
             name, kwargs = message
             queue = name.rsplit(".", 1)[0]
-            out.append((message, run_action(deps, kwargs["episode_id"], kwargs["tier"], worker=worker, queue=queue)))
+            out.append(
+                (
+                    message,
+                    run_action(
+                        deps, kwargs["episode_id"], kwargs["tier"], worker=worker, queue=queue
+                    ),
+                )
+            )
         return out
 
     def agent(self, agent_id: str) -> Agent:
@@ -190,9 +261,17 @@ def world_factory(tmp_path: Path) -> Iterator[Any]:
                 hook_calls.append(json.loads(request.content))
                 return httpx.Response(202, json={"accepted": True})
 
-            world = World(session_factory(engine), fakeredis.FakeRedis(decode_responses=True), gateway, client,
-                          ManualClock(START), write_policy(tmp_path, **policy_changes), events,
-                          httpx.MockTransport(hook), hook_calls)
+            world = World(
+                session_factory(engine),
+                fakeredis.FakeRedis(decode_responses=True),
+                gateway,
+                client,
+                ManualClock(START),
+                write_policy(tmp_path, **policy_changes),
+                events,
+                httpx.MockTransport(hook),
+                hook_calls,
+            )
             made.append(world)
             return world
 

@@ -12,8 +12,13 @@ from workers.queues import ALL_QUEUES, FleetQueue, queue_for
 
 def test_eight_queues_with_the_designed_names() -> None:
     assert [q.value for q in ALL_QUEUES] == [
-        "provisioning", "metrics", "sla",
-        "escalation.tier1", "escalation.tier2", "escalation.tier3", "escalation.tier4",
+        "provisioning",
+        "metrics",
+        "sla",
+        "escalation.tier1",
+        "escalation.tier2",
+        "escalation.tier3",
+        "escalation.tier4",
         "audit",
     ]
 
@@ -58,7 +63,12 @@ def test_celery_config_is_json_only_late_ack_and_bounded() -> None:
     # countdown: every retry backoff we declare stays below the visibility timeout.
     app.loader.import_default_modules()
     longest_countdown = max(
-        (getattr(t, "retry_backoff_max", 0) for n, t in app.tasks.items() if getattr(t, "autoretry_for", ())), default=0
+        (
+            getattr(t, "retry_backoff_max", 0)
+            for n, t in app.tasks.items()
+            if getattr(t, "autoretry_for", ())
+        ),
+        default=0,
     )
     assert conf["broker_transport_options"]["visibility_timeout"] > longest_countdown > 0
 

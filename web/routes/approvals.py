@@ -28,7 +28,9 @@ from web.app_auth import require_token
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/api/v1/approvals", tags=["approvals"], dependencies=[Depends(require_token)])
+router = APIRouter(
+    prefix="/api/v1/approvals", tags=["approvals"], dependencies=[Depends(require_token)]
+)
 
 _STATUS_FOR: list[tuple[type[ApprovalError], int]] = [
     (UnknownRequest, status.HTTP_404_NOT_FOUND),
@@ -79,9 +81,14 @@ def _dispatch(view: RequestView) -> None:
 
 
 @router.get("")
-def list_requests(state: RequestStatus | None = RequestStatus.PENDING, review: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+def list_requests(
+    state: RequestStatus | None = RequestStatus.PENDING, review: bool = False, limit: int = 100
+) -> list[dict[str, Any]]:
     """Pending requests by default; ``?review=true`` for the post-hoc review queue."""
-    return [v.to_dict() for v in _service().list_requests(status=state, review_queue=review, limit=min(limit, 1000))]
+    return [
+        v.to_dict()
+        for v in _service().list_requests(status=state, review_queue=review, limit=min(limit, 1000))
+    ]
 
 
 @router.get("/{request_id}")
@@ -123,5 +130,11 @@ def request_release(body: ReleaseRequest) -> dict[str, Any]:
     """Ask to release a frozen agent: it runs once someone else approves."""
     from fleet.approvals.release import request_release as open_request
 
-    gate = open_request(_service(), body.agent_id, body.requested_by, reason=body.reason, fleet=body.fleet)
-    return {"risk": gate.risk.value, "may_run": gate.may_run, "request": gate.request.to_dict() if gate.request else None}
+    gate = open_request(
+        _service(), body.agent_id, body.requested_by, reason=body.reason, fleet=body.fleet
+    )
+    return {
+        "risk": gate.risk.value,
+        "may_run": gate.may_run,
+        "request": gate.request.to_dict() if gate.request else None,
+    }

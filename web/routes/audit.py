@@ -46,7 +46,10 @@ def export(
 
     for value in (since, until):
         if value is not None and value.tzinfo is None:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "since/until need a time zone (e.g. 2026-01-01T00:00Z)")
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                "since/until need a time zone (e.g. 2026-01-01T00:00Z)",
+            )
     spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - closed by the stream
     export_log(_log(), spool, fmt=fmt, since=since, until=until)
     spool.seek(0)

@@ -15,7 +15,9 @@ from tasks import _deps
 from web.app_auth import require_token
 
 public = APIRouter(tags=["monitoring"])
-private = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"], dependencies=[Depends(require_token)])
+private = APIRouter(
+    prefix="/api/v1/monitoring", tags=["monitoring"], dependencies=[Depends(require_token)]
+)
 
 MAX_TASK_LOGS = 1000
 
@@ -23,8 +25,11 @@ MAX_TASK_LOGS = 1000
 @public.get("/metrics", include_in_schema=False)
 def metrics() -> Response:
     """Prometheus text format: fleet totals, open alerts, sweeps, per-agent gauges."""
-    body = prom.render(_deps.hot(), max_agents=_deps.settings().metrics.prometheus_max_agents,
-                       open_alerts=alerts.open_counts(_deps.sessions()))
+    body = prom.render(
+        _deps.hot(),
+        max_agents=_deps.settings().metrics.prometheus_max_agents,
+        open_alerts=alerts.open_counts(_deps.sessions()),
+    )
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
@@ -46,7 +51,9 @@ def agent(agent_id: str) -> dict[str, Any]:
 @private.get("/sweeps")
 def sweeps(limit: Annotated[int, Query(ge=1, le=100)] = 10) -> list[dict[str, Any]]:
     r = _deps.hot()
-    return [s for s in (sweeping.sweep_status(r, sid) for sid in sweeping.recent_sweeps(r, limit)) if s]
+    return [
+        s for s in (sweeping.sweep_status(r, sid) for sid in sweeping.recent_sweeps(r, limit)) if s
+    ]
 
 
 @private.get("/sweeps/{sweep_id}")
@@ -54,7 +61,9 @@ def sweep(sweep_id: str, failures: Annotated[int, Query(ge=0, le=10000)] = 100) 
     r = _deps.hot()
     found = sweeping.sweep_status(r, sweep_id)
     if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sweep {sweep_id!r} (records expire after a day)")
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"no sweep {sweep_id!r} (records expire after a day)"
+        )
     return {**found, "failures": sweeping.sweep_failures(r, sweep_id, failures)}
 
 
@@ -65,16 +74,22 @@ def list_alerts(
     subject: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    return alerts.list_alerts(_deps.sessions(), open_only=state == "open", severity=severity, subject=subject, limit=limit)
+    return alerts.list_alerts(
+        _deps.sessions(), open_only=state == "open", severity=severity, subject=subject, limit=limit
+    )
 
 
 @private.post("/task-logs", status_code=status.HTTP_202_ACCEPTED)
-def task_logs(records: Annotated[list[behaviour.TaskLog], Body(max_length=MAX_TASK_LOGS)]) -> dict[str, int]:
+def task_logs(
+    records: Annotated[list[behaviour.TaskLog], Body(max_length=MAX_TASK_LOGS)],
+) -> dict[str, int]:
     """Agents report finished tasks here (see fleet.monitoring.behaviour); counted once per task id."""
     s = _deps.settings()
     from fleet.clock import epoch_seconds
 
-    accepted = behaviour.ingest(_deps.hot(), records, s.policy.alerts.behaviour.window_s, epoch_seconds())
+    accepted = behaviour.ingest(
+        _deps.hot(), records, s.policy.alerts.behaviour.window_s, epoch_seconds()
+    )
     return {"received": len(records), "accepted": accepted}
 
 

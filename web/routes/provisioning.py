@@ -14,7 +14,9 @@ from fleet.provisioning.manifest import ManifestError
 from tasks import _deps
 from web.app_auth import require_token
 
-router = APIRouter(prefix="/api/v1/provisioning-jobs", tags=["provisioning"], dependencies=[Depends(require_token)])
+router = APIRouter(
+    prefix="/api/v1/provisioning-jobs", tags=["provisioning"], dependencies=[Depends(require_token)]
+)
 
 MAX_MANIFEST_BYTES = 2_000_000
 
@@ -29,14 +31,29 @@ class JobAccepted(BaseModel):
 async def _manifest_from(request: Request) -> Any:
     body = await request.body()
     if len(body) > MAX_MANIFEST_BYTES:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"manifest over {MAX_MANIFEST_BYTES} bytes")
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"manifest over {MAX_MANIFEST_BYTES} bytes"
+        )
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
-    if content_type not in ("application/json", "application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", ""):
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the manifest as application/json or application/yaml")
+    if content_type not in (
+        "application/json",
+        "application/yaml",
+        "application/x-yaml",
+        "text/yaml",
+        "text/x-yaml",
+        "",
+    ):
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            "send the manifest as application/json or application/yaml",
+        )
     try:
         return yaml.safe_load(body.decode("utf-8"))  # JSON is YAML
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"problems": [f"(manifest): not valid JSON or YAML: {exc}"]}) from None
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            {"problems": [f"(manifest): not valid JSON or YAML: {exc}"]},
+        ) from None
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
@@ -49,11 +66,25 @@ async def create_job(request: Request) -> JobAccepted:
     try:
         manifest = pipeline.queue_job(_deps.provisioning(), data, job_id, submitted_by="api")
     except ManifestError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"problems": exc.problems}) from None
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, {"problems": exc.problems}
+        ) from None
     except pipeline.ProvisioningFrozen as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    provision_fleet.apply_async(kwargs={"manifest": manifest.model_dump(mode="json"), "job_id": job_id, "submitted_by": "api"}, task_id=job_id)
-    return JobAccepted(job_id=job_id, state="queued", total=manifest.total_agents, status_url=f"/api/v1/provisioning-jobs/{job_id}")
+    provision_fleet.apply_async(
+        kwargs={
+            "manifest": manifest.model_dump(mode="json"),
+            "job_id": job_id,
+            "submitted_by": "api",
+        },
+        task_id=job_id,
+    )
+    return JobAccepted(
+        job_id=job_id,
+        state="queued",
+        total=manifest.total_agents,
+        status_url=f"/api/v1/provisioning-jobs/{job_id}",
+    )
 
 
 @router.get("/{job_id}")

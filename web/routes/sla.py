@@ -49,14 +49,18 @@ def fleet_status(fleet: str | None = None) -> dict[str, Any]:
     """Per fleet: error budget left, time to exhaustion, burn alerts firing; open and recent episodes."""
     from fleet.sla.status import fleet_report
 
-    return fleet_report(_deps.sessions(), _deps.settings().policy, SystemClock().now(), fleet=fleet, r=_redis())
+    return fleet_report(
+        _deps.sessions(), _deps.settings().policy, SystemClock().now(), fleet=fleet, r=_redis()
+    )
 
 
 @router.get("/agents/{agent_id}")
 def agent_status(agent_id: str) -> dict[str, Any]:
     from fleet.sla.status import agent_report
 
-    report = agent_report(_deps.sessions(), _deps.settings().policy, SystemClock().now(), agent_id, r=_redis())
+    report = agent_report(
+        _deps.sessions(), _deps.settings().policy, SystemClock().now(), agent_id, r=_redis()
+    )
     if report is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no agent {agent_id!r}")
     return report
@@ -68,20 +72,35 @@ def check_agent(agent_id: str, body: Check | None = None) -> dict[str, Any]:
     from tasks.sla import evaluate_agent
 
     body = body or Check()
-    kwargs = {"agent_id": agent_id, "source": body.source, "counterparty": body.counterparty, "amount": body.amount}
+    kwargs = {
+        "agent_id": agent_id,
+        "source": body.source,
+        "counterparty": body.counterparty,
+        "amount": body.amount,
+    }
     result = evaluate_agent.apply_async(kwargs={k: v for k, v in kwargs.items() if v is not None})
     return {"task_id": result.id, "agent_id": agent_id}
 
 
 @router.get("/episodes")
-def list_episodes(state: str | None = None, agent_id: str | None = None, fleet: str | None = None,
-                  limit: int = 100) -> list[dict[str, Any]]:
+def list_episodes(
+    state: str | None = None,
+    agent_id: str | None = None,
+    fleet: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
     from fleet.sla.status import episodes
 
     if state not in (None, "open", "closed"):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "state must be open or closed")
-    return episodes(_deps.sessions(), SystemClock().now(), state=state, agent_id=agent_id, fleet=fleet,
-                    limit=max(1, min(limit, 1000)))
+    return episodes(
+        _deps.sessions(),
+        SystemClock().now(),
+        state=state,
+        agent_id=agent_id,
+        fleet=fleet,
+        limit=max(1, min(limit, 1000)),
+    )
 
 
 @router.get("/episodes/{episode_id}")
@@ -101,7 +120,9 @@ def acknowledge(episode_id: str, body: Ack) -> dict[str, Any]:
 
     clock = SystemClock()
     try:
-        ep = acknowledge_episode(_deps.sessions(), _deps.settings().policy, clock, episode_id, body.by, body.note)
+        ep = acknowledge_episode(
+            _deps.sessions(), _deps.settings().policy, clock, episode_id, body.by, body.note
+        )
     except EpisodeNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except (EpisodeClosed, EpisodeError) as exc:
