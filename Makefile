@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test lint venv clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s); run: make PYTHON=python3.11 ..." % sys.version.split()[0])'
@@ -20,7 +20,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fleet up --demo
 
-test: $(STAMP)
+# Lint first: a type or style error fails CI as a test would.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
