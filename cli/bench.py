@@ -33,7 +33,7 @@ def bench_manifest(agents: int, groups: int = 4, fleet: str = "bench") -> dict[s
                 {
                     "id_prefix": f"seg{g}",
                     "count": count,
-                    "tier": "standard",
+                    "tier": "starter",
                     "initial_balance": "25.00",
                     "capabilities": ["support"],
                     "trust_claims": [{"type": "operator", "value": "bench"}],

@@ -196,8 +196,8 @@ class ApprovalPolicy(_Model):
 
 class ProvisioningPolicy(_Model):
     max_agents_per_manifest: Annotated[int, Field(gt=0)] = 10000
-    # The gateway's service tiers: a manifest naming another is refused up front.
-    tiers: list[str] = ["free", "starter", "standard", "pro", "premium", "enterprise"]
+    # The gateway's key tiers a manifest may name; an operator may allow fewer.
+    tiers: list[str] = ["free", "starter", "pro", "enterprise"]
     key_rotation_days: Annotated[float, Field(gt=0)] = 90
     key_overlap_s: Seconds = 60
     treasury_wallet: str = "fleet-treasury"

@@ -159,7 +159,7 @@ def test_http_api_accepts_yaml_and_reports_progress(stack: Stack) -> None:
         agents:
           - id_prefix: web
             count: 3
-            tier: standard
+            tier: starter
             initial_balance: "10.00"
             capabilities: [search]
             sla_template: premium-support
@@ -446,7 +446,7 @@ def test_tier_upgrade_over_the_increase_waits_for_approval(stack: Stack) -> None
     )
     request = pending[0]  # type: ignore[index]
     assert float(request.details["increase_pct"]) > 200
-    assert stack.sandbox().agent(agent_id)["tier"] == "standard"  # nothing changed yet
+    assert stack.sandbox().agent(agent_id)["tier"] == "starter"  # nothing changed yet
     approvals.approve(request.request_id, "bob")
     app.send_task("audit.approvals_sweep")
     wait_until(lambda: stack.sandbox().agent(agent_id)["tier"] == "enterprise", timeout_s=30)
