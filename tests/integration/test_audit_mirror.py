@@ -19,8 +19,8 @@ from fleet.audit.mirror import Outbox
 from fleet.clock import ManualClock
 from fleet.gateway import GatewayClient, GatewayConfig
 from fleet.storage.db import create_db_engine, migrate
+from stack.parts import celery_worker, producer_app, redis_server, wait_until
 from tasks.audit import enqueue
-from tests.support.system import celery_worker, producer_app, redis_server, wait_until
 from workers.queues import FleetQueue
 
 pytestmark = pytest.mark.integration

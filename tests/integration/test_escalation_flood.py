@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.bench import run_flood
-from cli.stack import local_stack
+from benchmarks.escalation import run_flood
 from fleet import audit
+from stack.local import local_stack
 
 pytestmark = pytest.mark.integration
 

@@ -17,14 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from cli.bench import bench_manifest
-from cli.processes import api_argv, flower_argv, flower_env, free_port, port_open
-from cli.stack import Stack, local_stack
+from benchmarks.common import bench_manifest
 from config.settings import ApiSettings, FlowerSettings, ScheduleSettings
 from fleet.approvals import DuplicateVote
 from fleet.provisioning.pipeline import JobProgress, job_progress
 from fleet.storage.db import engine_for, session_factory
-from tests.support.system import wait_until
+from stack.local import Stack, local_stack
+from stack.parts import wait_until
+from stack.processes import api_argv, flower_argv, flower_env, free_port, port_open
 
 pytestmark = pytest.mark.integration
 
