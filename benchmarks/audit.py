@@ -91,7 +91,7 @@ def fill_log(settings: Settings, count: int, chunk: int = 5000) -> float:
 def run_audit(
     entries: int, batch: int | None, concurrency: int, pool: str, mirror: bool, keep: str | None
 ) -> None:
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     from config.settings import DEFAULT_POLICY_FILE
     from fleet.audit.verify import verify_log
@@ -166,11 +166,10 @@ def insert_limit(source: Engine, target: Path, batch: int) -> float:
     rows = _rows(source)
     engine = create_db_engine(f"sqlite:///{target}")
     migrate(engine)
-    table = AuditEntry.__table__
     started = time.perf_counter()
     for start in range(0, len(rows), batch):
         with engine.begin() as conn:
-            conn.execute(insert(table), rows[start : start + batch])
+            conn.execute(insert(AuditEntry), rows[start : start + batch])
     seconds = time.perf_counter() - started
     engine.dispose()
     return seconds

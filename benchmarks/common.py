@@ -84,7 +84,7 @@ def insert_bench_agents(
         for start in range(0, len(agent_ids), 1000):
             chunk = agent_ids[start : start + 1000]
             conn.execute(
-                insert(Agent.__table__),
+                insert(Agent),
                 [
                     {
                         "agent_id": a,
@@ -105,7 +105,7 @@ def insert_bench_agents(
                 ],
             )
             conn.execute(
-                insert(SlaContract.__table__),
+                insert(SlaContract),
                 [
                     {
                         "sla_id": f"sla-{a}",

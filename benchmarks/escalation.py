@@ -15,6 +15,7 @@ import click
 
 from benchmarks.common import (
     LimitRun,
+    Phases,
     bare_client_limit,
     celery_sender,
     insert_bench_agents,
@@ -74,11 +75,11 @@ def run_flood(
     target_ep = episode(target, now - timedelta(minutes=31))
     with write_connection(sessions) as conn:
         for start in range(0, len(flood_eps), 1000):
-            conn.execute(insert(SlaEpisode.__table__), flood_eps[start : start + 1000])
-        conn.execute(insert(SlaEpisode.__table__), [target_ep])
+            conn.execute(insert(SlaEpisode), flood_eps[start : start + 1000])
+        conn.execute(insert(SlaEpisode), [target_ep])
         # The target has been escalating for 31 minutes: tiers 1-3 are behind it.
         conn.execute(
-            insert(SlaEscalation.__table__),
+            insert(SlaEscalation),
             [
                 {
                     "episode_id": target_ep["episode_id"],
@@ -197,7 +198,7 @@ def freeze_limit(stack: Any) -> LimitRun:
     [agent] = stack.sandbox().seed(1, prefix="frzlim", profile="dead")["agent_ids"]
     operator = stack.settings.policy.escalation.operator
     reason = "SLA violation episode limit: tier 4 freeze"
-    calls = [
+    calls: Phases = [
         [tools.freeze_wallet(agent, reason)],
         [tools.send_message(operator, f"SLA breach: {agent} frozen (tier 4)", reason, "urgent")],
     ]

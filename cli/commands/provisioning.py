@@ -116,7 +116,7 @@ def follow_job(job_id: str, timeout: float) -> int:
                     failed=progress.failed,
                 )
                 if progress.state in ("done", "invalid", "refused"):
-                    progress = pipeline.job_progress(_deps.sessions(), job_id)
+                    progress = pipeline.job_progress(_deps.sessions(), job_id) or progress
                     break
             if time.monotonic() > deadline:
                 click.echo(f"job {job_id}: still running after {timeout:.0f} s", err=True)

@@ -25,7 +25,7 @@ def _context(settings: Settings) -> tuple[Any, Any]:
     try:
         r.ping()
     except redis.RedisError:
-        r = None
+        return session_factory(engine), None
     return session_factory(engine), r
 
 

@@ -60,7 +60,7 @@ def _safe_url(url: str) -> str:
 
 def _submit_demo(settings: Settings, manifest_path: Path) -> str:
     """Send the demo manifest the way any other system would: a Celery message."""
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     from workers.app import create_producer
 
