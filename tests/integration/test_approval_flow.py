@@ -1,4 +1,5 @@
-"""Human oversight end to end: the real CLI, a real audit worker, the sandbox holding a frozen wallet."""
+"""Human oversight end to end: the real CLI, a real audit worker, the sandbox holding a frozen
+wallet."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""A flood on escalation.tier1 does not delay a freeze on escalation.tier4 (real worker processes)."""
+"""A flood on escalation.tier1 does not delay a freeze on escalation.tier4 (real worker
+processes)."""
 
 from __future__ import annotations
 

@@ -162,8 +162,9 @@ class System:
     def run(
         self, agent: str, minutes: int, *, recover_at: int | None = None
     ) -> tuple[str, list[tuple[int, int]]]:
-        """Minute by minute on the ManualClock: checks every 5 min, the engine each minute, workers do the rest.
-        Returns the episode and (minute, tier) of everything sent for it, in the order sent."""
+        """Minute by minute on the ManualClock: checks every 5 min, the engine each minute, workers
+        do the rest. Returns the episode and (minute, tier) of everything sent for it, in the
+        order sent."""
         episode_id = ""
         start = self.clock.now()
         first = len(self.sent)

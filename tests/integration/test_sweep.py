@@ -1,4 +1,5 @@
-"""The monitoring sweep with real parts: Redis, a metrics worker process, the sandbox over HTTP, SQLite."""
+"""The monitoring sweep with real parts: Redis, a metrics worker process, the sandbox over HTTP,
+SQLite."""
 
 from __future__ import annotations
 
