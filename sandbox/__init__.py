@@ -84,5 +84,5 @@ dropped or 504), 429 bursts (``rate_limit_next``) and rates with
 ``Retry-After``, per-tool outage windows (503 + Retry-After), connection drops,
 the ``kill`` switch, and ``drop_after_commit_rate`` (the call succeeds but the
 answer is lost). :class:`sandbox.control.SandboxControl` wraps all of this for
-tests; ``python -m sandbox.loadtest`` measures a running sandbox.
+tests; ``python -m benchmarks.loadtest`` measures a running sandbox.
 """

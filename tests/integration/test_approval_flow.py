@@ -1,4 +1,5 @@
-"""Human oversight end to end: the real CLI, a real audit worker, the sandbox holding a frozen wallet."""
+"""Human oversight end to end: the real CLI, a real audit worker, the sandbox holding a frozen
+wallet."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from fleet.audit.log import AuditFiles, AuditLog
 from fleet.audit.verify import verify_log
 from fleet.storage.db import create_db_engine, migrate
 from fleet.storage.records import Agent, AgentStatus
-from tests.support.system import celery_worker, producer_app, redis_server, wait_until
+from stack.parts import celery_worker, producer_app, redis_server, wait_until
 from workers.queues import FleetQueue
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,5 @@
-"""Mirroring to the gateway through the outbox, against the sandbox over HTTP: outages lose and double nothing."""
+"""Mirroring to the gateway through the outbox, against the sandbox over HTTP: outages lose and
+double nothing."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from fleet.audit.mirror import Outbox
 from fleet.clock import ManualClock
 from fleet.gateway import GatewayClient, GatewayConfig
 from fleet.storage.db import create_db_engine, migrate
+from stack.parts import celery_worker, producer_app, redis_server, wait_until
 from tasks.audit import enqueue
-from tests.support.system import celery_worker, producer_app, redis_server, wait_until
 from workers.queues import FleetQueue
 
 pytestmark = pytest.mark.integration

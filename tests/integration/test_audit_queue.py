@@ -12,14 +12,14 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from benchmarks.audit import bench_events
 from config.settings import DEFAULT_POLICY_FILE, load_settings
-from fleet.audit.bench import bench_events
 from fleet.audit.log import AuditLog
 from fleet.audit.signing import read_checkpoint_file
 from fleet.audit.verify import verify_log
 from fleet.storage.db import create_db_engine, migrate
+from stack.parts import celery_worker, producer_app, redis_server, wait_until
 from tasks.audit import enqueue
-from tests.support.system import celery_worker, producer_app, redis_server, wait_until
 from workers.queues import FleetQueue
 
 pytestmark = pytest.mark.integration

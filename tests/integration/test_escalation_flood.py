@@ -1,4 +1,5 @@
-"""A flood on escalation.tier1 does not delay a freeze on escalation.tier4 (real worker processes)."""
+"""A flood on escalation.tier1 does not delay a freeze on escalation.tier4 (real worker
+processes)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.bench import run_flood
-from cli.stack import local_stack
+from benchmarks.escalation import run_flood
 from fleet import audit
+from stack.local import local_stack
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,6 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cli.stack import Stack, local_stack
 from config.settings import DEFAULT_POLICY_FILE
 from fleet import audit
 from fleet.clock import ManualClock
@@ -31,7 +30,8 @@ from fleet.sla import service
 from fleet.sla.models import ActionStatus, SlaEpisode, SlaEscalation
 from fleet.storage.db import engine_for, session_factory, write_session
 from fleet.storage.records import Agent, AgentStatus, SlaContract
-from tests.support.system import wait_until
+from stack.local import Stack, local_stack
+from stack.parts import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -162,8 +162,9 @@ class System:
     def run(
         self, agent: str, minutes: int, *, recover_at: int | None = None
     ) -> tuple[str, list[tuple[int, int]]]:
-        """Minute by minute on the ManualClock: checks every 5 min, the engine each minute, workers do the rest.
-        Returns the episode and (minute, tier) of everything sent for it, in the order sent."""
+        """Minute by minute on the ManualClock: checks every 5 min, the engine each minute, workers
+        do the rest. Returns the episode and (minute, tier) of everything sent for it, in the
+        order sent."""
         episode_id = ""
         start = self.clock.now()
         first = len(self.sent)

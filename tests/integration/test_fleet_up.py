@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cli.processes import free_port
-from tests.support.system import wait_until
+from stack.parts import wait_until
+from stack.processes import free_port
 from workers.queues import ALL_QUEUES
 
 pytestmark = pytest.mark.integration

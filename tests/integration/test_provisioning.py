@@ -17,14 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from cli.bench import bench_manifest
-from cli.processes import api_argv, flower_argv, flower_env, free_port, port_open
-from cli.stack import Stack, local_stack
+from benchmarks.common import bench_manifest
 from config.settings import ApiSettings, FlowerSettings, ScheduleSettings
 from fleet.approvals import DuplicateVote
 from fleet.provisioning.pipeline import JobProgress, job_progress
 from fleet.storage.db import engine_for, session_factory
-from tests.support.system import wait_until
+from stack.local import Stack, local_stack
+from stack.parts import wait_until
+from stack.processes import api_argv, flower_argv, flower_env, free_port, port_open
 
 pytestmark = pytest.mark.integration
 
@@ -241,13 +241,16 @@ import redis  # only the Redis client: nothing of Fleet Commander's
 
 url, manifest_file = sys.argv[1], sys.argv[2]
 task_id = str(uuid.uuid4())
-body = json.dumps([[], {"manifest": json.load(open(manifest_file)), "job_id": task_id}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+kwargs = {"manifest": json.load(open(manifest_file)), "job_id": task_id}
+embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+body = json.dumps([[], kwargs, embed])
 message = {
     "body": base64.b64encode(body.encode()).decode(),
     "content-encoding": "utf-8",
     "content-type": "application/json",
-    "headers": {"lang": "py", "task": "provisioning.provision_fleet", "id": task_id, "root_id": task_id,
-                "parent_id": None, "group": None, "retries": 0, "eta": None, "expires": None,
+    "headers": {"lang": "py", "task": "provisioning.provision_fleet", "id": task_id,
+                "root_id": task_id, "parent_id": None, "group": None, "retries": 0, "eta": None,
+                "expires": None,
                 "argsrepr": "()", "kwargsrepr": "{'manifest': ...}", "origin": "outsider"},
     "properties": {"correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
                    "delivery_info": {"exchange": "fleet", "routing_key": "provisioning"},

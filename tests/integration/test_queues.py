@@ -11,7 +11,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from fleet.heartbeat import read_heartbeat
-from tests.support.system import celery_worker, producer_app, redis_server, wait_until
+from stack.parts import celery_worker, producer_app, redis_server, wait_until
 from workers.queues import ALL_QUEUES
 
 pytestmark = pytest.mark.integration

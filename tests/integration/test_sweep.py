@@ -1,4 +1,5 @@
-"""The monitoring sweep with real parts: Redis, a metrics worker process, the sandbox over HTTP, SQLite."""
+"""The monitoring sweep with real parts: Redis, a metrics worker process, the sandbox over HTTP,
+SQLite."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, update
 
-from cli.bench import insert_bench_agents
-from cli.stack import Stack, local_stack
+from benchmarks.common import insert_bench_agents
 from fleet.hotstate import connect
 from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.poller import SWEEP_TOOLS
 from fleet.monitoring.snapshot import Health, read_snapshot
 from fleet.storage.db import engine_for, session_factory
 from fleet.storage.records import Agent
-from tests.support.system import wait_until
+from stack.local import Stack, local_stack
+from stack.parts import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from cli.bench import insert_bench_agents
-from cli.processes import beat_argv
-from cli.stack import Stack, local_stack
+from benchmarks.common import insert_bench_agents
 from fleet.hotstate import connect
 from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.poller import SWEEP_TOOLS
 from fleet.storage.db import engine_for, session_factory
-from tests.support.system import wait_until
+from stack.local import Stack, local_stack
+from stack.parts import wait_until
+from stack.processes import beat_argv
 
 pytestmark = pytest.mark.integration
 

@@ -144,6 +144,7 @@ def test_metrics_needs_no_token_and_the_rest_does(env: dict[str, Any]) -> None:
 
 def test_fleet_alerts_and_status(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     from cli import main as cli_main
+    from cli.commands.status import echo_fleet_health
 
     runner = CliRunner()
     out = runner.invoke(cli_main.main, ["alerts"])
@@ -159,7 +160,7 @@ def test_fleet_alerts_and_status(env: dict[str, Any], monkeypatch: pytest.Monkey
     monkeypatch.setattr(click, "echo", lambda message="", **_: lines.append(str(message)))
     from config.settings import get_settings
 
-    cli_main._echo_fleet_health(get_settings(), env["r"], 1800000010.0)
+    echo_fleet_health(get_settings(), env["r"], 1800000010.0)
     text = "\n".join(lines)
     assert "fleet health (sweep s1, 10 s ago, took 2.5 s)" in text
     assert "demo" in text and "6000" in text and "open alerts: 1 critical" in text

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -10,7 +12,9 @@ from types import FrameType
 
 import click
 
-from cli.processes import (
+from cli.common import config_errors_exit, settings_for_cli
+from config.settings import Settings
+from stack.processes import (
     StartError,
     Supervisor,
     api_argv,
@@ -18,12 +22,12 @@ from cli.processes import (
     child_env,
     flower_argv,
     flower_env,
+    migrate_database,
     port_open,
     start_redis,
     start_sandbox,
     start_worker,
 )
-from config.settings import Settings
 from workers.queues import ALL_QUEUES
 
 
@@ -50,21 +54,13 @@ def _check_ports_free(settings: Settings) -> None:
             )
 
 
-def _migrate(settings: Settings) -> None:
-    from fleet.storage.db import create_db_engine, migrate
-
-    engine = create_db_engine(settings.sqlalchemy_url)
-    migrate(engine)
-    engine.dispose()
-
-
 def _safe_url(url: str) -> str:
     return url.split("@")[-1] if "@" in url else url
 
 
 def _submit_demo(settings: Settings, manifest_path: Path) -> str:
     """Send the demo manifest the way any other system would: a Celery message."""
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     from workers.app import create_producer
 
@@ -97,7 +93,7 @@ def run_up(
         else:
             start_redis(sup, settings.redis.embedded_port, settings.data_dir.resolve() / "redis")
             click.echo(f"redis     {settings.redis_url} (embedded)")
-        _migrate(settings)
+        migrate_database(settings)
         click.echo(f"database  {_safe_url(settings.sqlalchemy_url)} (schema up to date)")
         start_sandbox(sup, settings, agents)
         click.echo(f"sandbox   {settings.gateway_url}")
@@ -114,7 +110,8 @@ def run_up(
             timeout_s=60,
         )
         click.echo(
-            f"flower    http://{fl.host}:{fl.port}  (user {fl.user!r}, password from FLEET_FLOWER__PASSWORD)"
+            f"flower    http://{fl.host}:{fl.port}  (user {fl.user!r}, password from "
+            "FLEET_FLOWER__PASSWORD)"
         )
         api = settings.api
         sup.start(
@@ -131,7 +128,8 @@ def run_up(
         if demo_manifest is not None:
             job_id = _submit_demo(settings, demo_manifest)
             click.echo(
-                f"demo      provisioning {demo_manifest.name} as job {job_id}: watch it in Flower, or GET /api/v1/provisioning-jobs/{job_id}"
+                f"demo      provisioning {demo_manifest.name} as job {job_id}: watch it in Flower, "
+                f"or GET /api/v1/provisioning-jobs/{job_id}"
             )
         click.echo("running — press Ctrl-C to stop everything")
         while True:
@@ -153,3 +151,54 @@ def run_up(
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children
         sup.stop_all()
         click.echo("all processes stopped")
+
+
+@click.command()
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Seed a small simulated fleet and use short cadences "
+    "so every queue is busy within a minute.",
+)
+@click.option(
+    "--agents",
+    type=int,
+    default=None,
+    help="Simulated agents seeded in the sandbox "
+    "(default: 20 with --demo, else FLEET_SANDBOX__AGENTS).",
+)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Processes per worker (one worker per queue).",
+)
+@config_errors_exit
+def up(demo: bool, agents: int | None, concurrency: int) -> None:
+    """Start the whole system: Redis, sandbox, a worker per queue, beat and Flower.
+
+    Without FLEET_REDIS__URL an embedded Redis-protocol server is started.
+    Ctrl-C stops everything.
+    """
+    from config.settings import PACKAGE_DIR
+
+    if demo:
+        # Short cadences so a newcomer sees every queue consumed within a minute.
+        os.environ.setdefault("FLEET_SCHEDULE__HEARTBEAT_S", "5")
+        os.environ.setdefault("FLEET_SCHEDULE__METRICS_SWEEP_S", "15")
+        os.environ.setdefault("FLEET_SCHEDULE__SLA_CHECK_S", "30")
+        os.environ.setdefault("FLEET_SCHEDULE__ESCALATION_TICK_S", "5")
+        os.environ.setdefault(
+            "FLEET_POLICY_FILE", str(PACKAGE_DIR / "defaults" / "demo-policy.yaml")
+        )
+    settings = settings_for_cli()
+    manifest = PACKAGE_DIR / "manifests" / "demo.yaml" if demo else None
+    sys.exit(
+        run_up(
+            settings,
+            agents=agents if agents is not None else (20 if demo else None),
+            concurrency=concurrency,
+            demo_manifest=manifest,
+        )
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cli.main import config_errors_exit, main, settings_for_cli
+from cli.common import config_errors_exit, settings_for_cli
 from fleet.provisioning.manifest import ManifestError, manifest_json_schema, parse_manifest_text
 
 
@@ -21,7 +21,7 @@ def _read_manifest(path: str) -> str:
         raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
 
 
-@main.command()
+@click.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @config_errors_exit
 def validate(manifest: str) -> None:
@@ -34,17 +34,18 @@ def validate(manifest: str) -> None:
             click.echo(f"{manifest}: {problem}", err=True)
         sys.exit(1)
     click.echo(
-        f"{manifest}: valid — fleet {parsed.fleet!r} ({parsed.environment}), {parsed.total_agents} agents in {len(parsed.agents)} groups"
+        f"{manifest}: valid — fleet {parsed.fleet!r} ({parsed.environment}), {parsed.total_agents} "
+        f"agents in {len(parsed.agents)} groups"
     )
 
 
-@main.command("manifest-schema")
+@click.command("manifest-schema")
 def manifest_schema() -> None:
     """Print the JSON Schema of fleet manifests (published as docs/manifest.schema.json)."""
     click.echo(json.dumps(manifest_json_schema(), indent=2))
 
 
-@main.command()
+@click.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option(
     "--wait",
@@ -115,7 +116,7 @@ def follow_job(job_id: str, timeout: float) -> int:
                     failed=progress.failed,
                 )
                 if progress.state in ("done", "invalid", "refused"):
-                    progress = pipeline.job_progress(_deps.sessions(), job_id)
+                    progress = pipeline.job_progress(_deps.sessions(), job_id) or progress
                     break
             if time.monotonic() > deadline:
                 click.echo(f"job {job_id}: still running after {timeout:.0f} s", err=True)
@@ -125,7 +126,8 @@ def follow_job(job_id: str, timeout: float) -> int:
         if agent.status == "failed":
             click.echo(f"  failed {agent.agent_id}: {agent.failure_reason}", err=True)
     click.echo(
-        f"job {job_id}: {progress.state} — {progress.done} active, {progress.failed} failed of {progress.total}"
+        f"job {job_id}: {progress.state} — {progress.done} active, {progress.failed} failed of "
+        f"{progress.total}"
     )
     return 0 if progress.state == "done" and progress.failed == 0 else 1
 
@@ -136,7 +138,7 @@ def _ensure_schema(settings: object) -> None:
     migrate(engine_for(settings.sqlalchemy_url))  # type: ignore[attr-defined]
 
 
-@main.group()
+@click.group()
 def db() -> None:
     """The database: schema migrations."""
 
@@ -157,7 +159,7 @@ def _approvals_and_deps() -> tuple[object, object]:
     return approvals(), _deps.provisioning()
 
 
-@main.command()
+@click.command()
 @click.argument("target")
 @click.option("--reason", default="retired by operator", show_default=True)
 @click.option(
@@ -197,11 +199,12 @@ def retire(target: str, reason: str, requested_by: str) -> None:
         )
         need = gate.request.required if gate.request else 0
         click.echo(
-            f"{agent_id}: approval {gate.request_id} requested ({gate.risk.value}, {need} approver(s) needed)"
+            f"{agent_id}: approval {gate.request_id} requested ({gate.risk.value}, {need} "
+            "approver(s) needed)"
         )
 
 
-@main.command()
+@click.command()
 @click.argument("agent_id")
 @click.argument("new_tier")
 @click.option(
@@ -214,7 +217,8 @@ def retire(target: str, reason: str, requested_by: str) -> None:
 @click.option("--by", "requested_by", required=True, help="Who asks.")
 @config_errors_exit
 def upgrade(agent_id: str, new_tier: str, projected_volume: int, requested_by: str) -> None:
-    """Move AGENT_ID to NEW_TIER: cost estimated first, approval needed above the configured increase."""
+    """Move AGENT_ID to NEW_TIER: cost estimated first, approval needed above the configured
+    increase."""
     from tasks.provisioning import upgrade_tier
 
     settings_for_cli()

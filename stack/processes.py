@@ -117,7 +117,8 @@ class Supervisor:
             while not ready():
                 if not child.alive():
                     raise StartError(
-                        f"{name} exited with status {process.returncode} while starting{self._log_hint(name)}"
+                        f"{name} exited with status {process.returncode} while "
+                        f"starting{self._log_hint(name)}"
                     )
                 if time.monotonic() > deadline:
                     raise StartError(
@@ -213,6 +214,15 @@ def _settings_env(current: BaseModel, default: BaseModel, prefix: str) -> dict[s
             else:
                 env[key] = str(value)
     return env
+
+
+def migrate_database(settings: Settings) -> None:
+    """Bring the configured database's schema up to date before any process uses it."""
+    from fleet.storage.db import create_db_engine, migrate
+
+    engine = create_db_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    engine.dispose()
 
 
 def start_redis(sup: Supervisor, port: int, data_dir: Path) -> Managed:

@@ -1,4 +1,5 @@
-"""Real processes for integration tests: Redis, Celery workers (no eager mode)."""
+"""Single real processes for the integration tests that need less than a whole stack:
+a Redis server, a Celery worker (no eager mode)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from celery import Celery
+from celery import Celery  # type: ignore[import-untyped]
 
-from cli.processes import Supervisor, free_port, start_redis, worker_argv
 from config.settings import RedisSettings, load_settings
+from stack.processes import Supervisor, free_port, start_redis, worker_argv
 from workers.app import create_producer
 from workers.queues import FleetQueue
 

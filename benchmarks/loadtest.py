@@ -1,4 +1,6 @@
-"""Measure a running sandbox: ``python -m sandbox.loadtest --agents 10000 --concurrency 200 --requests 40000``.
+"""Measure a running sandbox.
+
+``python -m benchmarks.loadtest --agents 10000 --concurrency 200 --requests 40000``
 
 Starts no server. It seeds ``--agents`` agents under a fresh prefix through the
 admin API (or, with ``--no-seed``, uses the live agents under ``--prefix``),
@@ -111,14 +113,15 @@ async def _run(args: argparse.Namespace) -> None:
         f"{elapsed:.2f} s, {n / elapsed:,.0f} requests/s"
     )
     print(
-        f"latency ms: p50 {pct(0.5):.1f}  p90 {pct(0.9):.1f}  p99 {pct(0.99):.1f}  max {pct(1.0):.1f}"
+        f"latency ms: p50 {pct(0.5):.1f}  p90 {pct(0.9):.1f}  p99 {pct(0.99):.1f}  max "
+        f"{pct(1.0):.1f}"
     )
     print("statuses: " + ", ".join(f"{k}={v}" for k, v in sorted(statuses.items())))
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m sandbox.loadtest", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks.loadtest", description=__doc__.splitlines()[0]
     )
     p.add_argument(
         "--url", default="http://127.0.0.1:8765", help="sandbox base URL (default %(default)s)"

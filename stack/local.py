@@ -12,19 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery  # type: ignore[import-untyped]
 
-from cli.processes import (
+from config.settings import RedisSettings, SandboxSettings, Settings, load_settings
+from stack.processes import (
     Managed,
     Supervisor,
     child_env,
     free_port,
+    migrate_database,
     start_redis,
     start_sandbox,
     worker_argv,
 )
-from config.settings import RedisSettings, SandboxSettings, Settings, load_settings
-from fleet.storage.db import create_db_engine, migrate
 
 
 @dataclass
@@ -117,9 +117,7 @@ def local_stack(
         ),
         **overrides,
     )
-    engine = create_db_engine(settings.sqlalchemy_url)
-    migrate(engine)
-    engine.dispose()
+    migrate_database(settings)
     with Supervisor(log_dir=base_dir / "logs") as sup:
         port = int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
         start_redis(sup, port, base_dir / "redis")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cli.main import config_errors_exit, main, settings_for_cli
+from cli.common import config_errors_exit, settings_for_cli
 from config.settings import Settings
 
 
@@ -25,7 +25,7 @@ def _context(settings: Settings) -> tuple[Any, Any]:
     try:
         r.ping()
     except redis.RedisError:
-        r = None
+        return session_factory(engine), None
     return session_factory(engine), r
 
 
@@ -44,7 +44,8 @@ def _budget_line(name: str, b: dict[str, Any]) -> str:
     tte = b["time_to_exhaustion_s"]
     return (
         f"{name:<28} budget left {b['remaining_pct']:>7.2f} %  "
-        f"({b['consumed_minutes']:.1f} of {b['allowed_minutes']:.0f} min over {b['window_days']:g} d"
+        f"({b['consumed_minutes']:.1f} of {b['allowed_minutes']:.0f} min over {b['window_days']:g} "
+        "d"
         + (f", {b['agents']} agents" if b["scope"].startswith("fleet:") else "")
         + f")  burn {b['recent_burn_rate']:.2f}x last hour  exhausted in {_duration(tte)}"
     )
@@ -65,11 +66,12 @@ def _print_episode(e: dict[str, Any]) -> None:
     )
     click.echo(
         f"  {e['episode_id']}  {e['agent_id']:<28} {state:<20} {_duration(e['duration_s']):>8}  "
-        f"tier {e['tier_reached']}  [{_tiers(e['escalations'])}]  {','.join(e['breached_terms'])}{ack}"
+        f"tier {e['tier_reached']}  [{_tiers(e['escalations'])}]  "
+        f"{','.join(e['breached_terms'])}{ack}"
     )
 
 
-@main.group("sla")
+@click.group("sla")
 def sla_group() -> None:
     """SLA enforcement: violation episodes, escalation tiers, error budgets."""
 
@@ -99,7 +101,8 @@ def sla_status(agent_id: str | None, fleet_name: str | None, limit: int, as_json
             click.echo(json.dumps(report, indent=2, default=str))
             return
         click.echo(
-            f"{agent_id}  fleet {report['fleet']}  {report['status']}  traffic weight {report['traffic_weight']}  "
+            f"{agent_id}  fleet {report['fleet']}  {report['status']}  traffic weight "
+            f"{report['traffic_weight']}  "
             f"SLA {report['sla_template']} ({report['sla_id'] or 'template terms'})"
         )
         click.echo(_budget_line("error budget", report["budget"]))
@@ -130,7 +133,8 @@ def sla_status(agent_id: str | None, fleet_name: str | None, limit: int, as_json
                     )
                 )
                 click.echo(
-                    f"      tier {x['tier']} {x['action']:<9} {x['status']:<8} on {x['queue'] or '-':<17} "
+                    f"      tier {x['tier']} {x['action']:<9} {x['status']:<8} on "
+                    f"{x['queue'] or '-':<17} "
                     f"sent at {_duration(x['episode_age_s'])}  {detail}"
                 )
         for d in report["disputes"]:
@@ -151,7 +155,8 @@ def sla_status(agent_id: str | None, fleet_name: str | None, limit: int, as_json
         click.echo(_budget_line(f"fleet {name}", b))
     for alert in report["alerts"]:
         click.echo(
-            f"ALERT {alert['severity']:<6} {alert['rule']:<12} {alert['scope']} since {alert['fired_at'][:19]}"
+            f"ALERT {alert['severity']:<6} {alert['rule']:<12} {alert['scope']} since "
+            f"{alert['fired_at'][:19]}"
         )
     sweep = report["last_sweep"]
     if sweep:
@@ -161,7 +166,8 @@ def sla_status(agent_id: str | None, fleet_name: str | None, limit: int, as_json
             else f"{sweep['done']}/{sweep['total']} so far"
         )
         click.echo(
-            f"last sweep: {sweep['total']} agents {took}, {sweep['breaches']} in breach, {sweep['failed']} failed"
+            f"last sweep: {sweep['total']} agents {took}, {sweep['breaches']} in breach, "
+            f"{sweep['failed']} failed"
         )
     click.echo(f"open episodes ({len(report['open_episodes'])}):")
     for e in report["open_episodes"][:limit]:

@@ -1,0 +1,264 @@
+"""What the benchmarks share: a work directory, bench data in bulk, CPU and memory
+readings from /proc, and the bare client their limits are measured with."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from fleet.gateway.tools import ToolCall
+
+T = TypeVar("T")
+
+
+@contextmanager
+def workdir(keep: str | None, prefix: str) -> Iterator[Path]:
+    """KEEP if given (left behind for a look at the logs), else a temporary directory
+    removed after."""
+    base = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=prefix))
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        yield base
+    finally:
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def bench_manifest(agents: int, groups: int = 4, fleet: str = "bench") -> dict[str, Any]:
+    per_group, rest = divmod(agents, groups)
+    out = []
+    for g in range(groups):
+        count = per_group + (1 if g < rest else 0)
+        if count:
+            out.append(
+                {
+                    "id_prefix": f"seg{g}",
+                    "count": count,
+                    "tier": "starter",
+                    "initial_balance": "25.00",
+                    "capabilities": ["support"],
+                    "trust_claims": [{"type": "operator", "value": "bench"}],
+                    "sla_template": "standard-support" if g % 2 == 0 else "premium-support",
+                    "pricing": {"per_task": "0.02"},
+                }
+            )
+    return {"fleet": fleet, "environment": "test", "agents": out}
+
+
+def sessions_for(settings: Any) -> Any:
+    from fleet.storage.db import engine_for, session_factory
+
+    return session_factory(engine_for(settings.sqlalchemy_url))
+
+
+def insert_bench_agents(
+    sessions: Any,
+    agent_ids: list[str],
+    *,
+    fleet: str,
+    policy: Any,
+    template: str = "standard-support",
+    status: str = "active",
+) -> None:
+    """Agent rows and their contracts, in bulk (what provisioning would have left behind)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    from fleet.storage.db import write_connection
+    from fleet.storage.records import Agent, SlaContract
+
+    now = datetime.now(UTC)
+    terms = policy.sla_templates[template].model_dump(mode="json")
+    with write_connection(sessions) as conn:
+        for start in range(0, len(agent_ids), 1000):
+            chunk = agent_ids[start : start + 1000]
+            conn.execute(
+                insert(Agent),
+                [
+                    {
+                        "agent_id": a,
+                        "fleet": fleet,
+                        "environment": "bench",
+                        "id_prefix": a.split("-")[0],
+                        "tier": "starter",
+                        "capabilities": ["support"],
+                        "sla_template": template,
+                        "status": status,
+                        "steps_done": [],
+                        "traffic_weight": "1",
+                        "extra": {},
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for a in chunk
+                ],
+            )
+            conn.execute(
+                insert(SlaContract),
+                [
+                    {
+                        "sla_id": f"sla-{a}",
+                        "agent_id": a,
+                        "template": template,
+                        "terms": terms,
+                        "created_at": now,
+                    }
+                    for a in chunk
+                ],
+            )
+
+
+def celery_sender(app: Any) -> Any:
+    def send(messages: Any) -> None:
+        with app.producer_or_acquire() as producer:
+            for name, kwargs in messages:
+                app.send_task(name, kwargs=kwargs, producer=producer, ignore_result=True)
+
+    return send
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its reaped children (Linux /proc), so a
+    benchmark can say where the machine's time went even on a noisy host."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of every process in a process group (a worker and its pool), in MB."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[2]) != pgid:  # field 5: pgrp
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1024
+
+
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU of every live process in a process group (a worker and its pool)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[2]) == pgid:
+                total += int(stat[11]) + int(stat[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_fast(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a limit on uvloop when it is installed: the limit is the fastest client we have."""
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+Phases = Sequence[Sequence[ToolCall[Any]]]
+
+
+@dataclass(frozen=True)
+class LimitRun:
+    seconds: float
+    calls: int
+    failed: int
+
+
+def bare_client_limit(
+    url: str,
+    admin_key: str,
+    units: Sequence[Phases],
+    concurrency: int,
+    timeout_s: float = 30.0,
+) -> LimitRun:
+    """The limit: the same gateway calls sent by a bare aiohttp session, bodies pre-encoded,
+    ``concurrency`` units in flight.
+
+    A unit is what the system under test does for one agent: phases in order, the
+    calls of a phase sent together. A failed call is counted, not retried.
+    """
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"}
+    encoded = [
+        [[orjson.dumps({"tool": c.tool, "input": c.input}) for c in phase] for phase in unit]
+        for unit in units
+    ]
+
+    failed = 0
+
+    async def run() -> float:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(
+            headers=headers,
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as session:
+
+            async def call(body: bytes) -> None:
+                nonlocal failed
+                try:
+                    async with session.post(url, data=body) as response:
+                        orjson.loads(await response.read())
+                        failed += response.status != 200
+                except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+                    failed += 1
+
+            todo = iter(encoded)
+
+            async def worker() -> None:
+                for unit in todo:
+                    for phase in unit:
+                        await asyncio.gather(*(call(body) for body in phase))
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(min(concurrency, len(encoded)))))
+            return time.perf_counter() - started
+
+    seconds = run_fast(run())
+    calls = sum(len(phase) for unit in encoded for phase in unit)
+    return LimitRun(seconds, calls, failed)
+
+
+def limit_fields(measured_s: float, limit_s: float) -> dict[str, float]:
+    """The last JSON line's limit and ratio (how many times the limit the system took)."""
+    return {"limit_s": round(limit_s, 3), "ratio": round(measured_s / limit_s, 2)}
+
+
+def limit_line(limit: LimitRun, measured_s: float, what: str) -> str:
+    return (
+        f"limit ({what}): {limit.calls} calls in {limit.seconds:.2f} s, {limit.failed} failed "
+        f"| ratio {measured_s / limit.seconds:.2f}"
+    )

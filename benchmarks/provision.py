@@ -1,0 +1,154 @@
+"""`fleet bench provision`: a manifest provisioned through the provisioning queue, then again.
+
+The limit is each agent's gateway calls in the pipeline's order (register, wallet,
+then claims, SLA and listing together, then the first health read) from a bare
+aiohttp session with as many agents in flight as the workers have threads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import click
+
+from benchmarks.common import (
+    Phases,
+    bare_client_limit,
+    bench_manifest,
+    cpu_seconds,
+    limit_fields,
+    limit_line,
+    sessions_for,
+    workdir,
+)
+
+
+def run(agents: int, latency_ms: float, workers: int, threads: int, keep: str | None) -> None:
+    from stack.local import local_stack
+
+    with (
+        workdir(keep, "fleet-bench-") as base,
+        local_stack(
+            base,
+            latency_ms=latency_ms,
+            jitter_ms=latency_ms / 5,
+            gateway={"max_connections": max(threads * 2, 100)},
+        ) as stack,
+    ):
+        for i in range(workers):
+            stack.start_worker(
+                ["provisioning"], concurrency=threads, pool="threads", name=f"provisioning-{i}"
+            )
+        stack.start_worker(["audit"], concurrency=2, name="audit")
+        app = stack.celery()
+        sessions = sessions_for(stack.settings)
+        manifest = bench_manifest(agents)
+        job_id = uuid.uuid4().hex
+        click.echo(
+            f"provisioning {agents} agents at {latency_ms:.0f} ms gateway latency; {workers} "
+            f"workers × {threads} threads"
+        )
+        started = time.perf_counter()
+        app.send_task(
+            "provisioning.provision_fleet",
+            kwargs={"manifest": manifest, "job_id": job_id, "submitted_by": "bench"},
+        )
+        progress = _wait_job(sessions, job_id, timeout_s=600)
+        wall = time.perf_counter() - started
+        counters = stack.sandbox().counters()
+        click.echo(
+            f"done {progress.done}, failed {progress.failed}, pending {progress.pending} in "
+            f"{wall:.2f} s "
+            f"({agents / wall:.0f} agents/s); register_agent calls: "
+            f"{counters['tools'].get('register_agent', 0)}"
+        )
+        cpu = {c.name: cpu_seconds(c.process.pid) for c in stack.sup.children}
+        click.echo("CPU seconds: " + ", ".join(f"{name} {sec:.1f}" for name, sec in cpu.items()))
+        # The same manifest again: it must find every agent it made and register none.
+        registered = counters["tools"].get("register_agent", 0)
+        rerun_id = uuid.uuid4().hex
+        rerun_started = time.perf_counter()
+        app.send_task(
+            "provisioning.provision_fleet",
+            kwargs={"manifest": manifest, "job_id": rerun_id, "submitted_by": "bench"},
+        )
+        rerun = _wait_job(sessions, rerun_id, timeout_s=600)
+        rerun_wall = time.perf_counter() - rerun_started
+        rerun_registers = stack.sandbox().counters()["tools"].get("register_agent", 0) - registered
+        click.echo(
+            f"re-run of the same manifest: done {rerun.done}, failed {rerun.failed} in "
+            f"{rerun_wall:.2f} s; "
+            f"register_agent calls: {rerun_registers}"
+        )
+        limit = bare_client_limit(
+            stack.settings.gateway_url,
+            stack.settings.gateway.admin_key.get_secret_value(),
+            _pipeline_calls(manifest, stack.settings.policy),
+            workers * threads,
+        )
+        click.echo(limit_line(limit, wall, f"bare client, {workers * threads} agents in flight"))
+        click.echo(
+            json.dumps(
+                {
+                    "agents": agents,
+                    "wall_s": round(wall, 2),
+                    "done": progress.done,
+                    "failed": progress.failed,
+                    "latency_ms": latency_ms,
+                    "rerun_register_agent_calls": rerun_registers,
+                    **limit_fields(wall, limit.seconds),
+                }
+            )
+        )
+
+
+def _pipeline_calls(manifest: dict[str, Any], policy: Any) -> list[Phases]:
+    """Per agent of the manifest, the calls a first provisioning run makes, under fresh ids."""
+    from fleet.gateway import tools
+
+    units: list[Phases] = []
+    for group in manifest["agents"]:
+        terms = policy.sla_templates[group["sla_template"]].model_dump(mode="json")
+        claims = [
+            {"type": "fleet-membership", "value": f"{manifest['fleet']}/test"},
+            *group["trust_claims"],
+        ]
+        for _ in range(group["count"]):
+            agent_id = f"lim-{uuid.uuid4().hex[:16]}"
+            metadata = {"fleet": manifest["fleet"], "environment": manifest["environment"]}
+            units.append(
+                [
+                    [
+                        tools.register_agent(
+                            agent_id, group["tier"], group["capabilities"], metadata
+                        )
+                    ],
+                    [tools.create_wallet(agent_id, group["initial_balance"])],
+                    [
+                        tools.build_claim_chain(agent_id, claims),
+                        tools.create_sla(agent_id, terms),
+                        tools.register_service(agent_id, group["capabilities"], group["pricing"]),
+                    ],
+                    [tools.get_analytics(agent_id)],
+                ]
+            )
+    return units
+
+
+def _wait_job(sessions: Any, job_id: str, timeout_s: float) -> Any:
+    from fleet.provisioning.pipeline import job_progress
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        progress = job_progress(sessions, job_id, with_agents=False)
+        if progress is not None and progress.state in ("done", "invalid", "refused"):
+            return progress
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"job {job_id} not done after {timeout_s:.0f} s: "
+                f"{progress and progress.as_dict(False)}"
+            )
+        time.sleep(0.25)

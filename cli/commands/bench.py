@@ -1,0 +1,277 @@
+"""`fleet bench …`: the launcher of the benchmarks in `benchmarks/`, imported when one runs.
+
+Each benchmark starts a private stack on free ports and prints a JSON object as
+its last line, with the limit measured in the same run and the ratio to it.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cli.common import config_errors_exit
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks against a private stack (Redis, sandbox, real workers) on free ports."""
+
+
+@bench.command("provision")
+@click.option("--agents", type=int, default=1000, show_default=True)
+@click.option(
+    "--latency-ms", type=float, default=50.0, show_default=True, help="Sandbox latency per call."
+)
+@click.option(
+    "--workers", type=int, default=2, show_default=True, help="Provisioning worker processes."
+)
+@click.option(
+    "--threads",
+    type=int,
+    default=24,
+    show_default=True,
+    help="Threads per worker (agents in flight each); measured, 24 beats 48 (less GIL contention).",
+)
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep the stack's files (logs, database) here.",
+)
+@config_errors_exit
+def bench_provision(
+    agents: int, latency_ms: float, workers: int, threads: int, keep: str | None
+) -> None:
+    """Provision AGENTS agents from a manifest through the queue; time until every agent is done."""
+    from benchmarks import provision
+
+    provision.run(agents, latency_ms, workers, threads, keep)
+
+
+@bench.command("sla")
+@click.option("--agents", type=int, default=10000, show_default=True)
+@click.option(
+    "--latency-ms", type=float, default=50.0, show_default=True, help="Sandbox latency per call."
+)
+@click.option("--workers", type=int, default=1, show_default=True, help="sla worker processes.")
+@click.option(
+    "--threads", type=int, default=4, show_default=True, help="Batches in flight per worker."
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Agents per message (default FLEET_SLA__BATCH_SIZE).",
+)
+@click.option(
+    "--in-flight",
+    type=int,
+    default=None,
+    help="Checks in flight per batch (default FLEET_SLA__CHECKS_IN_FLIGHT).",
+)
+@click.option(
+    "--sweeps",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Sweeps in a row (the first opens the episodes).",
+)
+@click.option(
+    "--keep", type=click.Path(file_okay=False), default=None, help="Keep the stack's files here."
+)
+@config_errors_exit
+def bench_sla(
+    agents: int,
+    latency_ms: float,
+    workers: int,
+    threads: int,
+    batch_size: int | None,
+    in_flight: int | None,
+    sweeps: int,
+    keep: str | None,
+) -> None:
+    """A compliance sweep of AGENTS agents through the sla queue against the sandbox; time until
+    every agent is checked."""
+    from benchmarks import sla
+
+    sla.run(agents, latency_ms, workers, threads, batch_size, in_flight, sweeps, keep)
+
+
+@bench.command("escalation-flood")
+@click.option(
+    "--actions",
+    type=int,
+    default=5000,
+    show_default=True,
+    help="Tier-1 actions flooding escalation.tier1.",
+)
+@click.option(
+    "--drain",
+    is_flag=True,
+    help="Also wait for the tier-1 backlog to drain and report how long it took.",
+)
+@click.option(
+    "--keep", type=click.Path(file_okay=False), default=None, help="Keep the stack's files here."
+)
+@config_errors_exit
+def bench_escalation_flood(actions: int, drain: bool, keep: str | None) -> None:
+    """A tier-4 freeze sent behind a flood of tier-1 actions: one worker per tier queue keeps it
+    prompt."""
+    from benchmarks import escalation
+
+    escalation.run(actions, drain, keep)
+
+
+@bench.command("sweep")
+@click.option("--agents", type=int, default=10000, show_default=True)
+@click.option(
+    "--latency-ms",
+    type=float,
+    default=50.0,
+    show_default=True,
+    help="Sandbox latency per call (jitter ±20 %).",
+)
+@click.option(
+    "--sweeps",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Sweeps in a row; each is followed by a limit run.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="metrics worker processes (celery worker).",
+)
+@click.option(
+    "--pool", type=click.Choice(["prefork", "threads"]), default="prefork", show_default=True
+)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Pool size per worker: processes (prefork) or batches at once (threads); "
+    "4 is FLEET_WORKER__CONCURRENCY's default.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Agents per message (default FLEET_METRICS__BATCH_SIZE).",
+)
+@click.option(
+    "--in-flight",
+    type=int,
+    default=None,
+    help="Calls in flight per process (default FLEET_METRICS__IN_FLIGHT).",
+)
+@click.option(
+    "--error-rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of gateway calls answering 500.",
+)
+@click.option(
+    "--timeout-rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of gateway calls never answered.",
+)
+@click.option(
+    "--limit/--no-limit",
+    "with_limit",
+    default=True,
+    show_default=True,
+    help="Measure the limit after each sweep "
+    "(--no-limit: sweeps only, e.g. to watch memory over many).",
+)
+@click.option(
+    "--keep", type=click.Path(file_okay=False), default=None, help="Keep the stack's files here."
+)
+@config_errors_exit
+def bench_sweep(
+    agents: int,
+    latency_ms: float,
+    sweeps: int,
+    workers: int,
+    pool: str,
+    concurrency: int,
+    batch_size: int | None,
+    in_flight: int | None,
+    error_rate: float,
+    timeout_rate: float,
+    with_limit: bool,
+    keep: str | None,
+) -> None:
+    """Monitoring sweeps of AGENTS agents through the metrics queue, each against the limit.
+
+    Sweep time is from sending the tick to the sweep's record saying the last
+    snapshot and the fleet aggregate are stored. The limit is a bare asyncio
+    poller making the same 4·N calls at the same concurrency, in this process,
+    with each client (the sweep's keep-alive pool, a bare aiohttp session): the
+    faster of the two.
+    """
+    from benchmarks import sweep
+
+    sweep.run(
+        agents,
+        latency_ms,
+        sweeps,
+        workers,
+        pool,
+        concurrency,
+        batch_size,
+        in_flight,
+        error_rate,
+        timeout_rate,
+        with_limit,
+        keep,
+    )
+
+
+@bench.command("audit")
+@click.option("--entries", type=int, default=50000, show_default=True)
+@click.option(
+    "--batch", type=int, default=None, help="Events per queue message (default audit.batch_size)."
+)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Audit worker processes (or threads).",
+)
+@click.option(
+    "--pool", type=click.Choice(["prefork", "threads"]), default="prefork", show_default=True
+)
+@click.option(
+    "--mirror", is_flag=True, help="Also mirror to the (zero-latency) sandbox while appending."
+)
+@click.option(
+    "--keep", type=click.Path(file_okay=False), default=None, help="Keep the stack's files here."
+)
+@config_errors_exit
+def bench_audit(
+    entries: int, batch: int | None, concurrency: int, pool: str, mirror: bool, keep: str | None
+) -> None:
+    """Push ENTRIES audit events through the audit queue into SQLite; the last line is the rate."""
+    from benchmarks import audit
+
+    audit.run_audit(entries, batch, concurrency, pool, mirror, keep)
+
+
+@bench.command("audit-verify")
+@click.option("--entries", type=int, default=1_000_000, show_default=True)
+@click.option(
+    "--keep", type=click.Path(file_okay=False), default=None, help="Keep the database here."
+)
+@config_errors_exit
+def bench_audit_verify(entries: int, keep: str | None) -> None:
+    """Fill a SQLite log with ENTRIES entries, then time `fleet audit verify` on it."""
+    from benchmarks import audit
+
+    audit.run_verify(entries, keep)
