@@ -343,7 +343,10 @@ def _audit_context(settings: Settings) -> tuple[Any, Any]:
     engine = engine_for(settings.sqlalchemy_url)
     migrate(engine)
     # Decisions are audited through the queue when Redis is up, straight into the log when not.
-    import tasks.audit  # noqa: F401
+    from workers.app import app
+    from workers.runtime import on_demand
+
+    on_demand(app)
 
     return AuditLog.from_settings(settings, engine=engine), Approvals(
         session_factory(engine), settings.policy.approvals, clock=SystemClock()
@@ -559,10 +562,12 @@ def _decide(request_id: str, by: str, comment: str, approve: bool) -> None:
         sys.exit(1)
     _print_request(view)
     if view.status.value == "approved" and view.task:
-        from tasks.audit import dispatch_approved
+        from fleet.approvals.gate import dispatch_approved
+        from workers.app import app
+        from workers.runtime import on_demand
 
         try:
-            dispatch_approved(service)
+            dispatch_approved(service, on_demand(app).send)
             click.echo(f"sent {view.task}")
         except Exception as exc:  # noqa: BLE001 - the sweep sends it later
             click.echo(f"approved; {view.task} will be sent by the next sweep ({exc})", err=True)

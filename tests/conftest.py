@@ -16,7 +16,53 @@ from pathlib import Path
 
 import pytest
 
+from config.settings import get_settings, reset_settings_cache
+from fleet.audit.events import AuditEvent
+from fleet.runtime import Message, Runtime
+from fleet.storage.db import engine_for, migrate
 from sandbox.control import SandboxControl
+from workers import runtime as process_runtime
+from workers.queues import TaskName
+
+# --- the runtime -------------------------------------------------------------------------
+
+
+class RecordingRuntime(Runtime):
+    """The runtime tests use: messages it would send land in ``sent``, audit events in ``events``."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+        self.events: list[AuditEvent] = []
+        super().__init__(
+            get_settings(),
+            send=self.sent.extend,
+            enqueue_audit=self.events.extend,
+            alert_task=TaskName.DELIVER_ALERTS,
+            escalate_task=TaskName.SLA_EVALUATE_AGENT,
+        )
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingRuntime]:
+    """This process's runtime on a fresh SQLite database in tmp_path; tasks and routes use it.
+
+    Environment set by fixtures listed before this one is read; the one reset is here.
+    """
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    monkeypatch.setenv("FLEET_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FLEET_DATABASE_URL", url)
+    reset_settings_cache()
+    migrate(engine_for(url))
+    rt = RecordingRuntime()
+    rt.install_audit_sink()
+    previous = process_runtime.use(rt)
+    try:
+        yield rt
+    finally:
+        process_runtime.use(previous)
+        rt.close()
+        reset_settings_cache()
+
 
 # --- the gateway sandbox -----------------------------------------------------------------
 

@@ -47,13 +47,15 @@ def connect_signals(celery_app: Celery) -> None:
     def on_shutdown(**_: object) -> None:
         runtime.stop()
 
+    setup_logging.connect(_configure_logging, weak=False)
+    task_rejected.connect(_log_rejected, weak=False)
+    task_unknown.connect(_log_unknown, weak=False)
     worker_init.connect(on_worker_init, weak=False)
     worker_process_init.connect(on_process_init, weak=False)
     worker_process_shutdown.connect(on_shutdown, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
 
 
-@setup_logging.connect
 def _configure_logging(**_: object) -> None:
     logging.basicConfig(
         level=get_settings().log_level,
@@ -61,7 +63,6 @@ def _configure_logging(**_: object) -> None:
     )
 
 
-@task_rejected.connect
 def _log_rejected(message: object = None, exc: BaseException | None = None, **_: object) -> None:
     # Celery already logs the refusal of untrusted content; this adds the
     # queue so an operator knows which producer to chase.
@@ -69,6 +70,5 @@ def _log_rejected(message: object = None, exc: BaseException | None = None, **_:
     log.error("refused message on queue %s: %s", delivery.get("routing_key"), exc)
 
 
-@task_unknown.connect
 def _log_unknown(name: str | None = None, **_: object) -> None:
     log.error("refused message for unknown task %r", name)
