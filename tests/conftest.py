@@ -13,14 +13,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from config.settings import get_settings, reset_settings_cache
+from fleet import audit
 from fleet.audit.events import AuditEvent
 from fleet.runtime import Message, Runtime
 from fleet.storage.db import engine_for, migrate
 from sandbox.control import SandboxControl
+from tests.support.sla_world import World, make_world
 from workers import runtime as process_runtime
 from workers.queues import TaskName
 
@@ -28,7 +31,7 @@ from workers.queues import TaskName
 
 
 class RecordingRuntime(Runtime):
-    """The runtime tests use: messages it would send land in ``sent``, audit events in ``events``."""
+    """The runtime of tests: messages sent land in ``sent``, audit events in ``events``."""
 
     def __init__(self) -> None:
         self.sent: list[Message] = []
@@ -166,3 +169,30 @@ def spawn_sandbox() -> Iterator[Callable[..., SandboxProcess]]:
     """Start extra sandboxes with their own flags; each stops when the test ends."""
     with contextlib.ExitStack() as stack:
         yield lambda *args: stack.enter_context(sandbox_process(*args))
+
+
+# --- the SLA and escalation world --------------------------------------------------------
+
+
+@pytest.fixture
+def world_factory(tmp_path: Path) -> Iterator[Callable[..., World]]:
+    """Make worlds (migrated database, fakeredis, manual clock, scripted gateway) for this test."""
+    made: list[World] = []
+    with audit.capture() as events:
+
+        def make(url: str | None = None, **policy_changes: Any) -> World:
+            world = make_world(tmp_path, len(made), events, url, **policy_changes)
+            made.append(world)
+            return world
+
+        try:
+            yield make
+        finally:
+            for w in made:
+                w.client.close()
+                w.sessions.kw["bind"].dispose()
+
+
+@pytest.fixture
+def world(world_factory: Callable[..., World]) -> World:
+    return world_factory(escalation__remediation_webhook="http://remediation.test/hook")

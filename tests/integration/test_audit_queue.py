@@ -18,9 +18,9 @@ from fleet.audit.log import AuditLog
 from fleet.audit.signing import read_checkpoint_file
 from fleet.audit.verify import verify_log
 from fleet.storage.db import create_db_engine, migrate
-from tasks.audit import enqueue
 from tests.support.system import celery_worker, producer_app, redis_server, wait_until
 from workers.queues import FleetQueue
+from workers.runtime import enqueue_audit
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,9 @@ def test_entries_pass_through_the_queue_into_one_chain_and_redelivery_adds_nothi
         log_file,
     ):
         app = producer_app(redis_url)
-        enqueue(events, celery_app=app)  # three messages, appended by two processes at once
+        enqueue_audit(
+            app, settings.policy.audit.batch_size, events
+        )  # three messages, appended by two processes at once
         app.send_task(
             "audit.append_batch", args=([e.model_dump(mode="json") for e in events[:500]],)
         )  # a redelivery

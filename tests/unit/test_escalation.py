@@ -17,7 +17,7 @@ from fleet.sla import service
 from fleet.sla.episodes import get_episode
 from fleet.sla.models import ActionStatus, SlaDispute, SlaEscalation
 from fleet.storage.records import AgentStatus
-from tests.unit.test_sla_fixtures import World, world, world_factory  # noqa: F401  (fixtures)
+from tests.support.sla_world import World
 
 CHECK_EVERY_MIN = 5
 

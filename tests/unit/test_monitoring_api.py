@@ -21,6 +21,7 @@ from fleet.monitoring import sweep
 from fleet.monitoring.alerts import Handoff, apply_changes
 from fleet.monitoring.rules import Change, Rule
 from fleet.monitoring.snapshot import Health, Snapshot, write_snapshots
+from tests.conftest import RecordingRuntime
 
 AUTH = {"Authorization": "Bearer fleet-demo-token"}
 AGENT = "seg0-0001-00000001"

@@ -28,7 +28,7 @@ from fleet.sla.models import SlaBurnAlert, SlaEpisode
 from fleet.sla.status import agent_report, fleet_report
 from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus
-from tests.unit.test_sla_fixtures import START, World, world, world_factory, write_policy  # noqa: F401
+from tests.support.sla_world import START, World, write_policy
 
 TERMS = {"p99_latency_ms": 2000, "uptime_pct": "99.5"}
 
