@@ -1,4 +1,4 @@
-"""What every task module shares: the task decorator with the shared defaults, the runtime, heartbeats."""
+"""What every task module shares: the task decorator and its defaults, the runtime, heartbeats."""
 
 from __future__ import annotations
 

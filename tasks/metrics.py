@@ -95,7 +95,7 @@ def poll_batch(
 def deliver_alerts(
     self: Task, alert_ids: list[str], urls: list[str] | None = None, attempt: int = 1
 ) -> int:
-    """Post alert notices to the configured webhooks; a URL that failed transiently is retried later, bounded."""
+    """Post alert notices to the webhooks; a URL that failed transiently is retried, bounded."""
     rt = runtime()
     policy = rt.settings.policy.alerts
     if not (policy.webhooks or policy.routes):

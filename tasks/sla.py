@@ -1,10 +1,11 @@
-"""Tasks on the `sla` queue: the compliance sweep, single-agent checks, the escalation tick, burn alerts.
+"""Tasks on the `sla` queue: the sweep, single-agent checks, the escalation tick, burn alerts.
 
 Public entry point for other parts of the system (the monitoring alert rules):
 
     task name:  sla.evaluate_agent
     kwargs:     {"agent_id": "<id>", "source": "alert:<rule>"}
-                optional "counterparty": "<who the breach hurts>", "amount": "<decimal string claimed>"
+                optional "counterparty": "<who the breach hurts>",
+                         "amount": "<decimal string claimed>"
 
 It checks that agent now and opens a violation episode if it is in breach;
 escalation starts from there. The result names the episode (or none).

@@ -153,7 +153,7 @@ def sandbox_process(*args: str, ready_timeout_s: float = 60.0) -> Iterator[Sandb
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[SandboxProcess]:
-    """One sandbox for the session, no added latency; tests call ``sandbox.reset()`` or use unique ids.
+    """One sandbox for the session, no added latency; tests ``sandbox.reset()`` or use unique ids.
 
     ``sandbox.url`` is the base URL, ``sandbox.gateway_url`` the tool endpoint
     (base + "/v1"), ``sandbox.admin_key`` the fleet-admin key.

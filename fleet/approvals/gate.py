@@ -90,7 +90,7 @@ def run_approved(
 
 
 def dispatch_approved(approvals: Approvals, send: Callable[[Sequence[Message]], None]) -> list[str]:
-    """Send the task of every approved request not sent yet, with its ``approval_id``; returns their ids.
+    """Send the task of each approved request not sent yet, with ``approval_id``; returns their ids.
 
     Sending before marking means a crash in between sends it again; the task
     claims its approval before acting, so the second copy does nothing.

@@ -12,7 +12,7 @@ Producer API — all a provisioning step, an escalation or an approval needs::
         details={"tier": 4, "balance": "3.20"}, # JSON; money and ratios as strings, no floats
         article=audit.Article.HUMAN_OVERSIGHT,  # default Art. 12 (record-keeping)
         approval=audit.ApprovalState.APPROVED,  # default NONE; approval_id="…" when there is one
-        trace=trace_context,                    # anything with .trace_id/.span_id (or trace_id=, span_id=)
+        trace=trace_context,                    # has .trace_id/.span_id (or trace_id=, span_id=)
         clock=clock,                            # or time=…; default: now
     )
 

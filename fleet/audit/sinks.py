@@ -1,8 +1,9 @@
 """Where recorded events go: one sink per process, installed by whoever runs it.
 
 Worker, API and CLI processes install it from their runtime
-(``Runtime.install_audit_sink``): events go to the ``audit`` queue. Tests use :func:`capture`. With no
-sink installed :func:`emit` raises instead of dropping an entry on the floor.
+(``Runtime.install_audit_sink``): events go to the ``audit`` queue. Tests use
+:func:`capture`. With no sink installed :func:`emit` raises instead of dropping
+an entry on the floor.
 """
 
 from __future__ import annotations

@@ -507,9 +507,10 @@ def _notify(
     minutes = int(ep.duration_s(deps.clock.now()) // 60)
     body = (
         f"Agent {ep.agent_id} of fleet {ctx.fleet} has been in breach of its SLA for {minutes} min "
-        f"(terms: {', '.join(ep.breached_terms)}; episode {ep.episode_id}, opened {ep.opened_at:%Y-%m-%d %H:%M} UTC). "
-        f"Tiers 1-2 have run. Acknowledge with `fleet sla ack {ep.episode_id} --by NAME` to hold the freeze "
-        f"for {int(esc.ack_timeout_s // 60)} min."
+        f"(terms: {', '.join(ep.breached_terms)}; episode {ep.episode_id}, "
+        f"opened {ep.opened_at:%Y-%m-%d %H:%M} UTC). "
+        f"Tiers 1-2 have run. Acknowledge with `fleet sla ack {ep.episode_id} --by NAME` "
+        f"to hold the freeze for {int(esc.ack_timeout_s // 60)} min."
     )
     message = steps.do(
         "message",
@@ -570,7 +571,8 @@ def _freeze(
     release = steps.do("release_request", release_request)
     body = (
         f"Agent {ep.agent_id} of fleet {ctx.fleet} has been paused and its wallet frozen after "
-        f"{int(ep.duration_s(deps.clock.now()) // 60)} min in breach of its SLA (episode {ep.episode_id}). "
+        f"{int(ep.duration_s(deps.clock.now()) // 60)} min in breach of its SLA "
+        f"(episode {ep.episode_id}). "
         f"It stays frozen until a human approves release request {release.get('request_id')} "
         f"(`fleet approvals approve {release.get('request_id')} --by NAME`)."
     )
@@ -609,7 +611,8 @@ def _resolve(
     minutes = int(ep.duration_s(deps.clock.now()) // 60)
     frozen = ctx.agent_status == AgentStatus.PAUSED
     body = (
-        f"Agent {ep.agent_id} of fleet {ctx.fleet} is within its SLA again: episode {ep.episode_id} "
+        f"Agent {ep.agent_id} of fleet {ctx.fleet} is within its SLA again: "
+        f"episode {ep.episode_id} "
         f"({', '.join(ep.breached_terms)}) lasted {minutes} min and is closed ({ep.close_reason}). "
         + ("Its traffic weight is restored. " if ep.weight_before is not None else "")
         + (

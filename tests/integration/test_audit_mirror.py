@@ -1,4 +1,7 @@
-"""Mirroring to the gateway through the outbox, against the sandbox over HTTP: outages lose and double nothing."""
+"""Mirroring to the gateway through the outbox, against the sandbox over HTTP.
+
+Outages lose and double nothing.
+"""
 
 from __future__ import annotations
 

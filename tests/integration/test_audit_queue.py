@@ -62,9 +62,8 @@ def test_entries_pass_through_the_queue_into_one_chain_and_redelivery_adds_nothi
         log_file,
     ):
         app = producer_app(redis_url)
-        enqueue_audit(
-            app, settings.policy.audit.batch_size, events
-        )  # three messages, appended by two processes at once
+        # Three messages, appended by two processes at once.
+        enqueue_audit(app, load_settings().policy.audit.batch_size, events)
         app.send_task(
             "audit.append_batch", args=([e.model_dump(mode="json") for e in events[:500]],)
         )  # a redelivery

@@ -1,4 +1,4 @@
-"""Importing any module of the project changes nothing: no audit sink, no beat entries, no config."""
+"""Importing any module of the project changes nothing: no audit sink, beat entry or config."""
 
 from __future__ import annotations
 

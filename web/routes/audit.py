@@ -68,7 +68,7 @@ def compliance(
     fmt: Literal["json", "html"] = Query("json", alias="format"),
     gateway: bool = True,
 ) -> dict[str, Any] | HTMLResponse:
-    """Per article 9, 11, 12, 13, 14, 15: our evidence merged with the gateway's (also written to files)."""
+    """Per article 9, 11-15: our evidence merged with the gateway's (also written to files)."""
     from fleet.audit.compliance import produce_report, render_html
 
     call = rt.gateway_sync.call if gateway else None

@@ -1,4 +1,4 @@
-"""Fleet health over HTTP: Prometheus at /metrics (no auth), status, sweeps, alerts, task-log ingestion."""
+"""Fleet health over HTTP: Prometheus at /metrics (no auth), status, sweeps, alerts, task logs."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def metrics(rt: RuntimeDep) -> Response:
 
 @private.get("/fleet")
 def fleet(rt: RuntimeDep) -> dict[str, Any]:
-    """The last finished sweep's view of each fleet ("*": all of them), and open alerts by severity."""
+    """The last finished sweep's view of each fleet ("*": all), and open alerts by severity."""
     fleets, meta = sweeping.fleet_health(rt.redis)
     return {"fleets": fleets, "sweep": meta, "open_alerts": alerts.open_counts(rt.sessions)}
 
@@ -88,7 +88,7 @@ def task_logs(
     rt: RuntimeDep,
     records: Annotated[list[behaviour.TaskLog], Body(max_length=MAX_TASK_LOGS)],
 ) -> dict[str, int]:
-    """Agents report finished tasks here (see fleet.monitoring.behaviour); counted once per task id."""
+    """Agents report finished tasks here (fleet.monitoring.behaviour); counted once per task id."""
     s = rt.settings
     accepted = behaviour.ingest(
         rt.redis, records, s.policy.alerts.behaviour.window_s, epoch_seconds()

@@ -1,4 +1,4 @@
-"""SLA enforcement over HTTP: budgets, episodes with the tiers they reached, acknowledgement, checks.
+"""SLA enforcement over HTTP: budgets, episodes and the tiers they reached, acks, checks.
 
 Prometheus: the API registers the SLA collector (:mod:`fleet.sla.metrics`) on
 the default registry when it starts (web/app.py), which /metrics serves.
@@ -43,7 +43,7 @@ class Check(BaseModel):
 
 @router.get("/status")
 def fleet_status(rt: RuntimeDep, fleet: str | None = None) -> dict[str, Any]:
-    """Per fleet: error budget left, time to exhaustion, burn alerts firing; open and recent episodes."""
+    """Per fleet: budget left, time to exhaustion, burn alerts firing; open and recent episodes."""
     from fleet.sla.status import fleet_report
 
     return fleet_report(rt.sessions, rt.settings.policy, rt.clock.now(), fleet=fleet, r=_redis(rt))
