@@ -83,7 +83,8 @@ class Runtime:
         self.redis: redis.Redis = connect(settings.redis_url)
         self.audit_log = AuditLog.from_settings(settings, engine=self.engine)
         self.approvals = Approvals(self.sessions, settings.policy.approvals, clock=self.clock)
-        self._lock = threading.Lock()
+        # Re-entrant: building one part builds the parts it uses.
+        self._lock = threading.RLock()
         self._built: dict[str, Any] = {}
         self._previous_sink: audit.Sink | None = None
         self._installed_sink: audit.Sink | None = None
