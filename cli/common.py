@@ -45,7 +45,10 @@ def audit_context(settings: Settings) -> tuple[Any, Any]:
     engine = engine_for(settings.sqlalchemy_url)
     migrate(engine)
     # Decisions are audited through the queue when Redis is up, straight into the log when not.
-    import tasks.audit  # noqa: F401
+    from workers.app import app
+    from workers.runtime import on_demand
+
+    on_demand(app)
 
     return AuditLog.from_settings(settings, engine=engine), Approvals(
         session_factory(engine), settings.policy.approvals, clock=SystemClock()

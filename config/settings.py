@@ -131,7 +131,6 @@ class ScheduleSettings(_Section):
     # Per-agent provisioning lock, renewed after every step: longer than one
     # step can take (retry ceiling × gateway timeout).
     provisioning_lock_ttl_s: PositiveFloat = 60.0
-    retention_s: PositiveFloat = 86400.0
     # Behavioural signals come from task logs, not from the sweep's polls:
     # every five minutes is plenty for hour-long windows.
     behaviour_check_s: PositiveFloat = 300.0

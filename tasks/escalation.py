@@ -8,99 +8,68 @@ queue (tasks/sla.py).
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 from typing import Any
 
-import httpx
 from celery import Task
 
-from fleet.clock import SystemClock
-from fleet.escalation.actions import ActionDeps, run_action
+from fleet.escalation.actions import run_action
 from fleet.sla.models import RESOLVE_TIER
-from tasks import _deps
-from tasks._base import heartbeat_task
-from workers.app import app
-from workers.queues import FleetQueue
+from tasks._base import fleet_task, heartbeat_task, runtime
+from workers.queues import FleetQueue, TaskName
 
-tier1_heartbeat = heartbeat_task(FleetQueue.ESCALATION_TIER1.value)
-tier2_heartbeat = heartbeat_task(FleetQueue.ESCALATION_TIER2.value)
-tier3_heartbeat = heartbeat_task(FleetQueue.ESCALATION_TIER3.value)
-tier4_heartbeat = heartbeat_task(FleetQueue.ESCALATION_TIER4.value)
+tier1_heartbeat = heartbeat_task(FleetQueue.ESCALATION_TIER1)
+tier2_heartbeat = heartbeat_task(FleetQueue.ESCALATION_TIER2)
+tier3_heartbeat = heartbeat_task(FleetQueue.ESCALATION_TIER3)
+tier4_heartbeat = heartbeat_task(FleetQueue.ESCALATION_TIER4)
 
 # Countdowns stay below the broker's visibility timeout (see workers/celery_config.py).
 _MAX_COUNTDOWN_S = 3000
-
-
-@functools.cache
-def _http() -> httpx.Client:
-    return httpx.Client(
-        timeout=_deps.settings().policy.escalation.remediation_timeout_s, follow_redirects=False
-    )
-
-
-@functools.cache
-def action_deps() -> ActionDeps:
-    from tasks.audit import approvals
-
-    return ActionDeps(
-        _deps.sessions(),
-        _deps.settings().policy,
-        SystemClock(),
-        _deps.gateway(),
-        _http(),
-        approvals(),
-    )
 
 
 def _run(task: Task, episode_id: str, tier: int, approval_id: str | None) -> dict[str, Any]:
     worker = f"{task.request.hostname or socket.gethostname()}:{os.getpid()}"
     queue = (task.request.delivery_info or {}).get("routing_key")
     outcome = run_action(
-        action_deps(), episode_id, tier, worker=worker, queue=queue, approval_id=approval_id
+        runtime().escalation, episode_id, tier, worker=worker, queue=queue, approval_id=approval_id
     )
     if outcome.retry_in is not None:
         raise task.retry(countdown=min(outcome.retry_in, _MAX_COUNTDOWN_S), max_retries=None)
     return outcome.as_dict()
 
 
-@app.task(name="escalation.tier1.remediate", bind=True, acks_late=True, ignore_result=True)
+@fleet_task(TaskName.TIER1_REMEDIATE, bind=True)
 def remediate(
     self: Task, episode_id: str, tier: int = 1, approval_id: str | None = None
 ) -> dict[str, Any]:
     return _run(self, episode_id, 1, approval_id)
 
 
-@app.task(name="escalation.tier2.reroute", bind=True, acks_late=True, ignore_result=True)
+@fleet_task(TaskName.TIER2_REROUTE, bind=True)
 def reroute(
     self: Task, episode_id: str, tier: int = 2, approval_id: str | None = None
 ) -> dict[str, Any]:
     return _run(self, episode_id, 2, approval_id)
 
 
-@app.task(name="escalation.tier3.notify", bind=True, acks_late=True, ignore_result=True)
+@fleet_task(TaskName.TIER3_NOTIFY, bind=True)
 def notify(
     self: Task, episode_id: str, tier: int = 3, approval_id: str | None = None
 ) -> dict[str, Any]:
     return _run(self, episode_id, 3, approval_id)
 
 
-@app.task(name="escalation.tier4.freeze", bind=True, acks_late=True, ignore_result=True)
+@fleet_task(TaskName.TIER4_FREEZE, bind=True)
 def freeze(
     self: Task, episode_id: str, tier: int = 4, approval_id: str | None = None
 ) -> dict[str, Any]:
     return _run(self, episode_id, 4, approval_id)
 
 
-@app.task(name="escalation.tier3.resolve", bind=True, acks_late=True, ignore_result=True)
+@fleet_task(TaskName.TIER3_RESOLVE, bind=True)
 def resolve(
     self: Task, episode_id: str, tier: int = RESOLVE_TIER, approval_id: str | None = None
 ) -> dict[str, Any]:
     """The recovery stage of a closed episode: resolved notice, disputes resolved by policy."""
     return _run(self, episode_id, RESOLVE_TIER, approval_id)
-
-
-def reset() -> None:
-    for cached in (_http, action_deps):
-        cached.cache_clear()

@@ -15,26 +15,24 @@ agent id in its arguments.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
 
-from fleet.approvals import Approvals, NotApproved
-from fleet.gateway import Unavailable
+from fleet.approvals import NotApproved
+from fleet.approvals.gate import Held, clear, run_approved
 from fleet.hotstate import inflight
 from fleet.provisioning import lifecycle, pipeline
 from fleet.provisioning.manifest import ManifestError
-from tasks import _deps
-from tasks._base import heartbeat_task
+from tasks._base import fleet_task, heartbeat_task, runtime
 from workers.app import app
-from workers.queues import FleetQueue
+from workers.queues import FleetQueue, TaskName
 
 log = logging.getLogger(__name__)
 
-heartbeat = heartbeat_task(FleetQueue.PROVISIONING.value)
+heartbeat = heartbeat_task(FleetQueue.PROVISIONING)
 
 # Dispatching a thousand agents one message at a time costs ~1 s; sending
 # them over one producer connection keeps that to a fraction.
@@ -47,13 +45,13 @@ def dispatch_agents(job_id: str, agent_ids: list[str]) -> None:
             provision_agent.apply_async(args=(job_id, agent_id), producer=producer)
 
 
-@app.task(name="provisioning.provision_fleet", bind=True, acks_late=True)
+@fleet_task(TaskName.PROVISION_FLEET, bind=True, ignore_result=False)
 def provision_fleet(
     self: Task, manifest: Any, job_id: str | None = None, submitted_by: str = "celery"
 ) -> dict[str, Any]:
     job_id = job_id or self.request.id
     try:
-        submission = pipeline.submit_job(_deps.provisioning(), manifest, job_id, submitted_by)
+        submission = pipeline.submit_job(runtime().provisioning, manifest, job_id, submitted_by)
     except ManifestError as exc:
         # Bad input never retries: the job records every problem for whoever asks.
         raise Reject(f"invalid manifest: {exc}", requeue=False) from None
@@ -69,9 +67,9 @@ def provision_fleet(
     }
 
 
-@app.task(name="provisioning.provision_agent", acks_late=True, ignore_result=True)
+@fleet_task(TaskName.PROVISION_AGENT)
 def provision_agent(job_id: str, agent_id: str) -> dict[str, Any]:
-    status = pipeline.provision_agent(_deps.provisioning(), agent_id)
+    status = pipeline.provision_agent(runtime().provisioning, agent_id)
     return {
         "job_id": job_id,
         "agent_id": agent_id,
@@ -79,10 +77,10 @@ def provision_agent(job_id: str, agent_id: str) -> dict[str, Any]:
     }
 
 
-@app.task(name="provisioning.resume_stalled", acks_late=True)
+@fleet_task(TaskName.RESUME_STALLED, ignore_result=False)
 def resume_stalled(stall_s: float = 300.0) -> int:
     """Re-dispatch agents whose provisioning stopped moving (a worker died mid-step)."""
-    deps = _deps.provisioning()
+    deps = runtime().provisioning
     stalled = pipeline.stalled_agents(deps.sessions, pipeline.stall_cutoff(deps.clock, stall_s))
     if stalled:
         log.info("re-dispatching %d stalled agents", len(stalled))
@@ -90,57 +88,46 @@ def resume_stalled(stall_s: float = 300.0) -> int:
     return len(stalled)
 
 
-@app.task(name="provisioning.rotate_due_keys", acks_late=True)
+@fleet_task(TaskName.ROTATE_DUE_KEYS, ignore_result=False)
 def rotate_due_keys() -> int:
     """Beat: find agents whose key is older than the rotation period; one task each."""
-    due = lifecycle.keys_due(_deps.provisioning())
+    due = lifecycle.keys_due(runtime().provisioning)
     with app.producer_or_acquire() as producer:
         for agent_id in due:
             rotate_key.apply_async(args=(agent_id,), producer=producer)
     return len(due)
 
 
-@app.task(
-    name="provisioning.rotate_key",
-    acks_late=True,
-    autoretry_for=(Unavailable,),
-    max_retries=3,
-    retry_backoff=30,
-    retry_backoff_max=600,
-)
+# The gateway client retries a transient failure up to its own ceiling; a
+# failure past it fails the task, and the hourly rotate_due_keys finds the key again.
+@fleet_task(TaskName.ROTATE_KEY, ignore_result=False)
 def rotate_key(agent_id: str) -> bool:
-    return lifecycle.rotate_key(_deps.provisioning(), agent_id)
+    return lifecycle.rotate_key(runtime().provisioning, agent_id)
 
 
-@app.task(
-    name="provisioning.retire_agent",
-    acks_late=True,
-    autoretry_for=(Unavailable,),
-    max_retries=5,
-    retry_backoff=30,
-    retry_backoff_max=600,
-)
+@fleet_task(TaskName.RETIRE_AGENT, ignore_result=False)
 def retire_agent(
     agent_id: str, reason: str = "retired by operator", approval_id: str | None = None
 ) -> str:
     """Irreversible (it revokes the identity): runs only under an approval that
     names exactly this agent, claimed once, whatever sent the message."""
-    approvals = _approvals()
+    rt = runtime()
+    rdeps = lifecycle.RetireDeps(inflight=lambda a: inflight(rt.redis, a))
     try:
-        if approval_id is None:
-            raise NotApproved("retire_agent needs an approval; request one with `fleet retire`")
-        approvals.require_approved(approval_id, action="retire_agent", subject=agent_id)
+        status, _ = run_approved(
+            rt.approvals,
+            action="retire_agent",
+            subject=agent_id,
+            approval_id=approval_id,
+            work=lambda: lifecycle.retire_agent(rt.provisioning, rdeps, agent_id, reason),
+            finished=lambda status: status == "retired",
+        )
     except NotApproved as exc:
-        raise Reject(str(exc), requeue=False) from None
-    rdeps = lifecycle.RetireDeps(inflight=lambda a: inflight(_deps.hot(), a))
-    status = lifecycle.retire_agent(_deps.provisioning(), rdeps, agent_id, reason)
-    if status == "retired":
-        with contextlib.suppress(NotApproved):  # a redelivery after the claim
-            approvals.consume(approval_id, action="retire_agent", subject=agent_id)
+        raise Reject(f"{exc}; request one with `fleet retire`", requeue=False) from None
     return str(status)
 
 
-@app.task(name="provisioning.upgrade_tier", acks_late=True)
+@fleet_task(TaskName.UPGRADE_TIER, ignore_result=False)
 def upgrade_tier(
     agent_id: str,
     new_tier: str,
@@ -149,45 +136,42 @@ def upgrade_tier(
     approval_id: str | None = None,
 ) -> dict[str, Any]:
     """Estimate first; above the configured increase (+200 %) wait for an approval."""
-    deps = _deps.provisioning()
+    rt = runtime()
+    deps = rt.provisioning
     plan = lifecycle.plan_upgrade(deps, agent_id, new_tier, projected_volume)
     threshold = deps.policy.scaling.tier_upgrade_approval_increase
     approved_by: list[str] = []
     if plan.needs_approval(threshold):
-        approvals = _approvals()
-        if approval_id is None:
-            gate = approvals.request(
-                "upgrade_tier",
-                agent_id,
-                requested_by,
-                reason=f"cost +{plan.as_details()['increase_pct']} %",
-                details=plan.as_details(),
-                task="provisioning.upgrade_tier",
-                task_kwargs={
-                    "agent_id": agent_id,
-                    "new_tier": new_tier,
-                    "projected_volume": projected_volume,
-                    "requested_by": requested_by,
-                },
+        try:
+            passed = clear(
+                rt.approvals,
+                action="upgrade_tier",
+                subject=agent_id,
+                approval_id=approval_id,
+                ask=lambda: rt.approvals.request(
+                    "upgrade_tier",
+                    agent_id,
+                    requested_by,
+                    reason=f"cost +{plan.as_details()['increase_pct']} %",
+                    details=plan.as_details(),
+                    task=TaskName.UPGRADE_TIER,
+                    task_kwargs={
+                        "agent_id": agent_id,
+                        "new_tier": new_tier,
+                        "projected_volume": projected_volume,
+                        "requested_by": requested_by,
+                    },
+                ),
             )
-            if not gate.may_run:
-                return {
-                    "agent_id": agent_id,
-                    "status": "awaiting-approval",
-                    "approval_id": gate.request_id,
-                    **plan.as_details(),
-                }
-        else:
-            try:
-                view = approvals.consume(approval_id, action="upgrade_tier", subject=agent_id)
-            except NotApproved as exc:
-                raise Reject(str(exc), requeue=False) from None
-            approved_by = [v.approver for v in view.votes if v.verdict == "approve"]
+        except NotApproved as exc:
+            raise Reject(str(exc), requeue=False) from None
+        if isinstance(passed, Held):
+            return {
+                "agent_id": agent_id,
+                "status": "awaiting-approval",
+                "approval_id": passed.request_id,
+                **plan.as_details(),
+            }
+        approved_by = list(passed.approvers)
     lifecycle.apply_upgrade(deps, plan, approved_by)
     return {"agent_id": agent_id, "status": "upgraded", **plan.as_details()}
-
-
-def _approvals() -> Approvals:
-    from tasks.audit import approvals
-
-    return approvals()

@@ -1,10 +1,11 @@
-"""Tasks on the `sla` queue: the compliance sweep, single-agent checks, the escalation tick, burn alerts.
+"""Tasks on the `sla` queue: the sweep, single-agent checks, the escalation tick, burn alerts.
 
 Public entry point for other parts of the system (the monitoring alert rules):
 
     task name:  sla.evaluate_agent
     kwargs:     {"agent_id": "<id>", "source": "alert:<rule>"}
-                optional "counterparty": "<who the breach hurts>", "amount": "<decimal string claimed>"
+                optional "counterparty": "<who the breach hurts>",
+                         "amount": "<decimal string claimed>"
 
 It checks that agent now and opens a violation episode if it is in breach;
 escalation starts from there. The result names the episode (or none).
@@ -12,53 +13,26 @@ escalation starts from there. The result names the episode (or none).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
 from typing import Any
 
 from celery import Task
 
-from fleet.clock import SystemClock
-from fleet.escalation.engine import Message, evaluate, redispatch_stale
+from fleet.escalation.engine import evaluate, redispatch_stale
 from fleet.sla import service
-from fleet.sla.alerts import AlertDeps, evaluate_burn_alerts
-from tasks import _deps
-from tasks._base import heartbeat_task
+from fleet.sla.alerts import evaluate_burn_alerts
+from tasks._base import fleet_task, heartbeat_task, runtime
 from workers.app import app
-from workers.queues import FleetQueue
+from workers.queues import FleetQueue, TaskName
 
-heartbeat = heartbeat_task(FleetQueue.SLA.value)
-
-
-def send_messages(messages: Sequence[Message]) -> None:
-    """The engine's sender: every message over one producer connection; routes by task name."""
-    if not messages:
-        return
-    with app.producer_or_acquire() as producer:
-        for name, kwargs in messages:
-            app.send_task(name, kwargs=kwargs, producer=producer, ignore_result=True)
+heartbeat = heartbeat_task(FleetQueue.SLA)
 
 
-@functools.cache
-def deps() -> service.SlaDeps:
-    s = _deps.settings()
-    return service.SlaDeps(
-        _deps.sessions(),
-        _deps.hot(),
-        _deps.gateway(),
-        s.policy,
-        s.sla,
-        SystemClock(),
-        send_messages,
-    )
-
-
-@app.task(name="sla.sweep", acks_late=True, ignore_result=True)
+@fleet_task(TaskName.SLA_SWEEP)
 def sweep(force: bool = False) -> dict[str, Any]:
     """Beat: list the agents to check and send them out in batches (one message per batch)."""
-    settings = _deps.settings()
-    interval = settings.schedule.sla_check_s
-    plan = service.plan_sweep(deps(), guard_s=None if force else interval * 0.5)
+    rt = runtime()
+    interval = rt.settings.schedule.sla_check_s
+    plan = service.plan_sweep(rt.sla, guard_s=None if force else interval * 0.5)
     if plan is None:
         return {"skipped": "another sweep started less than half an interval ago"}
     with app.producer_or_acquire() as producer:
@@ -70,34 +44,29 @@ def sweep(force: bool = False) -> dict[str, Any]:
     return {"sweep_id": plan.sweep_id, "agents": plan.total, "batches": len(plan.batches)}
 
 
-@app.task(name="sla.check_batch", acks_late=True, ignore_result=True)
+@fleet_task(TaskName.SLA_CHECK_BATCH)
 def check_batch(agent_ids: list[str], sweep_id: str | None = None) -> dict[str, Any]:
-    return service.check_batch(deps(), agent_ids, sweep_id=sweep_id).as_dict()
+    return service.check_batch(runtime().sla, agent_ids, sweep_id=sweep_id).as_dict()
 
 
-@app.task(name="sla.evaluate_agent", acks_late=True)
+@fleet_task(TaskName.SLA_EVALUATE_AGENT, ignore_result=False)
 def evaluate_agent(
     agent_id: str, source: str = "alert", counterparty: str | None = None, amount: str | None = None
 ) -> dict[str, Any]:
     return service.evaluate_agent(
-        deps(), agent_id, source, counterparty=counterparty, amount=amount
+        runtime().sla, agent_id, source, counterparty=counterparty, amount=amount
     )
 
 
-@app.task(name="sla.escalation_tick", bind=True, acks_late=True, ignore_result=True)
+@fleet_task(TaskName.SLA_ESCALATION_TICK, bind=True)
 def escalation_tick(self: Task) -> dict[str, Any]:
     """Beat: tiers come due by an episode's age, between checks too."""
-    engine = deps().engine()
+    engine = runtime().sla.engine()
     sent = evaluate(engine)
     again = redispatch_stale(engine)
     return {"sent": len(sent), "sent_again": len(again)}
 
 
-@app.task(name="sla.burn_alerts", acks_late=True, ignore_result=True)
+@fleet_task(TaskName.SLA_BURN_ALERTS)
 def burn_alerts() -> dict[str, Any]:
-    d = deps()
-    return evaluate_burn_alerts(AlertDeps(d.sessions, d.policy, d.clock, _deps.gateway())).as_dict()
-
-
-def reset() -> None:
-    deps.cache_clear()
+    return evaluate_burn_alerts(runtime().sla_alerts).as_dict()

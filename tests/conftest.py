@@ -13,10 +13,59 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from config.settings import get_settings, reset_settings_cache
+from fleet import audit
+from fleet.audit.events import AuditEvent
+from fleet.runtime import Message, Runtime
+from fleet.storage.db import engine_for, migrate
 from sandbox.control import SandboxControl
+from tests.support.sla_world import World, make_world
+from workers import runtime as process_runtime
+from workers.queues import TaskName
+
+# --- the runtime -------------------------------------------------------------------------
+
+
+class RecordingRuntime(Runtime):
+    """The runtime of tests: messages sent land in ``sent``, audit events in ``events``."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+        self.events: list[AuditEvent] = []
+        super().__init__(
+            get_settings(),
+            send=self.sent.extend,
+            enqueue_audit=self.events.extend,
+            alert_task=TaskName.DELIVER_ALERTS,
+            escalate_task=TaskName.SLA_EVALUATE_AGENT,
+        )
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingRuntime]:
+    """This process's runtime on a fresh SQLite database in tmp_path; tasks and routes use it.
+
+    Environment set by fixtures listed before this one is read; the one reset is here.
+    """
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    monkeypatch.setenv("FLEET_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FLEET_DATABASE_URL", url)
+    reset_settings_cache()
+    migrate(engine_for(url))
+    rt = RecordingRuntime()
+    rt.install_audit_sink()
+    previous = process_runtime.use(rt)
+    try:
+        yield rt
+    finally:
+        process_runtime.use(previous)
+        rt.close()
+        reset_settings_cache()
+
 
 # --- the gateway sandbox -----------------------------------------------------------------
 
@@ -104,7 +153,7 @@ def sandbox_process(*args: str, ready_timeout_s: float = 60.0) -> Iterator[Sandb
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[SandboxProcess]:
-    """One sandbox for the session, no added latency; tests call ``sandbox.reset()`` or use unique ids.
+    """One sandbox for the session, no added latency; tests ``sandbox.reset()`` or use unique ids.
 
     ``sandbox.url`` is the base URL, ``sandbox.gateway_url`` the tool endpoint
     (base + "/v1"), ``sandbox.admin_key`` the fleet-admin key.
@@ -120,3 +169,30 @@ def spawn_sandbox() -> Iterator[Callable[..., SandboxProcess]]:
     """Start extra sandboxes with their own flags; each stops when the test ends."""
     with contextlib.ExitStack() as stack:
         yield lambda *args: stack.enter_context(sandbox_process(*args))
+
+
+# --- the SLA and escalation world --------------------------------------------------------
+
+
+@pytest.fixture
+def world_factory(tmp_path: Path) -> Iterator[Callable[..., World]]:
+    """Make worlds (migrated database, fakeredis, manual clock, scripted gateway) for this test."""
+    made: list[World] = []
+    with audit.capture() as events:
+
+        def make(url: str | None = None, **policy_changes: Any) -> World:
+            world = make_world(tmp_path, len(made), events, url, **policy_changes)
+            made.append(world)
+            return world
+
+        try:
+            yield make
+        finally:
+            for w in made:
+                w.client.close()
+                w.sessions.kw["bind"].dispose()
+
+
+@pytest.fixture
+def world(world_factory: Callable[..., World]) -> World:
+    return world_factory(escalation__remediation_webhook="http://remediation.test/hook")

@@ -7,16 +7,49 @@ settings (FLEET_API__TOKEN).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
+from config.settings import get_settings
+from fleet.runtime import Runtime
+from fleet.sla.metrics import register_sla_collector
 from web.app_auth import require_token
+from web.deps import serve_runtime
+from workers import runtime as process_runtime
+from workers.app import app as celery_app
 
 
-def create_api() -> FastAPI:
+def _celery_runtime() -> Runtime:
+    return process_runtime.celery_runtime(celery_app, get_settings())
+
+
+def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAPI:
+    """The API; its runtime is built when it starts serving (tests pass their own builder)."""
+
+    @asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        rt = build_runtime()
+        rt.install_audit_sink()
+        previous = process_runtime.use(rt)
+        # The collector lives on the process-wide registry: it reads whichever runtime serves.
+        register_sla_collector(
+            lambda: process_runtime.runtime().sessions,
+            lambda: process_runtime.runtime().settings.policy,
+        )
+        with serve_runtime(api, rt):
+            try:
+                yield
+            finally:
+                process_runtime.use(previous)
+                rt.close()
+
     api = FastAPI(
         title="Fleet Commander",
         version="0.1.0",
         description="Control plane for fleets of AI agents.",
+        lifespan=lifespan,
     )
 
     @api.get("/healthz", include_in_schema=False)

@@ -6,6 +6,7 @@ from celery import Celery
 
 from config.settings import Settings, get_settings
 from workers.celery_config import celery_config
+from workers.signals import connect_signals
 
 TASK_MODULES = (
     "tasks.provisioning",
@@ -33,5 +34,4 @@ def create_producer(settings: Settings) -> Celery:
 
 
 app = create_app()
-
-import workers.signals  # noqa: E402,F401  (connects worker signal handlers)
+connect_signals(app)

@@ -25,6 +25,51 @@ class FleetQueue(StrEnum):
 
 ALL_QUEUES: tuple[FleetQueue, ...] = tuple(FleetQueue)
 
+
+class TaskName(StrEnum):
+    """Every task's dotted name: the contract other systems send to, so each is written once."""
+
+    PROVISION_FLEET = "provisioning.provision_fleet"
+    PROVISION_AGENT = "provisioning.provision_agent"
+    RESUME_STALLED = "provisioning.resume_stalled"
+    ROTATE_DUE_KEYS = "provisioning.rotate_due_keys"
+    ROTATE_KEY = "provisioning.rotate_key"
+    RETIRE_AGENT = "provisioning.retire_agent"
+    UPGRADE_TIER = "provisioning.upgrade_tier"
+
+    METRICS_SWEEP = "metrics.sweep"
+    POLL_BATCH = "metrics.poll_batch"
+    DELIVER_ALERTS = "metrics.deliver_alerts"
+    ENFORCE_RETENTION = "metrics.enforce_retention"
+    CHECK_BEHAVIOUR = "metrics.check_behaviour"
+    INGEST_TASK_LOGS = "metrics.ingest_task_logs"
+
+    SLA_SWEEP = "sla.sweep"
+    SLA_CHECK_BATCH = "sla.check_batch"
+    SLA_EVALUATE_AGENT = "sla.evaluate_agent"
+    SLA_ESCALATION_TICK = "sla.escalation_tick"
+    SLA_BURN_ALERTS = "sla.burn_alerts"
+
+    TIER1_REMEDIATE = "escalation.tier1.remediate"
+    TIER2_REROUTE = "escalation.tier2.reroute"
+    TIER3_NOTIFY = "escalation.tier3.notify"
+    TIER3_RESOLVE = "escalation.tier3.resolve"
+    TIER4_FREEZE = "escalation.tier4.freeze"
+
+    AUDIT_APPEND_BATCH = "audit.append_batch"
+    AUDIT_MIRROR = "audit.mirror"
+    AUDIT_CHECKPOINT = "audit.checkpoint"
+    AUDIT_RETENTION = "audit.retention"
+    AUDIT_APPROVALS_SWEEP = "audit.approvals_sweep"
+    AUDIT_RELEASE_AGENT = "audit.release_agent"
+    AUDIT_COMPLIANCE_REPORT = "audit.compliance_report"
+
+
+def heartbeat_name(queue: FleetQueue) -> str:
+    """Each queue's canary task; named after the queue, so it routes there."""
+    return f"{queue.value}.heartbeat"
+
+
 # Direct exchange, one binding per queue: nothing fans out behind our back.
 EXCHANGE = Exchange("fleet", type="direct", durable=True)
 

@@ -1,17 +1,61 @@
-"""Worker signal handlers: logging set-up and a clear line when a message is refused."""
+"""Worker signal handlers: logging, the process's runtime, a clear line when a message is refused.
+
+The runtime is built where the work runs: in each prefork child after the fork
+(a gateway loop or a database pool must never cross one), in the worker itself
+for the threads and solo pools, which do not fork.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from celery.signals import setup_logging, task_rejected, task_unknown
+from celery import Celery
+from celery.signals import (
+    setup_logging,
+    task_rejected,
+    task_unknown,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from config.settings import get_settings
+from workers import runtime
 
 log = logging.getLogger("fleet.workers")
 
 
-@setup_logging.connect
+def connect_signals(celery_app: Celery) -> None:
+    """Connect the handlers for ``celery_app``'s worker processes."""
+
+    def pool_of(worker: Any) -> str:
+        # At worker_init the pool is still the name given (-P threads) or a class.
+        pool = worker.pool_cls
+        return pool if isinstance(pool, str) else str(pool.__module__)
+
+    def on_worker_init(sender: Any = None, **_: object) -> None:
+        pool = pool_of(sender) if sender is not None else "prefork"
+        if "prefork" not in pool:
+            # Threads of one process share it: their audit events share queue messages.
+            runtime.start(celery_app, get_settings(), grouped_audit="thread" in pool)
+
+    def on_process_init(**_: object) -> None:
+        runtime.start(celery_app, get_settings())
+
+    def on_shutdown(**_: object) -> None:
+        runtime.stop()
+
+    setup_logging.connect(_configure_logging, weak=False)
+    task_rejected.connect(_log_rejected, weak=False)
+    task_unknown.connect(_log_unknown, weak=False)
+    worker_init.connect(on_worker_init, weak=False)
+    worker_process_init.connect(on_process_init, weak=False)
+    worker_process_shutdown.connect(on_shutdown, weak=False)
+    worker_shutdown.connect(on_shutdown, weak=False)
+
+
 def _configure_logging(**_: object) -> None:
     logging.basicConfig(
         level=get_settings().log_level,
@@ -19,7 +63,6 @@ def _configure_logging(**_: object) -> None:
     )
 
 
-@task_rejected.connect
 def _log_rejected(message: object = None, exc: BaseException | None = None, **_: object) -> None:
     # Celery already logs the refusal of untrusted content; this adds the
     # queue so an operator knows which producer to chase.
@@ -27,6 +70,5 @@ def _log_rejected(message: object = None, exc: BaseException | None = None, **_:
     log.error("refused message on queue %s: %s", delivery.get("routing_key"), exc)
 
 
-@task_unknown.connect
 def _log_unknown(name: str | None = None, **_: object) -> None:
     log.error("refused message for unknown task %r", name)

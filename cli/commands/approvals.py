@@ -71,10 +71,12 @@ def _decide(request_id: str, by: str, comment: str, approve: bool) -> None:
         sys.exit(1)
     _print_request(view)
     if view.status.value == "approved" and view.task:
-        from tasks.audit import dispatch_approved
+        from fleet.approvals.gate import dispatch_approved
+        from workers.app import app
+        from workers.runtime import on_demand
 
         try:
-            dispatch_approved(service)
+            dispatch_approved(service, on_demand(app).send)
             click.echo(f"sent {view.task}")
         except Exception as exc:  # noqa: BLE001 - the sweep sends it later
             click.echo(f"approved; {view.task} will be sent by the next sweep ({exc})", err=True)

@@ -12,6 +12,7 @@ import click
 
 from cli.common import config_errors_exit, settings_for_cli
 from fleet.provisioning.manifest import ManifestError, manifest_json_schema, parse_manifest_text
+from workers.queues import TaskName
 
 
 def _read_manifest(path: str) -> str:
@@ -60,8 +61,9 @@ def manifest_schema() -> None:
 def provision(manifest: str, wait: bool, job_id: str | None, timeout: float) -> None:
     """Provision the agents of a fleet MANIFEST on the provisioning queue."""
     from fleet.provisioning import pipeline
-    from tasks import _deps
     from tasks.provisioning import provision_fleet
+    from workers.app import app
+    from workers.runtime import on_demand
 
     settings = settings_for_cli()
     try:
@@ -74,7 +76,10 @@ def provision(manifest: str, wait: bool, job_id: str | None, timeout: float) -> 
     job_id = job_id or uuid.uuid4().hex
     try:
         pipeline.queue_job(
-            _deps.provisioning(), parsed.model_dump(mode="json"), job_id, submitted_by="cli"
+            on_demand(app).provisioning,
+            parsed.model_dump(mode="json"),
+            job_id,
+            submitted_by="cli",
         )
     except pipeline.ProvisioningFrozen as exc:
         raise click.ClickException(str(exc)) from None
@@ -95,8 +100,10 @@ def follow_job(job_id: str, timeout: float) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fleet.provisioning import pipeline
-    from tasks import _deps
+    from workers.app import app
+    from workers.runtime import on_demand
 
+    sessions = on_demand(app).sessions
     deadline = time.monotonic() + timeout
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -107,7 +114,7 @@ def follow_job(job_id: str, timeout: float) -> int:
     ) as bar:
         task = bar.add_task(f"job {job_id[:12]}", total=None, failed=0)
         while True:
-            progress = pipeline.job_progress(_deps.sessions(), job_id, with_agents=False)
+            progress = pipeline.job_progress(sessions, job_id, with_agents=False)
             if progress is not None:
                 bar.update(
                     task,
@@ -116,7 +123,7 @@ def follow_job(job_id: str, timeout: float) -> int:
                     failed=progress.failed,
                 )
                 if progress.state in ("done", "invalid", "refused"):
-                    progress = pipeline.job_progress(_deps.sessions(), job_id) or progress
+                    progress = pipeline.job_progress(sessions, job_id) or progress
                     break
             if time.monotonic() > deadline:
                 click.echo(f"job {job_id}: still running after {timeout:.0f} s", err=True)
@@ -153,10 +160,11 @@ def db_upgrade() -> None:
 
 
 def _approvals_and_deps() -> tuple[object, object]:
-    from tasks import _deps
-    from tasks.audit import approvals
+    from workers.app import app
+    from workers.runtime import on_demand
 
-    return approvals(), _deps.provisioning()
+    rt = on_demand(app)
+    return rt.approvals, rt.provisioning
 
 
 @click.command()
@@ -194,7 +202,7 @@ def retire(target: str, reason: str, requested_by: str) -> None:
             requested_by,
             reason=reason,
             irreversible=True,
-            task="provisioning.retire_agent",
+            task=TaskName.RETIRE_AGENT,
             task_kwargs={"agent_id": agent_id, "reason": reason},
         )
         need = gate.request.required if gate.request else 0

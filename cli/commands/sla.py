@@ -208,7 +208,10 @@ def sla_ack(episode_id: str, by: str, note: str) -> None:
 
     settings = settings_for_cli()
     sessions, _ = _context(settings)
-    import tasks.audit  # noqa: F401  (the audit sink: queue, or the log when Redis is down)
+    from workers.app import app
+    from workers.runtime import on_demand
+
+    on_demand(app)  # the audit sink: queue, or the log when Redis is down
 
     try:
         ep = acknowledge_episode(sessions, settings.policy, SystemClock(), episode_id, by, note)

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet.approvals.service import Approvals, Gate, NotApproved
+from fleet.approvals.gate import run_approved
+from fleet.approvals.service import Approvals, Gate
 from fleet.audit.events import ApprovalState, Article, build_event
 from fleet.gateway.errors import Conflict, NotFound
 from fleet.storage.records import Agent, AgentStatus
@@ -53,25 +54,27 @@ def release_agent(
     agent_id: str,
 ) -> bool:
     """Unfreeze and reactivate the agent under an approval; False if someone else already did."""
-    approvals.require_approved(request_id, action=ACTION, subject=agent_id)
-    # Conflict: not frozen (any more); NotFound: no wallet. Either way nothing to undo there.
-    with contextlib.suppress(Conflict, NotFound):
-        gateway.call(
-            "unfreeze_wallet",
-            {"agent_id": agent_id, "reason": f"released under approval {request_id}"},
-        )
-    now = approvals.clock.now()
-    fleet = None
-    with sessions.begin() as session:
-        agent = session.get(Agent, agent_id)
-        if agent is not None:
-            fleet = agent.fleet
+
+    def unfreeze() -> str | None:
+        # Conflict: not frozen (any more); NotFound: no wallet. Either way nothing to undo there.
+        with contextlib.suppress(Conflict, NotFound):
+            gateway.call(
+                "unfreeze_wallet",
+                {"agent_id": agent_id, "reason": f"released under approval {request_id}"},
+            )
+        with sessions.begin() as session:
+            agent = session.get(Agent, agent_id)
+            if agent is None:
+                return None
             if agent.status == AgentStatus.PAUSED:
                 agent.status = AgentStatus.ACTIVE
-                agent.updated_at = now
-    try:
-        view = approvals.consume(request_id, action=ACTION, subject=agent_id)
-    except NotApproved:
+                agent.updated_at = approvals.clock.now()
+            return agent.fleet
+
+    fleet, view = run_approved(
+        approvals, action=ACTION, subject=agent_id, approval_id=request_id, work=unfreeze
+    )
+    if view is None:
         return False  # a concurrent delivery finished first
     approvals.emit_audit(
         [

@@ -12,7 +12,7 @@ Producer API — all a provisioning step, an escalation or an approval needs::
         details={"tier": 4, "balance": "3.20"}, # JSON; money and ratios as strings, no floats
         article=audit.Article.HUMAN_OVERSIGHT,  # default Art. 12 (record-keeping)
         approval=audit.ApprovalState.APPROVED,  # default NONE; approval_id="…" when there is one
-        trace=trace_context,                    # anything with .trace_id/.span_id (or trace_id=, span_id=)
+        trace=trace_context,                    # has .trace_id/.span_id (or trace_id=, span_id=)
         clock=clock,                            # or time=…; default: now
     )
 
@@ -22,9 +22,8 @@ Several entries from one unit of work go as one queue message::
         for step in steps:
             audit.record(...)
 
-A task that prefers to pass events explicitly builds them with
-:func:`build_event` and hands them to ``tasks.audit.enqueue(event_or_events)``;
-``tasks.audit.enqueue_audit(**same keyword arguments)`` does both at once.
+A producer that prefers to pass events explicitly builds them with
+:func:`build_event` and hands them to :func:`emit`.
 
 Rules the event enforces at the producer, so a mistake fails in its own tests:
 details may not contain floats (RFC 8785 hashing must not depend on how a
@@ -34,8 +33,8 @@ that are not JSON; any key that looks like a credential (``*key*``,
 one, like ``key_id`` or ``key_rotated_at``) has its value replaced by
 ``"[redacted]"``. Every event has an ``event_id``; appending is idempotent on it.
 
-Where events go: ``record`` hands them to the process's sink, which
-``tasks.audit`` installs (the ``audit`` queue). The audit worker appends them
+Where events go: ``record`` hands them to the process's sink, which the
+process's runtime installs (``fleet.runtime``: the ``audit`` queue). The audit worker appends them
 in batches to the chain (:mod:`fleet.audit.log`), signs checkpoints
 (:mod:`fleet.audit.signing`), mirrors them to the gateway through an outbox
 (:mod:`fleet.audit.mirror`), archives them after the retention period

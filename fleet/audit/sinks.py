@@ -1,8 +1,9 @@
 """Where recorded events go: one sink per process, installed by whoever runs it.
 
-Worker, API and CLI processes import ``tasks.audit``, which installs the sink
-that sends events to the ``audit`` queue. Tests use :func:`capture`. With no
-sink installed :func:`emit` raises instead of dropping an entry on the floor.
+Worker, API and CLI processes install it from their runtime
+(``Runtime.install_audit_sink``): events go to the ``audit`` queue. Tests use
+:func:`capture`. With no sink installed :func:`emit` raises instead of dropping
+an entry on the floor.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def emit(events: Sequence[AuditEvent]) -> None:
         return
     if _sink is None:
         raise AuditNotConfigured(
-            "no audit sink is installed: import tasks.audit (queue) or use fleet.audit.capture() in tests"
+            "no audit sink is installed: start the process's runtime "
+            "(Runtime.install_audit_sink) or use fleet.audit.capture() in tests"
         )
     _sink(list(events))
 

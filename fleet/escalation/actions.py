@@ -29,6 +29,7 @@ policy rates HIGH waits (``held``) until a human approves it, and then runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +43,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.policy import Policy
 from fleet import audit
-from fleet.approvals import Approvals, NotApproved, with_ai_disclosure
+from fleet.approvals import Approvals, Gate, NotApproved, with_ai_disclosure
+from fleet.approvals.gate import Held, clear
 from fleet.approvals.models import ApprovalRequest, RequestStatus
 from fleet.approvals.release import ACTION as RELEASE_ACTION
 from fleet.approvals.release import request_release
@@ -333,7 +335,8 @@ def run_action(
         )
     except (GatewayError, NotApproved) as exc:
         return _failed(deps, ctx, tier, worker, steps, f"{type(exc).__name__}: {exc}")
-    status = ActionStatus.FAILED if result.get("ok") is False else ActionStatus.DONE
+    ok: object = result.get("ok")
+    status = ActionStatus.FAILED if ok is False else ActionStatus.DONE
     _finish(deps, episode_id, tier, worker, status, result)
     _audit_action(deps, ctx, tier, status, result, approval)
     return Outcome(status.value, tier, episode_id, result)
@@ -374,36 +377,43 @@ def _gate(
     """Ask the approval gate once per action; HIGH/CRITICAL raise _Held until a human approves."""
     key = f"gate:{action}"
     held = steps.done.get(f"held:{action}", {}).get("request_id")
-    if key not in steps.done and held is not None:
-        if approval_id != held:
+    if key not in steps.done:
+        if held is not None and approval_id != held:
             raise _Held(held)  # still waiting for this action's own approval
+        ep = ctx.episode
+
+        def ask() -> Gate:
+            return deps.approvals.request(
+                action,
+                ep.agent_id,
+                ACTOR,
+                fleet=ctx.fleet,
+                details={
+                    "episode_id": ep.episode_id,
+                    "tier": tier,
+                    "breached_terms": list(ep.breached_terms),
+                },
+                reason=f"SLA violation episode {ep.episode_id} reached tier {tier}",
+                task=TIER_TASKS[tier],
+                task_kwargs={"episode_id": ep.episode_id, "tier": tier},
+            )
+
         try:
-            deps.approvals.consume(approval_id, action=action, subject=ctx.episode.agent_id)
+            # Only the approval this action is held on is claimed here; another id is ignored.
+            passed = clear(
+                deps.approvals,
+                action=action,
+                subject=ep.agent_id,
+                approval_id=held and approval_id,
+                ask=ask,
+            )
         except NotApproved:
             raise _Held(held) from None
-        steps.do(key, lambda: {"risk": "approved", "may_run": True, "request_id": approval_id})
-    elif key not in steps.done:
-        ep = ctx.episode
-        gate = deps.approvals.request(
-            action,
-            ep.agent_id,
-            ACTOR,
-            fleet=ctx.fleet,
-            details={
-                "episode_id": ep.episode_id,
-                "tier": tier,
-                "breached_terms": list(ep.breached_terms),
-            },
-            reason=f"SLA violation episode {ep.episode_id} reached tier {tier}",
-            task=TIER_TASKS[tier],
-            task_kwargs={"episode_id": ep.episode_id, "tier": tier},
-        )
-        if not gate.may_run:
-            steps.do(f"held:{action}", lambda: {"request_id": gate.request_id})
-            raise _Held(gate.request_id)
-        steps.do(
-            key, lambda: {"risk": gate.risk.value, "may_run": True, "request_id": gate.request_id}
-        )
+        if isinstance(passed, Held):
+            steps.do(f"held:{action}", lambda: {"request_id": passed.request_id})
+            raise _Held(passed.request_id)
+        risk = "approved" if passed.gate is None else passed.gate.risk.value
+        steps.do(key, lambda: {"risk": risk, "may_run": True, "request_id": passed.request_id})
     decided = steps.done[key]
     if decided["risk"] == "approved":
         return _Approval(ApprovalState.APPROVED, decided["request_id"])
@@ -497,9 +507,10 @@ def _notify(
     minutes = int(ep.duration_s(deps.clock.now()) // 60)
     body = (
         f"Agent {ep.agent_id} of fleet {ctx.fleet} has been in breach of its SLA for {minutes} min "
-        f"(terms: {', '.join(ep.breached_terms)}; episode {ep.episode_id}, opened {ep.opened_at:%Y-%m-%d %H:%M} UTC). "
-        f"Tiers 1-2 have run. Acknowledge with `fleet sla ack {ep.episode_id} --by NAME` to hold the freeze "
-        f"for {int(esc.ack_timeout_s // 60)} min."
+        f"(terms: {', '.join(ep.breached_terms)}; episode {ep.episode_id}, "
+        f"opened {ep.opened_at:%Y-%m-%d %H:%M} UTC). "
+        f"Tiers 1-2 have run. Acknowledge with `fleet sla ack {ep.episode_id} --by NAME` "
+        f"to hold the freeze for {int(esc.ack_timeout_s // 60)} min."
     )
     message = steps.do(
         "message",
@@ -560,7 +571,8 @@ def _freeze(
     release = steps.do("release_request", release_request)
     body = (
         f"Agent {ep.agent_id} of fleet {ctx.fleet} has been paused and its wallet frozen after "
-        f"{int(ep.duration_s(deps.clock.now()) // 60)} min in breach of its SLA (episode {ep.episode_id}). "
+        f"{int(ep.duration_s(deps.clock.now()) // 60)} min in breach of its SLA "
+        f"(episode {ep.episode_id}). "
         f"It stays frozen until a human approves release request {release.get('request_id')} "
         f"(`fleet approvals approve {release.get('request_id')} --by NAME`)."
     )
@@ -599,7 +611,8 @@ def _resolve(
     minutes = int(ep.duration_s(deps.clock.now()) // 60)
     frozen = ctx.agent_status == AgentStatus.PAUSED
     body = (
-        f"Agent {ep.agent_id} of fleet {ctx.fleet} is within its SLA again: episode {ep.episode_id} "
+        f"Agent {ep.agent_id} of fleet {ctx.fleet} is within its SLA again: "
+        f"episode {ep.episode_id} "
         f"({', '.join(ep.breached_terms)}) lasted {minutes} min and is closed ({ep.close_reason}). "
         + ("Its traffic weight is restored. " if ep.weight_before is not None else "")
         + (
@@ -613,7 +626,7 @@ def _resolve(
         lambda: _message(deps, ctx, f"SLA resolved: {ep.agent_id}", body.strip(), "normal"),
     )
     resolved = {
-        d: steps.do(f"resolve:{d}", lambda d=d: _resolve_dispute(deps, ctx, d))
+        d: steps.do(f"resolve:{d}", functools.partial(_resolve_dispute, deps, ctx, d))
         for d in open_disputes
     }
     return {"message_id": message["message_id"], "disputes_resolved": sorted(resolved)}, _Approval()

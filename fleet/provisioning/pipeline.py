@@ -22,9 +22,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.policy import Policy
@@ -68,7 +68,7 @@ class ProvisioningFrozen(Exception):
 class AuditSink(Protocol):
     def __call__(
         self, *, actor: str, action: str, subject: str, details: dict[str, Any]
-    ) -> None: ...
+    ) -> object: ...
 
 
 @dataclass
@@ -359,7 +359,7 @@ def _run_phase(
     return done, failure
 
 
-_AGENTS = Agent.__table__
+_AGENTS = cast(Table, Agent.__table__)
 
 
 def _save(deps: ProvisioningDeps, agent_id: str, values: dict[str, Any]) -> None:

@@ -1,5 +1,7 @@
-"""Mirroring to the gateway through the outbox, against the sandbox over HTTP: outages lose and
-double nothing."""
+"""Mirroring to the gateway through the outbox, against the sandbox over HTTP.
+
+Outages lose and double nothing.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +15,17 @@ from typing import Any
 import pytest
 import yaml
 
-from config.settings import DEFAULT_POLICY_FILE
+from config.settings import DEFAULT_POLICY_FILE, load_settings
 from fleet.audit.events import build_event, fleet_subject
 from fleet.audit.log import AuditFiles, AuditLog
 from fleet.audit.mirror import Outbox
 from fleet.clock import ManualClock
 from fleet.gateway import GatewayClient, GatewayConfig
+from fleet.runtime import Runtime
 from fleet.storage.db import create_db_engine, migrate
 from stack.parts import celery_worker, producer_app, redis_server, wait_until
-from tasks.audit import enqueue
 from workers.queues import FleetQueue
+from workers.runtime import enqueue_audit
 
 pytestmark = pytest.mark.integration
 
@@ -174,8 +177,8 @@ def test_through_the_queue_and_a_real_worker_across_an_outage(
                     )
                     for i in range(12)
                 ]
-                enqueue(events[:6], celery_app=app)
-                enqueue(events[6:], celery_app=app)
+                enqueue_audit(app, load_settings().policy.audit.batch_size, events[:6])
+                enqueue_audit(app, load_settings().policy.audit.batch_size, events[6:])
                 wait_until(lambda: log.head().seq == 12, timeout_s=30)
                 wait_until(
                     lambda: _created(sandbox, "503") >= 1, timeout_s=30
@@ -194,18 +197,10 @@ def test_through_the_queue_and_a_real_worker_across_an_outage(
     assert _gateway_audits(sandbox, agents) == list(range(1, 13))
 
 
-def test_the_mirror_client_makes_one_attempt_per_call() -> None:
-    from config.settings import load_settings
-    from tasks import audit as audit_tasks
-
-    audit_tasks.reset()
-    client = audit_tasks._mirror_client()
-    try:
-        assert client.config.max_attempts == 1
-        assert (
-            dataclasses.replace(client.config, max_attempts=load_settings().gateway.max_attempts)
-            != client.config
-        )
-    finally:
-        client.close()
-        audit_tasks.reset()
+def test_the_mirror_client_makes_one_attempt_per_call(runtime: Runtime) -> None:
+    client = runtime.mirror_gateway
+    assert client.config.max_attempts == 1
+    assert (
+        dataclasses.replace(client.config, max_attempts=runtime.settings.gateway.max_attempts)
+        != client.config
+    )

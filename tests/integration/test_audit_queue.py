@@ -19,8 +19,8 @@ from fleet.audit.signing import read_checkpoint_file
 from fleet.audit.verify import verify_log
 from fleet.storage.db import create_db_engine, migrate
 from stack.parts import celery_worker, producer_app, redis_server, wait_until
-from tasks.audit import enqueue
 from workers.queues import FleetQueue
+from workers.runtime import enqueue_audit
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,8 @@ def test_entries_pass_through_the_queue_into_one_chain_and_redelivery_adds_nothi
         log_file,
     ):
         app = producer_app(redis_url)
-        enqueue(events, celery_app=app)  # three messages, appended by two processes at once
+        # Three messages, appended by two processes at once.
+        enqueue_audit(app, load_settings().policy.audit.batch_size, events)
         app.send_task(
             "audit.append_batch", args=([e.model_dump(mode="json") for e in events[:500]],)
         )  # a redelivery

@@ -17,8 +17,8 @@ from fleet.sla.episodes import OpenContext, apply_sample
 from fleet.sla.models import SlaEpisode
 from fleet.storage.records import AgentStatus
 from tests.support.databases import postgres_available, postgres_database, sqlite_database
+from tests.support.sla_world import World
 from tests.unit.test_escalation import run_minutes
-from tests.unit.test_sla_fixtures import World, world_factory  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,50 +13,36 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from config.settings import reset_settings_cache
 from fleet import audit
 from fleet.audit.export import verify_export
-from fleet.storage.db import engine_for, migrate
+from tests.conftest import RecordingRuntime
 
 AUTH = {"Authorization": "Bearer fleet-demo-token"}
 
 
 @pytest.fixture
 def api(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[TestClient, list[audit.AuditEvent], Any]]:
-    monkeypatch.setenv("FLEET_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("FLEET_DATABASE_URL", f"sqlite:///{tmp_path / 'fleet.db'}")
-    reset_settings_cache()
-    from tasks import audit as audit_tasks
-
-    audit_tasks.reset()
-    migrate(engine_for(f"sqlite:///{tmp_path / 'fleet.db'}"))
-    sent: list[str] = []
-    monkeypatch.setattr(
-        audit_tasks, "dispatch_approved", lambda *a, **k: sent.append("dispatched") or []
-    )
+    runtime: RecordingRuntime,
+) -> Iterator[tuple[TestClient, list[audit.AuditEvent], RecordingRuntime]]:
     from web.app import create_api
 
-    with audit.capture() as events, TestClient(create_api()) as client:
-        yield client, events, audit_tasks
-    audit_tasks.reset()
-    reset_settings_cache()
+    with TestClient(create_api(lambda: runtime)) as client:
+        yield client, runtime.events, runtime
 
 
-def test_endpoints_need_the_token(api: tuple[TestClient, list[audit.AuditEvent], Any]) -> None:
+def test_endpoints_need_the_token(
+    api: tuple[TestClient, list[audit.AuditEvent], RecordingRuntime],
+) -> None:
     client, _, _ = api
     assert client.get("/api/v1/approvals").status_code == 401
     assert client.get("/api/v1/audit/verify").status_code == 401
 
 
 def test_decisions_over_http_keep_the_four_eyes_rules(
-    api: tuple[TestClient, list[audit.AuditEvent], Any],
+    api: tuple[TestClient, list[audit.AuditEvent], RecordingRuntime],
 ) -> None:
-    client, events, audit_tasks = api
-    gate = audit_tasks.approvals().request(
-        "delete_data", "fleet:demo", "alice", reason="GDPR erasure"
-    )
+    client, events, rt = api
+    gate = rt.approvals.request("delete_data", "fleet:demo", "alice", reason="GDPR erasure")
     rid = gate.request_id
     listed = client.get("/api/v1/approvals", headers=AUTH).json()
     assert [r["request_id"] for r in listed] == [rid] and listed[0]["risk"] == "CRITICAL"
@@ -102,10 +87,10 @@ def test_decisions_over_http_keep_the_four_eyes_rules(
 
 
 def test_audit_and_compliance_endpoints(
-    api: tuple[TestClient, list[audit.AuditEvent], Any], tmp_path: Path
+    api: tuple[TestClient, list[audit.AuditEvent], RecordingRuntime], tmp_path: Path
 ) -> None:
-    client, _, audit_tasks = api
-    audit_tasks.audit_log().append(
+    client, _, rt = api
+    rt.audit_log.append(
         [
             audit.build_event(
                 actor="t", action="restart_agent", subject="seg0-0001-aaaaaaaa", details={"i": i}

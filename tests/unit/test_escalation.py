@@ -17,7 +17,7 @@ from fleet.sla import service
 from fleet.sla.episodes import get_episode
 from fleet.sla.models import ActionStatus, SlaDispute, SlaEscalation
 from fleet.storage.records import AgentStatus
-from tests.unit.test_sla_fixtures import World, world, world_factory  # noqa: F401  (fixtures)
+from tests.support.sla_world import World
 
 CHECK_EVERY_MIN = 5
 
@@ -262,7 +262,7 @@ def test_two_engines_racing_send_each_tier_once(world: World) -> None:
     keys = [(d.episode_id, d.tier) for d in sent]
     assert len(keys) == len(set(keys)) == 30 * 3
     by_episode: dict[str, list[int]] = {}
-    for name, kwargs in w.sent:
+    for _, kwargs in w.sent:
         by_episode.setdefault(kwargs["episode_id"], []).append(kwargs["tier"])
     assert all(tiers == [2, 3, 4] for tiers in by_episode.values())  # in order, per episode
 
@@ -283,7 +283,8 @@ def test_acknowledgement_holds_tiers_3_and_4_until_it_runs_out(world_factory: An
             acked.append(episode_id)
 
     log = run_minutes(w, 31, agents=[agent], on_minute=ack)
-    # Tier 2 still ran (automated tiers run while unresolved); 3 and 4 waited for the ack to lapse at 30 min.
+    # Tier 2 still ran (automated tiers run while unresolved); 3 and 4 waited for the ack to
+    # lapse at 30 min.
     assert [(m, n) for m, n, _ in log] == [
         (0, "escalation.tier1.remediate"),
         (5, "escalation.tier2.reroute"),

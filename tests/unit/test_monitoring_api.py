@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -17,31 +16,22 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from config.settings import reset_settings_cache
 from fleet import audit
 from fleet.monitoring import sweep
 from fleet.monitoring.alerts import Handoff, apply_changes
 from fleet.monitoring.rules import Change, Rule
 from fleet.monitoring.snapshot import Health, Snapshot, write_snapshots
-from fleet.storage.db import engine_for, migrate, session_factory
+from tests.conftest import RecordingRuntime
 
 AUTH = {"Authorization": "Bearer fleet-demo-token"}
 AGENT = "seg0-0001-00000001"
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    monkeypatch.setenv("FLEET_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("FLEET_DATABASE_URL", url)
-    reset_settings_cache()
-    migrate(engine_for(url))
-    sessions = session_factory(engine_for(url))
+def env(runtime: RecordingRuntime) -> Iterator[dict[str, Any]]:
+    sessions = runtime.sessions
     r = fakeredis.FakeRedis(decode_responses=True)
-    from tasks import _deps
-
-    monkeypatch.setattr(_deps, "hot", lambda: r)
-    monkeypatch.setattr(_deps, "sessions", lambda: sessions)
+    runtime.redis = r
     r.hset(
         sweep.HEALTH_KEY,
         mapping={
@@ -104,14 +94,13 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, A
             Handoff(lambda ids: None, lambda p: None),
             60.0,
         )
-    yield {"r": r, "sessions": sessions, "url": url}
-    reset_settings_cache()
+    yield {"r": r, "sessions": sessions, "runtime": runtime}
 
 
 def test_metrics_needs_no_token_and_the_rest_does(env: dict[str, Any]) -> None:
     from web.app import create_api
 
-    with TestClient(create_api()) as client:
+    with TestClient(create_api(lambda: env["runtime"])) as client:
         metrics = client.get("/metrics")
         assert metrics.status_code == 200 and metrics.headers["content-type"].startswith(
             "text/plain"

@@ -90,10 +90,8 @@ def test_deliver_retries_only_transient_failures() -> None:
 
 
 def test_the_delivery_task_retries_failed_urls_as_new_messages_and_gives_up_at_the_ceiling(
-    monkeypatch: Any, tmp_path: Any
+    monkeypatch: Any, runtime: Any
 ) -> None:
-    from types import SimpleNamespace
-
     import pytest
     from celery.exceptions import Retry
 
@@ -109,16 +107,17 @@ def test_the_delivery_task_retries_failed_urls_as_new_messages_and_gives_up_at_t
         calls.append(request.url.path)
         return httpx.Response(200 if request.url.path == "/ok" else 503)
 
+    settings = runtime.settings
     monkeypatch.setattr(
-        metrics_tasks._deps,
+        runtime,
         "settings",
-        lambda: SimpleNamespace(policy=SimpleNamespace(alerts=policy)),
+        settings.model_copy(
+            update={"policy": settings.policy.model_copy(update={"alerts": policy})}
+        ),
     )
-    monkeypatch.setattr(metrics_tasks._deps, "sessions", lambda: None)
     monkeypatch.setattr(metrics_tasks, "load_alerts", lambda sessions, ids: [alert(1)])
-    monkeypatch.setattr(
-        metrics_tasks, "_webhooks", lambda: httpx.Client(transport=httpx.MockTransport(handler))
-    )
+    webhooks = httpx.Client(transport=httpx.MockTransport(handler))
+    monkeypatch.setattr(type(runtime), "webhooks", property(lambda _: webhooks))
     retried: list[dict[str, Any]] = []
 
     def fake_retry(**kw: Any) -> Retry:

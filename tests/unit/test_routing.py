@@ -13,7 +13,7 @@ from fleet.monitoring.snapshot import Health, Snapshot, write_snapshots
 from fleet.routing import Candidate, load_candidates, score, select_agent, shares
 from fleet.sla import service
 from fleet.storage.records import AgentStatus
-from tests.unit.test_sla_fixtures import START, World, world, world_factory  # noqa: F401
+from tests.support.sla_world import START, World
 
 POLICY = RoutingPolicy()
 

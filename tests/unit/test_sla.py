@@ -1,4 +1,4 @@
-"""SLA enforcement, pure and with a fake gateway: samples, episodes, sweeps, budgets, alerts, metrics."""
+"""SLA enforcement, pure and with a fake gateway: samples, episodes, sweeps, budgets, alerts."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from fleet.sla.models import SlaBurnAlert, SlaEpisode
 from fleet.sla.status import agent_report, fleet_report
 from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus
-from tests.unit.test_sla_fixtures import START, World, world, world_factory, write_policy  # noqa: F401
+from tests.support.sla_world import START, World, write_policy
 
 TERMS = {"p99_latency_ms": 2000, "uptime_pct": "99.5"}
 
@@ -68,7 +68,7 @@ def _answer(compliant: bool, *terms: str) -> SlaComplianceResult:
         (_answer(False, "uptime_pct"), _snap("a"), Verdict.BREACH, "gateway"),
         (_answer(True), _snap("a"), Verdict.COMPLIANT, "gateway"),
         (_answer(True), None, Verdict.COMPLIANT, "gateway"),
-        # Our own poll sees p99 over the contract while the gateway says fine: no verdict either way.
+        # Our poll sees p99 over the contract while the gateway says fine: no verdict either way.
         (_answer(True), _snap("a", p99=4000), Verdict.INCONCLUSIVE, "gateway"),
         # A stale snapshot is no cross-check.
         (_answer(True), _snap("a", p99=4000, age_s=900), Verdict.COMPLIANT, "gateway"),
@@ -108,7 +108,8 @@ def test_templates_validated_at_load_and_unknown_ones_refused(tmp_path: Path, wo
     bad.write_text(
         "extends: "
         + str(Path(__file__).resolve().parents[2] / "config/defaults/policy.yaml")
-        + "\nsla_templates:\n  gold:\n    p99_latency_ms: -1\n    uptime_pct: '99'\n    accuracy_pct: '90'\n"
+        + "\nsla_templates:\n  gold:\n    p99_latency_ms: -1\n"
+        "    uptime_pct: '99'\n    accuracy_pct: '90'\n"
         "    max_cost_per_task: '0.1'\n    review_days: 7\n"
     )
     with pytest.raises(ConfigError, match="sla_templates.gold.p99_latency_ms"):
@@ -222,7 +223,7 @@ def test_agents_that_left_the_fleet_have_their_episodes_closed(world: World) -> 
         service.acknowledge_episode(w.sessions, w.policy, w.clock, episode_id, "alice")
 
 
-# ------------------------------------------------------------------------------ budgets and burn rates
+# ------------------------------------------------------------------ budgets and burn rates
 
 
 def test_the_budget_is_half_a_percent_of_an_explicit_window() -> None:
@@ -263,7 +264,7 @@ def test_multi_window_burn_alerts_need_both_windows_over_the_factor() -> None:
         "3x-1d-2h",
         "1x-3d-6h",
     ]
-    # 6 minutes in violation, still going: 14.4x over 1 h needs 4.32 min; 5 min window fully burning.
+    # 6 minutes in violation, still going: 14.4x over 1 h needs 4.32 min; 5 min window all burning.
     fresh = {
         s.rule: s for s in evaluate_burn([(START - timedelta(minutes=6), None)], START, policy)
     }
@@ -298,7 +299,7 @@ def test_burn_alerts_fire_once_notify_for_fleets_and_resolve(world: World) -> No
     deps = AlertDeps(w.sessions, w.policy, w.clock, w.client)
     w.clock.advance(6 * 60)
     first = evaluate_burn_alerts(deps)
-    # Two of four agents in breach for 6 min. Each agent: 6 of 60 min = 20x over 1 h, 200x over 5 min:
+    # Two of four agents in breach for 6 min. Each: 6 of 60 min = 20x over 1 h, 200x over 5 min:
     # page. The fleet: 12 of 240 agent-minutes = 10x over 1 h: not yet.
     assert {("agent:" + a, "14.4x-1h-5m") for a in agents[:2]} <= set(first.fired)
     assert ("fleet:demo", "14.4x-1h-5m") not in first.fired
@@ -371,8 +372,8 @@ def test_status_reports_and_prometheus(world: World) -> None:
     text = generate_latest(registry).decode()
     assert 'fleet_sla_error_budget_remaining_ratio{agent="",fleet="demo",scope="fleet"}' in text
     assert (
-        f'fleet_sla_error_budget_consumed_seconds{{agent="{agents[0]}",fleet="demo",scope="agent"}} 960.0'
-        in text
+        "fleet_sla_error_budget_consumed_seconds"
+        f'{{agent="{agents[0]}",fleet="demo",scope="agent"}} 960.0' in text
     )
     assert 'fleet_sla_burn_rate{agent="",fleet="demo",scope="fleet",window="5m"}' in text
     assert 'fleet_sla_open_episodes{fleet="demo"} 1.0' in text

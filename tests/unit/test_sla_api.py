@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,34 +14,27 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from config.settings import reset_settings_cache
 from fleet import audit
 from fleet.sla.models import SlaEpisode, SlaEscalation
-from fleet.storage.db import engine_for, migrate, session_factory, write_session
+from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus
+from tests.conftest import RecordingRuntime
 
 AUTH = {"Authorization": "Bearer fleet-demo-token"}
 AGENT = "api-0001-0000abcd"
 
 
 @pytest.fixture
-def api(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[TestClient, list[audit.AuditEvent]]]:
-    url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    monkeypatch.setenv("FLEET_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("FLEET_DATABASE_URL", url)
-    monkeypatch.setenv(
-        "FLEET_REDIS__URL", "redis://127.0.0.1:1/0"
-    )  # nothing listens: shown as unknown
-    reset_settings_cache()
-    from tasks import _deps
+def redis_nowhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_REDIS__URL", "redis://127.0.0.1:1/0")  # nothing listens: unknown
 
-    _deps.reset()
-    engine = engine_for(url)
-    migrate(engine)
+
+@pytest.fixture
+def api(
+    redis_nowhere: None, runtime: RecordingRuntime
+) -> Iterator[tuple[TestClient, list[audit.AuditEvent]]]:
     now = datetime.now(UTC)
-    with write_session(session_factory(engine)) as s:
+    with write_session(runtime.sessions) as s:
         s.add(
             Agent(
                 agent_id=AGENT,
@@ -94,10 +86,8 @@ def api(
             )
     from web.app import create_api
 
-    with audit.capture() as events, TestClient(create_api()) as client:
-        yield client, events
-    _deps.reset()
-    reset_settings_cache()
+    with TestClient(create_api(lambda: runtime)) as client:
+        yield client, runtime.events
 
 
 def test_sla_endpoints(

@@ -83,3 +83,15 @@ def test_beat_schedule_comes_from_settings() -> None:
     for entry in beats.values():
         assert entry["schedule"] == 7
         assert entry["options"]["expires"] < 7  # a late tick never piles onto the next
+
+
+def test_the_task_names_the_domain_sends_are_the_enums_and_registered() -> None:
+    import tasks.audit  # noqa: F401 - registers the tasks
+    import tasks.escalation  # noqa: F401
+    from fleet.approvals.release import TASK as RELEASE_TASK
+    from fleet.escalation.engine import TIER_TASKS
+    from workers.queues import TaskName
+
+    for name in [RELEASE_TASK, *TIER_TASKS.values()]:
+        assert TaskName(name) in app.tasks
+    assert {str(n) for n in TaskName} <= set(app.tasks)

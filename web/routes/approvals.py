@@ -24,7 +24,11 @@ from fleet.approvals import (
     SelfApproval,
     UnknownRequest,
 )
+from fleet.approvals.gate import dispatch_approved
+from fleet.approvals.release import request_release as open_request
+from fleet.runtime import Runtime
 from web.app_auth import require_token
+from web.deps import RuntimeDep
 
 log = logging.getLogger(__name__)
 
@@ -64,74 +68,69 @@ class ReleaseRequest(BaseModel):
     fleet: str | None = None
 
 
-def _service() -> Any:
-    from tasks.audit import approvals
-
-    return approvals()
-
-
-def _dispatch(view: RequestView) -> None:
+def _dispatch(rt: Runtime, view: RequestView) -> None:
     if view.status is RequestStatus.APPROVED and view.task:
-        from tasks.audit import dispatch_approved
-
         try:
-            dispatch_approved(_service())
+            dispatch_approved(rt.approvals, rt.send)
         except Exception as exc:  # noqa: BLE001 - the sweep sends it later
             log.warning("approved %s; its task waits for the next sweep: %s", view.request_id, exc)
 
 
 @router.get("")
 def list_requests(
-    state: RequestStatus | None = RequestStatus.PENDING, review: bool = False, limit: int = 100
+    rt: RuntimeDep,
+    state: RequestStatus | None = RequestStatus.PENDING,
+    review: bool = False,
+    limit: int = 100,
 ) -> list[dict[str, Any]]:
     """Pending requests by default; ``?review=true`` for the post-hoc review queue."""
     return [
         v.to_dict()
-        for v in _service().list_requests(status=state, review_queue=review, limit=min(limit, 1000))
+        for v in rt.approvals.list_requests(
+            status=state, review_queue=review, limit=min(limit, 1000)
+        )
     ]
 
 
 @router.get("/{request_id}")
-def get_request(request_id: str) -> dict[str, Any]:
+def get_request(rt: RuntimeDep, request_id: str) -> dict[str, Any]:
     try:
-        return dict(_service().get(request_id).to_dict())
+        return dict(rt.approvals.get(request_id).to_dict())
     except ApprovalError as exc:
         raise _http_error(exc) from None
 
 
 @router.post("/{request_id}/approve")
-def approve(request_id: str, decision: Decision) -> dict[str, Any]:
+def approve(rt: RuntimeDep, request_id: str, decision: Decision) -> dict[str, Any]:
     try:
-        view = _service().approve(request_id, decision.approver, decision.comment)
+        view = rt.approvals.approve(request_id, decision.approver, decision.comment)
     except ApprovalError as exc:
         raise _http_error(exc) from None
-    _dispatch(view)
+    _dispatch(rt, view)
     return dict(view.to_dict())
 
 
 @router.post("/{request_id}/reject")
-def reject(request_id: str, decision: Decision) -> dict[str, Any]:
+def reject(rt: RuntimeDep, request_id: str, decision: Decision) -> dict[str, Any]:
     try:
-        return dict(_service().reject(request_id, decision.approver, decision.comment).to_dict())
+        return dict(rt.approvals.reject(request_id, decision.approver, decision.comment).to_dict())
     except ApprovalError as exc:
         raise _http_error(exc) from None
 
 
 @router.post("/{request_id}/review")
-def review(request_id: str, body: Review) -> dict[str, Any]:
+def review(rt: RuntimeDep, request_id: str, body: Review) -> dict[str, Any]:
     try:
-        return dict(_service().review(request_id, body.reviewer, body.note).to_dict())
+        return dict(rt.approvals.review(request_id, body.reviewer, body.note).to_dict())
     except ApprovalError as exc:
         raise _http_error(exc) from None
 
 
 @router.post("/release", status_code=status.HTTP_202_ACCEPTED)
-def request_release(body: ReleaseRequest) -> dict[str, Any]:
+def request_release(rt: RuntimeDep, body: ReleaseRequest) -> dict[str, Any]:
     """Ask to release a frozen agent: it runs once someone else approves."""
-    from fleet.approvals.release import request_release as open_request
-
     gate = open_request(
-        _service(), body.agent_id, body.requested_by, reason=body.reason, fleet=body.fleet
+        rt.approvals, body.agent_id, body.requested_by, reason=body.reason, fleet=body.fleet
     )
     return {
         "risk": gate.risk.value,

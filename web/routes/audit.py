@@ -11,32 +11,28 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from web.app_auth import require_token
+from web.deps import RuntimeDep
 
 router = APIRouter(prefix="/api/v1", tags=["audit"], dependencies=[Depends(require_token)])
 
 
-def _log() -> Any:
-    from tasks.audit import audit_log
-
-    return audit_log()
-
-
 @router.get("/audit/verify")
-def verify() -> dict[str, Any]:
+def verify(rt: RuntimeDep) -> dict[str, Any]:
     """Re-check the chain and its signed checkpoints; ``ok`` false names the first bad entry."""
     from fleet.audit.verify import verify_log
 
-    return dict(verify_log(_log()).to_dict())
+    return dict(verify_log(rt.audit_log).to_dict())
 
 
 @router.get("/audit/public-key")
-def public_key() -> dict[str, str]:
-    signer = _log().signer
+def public_key(rt: RuntimeDep) -> dict[str, str]:
+    signer = rt.audit_log.signer
     return {"key_id": signer.key_id, "public_key": signer.public_hex, "pem": signer.public_pem()}
 
 
 @router.get("/audit/export")
 def export(
+    rt: RuntimeDep,
     since: datetime | None = None,
     until: datetime | None = None,
     fmt: Literal["jsonl", "csv"] = Query("jsonl", alias="format"),
@@ -51,7 +47,7 @@ def export(
                 "since/until need a time zone (e.g. 2026-01-01T00:00Z)",
             )
     spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - closed by the stream
-    export_log(_log(), spool, fmt=fmt, since=since, until=until)
+    export_log(rt.audit_log, spool, fmt=fmt, since=since, until=until)
     spool.seek(0)
 
     def chunks() -> Iterator[bytes]:
@@ -66,19 +62,18 @@ def export(
 
 @router.get("/reports/compliance", response_model=None)
 def compliance(
+    rt: RuntimeDep,
     fleet: str,
     period: str,
     fmt: Literal["json", "html"] = Query("json", alias="format"),
     gateway: bool = True,
 ) -> dict[str, Any] | HTMLResponse:
-    """Per article 9, 11, 12, 13, 14, 15: our evidence merged with the gateway's (also written to files)."""
-    from config.settings import get_settings
+    """Per article 9, 11-15: our evidence merged with the gateway's (also written to files)."""
     from fleet.audit.compliance import produce_report, render_html
-    from tasks.audit import approvals, gateway_client
 
-    call = gateway_client().call if gateway else None
+    call = rt.gateway_sync.call if gateway else None
     try:
-        report, _, _ = produce_report(get_settings(), _log(), approvals(), fleet, period, call)
+        report, _, _ = produce_report(rt.settings, rt.audit_log, rt.approvals, fleet, period, call)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     if fmt == "html":

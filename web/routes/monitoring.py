@@ -1,4 +1,4 @@
-"""Fleet health over HTTP: Prometheus at /metrics (no auth), status, sweeps, alerts, task-log ingestion."""
+"""Fleet health over HTTP: Prometheus at /metrics (no auth), status, sweeps, alerts, task logs."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, status
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from fleet.clock import epoch_seconds
 from fleet.monitoring import alerts, behaviour, prom
 from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.snapshot import read_snapshot
-from tasks import _deps
 from web.app_auth import require_token
+from web.deps import RuntimeDep
 
 public = APIRouter(tags=["monitoring"])
 private = APIRouter(
@@ -23,42 +24,44 @@ MAX_TASK_LOGS = 1000
 
 
 @public.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
+def metrics(rt: RuntimeDep) -> Response:
     """Prometheus text format: fleet totals, open alerts, sweeps, per-agent gauges."""
     body = prom.render(
-        _deps.hot(),
-        max_agents=_deps.settings().metrics.prometheus_max_agents,
-        open_alerts=alerts.open_counts(_deps.sessions()),
+        rt.redis,
+        max_agents=rt.settings.metrics.prometheus_max_agents,
+        open_alerts=alerts.open_counts(rt.sessions),
     )
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @private.get("/fleet")
-def fleet() -> dict[str, Any]:
-    """The last finished sweep's view of each fleet ("*": all of them), and open alerts by severity."""
-    fleets, meta = sweeping.fleet_health(_deps.hot())
-    return {"fleets": fleets, "sweep": meta, "open_alerts": alerts.open_counts(_deps.sessions())}
+def fleet(rt: RuntimeDep) -> dict[str, Any]:
+    """The last finished sweep's view of each fleet ("*": all), and open alerts by severity."""
+    fleets, meta = sweeping.fleet_health(rt.redis)
+    return {"fleets": fleets, "sweep": meta, "open_alerts": alerts.open_counts(rt.sessions)}
 
 
 @private.get("/agents/{agent_id}")
-def agent(agent_id: str) -> dict[str, Any]:
-    snap = read_snapshot(_deps.hot(), agent_id)
+def agent(rt: RuntimeDep, agent_id: str) -> dict[str, Any]:
+    snap = read_snapshot(rt.redis, agent_id)
     if snap is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no snapshot for agent {agent_id!r}")
     return {**snap.to_redis(), "breached_terms": list(snap.breached_terms)}
 
 
 @private.get("/sweeps")
-def sweeps(limit: Annotated[int, Query(ge=1, le=100)] = 10) -> list[dict[str, Any]]:
-    r = _deps.hot()
+def sweeps(rt: RuntimeDep, limit: Annotated[int, Query(ge=1, le=100)] = 10) -> list[dict[str, Any]]:
+    r = rt.redis
     return [
         s for s in (sweeping.sweep_status(r, sid) for sid in sweeping.recent_sweeps(r, limit)) if s
     ]
 
 
 @private.get("/sweeps/{sweep_id}")
-def sweep(sweep_id: str, failures: Annotated[int, Query(ge=0, le=10000)] = 100) -> dict[str, Any]:
-    r = _deps.hot()
+def sweep(
+    rt: RuntimeDep, sweep_id: str, failures: Annotated[int, Query(ge=0, le=10000)] = 100
+) -> dict[str, Any]:
+    r = rt.redis
     found = sweeping.sweep_status(r, sweep_id)
     if found is None:
         raise HTTPException(
@@ -69,26 +72,26 @@ def sweep(sweep_id: str, failures: Annotated[int, Query(ge=0, le=10000)] = 100) 
 
 @private.get("/alerts")
 def list_alerts(
+    rt: RuntimeDep,
     state: Literal["open", "all"] = "open",
     severity: Literal["info", "warning", "critical", "emergency"] | None = None,
     subject: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     return alerts.list_alerts(
-        _deps.sessions(), open_only=state == "open", severity=severity, subject=subject, limit=limit
+        rt.sessions, open_only=state == "open", severity=severity, subject=subject, limit=limit
     )
 
 
 @private.post("/task-logs", status_code=status.HTTP_202_ACCEPTED)
 def task_logs(
+    rt: RuntimeDep,
     records: Annotated[list[behaviour.TaskLog], Body(max_length=MAX_TASK_LOGS)],
 ) -> dict[str, int]:
-    """Agents report finished tasks here (see fleet.monitoring.behaviour); counted once per task id."""
-    s = _deps.settings()
-    from fleet.clock import epoch_seconds
-
+    """Agents report finished tasks here (fleet.monitoring.behaviour); counted once per task id."""
+    s = rt.settings
     accepted = behaviour.ingest(
-        _deps.hot(), records, s.policy.alerts.behaviour.window_s, epoch_seconds()
+        rt.redis, records, s.policy.alerts.behaviour.window_s, epoch_seconds()
     )
     return {"received": len(records), "accepted": accepted}
 

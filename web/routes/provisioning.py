@@ -11,8 +11,9 @@ from pydantic import BaseModel
 
 from fleet.provisioning import pipeline
 from fleet.provisioning.manifest import ManifestError
-from tasks import _deps
+from tasks.provisioning import provision_fleet
 from web.app_auth import require_token
+from web.deps import RuntimeDep
 
 router = APIRouter(
     prefix="/api/v1/provisioning-jobs", tags=["provisioning"], dependencies=[Depends(require_token)]
@@ -57,14 +58,12 @@ async def _manifest_from(request: Request) -> Any:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
-async def create_job(request: Request) -> JobAccepted:
+async def create_job(request: Request, rt: RuntimeDep) -> JobAccepted:
     """Validate a fleet manifest and enqueue its provisioning; answers at once with the job id."""
-    from tasks.provisioning import provision_fleet
-
     data = await _manifest_from(request)
     job_id = uuid.uuid4().hex
     try:
-        manifest = pipeline.queue_job(_deps.provisioning(), data, job_id, submitted_by="api")
+        manifest = pipeline.queue_job(rt.provisioning, data, job_id, submitted_by="api")
     except ManifestError as exc:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, {"problems": exc.problems}
@@ -88,9 +87,9 @@ async def create_job(request: Request) -> JobAccepted:
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str, agents: bool = True) -> dict[str, Any]:
+def get_job(rt: RuntimeDep, job_id: str, agents: bool = True) -> dict[str, Any]:
     """State and per-agent progress: done / failed / pending of total."""
-    progress = pipeline.job_progress(_deps.sessions(), job_id)
+    progress = pipeline.job_progress(rt.sessions, job_id)
     if progress is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no provisioning job {job_id!r}")
     return progress.as_dict(with_agents=agents)

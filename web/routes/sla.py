@@ -1,31 +1,28 @@
-"""SLA enforcement over HTTP: budgets, episodes with the tiers they reached, acknowledgement, checks.
+"""SLA enforcement over HTTP: budgets, episodes and the tiers they reached, acks, checks.
 
-Prometheus: including this router registers the SLA collector
-(:mod:`fleet.sla.metrics`) on the default registry, which /metrics serves.
+Prometheus: the API registers the SLA collector (:mod:`fleet.sla.metrics`) on
+the default registry when it starts (web/app.py), which /metrics serves.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import redis
 from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, Field
 
-from fleet.clock import SystemClock
+from fleet.runtime import Runtime
 from fleet.sla.episodes import EpisodeClosed, EpisodeError, EpisodeNotFound
-from fleet.sla.metrics import register_sla_collector
-from tasks import _deps
+from tasks.sla import evaluate_agent
 from web.app_auth import require_token
+from web.deps import RuntimeDep
 
 router = APIRouter(prefix="/api/v1/sla", tags=["sla"], dependencies=[Depends(require_token)])
 
-register_sla_collector(_deps.sessions, lambda: _deps.settings().policy)
 
-
-def _redis() -> Any:
-    import redis
-
-    r = _deps.hot()
+def _redis(rt: Runtime) -> redis.Redis | None:
+    r = rt.redis
     try:
         r.ping()
     except redis.RedisError:
@@ -45,22 +42,18 @@ class Check(BaseModel):
 
 
 @router.get("/status")
-def fleet_status(fleet: str | None = None) -> dict[str, Any]:
-    """Per fleet: error budget left, time to exhaustion, burn alerts firing; open and recent episodes."""
+def fleet_status(rt: RuntimeDep, fleet: str | None = None) -> dict[str, Any]:
+    """Per fleet: budget left, time to exhaustion, burn alerts firing; open and recent episodes."""
     from fleet.sla.status import fleet_report
 
-    return fleet_report(
-        _deps.sessions(), _deps.settings().policy, SystemClock().now(), fleet=fleet, r=_redis()
-    )
+    return fleet_report(rt.sessions, rt.settings.policy, rt.clock.now(), fleet=fleet, r=_redis(rt))
 
 
 @router.get("/agents/{agent_id}")
-def agent_status(agent_id: str) -> dict[str, Any]:
+def agent_status(rt: RuntimeDep, agent_id: str) -> dict[str, Any]:
     from fleet.sla.status import agent_report
 
-    report = agent_report(
-        _deps.sessions(), _deps.settings().policy, SystemClock().now(), agent_id, r=_redis()
-    )
+    report = agent_report(rt.sessions, rt.settings.policy, rt.clock.now(), agent_id, r=_redis(rt))
     if report is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no agent {agent_id!r}")
     return report
@@ -69,8 +62,6 @@ def agent_status(agent_id: str) -> dict[str, Any]:
 @router.post("/agents/{agent_id}/check", status_code=status.HTTP_202_ACCEPTED)
 def check_agent(agent_id: str, body: Check | None = None) -> dict[str, Any]:
     """Check the agent now on the sla queue (opens an episode if it is in breach)."""
-    from tasks.sla import evaluate_agent
-
     body = body or Check()
     kwargs = {
         "agent_id": agent_id,
@@ -84,6 +75,7 @@ def check_agent(agent_id: str, body: Check | None = None) -> dict[str, Any]:
 
 @router.get("/episodes")
 def list_episodes(
+    rt: RuntimeDep,
     state: str | None = None,
     agent_id: str | None = None,
     fleet: str | None = None,
@@ -94,8 +86,8 @@ def list_episodes(
     if state not in (None, "open", "closed"):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "state must be open or closed")
     return episodes(
-        _deps.sessions(),
-        SystemClock().now(),
+        rt.sessions,
+        rt.clock.now(),
         state=state,
         agent_id=agent_id,
         fleet=fleet,
@@ -104,24 +96,24 @@ def list_episodes(
 
 
 @router.get("/episodes/{episode_id}")
-def get_episode(episode_id: str) -> dict[str, Any]:
+def get_episode(rt: RuntimeDep, episode_id: str) -> dict[str, Any]:
     from fleet.sla.status import episode_detail
 
-    detail = episode_detail(_deps.sessions(), episode_id, SystemClock().now())
+    detail = episode_detail(rt.sessions, episode_id, rt.clock.now())
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no episode {episode_id!r}")
     return detail
 
 
 @router.post("/episodes/{episode_id}/ack")
-def acknowledge(episode_id: str, body: Ack) -> dict[str, Any]:
+def acknowledge(rt: RuntimeDep, episode_id: str, body: Ack) -> dict[str, Any]:
     """Acknowledge: tiers 3-4 wait until the acknowledgement times out; tiers 1-2 go on."""
     from fleet.sla.service import acknowledge_episode
 
-    clock = SystemClock()
+    clock = rt.clock
     try:
         ep = acknowledge_episode(
-            _deps.sessions(), _deps.settings().policy, clock, episode_id, body.by, body.note
+            rt.sessions, rt.settings.policy, clock, episode_id, body.by, body.note
         )
     except EpisodeNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
@@ -131,7 +123,7 @@ def acknowledge(episode_id: str, body: Ack) -> dict[str, Any]:
 
 
 @router.get("/templates")
-def templates() -> dict[str, dict[str, Any]]:
+def templates(rt: RuntimeDep) -> dict[str, dict[str, Any]]:
     from fleet.sla.contracts import templates as all_templates
 
-    return all_templates(_deps.settings().policy)
+    return all_templates(rt.settings.policy)

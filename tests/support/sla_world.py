@@ -7,7 +7,6 @@ import itertools
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,13 +14,11 @@ from typing import Any
 
 import fakeredis
 import httpx
-import pytest
 import yaml
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.policy import Policy, load_policy
 from config.settings import DEFAULT_POLICY_FILE, SlaSettings
-from fleet import audit
 from fleet.approvals import Approvals
 from fleet.audit.events import AuditEvent
 from fleet.clock import ManualClock
@@ -244,45 +241,32 @@ def write_policy(tmp_path: Path, **changes: Any) -> Policy:
     return load_policy(path)
 
 
-@pytest.fixture
-def world_factory(tmp_path: Path) -> Iterator[Any]:
-    made: list[World] = []
-    with audit.capture() as events:
+def make_world(
+    tmp_path: Path,
+    number: int,
+    events: list[AuditEvent],
+    url: str | None = None,
+    **policy_changes: Any,
+) -> World:
+    engine = create_db_engine(url or f"sqlite:///{tmp_path / f'fleet{number}.db'}")
+    migrate(engine)
+    gateway = FakeGateway()
+    config = GatewayConfig(url="http://gateway.test/v1", admin_key="k", max_attempts=1)  # type: ignore[arg-type]
+    client = LoopGatewayClient(config, transport=httpx.MockTransport(gateway.handle))
+    hook_calls: list[dict[str, Any]] = []
 
-        def make(url: str | None = None, **policy_changes: Any) -> World:
-            engine = create_db_engine(url or f"sqlite:///{tmp_path / f'fleet{len(made)}.db'}")
-            migrate(engine)
-            gateway = FakeGateway()
-            config = GatewayConfig(url="http://gateway.test/v1", admin_key="k", max_attempts=1)  # type: ignore[arg-type]
-            client = LoopGatewayClient(config, transport=httpx.MockTransport(gateway.handle))
-            hook_calls: list[dict[str, Any]] = []
+    def hook(request: httpx.Request) -> httpx.Response:
+        hook_calls.append(json.loads(request.content))
+        return httpx.Response(202, json={"accepted": True})
 
-            def hook(request: httpx.Request) -> httpx.Response:
-                hook_calls.append(json.loads(request.content))
-                return httpx.Response(202, json={"accepted": True})
-
-            world = World(
-                session_factory(engine),
-                fakeredis.FakeRedis(decode_responses=True),
-                gateway,
-                client,
-                ManualClock(START),
-                write_policy(tmp_path, **policy_changes),
-                events,
-                httpx.MockTransport(hook),
-                hook_calls,
-            )
-            made.append(world)
-            return world
-
-        try:
-            yield make
-        finally:
-            for w in made:
-                w.client.close()
-                w.sessions.kw["bind"].dispose()
-
-
-@pytest.fixture
-def world(world_factory: Any) -> World:
-    return world_factory(escalation__remediation_webhook="http://remediation.test/hook")  # type: ignore[no-any-return]
+    return World(
+        session_factory(engine),
+        fakeredis.FakeRedis(decode_responses=True),
+        gateway,
+        client,
+        ManualClock(START),
+        write_policy(tmp_path, **policy_changes),
+        events,
+        httpx.MockTransport(hook),
+        hook_calls,
+    )

@@ -1,0 +1,293 @@
+"""The composition root: everything a process needs, built once from the settings.
+
+A worker builds it when its process starts (``workers/signals.py``), the API in
+its lifespan (``web/app.py``), the CLI when a command needs it, tests through
+one fixture. Nothing here is built at import, and nothing here knows Celery:
+whatever sends messages (tasks by name, audit events to their queue) is handed
+in by the side that owns the broker.
+
+Parts that start threads or open connections (the gateway clients, the sweep
+poller, the HTTP clients) are built on first use, once, under a lock, so a
+process that never calls the gateway never starts its loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar
+
+import httpx
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import Settings
+from fleet import audit
+from fleet.approvals import Approvals
+from fleet.audit.events import AuditEvent
+from fleet.audit.group import GroupSink
+from fleet.audit.log import AuditLog
+from fleet.clock import Clock, SystemClock
+from fleet.escalation.actions import ActionDeps
+from fleet.gateway import GatewayClient, GatewayConfig
+from fleet.gateway.loop import LoopGatewayClient
+from fleet.hotstate import Lease, connect, is_provisioning_frozen, try_lock
+from fleet.monitoring import sweep as sweeping
+from fleet.monitoring.alerts import Handoff
+from fleet.monitoring.poller import SweepPoller
+from fleet.provisioning.pipeline import ProvisioningDeps
+from fleet.secrets import KeyVault
+from fleet.sla.alerts import AlertDeps
+from fleet.sla.service import SlaDeps
+from fleet.storage.db import engine_for, session_factory
+
+log = logging.getLogger(__name__)
+
+Message = tuple[str, dict[str, Any]]
+AuditSink = Callable[[Sequence[AuditEvent]], None]
+
+T = TypeVar("T")
+
+
+class Send(Protocol):
+    """Sends task messages (name, kwargs), all over one broker connection."""
+
+    def __call__(self, messages: Sequence[Message]) -> None: ...
+
+
+class Runtime:
+    """One process's dependencies. Build it with :func:`build_runtime`; close it at exit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        send: Send,
+        enqueue_audit: AuditSink,
+        clock: Clock | None = None,
+        alert_task: str,
+        escalate_task: str,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.send = send
+        self._enqueue_audit = enqueue_audit
+        self._alert_task = alert_task
+        self._escalate_task = escalate_task
+        self.engine = engine_for(settings.sqlalchemy_url)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        # redis-py connects on first command: building the client costs nothing.
+        self.redis: redis.Redis = connect(settings.redis_url)
+        self.audit_log = AuditLog.from_settings(settings, engine=self.engine)
+        self.approvals = Approvals(self.sessions, settings.policy.approvals, clock=self.clock)
+        # Re-entrant: building one part builds the parts it uses.
+        self._lock = threading.RLock()
+        self._built: dict[str, Any] = {}
+        self._previous_sink: audit.Sink | None = None
+        self._installed_sink: audit.Sink | None = None
+
+    def _once(self, name: str, build: Callable[[], T]) -> T:
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = build()
+            value: T = self._built[name]
+            return value
+
+    # ------------------------------------------------------------------ the audit sink
+
+    def audit_sink(self, events: Sequence[AuditEvent]) -> None:
+        """The queue, or the log directly when the broker cannot be reached.
+
+        A decision taken at the CLI while Redis is down is still audited.
+        """
+        try:
+            self._enqueue_audit(events)
+        except Exception as exc:  # noqa: BLE001 - whatever stops the queue, the entry must still be written
+            log.warning(
+                "audit queue unreachable (%s); appending %d entries directly", exc, len(events)
+            )
+            self.audit_log.append(list(events))
+
+    def install_audit_sink(self, *, grouped: bool = False) -> None:
+        """Make ``fleet.audit.record`` send through :meth:`audit_sink` in this process.
+
+        grouped: the events of concurrent threads share queue messages (threads-pool
+        workers; see fleet.audit.group).
+        """
+        sink: audit.Sink = GroupSink(self.audit_sink) if grouped else self.audit_sink
+        previous = audit.use_sink(sink)
+        if self._installed_sink is None:
+            self._previous_sink = previous
+        self._installed_sink = sink
+
+    # ------------------------------------------------------------------ gateway and HTTP clients
+
+    @property
+    def gateway(self) -> LoopGatewayClient:
+        # One client per process, on one background event loop: its connection
+        # pool and circuit breakers are shared by every thread of a threads-pool worker.
+        return self._once("gateway", lambda: LoopGatewayClient.from_settings(self.settings))
+
+    @property
+    def gateway_sync(self) -> GatewayClient:
+        """A plain synchronous client, for the occasional call from the audit side."""
+        return self._once("gateway_sync", lambda: GatewayClient.from_settings(self.settings))
+
+    @property
+    def mirror_gateway(self) -> GatewayClient:
+        # One attempt per call: the outbox is the retry layer, not a second one on top.
+        return self._once(
+            "mirror_gateway",
+            lambda: GatewayClient(
+                dataclasses.replace(GatewayConfig.from_settings(self.settings), max_attempts=1)
+            ),
+        )
+
+    @property
+    def poller(self) -> SweepPoller:
+        def build() -> SweepPoller:
+            s = self.settings
+            config = dataclasses.replace(
+                GatewayConfig.from_settings(s),
+                breaker_failure_threshold=s.metrics.breaker_failure_threshold,
+            )
+            return SweepPoller(
+                config, in_flight=s.metrics.in_flight, timeout_s=s.metrics.poll_timeout_s
+            )
+
+        return self._once("poller", build)
+
+    @property
+    def webhooks(self) -> httpx.Client:
+        return self._once(
+            "webhooks", lambda: httpx.Client(headers={"User-Agent": "fleet-commander-alerts"})
+        )
+
+    @property
+    def remediation_http(self) -> httpx.Client:
+        return self._once(
+            "remediation_http",
+            lambda: httpx.Client(
+                timeout=self.settings.policy.escalation.remediation_timeout_s,
+                follow_redirects=False,
+            ),
+        )
+
+    # ------------------------------------------------------------------ each area's deps
+
+    def lock(self, name: str, ttl_s: float) -> AbstractContextManager[Lease | None]:
+        return try_lock(self.redis, name, ttl_s)
+
+    @property
+    def provisioning(self) -> ProvisioningDeps:
+        def build() -> ProvisioningDeps:
+            s = self.settings
+            return ProvisioningDeps(
+                sessions=self.sessions,
+                gateway=self.gateway,
+                policy=s.policy,
+                vault=KeyVault(s.secrets_key.get_secret_value()),
+                clock=self.clock,
+                audit=audit.record,
+                lock=self.lock,
+                is_frozen=lambda fleet: is_provisioning_frozen(self.redis, fleet),
+                lock_ttl_s=s.schedule.provisioning_lock_ttl_s,
+            )
+
+        return self._once("provisioning", build)
+
+    @property
+    def monitor(self) -> sweeping.MonitorDeps:
+        def build() -> sweeping.MonitorDeps:
+            s = self.settings
+            return sweeping.MonitorDeps(
+                redis=self.redis,
+                sessions=self.sessions,
+                policy=s.policy,
+                metrics=s.metrics,
+                interval_s=s.schedule.metrics_sweep_s,
+                clock=self.clock,
+                handoff=Handoff(
+                    notify=self._notify,
+                    escalate=self._escalate,
+                    traffic_cut_fraction=s.policy.escalation.traffic_cut_fraction,
+                ),
+            )
+
+        return self._once("monitor", build)
+
+    def _notify(self, alert_ids: list[str]) -> None:
+        self.send([(self._alert_task, {"alert_ids": alert_ids})])
+
+    def _escalate(self, pairs: list[tuple[str, str]]) -> None:
+        self.send(
+            [
+                (self._escalate_task, {"agent_id": agent, "source": source})
+                for agent, source in pairs
+            ]
+        )
+
+    @property
+    def sla(self) -> SlaDeps:
+        s = self.settings
+        return self._once(
+            "sla",
+            lambda: SlaDeps(
+                self.sessions, self.redis, self.gateway, s.policy, s.sla, self.clock, self.send
+            ),
+        )
+
+    @property
+    def sla_alerts(self) -> AlertDeps:
+        return AlertDeps(self.sessions, self.settings.policy, self.clock, self.gateway)
+
+    @property
+    def escalation(self) -> ActionDeps:
+        return self._once(
+            "escalation",
+            lambda: ActionDeps(
+                self.sessions,
+                self.settings.policy,
+                self.clock,
+                self.gateway,
+                self.remediation_http,
+                self.approvals,
+            ),
+        )
+
+    # ------------------------------------------------------------------ the end
+
+    def close(self) -> None:
+        """Stop what was started and put back the audit sink this runtime replaced."""
+        with self._lock:
+            built, self._built = self._built, {}
+        for part in built.values():
+            close = getattr(part, "close", None)
+            if callable(close):
+                close()
+        if self._installed_sink is not None and audit.current_sink() is self._installed_sink:
+            audit.use_sink(self._previous_sink)
+        self._installed_sink = None
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    send: Send,
+    enqueue_audit: AuditSink,
+    alert_task: str,
+    escalate_task: str,
+    clock: Clock | None = None,
+) -> Runtime:
+    """The process's runtime from its settings and the broker-side callables."""
+    return Runtime(
+        settings,
+        send=send,
+        enqueue_audit=enqueue_audit,
+        alert_task=alert_task,
+        escalate_task=escalate_task,
+        clock=clock,
+    )
