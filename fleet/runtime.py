@@ -236,7 +236,7 @@ class Runtime:
         return self._once(
             "sla",
             lambda: SlaDeps(
-                self.sessions, self.redis, self.gateway, s.policy, s.sla, self.clock, self.send
+                self.sessions, self.redis, s.policy, s.sla, self.clock, self.send
             ),
         )
 
