@@ -2,7 +2,7 @@
 
 Paths (none exists on the real gateway; none is faulted or counted):
 
-=====================================  ==============================================================
+=====================================  =========================================================
 ``GET /_sandbox/health``               status, uptime, agent count, data file
 ``GET /_sandbox/counters``             ``{"total", "in_flight", "tools": {tool: n}, "statuses":
                                        {tool: {"200": n, ...}}, "agents": {id: {tool: n}}}``;
@@ -21,7 +21,7 @@ Paths (none exists on the real gateway; none is faulted or counted):
 ``POST /_sandbox/flush``               write the state file now
 ``GET /_sandbox/state``                counts of agents, keys, wallets, escrows, disputes, events
 ``POST /_sandbox/reset``               wipe state and counters, restore start-up faults
-=====================================  ==============================================================
+=====================================  =========================================================
 """
 
 from __future__ import annotations

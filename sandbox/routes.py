@@ -10,7 +10,6 @@ formats. :data:`ROUTES` is also what the OpenAPI comparison test walks.
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ from sandbox.state import (
     key_prefix,
 )
 from sandbox.validate import (
-    AGENT_ID_RE,
     CENT,
     ZERO,
     F,
@@ -310,8 +308,10 @@ async def ingest_metrics(c: Call) -> dict[str, Any]:
     accepted = rejected = 0
     series = c.state.metrics[agent_id]
     for name, value in c.body["metrics"].items():
-        if name not in METRIC_NAMES or isinstance(value, bool) or not isinstance(
-            value, int | float
+        if (
+            name not in METRIC_NAMES
+            or isinstance(value, bool)
+            or not isinstance(value, int | float)
         ):
             rejected += 1
             continue
@@ -334,9 +334,7 @@ async def query_metrics(c: Call) -> dict[str, Any]:
     agent_id = c.query.get("agent_id")
     name = c.query.get("metric_name")
     if not agent_id or not name:
-        raise Problem(
-            422, "validation_error", "query.agent_id, query.metric_name: Field required"
-        )
+        raise Problem(422, "validation_error", "query.agent_id, query.metric_name: Field required")
     since = q_float(c.query, "since", 0.0) or 0.0
     limit = q_int(c.query, "limit", 100, 1, 1000)
     points = [
@@ -425,9 +423,7 @@ async def deposit(c: Call) -> dict[str, Any]:
     _check_deposit_cap(c, amount)
     if wallet.frozen:
         raise Problem(403, "wallet_frozen", f"Wallet is frozen for agent {agent_id}")
-    tx_id = c.state.ledger(
-        wallet, amount, "deposit", c.body.get("description", "Deposit"), c.now
-    )
+    tx_id = c.state.ledger(wallet, amount, "deposit", c.body.get("description", "Deposit"), c.now)
     return {"new_balance": wallet.balance, "transaction_id": tx_id}
 
 
@@ -574,7 +570,9 @@ async def discounts(c: Call) -> dict[str, Any]:
     historical = 0
     if wallet is not None:
         historical = sum(
-            1 for tx in c.state.transactions.get(agent_id, ()) if tx["description"] == f"gateway:{tool_name}"
+            1
+            for tx in c.state.transactions.get(agent_id, ())
+            if tx["description"] == f"gateway:{tool_name}"
         )
     return {
         "agent_id": agent_id,
@@ -652,8 +650,11 @@ async def own_keys(c: Call) -> dict[str, Any]:
 async def create_key(c: Call) -> dict[str, Any]:
     tier = c.body.get("tier", "free")
     mine = c.tier
-    if tier not in TIER_RANK or tier == "admin" or TIER_RANK[tier] > TIER_RANK[mine] or (
-        mine == "admin" and tier == "enterprise"
+    if (
+        tier not in TIER_RANK
+        or tier == "admin"
+        or TIER_RANK[tier] > TIER_RANK[mine]
+        or (mine == "admin" and tier == "enterprise")
     ):
         raise Problem(
             403,
@@ -919,9 +920,7 @@ async def list_disputes(c: Call) -> dict[str, Any]:
     agent_id = c.query.get("agent_id", c.caller)
     c.own(agent_id)
     limit = q_int(c.query, "limit", 50, 1, 500)
-    found = [
-        d for d in c.state.disputes.values() if agent_id in (d["opener"], d["respondent"])
-    ]
+    found = [d for d in c.state.disputes.values() if agent_id in (d["opener"], d["respondent"])]
     return {"disputes": found[-limit:]}
 
 
@@ -949,7 +948,9 @@ async def register_service(c: Call) -> dict[str, Any]:
     try:
         cost = Decimal(str(pricing.get("cost", 0)))
     except ArithmeticError:
-        raise Problem(422, "validation_error", "body.pricing.cost: Input should be a valid decimal") from None
+        raise Problem(
+            422, "validation_error", "body.pricing.cost: Input should be a valid decimal"
+        ) from None
     service_id = "svc-" + uuid.uuid4().hex[:12]
     c.state.services[service_id] = {
         "id": service_id,
@@ -1003,8 +1004,11 @@ def _matches(c: Call, query: str, tags: list[str], max_cost: float | None) -> li
     for s in c.state.services.values():
         if s["status"] != "active":
             continue
-        if q and q not in s["name"].lower() and q not in s["description"].lower() and not any(
-            q in t.lower() for t in s["tags"] + s["tools"]
+        if (
+            q
+            and q not in s["name"].lower()
+            and q not in s["description"].lower()
+            and not any(q in t.lower() for t in s["tags"] + s["tools"])
         ):
             continue
         if tags and not set(tags) & set(s["tags"]):
@@ -1030,7 +1034,7 @@ async def best_match(c: Call) -> dict[str, Any]:
     query = c.query.get("query", "")
     budget = q_float(c.query, "budget")
     limit = q_int(c.query, "limit", 5, 1, 50)
-    ranked = []
+    ranked: list[dict[str, Any]] = []
     for s in _matches(c, query, [], budget):
         reasons = []
         score = 20.0
@@ -1086,7 +1090,8 @@ async def get_messages(c: Call) -> dict[str, Any]:
     found = [
         m
         for m in c.state.messages.values()
-        if agent_id in (m["sender"], m["recipient"]) and (thread is None or m["thread_id"] == thread)
+        if agent_id in (m["sender"], m["recipient"])
+        and (thread is None or m["thread_id"] == thread)
     ]
     return {"messages": list(reversed(found))[:limit]}
 

@@ -46,13 +46,12 @@ from sandbox.routes import (
     ADMIN_TOOLS,
     PER_TOOL_LIMITS,
     ROUTES,
-    TIER_RANK,
     Call,
     Route,
     required_tier,
     tool_cost,
 )
-from sandbox.state import BURST, RATE_LIMITS, Key, State, Store
+from sandbox.state import BURST, RATE_LIMITS, TIER_RANK, Key, State, Store
 from sandbox.validate import Problem, check_body, iso, serialize
 
 if TYPE_CHECKING:
@@ -336,9 +335,7 @@ async def _faulted(sb: Sandbox, request: web.Request, tool: str, now: float) -> 
         if faults.timeout_action == "drop":
             _drop(request)
             raise asyncio.CancelledError
-        return problem_response(
-            Problem(504, "timeout", "Upstream timed out"), request.path
-        )
+        return problem_response(Problem(504, "timeout", "Upstream timed out"), request.path)
     if decision == RATE_LIMITED:
         return problem_response(
             Problem(429, "rate_limit_exceeded", "Rate limit exceeded (injected)"),
@@ -399,8 +396,9 @@ def make_handler(sb: Sandbox, route: Route) -> Any:
         raw: Any = None
         if not route.auth:
             raw = await _read_json_or_400(request)
-            call = Call(st, now, None, "", "free", raw, request.query, request.match_info,
-                        Decimal(0), sb)
+            call = Call(
+                st, now, None, "", "free", raw, request.query, request.match_info, Decimal(0), sb
+            )
             result = await route.handler(call)
             return web.Response(body=orjson.dumps(result), status=route.status, content_type=JSON)
         token = _token(request)
@@ -415,9 +413,7 @@ def make_handler(sb: Sandbox, route: Route) -> Any:
         tier = "admin" if is_admin else key.tier
         if admin_only and not is_admin:
             if tool in ADMIN_ROUTER_TOOLS:
-                raise Problem(
-                    403, "forbidden_admin_only", "This route requires admin privileges"
-                )
+                raise Problem(403, "forbidden_admin_only", "This route requires admin privileges")
             raise Problem(403, "admin_only", f"Tool '{tool}' requires admin privileges")
         count = 0
         if not is_admin:
@@ -448,9 +444,7 @@ def make_handler(sb: Sandbox, route: Route) -> Any:
         fingerprint = ""
         if idem:
             idem_id = f"{caller}\x00{tool}\x00{idem}"
-            fingerprint = hashlib.sha256(
-                orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
-            ).hexdigest()
+            fingerprint = hashlib.sha256(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)).hexdigest()
             cached = st.idempotency.get(idem_id)
             if cached is not None:
                 checked = route.idempotency == "checked"
@@ -527,7 +521,9 @@ def _public_headers(sb: Sandbox, request: web.Request, now: float) -> dict[str, 
     while window and window[0] < horizon:
         window.pop(0)
     if len(window) > PUBLIC_LIMIT:
-        raise Problem(429, "rate_limit_exceeded", f"Rate limit exceeded: {len(window)}/1000 per hour")
+        raise Problem(
+            429, "rate_limit_exceeded", f"Rate limit exceeded: {len(window)}/1000 per hour"
+        )
     return rate_headers(PUBLIC_LIMIT, len(window), now)
 
 
@@ -593,7 +589,11 @@ def rotate_guard(sb: Sandbox, inner: Any) -> Any:
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.headers.get("X-Rotate-Confirmation", "").lower() != "confirm":
             token = _token(request)
-            key, _ = (None, "") if token is None else sb.state.key_for(token, time.time(), sb.key_grace_s)
+            key, _ = (
+                (None, "")
+                if token is None
+                else sb.state.key_for(token, time.time(), sb.key_grace_s)
+            )
             if key is not None and key.admin:
                 exc = Problem(
                     428,
@@ -612,7 +612,7 @@ def rotate_guard(sb: Sandbox, inner: Any) -> Any:
 
 
 def stream_handler(sb: Sandbox) -> Any:
-    """``GET /v1/events/stream``: SSE from ``since_id``/``Last-Event-ID``, heartbeats, a lifetime."""
+    """``GET /v1/events/stream``: SSE from ``since_id`` or ``Last-Event-ID``, beats, a lifetime."""
     from sandbox.routes import events_after
 
     async def stream(request: web.Request) -> web.StreamResponse:

@@ -252,8 +252,8 @@ class State:
         self.servers: dict[str, dict[str, Any]] = {}
         self.claims: dict[str, dict[str, Any]] = {}
         self.chains: dict[str, dict[str, Any]] = {}
-        self.metrics: collections.defaultdict[str, list[dict[str, Any]]] = (
-            collections.defaultdict(list)
+        self.metrics: collections.defaultdict[str, list[dict[str, Any]]] = collections.defaultdict(
+            list
         )
         self.idempotency: dict[str, dict[str, Any]] = {}
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)

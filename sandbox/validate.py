@@ -136,9 +136,7 @@ class F:
 Spec = Mapping[str, F]
 
 
-def check_body(
-    spec: Spec, body: Any, aliases: Mapping[str, str] | None = None
-) -> dict[str, Any]:
+def check_body(spec: Spec, body: Any, aliases: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The body as a dict of checked values, or a 422 naming every bad field."""
     if not isinstance(body, dict):
         raise Problem(
@@ -303,8 +301,10 @@ def serialize(data: Any) -> Any:
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for key, value in data.items():
-            if key in MONEY_FIELDS and isinstance(value, Decimal | int | float) and not isinstance(
-                value, bool
+            if (
+                key in MONEY_FIELDS
+                and isinstance(value, Decimal | int | float)
+                and not isinstance(value, bool)
             ):
                 out[key] = f"{Decimal(str(value)):.2f}"
             elif key in TIMESTAMP_FIELDS and isinstance(value, int | float):
@@ -329,7 +329,9 @@ def parse_time(name: str, value: Any) -> float:
         raise Problem(400, "bad_request", f"{name}: must be an ISO 8601 time or epoch seconds")
     if isinstance(value, int | float):
         if not math.isfinite(value) or not 0 <= value <= MAX_EPOCH_S:
-            raise Problem(400, "bad_request", f"{name}: must be epoch seconds between 1970 and 9999")
+            raise Problem(
+                400, "bad_request", f"{name}: must be epoch seconds between 1970 and 9999"
+            )
         return float(value)
     if isinstance(value, str):
         try:

@@ -13,8 +13,15 @@ from typing import Any
 
 import httpx
 
-WATCHED = ("x-charged", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
-           "location", "deprecation", "sunset")
+WATCHED = (
+    "x-charged",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "location",
+    "deprecation",
+    "sunset",
+)
 Step = tuple[str, int, tuple[str, ...], tuple[str, ...], str]
 
 
@@ -23,8 +30,9 @@ def run_sequence(base_url: str, admin_key: str, mint: Callable[[str, str], str])
     steps: list[Step] = []
     http = httpx.Client(base_url=base_url, timeout=15)
 
-    def call(label: str, method: str, path: str, key: str | None = None,
-             **kw: Any) -> httpx.Response:
+    def call(
+        label: str, method: str, path: str, key: str | None = None, **kw: Any
+    ) -> httpx.Response:
         headers = dict(kw.pop("headers", {}))
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
@@ -58,70 +66,176 @@ def run_sequence(base_url: str, admin_key: str, mint: Callable[[str, str], str])
     idem = {"Idempotency-Key": f"dep-{run}"}
     call("deposit", "POST", f"/v1/billing/wallets/{a}/deposit", ka, json=dep, headers=idem)
     call("deposit replay", "POST", f"/v1/billing/wallets/{a}/deposit", ka, json=dep, headers=idem)
-    call("deposit reuse 409", "POST", f"/v1/billing/wallets/{a}/deposit", ka,
-         json={"amount": "11.00"}, headers=idem)
-    call("deposit over cap", "POST", f"/v1/billing/wallets/{a}/deposit", ka,
-         json={"amount": "1000.01"})
-    call("deposit extra 422", "POST", f"/v1/billing/wallets/{a}/deposit", ka,
-         json={"amount": "1.00", "x": 1})
-    call("deposit 3dp 422", "POST", f"/v1/billing/wallets/{a}/deposit", ka, json={"amount": "1.555"})
+    call(
+        "deposit reuse 409",
+        "POST",
+        f"/v1/billing/wallets/{a}/deposit",
+        ka,
+        json={"amount": "11.00"},
+        headers=idem,
+    )
+    call(
+        "deposit over cap",
+        "POST",
+        f"/v1/billing/wallets/{a}/deposit",
+        ka,
+        json={"amount": "1000.01"},
+    )
+    call(
+        "deposit extra 422",
+        "POST",
+        f"/v1/billing/wallets/{a}/deposit",
+        ka,
+        json={"amount": "1.00", "x": 1},
+    )
+    call(
+        "deposit 3dp 422", "POST", f"/v1/billing/wallets/{a}/deposit", ka, json={"amount": "1.555"}
+    )
     call("withdraw", "POST", f"/v1/billing/wallets/{a}/withdraw", ka, json={"amount": "1.00"})
-    call("withdraw too much", "POST", f"/v1/billing/wallets/{a}/withdraw", ka,
-         json={"amount": "99999.00"})
-    call("budget set", "PUT", f"/v1/billing/wallets/{a}/budget", ka,
-         json={"daily_cap": "5.00", "monthly_cap": "100.00", "alert_threshold": 0.8})
+    call(
+        "withdraw too much",
+        "POST",
+        f"/v1/billing/wallets/{a}/withdraw",
+        ka,
+        json={"amount": "99999.00"},
+    )
+    call(
+        "budget set",
+        "PUT",
+        f"/v1/billing/wallets/{a}/budget",
+        ka,
+        json={"daily_cap": "5.00", "monthly_cap": "100.00", "alert_threshold": 0.8},
+    )
     call("budget get", "GET", f"/v1/billing/wallets/{a}/budget", ka)
     call("usage", "GET", f"/v1/billing/wallets/{a}/usage", ka)
     call("transactions", "GET", f"/v1/billing/wallets/{a}/transactions", ka, params={"limit": 2})
     call("freeze non-admin", "POST", f"/v1/billing/wallets/{b}/freeze", kb)
     call("freeze", "POST", f"/v1/billing/wallets/{b}/freeze", admin_key)
-    call("deposit frozen", "POST", f"/v1/billing/wallets/{b}/deposit", admin_key,
-         json={"amount": "1.00"})
+    call(
+        "deposit frozen",
+        "POST",
+        f"/v1/billing/wallets/{b}/deposit",
+        admin_key,
+        json={"amount": "1.00"},
+    )
     call("unfreeze", "POST", f"/v1/billing/wallets/{b}/unfreeze", admin_key)
-    call("metrics tier 403", "POST", f"/v1/identity/agents/{a}/metrics", ka,
-         json={"metrics": {"uptime": 99.9}})
-    call("escrow tier 403", "POST", "/v1/payments/escrows", ka,
-         json={"payer": a, "payee": b, "amount": "5.00"})
+    call(
+        "metrics tier 403",
+        "POST",
+        f"/v1/identity/agents/{a}/metrics",
+        ka,
+        json={"metrics": {"uptime": 99.9}},
+    )
+    call(
+        "escrow tier 403",
+        "POST",
+        "/v1/payments/escrows",
+        ka,
+        json={"payer": a, "payee": b, "amount": "5.00"},
+    )
     pa, pb = mint(a, "pro"), mint(b, "pro")
     call("balance pro", "GET", f"/v1/billing/wallets/{a}/balance", pa)
-    call("metrics", "POST", f"/v1/identity/agents/{a}/metrics", pa,
-         json={"metrics": {"p99_latency_ms": 800, "accuracy": 0.9}})
+    call(
+        "metrics",
+        "POST",
+        f"/v1/identity/agents/{a}/metrics",
+        pa,
+        json={"metrics": {"p99_latency_ms": 800, "accuracy": 0.9}},
+    )
     call("claims", "GET", f"/v1/identity/agents/{a}/claims", kb)
     call("identity", "GET", f"/v1/identity/agents/{a}", kb)
     call("reputation", "GET", f"/v1/identity/agents/{a}/reputation", kb)
-    r = call("intent", "POST", "/v1/payments/intents", ka,
-             json={"payer": a, "payee": b, "amount": "5.00"}, headers={"Idempotency-Key": f"i-{run}"})
+    r = call(
+        "intent",
+        "POST",
+        "/v1/payments/intents",
+        ka,
+        json={"payer": a, "payee": b, "amount": "5.00"},
+        headers={"Idempotency-Key": f"i-{run}"},
+    )
     call("intent capture", "POST", f"/v1/payments/intents/{r.json()['id']}/capture", ka)
-    r = call("escrow", "POST", "/v1/payments/escrows", pa,
-             json={"payer": a, "payee": b, "amount": "20.00"})
+    r = call(
+        "escrow",
+        "POST",
+        "/v1/payments/escrows",
+        pa,
+        json={"payer": a, "payee": b, "amount": "20.00"},
+    )
     eid = r.json()["id"]
     call("escrow get", "GET", f"/v1/payments/escrows/{eid}", kb)
-    r = call("dispute", "POST", "/v1/disputes", pa,
-             json={"escrow_id": eid, "opener": a, "reason": "p99 over SLA"})
+    r = call(
+        "dispute",
+        "POST",
+        "/v1/disputes",
+        pa,
+        json={"escrow_id": eid, "opener": a, "reason": "p99 over SLA"},
+    )
     did = r.json()["id"]
-    call("dispute respond", "POST", f"/v1/disputes/{did}/respond", pb,
-         json={"respondent": b, "response": "upstream"})
-    call("dispute resolve non-admin", "POST", f"/v1/disputes/{did}/resolve", pa,
-         json={"resolution": "refund", "resolved_by": a})
-    call("dispute resolve", "POST", f"/v1/disputes/{did}/resolve", admin_key,
-         json={"resolution": "refund", "resolved_by": "fleet-admin", "notes": "n"})
+    call(
+        "dispute respond",
+        "POST",
+        f"/v1/disputes/{did}/respond",
+        pb,
+        json={"respondent": b, "response": "upstream"},
+    )
+    call(
+        "dispute resolve non-admin",
+        "POST",
+        f"/v1/disputes/{did}/resolve",
+        pa,
+        json={"resolution": "refund", "resolved_by": a},
+    )
+    call(
+        "dispute resolve",
+        "POST",
+        f"/v1/disputes/{did}/resolve",
+        admin_key,
+        json={"resolution": "refund", "resolved_by": "fleet-admin", "notes": "n"},
+    )
     call("dispute get", "GET", f"/v1/disputes/{did}", kb)
-    call("message", "POST", "/v1/messaging/messages", ka,
-         json={"sender": a, "recipient": b, "message_type": "text", "subject": "s", "body": "b"})
-    call("message spoof", "POST", "/v1/messaging/messages", ka,
-         json={"sender": b, "recipient": a, "message_type": "text"})
+    call(
+        "message",
+        "POST",
+        "/v1/messaging/messages",
+        ka,
+        json={"sender": a, "recipient": b, "message_type": "text", "subject": "s", "body": "b"},
+    )
+    call(
+        "message spoof",
+        "POST",
+        "/v1/messaging/messages",
+        ka,
+        json={"sender": b, "recipient": a, "message_type": "text"},
+    )
     call("messages", "GET", "/v1/messaging/messages", kb, params={"agent_id": b})
-    call("publish", "POST", "/v1/infra/events", ka,
-         json={"event_type": "fleet.agent.heartbeat", "source": a, "payload": {"ok": True}})
+    call(
+        "publish",
+        "POST",
+        "/v1/infra/events",
+        ka,
+        json={"event_type": "fleet.agent.heartbeat", "source": a, "payload": {"ok": True}},
+    )
     call("events", "GET", "/v1/infra/events", kb, params={"limit": 1})
     call("estimate unknown", "GET", "/v1/billing/estimate", ka, params={"tool_name": "nope"})
     call("estimate", "GET", "/v1/billing/estimate", ka, params={"tool_name": "best_match"})
     call("keys admin", "GET", "/v1/infra/keys", admin_key, params={"agent_id": b})
     call("rotate no confirm", "POST", "/v1/infra/keys/rotate", admin_key, json={"current_key": kb})
-    call("rotate non-admin", "POST", "/v1/infra/keys/rotate", kb, json={"current_key": kb},
-         headers={"X-Rotate-Confirmation": "confirm"})
-    call("rotate", "POST", "/v1/infra/keys/rotate", admin_key, json={"current_key": kb},
-         headers={"X-Rotate-Confirmation": "confirm"})
+    call(
+        "rotate non-admin",
+        "POST",
+        "/v1/infra/keys/rotate",
+        kb,
+        json={"current_key": kb},
+        headers={"X-Rotate-Confirmation": "confirm"},
+    )
+    call(
+        "rotate",
+        "POST",
+        "/v1/infra/keys/rotate",
+        admin_key,
+        json={"current_key": kb},
+        headers={"X-Rotate-Confirmation": "confirm"},
+    )
     call("old key in grace", "GET", f"/v1/billing/wallets/{b}/balance", kb)
     call("unknown path", "GET", "/v1/nothing-here", ka)
     return steps

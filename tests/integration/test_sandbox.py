@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -110,7 +109,11 @@ def test_validation_caps_idempotency_and_freeze(http: httpx.Client) -> None:
     idem = {**bearer(ka), "Idempotency-Key": uid("dep")}
     first = http.post(path, json={"amount": "10.00"}, headers=idem)
     replay = http.post(path, json={"amount": "10.00"}, headers=idem)
-    assert first.json() == replay.json() == {"new_balance": "510.00", "transaction_id": first.json()["transaction_id"]}
+    assert (
+        first.json()
+        == replay.json()
+        == {"new_balance": "510.00", "transaction_id": first.json()["transaction_id"]}
+    )
     assert http.post(f"/v1/billing/wallets/{a}/freeze", headers=bearer(ADMIN)).json() == {
         "agent_id": a,
         "frozen": True,
@@ -132,7 +135,12 @@ def test_validation_caps_idempotency_and_freeze(http: httpx.Client) -> None:
 def test_budget_cap_refuses_fees_and_then_top_ups(http: httpx.Client) -> None:
     a, ka = register(http)
     r = http.put(f"/v1/billing/wallets/{a}/budget", json={"daily_cap": "0.15"}, headers=bearer(ka))
-    assert r.json() == {"agent_id": a, "daily_cap": 0.15, "monthly_cap": None, "alert_threshold": 0.8}
+    assert r.json() == {
+        "agent_id": a,
+        "daily_cap": 0.15,
+        "monthly_cap": None,
+        "alert_threshold": 0.8,
+    }
     match = http.get("/v1/marketplace/match", params={"query": "x"}, headers=bearer(ka))
     assert match.status_code == 200 and match.headers["X-Charged"] == "0.10"
     over = http.get("/v1/marketplace/match", params={"query": "x"}, headers=bearer(ka))
@@ -140,7 +148,9 @@ def test_budget_cap_refuses_fees_and_then_top_ups(http: httpx.Client) -> None:
     status = http.get(f"/v1/billing/wallets/{a}/budget", headers=bearer(ka)).json()
     assert status["daily_spend"] == 0.1 and status["alert_triggered"] is False
     http.put(f"/v1/billing/wallets/{a}/budget", json={"daily_cap": "0.05"}, headers=bearer(ka))
-    topup = http.post(f"/v1/billing/wallets/{a}/deposit", json={"amount": "1.00"}, headers=bearer(ka))
+    topup = http.post(
+        f"/v1/billing/wallets/{a}/deposit", json={"amount": "1.00"}, headers=bearer(ka)
+    )
     assert topup.status_code == 402
 
 
@@ -164,7 +174,9 @@ def test_free_window_is_99_then_429_without_headers_and_rejections_count(
     assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == str(10000 - 102)
 
 
-def test_escrow_dispute_refund_and_keepalive_close(http: httpx.Client, sandbox: SandboxProcess) -> None:
+def test_escrow_dispute_refund_and_keepalive_close(
+    http: httpx.Client, sandbox: SandboxProcess
+) -> None:
     a, _ = register(http)
     b, _ = register(http)
     pa, pb = sandbox.mint_key(a, "pro"), sandbox.mint_key(b, "pro")
@@ -172,7 +184,9 @@ def test_escrow_dispute_refund_and_keepalive_close(http: httpx.Client, sandbox: 
         "/v1/payments/escrows", json={"payer": a, "payee": b, "amount": "20.00"}, headers=bearer(pa)
     ).json()
     dispute = http.post(
-        "/v1/disputes", json={"escrow_id": esc["id"], "opener": a, "reason": "slow"}, headers=bearer(pa)
+        "/v1/disputes",
+        json={"escrow_id": esc["id"], "opener": a, "reason": "slow"},
+        headers=bearer(pa),
     )
     assert dispute.status_code == 201 and dispute.json()["status"] == "open"
     did = dispute.json()["id"]
@@ -186,7 +200,10 @@ def test_escrow_dispute_refund_and_keepalive_close(http: httpx.Client, sandbox: 
         headers=bearer(ADMIN),
     )
     assert done.json()["status"] == "resolved"
-    assert http.get(f"/v1/payments/escrows/{esc['id']}", headers=bearer(pb)).json()["status"] == "refunded"
+    assert (
+        http.get(f"/v1/payments/escrows/{esc['id']}", headers=bearer(pb)).json()["status"]
+        == "refunded"
+    )
     balance = http.get(f"/v1/billing/wallets/{a}/balance", headers=bearer(ADMIN)).json()
     assert balance == {"balance": "499.70"}  # 500 - 0.30 fee; the 20.00 came back
     missing = http.get(f"/v1/billing/wallets/{uid()}/balance", headers=bearer(ADMIN))
@@ -196,7 +213,9 @@ def test_escrow_dispute_refund_and_keepalive_close(http: httpx.Client, sandbox: 
 def test_rotation_keeps_the_old_key_for_the_grace_window(
     spawn_sandbox: Callable[..., SandboxProcess],
 ) -> None:
-    sb = spawn_sandbox("--memory", "--latency-ms", "0", "--latency-jitter-ms", "0", "--key-grace-s", "1")
+    sb = spawn_sandbox(
+        "--memory", "--latency-ms", "0", "--latency-jitter-ms", "0", "--key-grace-s", "1"
+    )
     with httpx.Client(base_url=sb.url, timeout=10) as http:
         a, key = register(http)
         no = http.post("/v1/infra/keys/rotate", json={"current_key": key}, headers=bearer(ADMIN))
@@ -243,7 +262,9 @@ def test_event_stream_replays_since_id_beats_and_closes(
         assert ": heartbeat" in text
 
 
-def test_state_survives_a_restart(spawn_sandbox: Callable[..., SandboxProcess], tmp_path: Path) -> None:
+def test_state_survives_a_restart(
+    spawn_sandbox: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
     args = ("--latency-ms", "0", "--data-dir", str(tmp_path))
     sb = spawn_sandbox(*args)
     with httpx.Client(base_url=sb.url, timeout=10) as http:
@@ -286,7 +307,10 @@ def test_faults_and_counters(spawn_sandbox: Callable[..., SandboxProcess]) -> No
         assert http.get(f"/v1/billing/wallets/{a}/budget", headers=bearer(key)).status_code == 200
         sb.clear_faults()
         sb.set_faults(rate_limit_next=2)
-        assert [http.get(f"/v1/billing/wallets/{a}/budget", headers=bearer(key)).status_code for _ in range(3)] == [429, 429, 200]
+        assert [
+            http.get(f"/v1/billing/wallets/{a}/budget", headers=bearer(key)).status_code
+            for _ in range(3)
+        ] == [429, 429, 200]
     counters = sb.counters()
     assert counters["tools"]["register"] == 1
     assert counters["tools"]["get_balance"] == 1

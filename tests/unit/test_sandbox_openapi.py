@@ -78,7 +78,9 @@ def test_route_exists_with_compatible_request_body(document: dict[str, Any], rou
     if route.body is None:
         # A route whose body the sandbox ignores must not have a required one there.
         if schema is not None:
-            assert not schema.get("required"), f"{route.path} needs body fields {schema['required']}"
+            assert not schema.get("required"), (
+                f"{route.path} needs body fields {schema['required']}"
+            )
         return
     assert schema is not None, f"{route.method} {route.path} takes no JSON body in the document"
     props = set(schema.get("properties", {}))
