@@ -12,6 +12,7 @@ timestamps, and a restart costing a fleet its windows errs on the caller's side.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import secrets
 import sqlite3
@@ -88,7 +89,7 @@ class Agent:
     simulated: bool = False
 
     def params(self) -> Params:
-        return Params(self.hash)
+        return params_of(self.hash)
 
 
 @dataclass
@@ -122,6 +123,12 @@ class Wallet:
 
 
 KINDS: dict[str, type] = {"agent": Agent, "key": Key, "wallet": Wallet}
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def params_of(agent_hash: int) -> Params:
+    """An agent's traits, drawn once: every settle and metrics read needs them."""
+    return Params(agent_hash)
 
 
 class Store:
@@ -293,14 +300,24 @@ class State:
             elif kind == "wallet":
                 self.wallets[rid] = _decode(kind, data)
             elif kind == "tx":
+                # One row per transaction, ``agent#id``, so a charge writes one small row.
                 agent_id, _, _ = rid.partition("#")
-                self.transactions[agent_id] = data
+                txs = self.transactions[agent_id]
+                if isinstance(data, list):  # a whole list per agent, as written before
+                    txs.extend(data)
+                    self.store.delete("tx", rid)
+                    for tx in data:
+                        self.store.mark("tx", f"{agent_id}#{tx['id']}", tx)
+                else:
+                    txs.append(data)
             elif kind == "metrics":
                 self.metrics[rid] = data
             elif kind == "counters":
                 self.next_tx, self.next_chain = data["next_tx"], data["next_chain"]
             elif kind in self._DOC_KINDS:
                 getattr(self, kind)[rid] = data
+        for txs in self.transactions.values():
+            txs.sort(key=lambda tx: tx["id"])
         for blob in events:
             self.events.append(orjson.loads(blob))
         if self.events:
@@ -314,11 +331,6 @@ class State:
             self.store.mark(kind, rid, self.wallets[rid])
         elif kind == "key":
             self.store.mark(kind, rid, self.keys[rid])
-        elif kind == "tx":
-            self.store.mark(kind, rid, self.transactions[rid])
-            self.store.mark(
-                "counters", "ids", {"next_tx": self.next_tx, "next_chain": self.next_chain}
-            )
         elif kind == "metrics":
             self.store.mark(kind, rid, self.metrics[rid])
         else:
@@ -400,22 +412,26 @@ class State:
         wallet.updated_at = now
         tx_id = self.next_tx
         self.next_tx += 1
-        txs = self.transactions[wallet.agent_id]
-        txs.append(
-            {
-                "id": tx_id,
-                "amount": str(amount),
-                "tx_type": tx_type,
-                "description": description,
-                "currency": "CREDITS",
-                "created_at": now,
-                "idempotency_key": idempotency_key,
-            }
-        )
+        agent_id = wallet.agent_id
+        txs = self.transactions[agent_id]
+        tx = {
+            "id": tx_id,
+            "amount": str(amount),
+            "tx_type": tx_type,
+            "description": description,
+            "currency": "CREDITS",
+            "created_at": now,
+            "idempotency_key": idempotency_key,
+        }
+        txs.append(tx)
+        store = self.store
+        store.mark("tx", f"{agent_id}#{tx_id}", tx)
         if len(txs) > 500:
+            for old in txs[: len(txs) - 500]:
+                store.delete("tx", f"{agent_id}#{old['id']}")
             del txs[: len(txs) - 500]
-        self.touch("wallet", wallet.agent_id)
-        self.touch("tx", wallet.agent_id)
+        store.mark("counters", "ids", {"next_tx": self.next_tx, "next_chain": self.next_chain})
+        self.touch("wallet", agent_id)
         return tx_id
 
     def charge(self, wallet: Wallet, cost: Decimal, tool: str, now: float) -> None:
