@@ -30,6 +30,7 @@ import orjson
 from aiohttp import web
 
 from sandbox.behaviour import ProfileMix
+from sandbox.fastpath import FastProtocol, Router, close_all
 from sandbox.faults import (
     DROP,
     DROP_AFTER_COMMIT,
@@ -66,6 +67,7 @@ VERSION = "1.4.8"
 _ERROR_CODES = {500: "internal_error", 502: "bad_gateway", 503: "service_error", 504: "timeout"}
 HOUR = 3600.0
 PUBLIC_LIMIT = 1000
+KEEPALIVE_S = 75.0
 
 
 @dataclass
@@ -676,14 +678,20 @@ def create_app(options: SandboxOptions) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
     sb = Sandbox(options)
     app["sandbox"] = sb
+    fast = Router()
+    app["fast_router"] = fast
     app.router.add_get("/v1/health", health_handler(sb))
     app.router.add_route("*", "/v1/execute", execute_gone)
     app.router.add_get("/v1/events/stream", stream_handler(sb))
+    for path in ("/v1/health", "/v1/execute", "/v1/events/stream"):
+        fast.add(path, None)
     for route in ROUTES:
         handler = make_handler(sb, route)
         if route.tool == "rotate_key":
             handler = rotate_guard(sb, handler)
         app.router.add_route(route.method, route.path, handler)
+        if route.method == "GET":
+            fast.add(route.path, handler)
     add_control_routes(app, sb)
     app.middlewares.append(_problem_middleware)
 
@@ -737,19 +745,37 @@ async def _serve(options: SandboxOptions) -> None:
         app,
         access_log=logging.getLogger("aiohttp.access") if options.access_log else None,
         handle_signals=False,
-        keepalive_timeout=75.0,
+        keepalive_timeout=KEEPALIVE_S,
     )
     await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port, backlog=1024, reuse_address=True)
-    await site.start()
-    server = site._server
-    port = options.port
-    if server is not None and server.sockets:  # type: ignore[attr-defined]
-        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-    print(f"sandbox listening on http://{options.host}:{port}", flush=True)
-    stop = asyncio.Event()
+    fallback = runner.server
+    assert fallback is not None
+    router: Router = app["fast_router"]
+    live: set[FastProtocol] = set()
     loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: FastProtocol(router, fallback, live),
+        options.host,
+        options.port,
+        backlog=1024,
+        reuse_address=True,
+    )
+    port = server.sockets[0].getsockname()[1]
+    print(f"sandbox listening on http://{options.host}:{port}", flush=True)
+
+    async def reap_idle() -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            now = time.monotonic()
+            for protocol in list(live):
+                protocol.close_if_idle(now, KEEPALIVE_S)
+
+    reaper = asyncio.create_task(reap_idle())
+    stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    reaper.cancel()
+    server.close()
+    close_all(live)
     await runner.cleanup()
