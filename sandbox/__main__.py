@@ -117,40 +117,38 @@ def parse_args(argv: list[str] | None = None) -> SandboxOptions:
         default=defaults.timeout_s,
         help="how long a timed-out call is held (default %(default)s)",
     )
-    a("--admin-key", default=defaults.admin_key, help="the fleet-admin API key")
+    a("--admin-key", default=defaults.admin_key, help="the admin-scope API key")
+    a("--data-dir", default=defaults.data_dir, help="where sandbox.db lives (default %(default)s)")
+    a("--memory", action="store_true", help="keep state in memory only (no sandbox.db)")
     a(
-        "--tool-path",
-        default=defaults.tool_path,
-        help="path tool calls are POSTed to (default %(default)s)",
-    )
-    a(
-        "--key-overlap-s",
+        "--key-grace-s",
         type=_non_negative,
-        default=defaults.key_overlap_s,
+        default=defaults.key_grace_s,
         help="how long a rotated-out key keeps working (default %(default)s)",
     )
     a(
-        "--treasury-wallet",
-        default=defaults.treasury_wallet,
-        help="the fleet treasury wallet id (default %(default)s)",
+        "--sse-lifetime-s",
+        type=_non_negative,
+        default=defaults.sse_lifetime_s,
+        help="when the event stream closes (default %(default)s)",
+    )
+    a(
+        "--sse-heartbeat-s",
+        type=_non_negative,
+        default=defaults.sse_heartbeat_s,
+        help="seconds between ': heartbeat' comments (default %(default)s)",
+    )
+    a(
+        "--keep-alive-after-error",
+        dest="close_after_error",
+        action="store_false",
+        help="keep connections open after error answers (the real gateway closes some)",
     )
     a(
         "--profile-mix",
         type=_mix,
         default=None,
         help="behaviour mix, e.g. healthy=80,flaky=8,degrading=5,cost_runaway=4,dead=3",
-    )
-    a(
-        "--rate-limit",
-        type=int,
-        default=defaults.rate_limit,
-        help="calls per window check_rate_limit reports (default %(default)s)",
-    )
-    a(
-        "--rate-window-s",
-        type=float,
-        default=defaults.rate_window_s,
-        help="rate-limit window (default %(default)s)",
     )
     a(
         "--faults",
@@ -160,8 +158,6 @@ def parse_args(argv: list[str] | None = None) -> SandboxOptions:
     )
     a("--access-log", action="store_true", help="log every request to stderr (slow)")
     args = p.parse_args(argv)
-    if not args.tool_path.startswith("/"):
-        p.error("--tool-path must start with '/'")
     values = vars(args)
     return SandboxOptions(**{**defaults.__dict__, **values})
 

@@ -32,7 +32,7 @@ import random
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from sandbox.validate import MAX_DURATION_S, ToolError, iso, parse_time
+from sandbox.validate import MAX_DURATION_S, Problem, iso, parse_time
 
 PASS, DROP, ERROR, RATE_LIMITED, OUTAGE, TIMEOUT, DROP_AFTER_COMMIT = range(7)
 ERROR_STATUSES = (500, 502, 503, 504)
@@ -364,8 +364,8 @@ def _outages(field: str, value: Any, now: float) -> list[Outage]:
                 )
             else:
                 raise FaultConfigError(where, 'needs "end" or "duration_s"')
-        except ToolError as exc:  # from parse_time: re-label with our path
-            raise FaultConfigError(where, exc.message.split(": ", 1)[-1]) from None
+        except Problem as exc:  # from parse_time: re-label with our path
+            raise FaultConfigError(where, exc.detail.split(": ", 1)[-1]) from None
         if end <= start:
             raise FaultConfigError(where, "must end after it starts")
         windows.append(Outage(start, end))

@@ -1,29 +1,36 @@
-"""The HTTP server: the tool endpoint, fault injection, counters and the admin API.
+"""The HTTP server: the gateway's REST surface, its request pipeline, faults, counters, control API.
 
-One aiohttp application. ``POST {tool_path}`` carries every tool call;
-``/_sandbox/...`` is the admin API (fleet-admin key only, never faulted, never
-counted as tool calls). The per-request path is kept short on purpose: orjson
-in and out, dict lookups, no logging, no middleware.
+Every REST route runs the real gateway's pipeline in its order: fault
+decision, key (401), admin guard (403 admin-only), tier (403
+insufficient-tier), the per-agent sliding hour recorded before it is checked
+(429), fee and balance (402), budget caps (402), body (422), idempotency
+(replay or 409), then the operation with its ownership rules. Answers carry
+``X-Charged`` and, except to admin keys and on 429s, ``X-RateLimit-*``.
+``/_sandbox/...`` is the operator's control API (admin key only, never
+faulted, not counted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
-import secrets
+import math
 import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from sandbox.behaviour import PROFILE_IDS, PROFILE_NAMES, ProfileMix
+from sandbox.behaviour import ProfileMix
+from sandbox.fastpath import FastProtocol, Router, close_all
 from sandbox.faults import (
     DROP,
     DROP_AFTER_COMMIT,
@@ -32,26 +39,35 @@ from sandbox.faults import (
     PASS,
     RATE_LIMITED,
     TIMEOUT,
-    FaultConfigError,
     Faults,
     retry_after_header,
 )
-from sandbox.state import TIERS, Clock, SandboxState
-from sandbox.tools import TOOLS
-from sandbox.validate import AGENT_ID_RE, ToolError, iso, parse_money
+from sandbox.routes import (
+    ADMIN_ROUTER_TOOLS,
+    ADMIN_TOOLS,
+    PER_TOOL_LIMITS,
+    ROUTES,
+    Call,
+    Route,
+    required_tier,
+    tool_cost,
+)
+from sandbox.state import BURST, RATE_LIMITS, TIER_RANK, Key, State, Store
+from sandbox.validate import Problem, check_body, iso, serialize
 
 if TYPE_CHECKING:
     from config.settings import Settings
 
 log = logging.getLogger("sandbox")
 
-UNKNOWN_TOOL = "<unknown>"
-INVALID_CALL = "<invalid>"
 JSON = "application/json"
-ADMIN_FALLBACK = "/_sandbox/{tail}"
-# /_sandbox/seed lists the new ids up to this many (a load test needs them).
-SEED_IDS_LISTED = 20000
-_ERROR_CODES = {500: "internal_error", 502: "bad_gateway", 503: "unavailable", 504: "timeout"}
+PROBLEM = "application/problem+json"
+KNOWN_TOOLS = frozenset(r.tool for r in ROUTES) | {"atlas_broker", "submit_verification"}
+VERSION = "1.4.8"
+_ERROR_CODES = {500: "internal_error", 502: "bad_gateway", 503: "service_error", 504: "timeout"}
+HOUR = 3600.0
+PUBLIC_LIMIT = 1000
+KEEPALIVE_S = 75.0
 
 
 @dataclass
@@ -62,29 +78,29 @@ class SandboxOptions:
     port: int = 8765
     agents: int = 0
     seed: int = 42
+    seed_prefix: str = "sim"
     latency_ms: float = 50.0
     latency_jitter_ms: float = 10.0
     error_rate: float = 0.0
     timeout_rate: float = 0.0
     timeout_s: float = 30.0
     admin_key: str = "sandbox-admin-key"
-    tool_path: str = "/v1"
-    key_overlap_s: float = 60.0
-    treasury_wallet: str = "fleet-treasury"
-    seed_prefix: str = "sim"
+    data_dir: str = "var"
+    # Keep state only in memory (tests that want a clean slate per process).
+    memory: bool = False
+    key_grace_s: float = 300.0
+    sse_lifetime_s: float = 3600.0
+    sse_heartbeat_s: float = 5.0
+    # The real server drops a keep-alive connection after some error answers.
+    close_after_error: bool = True
+    flush_interval_s: float = 0.5
     profile_mix: str | None = None
-    rate_limit: int = 6000
-    rate_window_s: float = 60.0
-    # A full fault document applied after the flags above (see sandbox.faults).
     faults: dict[str, Any] | None = None
     access_log: bool = False
-    # Template name → terms; None means the project's policy file.
-    sla_templates: dict[str, dict[str, Any]] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SandboxOptions:
         sb = settings.sandbox
-        policy = settings.policy
         values: dict[str, Any] = {
             "host": sb.host,
             "port": sb.port,
@@ -96,47 +112,26 @@ class SandboxOptions:
             "timeout_rate": sb.timeout_rate,
             "timeout_s": sb.timeout_s,
             "admin_key": settings.gateway.admin_key.get_secret_value(),
-            "tool_path": settings.gateway.tool_path,
-            "key_overlap_s": policy.provisioning.key_overlap_s,
-            "treasury_wallet": policy.provisioning.treasury_wallet,
-            "sla_templates": templates_from_policy(settings),
+            "data_dir": str(settings.data_dir),
         }
         values.update(overrides)
         return cls(**values)
 
 
-def templates_from_policy(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
-    """SLA templates as create_sla terms: money as strings, percentages as numbers."""
-    if settings is None:
-        from config.policy import load_policy
-        from config.settings import DEFAULT_POLICY_FILE
-
-        policy = load_policy(DEFAULT_POLICY_FILE)
-    else:
-        policy = settings.policy
-    return {
-        name: {
-            "p99_latency_ms": float(t.p99_latency_ms),
-            "uptime_pct": float(t.uptime_pct),
-            "accuracy_pct": float(t.accuracy_pct),
-            "max_cost_per_task": format(t.max_cost_per_task, "f"),
-            "review_days": t.review_days,
-        }
-        for name, t in policy.sla_templates.items()
-    }
-
-
 class Counters:
-    """Calls per tool, per agent per tool and per (tool, status); all requests count."""
+    """Calls per endpoint (tool), per agent per endpoint and per (endpoint, status)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.total = 0
+        self.in_flight = 0
         self.tools: defaultdict[str, int] = defaultdict(int)
         self.agents: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.statuses: defaultdict[str, defaultdict[str, int]] = defaultdict(
             lambda: defaultdict(int)
         )
-        self.in_flight = 0
         self.since = time.time()
 
     def view(self, with_agents: bool = True, agent_prefix: str = "") -> dict[str, Any]:
@@ -155,40 +150,43 @@ class Counters:
 
 
 class Sandbox:
-    """The running sandbox: options, clock, state, faults and counters."""
+    """The running double: options, state, faults, counters, the admin identity."""
 
     def __init__(self, options: SandboxOptions) -> None:
         self.options = options
-        self.admin_key = options.admin_key
-        self._admin_key_bytes = options.admin_key.encode("utf-8", "surrogateescape")
-        self.clock = Clock()
+        self.key_grace_s = options.key_grace_s
         self.mix = ProfileMix.parse(options.profile_mix) if options.profile_mix else ProfileMix()
-        self.templates = (
-            options.sla_templates if options.sla_templates is not None else templates_from_policy()
-        )
+        path = None if options.memory else Path(options.data_dir) / "sandbox.db"
+        self.store = Store(path)
+        self.state = State(seed=options.seed, mix=self.mix, store=self.store)
         self.started = time.monotonic()
         self.faults = self._startup_faults()
         self.counters = Counters()
-        self.state = self._new_state()
+        self.ip_window: defaultdict[str, list[float]] = defaultdict(list)
+        self.changed = asyncio.Event()
+        self.admin_agent = "fleet-admin"
+        self._ensure_admin()
         if options.agents:
-            self.state.seed_agents(options.agents, options.seed_prefix)
+            self.seed(options.agents, options.seed_prefix)
 
-    def _new_state(self) -> SandboxState:
-        o = self.options
-        return SandboxState(
-            seed=o.seed,
-            clock=self.clock,
-            mix=self.mix,
-            key_overlap_s=o.key_overlap_s,
-            treasury_wallet=o.treasury_wallet,
-            sla_templates=self.templates,
-            rate_limit=o.rate_limit,
-            rate_window_s=o.rate_window_s,
-        )
+    def _ensure_admin(self) -> None:
+        """The admin key from the settings: an enterprise key with the admin scope."""
+        now = time.time()
+        st = self.state
+        admin = self.admin_agent
+        if admin not in st.agents:
+            st.add_agent(admin, now, "idle")
+        if admin not in st.wallets:
+            st.add_wallet(admin, Decimal(1_000_000), now)
+        token = self.options.admin_key
+        if token not in st.keys:
+            key = Key(token, admin, "enterprise", ["read", "write", "admin"], now)
+            st.keys[token] = key
+            st.keys_by_agent[admin].append(key)
 
     def _startup_faults(self) -> Faults:
         o = self.options
-        faults = Faults(o.seed, TOOLS)
+        faults = Faults(o.seed, KNOWN_TOOLS)
         faults.apply(
             {
                 "latency_ms": o.latency_ms,
@@ -197,473 +195,587 @@ class Sandbox:
                 "error_rate": o.error_rate,
                 "timeout_rate": o.timeout_rate,
             },
-            self.clock.now(),
+            time.time(),
         )
         if o.faults:
-            faults.apply(o.faults, self.clock.now())
+            faults.apply(o.faults, time.time())
         return faults
 
-    def reset(self, agents: int = 0) -> None:
-        self.state = self._new_state()
-        self.faults = self._startup_faults()
-        self.counters = Counters()
-        if agents:
-            self.state.seed_agents(agents, self.options.seed_prefix)
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
 
-    # --- the tool endpoint ---------------------------------------------------------
+    # --- seeding ---------------------------------------------------------------------
 
-    async def handle_tool(self, request: web.Request) -> web.StreamResponse:
-        counters = self.counters
-        counters.total += 1
-        counters.in_flight += 1
-        tool_key = INVALID_CALL
-        status = "dropped"
-        try:
-            body = await request.read()
-            try:
-                call = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                call = None
-            if not isinstance(call, dict):
-                counters.tools[tool_key] += 1
-                status = "400"
-                return _error(
-                    400, "invalid_json", 'body must be a JSON object {"tool": NAME, "input": {...}}'
+    def seed(
+        self,
+        count: int,
+        prefix: str,
+        *,
+        tier: str = "free",
+        balance: Decimal | None = None,
+        profile: str | None = None,
+    ) -> list[tuple[str, str]]:
+        """``count`` registered agents ``{prefix}-{i:05d}-{8hex}`` with keys; (id, key) pairs."""
+        st = self.state
+        now = time.time()
+        out: list[tuple[str, str]] = []
+        start = sum(1 for a in st.agents if a.startswith(prefix + "-"))
+        for i in range(start, start + count):
+            tag = hashlib.sha256(f"{self.options.seed}:{prefix}:{i}".encode()).hexdigest()[:8]
+            agent_id = f"{prefix}-{i:05d}-{tag}"
+            if agent_id in st.agents:
+                continue
+            _, key = st.register(agent_id, now, profile)
+            if tier != "free":
+                key = st.add_key(agent_id, tier, now)
+            if balance is not None:
+                wallet = st.wallets[agent_id]
+                st.ledger(wallet, balance - wallet.balance, "deposit", "seed balance", now)
+            st.agents[agent_id].simulated = True
+            out.append((agent_id, key.key))
+        return out
+
+    # --- the per-agent hour -------------------------------------------------------------
+
+    def rate(self, agent_id: str, tier: str, tool: str, now: float) -> int:
+        """Record this call, then check the window (rejected calls count too)."""
+        window = self.state.windows[agent_id]
+        window.append(now)
+        horizon = now - HOUR
+        while window and window[0] < horizon:
+            window.popleft()
+        count = len(window)
+        limit = RATE_LIMITS[tier]
+        if count >= limit:
+            burst_since = now - 60.0
+            burst = 0
+            for t in reversed(window):
+                if t < burst_since:
+                    break
+                burst += 1
+            if burst >= limit // 60 + BURST[tier]:
+                raise Problem(
+                    429, "rate_limit_exceeded", f"Rate limit exceeded: {count}/{limit} per hour"
                 )
-            tool = call.get("tool")
-            inp = call.get("input")
-            if inp is None:
-                inp = {}
-            if isinstance(tool, str) and tool in TOOLS:
-                tool_key = tool
-            elif isinstance(tool, str):
-                tool_key = UNKNOWN_TOOL
-            counters.tools[tool_key] += 1
-            if isinstance(inp, dict):
-                subject = inp.get("agent_id") or inp.get("from_agent_id")
-                if isinstance(subject, str) and len(subject) <= 128:
-                    counters.agents[subject][tool_key] += 1
-            response = await self._answer(request, tool_key, tool, inp)
-            status = "dropped" if response is None else str(response.status)
-            if response is None:
-                _drop(request)
-                return web.Response(status=499)  # never sent: the transport is gone
-            return response
-        finally:
-            counters.in_flight -= 1
-            counters.statuses[tool_key][status] += 1
-
-    async def _answer(
-        self, request: web.Request, tool_key: str, tool: Any, inp: Any
-    ) -> web.Response | None:
-        """The response for one call, or None to drop the connection unanswered."""
-        faults = self.faults
-        # The kill switch models an unreachable gateway: nothing is checked first.
-        if faults.killed(tool_key):
-            return None
-        if faults.has_latency:
-            await asyncio.sleep(faults.delay_s(tool_key))
-        auth = request.headers.get("Authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if not key:
-            return _error(401, "unauthorized", "missing Authorization: Bearer <key>")
-        state = self.state
-        now = state.now()
-        caller = None
-        if not self._is_admin(key):
-            caller = state.agent_for_key(key, now)
-            if caller is None:
-                return _error(401, "unauthorized", "unknown, revoked or expired API key")
-        state.count_call(now)
-
-        decision, status, retry_after = faults.decide(tool_key, now)
-        if decision != PASS:
-            if decision == RATE_LIMITED:
-                return _error(
-                    429, "rate_limited", "rate limit exceeded; retry later", retry_after=retry_after
+        tool_limit = PER_TOOL_LIMITS.get(tool)
+        if tool_limit is not None:
+            per_tool = self.state.windows[f"{agent_id}\x00{tool}"]
+            per_tool.append(now)
+            while per_tool and per_tool[0] < horizon:
+                per_tool.popleft()
+            if len(per_tool) > tool_limit:
+                raise Problem(
+                    429,
+                    "rate_limit_exceeded",
+                    f"Per-tool rate limit exceeded for '{tool}': {len(per_tool) - 1}/"
+                    f"{tool_limit} per hour",
                 )
-            if decision == OUTAGE:
-                return _error(
-                    503, "outage", f"{tool_key} is unavailable (outage)", retry_after=retry_after
-                )
-            if decision == TIMEOUT:
-                await asyncio.sleep(faults.timeout_s)
-                if faults.timeout_action == "drop":
-                    return None
-                return _error(504, "timeout", "the gateway timed out")
-            if decision == DROP:
-                return None
-            if decision == ERROR:
-                return _error(status, _ERROR_CODES[status], f"injected failure ({status})")
+        return count
 
-        if tool_key == INVALID_CALL:
-            return _error(
-                400, "invalid_input", "tool: must be a string naming the tool", field="tool"
-            )
-        if tool_key == UNKNOWN_TOOL:
-            return _error(404, "unknown_tool", f"no tool named {str(tool)[:64]!r}", field="tool")
-        if not isinstance(inp, dict):
-            return _error(400, "invalid_input", "input: must be a JSON object", field="input")
-        try:
-            result = TOOLS[tool_key](state, inp, caller, now)
-        except ToolError as exc:
-            return _error(
-                exc.status, exc.code, exc.message, field=exc.field, retry_after=exc.retry_after
-            )
-        except Exception:  # a bug of ours must not take the server down
-            log.exception("tool %s failed", tool_key)
-            return _error(500, "internal_error", f"{tool_key} failed inside the sandbox")
-        if decision == DROP_AFTER_COMMIT:
-            return None
-        return web.Response(body=orjson.dumps(result), content_type=JSON)
 
-    # --- the admin API -------------------------------------------------------------
-
-    def _is_admin(self, key: str) -> bool:
-        # Bytes, because compare_digest refuses non-ASCII str (a junk header is a 401, not a 500).
-        return secrets.compare_digest(key.encode("utf-8", "surrogateescape"), self._admin_key_bytes)
-
-    def _admin(self, request: web.Request) -> None:
-        auth = request.headers.get("Authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if not key or not self._is_admin(key):
-            raise AdminError(401, "unauthorized", "the admin API needs the fleet-admin key")
-
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
-        if not raw.strip():
-            return {}
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise AdminError(400, "invalid_json", "body must be JSON") from None
-        if not isinstance(body, dict):
-            raise AdminError(400, "invalid_json", "body must be a JSON object")
-        return body
-
-    async def admin(self, request: web.Request) -> web.Response:
-        """Dispatch /_sandbox/... after checking the admin key."""
-        try:
-            self._admin(request)
-            route = (
-                request.match_info.route.resource.canonical
-                if request.match_info.route.resource
-                else ""
-            )
-            handler = self._admin_routes.get((request.method, route))
-            if handler is None:
-                if route == ADMIN_FALLBACK:
-                    raise AdminError(404, "not_found", f"no admin endpoint {request.path}")
-                raise AdminError(
-                    405,
-                    "method_not_allowed",
-                    f"{request.method} is not supported on {request.path}",
-                )
-            return _json(200, await handler(self, request))
-        except AdminError as exc:
-            return _error(exc.status, exc.code, exc.message, field=exc.field)
-        except ToolError as exc:
-            return _error(exc.status, exc.code, exc.message, field=exc.field)
-
-    async def a_health(self, request: web.Request) -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "now": iso(self.clock.now()),
-            "clock_offset_s": self.clock.offset,
-            "uptime_s": round(time.monotonic() - self.started, 3),
-            "agents": len(self.state.agents),
-            "seed": self.options.seed,
-            "tool_path": self.options.tool_path,
-            "tools": len(TOOLS),
-        }
-
-    async def a_counters(self, request: web.Request) -> dict[str, Any]:
-        with_agents = request.query.get("agents", "1").lower() not in ("0", "false", "no")
-        return self.counters.view(with_agents, request.query.get("agent_prefix", ""))
-
-    async def a_counters_reset(self, request: web.Request) -> dict[str, Any]:
-        self.counters = Counters()
-        return {"reset": True}
-
-    async def a_faults_get(self, request: web.Request) -> dict[str, Any]:
-        return self.faults.view(self.clock.now())
-
-    async def a_faults_put(self, request: web.Request) -> dict[str, Any]:
-        body = await self._body(request)
-        try:
-            self.faults.apply(body, self.clock.now())
-        except FaultConfigError as exc:
-            raise AdminError(400, "invalid_faults", str(exc), field=exc.field) from None
-        return self.faults.view(self.clock.now())
-
-    async def a_faults_delete(self, request: web.Request) -> dict[str, Any]:
-        self.faults.clear()
-        return self.faults.view(self.clock.now())
-
-    async def a_clock(self, request: web.Request) -> dict[str, Any]:
-        now = self.clock.now()
-        return {"now": iso(now), "epoch": now, "offset_s": self.clock.offset}
-
-    async def a_clock_advance(self, request: web.Request) -> dict[str, Any]:
-        body = await self._body(request)
-        seconds = body.get("seconds")
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, int | float)
-            or not 0 <= seconds <= 10 * 365 * 86400
-        ):
-            raise AdminError(
-                400,
-                "invalid_input",
-                "seconds: must be a number between 0 and ten years",
-                field="seconds",
-            )
-        self.clock.advance(float(seconds))
-        return await self.a_clock(request)
-
-    async def a_seed(self, request: web.Request) -> dict[str, Any]:
-        body = await self._body(request)
-        count = body.get("agents", 0)
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 1_000_000:
-            raise AdminError(
-                400, "invalid_input", "agents: must be an integer 0..1000000", field="agents"
-            )
-        prefix = body.get("prefix", self.options.seed_prefix)
-        if not isinstance(prefix, str) or not AGENT_ID_RE.match(prefix) or len(prefix) > 64:
-            raise AdminError(
-                400, "invalid_input", "prefix: must be a short id-safe string", field="prefix"
-            )
-        tier = body.get("tier", "starter")
-        if tier not in TIERS:
-            raise AdminError(
-                400, "invalid_input", f"tier: must be one of {', '.join(TIERS)}", field="tier"
-            )
-        balance = parse_money("balance", body.get("balance", "100.00"))
-        template = body.get("sla_template", "standard-support")
-        if template is not None and template not in self.templates:
-            raise AdminError(
-                400,
-                "invalid_input",
-                f"sla_template: must be one of {', '.join(self.templates)} or null",
-                field="sla_template",
-            )
-        profile = _profile(body.get("profile"))
-        services = body.get("services", True)
-        if not isinstance(services, bool):
-            raise AdminError(
-                400, "invalid_input", "services: must be true or false", field="services"
-            )
-        started = time.perf_counter()
-        made = self.state.seed_agents(
-            count,
-            prefix,
-            tier=tier,
-            balance=balance,
-            sla_template=template,
-            profile=profile,
-            services=services,
-        )
-        return {
-            "seeded": len(made),
-            "first": made[0] if made else None,
-            "last": made[-1] if made else None,
-            "agent_ids": made if len(made) <= SEED_IDS_LISTED else None,
-            "elapsed_s": round(time.perf_counter() - started, 3),
-        }
-
-    async def a_state(self, request: web.Request) -> dict[str, Any]:
-        return self.state.summary()
-
-    async def a_agent_get(self, request: web.Request) -> dict[str, Any]:
-        agent_id = request.match_info["agent_id"]
-        state = self.state
-        agent = state.agents.get(agent_id) or state.retired.get(agent_id)
-        if agent is None:
-            raise AdminError(404, "agent_not_found", f"agent {agent_id!r} was never registered")
-        return state.agent_view(agent)
-
-    async def a_agent_put(self, request: web.Request) -> dict[str, Any]:
-        agent_id = request.match_info["agent_id"]
-        body = await self._body(request)
-        agent = self.state.agents.get(agent_id)
-        if agent is None:
-            raise AdminError(404, "agent_not_found", f"agent {agent_id!r} is not registered")
-        profile = _profile(body.get("profile"))
-        if profile is None:
-            raise AdminError(400, "invalid_input", "profile: required", field="profile")
-        self.state.set_profile(agent, profile, self.clock.now())
-        return self.state.agent_view(agent)
-
-    async def a_messages(self, request: web.Request) -> dict[str, Any]:
-        to = request.query.get("to")
-        sender = request.query.get("from")
-        try:
-            limit = max(1, min(1000, int(request.query.get("limit", "100"))))
-        except ValueError:
-            raise AdminError(
-                400, "invalid_input", "limit: must be an integer", field="limit"
-            ) from None
-        found = [
-            m.view()
-            for m in self.state.messages
-            if (to is None or m.to == to) and (sender is None or m.sender == sender)
-        ]
-        return {"messages": found[-limit:], "count": len(found)}
-
-    async def a_reset(self, request: web.Request) -> dict[str, Any]:
-        body = await self._body(request)
-        agents = body.get("agents", 0)
-        if isinstance(agents, bool) or not isinstance(agents, int) or not 0 <= agents <= 1_000_000:
-            raise AdminError(
-                400, "invalid_input", "agents: must be an integer 0..1000000", field="agents"
-            )
-        self.reset(agents)
-        return {"reset": True, "agents": len(self.state.agents)}
-
-    async def a_tools(self, request: web.Request) -> dict[str, Any]:
-        return {"tools": sorted(TOOLS), "profiles": list(PROFILE_NAMES)}
-
-    _admin_routes: Mapping[tuple[str, str], Any] = {
-        ("GET", "/_sandbox/health"): a_health,
-        ("GET", "/_sandbox/counters"): a_counters,
-        ("POST", "/_sandbox/counters/reset"): a_counters_reset,
-        ("GET", "/_sandbox/faults"): a_faults_get,
-        ("PUT", "/_sandbox/faults"): a_faults_put,
-        ("DELETE", "/_sandbox/faults"): a_faults_delete,
-        ("GET", "/_sandbox/clock"): a_clock,
-        ("POST", "/_sandbox/clock/advance"): a_clock_advance,
-        ("POST", "/_sandbox/seed"): a_seed,
-        ("GET", "/_sandbox/state"): a_state,
-        ("GET", "/_sandbox/agents/{agent_id}"): a_agent_get,
-        ("PUT", "/_sandbox/agents/{agent_id}"): a_agent_put,
-        ("GET", "/_sandbox/messages"): a_messages,
-        ("POST", "/_sandbox/reset"): a_reset,
-        ("GET", "/_sandbox/tools"): a_tools,
+def rate_headers(limit: int, count: int, now: float) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": str(max(0, limit - count)),
+        "X-RateLimit-Reset": str(max(1, math.ceil(HOUR - now % HOUR))),
     }
 
 
-class AdminError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-
-
-def _profile(value: Any) -> int | None:
-    if value is None:
-        return None
-    if value not in PROFILE_IDS:
-        raise AdminError(
-            400,
-            "invalid_input",
-            f"profile: must be one of {', '.join(PROFILE_NAMES)}",
-            field="profile",
-        )
-    return PROFILE_IDS[value]
-
-
-def _json(status: int, body: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type=JSON)
-
-
-def _error(
-    status: int,
-    code: str,
-    message: str,
-    *,
-    field: str | None = None,
-    retry_after: float | None = None,
+def problem_response(
+    exc: Problem, path: str, headers: dict[str, str] | None = None, content_type: str = PROBLEM
 ) -> web.Response:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        error["field"] = field
-    response = web.Response(body=orjson.dumps({"error": error}), status=status, content_type=JSON)
-    if retry_after is not None:
-        response.headers["Retry-After"] = retry_after_header(retry_after)
-    return response
+    return web.Response(
+        body=orjson.dumps(exc.body(path)),
+        status=exc.status,
+        content_type=content_type,
+        headers=headers,
+    )
+
+
+def _token(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization")
+    if auth and auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.headers.get("X-API-Key") or None
+
+
+async def _read_json(request: web.Request) -> Any:
+    if not request.body_exists:
+        return None
+    raw = await request.read()
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise Problem(422, "validation_error", "body: JSON decode error") from None
+
+
+async def _faulted(sb: Sandbox, request: web.Request, tool: str, now: float) -> web.Response | None:
+    """Sleep and misbehave as the fault config says; a response to send instead, or None."""
+    faults = sb.faults
+    if faults.has_latency:
+        delay = faults.delay_s(tool)
+        if delay > 0:
+            await asyncio.sleep(delay)
+    if faults.killed(tool):
+        _drop(request)
+        raise asyncio.CancelledError
+    if not faults.active:
+        return None
+    decision, status, retry = faults.decide(tool, now)
+    if decision == PASS or decision == DROP_AFTER_COMMIT:
+        request["drop_after_commit"] = decision == DROP_AFTER_COMMIT
+        return None
+    sb.counters.statuses[tool][str(status or "dropped")] += 1
+    if decision == DROP:
+        _drop(request)
+        raise asyncio.CancelledError
+    if decision == TIMEOUT:
+        await asyncio.sleep(faults.timeout_s)
+        if faults.timeout_action == "drop":
+            _drop(request)
+            raise asyncio.CancelledError
+        return problem_response(Problem(504, "timeout", "Upstream timed out"), request.path)
+    if decision == RATE_LIMITED:
+        return problem_response(
+            Problem(429, "rate_limit_exceeded", "Rate limit exceeded (injected)"),
+            request.path,
+            {"Retry-After": retry_after_header(retry)} if retry else None,
+        )
+    if decision == OUTAGE:
+        return problem_response(
+            Problem(503, "service_error", f"{tool} is unavailable (outage)"),
+            request.path,
+            {"Retry-After": retry_after_header(retry)},
+        )
+    assert decision == ERROR
+    return problem_response(
+        Problem(status, _ERROR_CODES.get(status, "internal_error"), "Injected server error"),
+        request.path,
+    )
 
 
 def _drop(request: web.Request) -> None:
-    """Close the connection without a byte of response (what a dead gateway does)."""
     transport = request.transport
     if transport is not None:
-        transport.close()
+        transport.abort()
 
 
-SANDBOX_KEY: web.AppKey[Sandbox] = web.AppKey("sandbox", Sandbox)
+def make_handler(sb: Sandbox, route: Route) -> Any:
+    tool = route.tool
+    counters = sb.counters
+    admin_only = tool in ADMIN_TOOLS
+    need = TIER_RANK[required_tier(tool)]
+    spec = route.body
+    paid = tool in ("best_match", "create_intent", "create_escrow")
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        now = time.time()
+        counters.total += 1
+        counters.tools[tool] += 1
+        counters.in_flight += 1
+        try:
+            faulted = await _faulted(sb, request, tool, now)
+            if faulted is not None:
+                return faulted
+            response = await _pipeline(request, now)
+        except Problem as exc:
+            response = problem_response(exc, request.path)
+            if exc.close and sb.options.close_after_error:
+                response.force_close()
+        finally:
+            counters.in_flight -= 1
+        counters.statuses[tool][str(response.status)] += 1
+        if request.get("drop_after_commit"):
+            _drop(request)
+            raise asyncio.CancelledError
+        return response
+
+    async def _pipeline(request: web.Request, now: float) -> web.Response:
+        st = sb.state
+        raw: Any = None
+        if not route.auth:
+            raw = await _read_json_or_400(request)
+            call = Call(
+                st, now, None, "", "free", raw, request.query, request.match_info, Decimal(0), sb
+            )
+            result = await route.handler(call)
+            return web.Response(body=orjson.dumps(result), status=route.status, content_type=JSON)
+        token = _token(request)
+        if token is None:
+            raise Problem(401, "missing_key", "Missing API key")
+        key, why = st.key_for(token, now, sb.key_grace_s)
+        if key is None:
+            raise Problem(401, "authentication_error", why)
+        caller = key.agent_id
+        counters.agents[caller][tool] += 1
+        is_admin = key.admin
+        tier = "admin" if is_admin else key.tier
+        if admin_only and not is_admin:
+            if tool in ADMIN_ROUTER_TOOLS:
+                raise Problem(403, "forbidden_admin_only", "This route requires admin privileges")
+            raise Problem(403, "admin_only", f"Tool '{tool}' requires admin privileges")
+        count = 0
+        if not is_admin:
+            if TIER_RANK[tier] < need:
+                raise Problem(
+                    403,
+                    "insufficient_tier",
+                    f"Tier '{tier}' cannot access tool '{tool}' (requires '{required_tier(tool)}')",
+                )
+            count = sb.rate(caller, tier, tool, now)
+        if spec is not None or paid:
+            raw = await _read_json(request)
+        cost = tool_cost(tool, raw) if paid else Decimal(0)
+        wallet = st.wallets.get(caller)
+        if not is_admin and (cost or (isinstance(raw, dict) and raw.get("amount"))):
+            balance = wallet.balance if wallet is not None else Decimal(0)
+            if cost and balance < cost:
+                raise Problem(
+                    402,
+                    "insufficient_balance",
+                    f"Insufficient balance: {float(balance)} < {float(cost)} credits required",
+                )
+            if wallet is not None:
+                _check_budget(st, wallet, cost, now)
+        body = check_body(spec, raw, route.aliases) if spec is not None else {}
+        idem = request.headers.get("Idempotency-Key") if route.idempotency else None
+        idem_id = ""
+        fingerprint = ""
+        if idem:
+            idem_id = f"{caller}\x00{tool}\x00{idem}"
+            fingerprint = hashlib.sha256(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            cached = st.idempotency.get(idem_id)
+            if cached is not None:
+                checked = route.idempotency == "checked"
+                if checked and cached["fingerprint"] != fingerprint:
+                    raise Problem(
+                        409,
+                        "idempotency_key_reused",
+                        "Idempotency-Key was already used with a different request body",
+                    )
+                headers = {} if checked else {"X-Charged": f"{cost:.2f}"}
+                if not is_admin:
+                    headers.update(rate_headers(RATE_LIMITS[tier], count, now))
+                return web.Response(
+                    body=cached["body"].encode(),
+                    status=cached["status"],
+                    content_type=JSON,
+                    headers=headers,
+                )
+        call = Call(st, now, key, caller, tier, body, request.query, request.match_info, cost, sb)
+        result = await route.handler(call)
+        if wallet is not None:
+            st.charge(wallet, cost, tool, now)
+        payload = orjson.dumps(serialize(result))
+        if idem:
+            st.idempotency[idem_id] = {
+                "fingerprint": fingerprint,
+                "status": route.status,
+                "body": payload.decode(),
+                "at": now,
+            }
+            st.touch("idempotency", idem_id)
+        headers = {"X-Charged": f"{cost:.2f}"}
+        if not is_admin:
+            headers.update(rate_headers(RATE_LIMITS[tier], count, now))
+        if call.location:
+            headers["Location"] = call.location
+        return web.Response(body=payload, status=route.status, content_type=JSON, headers=headers)
+
+    return handle
 
 
-def create_app(options: SandboxOptions | None = None) -> web.Application:
-    """The aiohttp application (state seeded); serve it with ``run`` or any aiohttp runner."""
-    options = options or SandboxOptions()
-    sandbox = Sandbox(options)
-    app = web.Application(client_max_size=1024 * 1024)
-    app[SANDBOX_KEY] = sandbox
-    tool_path = options.tool_path.rstrip("/") or "/"
-    app.router.add_post(tool_path, sandbox.handle_tool)
-    seen: set[str] = set()
-    for method, path in Sandbox._admin_routes:
-        if path not in seen:
-            seen.add(path)
-            app.router.add_route("*", path, sandbox.admin)
-    app.router.add_route("*", "/_sandbox/{tail:.*}", sandbox.admin)
+async def _read_json_or_400(request: web.Request) -> Any:
+    try:
+        return await _read_json(request)
+    except Problem:
+        raise Problem(400, "bad_request", "Invalid request body") from None
+
+
+def _check_budget(st: State, wallet: Any, pending: Decimal, now: float) -> None:
+    for cap, since, label in (
+        (wallet.daily_cap, now - 86400, "Daily"),
+        (wallet.monthly_cap, now - 30 * 86400, "Monthly"),
+    ):
+        if cap is None:
+            continue
+        spent = st.spent_since(wallet, since)
+        if spent + pending > cap:
+            raise Problem(
+                402,
+                "budget_exceeded",
+                f"{label} budget cap exceeded: spent {spent:.2f} + pending {pending:.2f} "
+                f"> cap {cap:.2f} credits.",
+            )
+
+
+# --- routes outside the tool pipeline ------------------------------------------------------
+
+
+def _public_headers(sb: Sandbox, request: web.Request, now: float) -> dict[str, str]:
+    ip = request.remote or "?"
+    window = sb.ip_window[ip]
+    window.append(now)
+    horizon = now - HOUR
+    while window and window[0] < horizon:
+        window.pop(0)
+    if len(window) > PUBLIC_LIMIT:
+        raise Problem(
+            429, "rate_limit_exceeded", f"Rate limit exceeded: {len(window)}/1000 per hour"
+        )
+    return rate_headers(PUBLIC_LIMIT, len(window), now)
+
+
+def health_handler(sb: Sandbox) -> Any:
+    databases = dict.fromkeys(
+        (
+            "billing",
+            "paywall",
+            "payments",
+            "marketplace",
+            "trust",
+            "identity",
+            "event_bus",
+            "webhooks",
+            "messaging",
+            "disputes",
+        ),
+        "ok",
+    )
+
+    async def health(request: web.Request) -> web.Response:
+        now = time.time()
+        sb.counters.tools["health"] += 1
+        try:
+            headers = _public_headers(sb, request, now)
+        except Problem as exc:
+            return problem_response(exc, request.path)
+        body = {
+            "status": "ok",
+            "version": VERSION,
+            "tools": 137,
+            "db": "ok",
+            "databases": databases,
+            "docs_url": "/docs",
+        }
+        return web.Response(body=orjson.dumps(body), content_type=JSON, headers=headers)
+
+    return health
+
+
+async def execute_gone(request: web.Request) -> web.Response:
+    exc = Problem(
+        410,
+        "endpoint_removed",
+        "POST /v1/execute has been removed. Use the dedicated REST endpoints under "
+        "/v1/<domain>/<operation> instead. See /docs for the migration guide.",
+    )
+    return problem_response(
+        exc,
+        request.path,
+        {
+            "Deprecation": "true",
+            "Sunset": "Thu, 01 Oct 2026 00:00:00 GMT",
+            "Link": '</docs/api-reference.md#deprecation-v1-execute>; rel="sunset"; '
+            'type="text/markdown"',
+        },
+    )
+
+
+def rotate_guard(sb: Sandbox, inner: Any) -> Any:
+    """428 (plain JSON, as the real one) without the confirmation header, after the key checks."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("X-Rotate-Confirmation", "").lower() != "confirm":
+            token = _token(request)
+            key, _ = (
+                (None, "")
+                if token is None
+                else sb.state.key_for(token, time.time(), sb.key_grace_s)
+            )
+            if key is not None and key.admin:
+                exc = Problem(
+                    428,
+                    "rotate_confirmation_required",
+                    "Key rotation is a destructive action. Include the header "
+                    "'X-Rotate-Confirmation: confirm' to proceed. The old key remains valid "
+                    f"for a {int(sb.key_grace_s)}s grace window after a successful rotation.",
+                )
+                body = exc.body(request.path)
+                body["title"] = "Rotate confirmation required"
+                return web.Response(body=orjson.dumps(body), status=428, content_type=JSON)
+        response: web.StreamResponse = await inner(request)
+        return response
+
+    return handle
+
+
+def stream_handler(sb: Sandbox) -> Any:
+    """``GET /v1/events/stream``: SSE from ``since_id`` or ``Last-Event-ID``, beats, a lifetime."""
+    from sandbox.routes import events_after
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        sb.counters.tools["stream_events"] += 1
+        token = _token(request)
+        if token is None:
+            return problem_response(Problem(401, "missing_key", "Missing API key"), request.path)
+        key, why = sb.state.key_for(token, time.time(), sb.key_grace_s)
+        if key is None:
+            return problem_response(Problem(401, "authentication_error", why), request.path)
+        q = request.query
+        try:
+            since = int(request.headers.get("Last-Event-ID") or q.get("since_id") or 0)
+        except ValueError:
+            return problem_response(
+                Problem(422, "validation_error", "query.since_id: Input should be a valid integer"),
+                request.path,
+            )
+        event_type = q.get("event_type") or None
+        source = q.get("agent_id") or None
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        started = last_beat = time.monotonic()
+        lifetime = sb.options.sse_lifetime_s
+        beat = sb.options.sse_heartbeat_s
+        with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
+            while True:
+                events, since = events_after(sb.state, since, event_type, source, 500)
+                for event in events:
+                    await response.write(
+                        b"id: %d\ndata: %s\n\n" % (event["id"], orjson.dumps(event))
+                    )
+                now = time.monotonic()
+                if now - started >= lifetime:
+                    break
+                if now - last_beat >= beat:
+                    await response.write(b": heartbeat\n\n")
+                    last_beat = now
+                wait = min(beat - (now - last_beat), lifetime - (now - started), 1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(sb.changed.wait(), max(0.01, wait))
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        return response
+
+    return stream
+
+
+# --- the app ----------------------------------------------------------------------------
+
+
+def create_app(options: SandboxOptions) -> web.Application:
+    from sandbox.control import add_control_routes
+
+    app = web.Application(client_max_size=1 << 20)
+    sb = Sandbox(options)
+    app["sandbox"] = sb
+    fast = Router()
+    app["fast_router"] = fast
+    app.router.add_get("/v1/health", health_handler(sb))
+    app.router.add_route("*", "/v1/execute", execute_gone)
+    app.router.add_get("/v1/events/stream", stream_handler(sb))
+    for path in ("/v1/health", "/v1/execute", "/v1/events/stream"):
+        fast.add(path, None)
+    for route in ROUTES:
+        handler = make_handler(sb, route)
+        if route.tool == "rotate_key":
+            handler = rotate_guard(sb, handler)
+        app.router.add_route(route.method, route.path, handler)
+        if route.method == "GET":
+            fast.add(route.path, handler)
+    add_control_routes(app, sb)
+    app.middlewares.append(_problem_middleware)
+
+    async def flusher(app: web.Application) -> Any:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(options.flush_interval_s)
+                upserts, deletes, events = sb.store.take()
+                if upserts or deletes or events:
+                    await asyncio.to_thread(sb.store.write, upserts, deletes, events)
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sb.store.close()
+
+    app.cleanup_ctx.append(flusher)
     return app
 
 
-@dataclass
-class _Running:
-    runner: web.AppRunner
-    url: str
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-async def start(options: SandboxOptions) -> _Running:
-    app = create_app(options)
-    runner = web.AppRunner(
-        app,
-        access_log=log if options.access_log else None,
-        handle_signals=False,
-        # Requests held by timeout faults must not stall shutdown.
-        shutdown_timeout=1.0,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port, backlog=2048, reuse_address=True)
-    await site.start()
-    port = options.port
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            port = address[1]
-            break
-    return _Running(runner, f"http://{options.host}:{port}")
-
-
-async def serve(options: SandboxOptions) -> None:
-    """Serve until SIGINT or SIGTERM."""
-    running = await start(options)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # not on Windows
-            loop.add_signal_handler(sig, running.stop.set)
-    print(f"sandbox listening on {running.url}", flush=True)
+@web.middleware
+async def _problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Unknown paths and methods as the real one answers them: problem+json 404/405."""
     try:
-        await running.stop.wait()
-    finally:
-        await running.runner.cleanup()
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        problem = Problem(exc.status, "http_error", exc.reason)
+        return problem_response(problem, request.path)
 
 
-def run(options: SandboxOptions | None = None) -> None:
-    """Run the sandbox in this process until SIGINT/SIGTERM (uvloop when available)."""
-    options = options or SandboxOptions()
-    if options.access_log:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    loop_factory = None
+def run(options: SandboxOptions) -> None:
+    """Serve until SIGINT/SIGTERM; prints ``sandbox listening on URL`` when ready."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
         import uvloop
 
-        loop_factory = uvloop.new_event_loop
+        uvloop.install()
     except ImportError:
         pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(options))
+    asyncio.run(_serve(options))
+
+
+async def _serve(options: SandboxOptions) -> None:
+    app = create_app(options)
+    runner = web.AppRunner(
+        app,
+        access_log=logging.getLogger("aiohttp.access") if options.access_log else None,
+        handle_signals=False,
+        keepalive_timeout=KEEPALIVE_S,
+    )
+    await runner.setup()
+    fallback = runner.server
+    assert fallback is not None
+    router: Router = app["fast_router"]
+    live: set[FastProtocol] = set()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: FastProtocol(router, fallback, live),
+        options.host,
+        options.port,
+        backlog=1024,
+        reuse_address=True,
+    )
+    port = server.sockets[0].getsockname()[1]
+    print(f"sandbox listening on http://{options.host}:{port}", flush=True)
+
+    async def reap_idle() -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            now = time.monotonic()
+            for protocol in list(live):
+                protocol.close_if_idle(now, KEEPALIVE_S)
+
+    reaper = asyncio.create_task(reap_idle())
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    reaper.cancel()
+    server.close()
+    close_all(live)
+    await runner.cleanup()

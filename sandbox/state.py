@@ -1,987 +1,524 @@
-"""The sandbox's state: agents, keys, wallets, SLAs and everything tools record.
+"""The sandbox's state: agents, keys, wallets and the rest, in memory, written behind to SQLite.
 
-All of it lives in memory, in plain dicts of ``__slots__`` objects. Simulated
-behaviour is never stored as a series: metrics come from
-:mod:`sandbox.behaviour` when asked, and simulated spending is settled into a
-wallet lazily (whenever the wallet is read or moved) by integrating the burn
-rate since the last settlement. Seeded agents share every immutable piece
-(terms, capabilities, metadata, the opening balance): a seeded agent with its
-key, wallet, SLA and listing costs about a kilobyte.
+Every record lives in a dict keyed by its id and is the one truth while the
+server runs; a change marks the record dirty, and :class:`Store` writes the
+dirty records to ``<data_dir>/sandbox.db`` in one transaction every
+``flush_interval_s`` (and at shutdown), from a worker thread, so a request
+never waits for the disk. At start the file is read back, so a restarted
+sandbox keeps its fleet. Rate windows are not persisted: they are an hour of
+timestamps, and a restart costing a fleet its windows errs on the caller's side.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
-import itertools
-import os
+import secrets
+import sqlite3
+import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import orjson
+
 from sandbox.behaviour import (
-    PROFILE_NAMES,
-    Metrics,
+    COST_RUNAWAY,
+    DEAD,
+    IDLE,
     Params,
     ProfileMix,
     agent_hash,
     metrics_at,
     spend_between,
 )
-from sandbox.validate import ZERO, fmt_money, iso
+from sandbox.validate import ZERO
 
-LIVE = "active"
-DEREGISTERED = "deregistered"
-
-# Per-agent record lists are capped so a long soak test cannot grow without
-# bound; totals keep counting past the cap.
-MAX_RECORDS_PER_AGENT = 2000
-MAX_MESSAGES = 100_000
-# Bisection resolution when locating when a breach started or ended.
-EPISODE_RESOLUTION_S = 30.0
-
-# Tiers: daily fee and price per tool call (what estimate_cost projects with).
-TIERS: dict[str, tuple[Decimal, Decimal]] = {
-    "free": (Decimal("0.00"), Decimal("0.0010")),
-    "starter": (Decimal("1.00"), Decimal("0.0008")),
-    "standard": (Decimal("2.00"), Decimal("0.0007")),
-    "pro": (Decimal("10.00"), Decimal("0.0005")),
-    "premium": (Decimal("20.00"), Decimal("0.0004")),
-    "enterprise": (Decimal("50.00"), Decimal("0.0002")),
+TIERS = ("free", "starter", "pro", "enterprise")
+TIER_RANK = {"free": 0, "starter": 1, "pro": 2, "enterprise": 3, "admin": 4}
+RATE_LIMITS = {"free": 100, "starter": 1_000, "pro": 10_000, "enterprise": 100_000}
+BURST = {"free": 10, "starter": 25, "pro": 100, "enterprise": 1_000}
+DEPOSIT_CAPS = {
+    "free": Decimal(1_000),
+    "starter": Decimal(10_000),
+    "pro": Decimal(100_000),
+    "enterprise": Decimal(10_000_000),
 }
-
-_SEED_CAPABILITIES: tuple[tuple[str, ...], ...] = (
-    ("summarise",),
-    ("translate",),
-    ("classify", "summarise"),
-    ("code-review",),
-    ("search", "summarise"),
-    ("extract", "classify"),
-    ("support", "translate"),
-    ("research", "search"),
-)
-_SEED_PRICES: tuple[Decimal, ...] = tuple(
-    Decimal(p) for p in ("0.01", "0.02", "0.03", "0.04", "0.05")
+SIGNUP_BONUS = Decimal(500)
+EVENTS_KEPT = 200_000
+_DECIMALS = frozenset(
+    {"balance", "amount", "fee", "daily_cap", "monthly_cap", "cost", "calls_cost", "bound_value"}
 )
 
 
-class Clock:
-    """Wall time plus an offset the admin API can advance (never rewind)."""
-
-    def __init__(self) -> None:
-        self._wall0 = time.time()
-        self._mono0 = time.monotonic()
-        self.offset = 0.0
-
-    def now(self) -> float:
-        return self._wall0 + (time.monotonic() - self._mono0) + self.offset
-
-    def advance(self, seconds: float) -> float:
-        self.offset += seconds
-        return self.now()
+def new_key(tier: str) -> str:
+    return f"a2a_{tier}_{secrets.token_hex(12)}"
 
 
-class AgentExtra:
-    """What only some agents have; kept off the Agent so seeded agents stay small."""
+def key_prefix(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
 
-    __slots__ = (
-        "audits",
-        "audit_count",
-        "transactions",
-        "transaction_count",
-        "chains",
-        "submitted",
-        "disputes",
-        "violations",
-        "messages_sent",
-        "notes",
+
+def public_key_for(seed: int, agent_id: str) -> str:
+    """A deterministic 32-byte Ed25519 public key per (seed, agent)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    private = Ed25519PrivateKey.from_private_bytes(
+        hashlib.sha256(f"{seed}:{agent_id}".encode()).digest()
     )
-
-    def __init__(self) -> None:
-        self.audits: list[tuple[float, dict[str, Any]]] = []  # (sandbox time, entry)
-        self.audit_count = 0
-        # (transaction_id, kind, amount, sandbox_time, detail)
-        self.transactions: list[tuple[str, str, Decimal, float, str]] = []
-        self.transaction_count = 0
-        self.chains: list[dict[str, Any]] = []
-        self.submitted: dict[str, Any] = {}
-        self.disputes: list[str] = []
-        # Closed violation episodes: (sla_id, start, end, breached_terms)
-        self.violations: list[tuple[str, float, float, tuple[str, ...]]] = []
-        self.messages_sent = 0
-        self.notes: list[dict[str, Any]] = []
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
 
+@dataclass
 class Agent:
-    __slots__ = (
-        "agent_id",
-        "tier",
-        "capabilities",
-        "metadata",
-        "registered_at",
-        "status",
-        "api_key",
-        "old_key",
-        "old_key_expires",
-        "key_rotated_at",
-        "profile",
-        "pinned",
-        "h",
-        "origin",
-        "_params",
-        "wallet",
-        "sla",
-        "service",
-        "extra",
-        "ended_at",
-        "end_reason",
-        "seeded",
-    )
-
-    def __init__(
-        self,
-        agent_id: str,
-        tier: str,
-        capabilities: tuple[str, ...],
-        metadata: Mapping[str, Any],
-        now: float,
-        api_key: str,
-        h: int,
-        profile: int,
-        seeded: bool = False,
-    ) -> None:
-        self.agent_id = agent_id
-        self.tier = tier
-        self.capabilities = capabilities
-        self.metadata = metadata
-        self.registered_at = now
-        self.status = LIVE
-        self.api_key = api_key
-        self.old_key: str | None = None
-        self.old_key_expires = 0.0
-        self.key_rotated_at = now
-        self.profile = profile
-        self.pinned = False
-        self.h = h
-        self.origin = now
-        self._params: Params | None = None
-        self.wallet: Wallet | None = None
-        self.sla: Sla | None = None
-        self.service: Service | None = None
-        self.extra: AgentExtra | None = None
-        self.ended_at = 0.0
-        self.end_reason = ""
-        self.seeded = seeded
-
-    @property
-    def live(self) -> bool:
-        return self.status == LIVE
+    agent_id: str
+    public_key: str
+    created_at: float
+    profile: int
+    hash: int
+    origin: float
+    org_id: str = "default"
+    # When the behaviour last spent: spending is applied lazily up to now.
+    settled_to: float = 0.0
+    # Seeded agents: their behaviour profile produces their metrics and spending.
+    simulated: bool = False
 
     def params(self) -> Params:
-        if self._params is None:
-            self._params = Params(self.h)
-        return self._params
-
-    def metrics(self, now: float) -> Metrics:
-        return metrics_at(self.profile, self.h, self.params(), now, self.origin)
-
-    def more(self) -> AgentExtra:
-        if self.extra is None:
-            self.extra = AgentExtra()
-        return self.extra
+        return params_of(self.hash)
 
 
+@dataclass
+class Key:
+    key: str
+    agent_id: str
+    tier: str
+    scopes: list[str]
+    created_at: float
+    revoked_at: float | None = None
+
+    @property
+    def admin(self) -> bool:
+        return "admin" in self.scopes
+
+
+@dataclass
 class Wallet:
-    __slots__ = (
-        "wallet_id",
-        "owner",
-        "balance",
-        "frozen",
-        "frozen_reason",
-        "created_at",
-        "settled_at",
-        "carry",
-        "simulated_spend",
-        "treasury",
-    )
-
-    def __init__(
-        self,
-        wallet_id: str,
-        owner: Agent | None,
-        balance: Decimal,
-        now: float,
-        treasury: bool = False,
-    ) -> None:
-        self.wallet_id = wallet_id
-        self.owner = owner
-        self.balance = balance
-        self.frozen = False
-        self.frozen_reason = ""
-        self.created_at = now
-        self.settled_at = now
-        # Simulated spending below one cent, carried to the next settlement.
-        self.carry = 0.0
-        self.simulated_spend = ZERO
-        self.treasury = treasury
+    agent_id: str
+    balance: Decimal
+    created_at: float
+    updated_at: float
+    frozen: bool = False
+    daily_cap: Decimal | None = None
+    monthly_cap: Decimal | None = None
+    alert_threshold: float | None = None
+    calls: int = 0
+    calls_cost: Decimal = ZERO
+    # (epoch, cost) of every paid call: budget caps sum a rolling window of them.
+    charges: list[list[Any]] = field(default_factory=list)
 
 
-class Sla:
-    __slots__ = (
-        "sla_id",
-        "agent",
-        "terms",
-        "limits",
-        "created_at",
-        "status",
-        "episode_start",
-        "episode_terms",
-        "last_eval",
-        "last_breached",
-    )
-
-    def __init__(
-        self,
-        sla_id: str,
-        agent: Agent,
-        terms: Mapping[str, Any],
-        limits: tuple[tuple[str, float], ...],
-        now: float,
-    ) -> None:
-        self.sla_id = sla_id
-        self.agent = agent
-        self.terms = terms  # as given (money as strings), for display
-        self.limits = limits  # (term, float limit) for evaluation
-        self.created_at = now
-        self.status = LIVE
-        self.episode_start: float | None = None
-        self.episode_terms: tuple[str, ...] = ()
-        self.last_eval = now
-        # None: never evaluated; the state at creation is then computed, not assumed.
-        self.last_breached: bool | None = None
+KINDS: dict[str, type] = {"agent": Agent, "key": Key, "wallet": Wallet}
 
 
-class Service:
-    __slots__ = ("service_id", "agent", "capabilities", "pricing", "price", "registered_at")
-
-    def __init__(
-        self,
-        service_id: str,
-        agent: Agent,
-        capabilities: tuple[str, ...],
-        pricing: Mapping[str, Any],
-        price: Decimal,
-        now: float,
-    ) -> None:
-        self.service_id = service_id
-        self.agent = agent
-        self.capabilities = capabilities
-        self.pricing = pricing
-        self.price = price
-        self.registered_at = now
+@functools.lru_cache(maxsize=1 << 17)
+def params_of(agent_hash: int) -> Params:
+    """An agent's traits, drawn once: every settle and metrics read needs them."""
+    return Params(agent_hash)
 
 
-class Dispute:
-    __slots__ = (
-        "dispute_id",
-        "agent_id",
-        "counterparty",
-        "reason",
-        "details",
-        "status",
-        "opened_at",
-        "resolution",
-        "amount",
-        "notes",
-        "resolved_at",
-    )
+class Store:
+    """Write-behind persistence: ``kind/id → JSON`` rows plus the event log."""
 
-    def __init__(
-        self,
-        dispute_id: str,
-        agent_id: str,
-        counterparty: str,
-        reason: str,
-        details: Any,
-        now: float,
-    ) -> None:
-        self.dispute_id = dispute_id
-        self.agent_id = agent_id
-        self.counterparty = counterparty
-        self.reason = reason
-        self.details = details
-        self.status = "open"
-        self.opened_at = now
-        self.resolution = ""
-        self.amount = ZERO
-        self.notes = ""
-        self.resolved_at = 0.0
-
-    def view(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "dispute_id": self.dispute_id,
-            "agent_id": self.agent_id,
-            "counterparty": self.counterparty,
-            "reason": self.reason,
-            "status": self.status,
-            "opened_at": iso(self.opened_at),
-        }
-        if self.status == "resolved":
-            out.update(
-                resolution=self.resolution,
-                amount=fmt_money(self.amount),
-                notes=self.notes,
-                resolved_at=iso(self.resolved_at),
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.dirty: dict[tuple[str, str], Any] = {}
+        self.new_events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS records "
+                "(kind TEXT NOT NULL, id TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, id))"
             )
-        return out
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, data BLOB NOT NULL)"
+            )
 
+    def load(self) -> tuple[list[tuple[str, str, bytes]], list[bytes]]:
+        if self._db is None:
+            return [], []
+        rows = self._db.execute("SELECT kind, id, data FROM records").fetchall()
+        events = [r[0] for r in self._db.execute("SELECT data FROM events ORDER BY id")]
+        return rows, events
 
-class Message:
-    __slots__ = (
-        "message_id",
-        "sender",
-        "to",
-        "subject",
-        "body",
-        "priority",
-        "requires_response",
-        "sent_at",
-    )
+    def mark(self, kind: str, record_id: str, record: Any) -> None:
+        if self._db is not None:
+            self.dirty[(kind, record_id)] = record
 
-    def __init__(
+    def delete(self, kind: str, record_id: str) -> None:
+        if self._db is not None:
+            self.dirty[(kind, record_id)] = None
+
+    def event(self, event: dict[str, Any]) -> None:
+        if self._db is not None:
+            self.new_events.append(event)
+
+    def take(self) -> tuple[list[tuple[str, str, bytes]], list[tuple[str, str]], list[Any]]:
+        """Serialize the dirty set on the caller's thread (the records may change after)."""
+        dirty, self.dirty = self.dirty, {}
+        events, self.new_events = self.new_events, []
+        upserts: list[tuple[str, str, bytes]] = []
+        deletes: list[tuple[str, str]] = []
+        for (kind, rid), record in dirty.items():
+            if record is None:
+                deletes.append((kind, rid))
+            else:
+                upserts.append((kind, rid, orjson.dumps(record, default=_encode)))
+        rows = [(e["id"], orjson.dumps(e)) for e in events]
+        return upserts, deletes, rows
+
+    def write(
         self,
-        message_id: str,
-        sender: str,
-        to: str,
-        subject: str,
-        body: str,
-        priority: str,
-        requires_response: bool,
-        now: float,
+        upserts: list[tuple[str, str, bytes]],
+        deletes: list[tuple[str, str]],
+        events: list[Any],
     ) -> None:
-        self.message_id = message_id
-        self.sender = sender
-        self.to = to
-        self.subject = subject
-        self.body = body
-        self.priority = priority
-        self.requires_response = requires_response
-        self.sent_at = now
+        if self._db is None or not (upserts or deletes or events):
+            return
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", upserts)
+            db.executemany("DELETE FROM records WHERE kind = ? AND id = ?", deletes)
+            db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?)", events)
+            db.execute("COMMIT")
 
-    def view(self) -> dict[str, Any]:
-        return {
-            "message_id": self.message_id,
-            "from": self.sender,
-            "to": self.to,
-            "subject": self.subject,
-            "body": self.body,
-            "priority": self.priority,
-            "requires_response": self.requires_response,
-            "sent_at": iso(self.sent_at),
-        }
+    def flush(self) -> None:
+        self.write(*self.take())
 
+    def wipe(self) -> None:
+        self.dirty.clear()
+        self.new_events.clear()
+        if self._db is not None:
+            with self._lock:
+                self._db.execute("DELETE FROM records")
+                self._db.execute("DELETE FROM events")
 
-def sla_limits(terms: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
-    """The evaluable part of validated terms (review_days is not a metric)."""
-    return tuple((name, float(terms[name])) for name in SLA_METRIC_TERMS if name in terms)
-
-
-# Term → how it is met. Percent terms compare the shortfall from 100 %, so
-# "margin" means the share of the allowed downtime / inaccuracy still unused.
-SLA_METRIC_TERMS: tuple[str, ...] = (
-    "p99_latency_ms",
-    "uptime_pct",
-    "accuracy_pct",
-    "max_cost_per_task",
-    "max_error_rate",
-)
+    def close(self) -> None:
+        if self._db is not None:
+            self.flush()
+            with self._lock:
+                self._db.close()
+            self._db = None
 
 
-def term_margins(limits: tuple[tuple[str, float], ...], m: Metrics) -> tuple[list[str], float]:
-    """(breached terms, smallest margin as a fraction; negative when breached)."""
-    breached: list[str] = []
-    worst = 1.0
-    for name, limit in limits:
-        if name == "p99_latency_ms":
-            margin = (limit - m.latency_p99) / limit
-        elif name == "uptime_pct" or name == "accuracy_pct":
-            actual = m.uptime_pct if name == "uptime_pct" else m.accuracy_pct
-            allowed = 100.0 - limit
-            margin = (
-                1.0 - (100.0 - actual) / allowed
-                if allowed > 0
-                else (0.0 if actual >= 100.0 else -1.0)
-            )
-        elif name == "max_cost_per_task":
-            margin = (
-                (limit - m.cost_per_task) / limit
-                if limit > 0
-                else (0.0 if m.cost_per_task <= 0 else -1.0)
-            )
-        else:  # max_error_rate
-            margin = (
-                (limit - m.error_rate) / limit
-                if limit > 0
-                else (0.0 if m.error_rate <= 0 else -1.0)
-            )
-        if margin < 0:
-            breached.append(name)
-        if margin < worst:
-            worst = margin
-    # A dead agent is "19900 % over" its uptime budget; past -100 % the number says nothing more.
-    return breached, max(-1.0, worst)
+def _encode(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(type(value).__name__)
 
 
-class SandboxState:
-    """Everything the tools read and change. One instance per reset."""
+def _decode(kind: str, data: dict[str, Any]) -> Any:
+    for name in _DECIMALS:
+        if isinstance(data.get(name), str):
+            data[name] = Decimal(data[name])
+    cls = KINDS.get(kind)
+    return cls(**data) if cls is not None else data
+
+
+class State:
+    """Everything the gateway double knows, and the rules that move it."""
 
     def __init__(
-        self,
-        *,
-        seed: int,
-        clock: Clock,
-        mix: ProfileMix,
-        key_overlap_s: float,
-        treasury_wallet: str,
-        sla_templates: Mapping[str, Mapping[str, Any]],
-        rate_limit: int,
-        rate_window_s: float,
+        self, *, seed: int, mix: ProfileMix, store: Store, now: float | None = None
     ) -> None:
         self.seed = seed
-        self.clock = clock
         self.mix = mix
-        self.key_overlap_s = key_overlap_s
-        self.treasury_wallet = treasury_wallet
-        self.sla_templates = sla_templates
-        self.rate_limit = rate_limit
-        self.rate_window_s = rate_window_s
-        self.started_at = clock.now()
-
+        self.store = store
         self.agents: dict[str, Agent] = {}
-        # The last deregistered incarnation of each id (for the admin API).
-        self.retired: dict[str, Agent] = {}
-        self.deregistered_total = 0
-        self.keys: dict[str, Agent] = {}
+        self.keys: dict[str, Key] = {}
+        self.keys_by_agent: collections.defaultdict[str, list[Key]] = collections.defaultdict(list)
         self.wallets: dict[str, Wallet] = {}
-        self.disputes: dict[str, Dispute] = {}
-        self.messages: deque[Message] = deque(maxlen=MAX_MESSAGES)
-        self.messages_total = 0
-        self.registrations_total = 0
-        self.slas_total = 0
-        self.audits_total = 0
-        self.transactions_total = 0
-        self.chains_total = 0
-        self.seed_next: dict[str, int] = {}
-        self._ids = itertools.count(1)
-        self.rate_window_start = 0.0
-        self.rate_window_count = 0
+        self.transactions: collections.defaultdict[str, list[dict[str, Any]]] = (
+            collections.defaultdict(list)
+        )
+        self.intents: dict[str, dict[str, Any]] = {}
+        self.escrows: dict[str, dict[str, Any]] = {}
+        self.disputes: dict[str, dict[str, Any]] = {}
+        self.services: dict[str, dict[str, Any]] = {}
+        self.messages: dict[str, dict[str, Any]] = {}
+        self.servers: dict[str, dict[str, Any]] = {}
+        self.claims: dict[str, dict[str, Any]] = {}
+        self.chains: dict[str, dict[str, Any]] = {}
+        self.metrics: collections.defaultdict[str, list[dict[str, Any]]] = collections.defaultdict(
+            list
+        )
+        self.idempotency: dict[str, dict[str, Any]] = {}
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
+        self.next_tx = 1
+        self.next_event = 1
+        self.next_chain = 1
+        # Per agent: epochs of every rated call in the last hour (all keys share it).
+        self.windows: collections.defaultdict[str, collections.deque[float]] = (
+            collections.defaultdict(collections.deque)
+        )
+        self._load()
 
-    # --- ids, keys, time -----------------------------------------------------------
+    # --- persistence ------------------------------------------------------------
 
-    def now(self) -> float:
-        return self.clock.now()
+    _DOC_KINDS = (
+        "intents",
+        "escrows",
+        "disputes",
+        "services",
+        "messages",
+        "servers",
+        "claims",
+        "chains",
+        "idempotency",
+    )
 
-    def new_id(self, prefix: str) -> str:
-        return f"{prefix}_{next(self._ids):08d}"
+    def _load(self) -> None:
+        rows, events = self.store.load()
+        for kind, rid, blob in rows:
+            data = orjson.loads(blob)
+            if kind == "agent":
+                self.agents[rid] = _decode(kind, data)
+            elif kind == "key":
+                k: Key = _decode(kind, data)
+                self.keys[rid] = k
+                self.keys_by_agent[k.agent_id].append(k)
+            elif kind == "wallet":
+                self.wallets[rid] = _decode(kind, data)
+            elif kind == "tx":
+                # One row per transaction, ``agent#id``, so a charge writes one small row.
+                agent_id, _, _ = rid.partition("#")
+                txs = self.transactions[agent_id]
+                if isinstance(data, list):  # a whole list per agent, as written before
+                    txs.extend(data)
+                    self.store.delete("tx", rid)
+                    for tx in data:
+                        self.store.mark("tx", f"{agent_id}#{tx['id']}", tx)
+                else:
+                    txs.append(data)
+            elif kind == "metrics":
+                self.metrics[rid] = data
+            elif kind == "counters":
+                self.next_tx, self.next_chain = data["next_tx"], data["next_chain"]
+            elif kind in self._DOC_KINDS:
+                getattr(self, kind)[rid] = data
+        for txs in self.transactions.values():
+            txs.sort(key=lambda tx: tx["id"])
+        for blob in events:
+            self.events.append(orjson.loads(blob))
+        if self.events:
+            self.next_event = self.events[-1]["id"] + 1
 
-    @staticmethod
-    def new_key(tier: str) -> str:
-        return f"a2a_{tier}_{os.urandom(16).hex()}"
+    def touch(self, kind: str, rid: str) -> None:
+        """Mark one record changed (the store writes it behind)."""
+        if kind == "agent":
+            self.store.mark(kind, rid, self.agents[rid])
+        elif kind == "wallet":
+            self.store.mark(kind, rid, self.wallets[rid])
+        elif kind == "key":
+            self.store.mark(kind, rid, self.keys[rid])
+        elif kind == "metrics":
+            self.store.mark(kind, rid, self.metrics[rid])
+        else:
+            self.store.mark(kind, rid, getattr(self, kind)[rid])
+            if kind == "chains":
+                self.store.mark(
+                    "counters", "ids", {"next_tx": self.next_tx, "next_chain": self.next_chain}
+                )
 
-    def agent_for_key(self, key: str, now: float) -> Agent | None:
-        """The live agent a key belongs to; a rotated-out key works until its overlap ends."""
-        agent = self.keys.get(key)
-        if agent is None:
-            return None
-        if key != agent.api_key and now > agent.old_key_expires:
-            del self.keys[key]
-            agent.old_key = None
-            return None
-        return agent
+    def reset(self) -> None:
+        self.store.wipe()
+        for name in (
+            "agents",
+            "keys",
+            "keys_by_agent",
+            "wallets",
+            "transactions",
+            "windows",
+            "metrics",
+            "events",
+            *self._DOC_KINDS,
+        ):
+            getattr(self, name).clear()
+        self.next_tx = self.next_event = self.next_chain = 1
 
-    def count_call(self, now: float) -> None:
-        """Calls in the current rate-limit window (what check_rate_limit reports)."""
-        if now >= self.rate_window_start + self.rate_window_s:
-            self.rate_window_start = now - (now % self.rate_window_s)
-            self.rate_window_count = 0
-        self.rate_window_count += 1
+    # --- agents, keys, wallets ---------------------------------------------------
 
-    # --- agents --------------------------------------------------------------------
-
-    def profile_for(self, h: int) -> int:
-        return self.mix.pick(h)
-
-    def register(
-        self,
-        agent_id: str,
-        tier: str,
-        capabilities: tuple[str, ...],
-        metadata: Mapping[str, Any],
-        now: float,
-    ) -> Agent:
+    def add_agent(self, agent_id: str, now: float, profile: str | None = None) -> Agent:
         h = agent_hash(self.seed, agent_id)
+        from sandbox.behaviour import PROFILE_IDS
+
+        picked = PROFILE_IDS[profile] if profile else self.mix.pick(h)
         agent = Agent(
-            agent_id, tier, capabilities, metadata, now, self.new_key(tier), h, self.profile_for(h)
+            agent_id=agent_id,
+            public_key=public_key_for(self.seed, agent_id),
+            created_at=now,
+            profile=picked,
+            hash=h,
+            origin=now,
+            settled_to=now,
         )
         self.agents[agent_id] = agent
-        self.keys[agent.api_key] = agent
-        self.registrations_total += 1
+        self.touch("agent", agent_id)
         return agent
 
-    def deregister(self, agent: Agent, reason: str, now: float) -> None:
-        if agent.wallet is not None:
-            self.settle(agent.wallet, now)
-        if agent.sla is not None:
-            self.end_sla(agent.sla, now)
-        agent.status = DEREGISTERED
-        agent.ended_at = now
-        agent.end_reason = reason
-        agent.service = None
-        self.keys.pop(agent.api_key, None)
-        if agent.old_key:
-            self.keys.pop(agent.old_key, None)
-        del self.agents[agent.agent_id]
-        self.retired[agent.agent_id] = agent
-        self.deregistered_total += 1
+    def add_key(
+        self, agent_id: str, tier: str, now: float, scopes: Iterable[str] = ("read", "write")
+    ) -> Key:
+        key = Key(new_key(tier), agent_id, tier, list(scopes), now)
+        self.keys[key.key] = key
+        self.keys_by_agent[agent_id].append(key)
+        self.touch("key", key.key)
+        return key
 
-    def set_profile(self, agent: Agent, profile: int, now: float) -> None:
-        """Pin a behaviour; it starts afresh now (a degrading agent starts healthy)."""
-        if agent.wallet is not None:
-            self.settle(agent.wallet, now)
-        if agent.sla is not None:
-            self.evaluate(agent.sla, now)
-        agent.profile = profile
-        agent.pinned = True
-        agent.origin = now
-        if agent.sla is not None:
-            # The new behaviour must not be read back over the old one's history.
-            agent.sla.last_eval = now
-
-    def iter_prefix(self, prefix: str) -> Iterator[Agent]:
-        if not prefix:
-            yield from self.agents.values()
-            return
-        for agent_id, agent in self.agents.items():
-            if agent_id.startswith(prefix):
-                yield agent
-
-    # --- wallets -------------------------------------------------------------------
-
-    def settle(self, wallet: Wallet, now: float) -> None:
-        """Charge the owner's simulated spending since the last settlement."""
-        if now <= wallet.settled_at:
-            return
-        owner = wallet.owner
-        if wallet.frozen or owner is None or owner.status != LIVE:
-            wallet.settled_at = now
-            return
-        dollars = (
-            spend_between(owner.profile, owner.params(), owner.origin, wallet.settled_at, now)
-            + wallet.carry
-        )
-        wallet.settled_at = now
-        cents = int(dollars * 100.0)
-        wallet.carry = dollars - cents / 100.0
-        if cents <= 0 or wallet.balance <= 0:
-            return
-        amount = min(Decimal(cents).scaleb(-2), wallet.balance)
-        wallet.balance -= amount
-        wallet.simulated_spend += amount
-
-    def treasury(self, wallet_id: str, now: float) -> Wallet:
-        wallet = self.wallets.get(wallet_id)
-        if wallet is None:
-            wallet = Wallet(wallet_id, None, ZERO, now, treasury=True)
-            self.wallets[wallet_id] = wallet
+    def add_wallet(self, agent_id: str, balance: Decimal, now: float) -> Wallet:
+        wallet = Wallet(agent_id, balance, now, now)
+        self.wallets[agent_id] = wallet
+        self.touch("wallet", agent_id)
         return wallet
 
-    def recent_spend(self, agent: Agent, now: float, window_s: float = 3600.0) -> Decimal:
-        if agent.extra is None:
-            return ZERO
-        total = ZERO
-        cutoff = now - window_s
-        for _, kind, amount, when, _ in reversed(agent.extra.transactions):
-            if when < cutoff:
-                break
-            if kind == "spend":
-                total += amount
-        return total
+    def register(self, agent_id: str, now: float, profile: str | None = None) -> tuple[Agent, Key]:
+        agent = self.add_agent(agent_id, now, profile)
+        key = self.add_key(agent_id, "free", now)
+        wallet = self.add_wallet(agent_id, ZERO, now)
+        self.ledger(wallet, SIGNUP_BONUS, "signup_bonus", "Signup bonus", now)
+        return agent, key
 
-    def record(self, agent: Agent, kind: str, amount: Decimal, now: float, detail: str) -> str:
-        txn_id = self.new_id("txn")
-        extra = agent.more()
-        append_capped(extra.transactions, (txn_id, kind, amount, now, detail))
-        extra.transaction_count += 1
-        self.transactions_total += 1
-        return txn_id
-
-    # --- SLAs ----------------------------------------------------------------------
-
-    def breached_at(self, sla: Sla, t: float) -> list[str]:
-        return term_margins(sla.limits, sla.agent.metrics(t))[0]
-
-    def _bisect(self, sla: Sla, lo: float, hi: float, want: bool) -> float:
-        """Earliest t in (lo, hi] with breached(t) == want, given it holds at hi and not at lo."""
-        while hi - lo > EPISODE_RESOLUTION_S:
-            mid = (lo + hi) / 2.0
-            if bool(self.breached_at(sla, mid)) == want:
-                hi = mid
-            else:
-                lo = mid
-        return hi
-
-    def _onset(self, sla: Sla, since: float, now: float) -> float:
-        """When the breach seen at ``now`` began: the latest crossing after ``since``.
-
-        Gallops back from now (1, 2, 4 ... minutes) to the nearest compliant
-        moment, then bisects: a flaky agent's onset is its current spike, a
-        degrading agent's is found in a logarithmic number of steps even after
-        a month-long jump of the clock.
-        """
-        step = 60.0
-        breached_t = now
-        while True:
-            t = breached_t - step
-            if t <= since:
-                if self.breached_at(sla, since):
-                    return since
-                return self._bisect(sla, since, breached_t, True)
-            if not self.breached_at(sla, t):
-                return self._bisect(sla, t, breached_t, True)
-            breached_t = t
-            step *= 2.0
-
-    def _recovery(self, sla: Sla, since: float, now: float) -> float:
-        """When the episode known breached at ``since`` ended: the first compliant moment after it."""
-        step = 60.0
-        breached_t = since
-        while True:
-            t = breached_t + step
-            if t >= now:
-                return self._bisect(sla, breached_t, now, False)
-            if not self.breached_at(sla, t):
-                return self._bisect(sla, breached_t, t, False)
-            breached_t = t
-            step *= 2.0
-
-    def evaluate(self, sla: Sla, now: float) -> tuple[list[str], float, Metrics]:
-        """Check the SLA now and keep its violation episodes up to date.
-
-        Between two evaluations the behaviour is a known function of time, so
-        the moment a breach began (or ended) is computed rather than stamped
-        with the time somebody happened to look. Flips in between two
-        evaluations far apart (a flaky agent's earlier spikes) are not
-        reconstructed: check at the policy's cadence to see them all.
-        """
-        metrics = sla.agent.metrics(now)
-        breached, margin = term_margins(sla.limits, metrics)
-        if now <= sla.last_eval and sla.last_breached is not None:
-            return breached, margin, metrics
-        if breached and sla.episode_start is None:
-            sla.episode_start = self._onset(sla, sla.last_eval, now)
-            sla.episode_terms = tuple(breached)
-        elif breached:
-            sla.episode_terms = tuple(sorted(set(sla.episode_terms) | set(breached)))
-        elif sla.episode_start is not None:
-            self._close_episode(sla, self._recovery(sla, sla.last_eval, now))
-        sla.last_eval = now
-        sla.last_breached = bool(breached)
-        return breached, margin, metrics
-
-    def _close_episode(self, sla: Sla, end: float) -> None:
-        assert sla.episode_start is not None
-        append_capped(
-            sla.agent.more().violations, (sla.sla_id, sla.episode_start, end, sla.episode_terms)
-        )
-        sla.episode_start = None
-        sla.episode_terms = ()
-
-    def end_sla(self, sla: Sla, now: float) -> None:
-        """Supersede or terminate an SLA; an open episode ends with it."""
-        self.evaluate(sla, now)
-        if sla.episode_start is not None:
-            self._close_episode(sla, now)
-        sla.status = "ended"
-
-    def episodes(
-        self, agent: Agent, now: float
-    ) -> list[tuple[str, float, float | None, tuple[str, ...]]]:
-        """Closed and open episodes, oldest first: (sla_id, start, end or None, terms)."""
-        out: list[tuple[str, float, float | None, tuple[str, ...]]] = []
-        if agent.extra is not None:
-            out.extend(agent.extra.violations)
-        sla = agent.sla
-        if sla is not None and sla.episode_start is not None:
-            out.append((sla.sla_id, sla.episode_start, None, sla.episode_terms))
-        return out
-
-    # --- seeding -------------------------------------------------------------------
-
-    def seed_agents(
+    def ledger(
         self,
-        count: int,
-        prefix: str = "sim",
-        *,
-        tier: str = "starter",
-        balance: Decimal = Decimal("100.00"),
-        sla_template: str | None = "standard-support",
-        profile: int | None = None,
-        services: bool = True,
-    ) -> list[str]:
-        """Register ``count`` fully provisioned agents: identity, key, wallet, SLA, listing.
+        wallet: Wallet,
+        amount: Decimal,
+        tx_type: str,
+        description: str,
+        now: float,
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Move a wallet's balance and record the transaction; its id."""
+        wallet.balance += amount
+        wallet.updated_at = now
+        tx_id = self.next_tx
+        self.next_tx += 1
+        agent_id = wallet.agent_id
+        txs = self.transactions[agent_id]
+        tx = {
+            "id": tx_id,
+            "amount": str(amount),
+            "tx_type": tx_type,
+            "description": description,
+            "currency": "CREDITS",
+            "created_at": now,
+            "idempotency_key": idempotency_key,
+        }
+        txs.append(tx)
+        store = self.store
+        store.mark("tx", f"{agent_id}#{tx_id}", tx)
+        if len(txs) > 500:
+            for old in txs[: len(txs) - 500]:
+                store.delete("tx", f"{agent_id}#{old['id']}")
+            del txs[: len(txs) - 500]
+        store.mark("counters", "ids", {"next_tx": self.next_tx, "next_chain": self.next_chain})
+        self.touch("wallet", agent_id)
+        return tx_id
 
-        Ids follow the manifest convention ``{prefix}-{index:04d}-{8 hex}``; the
-        hex is a hash of (seed, prefix, index), so a seed gives the same fleet.
-        """
-        now = self.now()
-        start = self.seed_next.get(prefix, 1)
-        self.seed_next[prefix] = start + count
-        metadata = {"fleet": prefix, "environment": "sandbox", "seeded": True}
-        terms: Mapping[str, Any] | None = None
-        limits: tuple[tuple[str, float], ...] = ()
-        if sla_template is not None:
-            terms = dict(self.sla_templates[sla_template])
-            limits = sla_limits(terms)
-        pricing_by_price = {price: {"per_task": fmt_money(price)} for price in _SEED_PRICES}
-        raw_keys = os.urandom(16 * count).hex()
-        seed_text = f"{self.seed}:{prefix}:"
-        agents = self.agents
-        keys = self.keys
-        wallets = self.wallets
-        ids = self._ids
-        made: list[str] = []
-        for n, index in enumerate(range(start, start + count)):
-            suffix = hashlib.blake2b(f"{seed_text}{index}".encode(), digest_size=4).hexdigest()
-            agent_id = f"{prefix}-{index:04d}-{suffix}"
-            if agent_id in agents:
-                continue
-            h = agent_hash(self.seed, agent_id)
-            key = f"a2a_{tier}_{raw_keys[32 * n : 32 * n + 32]}"
-            capabilities = _SEED_CAPABILITIES[h % len(_SEED_CAPABILITIES)]
-            agent = Agent(
-                agent_id,
-                tier,
-                capabilities,
-                metadata,
-                now,
-                key,
-                h,
-                self.mix.pick(h) if profile is None else profile,
-                True,
-            )
-            if profile is not None:
-                agent.pinned = True
-            agents[agent_id] = agent
-            keys[key] = agent
-            wallet = Wallet(f"wal_{next(ids):08d}", agent, balance, now)
-            wallets[wallet.wallet_id] = wallet
-            agent.wallet = wallet
-            if terms is not None:
-                agent.sla = Sla(f"sla_{next(ids):08d}", agent, terms, limits, now)
-            if services:
-                price = _SEED_PRICES[(h >> 8) % len(_SEED_PRICES)]
-                agent.service = Service(
-                    f"svc_{next(ids):08d}", agent, capabilities, pricing_by_price[price], price, now
-                )
-            made.append(agent_id)
-        self.registrations_total += len(made)
-        if terms is not None:
-            self.slas_total += len(made)
-        return made
+    def charge(self, wallet: Wallet, cost: Decimal, tool: str, now: float) -> None:
+        """One call's fee (or a free call): usage, budget window and the balance."""
+        wallet.calls += 1
+        if cost:
+            wallet.calls_cost += cost
+            wallet.charges.append([now, str(cost)])
+            self._prune_charges(wallet, now)
+            self.ledger(wallet, -cost, "charge", f"gateway:{tool}", now)
+        else:
+            self.touch("wallet", wallet.agent_id)
 
-    # --- admin views ---------------------------------------------------------------
+    @staticmethod
+    def _prune_charges(wallet: Wallet, now: float) -> None:
+        horizon = now - 30 * 86400
+        while wallet.charges and wallet.charges[0][0] < horizon:
+            wallet.charges.pop(0)
 
-    def summary(self) -> dict[str, Any]:
-        now = self.now()
-        live = len(self.agents)
-        without_wallet: list[str] = []
-        without_sla = 0
-        services = 0
-        breaching = 0
-        profiles = dict.fromkeys(PROFILE_NAMES, 0)
-        for agent in self.agents.values():
-            profiles[PROFILE_NAMES[agent.profile]] += 1
-            if agent.wallet is None:
-                without_wallet.append(agent.agent_id)
-            if agent.sla is None:
-                without_sla += 1
-            elif agent.sla.episode_start is not None:
-                breaching += 1
-            if agent.service is not None:
-                services += 1
-        wallets_active = wallets_frozen = treasuries = 0
-        orphans: list[dict[str, Any]] = []
-        total_balance = treasury_balance = ZERO
-        for wallet in self.wallets.values():
-            if wallet.treasury:
-                treasuries += 1
-                treasury_balance += wallet.balance
-                continue
-            if wallet.frozen:
-                wallets_frozen += 1
-            else:
-                wallets_active += 1
-            total_balance += wallet.balance
-            owner = wallet.owner
-            if owner is None or owner.status != LIVE:
-                if wallet.balance != 0 or not wallet.frozen:
-                    orphans.append(
-                        {
-                            "wallet_id": wallet.wallet_id,
-                            "agent_id": owner.agent_id if owner else None,
-                            "balance": fmt_money(wallet.balance),
-                            "frozen": wallet.frozen,
-                        }
-                    )
-        disputes_open = sum(1 for d in self.disputes.values() if d.status == "open")
+    @staticmethod
+    def spent_since(wallet: Wallet, since: float) -> Decimal:
+        return sum((Decimal(c) for t, c in wallet.charges if t >= since), ZERO)
+
+    def key_for(self, token: str, now: float, grace_s: float) -> tuple[Key | None, str]:
+        """The key and '' if usable, else None and why not."""
+        key = self.keys.get(token)
+        if key is None:
+            return None, "API key not found"
+        if key.revoked_at is not None and now >= key.revoked_at + grace_s:
+            return None, "API key has been revoked"
+        return key, ""
+
+    # --- the simulated fleet ------------------------------------------------------
+
+    def settle(self, agent: Agent, now: float) -> None:
+        """Apply the behaviour's spending since the last settlement, as gateway charges."""
+        if agent.profile in (DEAD, IDLE) or now <= agent.settled_to:
+            return
+        wallet = self.wallets.get(agent.agent_id)
+        if wallet is None:
+            return
+        spent = spend_between(agent.profile, agent.params(), agent.origin, agent.settled_to, now)
+        amount = Decimal(str(round(spent, 2)))
+        if amount < Decimal("0.01"):
+            return
+        amount = min(amount, max(wallet.balance, ZERO))
+        agent.settled_to = now
+        self.touch("agent", agent.agent_id)
+        if amount > 0:
+            wallet.calls_cost += amount
+            wallet.charges.append([now, str(amount)])
+            self._prune_charges(wallet, now)
+            tool = "best_match" if agent.profile == COST_RUNAWAY else "atlas_broker"
+            self.ledger(wallet, -amount, "charge", f"gateway:{tool}", now)
+
+    def behaviour_metrics(self, agent: Agent, now: float) -> dict[str, float]:
+        """The profile's metrics now, under the gateway's metric names."""
+        m = metrics_at(agent.profile, agent.hash, agent.params(), now, agent.origin)
+        if agent.profile == DEAD:
+            return {"uptime": 0.0, "error_rate": 1.0, "task_completion_rate": 0.0}
         return {
-            "now": iso(now),
-            "agents": {
-                "live": live,
-                "deregistered": self.deregistered_total,
-                "registrations": self.registrations_total,
-                "profiles": profiles,
-            },
-            "wallets": {
-                "active": wallets_active,
-                "frozen": wallets_frozen,
-                "treasury": treasuries,
-                "total_balance": fmt_money(total_balance),
-                "treasury_balance": fmt_money(treasury_balance),
-            },
-            "orphans": {"count": len(orphans), "wallets": orphans[:50]},
-            "identities_without_wallet": {
-                "count": len(without_wallet),
-                "agent_ids": without_wallet[:50],
-            },
-            "agents_without_sla": without_sla,
-            "slas": {"created": self.slas_total, "in_violation": breaching},
-            "services_listed": services,
-            "disputes": {"open": disputes_open, "resolved": len(self.disputes) - disputes_open},
-            "messages": self.messages_total,
-            "audit_entries": self.audits_total,
-            "transactions": self.transactions_total,
-            "claim_chains": self.chains_total,
+            "p50_latency_ms": round(m.latency_p50, 1),
+            "p99_latency_ms": round(m.latency_p99, 1),
+            "error_rate": round(m.error_rate, 4),
+            "uptime": round(m.uptime_pct, 3),
+            "task_completion_rate": round(m.task_completion_rate, 4),
+            "accuracy": round(m.accuracy_pct / 100.0, 4),
+            "throughput_rps": round(m.calls_per_hour / 3600.0, 3),
         }
 
-    def agent_view(self, agent: Agent) -> dict[str, Any]:
-        """Everything about one agent, for tests (includes its keys)."""
-        now = self.now()
-        out: dict[str, Any] = {
-            "agent_id": agent.agent_id,
-            "status": agent.status,
-            "tier": agent.tier,
-            "capabilities": list(agent.capabilities),
-            "metadata": agent.metadata,
-            "registered_at": iso(agent.registered_at),
-            "api_key": agent.api_key,
-            "old_key": agent.old_key if agent.old_key and now <= agent.old_key_expires else None,
-            "old_key_expires_at": iso(agent.old_key_expires) if agent.old_key else None,
-            "key_rotated_at": iso(agent.key_rotated_at),
-            "profile": PROFILE_NAMES[agent.profile],
-            "profile_pinned": agent.pinned,
-            "behaviour_origin": iso(agent.origin),
-            "seeded": agent.seeded,
-        }
-        if agent.status != LIVE:
-            out["deregistered_at"] = iso(agent.ended_at)
-            out["deregistration_reason"] = agent.end_reason
-        else:
-            m = agent.metrics(now)
-            out["metrics"] = metrics_view(m)
-        wallet = agent.wallet
-        if wallet is not None:
-            self.settle(wallet, now)
-            out["wallet"] = {
-                "wallet_id": wallet.wallet_id,
-                "balance": fmt_money(wallet.balance),
-                "frozen": wallet.frozen,
-                "frozen_reason": wallet.frozen_reason or None,
-                "simulated_spend": fmt_money(wallet.simulated_spend),
-                "created_at": iso(wallet.created_at),
-            }
-        else:
-            out["wallet"] = None
-        sla = agent.sla
-        if sla is not None:
-            if agent.status == LIVE and sla.status == LIVE:
-                self.evaluate(sla, now)
-            out["sla"] = {
-                "sla_id": sla.sla_id,
-                "status": sla.status,
-                "terms": sla.terms,
-                "created_at": iso(sla.created_at),
-                "in_violation": sla.episode_start is not None,
-            }
-        else:
-            out["sla"] = None
-        out["violations"] = [episode_view(e, now) for e in self.episodes(agent, now)]
-        service = agent.service
-        out["service"] = (
-            {
-                "service_id": service.service_id,
-                "capabilities": list(service.capabilities),
-                "pricing": service.pricing,
-                "price": fmt_money(service.price),
-            }
-            if service is not None
-            else None
+    def publish(
+        self, event_type: str, source: str, payload: dict[str, Any], now: float
+    ) -> dict[str, Any]:
+        event_id = self.next_event
+        self.next_event += 1
+        body = orjson.dumps(
+            {"event_type": event_type, "source": source, "payload": payload},
+            option=orjson.OPT_SORT_KEYS,
         )
-        extra = agent.extra
-        if extra is not None:
-            out["transactions"] = [
-                {
-                    "transaction_id": t[0],
-                    "kind": t[1],
-                    "amount": fmt_money(t[2]),
-                    "at": iso(t[3]),
-                    "detail": t[4],
-                }
-                for t in extra.transactions[-100:]
-            ]
-            out["transaction_count"] = extra.transaction_count
-            out["audits"] = [entry for _, entry in extra.audits[-100:]]
-            out["audit_count"] = extra.audit_count
-            out["claim_chains"] = extra.chains[-20:]
-            out["submitted_metrics"] = extra.submitted
-            out["disputes"] = [
-                self.disputes[d].view() for d in extra.disputes[-50:] if d in self.disputes
-            ]
-            out["messages_sent"] = extra.messages_sent
-        out["messages_received"] = [m.view() for m in self.messages if m.to == agent.agent_id][-50:]
-        return out
-
-
-def metrics_view(m: Metrics) -> dict[str, Any]:
-    return {
-        "latency_p50": round(m.latency_p50, 1),
-        "latency_p99": round(m.latency_p99, 1),
-        "error_rate": round(m.error_rate, 4),
-        "task_completion_rate": round(m.task_completion_rate, 4),
-        "uptime_pct": round(m.uptime_pct, 3),
-        "accuracy_pct": round(m.accuracy_pct, 3),
-        "cost_per_task": round(m.cost_per_task, 4),
-        "tasks_per_hour": round(m.tasks_per_hour, 2),
-        "burn_rate_per_hour": round(m.burn_rate_per_hour, 4),
-    }
-
-
-def episode_view(
-    episode: tuple[str, float, float | None, tuple[str, ...]], now: float
-) -> dict[str, Any]:
-    sla_id, start, end, terms = episode
-    return {
-        "sla_id": sla_id,
-        "started_at": iso(start),
-        "ended_at": iso(end) if end is not None else None,
-        "open": end is None,
-        "duration_minutes": round(((end if end is not None else now) - start) / 60.0, 2),
-        "breached_terms": list(terms),
-    }
-
-
-def append_capped(items: list[Any], item: Any, cap: int = MAX_RECORDS_PER_AGENT) -> None:
-    items.append(item)
-    if len(items) > cap:
-        del items[: len(items) - cap]
+        event = {
+            "id": event_id,
+            "event_type": event_type,
+            "source": source,
+            "payload": payload,
+            "integrity_hash": hashlib.sha3_256(body).hexdigest(),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)),
+        }
+        self.events.append(event)
+        self.store.event(event)
+        return event

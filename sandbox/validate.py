@@ -1,8 +1,11 @@
-"""Input checks for tool calls, the error type every tool raises, and money helpers.
+"""Request validation and answer serialization, shaped like the real gateway's.
 
-Every check names the offending field (``input.initial_balance: ...``) so a
-client author can fix a call from the error message alone. Unknown fields are
-ignored, as the gateway documents only each tool's main fields.
+Bodies are checked against a small field spec per route: unknown fields are
+refused (the gateway's models are ``extra="forbid"``), with pydantic-style
+messages (``body.x: Extra inputs are not permitted``) joined by ``; ``.
+Answers go through :func:`serialize`, which turns the gateway's monetary field
+names into 2-dp strings and its timestamp field names into ISO 8601, and leaves
+every other number a number, as the real one does.
 """
 
 from __future__ import annotations
@@ -10,333 +13,334 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
-
-import orjson
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0")
-# No exponents, no NaN/Infinity, no thousands separators: what a ledger writes.
-_MONEY_RE = re.compile(r"^-?\d{1,15}(\.\d{1,8})?$")
-AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
-_DURATION_RE = re.compile(r"^(\d{1,6})\s*([smhdw])$")
-_MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-MAX_JSON_FIELD_BYTES = 16384
+AGENT_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$")
 MAX_DURATION_S = 3650 * 86400.0
-MAX_EPOCH_S = 253402300799.0  # 9999-12-31T23:59:59Z
+MAX_EPOCH_S = 253402300799.0
+PROBLEM_BASE = "https://api.greenhelix.net/errors/"
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    410: "Gone",
+    422: "Unprocessable Entity",
+    428: "Precondition Required",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+MONEY_FIELDS = frozenset(
+    {
+        "balance",
+        "amount",
+        "cost",
+        "fee",
+        "new_balance",
+        "price",
+        "charged",
+        "total",
+        "remaining",
+        "spent",
+        "average_rating",
+        "discounted_price",
+        "original_price",
+    }
+)
+TIMESTAMP_FIELDS = frozenset(
+    {
+        "created_at",
+        "updated_at",
+        "captured_at",
+        "settled_at",
+        "expires_at",
+        "cancelled_at",
+        "refunded_at",
+        "released_at",
+        "resolved_at",
+        "registered_at",
+        "verified_at",
+        "timestamp",
+        "revoked_at",
+    }
+)
 
 
-class ToolError(Exception):
-    """A failed call: HTTP status, machine code, one-line message (and the field)."""
+class Problem(Exception):
+    """A refused call: RFC 9457 status, code (``admin_only``) and detail."""
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
+    def __init__(self, status: int, code: str, detail: str, *, close: bool = False) -> None:
+        super().__init__(detail)
         self.status = status
         self.code = code
-        self.message = message
-        self.field = field
-        self.retry_after = retry_after
+        self.detail = detail
+        # The real server drops the keep-alive connection after answering
+        # an exception that escaped a route (uvicorn behind Starlette's
+        # ServerErrorMiddleware); route-level product errors set this.
+        self.close = close
 
-    def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            error["field"] = self.field
-        return {"error": error}
-
-
-def bad(field: str, problem: str) -> ToolError:
-    return ToolError(400, "invalid_input", f"input.{field}: {problem}", field=field)
-
-
-def not_found(code: str, message: str, field: str | None = None) -> ToolError:
-    return ToolError(404, code, message, field=field)
+    def body(self, instance: str) -> dict[str, Any]:
+        return {
+            "type": PROBLEM_BASE + self.code.replace("_", "-"),
+            "title": _TITLES.get(self.status, "Error"),
+            "status": self.status,
+            "detail": self.detail,
+            "instance": instance,
+        }
 
 
-def conflict(code: str, message: str) -> ToolError:
-    return ToolError(409, code, message)
+# Kept under the name the fault module knows.
+ToolError = Problem
 
 
-def fmt_money(amount: Decimal) -> str:
-    """Two decimals when exact ("50.00"), else every digit that matters ("49.999")."""
-    cents = amount.quantize(CENT)
-    if cents == amount:
-        return str(cents) if cents else "0.00"
-    return format(amount.normalize(), "f")
+def not_found(detail: str) -> Problem:
+    return Problem(404, "not_found", detail, close=True)
+
+
+def forbidden() -> Problem:
+    return Problem(403, "forbidden", "Forbidden: you do not have access to this resource")
+
+
+def bad_request(detail: str) -> Problem:
+    return Problem(400, "bad_request", detail)
+
+
+# --- body specs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class F:
+    """One body field: its kind, whether required, and limits."""
+
+    kind: str  # str | agent_id | credits | number | int | bool | object | str_list | enum
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    lo: float | None = None
+    hi: float | None = None
+    max_len: int = 10_000
+    positive: bool = False
+
+
+Spec = Mapping[str, F]
+
+
+def check_body(spec: Spec, body: Any, aliases: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The body as a dict of checked values, or a 422 naming every bad field."""
+    if not isinstance(body, dict):
+        raise Problem(
+            422,
+            "validation_error",
+            "body: Input should be a valid dictionary or object to extract fields from",
+        )
+    errors: list[str] = []
+    out: dict[str, Any] = {}
+    seen: dict[str, Any] = {}
+    for name, value in body.items():
+        target = aliases.get(name, name) if aliases else name
+        if target not in spec:
+            continue
+        seen[target] = value
+    for name, field in spec.items():
+        if name not in seen or seen[name] is None:
+            if field.required:
+                errors.append(f"body.{name}: Field required")
+            continue
+        try:
+            out[name] = _convert(field, seen[name])
+        except ValueError as exc:
+            errors.append(f"body.{name}: {exc}")
+    for name in body:
+        target = aliases.get(name, name) if aliases else name
+        if target not in spec:
+            errors.append(f"body.{name}: Extra inputs are not permitted")
+    if errors:
+        raise Problem(422, "validation_error", "; ".join(errors))
+    return out
+
+
+def _convert(field: F, value: Any) -> Any:
+    kind = field.kind
+    if kind in ("str", "agent_id", "enum"):
+        if not isinstance(value, str):
+            raise ValueError("Input should be a valid string")
+        if len(value) > field.max_len:
+            raise ValueError(f"String should have at most {field.max_len} characters")
+        if kind == "agent_id" and not AGENT_ID_RE.match(value):
+            raise ValueError(f"String should match pattern '{AGENT_ID_RE.pattern}'")
+        if kind == "enum" and value not in field.choices:
+            listed = ", ".join(repr(c) for c in field.choices)
+            raise ValueError(f"Input should be {listed}")
+        return value
+    if kind == "credits":
+        amount = parse_decimal(value)
+        if amount.as_tuple().exponent < -2:  # type: ignore[operator]
+            raise ValueError("Decimal input should have no more than 2 decimal places")
+        if field.positive and amount <= 0:
+            raise ValueError("Input should be greater than 0")
+        if amount < 0:
+            raise ValueError("Input should be greater than or equal to 0")
+        return amount
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError("Input should be a valid number")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError("Input should be a valid number") from None
+        if not math.isfinite(number):
+            raise ValueError("Input should be a finite number")
+        if field.lo is not None and number < field.lo:
+            raise ValueError(f"Input should be greater than or equal to {field.lo:g}")
+        if field.hi is not None and number > field.hi:
+            raise ValueError(f"Input should be less than or equal to {field.hi:g}")
+        return number
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("Input should be a valid integer")
+        if field.lo is not None and value < field.lo:
+            raise ValueError(f"Input should be greater than or equal to {field.lo:g}")
+        if field.hi is not None and value > field.hi:
+            raise ValueError(f"Input should be less than or equal to {field.hi:g}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError("Input should be a valid boolean")
+        return value
+    if kind == "object":
+        if not isinstance(value, dict):
+            raise ValueError("Input should be a valid dictionary")
+        return value
+    if kind == "str_list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("Input should be a valid list of strings")
+        return value
+    raise AssertionError(kind)
+
+
+def parse_decimal(value: Any) -> Decimal:
+    """A decimal from a JSON string or number, through its text (never through float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("Decimal input should be an integer, float, string or Decimal object")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError("Input should be a valid decimal") from None
+    if not amount.is_finite():
+        raise ValueError("Input should be a finite number")
+    return amount
+
+
+# --- query parameters -----------------------------------------------------------------
+
+
+def q_float(query: Mapping[str, str], name: str, default: float | None = None) -> float | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise Problem(
+            422, "validation_error", f"query.{name}: Input should be a valid number"
+        ) from None
+    if not math.isfinite(value):
+        raise Problem(422, "validation_error", f"query.{name}: Input should be a finite number")
+    return value
+
+
+def q_int(query: Mapping[str, str], name: str, default: int, lo: int = 0, hi: int = 10_000) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Problem(
+            422, "validation_error", f"query.{name}: Input should be a valid integer"
+        ) from None
+    if not lo <= value <= hi:
+        raise Problem(
+            422,
+            "validation_error",
+            f"query.{name}: Input should be between {lo} and {hi}",
+        )
+    return value
+
+
+# --- answers --------------------------------------------------------------------------
+
+
+def money(value: Decimal) -> str:
+    return f"{value.quantize(CENT):f}"
+
+
+def as_float(value: Decimal) -> float:
+    """A money value the real gateway answers as a JSON number (it keeps floats there)."""
+    return float(value)
+
+
+def plain(value: Decimal) -> str:
+    """``str(Decimal(float))``: how the payments engine prints amounts ("25.0")."""
+    return str(Decimal(str(float(value))))
+
+
+def serialize(data: Any) -> Any:
+    """Money field names to 2-dp strings, timestamp field names to ISO 8601."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if (
+                key in MONEY_FIELDS
+                and isinstance(value, Decimal | int | float)
+                and not isinstance(value, bool)
+            ):
+                out[key] = f"{Decimal(str(value)):.2f}"
+            elif key in TIMESTAMP_FIELDS and isinstance(value, int | float):
+                out[key] = datetime.fromtimestamp(float(value), UTC).isoformat()
+            else:
+                out[key] = serialize(value)
+        return out
+    if isinstance(data, list):
+        return [serialize(item) for item in data]
+    if isinstance(data, Decimal):
+        return float(data)
+    return data
 
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# --- field readers -----------------------------------------------------------------
-
-
-def req_str(
-    inp: Mapping[str, Any], name: str, max_len: int = 256, allow_empty: bool = False
-) -> str:
-    value = inp.get(name)
-    if value is None:
-        raise bad(name, "required")
-    return _check_str(name, value, max_len, allow_empty)
-
-
-def opt_str(
-    inp: Mapping[str, Any], name: str, default: str | None = None, max_len: int = 256
-) -> str | None:
-    value = inp.get(name)
-    if value is None:
-        return default
-    return _check_str(name, value, max_len, True)
-
-
-def _check_str(name: str, value: Any, max_len: int, allow_empty: bool) -> str:
-    if not isinstance(value, str):
-        raise bad(name, f"must be a string, not {_kind(value)}")
-    if not allow_empty and not value.strip():
-        raise bad(name, "must not be empty")
-    if len(value) > max_len:
-        raise bad(name, f"must be at most {max_len} characters")
-    return value
-
-
-def req_agent_id(inp: Mapping[str, Any], name: str = "agent_id") -> str:
-    value = req_str(inp, name, 128)
-    if not AGENT_ID_RE.match(value):
-        raise bad(
-            name,
-            "must be 1-128 characters of letters, digits and . _ : @ - (starting with a letter or digit)",
-        )
-    return value
-
-
-def opt_bool(inp: Mapping[str, Any], name: str, default: bool = False) -> bool:
-    value = inp.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise bad(name, f"must be true or false, not {_kind(value)}")
-    return value
-
-
-def parse_money(name: str, value: Any, *, allow_negative: bool = False) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, str):
-        if isinstance(value, int | float):
-            raise bad(name, f'must be a decimal string like "50.00", not a JSON number ({value!r})')
-        raise bad(name, f'must be a decimal string like "50.00", not {_kind(value)}')
-    text = value.strip()
-    if not _MONEY_RE.match(text):
-        raise bad(name, f'must be a decimal string like "50.00" (got {value[:40]!r})')
-    amount = Decimal(text)
-    if amount < 0 and not allow_negative:
-        raise bad(name, "must not be negative")
-    return amount
-
-
-def req_money(inp: Mapping[str, Any], name: str, *, positive: bool = False) -> Decimal:
-    value = inp.get(name)
-    if value is None:
-        raise bad(name, "required")
-    amount = parse_money(name, value)
-    if positive and amount <= 0:
-        raise bad(name, "must be greater than zero")
-    return amount
-
-
-def opt_money(inp: Mapping[str, Any], name: str, default: Decimal | None = None) -> Decimal | None:
-    value = inp.get(name)
-    if value is None:
-        return default
-    return parse_money(name, value)
-
-
-def opt_number(
-    inp: Mapping[str, Any],
-    name: str,
-    default: float | None = None,
-    lo: float | None = None,
-    hi: float | None = None,
-) -> float | None:
-    value = inp.get(name)
-    if value is None:
-        return default
-    return check_number(name, value, lo, hi)
-
-
-def check_number(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
-    if isinstance(value, bool):
-        raise bad(name, "must be a number, not a boolean")
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            raise bad(name, f"must be a number (got {value[:40]!r})") from None
-    elif isinstance(value, int | float):
-        number = float(value)
-    else:
-        raise bad(name, f"must be a number, not {_kind(value)}")
-    if not math.isfinite(number):
-        raise bad(name, "must be a finite number")
-    if lo is not None and number < lo:
-        raise bad(name, f"must be at least {lo:g}")
-    if hi is not None and number > hi:
-        raise bad(name, f"must be at most {hi:g}")
-    return number
-
-
-def opt_int(
-    inp: Mapping[str, Any],
-    name: str,
-    default: int | None = None,
-    lo: int | None = None,
-    hi: int | None = None,
-) -> int | None:
-    value = inp.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad(name, f"must be an integer, not {_kind(value)}")
-    if lo is not None and value < lo:
-        raise bad(name, f"must be at least {lo}")
-    if hi is not None and value > hi:
-        raise bad(name, f"must be at most {hi}")
-    return value
-
-
-def req_int(inp: Mapping[str, Any], name: str, lo: int | None = None, hi: int | None = None) -> int:
-    if inp.get(name) is None:
-        raise bad(name, "required")
-    value = opt_int(inp, name, None, lo, hi)
-    assert value is not None
-    return value
-
-
-def opt_str_list(
-    inp: Mapping[str, Any],
-    name: str,
-    max_items: int = 64,
-    max_len: int = 128,
-    required: bool = False,
-) -> list[str]:
-    value = inp.get(name)
-    if value is None:
-        if required:
-            raise bad(name, "required")
-        return []
-    if not isinstance(value, list):
-        raise bad(name, f"must be a list of strings, not {_kind(value)}")
-    if len(value) > max_items:
-        raise bad(name, f"must have at most {max_items} items")
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item.strip():
-            raise bad(f"{name}[{i}]", "must be a non-empty string")
-        if len(item) > max_len:
-            raise bad(f"{name}[{i}]", f"must be at most {max_len} characters")
-    return value
-
-
-def opt_object(inp: Mapping[str, Any], name: str, required: bool = False) -> dict[str, Any] | None:
-    value = inp.get(name)
-    if value is None:
-        if required:
-            raise bad(name, "required")
-        return None
-    if not isinstance(value, dict):
-        raise bad(name, f"must be an object, not {_kind(value)}")
-    check_size(name, value)
-    return value
-
-
-def check_size(name: str, value: Any) -> None:
-    # Stored payloads are bounded so a careless client cannot balloon memory.
-    try:
-        size = len(orjson.dumps(value))
-    except orjson.JSONEncodeError:
-        raise bad(name, "is nested too deeply") from None
-    if size > MAX_JSON_FIELD_BYTES:
-        raise bad(name, f"must serialise to at most {MAX_JSON_FIELD_BYTES} bytes of JSON")
-
-
-def opt_timestamp(inp: Mapping[str, Any], name: str) -> float | None:
-    """ISO 8601 (naive means UTC) or epoch seconds."""
-    value = inp.get(name)
-    if value is None:
-        return None
-    return parse_time(name, value)
-
-
 def parse_time(name: str, value: Any) -> float:
+    """Epoch seconds from a number or an ISO 8601 text (fault windows)."""
     if isinstance(value, bool):
-        raise bad(name, "must be an ISO 8601 time or epoch seconds, not a boolean")
+        raise Problem(400, "bad_request", f"{name}: must be an ISO 8601 time or epoch seconds")
     if isinstance(value, int | float):
         if not math.isfinite(value) or not 0 <= value <= MAX_EPOCH_S:
-            raise bad(name, "must be epoch seconds between 1970 and 9999")
+            raise Problem(
+                400, "bad_request", f"{name}: must be epoch seconds between 1970 and 9999"
+            )
         return float(value)
     if isinstance(value, str):
         try:
             when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
-            raise bad(name, f"must be an ISO 8601 time (got {value[:40]!r})") from None
+            raise Problem(
+                400, "bad_request", f"{name}: must be an ISO 8601 time (got {value[:40]!r})"
+            ) from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        try:
-            return when.timestamp()
-        except (OverflowError, ValueError, OSError):
-            raise bad(name, "must be a time between 1970 and 9999") from None
-    raise bad(name, f"must be an ISO 8601 time or epoch seconds, not {_kind(value)}")
-
-
-def parse_duration(name: str, value: Any) -> float:
-    """``"5m"``, ``"24h"``, ``"30d"``, ``"1w"`` or a number of seconds."""
-    seconds = 0.0
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value) if math.isfinite(value) else 0.0
-    elif isinstance(value, str):
-        match = _DURATION_RE.match(value.strip().lower())
-        if match:
-            seconds = float(int(match.group(1)) * _UNIT_S[match.group(2)])
-    if not 0 < seconds <= MAX_DURATION_S:
-        raise bad(
-            name, 'must be a duration like "5m", "24h", "30d" (or seconds), at most ten years'
-        )
-    return seconds
-
-
-def parse_period(name: str, value: Any, now: float) -> tuple[float, float]:
-    """A window ending now (``"30d"``) or a calendar month (``"2026-05"``): (start, end)."""
-    if isinstance(value, str):
-        match = _MONTH_RE.match(value.strip())
-        if match:
-            year, month = int(match.group(1)), int(match.group(2))
-            if not 1 <= month <= 12 or not 1970 <= year <= 9998:
-                raise bad(name, "must name a real month, like 2026-05")
-            start = datetime(year, month, 1, tzinfo=UTC)
-            end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
-            return start.timestamp(), end.timestamp()
-    seconds = parse_duration(name, value)
-    return now - seconds, now
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+        return when.timestamp()
+    raise Problem(400, "bad_request", f"{name}: must be an ISO 8601 time or epoch seconds")
