@@ -23,7 +23,6 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,9 +45,9 @@ class _Section(BaseModel):
 class GatewaySettings(_Section):
     """Where the agent-commerce gateway is and how hard we lean on it."""
 
-    # None means "the local sandbox", whose address comes from ``sandbox``.
+    # The gateway's root (operations add their /v1/... paths); None means "the
+    # local sandbox", whose address comes from ``sandbox``.
     base_url: AnyUrl | None = None
-    tool_path: str = "/v1"
     admin_key: SecretStr = SecretStr("sandbox-admin-key")
     # The agent id the admin key belongs to: the sender of operator notices.
     admin_agent_id: str = "fleet-admin"
@@ -69,13 +68,6 @@ class GatewaySettings(_Section):
     # (load balancers 60 s, nginx and aiohttp 75 s): reusing one it is closing
     # fails a call that was already sent.
     keepalive_s: PositiveFloat = 50.0
-
-    @field_validator("tool_path")
-    @classmethod
-    def _tool_path_is_absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("must start with '/'")
-        return value.rstrip("/") or "/"
 
 
 class SandboxSettings(_Section):
@@ -232,16 +224,10 @@ class Settings(BaseSettings):
 
     @property
     def gateway_url(self) -> str:
-        """Full endpoint that every tool call is POSTed to."""
+        """The gateway's root URL, e.g. ``http://127.0.0.1:8765``."""
         if self.gateway.base_url is not None:
-            base = str(self.gateway.base_url).rstrip("/")
-        else:
-            base = f"http://{self.sandbox.host}:{self.sandbox.port}"
-        # The real service documents base_url=.../v1 with tool_path=/v1; do not
-        # double the segment.
-        if base.endswith(self.gateway.tool_path):
-            return base
-        return base + self.gateway.tool_path
+            return str(self.gateway.base_url).rstrip("/")
+        return f"http://{self.sandbox.host}:{self.sandbox.port}"
 
     @property
     def sqlalchemy_url(self) -> str:

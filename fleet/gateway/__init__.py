@@ -1,53 +1,141 @@
 """The gateway client: the only code in the project that talks to the gateway.
 
-    from fleet.gateway import GatewayClient, tools
+    from fleet.gateway import Auth, GatewayClient, StaticKeyRing, operations
 
-    with GatewayClient.from_settings(settings) as gateway:
-        agent = gateway.run(tools.register_agent(agent_id, "standard", ["search"]))
-        balance = gateway.run(tools.get_balance(agent_id), api_key=agent_key)
+    keys = StaticKeyRing(admin_key, {agent_id: agent_key})
+    with GatewayClient.from_settings(settings, keys) as gateway:
+        gateway.run(operations.register(agent_id))
+        balance = gateway.run(operations.get_balance(agent_id)).balance
 
-See :mod:`fleet.gateway.client` for the clients, :mod:`fleet.gateway.tools`
-for the tools and :mod:`fleet.gateway.errors` for what can go wrong.
+Domain code types its dependencies against :class:`Gateway` (blocking) or
+:class:`AsyncGateway`, not against a client class. See
+:mod:`fleet.gateway.operations` for the catalogue, :mod:`fleet.gateway.keys`
+for which key a call uses and :mod:`fleet.gateway.errors` for what can go wrong.
 """
 
-from fleet.gateway import tools
-from fleet.gateway._core import GatewayConfig, GatewayResult, parse_retry_after
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from fleet.gateway import operations
+from fleet.gateway._core import Charge, GatewayConfig, GatewayResult, OutT, RateWindow
 from fleet.gateway.breaker import BreakerRegistry, BreakerState, CircuitBreaker
 from fleet.gateway.client import AsyncGatewayClient, GatewayClient
 from fleet.gateway.errors import (
+    AdminOnly,
+    AlreadyExists,
     AuthError,
     BadInput,
+    BudgetExceeded,
     CircuitOpen,
+    ConfirmationRequired,
     Conflict,
+    DepositLimitExceeded,
+    Forbidden,
     GatewayError,
+    Gone,
+    IdempotencyKeyReused,
+    InsufficientBalance,
+    InsufficientTier,
     InvalidResponse,
+    MissingKey,
     NotFound,
+    PaymentRequired,
     RateLimited,
     Unavailable,
+    WalletFrozen,
 )
-from fleet.gateway.tools import Tool, ToolCall
+from fleet.gateway.keys import Auth, KeyRing, StaticKeyRing
+from fleet.gateway.loop import BackgroundLoop, LoopGatewayClient
+from fleet.gateway.operations import Operation
 from fleet.gateway.tracing import TraceContext
 
+
+class Gateway(Protocol):
+    """A blocking gateway client (GatewayClient, LoopGatewayClient)."""
+
+    def send(
+        self,
+        op: Operation[OutT],
+        *,
+        idempotency_key: str | None = None,
+        trace: TraceContext | None = None,
+    ) -> GatewayResult[OutT]: ...
+
+    def run(
+        self,
+        op: Operation[OutT],
+        *,
+        idempotency_key: str | None = None,
+        trace: TraceContext | None = None,
+    ) -> OutT: ...
+
+    def run_many(self, ops: Sequence[Operation[Any]]) -> list[Any]: ...
+
+
+class AsyncGateway(Protocol):
+    """An asyncio gateway client (AsyncGatewayClient)."""
+
+    async def send(
+        self,
+        op: Operation[OutT],
+        *,
+        idempotency_key: str | None = None,
+        trace: TraceContext | None = None,
+    ) -> GatewayResult[OutT]: ...
+
+    async def run(
+        self,
+        op: Operation[OutT],
+        *,
+        idempotency_key: str | None = None,
+        trace: TraceContext | None = None,
+    ) -> OutT: ...
+
+    async def run_many(self, ops: Sequence[Operation[Any]]) -> list[Any]: ...
+
+
 __all__ = [
+    "AdminOnly",
+    "AlreadyExists",
+    "AsyncGateway",
     "AsyncGatewayClient",
+    "Auth",
     "AuthError",
+    "BackgroundLoop",
     "BadInput",
     "BreakerRegistry",
     "BreakerState",
+    "BudgetExceeded",
+    "Charge",
     "CircuitBreaker",
     "CircuitOpen",
+    "ConfirmationRequired",
     "Conflict",
+    "DepositLimitExceeded",
+    "Forbidden",
+    "Gateway",
     "GatewayClient",
     "GatewayConfig",
     "GatewayError",
     "GatewayResult",
+    "Gone",
+    "IdempotencyKeyReused",
+    "InsufficientBalance",
+    "InsufficientTier",
     "InvalidResponse",
+    "KeyRing",
+    "LoopGatewayClient",
+    "MissingKey",
     "NotFound",
+    "Operation",
+    "PaymentRequired",
     "RateLimited",
-    "Tool",
-    "ToolCall",
+    "RateWindow",
+    "StaticKeyRing",
     "TraceContext",
     "Unavailable",
-    "parse_retry_after",
-    "tools",
+    "WalletFrozen",
+    "operations",
 ]

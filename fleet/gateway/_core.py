@@ -1,23 +1,28 @@
 """What the sync and async clients share: everything but the I/O.
 
-A call is an :class:`Exchange`: it encodes the envelope once, then for each
-attempt asks the tool's breaker for permission, opens a new span, and turns the
-answer (or the transport failure) into data or a typed error while telling the
-breaker how it went. :meth:`ClientCore.retrying_kwargs` says which of those
-errors are retried and how long to wait; each client only moves bytes.
+A call is an :class:`Exchange`: it resolves the operation's key, encodes the
+request once (with one ``Idempotency-Key`` for every attempt of a money
+operation), then for each attempt checks the agent's hourly window and the
+operation's breaker, opens a new span, and turns the answer (or the transport
+failure) into data or a typed error, recording ``X-Charged`` and the
+``X-RateLimit-*`` headers. :meth:`ClientCore.retrying_kwargs` says which errors
+are retried and how long to wait; each client only moves bytes.
 """
 
 from __future__ import annotations
 
-import email.utils
+import collections
+import json
 import logging
-import math
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -27,19 +32,19 @@ from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wai
 from fleet.gateway.breaker import BreakerRegistry, BreakerState, CircuitBreaker, Clock
 from fleet.gateway.errors import (
     REDACTED,
-    AuthError,
     BadInput,
     CircuitOpen,
-    Conflict,
     GatewayError,
     InvalidResponse,
-    NotFound,
     RateLimited,
     Unavailable,
+    error_class,
+    problem_fields,
     redact,
 )
+from fleet.gateway.keys import KeyRing, StaticKeyRing, resolve
+from fleet.gateway.operations import Operation
 from fleet.gateway.schemas import GatewayOutput
-from fleet.gateway.tools import OUTPUT_MODELS, REPEAT_UNSAFE
 from fleet.gateway.tracing import TraceContext
 from fleet.gateway.wire import WireError, WireTimeout
 
@@ -52,6 +57,10 @@ OutT = TypeVar("OutT", bound=GatewayOutput)
 Key = str | SecretStr
 
 USER_AGENT = "fleet-commander-gateway-client"
+BASE_HEADERS = {"Accept": "application/json", "User-Agent": USER_AGENT}
+
+# The gateway's rate window: a sliding hour per agent id.
+WINDOW_S = 3600.0
 
 # Failures on the way to or from the gateway that say nothing about our input.
 # (LocalProtocolError, UnsupportedProtocol, InvalidURL are our bugs: not caught.)
@@ -62,7 +71,7 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     httpx.ProxyError,
 )
 
-# The connection was never made, so the request cannot have reached a tool.
+# The connection was never made, so the request cannot have reached the gateway.
 _NOT_SENT: tuple[type[BaseException], ...] = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
@@ -76,23 +85,27 @@ def _never_sent(exc: BaseException) -> bool:
     return isinstance(exc, _NOT_SENT)
 
 
-_STATUS_ERRORS: dict[int, type[GatewayError]] = {
-    400: BadInput,
-    422: BadInput,
-    401: AuthError,
-    403: AuthError,
-    404: NotFound,
-    409: Conflict,
-    429: RateLimited,
-}
+def _dropped(exc: BaseException) -> bool:
+    """The server closed the connection without answering (not a timeout, not a refused
+    connect): what uvicorn does to a kept-alive connection after an error answer."""
+    if isinstance(exc, WireTimeout | httpx.TimeoutException):
+        return False
+    if isinstance(exc, WireError):
+        return exc.sent
+    return isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError)
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """Everything a client needs; mirrors ``config.settings.GatewaySettings``."""
+    """Everything a client needs but its keys; mirrors ``config.settings.GatewaySettings``.
+
+    ``url`` is the gateway's root (``http://127.0.0.1:8765``); operations carry
+    their ``/v1/...`` paths. ``admin_key``, when set, is the key ring's admin key
+    for clients built without a ring of their own.
+    """
 
     url: str
-    admin_key: Key
+    admin_key: Key | None = None
     timeout_s: float = 10.0
     connect_timeout_s: float = 3.0
     max_attempts: int = 3
@@ -109,6 +122,7 @@ class GatewayConfig:
             object.__setattr__(self, "admin_key", SecretStr(self.admin_key))
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        object.__setattr__(self, "url", self.url.rstrip("/"))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatewayConfig:
@@ -138,19 +152,112 @@ class GatewayConfig:
             max_connections=self.max_connections, max_keepalive_connections=self.max_connections
         )
 
+    def key_ring(self) -> StaticKeyRing:
+        return StaticKeyRing(self.admin_key)
+
 
 @dataclass(frozen=True, slots=True)
-class GatewayResult:
-    """A successful call: the validated answer and the span that got it."""
+class RateWindow:
+    """The ``X-RateLimit-*`` headers of one answer.
 
-    tool: str
-    data: dict[str, Any]
+    ``reset_s`` is what the gateway sends: seconds to the next wall-clock hour,
+    not to when its sliding window frees a slot."""
+
+    limit: int
+    remaining: int
+    reset_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One ``X-Charged`` amount. ``agent_id`` is the agent the operation concerns;
+    ``by_admin`` says the admin key made the call (then the admin's wallet paid)."""
+
+    operation: str
+    agent_id: str | None
+    amount: Decimal
+    trace_id: str
+    at: datetime
+    by_admin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayResult(Generic[OutT]):
+    """A successful call: the validated answer and what came with it."""
+
+    value: OutT
+    charged: Decimal | None
+    rate: RateWindow | None
     trace: TraceContext
     attempts: int
+    status: int
 
 
-def _secret(key: Key) -> str:
-    return key.get_secret_value() if isinstance(key, SecretStr) else key
+class RateWindows:
+    """A sliding 3600 s log of requests per agent id, as the gateway keeps it.
+
+    Every request sent counts, answered or rejected (the gateway records the
+    event before checking it). The limit is learnt from ``X-RateLimit-Limit``;
+    ``-Remaining`` tops the log up with calls made elsewhere (other processes,
+    the agent itself). The gateway admits a request while the count including
+    it stays below the limit (a free key's 100/h gives 99 answers), so the
+    client refuses, without sending, the request that would be rejected.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._sent: dict[str, collections.deque[float]] = {}
+        self._limit: dict[str, int] = {}
+
+    def _trim(self, log: collections.deque[float], now: float) -> None:
+        while log and log[0] <= now - WINDOW_S:
+            log.popleft()
+
+    def wait_s(self, agent: str) -> float:
+        """0 when a request may go now, else seconds until the window has room."""
+        with self._lock:
+            limit = self._limit.get(agent)
+            log = self._sent.get(agent)
+            if limit is None or not log:
+                return 0.0
+            now = self._clock()
+            self._trim(log, now)
+            excess = len(log) + 2 - limit
+            if excess <= 0:
+                return 0.0
+            return max(0.0, log[excess - 1] + WINDOW_S - now)
+
+    def sent(self, agent: str) -> None:
+        with self._lock:
+            self._sent.setdefault(agent, collections.deque()).append(self._clock())
+
+    def observed(self, agent: str, window: RateWindow) -> None:
+        with self._lock:
+            self._limit[agent] = window.limit
+            self._pad(agent, window.limit - window.remaining)
+
+    def exhausted(self, agent: str) -> None:
+        """A 429: the window is at least full, whatever our log says."""
+        with self._lock:
+            limit = self._limit.get(agent)
+            if limit is not None:
+                self._pad(agent, limit)
+
+    def _pad(self, agent: str, count: int) -> None:
+        log = self._sent.setdefault(agent, collections.deque())
+        now = self._clock()
+        self._trim(log, now)
+        for _ in range(count - len(log)):
+            log.append(now)
+
+    def count(self, agent: str) -> int:
+        with self._lock:
+            log = self._sent.get(agent)
+            if not log:
+                return 0
+            self._trim(log, self._clock())
+            return len(log)
 
 
 def _json_default(value: Any) -> Any:
@@ -161,40 +268,8 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return sorted(value)
     if isinstance(value, SecretStr):
-        raise TypeError("refusing to send a SecretStr as tool input")
+        raise TypeError("refusing to send a SecretStr in a request body")
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        current = now if now is not None else time.time()
-        seconds = when.timestamp() - current
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def _error_fields(response: httpx.Response) -> tuple[str, str]:
-    """(code, message) from an error body, tolerating bodies that are not ours."""
-    try:
-        body = orjson.loads(response.content)
-        error = body["error"]
-        return str(error["code"]), str(error.get("message", ""))
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        text = response.text[:200].strip() if response.content else ""
-        return f"http_{response.status_code}", text or response.reason_phrase
 
 
 def _describe(exc: ValidationError) -> str:
@@ -207,49 +282,116 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-class Exchange:
-    """One call: the encoded request and its attempts so far."""
+def parse_charged(value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(value.strip())
+    except InvalidOperation:
+        return None
+    return amount if amount.is_finite() else None
+
+
+def parse_rate(headers: Mapping[str, str]) -> RateWindow | None:
+    try:
+        return RateWindow(
+            int(headers["x-ratelimit-limit"]),
+            int(headers["x-ratelimit-remaining"]),
+            int(headers.get("x-ratelimit-reset", "0")),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+class Exchange(Generic[OutT]):
+    """One logical call: the encoded request and its attempts so far."""
 
     __slots__ = (
         "_core",
         "_holds_trial",
-        "_key",
+        "_resent",
         "attempts",
         "breaker",
+        "by_admin",
         "content",
+        "headers",
+        "idempotency_key",
+        "key",
+        "op",
         "parent",
         "span",
-        "tool",
+        "target",
+        "window_agent",
     )
 
     def __init__(
         self,
         core: ClientCore,
-        tool: str,
-        content: bytes,
-        key: str,
+        op: Operation[OutT],
+        idempotency_key: str | None,
         parent: TraceContext,
-        breaker: CircuitBreaker,
     ) -> None:
         self._core = core
-        self.tool = tool
-        self.content = content
-        self._key = key
+        self.op = op
+        credential = resolve(op.auth, core.keys, op.agent_id)
+        self.key = credential.key
+        self.window_agent = credential.window_agent
+        self.by_admin = self.key is not None and credential.window_agent is None
+        if idempotency_key is None and op.moves_money:
+            # Once per logical call: every retry below carries the same key.
+            idempotency_key = uuid.uuid4().hex
+        self.idempotency_key = idempotency_key
+        self.target = op.path + (f"?{urlencode(op.query)}" if op.query else "")
+        headers = dict(BASE_HEADERS)
+        headers.update(op.headers)
+        if op.body is not None:
+            try:
+                self.content = orjson.dumps(op.body, default=_json_default)
+            except TypeError as exc:
+                raise BadInput(str(exc), tool=op.name, code="unserialisable-input") from None
+            headers["Content-Type"] = "application/json"
+        else:
+            self.content = b""
+        if self.key is not None:
+            headers["Authorization"] = f"Bearer {self.key}"
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        self.headers = headers
         self.parent = parent
-        self.breaker = breaker
+        self.breaker: CircuitBreaker = core.breakers.get_or_create(op.name)
         self._holds_trial = False
+        self._resent = False
         self.attempts = 0
         self.span = parent
 
     def __repr__(self) -> str:
-        return f"Exchange(tool={self.tool!r}, attempts={self.attempts}, span={self.span})"
+        return f"Exchange(op={self.op.name!r}, attempts={self.attempts}, span={self.span})"
 
     @property
-    def _secrets(self) -> tuple[str, str]:
-        return (self._key, self._core.admin_key)
+    def tool(self) -> str:
+        return self.op.name
+
+    @property
+    def resendable(self) -> bool:
+        """Safe to send again: idempotent, or deduplicated by the gateway through its key."""
+        return self.op.idempotent or self.idempotency_key is not None
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self.key or "", self._core.admin_secret or "")
 
     def begin_attempt(self) -> dict[str, str]:
-        """Headers for the next attempt, or CircuitOpen without a request."""
+        """Headers for the next attempt; RateLimited (paced) or CircuitOpen without a request."""
+        if self.window_agent is not None:
+            wait = self._core.windows.wait_s(self.window_agent)
+            if wait > 0:
+                raise RateLimited(
+                    f"hourly window of {self.window_agent!r} is full; room in {wait:.0f}s",
+                    tool=self.tool,
+                    code="rate-limit-paced",
+                    trace=self.span,
+                    retry_after=wait,
+                    paced=True,
+                )
         permitted = self.breaker.allow()
         if permitted is None:
             wait = self.breaker.retry_in()
@@ -263,15 +405,29 @@ class Exchange:
         self._holds_trial = permitted is BreakerState.HALF_OPEN
         self.attempts += 1
         self.span = self.parent.child()
-        return {
-            "Authorization": f"Bearer {self._key}",
-            "traceparent": self.span.traceparent,
-        }
+        if self.window_agent is not None:
+            self._core.windows.sent(self.window_agent)
+        headers = dict(self.headers)
+        headers["traceparent"] = self.span.traceparent
+        return headers
+
+    def resend_after_drop(self, exc: BaseException) -> bool:
+        """Whether to send once more at once: the server dropped a kept-alive connection
+        (uvicorn does after an error answer) and the request is safe to repeat. Once per call;
+        the drop is not the gateway failing, so the breaker is not told."""
+        if self._resent or not self.resendable or not _dropped(exc):
+            return False
+        self._resent = True
+        if self._holds_trial:
+            self.breaker.release()
+            self._holds_trial = False
+        log.debug("gateway %s: connection dropped (%s); sending once more", self.tool, exc)
+        return True
 
     def transport_failed(self, exc: BaseException) -> Unavailable:
         self.breaker.record_failure()
         self._holds_trial = False
-        detail = redact(str(exc), self._secrets) or "no detail"
+        detail = redact(str(exc), self._secrets()) or "no detail"
         timed_out = isinstance(exc, httpx.TimeoutException | TimeoutError | WireTimeout)
         code = "timeout" if timed_out else "connection_error"
         return Unavailable(
@@ -288,157 +444,132 @@ class Exchange:
             self.breaker.release()
             self._holds_trial = False
 
-    def answered(self, response: httpx.Response) -> dict[str, Any]:
-        """The answer's JSON object, or the typed error it stands for."""
+    def answered(
+        self, status: int, headers: Mapping[str, str], content: bytes
+    ) -> GatewayResult[OutT]:
+        """The validated answer, or the typed error it stands for.
+        ``headers`` must look names up case-insensitively or be lowercased."""
         self._holds_trial = False
-        status = response.status_code
         if status >= 500:
             self.breaker.record_failure()
         else:
-            # The gateway answered for this tool, even if it blamed us.
+            # The gateway answered for this operation, even if it blamed us.
             self.breaker.record_success()
 
-        if status == 200:
-            try:
-                data = orjson.loads(response.content)
-            except orjson.JSONDecodeError:
-                raise self._invalid(status, "answer is not JSON") from None
-            if not isinstance(data, dict):
-                raise self._invalid(
-                    status, f"answer is a JSON {type(data).__name__}, not an object"
-                )
-            return data
+        rate = parse_rate(headers)
+        if rate is not None and self.window_agent is not None:
+            self._core.windows.observed(self.window_agent, rate)
 
-        code, message = _error_fields(response)
-        message = redact(message, self._secrets)
-        if status >= 500:
-            error_cls: type[GatewayError] = Unavailable
-        elif 400 <= status < 500:
-            error_cls = _STATUS_ERRORS.get(status, GatewayError)
-        else:
-            error_cls = InvalidResponse
-            message = f"unexpected HTTP status {status}"
+        if 200 <= status < 300:
+            charged = parse_charged(headers.get("x-charged"))
+            if charged is not None:
+                self._core.report_charge(self, charged)
+            value = self._typed(status, content)
+            return GatewayResult(value, charged, rate, self.span, self.attempts, status)
+
+        code, message = problem_fields(status, content)
+        message = redact(message, self._secrets())
         fields: dict[str, Any] = {
             "tool": self.tool,
             "status": status,
             "code": code,
             "trace": self.span,
         }
-        if status == 429:
-            # Lowercase: httpx headers ignore case, the wire pool's are lowercased.
-            fields["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
+        if status == 429 and self.window_agent is not None:
+            # No Retry-After on this gateway's 429: say when our own log frees a slot.
+            self._core.windows.exhausted(self.window_agent)
+            fields["retry_after"] = self._core.windows.wait_s(self.window_agent)
         elif status >= 500:
-            # 503 is "not now": the tool did not run. Any other 5xx may come after it did.
+            # 503 is "not now": the handler did not run. Any other 5xx may come after it did.
             fields["maybe_processed"] = status != 503
-        raise error_cls(message, **fields)
+        if not 400 <= status < 600:
+            message = f"unexpected HTTP status {status}"
+        raise error_class(status, code)(message, **fields)
+
+    def _typed(self, status: int, content: bytes) -> OutT:
+        try:
+            # Numbers as Decimal from their text: money never passes through a float.
+            data = json.loads(content, parse_float=Decimal)
+        except (ValueError, UnicodeDecodeError):
+            raise self._invalid(status, "answer is not JSON") from None
+        if not isinstance(data, dict):
+            raise self._invalid(status, f"answer is a JSON {type(data).__name__}, not an object")
+        try:
+            output = self.op.answer.model_validate(data)
+        except ValidationError as exc:
+            raise self._invalid(status, _describe(exc)) from None
+        output._trace = self.span
+        return output
 
     def _invalid(self, status: int | None, message: str) -> InvalidResponse:
         return InvalidResponse(
             message, tool=self.tool, status=status, code="invalid_response", trace=self.span
         )
 
-    def typed(self, data: dict[str, Any], model: type[OutT]) -> OutT:
-        """The answer as ``model``, carrying the span that got it."""
-        try:
-            output = model.model_validate(data)
-        except ValidationError as exc:
-            raise self._invalid(200, _describe(exc)) from None
-        output._trace = self.span
-        return output
-
-    def result(self, data: dict[str, Any]) -> GatewayResult:
-        """The raw answer, checked against the tool's model when we know the tool."""
-        model = OUTPUT_MODELS.get(self.tool)
-        if model is not None:
-            self.typed(data, model)
-        return GatewayResult(self.tool, data, self.span, self.attempts)
-
-
-R = TypeVar("R")
-
-
-def replay_first(first: GatewayError, attempt: Callable[[Exchange], R]) -> Callable[[Exchange], R]:
-    """``attempt``, except that its first call re-raises ``first`` (an attempt already made)."""
-    pending = [first]
-
-    def replayed(exchange: Exchange) -> R:
-        if pending:
-            raise pending.pop()
-        return attempt(exchange)
-
-    return replayed
-
-
-def areplay_first(
-    first: GatewayError, attempt: Callable[[Exchange], Awaitable[R]]
-) -> Callable[[Exchange], Awaitable[R]]:
-    """:func:`replay_first` for coroutines (tenacity awaits only coroutine functions)."""
-    pending = [first]
-
-    async def replayed(exchange: Exchange) -> R:
-        if pending:
-            raise pending.pop()
-        return await attempt(exchange)
-
-    return replayed
-
 
 class ClientCore:
     def __init__(
         self,
         config: GatewayConfig,
+        keys: KeyRing | None = None,
         *,
         clock: Clock = time.monotonic,
         breakers: BreakerRegistry | None = None,
+        on_charge: Callable[[Charge], None] | None = None,
+        windows: RateWindows | None = None,
     ) -> None:
         self.config = config
-        self.admin_key = _secret(config.admin_key)
+        self.keys: KeyRing = keys if keys is not None else config.key_ring()
+        self.admin_secret = self.keys.admin_key()
         self.breakers = breakers or BreakerRegistry(
             failure_threshold=config.breaker_failure_threshold,
             reset_s=config.breaker_reset_s,
             clock=clock,
         )
+        self.windows = windows or RateWindows(clock)
+        self._on_charge = on_charge
         self._backoff = wait_random_exponential(
             multiplier=config.backoff_initial_s, max=config.backoff_max_s
         )
         self._stop = stop_after_attempt(config.max_attempts)
 
     def start(
-        self,
-        tool: str,
-        input: Mapping[str, Any] | None,
-        *,
-        api_key: Key | None,
-        trace: TraceContext | None,
-    ) -> Exchange:
-        tool = str(tool)
-        try:
-            content = orjson.dumps({"tool": tool, "input": input or {}}, default=_json_default)
-        except TypeError as exc:
-            raise BadInput(str(exc), tool=tool, code="unserialisable_input") from None
-        key = _secret(api_key) if api_key is not None else self.admin_key
-        return Exchange(
-            self,
-            tool,
-            content,
-            key,
-            trace or TraceContext.new(),
-            self.breakers.get_or_create(tool),
-        )
+        self, op: Operation[OutT], *, idempotency_key: str | None, trace: TraceContext | None
+    ) -> Exchange[OutT]:
+        return Exchange(self, op, idempotency_key, trace or TraceContext.new())
 
-    def retrying_kwargs(self, exchange: Exchange) -> dict[str, Any]:
+    def url(self, exchange: Exchange[Any]) -> str:
+        return self.config.url + exchange.target
+
+    def report_charge(self, exchange: Exchange[Any], amount: Decimal) -> None:
+        if self._on_charge is None:
+            return
+        charge = Charge(
+            exchange.tool,
+            exchange.op.agent_id,
+            amount,
+            exchange.span.trace_id,
+            datetime.now(UTC),
+            exchange.by_admin,
+        )
+        try:
+            self._on_charge(charge)
+        except Exception:  # a ledger failure must not turn a done call into a failed one
+            log.exception("on_charge failed for %s", exchange.tool)
+
+    def retrying_kwargs(self, exchange: Exchange[Any]) -> dict[str, Any]:
         """Arguments for a tenacity Retrying/AsyncRetrying running one exchange."""
         breaker = exchange.breaker
-
-        repeat_unsafe = exchange.tool in REPEAT_UNSAFE
 
         def transient(exc: BaseException) -> bool:
             if isinstance(exc, CircuitOpen):
                 return False
             if isinstance(exc, RateLimited):
-                return exc.retry_after is None or exc.retry_after <= self.config.retry_after_max_s
+                return exc.retry_after is not None and exc.retry_after <= (
+                    self.config.retry_after_max_s
+                )
             if isinstance(exc, Unavailable):
-                if repeat_unsafe and exc.maybe_processed:
+                if exc.maybe_processed and not exchange.resendable:
                     return False
                 # Once the breaker has opened, a retry would only be refused.
                 return not breaker.is_open()
@@ -448,7 +579,7 @@ class ClientCore:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, RateLimited) and exc.retry_after is not None:
                 return exc.retry_after
-            return self._backoff(state)
+            return float(self._backoff(state))
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -472,3 +603,18 @@ class ClientCore:
     def describe(self) -> str:
         # Never the key itself: reprs end up in logs and tracebacks.
         return f"url={self.config.url!r}, admin_key={REDACTED!r}"
+
+
+R = TypeVar("R")
+
+
+def replay_first(first: GatewayError, attempt: Callable[[Exchange[Any]], R]) -> Callable[..., R]:
+    """``attempt``, except that its first call re-raises ``first`` (an attempt already made)."""
+    pending = [first]
+
+    def replayed(exchange: Exchange[Any]) -> R:
+        if pending:
+            raise pending.pop()
+        return attempt(exchange)
+
+    return replayed

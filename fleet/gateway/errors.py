@@ -1,49 +1,59 @@
-"""Errors raised by the gateway client.
+"""Errors raised by the gateway client, and the mapping from the gateway's problem bodies.
 
-Our exception hierarchy::
+The gateway answers errors as RFC 9457 ``application/problem+json``
+(``{type: ".../errors/<code>", title, status, detail, instance}``); the code is
+the last segment of ``type``. :func:`from_problem` turns an answer into::
 
-    GatewayError                 any failed call; base of everything below
-    ├── BadInput                 400, 422: the input was rejected
-    ├── AuthError                401, 403: missing, wrong or revoked key
-    ├── NotFound                 404: unknown agent, wallet, dispute... or tool
-    ├── Conflict                 409: e.g. registering an id that is already live
-    ├── RateLimited              429: carries ``retry_after`` (seconds or None)
-    ├── Unavailable              5xx, timeouts, connection errors, dropped connections
-    │   └── CircuitOpen          the tool's breaker is open: no request was made
-    └── InvalidResponse          non-JSON, not an object, or failing the tool's schema
+    GatewayError                    any failed call; base of everything below
+    ├── BadInput                    400, 422
+    ├── AuthError                   401 (missing-key, authentication-error, revoked)
+    ├── PaymentRequired             402
+    │   ├── InsufficientBalance     insufficient-balance
+    │   └── BudgetExceeded          budget-exceeded
+    ├── Forbidden                   403 forbidden (ownership) and other 403s
+    │   ├── InsufficientTier        insufficient-tier (.required_tier)
+    │   ├── AdminOnly               admin-only, forbidden-admin-only
+    │   ├── WalletFrozen            wallet-frozen
+    │   └── DepositLimitExceeded    deposit-limit-exceeded
+    ├── NotFound                    404
+    ├── Conflict                    409
+    │   ├── AlreadyExists           already-exists
+    │   └── IdempotencyKeyReused    idempotency-key-reused
+    ├── Gone                        410
+    ├── ConfirmationRequired        428
+    ├── RateLimited                 429, or paced locally (.paced, .retry_after)
+    ├── Unavailable                 5xx, timeouts, connection errors (.maybe_processed)
+    │   └── CircuitOpen             the operation's breaker is open: no request made
+    ├── MissingKey                  the key ring has no key for the Auth asked
+    └── InvalidResponse             not JSON, not an object, or failing the answer model
 
-Other 4xx statuses raise the plain ``GatewayError``. Only ``Unavailable`` (not
-``CircuitOpen``) and ``RateLimited`` are transient: the client retries those,
-within its ceiling, and nothing else. ``Unavailable.maybe_processed`` says
-whether the gateway may have acted on the request anyway (a timeout or a
-dropped connection after sending): tools that must not run twice are not
-retried then (see ``fleet.gateway.tools.REPEAT_UNSAFE``).
-
-Every error carries ``tool``, ``status`` (HTTP status, or None when no answer
-came back), ``code`` and ``message`` (from the gateway's error body, or made up
-locally), ``trace`` (the trace context of the last attempt, for the audit entry)
-and ``retry_after`` (seconds, when the gateway or the breaker said how long to
-wait). Messages pass through :func:`redact` so an API key never reaches a log.
+Only ``Unavailable`` (not ``CircuitOpen``) and ``RateLimited`` are transient.
+Messages pass through :func:`redact` so an API key never reaches a log.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 if TYPE_CHECKING:
     from fleet.gateway.tracing import TraceContext
 
 REDACTED = "***"
 _BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+")
+# Keys the gateway issues, wherever they appear in a message (a rotate error, say).
+_GATEWAY_KEY = re.compile(r"\ba2a_[a-z]+_[0-9a-f]{8,}\b")
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove every known key, and anything that looks like a bearer token, from text."""
+    """Remove every known key, and anything that looks like a key or bearer token, from text."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, REDACTED)
+    text = _GATEWAY_KEY.sub(REDACTED, text)
     return _BEARER.sub(f"Bearer {REDACTED}", text)
 
 
@@ -92,6 +102,45 @@ class AuthError(GatewayError):
     pass
 
 
+class PaymentRequired(GatewayError):
+    pass
+
+
+class InsufficientBalance(PaymentRequired):
+    pass
+
+
+class BudgetExceeded(PaymentRequired):
+    pass
+
+
+class Forbidden(GatewayError):
+    pass
+
+
+_REQUIRED_TIER = re.compile(r"requires '([a-z]+)'")
+
+
+class InsufficientTier(Forbidden):
+    @property
+    def required_tier(self) -> str | None:
+        """The tier the gateway's detail names ("... (requires 'pro')"), if it names one."""
+        found = _REQUIRED_TIER.search(self.message)
+        return found.group(1) if found else None
+
+
+class AdminOnly(Forbidden):
+    pass
+
+
+class WalletFrozen(Forbidden):
+    pass
+
+
+class DepositLimitExceeded(Forbidden):
+    pass
+
+
 class NotFound(GatewayError):
     pass
 
@@ -100,16 +149,36 @@ class Conflict(GatewayError):
     pass
 
 
-class RateLimited(GatewayError):
+class AlreadyExists(Conflict):
     pass
+
+
+class IdempotencyKeyReused(Conflict):
+    pass
+
+
+class Gone(GatewayError):
+    pass
+
+
+class ConfirmationRequired(GatewayError):
+    pass
+
+
+class RateLimited(GatewayError):
+    def __init__(self, message: str, *, paced: bool = False, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        # True when the client refused to send because the agent's window is full.
+        self.paced = paced
 
 
 class Unavailable(GatewayError):
     def __init__(self, message: str, *, maybe_processed: bool = True, **fields: Any) -> None:
         super().__init__(message, **fields)
-        # False only when the request provably did not reach a tool: the
-        # connection was never made, a 503, or an open breaker. A caller that
-        # sees True after a money move must check the state before repeating it.
+        # False only when the request provably did not reach the gateway's handler:
+        # the connection was never made, a 503, or an open breaker. A caller that
+        # sees True after a money move without an idempotency key must check the
+        # state before repeating it.
         self.maybe_processed = maybe_processed
 
 
@@ -119,22 +188,102 @@ class CircuitOpen(Unavailable):
         super().__init__(message, **fields)
 
 
+class MissingKey(GatewayError):
+    pass
+
+
 class InvalidResponse(GatewayError):
     pass
 
 
 TRANSIENT: tuple[type[GatewayError], ...] = (Unavailable, RateLimited)
 
+_BY_CODE: dict[str, type[GatewayError]] = {
+    "insufficient-balance": InsufficientBalance,
+    "budget-exceeded": BudgetExceeded,
+    "insufficient-tier": InsufficientTier,
+    "admin-only": AdminOnly,
+    "forbidden-admin-only": AdminOnly,
+    "wallet-frozen": WalletFrozen,
+    "deposit-limit-exceeded": DepositLimitExceeded,
+    "already-exists": AlreadyExists,
+    "idempotency-key-reused": IdempotencyKeyReused,
+}
+
+_BY_STATUS: dict[int, type[GatewayError]] = {
+    400: BadInput,
+    422: BadInput,
+    401: AuthError,
+    402: PaymentRequired,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    410: Gone,
+    428: ConfirmationRequired,
+    429: RateLimited,
+}
+
+
+def problem_fields(status: int, content: bytes, reason: str = "") -> tuple[str, str]:
+    """(code, message) of an error answer: a problem body, the ``{"error": {...}}``
+    form a few routes use, or whatever text came back."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict):
+        type_ = body.get("type")
+        if isinstance(type_, str) and type_:
+            code = type_.rstrip("/").rsplit("/", 1)[-1]
+            message = body.get("detail") or body.get("title") or ""
+            return code, str(message)
+        error = body.get("error")
+        if isinstance(error, Mapping) and "code" in error:
+            return str(error["code"]), str(error.get("message", ""))
+        detail = body.get("detail")
+        if isinstance(detail, str):
+            return f"http-{status}", detail
+    text = content[:200].decode("utf-8", "replace").strip()
+    return f"http-{status}", text or reason
+
+
+def error_class(status: int, code: str) -> type[GatewayError]:
+    """The error type for an answer's status and problem code."""
+    if status >= 500:
+        return Unavailable
+    by_code = _BY_CODE.get(code)
+    if by_code is not None and by_code.__mro__[1] is _BY_STATUS.get(status):
+        return by_code
+    if 400 <= status < 500:
+        return _BY_STATUS.get(status, GatewayError)
+    return InvalidResponse
+
+
 __all__ = [
     "TRANSIENT",
+    "AdminOnly",
+    "AlreadyExists",
     "AuthError",
     "BadInput",
+    "BudgetExceeded",
     "CircuitOpen",
+    "ConfirmationRequired",
     "Conflict",
+    "DepositLimitExceeded",
+    "Forbidden",
     "GatewayError",
+    "Gone",
+    "IdempotencyKeyReused",
+    "InsufficientBalance",
+    "InsufficientTier",
     "InvalidResponse",
+    "MissingKey",
     "NotFound",
+    "PaymentRequired",
     "RateLimited",
     "Unavailable",
+    "WalletFrozen",
+    "error_class",
+    "problem_fields",
     "redact",
 ]

@@ -1,54 +1,98 @@
-"""A blocking client that runs every call on one background event loop.
+"""One background event loop per use, and a blocking client that runs its calls on one.
 
 Worker processes that run many threads (the provisioning queue) need a sync
 API, but httpx's sync connection pool serialises on one lock: profiled at 96
 threads, over half of the worker's samples were waiting in
 ``httpcore ConnectionPool`` rather than doing work. Submitting each call to a
-single asyncio loop running :class:`AsyncGatewayClient` keeps the
-sync API, shares one connection pool and one set of circuit breakers across
-every thread, and costs a fraction of the CPU per call.
+single asyncio loop running :class:`AsyncGatewayClient` keeps the sync API,
+shares one connection pool, one set of circuit breakers and one view of the
+rate windows across every thread, and costs a fraction of the CPU per call.
+The sweep's poller runs its fan-out on a :class:`BackgroundLoop` too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any, Self, TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from config.settings import Settings
-from fleet.gateway._core import GatewayConfig, GatewayResult, Key
+from fleet.gateway._core import GatewayConfig, GatewayResult, OutT
 from fleet.gateway.breaker import BreakerRegistry
 from fleet.gateway.client import AsyncGatewayClient
-from fleet.gateway.tools import OutT, ToolCall
+from fleet.gateway.keys import KeyRing
+from fleet.gateway.operations import Operation
 from fleet.gateway.tracing import TraceContext
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 T = TypeVar("T")
 
 
-class LoopGatewayClient:
-    """Same `run`/`call`/`send` as GatewayClient; safe to share between threads."""
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
 
-    def __init__(self, config: GatewayConfig, **async_kwargs: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="gateway-loop", daemon=True
-        )
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return asyncio.new_event_loop()
+
+
+class BackgroundLoop:
+    """An asyncio event loop (uvloop when installed) running in a daemon thread."""
+
+    def __init__(self, name: str = "gateway-loop") -> None:
+        self.loop = _new_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
-        self._client: AsyncGatewayClient = self._submit(self._make(config, async_kwargs))
 
-    @staticmethod
-    async def _make(config: GatewayConfig, kwargs: dict[str, Any]) -> AsyncGatewayClient:
-        # Built on the loop its connections will live on.
-        return AsyncGatewayClient(config, **kwargs)
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for its result (from any other thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def build(self, factory: Callable[[], T]) -> T:
+        """``factory()`` called on the loop, for objects whose connections live there."""
+
+        async def make() -> T:
+            return factory()
+
+        return self.run(make())
+
+    @property
+    def closed(self) -> bool:
+        return self.loop.is_closed()
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()
+
+
+class LoopGatewayClient:
+    """Same ``run`` / ``send`` as GatewayClient; safe to share between threads."""
+
+    def __init__(
+        self, config: GatewayConfig, keys: KeyRing | None = None, **async_kwargs: Any
+    ) -> None:
+        self._loop = BackgroundLoop("gateway-loop")
+        self._client: AsyncGatewayClient = self._loop.build(
+            lambda: AsyncGatewayClient(config, keys, **async_kwargs)
+        )
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
-        return cls(GatewayConfig.from_settings(settings), **kwargs)
+    def from_settings(cls, settings: Settings, keys: KeyRing | None = None, **kwargs: Any) -> Self:
+        return cls(GatewayConfig.from_settings(settings), keys, **kwargs)
 
     @property
     def config(self) -> GatewayConfig:
         return self._client.config
+
+    @property
+    def keys(self) -> KeyRing:
+        return self._client.keys
 
     @property
     def breakers(self) -> BreakerRegistry:
@@ -61,54 +105,36 @@ class LoopGatewayClient:
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the client's loop and wait for it (e.g. a fan-out of calls)."""
-        return self._submit(coro)
-
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def run(
-        self, call: ToolCall[OutT], *, api_key: Key | None = None, trace: TraceContext | None = None
-    ) -> OutT:
-        return self._submit(self._client.run(call, api_key=api_key, trace=trace))
-
-    def run_many(self, calls: Sequence[ToolCall[Any]], *, api_key: Key | None = None) -> list[Any]:
-        """Independent calls concurrently, in one hop to the loop; each item is
-        the typed answer or the GatewayError that call ended with."""
-
-        async def gather() -> list[Any]:
-            return await asyncio.gather(
-                *(self._client.run(c, api_key=api_key) for c in calls), return_exceptions=True
-            )
-
-        return self._submit(gather())
-
-    def call(
-        self,
-        tool: str,
-        input: Mapping[str, Any] | None = None,
-        *,
-        api_key: Key | None = None,
-        trace: TraceContext | None = None,
-    ) -> dict[str, Any]:
-        return self._submit(self._client.call(tool, input, api_key=api_key, trace=trace))
+        return self._loop.run(coro)
 
     def send(
         self,
-        tool: str,
-        input: Mapping[str, Any] | None = None,
+        op: Operation[OutT],
         *,
-        api_key: Key | None = None,
+        idempotency_key: str | None = None,
         trace: TraceContext | None = None,
-    ) -> GatewayResult:
-        return self._submit(self._client.send(tool, input, api_key=api_key, trace=trace))
+    ) -> GatewayResult[OutT]:
+        return self._loop.run(self._client.send(op, idempotency_key=idempotency_key, trace=trace))
+
+    def run(
+        self,
+        op: Operation[OutT],
+        *,
+        idempotency_key: str | None = None,
+        trace: TraceContext | None = None,
+    ) -> OutT:
+        return self.send(op, idempotency_key=idempotency_key, trace=trace).value
+
+    def run_many(self, ops: Sequence[Operation[Any]]) -> list[Any]:
+        """Independent operations concurrently, in one hop to the loop; each item is
+        the typed answer or the GatewayError that operation ended with."""
+        return self._loop.run(self._client.run_many(ops))
 
     def close(self) -> None:
-        if self._loop.is_closed():
+        if self._loop.closed:
             return
-        self._submit(self._client.aclose())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
+        self._loop.run(self._client.aclose())
+        self._loop.stop()
 
     def __enter__(self) -> Self:
         return self
@@ -118,3 +144,6 @@ class LoopGatewayClient:
 
     def __repr__(self) -> str:
         return f"LoopGatewayClient({self._client!r})"
+
+
+__all__ = ["BackgroundLoop", "LoopGatewayClient"]

@@ -1,15 +1,18 @@
-"""What the gateway answers, tool by tool.
+"""What the gateway answers, operation by operation.
 
-Only the main fields of each answer are declared (the spec's table); anything
-else the gateway sends is kept (``extra="allow"``) so a newer gateway does not
-break us. Money is a decimal string on the wire and a ``Decimal`` here; a float
-where money is expected is a protocol error, not something to round silently.
+Only the fields the project reads are declared; anything else is ignored, so
+a newer gateway adding fields does not break us. The gateway returns money as
+a 2-dp string on some routes and a JSON number on others; the client parses
+answer bodies with JSON numbers as ``Decimal`` from their text, and
+:data:`Money` accepts either form, so no amount ever passes through a binary
+float. Timestamps come as ISO-8601 (sometimes without a zone: UTC) or as epoch
+seconds; :data:`Timestamp` takes both.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from decimal import Decimal
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from pydantic import (
@@ -17,28 +20,65 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     PrivateAttr,
     SecretStr,
-    model_validator,
 )
 
 from fleet.gateway.tracing import TraceContext
 
 
-def _no_float(value: Any) -> Any:
-    if isinstance(value, float):
-        # ValueError, not TypeError: pydantic reports only the former as a validation error.
-        raise ValueError("money must be a decimal string, not a float")  # noqa: TRY004
-    return value
+def to_decimal(value: Any) -> Decimal:
+    """A Decimal from a JSON string or number, via its text."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an amount")
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, int | float | str):
+        # repr of a float is its shortest round-trip text, i.e. the JSON number as written.
+        try:
+            result = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+        except InvalidOperation:
+            raise ValueError(f"not a decimal number: {str(value)[:40]!r}") from None
+    else:
+        raise ValueError(f"expected a decimal string or number, got {type(value).__name__}")
+    if not result.is_finite():
+        raise ValueError("amount must be finite")
+    return result
 
 
-Money = Annotated[Decimal, BeforeValidator(_no_float), Field(allow_inf_nan=False)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
-NonNegative = Annotated[float, Field(ge=0)]
+def to_datetime(value: Any) -> datetime:
+    """A UTC datetime from ISO-8601 text (a missing zone means UTC) or epoch seconds."""
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, bool):
+        raise ValueError("a boolean is not a timestamp")
+    elif isinstance(value, int | float | Decimal):
+        when = datetime.fromtimestamp(float(value), UTC)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            when = datetime.fromtimestamp(float(text), UTC)
+        except ValueError:
+            try:
+                when = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValueError(f"not an ISO-8601 or epoch timestamp: {text[:40]!r}") from None
+    else:
+        raise ValueError(f"expected a timestamp, got {type(value).__name__}")
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+Money = Annotated[
+    Decimal, BeforeValidator(to_decimal), PlainSerializer(lambda d: format(d, "f"), return_type=str)
+]
+# Non-money figures (percentages, scores, metric values) are exact too.
+Number = Money
+Timestamp = Annotated[datetime, BeforeValidator(to_datetime)]
 
 
 class GatewayOutput(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     _trace: TraceContext | None = PrivateAttr(default=None)
 
@@ -48,219 +88,259 @@ class GatewayOutput(BaseModel):
         return self._trace
 
 
+Id = int | str
+
+
 # identity
 
 
-class RegisterAgentResult(GatewayOutput):
+class RegisterResult(GatewayOutput):
     agent_id: str
     # Secret so that printing or logging a result never shows the key.
-    api_key: SecretStr | None = None
+    api_key: SecretStr
     tier: str
-    registered_at: datetime | None = None
+    balance: Money
+    public_key: str | None = None
+
+
+class IdentityResult(GatewayOutput):
+    agent_id: str
+    public_key: str | None = None
+    found: bool = True
+    org_id: str | None = None
 
 
 class ClaimChainResult(GatewayOutput):
-    chain_id: str
-    claims: list[Any]
+    merkle_root: str
+    leaf_count: int
+    chain_id: Id
 
 
-class DeregisterAgentResult(GatewayOutput):
+class ClaimChainsResult(GatewayOutput):
+    chains: list[dict[str, Any]]
+
+
+class Claim(GatewayOutput):
+    metric_name: str
+    claim_type: str
+    bound_value: Number
+
+
+class ClaimsResult(GatewayOutput):
+    claims: list[Claim]
+
+
+class SubmitMetricsResult(GatewayOutput):
     agent_id: str
-    status: str
+    commitment_hashes: list[str] = Field(default_factory=list)
+    verified_at: Timestamp | None = None
+    valid_until: Timestamp | None = None
+    data_source: str | None = None
 
 
-# billing and payments
+class IngestResult(GatewayOutput):
+    accepted: int
+    rejected: int
 
 
-class WalletResult(GatewayOutput):
-    wallet_id: str
-    balance: Money
+class MetricPoint(GatewayOutput):
+    value: Number
+    timestamp: Timestamp
+    data_source: str | None = None
+
+
+class MetricSeries(GatewayOutput):
+    data: list[MetricPoint]
+
+
+class ReputationResult(GatewayOutput):
+    composite_score: Number
+    payment_reliability: Number | None = None
+    data_source_quality: Number | None = None
+    transaction_volume_score: Number | None = None
+    confidence: Number | None = None
+    found: bool = True
+
+
+# billing
 
 
 class BalanceResult(GatewayOutput):
     balance: Money
-    burn_rate_per_hour: Money
+    currency: str | None = None
 
 
-class CostEstimate(GatewayOutput):
-    estimated_cost: Money
+class DepositResult(GatewayOutput):
+    new_balance: Money
+    transaction_id: Id
 
 
-class TierChangeEstimate(GatewayOutput):
-    current_daily_cost: Money
-    projected_daily_cost: Money
+class WithdrawResult(GatewayOutput):
+    new_balance: Money
+    transaction_id: Id | None = None
 
 
-class EstimateCostResult(GatewayOutput):
-    """Either form of ``estimate_cost`` (what ``call("estimate_cost", ...)`` checks)."""
-
-    estimated_cost: Money | None = None
-    current_daily_cost: Money | None = None
-    projected_daily_cost: Money | None = None
-
-    @model_validator(mode="after")
-    def _one_form(self) -> EstimateCostResult:
-        tier_form = self.current_daily_cost is not None and self.projected_daily_cost is not None
-        if self.estimated_cost is None and not tier_form:
-            raise ValueError(
-                "expected estimated_cost, or current_daily_cost and projected_daily_cost"
-            )
-        return self
+class BudgetCapResult(GatewayOutput):
+    agent_id: str
+    daily_cap: Money | None = None
+    monthly_cap: Money | None = None
+    alert_threshold: Number | None = None
 
 
-class VolumeDiscountResult(GatewayOutput):
-    discount_pct: Decimal
-    volume: Annotated[int, Field(ge=0)]
-    # None at the top tier.
-    next_tier_volume: int | None = None
+class BudgetStatus(GatewayOutput):
+    daily_spend: Money
+    daily_cap: Money | None = None
+    daily_pct: Number | None = None
+    monthly_spend: Money
+    monthly_cap: Money | None = None
+    monthly_pct: Number | None = None
+    alert_triggered: bool = False
+    cap_exceeded: bool = False
 
 
-class ConversionResult(GatewayOutput):
-    amount: Money
-    rate: Decimal
+class UsageResult(GatewayOutput):
+    total_calls: int
+    total_cost: Money
+    total_tokens: int = 0
 
 
-class TransactionResult(GatewayOutput):
-    transaction_id: str
-
-
-class WalletFreezeResult(GatewayOutput):
-    wallet_id: str
+class FreezeResult(GatewayOutput):
+    agent_id: str
     frozen: bool
 
 
-# trust
+class EstimateResult(GatewayOutput):
+    unit_price: Money
+    discount_pct: Number
+    total_cost: Money
 
 
-class SubmitMetricsResult(GatewayOutput):
-    accepted: bool
+class DiscountResult(GatewayOutput):
+    historical_calls: int
+    discount_pct: Number
+    unit_price: Money
+    discounted_price: Money
 
 
-class ReputationResult(GatewayOutput):
-    score: Fraction
+class ExchangeRate(GatewayOutput):
+    rate: Number
 
 
-class AnalyticsResult(GatewayOutput):
-    # Only the metrics asked for come back (by default these five).
-    latency_p50: NonNegative | None = None  # ms
-    latency_p99: NonNegative | None = None  # ms
-    error_rate: Fraction | None = None
-    tool_call_volume: Annotated[int, Field(ge=0)] | None = None
-    task_completion_rate: Fraction | None = None
+class LeaderboardEntry(GatewayOutput):
+    rank: int
+    agent_id: str
+    value: Number
 
 
-class AgentSearchResult(GatewayOutput):
-    agents: list[Any]
+class Leaderboard(GatewayOutput):
+    leaderboard: list[LeaderboardEntry]
 
 
-class LeaderboardResult(GatewayOutput):
-    entries: list[Any]
+class KeyInfo(GatewayOutput):
+    key_hash_prefix: str
+    agent_id: str
+    tier: str
+    revoked: bool = False
 
 
-# sla
+class KeyList(GatewayOutput):
+    keys: list[KeyInfo]
 
 
-class CreateSlaResult(GatewayOutput):
-    sla_id: str
+class RotateResult(GatewayOutput):
+    new_key: SecretStr
+    tier: str
+    agent_id: str
+    grace_period_seconds: int
+    grace_expires_at: Timestamp
 
 
-class SlaComplianceResult(GatewayOutput):
-    compliant: bool
-    margin_pct: float
-    breached_terms: list[str]
+# payments and disputes
 
 
-class SlaViolationsResult(GatewayOutput):
-    violations: list[Any]
-    duration_minutes: NonNegative
+class IntentResult(GatewayOutput):
+    id: str
+    status: str
+    amount: Money
+    gateway_fee: Money | None = None
 
 
-# messaging, disputes
+class SettlementResult(GatewayOutput):
+    id: str
+    status: str
+    amount: Money
 
 
-class MessageResult(GatewayOutput):
-    message_id: str
+class EscrowResult(GatewayOutput):
+    id: str
+    status: str
+    amount: Money
 
 
 class DisputeResult(GatewayOutput):
-    dispute_id: str
+    id: str
     status: str
+    deadline_at: Timestamp | None = None
+    resolution: str | None = None
 
 
-# marketplace
+# marketplace, messaging, events, trust
 
 
 class ServiceResult(GatewayOutput):
-    service_id: str
+    id: str
+    name: str
+    status: str | None = None
+    provider_id: str | None = None
 
 
-class ServiceListing(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    agent_id: str
-    price: Money
-    reputation: Fraction
-    latency_ms: NonNegative
+class ServiceSearch(GatewayOutput):
+    services: list[ServiceResult]
 
 
-class ServiceSearchResult(GatewayOutput):
-    services: list[ServiceListing]
+class Match(GatewayOutput):
+    service: ServiceResult
+    rank_score: Number
 
 
-class BestMatchResult(GatewayOutput):
-    # The chosen agent id, or None when nothing matched; the key must be present.
-    best_match: str | None
+class MatchResult(GatewayOutput):
+    matches: list[Match]
 
 
-# compliance, platform
+class MessageResult(GatewayOutput):
+    id: str
+    sender: str
+    recipient: str
+    message_type: str
+    thread_id: str | None = None
+    created_at: Timestamp | None = None
 
 
-class AuditTrailResult(GatewayOutput):
-    audit_id: str
+class Message(MessageResult):
+    subject: str | None = None
+    body: str | None = None
 
 
-class ComplianceReportResult(GatewayOutput):
-    # Article number → that article's status, findings and evidence, as sent.
-    articles: dict[str, Any]
-    compliant: bool | None = None
+class MessageList(GatewayOutput):
+    messages: list[Message]
 
 
-class RateLimitResult(GatewayOutput):
-    limit: Annotated[int, Field(ge=0)]
-    remaining: Annotated[int, Field(ge=0)]
-    reset_at: datetime | float
+class PublishResult(GatewayOutput):
+    event_id: int
 
 
-__all__ = [
-    "AgentSearchResult",
-    "AnalyticsResult",
-    "AuditTrailResult",
-    "BalanceResult",
-    "BestMatchResult",
-    "ClaimChainResult",
-    "ComplianceReportResult",
-    "ConversionResult",
-    "CostEstimate",
-    "CreateSlaResult",
-    "DeregisterAgentResult",
-    "DisputeResult",
-    "EstimateCostResult",
-    "GatewayOutput",
-    "LeaderboardResult",
-    "MessageResult",
-    "Money",
-    "RateLimitResult",
-    "RegisterAgentResult",
-    "ReputationResult",
-    "ServiceListing",
-    "ServiceResult",
-    "ServiceSearchResult",
-    "SlaComplianceResult",
-    "SlaViolationsResult",
-    "SubmitMetricsResult",
-    "TierChangeEstimate",
-    "TransactionResult",
-    "VolumeDiscountResult",
-    "WalletFreezeResult",
-    "WalletResult",
-]
+class BusEvent(GatewayOutput):
+    id: int
+    event_type: str
+    source: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+    integrity_hash: str | None = None
+    created_at: Timestamp
+
+
+class EventList(GatewayOutput):
+    events: list[BusEvent]
+
+
+class DeletedResult(GatewayOutput):
+    deleted: bool
