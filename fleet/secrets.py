@@ -52,9 +52,7 @@ class AgentKeyRing:
     proved by a gateway read before it replaces the one we hold.
     """
 
-    def __init__(
-        self, sessions: sessionmaker[Session], vault: KeyVault, admin: str | None
-    ) -> None:
+    def __init__(self, sessions: sessionmaker[Session], vault: KeyVault, admin: str | None) -> None:
         self._sessions, self._vault, self._admin = sessions, vault, admin or None
 
     def admin_key(self) -> str | None:

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from fleet.gateway import operations as ops
 from fleet.gateway.errors import AuthError
@@ -104,7 +104,11 @@ def rotate_key(deps: ProvisioningDeps, agent_id: str) -> bool:
             key_rotated_at=now,
             extra={
                 **agent.extra,
-                "key": {**agent.extra.get("key", {}), "tier": result.tier, "since": now.isoformat()},
+                "key": {
+                    **agent.extra.get("key", {}),
+                    "tier": result.tier,
+                    "since": now.isoformat(),
+                },
                 "held_keys": held,
             },
         )
@@ -150,9 +154,7 @@ class UpgradePlan:
     def increase(self) -> Decimal:
         if self.current_monthly_cost <= 0:
             return Decimal("Infinity") if self.projected_monthly_cost > 0 else Decimal("0")
-        return (
-            self.projected_monthly_cost - self.current_monthly_cost
-        ) / self.current_monthly_cost
+        return (self.projected_monthly_cost - self.current_monthly_cost) / self.current_monthly_cost
 
     def needs_approval(self, threshold: float) -> bool:
         return self.increase > Decimal(str(threshold))
@@ -181,7 +183,9 @@ def plan_upgrade(deps: ProvisioningDeps, agent_id: str, new_tier: str) -> Upgrad
     current = key_tier(agent)
     if current == new_tier:
         raise LifecycleError(f"agent {agent_id} already holds a {new_tier} key")
-    return UpgradePlan(agent_id, current, new_tier, prices.get(current, Decimal("0")), prices[new_tier])
+    return UpgradePlan(
+        agent_id, current, new_tier, prices.get(current, Decimal("0")), prices[new_tier]
+    )
 
 
 def upgrade_instructions(plan: UpgradePlan) -> str:
@@ -273,10 +277,13 @@ def _settle_sla(
     now = deps.clock.now()
     with write_session(deps.sessions) as s:
         episodes = list(s.scalars(select(SlaEpisode).where(SlaEpisode.agent_id == agent_id)))
-        ended = s.execute(
-            update(SlaContract)
-            .where(SlaContract.agent_id == agent_id, SlaContract.ended_at.is_(None))
-            .values(ended_at=now)
+        ended = cast(
+            CursorResult[Any],
+            s.execute(
+                update(SlaContract)
+                .where(SlaContract.agent_id == agent_id, SlaContract.ended_at.is_(None))
+                .values(ended_at=now)
+            ),
         )
     return {"sla_contracts_ended": ended.rowcount, "sla_violation_episodes": len(episodes)}
 
@@ -289,9 +296,7 @@ def _discard_key(
     agent = _agent(deps, agent_id)
     tokens = [agent.api_key_encrypted] if agent.api_key_encrypted else []
     now = deps.clock.now()
-    tokens += [
-        k["key_encrypted"] for k in agent.extra.get("held_keys", []) if not _expired(k, now)
-    ]
+    tokens += [k["key_encrypted"] for k in agent.extra.get("held_keys", []) if not _expired(k, now)]
     rotated = already = 0
     last_grace: str | None = None
     for token in tokens:
@@ -312,7 +317,9 @@ def _discard_key(
     return {"keys_discarded": rotated, "keys_already_dead": already, "keys_dead_after": last_grace}
 
 
-def _delist(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str) -> dict[str, Any]:
+def _delist(
+    deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
+) -> dict[str, Any]:
     agent = _agent(deps, agent_id)
     if not agent.service_id:
         return {"listing": "none"}
@@ -325,7 +332,9 @@ def _sweep(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
     return {"withdrawn": str(amount), "treasury": deps.policy.provisioning.treasury_wallet}
 
 
-def _freeze(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str) -> dict[str, Any]:
+def _freeze(
+    deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
+) -> dict[str, Any]:
     freeze(deps.gateway, agent_id)
     return {"wallet_frozen": True}
 

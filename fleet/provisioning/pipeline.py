@@ -47,9 +47,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.policy import Policy, SlaTerms
@@ -420,7 +420,9 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
                 except InsufficientTier as exc:
                     # Our record of the key's tier was wrong: the gateway is the judge.
                     return _tier_missing(
-                        deps, agent, TierMissing(step, needed or "pro", key_tier(agent), agent_id),
+                        deps,
+                        agent,
+                        TierMissing(step, needed or "pro", key_tier(agent), agent_id),
                         str(exc),
                     )
                 except TierMissing as exc:
@@ -469,9 +471,7 @@ def _tier_missing(
     if deps.policy.provisioning.on_missing_tier == "fail":
         log.warning("agent %s: %s; compensating", agent.agent_id, reason)
         return _compensate(deps, agent, reason)
-    _save(
-        deps, agent.agent_id, {"status": AgentStatus.AWAITING_KEY, "failure_reason": reason}
-    )
+    _save(deps, agent.agent_id, {"status": AgentStatus.AWAITING_KEY, "failure_reason": reason})
     log.info("agent %s waits for an imported key: %s", agent.agent_id, reason)
     return AgentStatus.AWAITING_KEY
 
@@ -492,7 +492,7 @@ def _note_on_jobs(deps: ProvisioningDeps, agent_id: str, reason: str) -> None:
                 job.updated_at = deps.clock.now()
 
 
-_AGENTS = Agent.__table__
+_AGENTS = cast(Table, Agent.__table__)
 
 
 def _save(deps: ProvisioningDeps, agent_id: str, values: dict[str, Any]) -> None:
@@ -571,20 +571,22 @@ def _funding(run: _Run) -> dict[str, Any]:
     amount = Decimal(plan["amount"])
     if amount > 0:
         description = f"fleet {run.fleet}: initial balance {plan['target']}"
-        op = (
-            ops.deposit(agent_id, amount, description)
-            if plan["op"] == "deposit"
-            else ops.withdraw(agent_id, amount, description)
-        )
-        answer = gateway.send(op, idempotency_key=plan["key"]).value
-        plan = {**plan, "new_balance": str(answer.new_balance)}
+        if plan["op"] == "deposit":
+            op = ops.deposit(agent_id, amount, description)
+            new_balance = gateway.run(op, idempotency_key=plan["key"]).new_balance
+        else:
+            out = ops.withdraw(agent_id, amount, description)
+            new_balance = gateway.run(out, idempotency_key=plan["key"]).new_balance
+        plan = {**plan, "new_balance": str(new_balance)}
     return {"wallet_id": agent_id, "extra": {**agent.extra, "funding_plan": plan}}
 
 
 def _budget(run: _Run) -> dict[str, Any]:
     cap = run.deps.policy.provisioning.budget_cap
     run.deps.gateway.run(
-        ops.set_budget(run.agent.agent_id, cap.daily, cap.monthly, cap.alert_threshold)
+        ops.set_budget(
+            run.agent.agent_id, cap.daily, cap.monthly, Decimal(str(cap.alert_threshold))
+        )
     )
     budget = {"daily": str(cap.daily), "monthly": str(cap.monthly)}
     return {"extra": {**run.agent.extra, "budget_cap": budget}}
@@ -901,18 +903,16 @@ def sweep_to_treasury(deps: ProvisioningDeps, agent: Agent, key_base: str) -> De
     if amount <= 0:
         return amount
     if not plan["withdrawn"]:
-        withdraw = ops.withdraw(
-            agent_id, amount, f"sweep to treasury {treasury}", auth=Auth.ADMIN
-        )
+        withdraw = ops.withdraw(agent_id, amount, f"sweep to treasury {treasury}", auth=Auth.ADMIN)
         try:
-            gateway.send(withdraw, idempotency_key=f"{key_base}:sweep-out")
+            gateway.run(withdraw, idempotency_key=f"{key_base}:sweep-out")
         except WalletFrozen:
             gateway.run(ops.unfreeze_wallet(agent_id))
-            gateway.send(withdraw, idempotency_key=f"{key_base}:sweep-out")
+            gateway.run(withdraw, idempotency_key=f"{key_base}:sweep-out")
         plan = {**plan, "withdrawn": True}
         agent.extra = {**agent.extra, "sweep": plan}
         _save(deps, agent_id, {"extra": agent.extra})
-    gateway.send(
+    gateway.run(
         ops.deposit(treasury, amount, f"swept from {agent_id}", auth=Auth.ADMIN),
         idempotency_key=f"{key_base}:sweep-in",
     )
