@@ -279,11 +279,10 @@ class ScalingPolicy(_Model):
 
 
 class DisputePolicy(_Model):
-    resolution: str = "partial_refund"
-    refund_fraction: Fraction = 0.5
-    notes: str = "Partial refund per SLA breach policy."
-    # What a dispute claims when whoever named the counterparty gave no amount.
-    default_claim: Money = Decimal("0.00")
+    # How the admin resolves an SLA dispute: the gateway's two outcomes, the
+    # escrow refunded to its payer or released to its payee (no partial refund).
+    resolution: Literal["refund", "release"] = "refund"
+    notes: str = "Resolved per SLA breach policy."
     # "close": resolve when the episode ends (its length is known); "open": at once.
     resolve_on: Literal["open", "close"] = "close"
 
