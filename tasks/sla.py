@@ -45,7 +45,6 @@ def deps() -> service.SlaDeps:
     return service.SlaDeps(
         _deps.sessions(),
         _deps.hot(),
-        _deps.gateway(),
         s.policy,
         s.sla,
         SystemClock(),

@@ -6,7 +6,7 @@
                                agents from the database, split into batches
           ──▶ run_batch() × ⌈agents / batch_size⌉, one queue message each, expiring
                                at the sweep's deadline (before the next tick)
-                 poll the four reads of every agent of the batch (poller.SweepPoller)
+                 poll balance, budget, p99 and error rate of every agent (poller.SweepPoller)
                  snapshot + health class per agent, the agent's alert rules, hourly rollup
                  one Redis pipeline: snapshots, rule state, the batch's partial aggregate,
                  the failed agents, "batch done" (counted once, even if redelivered)
@@ -217,24 +217,24 @@ class BatchOutcome:
 def to_snapshot(
     reading: Reading, fleet: str | None, now: float, sweep_id: str | None, policy: Policy
 ) -> Snapshot:
-    an, bal, sla, rep = reading.analytics or {}, reading.balance, reading.sla, reading.reputation
-    p99, err = an.get("latency_p99"), an.get("error_rate")
+    """Health from the agent's latest self-reported p99 and error rate; money from its
+    wallet and budget. The burn rate is the budget's rolling 24 h spend (gateway fees)
+    per hour: the gateway reports no burn rate of its own."""
+    p99_point, err_point = Reading.latest(reading.p99), Reading.latest(reading.error_rate)
+    p99 = float(p99_point.value) if p99_point is not None else None
+    err = float(err_point.value) if err_point is not None else None
     health = Health.UNKNOWN if reading.failed else classify(policy.health, err, p99)
+    budget = reading.budget
     return Snapshot(
         agent_id=reading.agent_id,
         polled_at=now,
         health=health,
-        latency_p50=an.get("latency_p50"),
         latency_p99=p99,
         error_rate=err,
-        tool_call_volume=an.get("tool_call_volume"),
-        task_completion_rate=an.get("task_completion_rate"),
-        reputation=rep.get("score") if rep else None,
-        balance=Decimal(bal["balance"]) if bal else None,
-        burn_rate_per_hour=Decimal(bal["burn_rate_per_hour"]) if bal else None,
-        sla_compliant=sla.get("compliant") if sla else None,
-        sla_margin_pct=sla.get("margin_pct") if sla else None,
-        breached_terms=tuple(sla.get("breached_terms") or ()) if sla else (),
+        balance=reading.balance.balance if reading.balance is not None else None,
+        burn_rate_per_hour=(budget.daily_spend / 24).quantize(Decimal("0.0001"))
+        if budget is not None
+        else None,
         error="; ".join(reading.errors) if reading.errors else None,
         fleet=fleet,
         sweep_id=sweep_id,
@@ -344,7 +344,8 @@ def run_batch(
 
 
 def fold_hour(state: dict[str, Any], snap: Snapshot, now: float) -> dict[str, Any] | None:
-    """Fold a sample into the agent's current hour (state["h"]); return the previous hour's row when the hour turns."""
+    """Fold a sample into the agent's current hour (state["h"]); return the previous
+    hour's row when the hour turns."""
     hour = int(now // HOUR) * HOUR
     acc = state.get("h")
     row = None
@@ -363,8 +364,6 @@ def fold_hour(state: dict[str, Any], snap: Snapshot, now: float) -> dict[str, An
             "pm": None,
             "es": 0.0,
             "en": 0,
-            "rs": 0.0,
-            "rn": 0,
             "bm": None,
             "bs": "0",
             "bn": 0,
@@ -385,9 +384,6 @@ def fold_hour(state: dict[str, Any], snap: Snapshot, now: float) -> dict[str, An
     if snap.error_rate is not None:
         acc["es"] += snap.error_rate
         acc["en"] += 1
-    if snap.reputation is not None:
-        acc["rs"] += snap.reputation
-        acc["rn"] += 1
     if snap.balance is not None:
         acc["bm"] = str(
             snap.balance if acc["bm"] is None else min(Decimal(acc["bm"]), snap.balance)
@@ -413,7 +409,6 @@ def hour_row(agent_id: str, fleet: str | None, acc: dict[str, Any]) -> dict[str,
         "latency_p99_avg": acc["ps"] / acc["pn"] if acc["pn"] else None,
         "latency_p99_max": acc["pm"],
         "error_rate_avg": acc["es"] / acc["en"] if acc["en"] else None,
-        "reputation_avg": acc["rs"] / acc["rn"] if acc["rn"] else None,
         "balance_min": acc["bm"],
         "burn_rate_avg": str((Decimal(acc["bs"]) / acc["bn"]).quantize(Decimal("0.01")))
         if acc["bn"]
@@ -446,7 +441,8 @@ def insert_rollups(sessions: sessionmaker[Session], rows: list[dict[str, Any]]) 
 
 
 def finish_sweep(deps: MonitorDeps, sweep_id: str) -> dict[str, FleetHealth] | None:
-    """Merge the batches' partials into the fleet view, store it, apply the fleet rules (once per sweep)."""
+    """Merge the batches' partials into the fleet view, store it, apply the fleet rules
+    (once per sweep)."""
     r, key = deps.redis, sweep_key(sweep_id)
     if not r.hsetnx(key, "finishing", "1"):
         return None
@@ -555,7 +551,8 @@ def recent_sweeps(r: redis.Redis, limit: int = 10) -> list[str]:
 
 
 def fleet_health(r: redis.Redis) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """The last finished sweep's fleet view ({fleet: health dict}, with "*" for all) and its sweep's meta."""
+    """The last finished sweep's fleet view ({fleet: health dict}, with "*" for all) and
+    its sweep's meta."""
     raw = r.hgetall(HEALTH_KEY)
     return {fleet: orjson.loads(value) for fleet, value in raw.items()}, r.hgetall(HEALTH_META_KEY)
 
@@ -577,7 +574,8 @@ def stale_sweeps_abandoned(r: redis.Redis, now: float, limit: int = RECENT_KEPT)
 def enforce_retention(
     sessions: sessionmaker[Session], policy: Policy, now: float
 ) -> dict[str, int]:
-    """Delete history older than retention.metrics_days (hourly rollups, fleet sweeps, resolved alerts)."""
+    """Delete history older than retention.metrics_days (hourly rollups, fleet sweeps,
+    resolved alerts)."""
     cutoff = utc_from_timestamp(now) - timedelta(days=policy.retention.metrics_days)
     with write_session(sessions) as session:
         hourly = session.execute(delete(AgentHourly).where(AgentHourly.hour < cutoff)).rowcount  # type: ignore[attr-defined]

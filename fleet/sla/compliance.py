@@ -1,37 +1,32 @@
-"""One compliance sample per agent: the gateway's verdict, cross-checked with our own snapshot.
+"""One compliance sample per agent: its SLA terms evaluated on its latest metrics snapshot.
 
-The rule, per agent and check:
+The gateway holds no SLA terms and its own compliance check compares trust probes
+that never run (it always answers "not compliant"), so Fleet Commander holds the
+terms and judges them itself, from what the metrics sweep last read of the agent
+(its self-reported p99 latency and error rate):
 
-=====================  ==============================  ===================================
-gateway answer         fresh local snapshot            sample
-=====================  ==============================  ===================================
-breach (terms T)       anything                        BREACH (T): the gateway holds the
-                                                       contract and sees every term
-compliant              our metrics breach a term       INCONCLUSIVE: the two disagree; it
-                                                       opens nothing and closes nothing
-compliant              agrees, or no fresh snapshot    COMPLIANT
-failed (any error)     fresh                           the snapshot's verdict (its stored
-                                                       SLA reading, and our own metrics)
-failed                 none, stale, or poll failed     UNKNOWN: changes nothing
-=====================  ==============================  ===================================
+=====================  ===================================
+fresh local snapshot   sample
+=====================  ===================================
+breaches terms T       BREACH (T)
+meets every term       COMPLIANT
+none, stale, or the    UNKNOWN: changes nothing
+poll failed
+=====================  ===================================
 
-"Our own metrics" are the terms the snapshot can measure: p99 latency and, when
-a contract sets one, the error rate. A snapshot is fresh when the metrics sweep
-wrote it less than ``sla.snapshot_max_age_s`` before the check.
+A snapshot is fresh when the metrics sweep wrote it less than
+``sla.snapshot_max_age_s`` before the check. Terms the snapshot cannot measure
+are not judged.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from fleet.gateway import GatewayError, tools
-from fleet.gateway.client import AsyncGatewayClient
-from fleet.gateway.schemas import SlaComplianceResult
 from fleet.monitoring.snapshot import Health, Snapshot
 
 
@@ -49,7 +44,7 @@ class Sample:
     verdict: Verdict
     breached_terms: tuple[str, ...] = ()
     margin_pct: float | None = None
-    source: str = "gateway"  # gateway | snapshot | none
+    source: str = "snapshot"  # snapshot | none
     note: str = ""
 
     def to_redis(self) -> dict[str, str]:
@@ -61,9 +56,6 @@ class Sample:
             "source": self.source,
             "note": self.note[:300],
         }
-
-
-GatewayAnswer = SlaComplianceResult | GatewayError | None
 
 
 def local_breaches(terms: Mapping[str, Any], snap: Snapshot) -> tuple[str, ...]:
@@ -89,83 +81,26 @@ def is_fresh(snap: Snapshot | None, at: datetime, max_age_s: float) -> bool:
 def decide(
     agent_id: str,
     at: datetime,
-    answer: GatewayAnswer,
     snapshot: Snapshot | None,
     terms: Mapping[str, Any],
     snapshot_max_age_s: float,
 ) -> Sample:
-    fresh = is_fresh(snapshot, at, snapshot_max_age_s)
-    ours = local_breaches(terms, snapshot) if fresh and snapshot is not None else ()
-    if isinstance(answer, SlaComplianceResult):
-        if not answer.compliant:
-            return Sample(
-                agent_id,
-                at,
-                Verdict.BREACH,
-                tuple(answer.breached_terms) or ("unspecified",),
-                answer.margin_pct,
-                "gateway",
-            )
-        if ours:
-            return Sample(
-                agent_id,
-                at,
-                Verdict.INCONCLUSIVE,
-                ours,
-                answer.margin_pct,
-                "gateway",
-                f"gateway says compliant; our last poll breaches {', '.join(ours)}",
-            )
-        return Sample(agent_id, at, Verdict.COMPLIANT, (), answer.margin_pct, "gateway")
-    error = f"{type(answer).__name__}: {answer}" if answer is not None else "not checked"
-    if fresh and snapshot is not None:
-        stored = tuple(snapshot.breached_terms) if snapshot.sla_compliant is False else ()
-        terms_broken = tuple(dict.fromkeys((*stored, *ours)))
-        if snapshot.sla_compliant is False or ours:
-            return Sample(
-                agent_id,
-                at,
-                Verdict.BREACH,
-                terms_broken or ("unspecified",),
-                snapshot.sla_margin_pct,
-                "snapshot",
-                f"gateway check failed ({error}); verdict from the metrics snapshot",
-            )
-        return Sample(
-            agent_id,
-            at,
-            Verdict.COMPLIANT,
-            (),
-            snapshot.sla_margin_pct,
-            "snapshot",
-            f"gateway check failed ({error}); verdict from the metrics snapshot",
-        )
-    return Sample(
-        agent_id,
-        at,
-        Verdict.UNKNOWN,
-        (),
-        None,
-        "none",
-        f"gateway check failed ({error}); no fresh snapshot",
-    )
+    if not is_fresh(snapshot, at, snapshot_max_age_s) or snapshot is None:
+        why = "no snapshot" if snapshot is None else "no fresh snapshot"
+        return Sample(agent_id, at, Verdict.UNKNOWN, (), None, "none", why)
+    broken = local_breaches(terms, snapshot)
+    margin = margin_pct(terms, snapshot)
+    if broken:
+        return Sample(agent_id, at, Verdict.BREACH, broken, margin, "snapshot")
+    return Sample(agent_id, at, Verdict.COMPLIANT, (), margin, "snapshot")
 
 
-async def check_agents(
-    client: AsyncGatewayClient, agent_ids: Sequence[str], in_flight: int
-) -> dict[str, SlaComplianceResult | GatewayError]:
-    """check_sla_compliance for every agent, at most ``in_flight`` at a time; each failure stays its own."""
-    gate = asyncio.Semaphore(in_flight)
-
-    async def one(agent_id: str) -> tuple[str, SlaComplianceResult | GatewayError]:
-        async with gate:
-            try:
-                return agent_id, await client.run(tools.check_sla_compliance(agent_id))
-            except GatewayError as exc:
-                return agent_id, exc
-            except Exception as exc:  # noqa: BLE001 - one agent's surprise must not sink the batch
-                return agent_id, GatewayError(
-                    f"{type(exc).__name__}: {exc}", tool="check_sla_compliance"
-                )
-
-    return dict(await asyncio.gather(*(one(a) for a in agent_ids)))
+def margin_pct(terms: Mapping[str, Any], snap: Snapshot) -> float | None:
+    """How far the tightest measured term is from its limit, in percent of the limit
+    (negative when broken); None when no term could be measured."""
+    margins = []
+    for term, value in (("p99_latency_ms", snap.latency_p99), ("max_error_rate", snap.error_rate)):
+        limit = terms.get(term)
+        if limit is not None and value is not None and float(limit) > 0:
+            margins.append((float(limit) - value) / float(limit) * 100)
+    return round(min(margins), 2) if margins else None

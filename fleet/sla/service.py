@@ -2,10 +2,10 @@
 
 A sweep lists every active agent (and any other agent with an open episode,
 so a paused agent's episode can still close) and splits them into batches of
-``sla.batch_size``; each batch is one queue message. A batch checks its agents
-concurrently (``sla.checks_in_flight`` at a time) on the worker's gateway
-loop, reads their snapshots in one Redis round trip, and then applies each
-agent's sample on its own: one agent's failure is logged and counted, never
+``sla.batch_size``; each batch is one queue message. A batch reads its agents'
+metrics snapshots in one Redis round trip, judges each agent's SLA terms on
+its snapshot (the gateway holds no SLA terms, see :mod:`fleet.sla.compliance`),
+and then applies each agent's sample on its own: one agent's failure is logged and counted, never
 the batch's. Only agents whose episode moves touch the database; the last
 sample of every agent goes to Redis (``fleet:sla:sample:{agent}``).
 Progress of a sweep is a Redis hash (``fleet:sla:sweep:{id}``).
@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 from sqlalchemy import select, union
@@ -31,10 +31,9 @@ from fleet import audit
 from fleet.audit.events import ApprovalState, Article
 from fleet.clock import Clock
 from fleet.escalation.engine import EngineDeps, Sender, evaluate
-from fleet.gateway.client import AsyncGatewayClient
 from fleet.hotstate import KEY_PREFIX
 from fleet.monitoring.snapshot import Snapshot, snapshot_key
-from fleet.sla.compliance import Sample, Verdict, check_agents, decide
+from fleet.sla.compliance import Sample, Verdict, decide
 from fleet.sla.contracts import active_contracts, contract_for
 from fleet.sla.episodes import (
     Applied,
@@ -66,20 +65,10 @@ def sweep_key(sweep_id: str) -> str:
     return f"{KEY_PREFIX}sla:sweep:{sweep_id}"
 
 
-class LoopRunner(Protocol):
-    """A gateway client with its own event loop (fleet.gateway.loop.LoopGatewayClient)."""
-
-    @property
-    def async_client(self) -> AsyncGatewayClient: ...
-
-    def submit(self, coro: Any) -> Any: ...
-
-
 @dataclass
 class SlaDeps:
     sessions: sessionmaker[Session]
     redis: redis.Redis
-    gateway: LoopRunner
     policy: Policy
     settings: SlaSettings
     clock: Clock
@@ -197,9 +186,6 @@ def check_batch(
     ids = list(dict.fromkeys(agent_ids))
     result = BatchResult()
     now = deps.clock.now()
-    answers = deps.gateway.submit(
-        check_agents(deps.gateway.async_client, ids, deps.settings.checks_in_flight)
-    )
     snapshots = _snapshots(deps.redis, ids)
     with deps.sessions() as s:
         # An agent serving one counterparty names it in its record (extra.counterparty).
@@ -235,7 +221,6 @@ def check_batch(
                 sample = decide(
                     agent_id,
                     now,
-                    answers.get(agent_id),
                     snapshots.get(agent_id),
                     contract.terms,
                     deps.settings.snapshot_max_age_s,
@@ -340,7 +325,8 @@ def acknowledge_episode(
     note: str = "",
     record: Callable[..., Any] = audit.record,
 ) -> EpisodeView:
-    """An operator acknowledges: tiers 3-4 wait ``ack_timeout_s``; recorded as human oversight (Art. 14)."""
+    """An operator acknowledges: tiers 3-4 wait ``ack_timeout_s``; recorded as human
+    oversight (Art. 14)."""
     ep = acknowledge(sessions, episode_id, by, clock.now(), policy.escalation.ack_timeout_s)
     record(
         actor=f"user:{by.strip()}"[:128],
