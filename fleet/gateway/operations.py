@@ -85,6 +85,12 @@ def _query(**params: Any) -> dict[str, str]:
     return out
 
 
+def _figures(metrics: Mapping[str, Decimal | int]) -> dict[str, int | float]:
+    # Metric values must be JSON numbers (the gateway's submit route fails on strings);
+    # they are measurements, not money, and a float keeps their shortest decimal text.
+    return {name: v if isinstance(v, int) else float(v) for name, v in metrics.items()}
+
+
 def _body(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -174,7 +180,7 @@ def submit_metrics(
         f"/v1/identity/agents/{_seg(agent_id)}/metrics",
         s.SubmitMetricsResult,
         auth or Auth.own(agent_id),
-        body={"metrics": dict(metrics), "data_source": data_source},
+        body={"metrics": _figures(metrics), "data_source": data_source},
         agent_id=agent_id,
     )
 
@@ -189,7 +195,7 @@ def ingest_metrics(
         "/v1/identity/metrics/ingest",
         s.IngestResult,
         auth or Auth.own(agent_id),
-        body={"agent_id": agent_id, "metrics": dict(metrics)},
+        body={"agent_id": agent_id, "metrics": _figures(metrics)},
         agent_id=agent_id,
     )
 

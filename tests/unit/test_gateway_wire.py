@@ -423,38 +423,56 @@ def test_httpx_over_the_transport_raises_httpx_errors_that_say_whether_it_was_se
     run(go())
 
 
-def test_the_sweep_client_honours_retry_after_through_the_pool() -> None:
-    from fleet.gateway import GatewayConfig
-    from fleet.monitoring.poller import ReadClient
+def test_the_async_client_resends_a_read_once_when_the_server_drops_a_kept_alive_connection() -> (
+    None
+):
+    """uvicorn closes the connection after an error answer without saying so; the next
+    request on it dies unanswered. A read goes again on a new connection; a message does not."""
+    from fleet.gateway import (
+        AsyncGatewayClient,
+        GatewayConfig,
+        NotFound,
+        StaticKeyRing,
+        Unavailable,
+    )
+    from fleet.gateway import operations as o
+
+    lines: list[bytes] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await read_request(reader)
-        body = b'{"error": {"code": "rate_limited", "message": "slow down"}}'
-        writer.write(
-            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0.25\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(body), body)
-        )
-        await writer.drain()
-        await read_request(reader)
-        body = b'{"agent_id": "a", "balance": "1.00", "burn_rate_per_hour": "0.10"}'
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        await writer.drain()
-        await asyncio.sleep(1)
-
-    waits: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        waits.append(seconds)
+        while True:
+            line, _, _ = await read_request(reader)
+            lines.append(line)
+            if line.startswith(b"GET /v1/billing/estimate"):
+                body = b'{"type": "https://api.greenhelix.net/errors/not-found", "status": 404}'
+                writer.write(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+                await read_request(reader)  # the next request on this connection ...
+                writer.transport.abort()  # ... meets a connection the server has dropped
+                return
+            body = b'{"balance": "1.00"}'
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
 
     async def go() -> None:
         async with Server(handler) as server:
-            client = ReadClient(
-                GatewayConfig(url=server.url, admin_key="k", backoff_initial_s=5.0), sleep=sleep
-            )
+            config = GatewayConfig(url=server.url.removesuffix("/v1"), max_attempts=1)
+            client = AsyncGatewayClient(config, StaticKeyRing("k", {"a": "ka"}))
             try:
-                assert (await client.call("get_balance", {"agent_id": "a"}))["balance"] == "1.00"
+                with pytest.raises(NotFound):
+                    await client.run(o.estimate_cost("unknown"))
+                assert (await client.run(o.get_balance("a"))).balance == 1
+                assert server.connections == 2
+                with pytest.raises(NotFound):
+                    await client.run(o.estimate_cost("unknown"))
+                with pytest.raises(Unavailable) as caught:
+                    await client.run(o.send_message("a", "b", "text", "s", "b"))
+                assert caught.value.maybe_processed
             finally:
                 await client.aclose()
 
     run(go())
-    assert waits == [0.25]  # the server's word, not the 5 s backoff
+    assert lines.count(b"GET /v1/billing/wallets/a/balance HTTP/1.1") == 1
+    assert lines.count(b"POST /v1/messaging/messages HTTP/1.1") == 0  # read by the dropper only
