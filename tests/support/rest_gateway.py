@@ -161,7 +161,7 @@ class RestGateway:
         if self.fail.get(tool):
             status = self.fail[tool].pop(0)
             return _problem(status, "scripted", f"scripted {status}")
-        if tool != "register":
+        if tool != "register_agent":
             if key is None:
                 return _problem(401, "authentication-error", "API key not found")
             if not self._valid(key):
@@ -505,7 +505,7 @@ def _problem(status: int, code: str, detail: str) -> httpx.Response:
 
 _W = r"/v1/billing/wallets/([^/]+)"
 _ROUTES: list[tuple[str, str, str, str]] = [
-    ("POST", r"/v1/register", "register", "h_register"),
+    ("POST", r"/v1/register", "register_agent", "h_register"),
     ("GET", r"/v1/identity/agents/([^/]+)", "get_agent_identity", "h_identity"),
     ("POST", r"/v1/identity/agents/([^/]+)/metrics", "submit_metrics", "h_metrics"),
     ("POST", r"/v1/identity/agents/([^/]+)/claim-chains", "build_claim_chain", "h_chain"),
