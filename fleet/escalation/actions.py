@@ -77,6 +77,7 @@ ACTOR = "fleet-commander/escalation"
 GATED_ACTION = {1: "restart_agent", 2: "reroute_traffic", 3: "notify_operator", 4: "freeze_agent"}
 DISPUTE_ACTION = "open_dispute"
 RESOLVE_DISPUTE_ACTION = "resolve_dispute"
+CENT = Decimal("0.01")
 WEIGHT_STEP = Decimal("0.0001")
 
 
@@ -677,7 +678,7 @@ def _held_escrow(deps: ActionDeps, ctx: _Context) -> dict[str, Any]:
         return {"note": f"no dispute: escrow {escrow_id} is unknown at the gateway"}
     if escrow.status != "held":
         return {"note": f"no dispute: escrow {escrow_id} is {escrow.status}, not held"}
-    return {"escrow_id": escrow_id, "amount": format(escrow.amount, "f")}
+    return {"escrow_id": escrow_id, "amount": format(escrow.amount.quantize(CENT), "f")}
 
 
 def _open_dispute(deps: ActionDeps, ctx: _Context, escrow: dict[str, Any]) -> dict[str, Any]:
