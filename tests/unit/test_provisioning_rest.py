@@ -339,3 +339,27 @@ def test_a_tier_upgrade_is_recorded_and_asks_for_an_imported_key(make_env: Any) 
     assert not lifecycle.UpgradePlan(
         agent_id, "pro", "enterprise", Decimal("199"), Decimal("416.67")
     ).needs_approval(2.0)
+
+
+def test_a_worker_killed_mid_agent_resumes_after_its_last_step_without_moving_money_again(
+    make_env: Any,
+) -> None:
+    env = make_env()
+    submitted = pipeline.submit_job(env.deps, manifest(tier="free", count=1), "job-1", "t")
+    [agent_id] = submitted.to_dispatch
+    real_run = env.client.run
+
+    def killed_at_budget(op: Any, **kw: Any) -> Any:
+        if op.name == "set_budget_cap":
+            raise SystemExit("worker killed")
+        return real_run(op, **kw)
+
+    env.deps.gateway = cast(Any, type("Killed", (), {"run": staticmethod(killed_at_budget)}))
+    with pytest.raises(SystemExit):
+        pipeline.provision_agent(env.deps, agent_id)
+    assert env.agent(agent_id).steps_done == ["register", "identity", "funding"]
+    env.deps.gateway = env.client  # the message is redelivered to a live worker
+    assert pipeline.provision_agent(env.deps, agent_id) == AgentStatus.ACTIVE
+    assert len(env.gateway.calls("register_agent")) == 1
+    assert len(env.gateway.calls("withdraw")) == 1
+    assert env.gateway.wallets[agent_id].balance == Decimal("50.00")
