@@ -8,7 +8,7 @@ escalation to 30 seconds without touching code.
 from __future__ import annotations
 
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -180,7 +180,7 @@ class ErrorBudgetPolicy(_Model):
     notify_agent_alerts: bool = False
 
 
-class Risk(str, Enum):
+class Risk(StrEnum):
     LOW = "LOW"
     MEDIUM = "MEDIUM"
     HIGH = "HIGH"
@@ -334,7 +334,10 @@ class AuditPolicy(_Model):
 
 class TransparencyPolicy(_Model):
     # Art. 13: the line every agent-to-counterparty message carries.
-    ai_disclosure: str = "[Automated message: sent by AI agent {agent_id} of fleet {fleet}, operated by Fleet Commander.]"
+    ai_disclosure: str = (
+        "[Automated message: sent by AI agent {agent_id} of fleet {fleet}, "
+        "operated by Fleet Commander.]"
+    )
 
 
 class Policy(_Model):

@@ -33,6 +33,7 @@ policy rates HIGH waits (``held``) until a human approves it, and then runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -304,7 +305,7 @@ def run_action(
     esc = deps.policy.escalation
     try:
         if tier != RESOLVE_TIER and not ctx.episode.is_open and not claim.steps:
-            result = {
+            result: dict[str, Any] = {
                 "skipped": f"episode closed ({ctx.episode.close_reason}) before tier {tier} ran"
             }
             _finish(deps, episode_id, tier, worker, ActionStatus.SKIPPED, result)
@@ -379,7 +380,7 @@ def _gate(
     key = f"gate:{action}"
     held = steps.done.get(f"held:{action}", {}).get("request_id")
     if key not in steps.done and held is not None:
-        if approval_id != held:
+        if approval_id is None or approval_id != held:
             raise _Held(held)  # still waiting for this action's own approval
         try:
             deps.approvals.consume(approval_id, action=action, subject=ctx.episode.agent_id)
@@ -501,8 +502,10 @@ def _notify(
     minutes = int(ep.duration_s(deps.clock.now()) // 60)
     body = (
         f"Agent {ep.agent_id} of fleet {ctx.fleet} has been in breach of its SLA for {minutes} min "
-        f"(terms: {', '.join(ep.breached_terms)}; episode {ep.episode_id}, opened {ep.opened_at:%Y-%m-%d %H:%M} UTC). "
-        f"Tiers 1-2 have run. Acknowledge with `fleet sla ack {ep.episode_id} --by NAME` to hold the freeze "
+        f"(terms: {', '.join(ep.breached_terms)}; episode {ep.episode_id}, "
+        f"opened {ep.opened_at:%Y-%m-%d %H:%M} UTC). "
+        f"Tiers 1-2 have run. Acknowledge with `fleet sla ack {ep.episode_id} --by NAME` "
+        "to hold the freeze "
         f"for {int(esc.ack_timeout_s // 60)} min."
     )
     message = steps.do(
@@ -566,7 +569,8 @@ def _freeze(
     release = steps.do("release_request", release_request)
     body = (
         f"Agent {ep.agent_id} of fleet {ctx.fleet} has been paused and its wallet frozen after "
-        f"{int(ep.duration_s(deps.clock.now()) // 60)} min in breach of its SLA (episode {ep.episode_id}). "
+        f"{int(ep.duration_s(deps.clock.now()) // 60)} min in breach of its SLA "
+        f"(episode {ep.episode_id}). "
         f"It stays frozen until a human approves release request {release.get('request_id')} "
         f"(`fleet approvals approve {release.get('request_id')} --by NAME`)."
     )
@@ -605,7 +609,8 @@ def _resolve(
     minutes = int(ep.duration_s(deps.clock.now()) // 60)
     frozen = ctx.agent_status == AgentStatus.PAUSED
     body = (
-        f"Agent {ep.agent_id} of fleet {ctx.fleet} is within its SLA again: episode {ep.episode_id} "
+        f"Agent {ep.agent_id} of fleet {ctx.fleet} is within its SLA again: "
+        f"episode {ep.episode_id} "
         f"({', '.join(ep.breached_terms)}) lasted {minutes} min and is closed ({ep.close_reason}). "
         + ("Its traffic weight is restored. " if ep.weight_before is not None else "")
         + (
@@ -619,7 +624,7 @@ def _resolve(
         lambda: _message(deps, ctx, f"SLA resolved: {ep.agent_id}", body.strip(), "normal"),
     )
     resolved = {
-        d: steps.do(f"resolve:{d}", lambda d=d: _resolve_dispute(deps, ctx, d))
+        d: steps.do(f"resolve:{d}", functools.partial(_resolve_dispute, deps, ctx, d))
         for d in open_disputes
     }
     return {"message_id": message["message_id"], "disputes_resolved": sorted(resolved)}, _Approval()

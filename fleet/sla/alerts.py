@@ -194,7 +194,8 @@ def _notify(deps: AlertDeps, alert_id: str, scope: str, state: BurnAlertState) -
     subject = f"[{state.severity}] SLA error budget burning {state.rule} ({scope})"
     body = (
         f"The error budget of {scope} is burning at {state.long_rate:.1f}x over "
-        f"{state.long_window_s / 3600:g} h and {state.short_rate:.1f}x over {state.short_window_s / 60:g} min "
+        f"{state.long_window_s / 3600:g} h and {state.short_rate:.1f}x over "
+        f"{state.short_window_s / 60:g} min "
         f"(alert at {state.factor:g}x on both). See `fleet sla status`."
     )
     try:
