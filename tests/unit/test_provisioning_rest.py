@@ -363,3 +363,18 @@ def test_a_worker_killed_mid_agent_resumes_after_its_last_step_without_moving_mo
     assert len(env.gateway.calls("register_agent")) == 1
     assert len(env.gateway.calls("withdraw")) == 1
     assert env.gateway.wallets[agent_id].balance == Decimal("50.00")
+
+
+def test_retiring_an_agent_frozen_by_tier_4_still_sweeps_its_funds_and_refreezes(
+    make_env: Any,
+) -> None:
+    env = make_env()
+    [agent_id] = env.provision(manifest(tier="free", count=1, balance="30.00"))
+    env.gateway.wallets[agent_id].frozen = True
+    status = lifecycle.retire_agent(
+        env.deps, lifecycle.RetireDeps(inflight=lambda a: 0), agent_id, "frozen for good"
+    )
+    assert status == AgentStatus.RETIRED
+    assert env.gateway.wallets[TREASURY].balance == Decimal("30.00")
+    assert env.gateway.wallets[agent_id].balance == 0 and env.gateway.wallets[agent_id].frozen
+    assert len(env.gateway.calls("unfreeze_wallet")) == 1, "unfrozen only to sweep it"
