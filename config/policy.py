@@ -8,12 +8,20 @@ escalation to 30 seconds without touching code.
 from __future__ import annotations
 
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from config.errors import ConfigError, describe_validation_error
 
@@ -172,7 +180,7 @@ class ErrorBudgetPolicy(_Model):
     notify_agent_alerts: bool = False
 
 
-class Risk(str, Enum):
+class Risk(StrEnum):
     LOW = "LOW"
     MEDIUM = "MEDIUM"
     HIGH = "HIGH"
@@ -194,14 +202,68 @@ class ApprovalPolicy(_Model):
     approvers: list[str] = []
 
 
+AgentId = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$")]
+
+
+class BudgetCapPolicy(_Model):
+    """The cap set on every new agent's wallet (``PUT …/budget``): it bounds gateway fees."""
+
+    daily: Annotated[Decimal, Field(gt=0, decimal_places=2)] = Decimal("10.00")
+    monthly: Annotated[Decimal, Field(gt=0, decimal_places=2)] = Decimal("200.00")
+    alert_threshold: Annotated[float, Field(gt=0, le=1)] = 0.8
+
+    @model_validator(mode="after")
+    def _monthly_covers_daily(self) -> BudgetCapPolicy:
+        if self.monthly < self.daily:
+            raise ValueError("monthly must not be below daily")
+        return self
+
+
+class ListingPolicy(_Model):
+    """How an agent's marketplace listing is written (``register_service``)."""
+
+    category: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "agents"
+    # {agent_id} is replaced; the gateway probes this address for its health monitor.
+    endpoint: Annotated[str, StringConstraints(pattern=r"^https?://")] = (
+        "https://{agent_id}.agents.invalid/a2a"
+    )
+    # The manifest's price named this is the listing's per-call cost (else the first one).
+    price_name: str = "per_call"
+
+
 class ProvisioningPolicy(_Model):
     max_agents_per_manifest: Annotated[int, Field(gt=0)] = 10000
     # The gateway's key tiers a manifest may name; an operator may allow fewer.
     tiers: list[str] = ["free", "starter", "pro", "enterprise"]
+    # The gateway's key tiers, lowest first. A group whose tier is below a step's
+    # tier skips that step (recorded); a key below it waits for, or fails without,
+    # an imported key. A manifest tier not listed here counts as the lowest.
+    key_tiers: list[str] = ["free", "starter", "pro", "enterprise"]
+    # What a step needing a better key than the agent holds does: wait for
+    # `fleet keys import` (the agent is "awaiting_key"), or fail the agent.
+    on_missing_tier: Literal["wait", "fail"] = "wait"
+    # Monthly price of each key tier: a tier upgrade's cost impact.
+    tier_prices: dict[str, Money] = {
+        "free": Decimal("0.00"),
+        "starter": Decimal("29.00"),
+        "pro": Decimal("199.00"),
+        "enterprise": Decimal("416.67"),
+    }
+    budget_cap: BudgetCapPolicy = BudgetCapPolicy()
+    listing: ListingPolicy = ListingPolicy()
     key_rotation_days: Annotated[float, Field(gt=0)] = 90
-    key_overlap_s: Seconds = 60
-    treasury_wallet: str = "fleet-treasury"
+    # The gateway keeps a rotated key working this long (fixed at 300 s in 1.4.8).
+    key_overlap_s: Seconds = 300
+    # The treasury agent at the gateway: swept funds are deposited into its wallet.
+    treasury_wallet: AgentId = "fleet-treasury"
     step_max_attempts: Annotated[int, Field(ge=1)] = 3
+
+    @model_validator(mode="after")
+    def _priced_tiers(self) -> ProvisioningPolicy:
+        unknown = sorted(set(self.tier_prices) - set(self.key_tiers))
+        if unknown:
+            raise ValueError(f"tier_prices names tiers not in key_tiers: {', '.join(unknown)}")
+        return self
 
 
 class ScalingPolicy(_Model):
@@ -217,11 +279,10 @@ class ScalingPolicy(_Model):
 
 
 class DisputePolicy(_Model):
-    resolution: str = "partial_refund"
-    refund_fraction: Fraction = 0.5
-    notes: str = "Partial refund per SLA breach policy."
-    # What a dispute claims when whoever named the counterparty gave no amount.
-    default_claim: Money = Decimal("0.00")
+    # How the admin resolves an SLA dispute: the gateway's two outcomes, the
+    # escrow refunded to its payer or released to its payee (no partial refund).
+    resolution: Literal["refund", "release"] = "refund"
+    notes: str = "Resolved per SLA breach policy."
     # "close": resolve when the episode ends (its length is known); "open": at once.
     resolve_on: Literal["open", "close"] = "close"
 
@@ -273,7 +334,10 @@ class AuditPolicy(_Model):
 
 class TransparencyPolicy(_Model):
     # Art. 13: the line every agent-to-counterparty message carries.
-    ai_disclosure: str = "[Automated message: sent by AI agent {agent_id} of fleet {fleet}, operated by Fleet Commander.]"
+    ai_disclosure: str = (
+        "[Automated message: sent by AI agent {agent_id} of fleet {fleet}, "
+        "operated by Fleet Commander.]"
+    )
 
 
 class Policy(_Model):

@@ -49,6 +49,10 @@ class GatewaySettings(_Section):
     # local sandbox", whose address comes from ``sandbox``.
     base_url: AnyUrl | None = None
     admin_key: SecretStr = SecretStr("sandbox-admin-key")
+    # The agent id the admin key belongs to: the sender of operator notices.
+    admin_agent_id: str = "fleet-admin"
+    # The operator's agent at the gateway: tier 3 and 4 notices go to its inbox.
+    operator_agent_id: str = "fleet-operator"
     timeout_s: PositiveFloat = 10.0
     connect_timeout_s: PositiveFloat = 3.0
     # Retry ceiling: total attempts per call, transient failures only.

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet.storage.records import Agent
 
 
 class SecretsError(Exception):
@@ -34,3 +41,41 @@ class KeyVault:
 
     def __repr__(self) -> str:
         return "KeyVault(<redacted>)"
+
+
+class AgentKeyRing:
+    """The gateway client's key ring: the admin key from settings, each agent's own
+    key decrypted from its row when a call needs it.
+
+    :meth:`trying` lends a key that is not stored yet to the calls made inside
+    it (in this thread or task only), so a key handed to us by an operator is
+    proved by a gateway read before it replaces the one we hold.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], vault: KeyVault, admin: str | None) -> None:
+        self._sessions, self._vault, self._admin = sessions, vault, admin or None
+
+    def admin_key(self) -> str | None:
+        return self._admin
+
+    def agent_key(self, agent_id: str) -> str | None:
+        trial = _TRIAL.get()
+        if trial is not None and trial[0] == agent_id:
+            return trial[1]
+        with self._sessions() as s:
+            token = s.scalar(select(Agent.api_key_encrypted).where(Agent.agent_id == agent_id))
+        return self._vault.decrypt(token) if token else None
+
+    @contextmanager
+    def trying(self, agent_id: str, api_key: str) -> Iterator[None]:
+        token = _TRIAL.set((agent_id, api_key))
+        try:
+            yield
+        finally:
+            _TRIAL.reset(token)
+
+    def __repr__(self) -> str:
+        return f"AgentKeyRing(admin={'***' if self._admin else None})"
+
+
+_TRIAL: ContextVar[tuple[str, str] | None] = ContextVar("fleet_trial_key", default=None)

@@ -3,7 +3,8 @@
 Tier 4 pauses an agent and freezes its wallet, and requires a human to undo
 it. :func:`request_release` opens the request; once approved, the task named
 here runs :func:`release_agent`, which checks the approval, unfreezes the
-wallet, makes the agent active again, and only then marks the approval used.
+wallet at the gateway (``unfreeze_wallet``, admin key), makes the agent
+active again, and only then marks the approval used.
 Both steps are idempotent, so a redelivered task finishes the job instead of
 doing it twice.
 """
@@ -11,23 +12,19 @@ doing it twice.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet.approvals.gate import run_approved
 from fleet.approvals.service import Approvals, Gate
 from fleet.audit.events import ApprovalState, Article, build_event
-from fleet.gateway.errors import Conflict, NotFound
+from fleet.gateway import Gateway
+from fleet.gateway import operations as ops
+from fleet.gateway.errors import NotFound
 from fleet.storage.records import Agent, AgentStatus
 
 ACTION = "release_agent"
 TASK = "audit.release_agent"
-
-
-class ToolCaller(Protocol):
-    def call(self, tool: str, input: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
 
 
 def request_release(
@@ -48,7 +45,7 @@ def request_release(
 def release_agent(
     approvals: Approvals,
     sessions: sessionmaker[Session],
-    gateway: ToolCaller,
+    gateway: Gateway,
     *,
     request_id: str,
     agent_id: str,
@@ -56,12 +53,9 @@ def release_agent(
     """Unfreeze and reactivate the agent under an approval; False if someone else already did."""
 
     def unfreeze() -> str | None:
-        # Conflict: not frozen (any more); NotFound: no wallet. Either way nothing to undo there.
-        with contextlib.suppress(Conflict, NotFound):
-            gateway.call(
-                "unfreeze_wallet",
-                {"agent_id": agent_id, "reason": f"released under approval {request_id}"},
-            )
+        # Unfreezing an unfrozen wallet is a no-op there; NotFound: no wallet, nothing to undo.
+        with contextlib.suppress(NotFound):
+            gateway.run(ops.unfreeze_wallet(agent_id))
         with sessions.begin() as session:
             agent = session.get(Agent, agent_id)
             if agent is None:

@@ -1,122 +1,86 @@
-"""Mirroring the log to the gateway (``create_audit_trail``) through an outbox.
+"""Publishing the log's signed checkpoints to the gateway's event bus, through an outbox.
 
-The log itself is the outbox: ``audit_mirror_state.delivered_seq`` is how far
-the gateway has been given the chain. One sender at a time (a lease in the
-same row) walks forward from there in chain order, one entry per call, and
-advances the cursor after each answer, so:
+The gateway has no audit trail API: Fleet Commander holds the trail, and the
+bus is an outside witness. Each signed checkpoint (chain, size, head hash,
+signature, and the checkpoint before it) goes out as one
+``fleet.audit.checkpoint`` event (``POST /v1/infra/events``), so anyone
+reading the bus can later hold the log to what it said it was, and a
+rewrite of already-witnessed entries cannot go unnoticed.
 
-- nothing is lost: the cursor moves only after the gateway answered for
-  that entry; while the gateway is down, entries simply wait in the log
-  (retention never archives past the cursor);
-- nothing is sent twice by us: the lease keeps a second sender out, the
-  cursor only moves forward from the value the sender read, and each entry
-  gets one receipt row (primary key). The client runs with a single attempt
-  per call: the outbox is the retry layer, not a second one stacked on it;
-- order holds: entry n+1 is not sent before entry n has been answered.
+``audit_mirror_state.delivered_seq`` is the size of the last checkpoint the
+bus has. One sender at a time (a lease in the same row) walks forward from
+there in size order, one checkpoint per call, and advances the cursor after
+each answer, so:
 
-The gateway has no idempotency key, so one case remains: a call that reached
-the gateway but whose answer was lost (a timeout, a crash before the cursor
-commit) is sent again on the next run. Each copy carries the entry's chain,
-seq and hash in ``metadata`` so a duplicate is recognisable at the gateway.
+- nothing is lost: the cursor moves only after the gateway answered; while
+  the gateway is away, checkpoints wait in the database however long that
+  lasts (retention never archives past the cursor);
+- order holds: checkpoint n+1 is not published before n has been answered;
+- once: the lease keeps a second sender out, the cursor only moves forward
+  from the value the sender read, and each checkpoint gets one receipt row.
+  The bus takes no idempotency key, so after a run that stopped on a failure
+  (the answer may have been lost after the event was stored) the next run
+  first looks for the checkpoint on the bus, and publishes it only if it is
+  not there.
 
-Transient failures (unavailable, breaker open, rate limited, our key
-refused) stop the run; the next run — beat every ``mirror_every_s``, or the
-next append — resumes at the same entry. A permanent refusal of one entry
-(e.g. the gateway does not know the agent) is recorded as ``refused`` with
-the reason and the walk goes on; entries whose subject is not an agent (a
-fleet, an approval) are ``skipped``: the gateway keeps audit trails per agent.
+Transient failures (unavailable, breaker open, rate limited, our key refused)
+stop the run; the next run (beat every ``mirror_every_s``, or the next
+append) resumes at the same checkpoint. A permanent refusal is recorded as
+``refused`` with the reason and the walk goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
-import orjson
 from sqlalchemy import Engine, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fleet.audit.events import format_time
 from fleet.audit.log import AuditLog, read_anchor
-from fleet.audit.models import AuditEntry, AuditMirrorReceipt, AuditMirrorState
+from fleet.audit.models import AuditCheckpoint, AuditMirrorReceipt, AuditMirrorState
+from fleet.audit.signing import Checkpoint
+from fleet.gateway import Gateway
+from fleet.gateway import operations as ops
 from fleet.gateway.errors import (
     AuthError,
-    Conflict,
     GatewayError,
     InvalidResponse,
+    MissingKey,
     RateLimited,
     Unavailable,
 )
-from fleet.gateway.tracing import TraceContext
 
 log = logging.getLogger("fleet.audit.mirror")
 
-TOOL = "create_audit_trail"
+EVENT_TYPE = "fleet.audit.checkpoint"
+SOURCE = "fleet-commander"
 _PAGE = 100
-
-
-class GatewayCall(Protocol):
-    """``GatewayClient.call``: one tool call, returning the answer's JSON object."""
-
-    def __call__(
-        self,
-        tool: str,
-        input: Mapping[str, Any] | None = None,
-        *,
-        trace: TraceContext | None = None,
-    ) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
 class MirrorRun:
     delivered: int = 0
     refused: int = 0
-    skipped: int = 0
-    pending: int = 0  # entries still waiting after this run
+    skipped: int = 0  # found on the bus already (a lost answer of an earlier run)
+    pending: int = 0  # checkpoints still waiting after this run
     busy: bool = False  # another sender holds the lease
     error: str | None = None  # why the run stopped early
     retry_after_s: float | None = None
 
 
-def gateway_input(body: str, seq: int, digest: str) -> dict[str, Any] | None:
-    """The create_audit_trail input for an entry, or None when its subject is not an agent."""
-    obj = orjson.loads(body)
-    entry = obj["entry"]
-    subject: str = entry["subject"]
-    if ":" in subject:
-        return None
+def event_payload(checkpoint: Checkpoint, previous: Checkpoint | None) -> dict[str, Any]:
+    """What the bus is told: the checkpoint as signed, and the one before it."""
     return {
-        "agent_id": subject,
-        "action": entry["action"],
-        "details": entry["details"],
-        "metadata": {
-            "source": "fleet-commander",
-            "chain": obj["chain"],
-            "seq": seq,
-            "hash": digest,
-            "prev": obj["prev"],
-            "event_id": entry["event_id"],
-            "time": entry["time"],
-            "actor": entry["actor"],
-            "fleet": entry["fleet"],
-            "article": entry["article"],
-            "approval": entry["approval"],
-            "approval_id": entry["approval_id"],
-            "trace_id": entry["trace_id"],
-            "span_id": entry["span_id"],
-        },
+        **checkpoint.to_dict(),
+        "previous": None
+        if previous is None
+        else {"size": previous.size, "head": previous.head, "signature": previous.signature},
     }
-
-
-def _trace(entry_input: dict[str, Any]) -> TraceContext | None:
-    meta = entry_input["metadata"]
-    if meta["trace_id"] and meta["span_id"]:
-        return TraceContext(meta["trace_id"], meta["span_id"])
-    return None
 
 
 class Outbox:
@@ -189,13 +153,22 @@ class Outbox:
             return int(
                 conn.execute(
                     select(func.count())
-                    .select_from(AuditEntry)
-                    .where(AuditEntry.chain == self.chain, AuditEntry.seq > delivered)
+                    .select_from(AuditCheckpoint)
+                    .where(AuditCheckpoint.chain == self.chain, AuditCheckpoint.size > delivered)
                 ).scalar_one()
             )
 
-    def _advance(self, seq: int, status: str, audit_id: str | None, error: str | None) -> bool:
-        """Move the cursor past seq and keep the receipt; False if we no longer hold the lease."""
+    def _last_error(self) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(AuditMirrorState.last_error).where(AuditMirrorState.chain == self.chain)
+            ).scalar()
+
+    def _advance(
+        self, cursor: int, seq: int, status: str, audit_id: str | None, error: str | None
+    ) -> bool:
+        """Move the cursor from cursor to seq and keep the receipt; False if we no longer
+        hold the lease (or another sender moved it)."""
         now = self._now()
         with self.engine.begin() as conn:
             moved = conn.execute(
@@ -203,7 +176,7 @@ class Outbox:
                 .where(
                     AuditMirrorState.chain == self.chain,
                     AuditMirrorState.lease_owner == self.owner,
-                    AuditMirrorState.delivered_seq == seq - 1,
+                    AuditMirrorState.delivered_seq == cursor,
                 )
                 .values(
                     delivered_seq=seq,
@@ -239,63 +212,86 @@ class Outbox:
                 .values(last_error=error[:2000], last_attempt_at=self._now())
             )
 
+    def _published(self, gateway: Gateway, checkpoint: Checkpoint) -> int | None:
+        """The bus event that already carries this checkpoint, if any."""
+        since: int | None = None
+        while True:
+            page = gateway.run(ops.get_events(event_type=EVENT_TYPE, since_id=since, limit=100))
+            for event in page.events:
+                p = event.payload
+                if (p.get("chain"), p.get("size"), p.get("signature")) == (
+                    checkpoint.chain,
+                    checkpoint.size,
+                    checkpoint.signature,
+                ):
+                    return event.id
+            if len(page.events) < 100:
+                return None
+            since = page.events[-1].id
+
     def run(
-        self, call: GatewayCall, *, max_entries: int = 500, max_seconds: float = 60.0
+        self, gateway: Gateway, *, max_entries: int = 500, max_seconds: float = 60.0
     ) -> MirrorRun:
-        """Send up to max_entries waiting entries (for at most about max_seconds), in order;
-        stop at the first transient failure."""
+        """Publish up to max_entries waiting checkpoints (for at most about max_seconds),
+        in order; stop at the first transient failure."""
         if not self.acquire():
             return MirrorRun(busy=True, pending=self.pending())
         delivered = refused = skipped = 0
         error: str | None = None
         retry_after: float | None = None
         deadline = time.monotonic() + max_seconds
+        uncertain = self._last_error() is not None
         try:
             cursor = self.delivered_seq()
+            previous = self._checkpoint_at(cursor)
             while (
                 delivered + refused + skipped < max_entries
                 and error is None
                 and time.monotonic() < deadline
             ):
                 with self.engine.connect() as conn:
-                    page = conn.execute(
-                        select(AuditEntry.seq, AuditEntry.hash, AuditEntry.body)
-                        .where(AuditEntry.chain == self.chain, AuditEntry.seq > cursor)
-                        .order_by(AuditEntry.seq)
+                    rows = conn.execute(
+                        select(AuditCheckpoint)
+                        .where(AuditCheckpoint.chain == self.chain, AuditCheckpoint.size > cursor)
+                        .order_by(AuditCheckpoint.size)
                         .limit(min(_PAGE, max_entries - delivered - refused - skipped))
-                    ).all()
+                    ).mappings()
+                    page = [Checkpoint.from_dict(dict(row)) for row in rows]
                 if not page:
                     break
-                for seq, digest, body in page:
-                    payload = gateway_input(body, seq, digest)
-                    audit_id: str | None = None
-                    note: str | None = "subject is not an agent"
-                    status = "skipped"
-                    if payload is not None:
-                        try:
-                            answer = call(TOOL, payload, trace=_trace(payload))
-                            status, audit_id, note = (
-                                "delivered",
-                                str(answer.get("audit_id") or "") or None,
-                                None,
+                for checkpoint in page:
+                    status, event_id, note = "delivered", None, None
+                    try:
+                        if uncertain:
+                            event_id = self._published(gateway, checkpoint)
+                            if event_id is not None:
+                                status, note = "skipped", "already on the bus"
+                        if event_id is None:
+                            answer = gateway.run(
+                                ops.publish_event(
+                                    EVENT_TYPE, SOURCE, event_payload(checkpoint, previous)
+                                )
                             )
-                        except (Unavailable, RateLimited, AuthError) as exc:
-                            # Not this entry's fault: it waits, in place, for the next run.
-                            error, retry_after = str(exc), exc.retry_after
-                            self._note_failure(error)
-                            break
-                        except Conflict as exc:
-                            status, note = "delivered", f"gateway already had it: {exc}"
-                        except InvalidResponse as exc:
-                            # It answered 200, so it has the entry; only the answer was odd.
-                            status, note = "delivered", f"unexpected answer: {exc}"
-                        except GatewayError as exc:
-                            status, note = "refused", str(exc)
-                            log.error("gateway refused audit entry %s for good: %s", seq, exc)
-                    if not self._advance(seq, status, audit_id, note):
+                            event_id = answer.event_id
+                        uncertain = False
+                    except (Unavailable, RateLimited, AuthError, MissingKey) as exc:
+                        # Not this checkpoint's fault: it waits, in place, for the next run.
+                        error, retry_after = str(exc), exc.retry_after
+                        self._note_failure(error)
+                        break
+                    except InvalidResponse as exc:
+                        # It answered 200, so it has the event; only the answer was odd.
+                        note = f"unexpected answer: {exc}"
+                    except GatewayError as exc:
+                        status, note = "refused", str(exc)
+                        log.error(
+                            "gateway refused checkpoint %s for good: %s", checkpoint.size, exc
+                        )
+                    receipt = str(event_id) if event_id is not None else None
+                    if not self._advance(cursor, checkpoint.size, status, receipt, note):
                         error = "lost the outbox lease to another sender"
                         break
-                    cursor = seq
+                    cursor, previous = checkpoint.size, checkpoint
                     if status == "delivered":
                         delivered += 1
                     elif status == "refused":
@@ -305,3 +301,16 @@ class Outbox:
         finally:
             self.release()
         return MirrorRun(delivered, refused, skipped, self.pending(), False, error, retry_after)
+
+    def _checkpoint_at(self, size: int) -> Checkpoint | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(AuditCheckpoint).where(
+                        AuditCheckpoint.chain == self.chain, AuditCheckpoint.size == size
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return Checkpoint.from_dict(dict(row)) if row is not None else None

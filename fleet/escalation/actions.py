@@ -9,12 +9,16 @@ tier   action
 2      reroute: cut the agent's ``agents.traffic_weight`` (the routing table,
        :mod:`fleet.routing`) by ``traffic_cut_fraction``; the weight before is
        kept on the episode and restored when it closes
-3      notify the operator (``send_message``, with the AI disclosure of Art.
-       13) and, when the episode names a counterparty, file a dispute
-4      freeze: pause the agent (out of every routing pool), freeze its wallet,
-       open the human approval request that releases it, tell the operator
+3      notify the operator (``send_message`` from the admin's agent to the
+       operator's, type ``text``, with the AI disclosure of Art. 13) and,
+       when the episode names a counterparty with which the agent holds an
+       escrow that is still ``held``, open a dispute on that escrow as the
+       agent (pro key): the gateway models disputes only through escrows
+4      freeze: pause the agent (out of every routing pool), freeze its wallet
+       at the gateway (admin), open the human approval request that
+       releases it, tell the operator
 0      recovery (after the episode closed): resolved notice; disputes resolved
-       by ``disputes`` policy
+       by the admin key as the ``disputes`` policy says (refund or release)
 =====  =====================================================================
 
 A worker first claims the (episode, tier) row with a conditional update:
@@ -35,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import httpx
 from sqlalchemy import CursorResult, or_, select, update
@@ -51,8 +55,9 @@ from fleet.approvals.release import request_release
 from fleet.audit.events import ApprovalState, Article
 from fleet.clock import Clock
 from fleet.escalation.engine import TIER_TASKS
-from fleet.gateway import Conflict, GatewayError, NotFound, RateLimited, Unavailable, tools
-from fleet.gateway.tools import OutT, ToolCall
+from fleet.gateway import Auth, Gateway, GatewayError, NotFound, RateLimited, Unavailable
+from fleet.gateway import operations as ops
+from fleet.gateway.errors import Conflict
 from fleet.sla.episodes import EpisodeView, view
 from fleet.sla.models import (
     RESOLVE_TIER,
@@ -78,19 +83,18 @@ CENT = Decimal("0.01")
 WEIGHT_STEP = Decimal("0.0001")
 
 
-class ToolRunner(Protocol):
-    def run(self, call: ToolCall[OutT]) -> OutT: ...
-
-
 @dataclass
 class ActionDeps:
     sessions: sessionmaker[Session]
     policy: Policy
     clock: Clock
-    gateway: ToolRunner
+    gateway: Gateway
     http: httpx.Client
     approvals: Approvals
     record: Callable[..., Any] = audit.record
+    # settings.gateway: notices go from the admin key's agent to the operator's inbox.
+    admin_agent_id: str = "fleet-admin"
+    operator_agent_id: str = "fleet-operator"
 
 
 @dataclass(frozen=True)
@@ -302,7 +306,7 @@ def run_action(
     esc = deps.policy.escalation
     try:
         if tier != RESOLVE_TIER and not ctx.episode.is_open and not claim.steps:
-            result = {
+            result: dict[str, Any] = {
                 "skipped": f"episode closed ({ctx.episode.close_reason}) before tier {tier} ran"
             }
             _finish(deps, episode_id, tier, worker, ActionStatus.SKIPPED, result)
@@ -518,10 +522,14 @@ def _notify(
             deps, ctx, f"SLA breach: {ep.agent_id} (tier 3)", body, esc.notify_priority
         ),
     )
-    result: dict[str, Any] = {"message_id": message["message_id"], "to": esc.operator}
+    result: dict[str, Any] = {"message_id": message["message_id"], "to": deps.operator_agent_id}
     if ep.counterparty:
+        escrow = steps.do("escrow", lambda: _held_escrow(deps, ctx))
+        if escrow.get("escrow_id") is None:
+            result["dispute"] = escrow["note"]
+            return result, approval
         _gate(deps, ctx, steps, DISPUTE_ACTION, 3, approval_id)
-        dispute = steps.do("dispute", lambda: _open_dispute(deps, ctx))
+        dispute = steps.do("dispute", lambda: _open_dispute(deps, ctx, escrow))
         result["dispute_id"] = dispute["dispute_id"]
         if deps.policy.disputes.resolve_on == "open":
             result["dispute_resolution"] = steps.do(
@@ -552,10 +560,8 @@ def _freeze(
 
     def freeze_wallet() -> dict[str, Any]:
         try:
-            out = deps.gateway.run(tools.freeze_wallet(ep.agent_id, reason))
-            return {"frozen": out.frozen, "wallet_id": out.wallet_id}
-        except Conflict:
-            return {"frozen": True, "note": "already frozen"}
+            out = deps.gateway.run(ops.freeze_wallet(ep.agent_id))
+            return {"frozen": out.frozen, "wallet_id": out.agent_id}
         except NotFound:
             return {"frozen": False, "note": "no wallet"}
 
@@ -656,32 +662,63 @@ def _message(
         template=deps.policy.transparency.ai_disclosure,
     )
     out = deps.gateway.run(
-        tools.send_message(deps.policy.escalation.operator, subject, text, priority=priority)
+        ops.send_message(
+            deps.admin_agent_id,
+            deps.operator_agent_id,
+            "text",
+            subject,
+            text,
+            metadata={"priority": priority, "episode_id": ctx.episode.episode_id},
+            auth=Auth.ADMIN,
+        )
     )
-    return {"message_id": out.message_id}
+    return {"message_id": out.id}
 
 
-def _open_dispute(deps: ActionDeps, ctx: _Context) -> dict[str, Any]:
+def _held_escrow(deps: ActionDeps, ctx: _Context) -> dict[str, Any]:
+    """The escrow between the agent and the episode's counterparty, if it is still
+    held: the gateway opens disputes on escrows only. Whoever made the escrow
+    recorded it on the agent (``extra.escrows``: counterparty → escrow id)."""
+    ep = ctx.episode
+    with deps.sessions() as s:
+        agent = s.get(Agent, ep.agent_id)
+        escrow_id = ((agent.extra if agent else {}) or {}).get("escrows", {}).get(ep.counterparty)
+    if not escrow_id:
+        return {"note": f"no dispute: no escrow with {ep.counterparty} is recorded for the agent"}
+    try:
+        escrow = deps.gateway.run(ops.get_escrow(escrow_id))
+    except NotFound:
+        return {"note": f"no dispute: escrow {escrow_id} is unknown at the gateway"}
+    if escrow.status != "held":
+        return {"note": f"no dispute: escrow {escrow_id} is {escrow.status}, not held"}
+    return {"escrow_id": escrow_id, "amount": format(escrow.amount.quantize(CENT), "f")}
+
+
+def _open_dispute(deps: ActionDeps, ctx: _Context, escrow: dict[str, Any]) -> dict[str, Any]:
     ep = ctx.episode
     assert ep.counterparty is not None
-    claimed = (
-        Decimal(ep.disputed_amount) if ep.disputed_amount else deps.policy.disputes.default_claim
-    )
+    claimed = Decimal(escrow["amount"])
     details = {
         "episode_id": ep.episode_id,
         "breached_terms": list(ep.breached_terms),
         "opened_at": ep.opened_at.isoformat(),
         "claimed": format(claimed, "f"),
+        "escrow_id": escrow["escrow_id"],
     }
-    out = deps.gateway.run(
-        tools.create_dispute(ep.agent_id, ep.counterparty, "SLA breach", details)
+    reason = with_ai_disclosure(
+        f"SLA breach ({', '.join(ep.breached_terms)}), episode {ep.episode_id}",
+        agent_id=ep.agent_id,
+        fleet=ctx.fleet,
+        template=deps.policy.transparency.ai_disclosure,
     )
+    # As the agent itself (its own key, pro): it is a party to the escrow.
+    out = deps.gateway.run(ops.open_dispute(escrow["escrow_id"], ep.agent_id, reason))
     now = deps.clock.now()
     with write_session(deps.sessions) as s:
-        if s.get(SlaDispute, out.dispute_id) is None:
+        if s.get(SlaDispute, out.id) is None:
             s.add(
                 SlaDispute(
-                    dispute_id=out.dispute_id,
+                    dispute_id=out.id,
                     episode_id=ep.episode_id,
                     agent_id=ep.agent_id,
                     counterparty=ep.counterparty,
@@ -695,30 +732,30 @@ def _open_dispute(deps: ActionDeps, ctx: _Context) -> dict[str, Any]:
         action=DISPUTE_ACTION,
         subject=ep.agent_id,
         fleet=ctx.fleet,
-        details={**details, "dispute_id": out.dispute_id, "counterparty": ep.counterparty},
+        details={**details, "dispute_id": out.id, "counterparty": ep.counterparty},
         clock=deps.clock,
-        event_id=f"dsp-open-{out.dispute_id}"[:64],
+        event_id=f"dsp-open-{out.id}"[:64],
     )
-    return {"dispute_id": out.dispute_id, "claimed": format(claimed, "f")}
-
-
-def refund_for(claimed: Decimal, refund_fraction: float) -> Decimal:
-    return (claimed * Decimal(str(refund_fraction))).quantize(CENT, ROUND_HALF_UP)
+    return {"dispute_id": out.id, "claimed": format(claimed, "f")}
 
 
 def _resolve_dispute(deps: ActionDeps, ctx: _Context, dispute_id: str) -> dict[str, Any]:
-    """Resolve by the disputes policy (e.g. a partial refund with notes); record and audit it."""
+    """Resolve by the disputes policy (the escrow refunded to its payer, or released to
+    its payee) with the admin key; record and audit it."""
     policy, ep = deps.policy.disputes, ctx.episode
     with deps.sessions() as s:
         row = s.get(SlaDispute, dispute_id)
-        claimed = Decimal(row.claimed) if row is not None else policy.default_claim
-    refund = refund_for(claimed, policy.refund_fraction)
+        claimed = Decimal(row.claimed) if row is not None else Decimal("0.00")
+    refund = claimed if policy.resolution == "refund" else Decimal("0.00")
     minutes = int(ep.duration_s(deps.clock.now()) // 60)
     notes = (
         f"{policy.notes} Episode {ep.episode_id}: {', '.join(ep.breached_terms)} for {minutes} min."
     )
     try:
-        deps.gateway.run(tools.resolve_dispute(dispute_id, policy.resolution, refund, notes))
+        deps.gateway.run(
+            ops.resolve_dispute(dispute_id, policy.resolution, deps.admin_agent_id, notes),
+            idempotency_key=f"dsp-res-{dispute_id}",
+        )
         already = False
     except Conflict:
         already = True  # resolved by an earlier attempt whose answer was lost

@@ -1,9 +1,13 @@
-"""After provisioning: key rotation, tier upgrades, retirement.
+"""After provisioning: key rotation, tier upgrade requests, retirement.
 
-Retirement order (operations rules §5): stop routing → drain in-flight work
-(up to the drain timeout) → settle SLAs → withdraw funds to the treasury →
-final metrics snapshot and audit entry → deregister. Each finished stage is
-recorded on the agent, so an interrupted retirement resumes where it stopped.
+Retirement order (operations rules §5, on what the gateway allows): stop
+routing → drain in-flight work (up to the drain timeout) → settle SLAs (ours:
+the gateway has no SLA object) → rotate the key and discard the new one, so
+nobody holds a working key → deactivate the listing → sweep the funds to the
+treasury → freeze the wallet → final snapshot from the gateway's reads and
+an audit entry. The gateway cannot delete an identity: the record says
+"retired; identity remains at the gateway". Each finished stage is recorded
+on the agent, so an interrupted retirement resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -12,20 +16,40 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
-from fleet.gateway import Conflict, NotFound, tools
-from fleet.provisioning.pipeline import ProvisioningDeps, _key_of
+from fleet.gateway import operations as ops
+from fleet.gateway.errors import AuthError
+from fleet.provisioning.pipeline import (
+    ACTOR,
+    IDENTITY_REMAINS,
+    ProvisioningDeps,
+    deactivate_listing,
+    freeze,
+    key_tier,
+    sweep_to_treasury,
+)
+from fleet.sla.models import SlaEpisode
 from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus, SlaContract
 
 log = logging.getLogger(__name__)
 
-RETIRE_STAGES = ("stop_routing", "drain", "settle_sla", "withdraw", "final_snapshot", "deregister")
+RETIRE_STAGES = (
+    "stop_routing",
+    "drain",
+    "settle_sla",
+    "discard_key",
+    "delist",
+    "sweep",
+    "freeze",
+    "final_snapshot",
+)
+RETIRED_NOTE = "retired; identity remains at the gateway"
 
 
 class LifecycleError(Exception):
@@ -49,33 +73,67 @@ def keys_due(deps: ProvisioningDeps, limit: int = 1000) -> list[str]:
 
 
 def rotate_key(deps: ProvisioningDeps, agent_id: str) -> bool:
-    """New key from the gateway (the old one keeps working for the overlap window);
-    stored encrypted. False when another worker is rotating it, or it is not due."""
+    """A new key for the agent (admin + its current key); the old one works on for
+    the gateway's grace window and is kept until then. False when another worker
+    is rotating it, or it is not due."""
     with deps.lock(f"rotate:{agent_id}", 60) as lease:
         if lease is None:
             return False
-        with deps.sessions() as s:
-            agent = s.get(Agent, agent_id)
-            if agent is None or agent.status != AgentStatus.ACTIVE:
-                raise LifecycleError(f"agent {agent_id} is not active")
-            rotated_at = agent.key_rotated_at
+        agent = _agent(deps, agent_id)
+        if agent.status != AgentStatus.ACTIVE or not agent.api_key_encrypted:
+            raise LifecycleError(f"agent {agent_id} is not active with a key we hold")
         cutoff = deps.clock.now() - timedelta(days=deps.policy.provisioning.key_rotation_days)
+        rotated_at = agent.key_rotated_at
         if rotated_at is not None and rotated_at.replace(tzinfo=cutoff.tzinfo) > cutoff:
             return False  # a redelivered message: already rotated
-        result = deps.gateway.run(tools.rotate_agent_key(agent_id))
+        result = deps.gateway.run(ops.rotate_key(deps.vault.decrypt(agent.api_key_encrypted)))
+        now = deps.clock.now()
+        grace_until = _epoch(result.grace_expires_at) if result.grace_expires_at else now
+        held = [k for k in agent.extra.get("held_keys", []) if not _expired(k, now)]
+        held.append(
+            {
+                "key_encrypted": agent.api_key_encrypted,
+                "tier": key_tier(agent),
+                "valid_until": grace_until.isoformat(),
+            }
+        )
         _update(
             deps,
             agent_id,
-            api_key_encrypted=deps.vault.encrypt(_key_of(result)),
-            key_rotated_at=deps.clock.now(),
+            api_key_encrypted=deps.vault.encrypt(result.new_key.get_secret_value()),
+            key_rotated_at=now,
+            extra={
+                **agent.extra,
+                "key": {
+                    **agent.extra.get("key", {}),
+                    "tier": result.tier,
+                    "since": now.isoformat(),
+                },
+                "held_keys": held,
+            },
         )
     deps.audit(
-        actor="fleet-commander/provisioning",
+        actor=ACTOR,
         action="rotate_key",
         subject=agent_id,
-        details={"overlap_s": str(deps.policy.provisioning.key_overlap_s)},
+        details={
+            "tier": result.tier,
+            "grace_period_s": str(result.grace_period_seconds),
+            "old_key_valid_until": grace_until.isoformat(),
+        },
     )
     return True
+
+
+def _epoch(value: datetime | float) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(float(value), UTC)
+
+
+def _expired(held: dict[str, Any], now: datetime) -> bool:
+    until = held.get("valid_until")
+    return until is not None and datetime.fromisoformat(until) <= now.astimezone(UTC)
 
 
 # ---------------------------------------------------------------- tier upgrades
@@ -83,17 +141,20 @@ def rotate_key(deps: ProvisioningDeps, agent_id: str) -> bool:
 
 @dataclass(frozen=True)
 class UpgradePlan:
+    """A tier change's cost impact, from the policy's monthly tier prices (the gateway
+    has no tier-change estimate, and no API that grants a tier)."""
+
     agent_id: str
     current_tier: str
     new_tier: str
-    current_daily_cost: Decimal
-    projected_daily_cost: Decimal
+    current_monthly_cost: Decimal
+    projected_monthly_cost: Decimal
 
     @property
     def increase(self) -> Decimal:
-        if self.current_daily_cost <= 0:
-            return Decimal("Infinity") if self.projected_daily_cost > 0 else Decimal("0")
-        return (self.projected_daily_cost - self.current_daily_cost) / self.current_daily_cost
+        if self.current_monthly_cost <= 0:
+            return Decimal("Infinity") if self.projected_monthly_cost > 0 else Decimal("0")
+        return (self.projected_monthly_cost - self.current_monthly_cost) / self.current_monthly_cost
 
     def needs_approval(self, threshold: float) -> bool:
         return self.increase > Decimal(str(threshold))
@@ -102,38 +163,59 @@ class UpgradePlan:
         return {
             "current_tier": self.current_tier,
             "new_tier": self.new_tier,
-            "current_daily_cost": str(self.current_daily_cost),
-            "projected_daily_cost": str(self.projected_daily_cost),
+            "current_monthly_cost": str(self.current_monthly_cost),
+            "projected_monthly_cost": str(self.projected_monthly_cost),
             "increase_pct": "inf"
             if self.increase.is_infinite()
             else str((self.increase * 100).quantize(Decimal("0.1"))),
         }
 
 
-def plan_upgrade(
-    deps: ProvisioningDeps, agent_id: str, new_tier: str, projected_volume: int
-) -> UpgradePlan:
+def plan_upgrade(deps: ProvisioningDeps, agent_id: str, new_tier: str) -> UpgradePlan:
     """Estimate the cost impact first (operations rules §5)."""
     agent = _active_agent(deps, agent_id)
-    estimate = deps.gateway.run(tools.estimate_tier_change(agent_id, new_tier, projected_volume))
+    prices = deps.policy.provisioning.tier_prices
+    if new_tier not in prices:
+        raise LifecycleError(
+            f"tier {new_tier!r} has no price in provisioning.tier_prices "
+            f"(known: {', '.join(prices)})"
+        )
+    current = key_tier(agent)
+    if current == new_tier:
+        raise LifecycleError(f"agent {agent_id} already holds a {new_tier} key")
     return UpgradePlan(
-        agent_id,
-        agent.tier,
-        new_tier,
-        Decimal(estimate.current_daily_cost),
-        Decimal(estimate.projected_daily_cost),
+        agent_id, current, new_tier, prices.get(current, Decimal("0")), prices[new_tier]
     )
 
 
-def apply_upgrade(deps: ProvisioningDeps, plan: UpgradePlan, approved_by: list[str]) -> None:
-    deps.gateway.run(tools.upgrade_agent_tier(plan.agent_id, plan.new_tier))
-    _update(deps, plan.agent_id, tier=plan.new_tier)
+def upgrade_instructions(plan: UpgradePlan) -> str:
+    return (
+        f"The gateway grants no tier through its API: mint a {plan.new_tier} key for "
+        f"{plan.agent_id} with the gateway's operator tooling, then "
+        f"`fleet keys import {plan.agent_id} KEY`."
+    )
+
+
+def record_upgrade_request(
+    deps: ProvisioningDeps, plan: UpgradePlan, approved_by: list[str]
+) -> str:
+    """Record the (approved, where needed) request; the tier changes when the operator
+    imports a key of that tier. Returns what the operator must do."""
+    agent = _agent(deps, plan.agent_id)
+    request = {
+        **plan.as_details(),
+        "requested_at": deps.clock.now().isoformat(),
+        "approved_by": approved_by,
+        "status": "awaiting imported key",
+    }
+    _update(deps, plan.agent_id, extra={**agent.extra, "tier_request": request})
     deps.audit(
-        actor="fleet-commander/provisioning",
-        action="upgrade_tier",
+        actor=ACTOR,
+        action="upgrade_tier_requested",
         subject=plan.agent_id,
         details={**plan.as_details(), "approved_by": ",".join(approved_by) or "not required"},
     )
+    return upgrade_instructions(plan)
 
 
 # ---------------------------------------------------------------- retirement
@@ -170,7 +252,8 @@ def retire_agent(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reaso
             if stage == "stop_routing":
                 values |= {"status": AgentStatus.RETIRING, "traffic_weight": "0"}
             _update(deps, agent_id, **values)
-        _update(deps, agent_id, status=AgentStatus.RETIRED, api_key_encrypted=None)
+            lease.renew()
+        _update(deps, agent_id, status=AgentStatus.RETIRED, failure_reason=RETIRED_NOTE)
     return AgentStatus.RETIRED
 
 
@@ -190,74 +273,109 @@ def _drain(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
 def _settle_sla(
     deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
 ) -> dict[str, Any]:
-    violations = deps.gateway.run(tools.get_sla_violations(agent_id=agent_id))
+    # The contracts and their violations are ours: the gateway has no SLA object.
+    now = deps.clock.now()
     with write_session(deps.sessions) as s:
-        s.execute(
-            update(SlaContract)
-            .where(SlaContract.agent_id == agent_id, SlaContract.ended_at.is_(None))
-            .values(ended_at=deps.clock.now())
+        episodes = list(s.scalars(select(SlaEpisode).where(SlaEpisode.agent_id == agent_id)))
+        ended = cast(
+            CursorResult[Any],
+            s.execute(
+                update(SlaContract)
+                .where(SlaContract.agent_id == agent_id, SlaContract.ended_at.is_(None))
+                .values(ended_at=now)
+            ),
         )
-    return {
-        "sla_violations": len(violations.violations),
-        "violation_minutes": str(violations.duration_minutes),
-    }
+    return {"sla_contracts_ended": ended.rowcount, "sla_violation_episodes": len(episodes)}
 
 
-def _withdraw(
+def _discard_key(
     deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
 ) -> dict[str, Any]:
-    try:
-        deps.gateway.run(tools.freeze_wallet(agent_id, f"retirement: {reason}"[:200]))
-    except NotFound:
-        return {"withdrawn": "0.00"}
-    except Conflict:
-        pass  # frozen already (tier 4, or an earlier attempt)
-    balance = deps.gateway.run(tools.get_balance(agent_id)).balance
-    if balance > 0:
-        deps.gateway.run(
-            tools.transfer_funds(agent_id, deps.policy.provisioning.treasury_wallet, balance)
-        )
-    return {"withdrawn": str(balance)}
+    """Rotate every key we hold and throw the new ones away: once the grace
+    window ends no working key for the agent exists anywhere."""
+    agent = _agent(deps, agent_id)
+    tokens = [agent.api_key_encrypted] if agent.api_key_encrypted else []
+    now = deps.clock.now()
+    tokens += [k["key_encrypted"] for k in agent.extra.get("held_keys", []) if not _expired(k, now)]
+    rotated = already = 0
+    last_grace: str | None = None
+    for token in tokens:
+        try:
+            result = deps.gateway.run(ops.rotate_key(deps.vault.decrypt(token)))
+        except AuthError:
+            already += 1  # revoked before (an earlier attempt, or its grace ran out)
+            continue
+        rotated += 1
+        if result.grace_expires_at:
+            last_grace = _epoch(result.grace_expires_at).isoformat()
+    _update(
+        deps,
+        agent_id,
+        api_key_encrypted=None,
+        extra={**agent.extra, "held_keys": []},
+    )
+    return {"keys_discarded": rotated, "keys_already_dead": already, "keys_dead_after": last_grace}
+
+
+def _delist(
+    deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
+) -> dict[str, Any]:
+    agent = _agent(deps, agent_id)
+    if not agent.service_id:
+        return {"listing": "none"}
+    return {"listing": deactivate_listing(deps.gateway, agent.service_id)}
+
+
+def _sweep(deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str) -> dict[str, Any]:
+    agent = _agent(deps, agent_id)
+    amount = sweep_to_treasury(deps, agent, f"retire:{agent_id}")
+    return {"withdrawn": str(amount), "treasury": deps.policy.provisioning.treasury_wallet}
+
+
+def _freeze(
+    deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
+) -> dict[str, Any]:
+    freeze(deps.gateway, agent_id)
+    return {"wallet_frozen": True}
 
 
 def _final_snapshot(
     deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
 ) -> dict[str, Any]:
-    analytics = deps.gateway.run(tools.get_analytics(agent_id))
+    gateway = deps.gateway
+    identity = gateway.run(ops.get_identity(agent_id))
+    balance = gateway.run(ops.get_balance(agent_id)).balance
+    usage = gateway.run(ops.get_usage(agent_id))
     snapshot = {
-        "latency_p50": str(analytics.latency_p50),
-        "latency_p99": str(analytics.latency_p99),
-        "error_rate": str(analytics.error_rate),
-        "tool_call_volume": str(analytics.tool_call_volume),
-        "task_completion_rate": str(analytics.task_completion_rate),
+        "balance": str(balance),
+        "total_calls": usage.total_calls,
+        "total_cost": str(usage.total_cost),
+        "identity_at_gateway": identity.found,
         "at": deps.clock.now().isoformat(),
     }
     deps.audit(
-        actor="fleet-commander/provisioning",
+        actor=ACTOR,
         action="retire_agent",
         subject=agent_id,
-        details={"reason": reason, "final_snapshot": snapshot},
+        details={
+            "reason": reason,
+            "final_snapshot": snapshot,
+            "note": RETIRED_NOTE,
+            "identity": IDENTITY_REMAINS,
+        },
     )
-    return {"final_snapshot": snapshot}
-
-
-def _deregister(
-    deps: ProvisioningDeps, rdeps: RetireDeps, agent_id: str, reason: str
-) -> dict[str, Any]:
-    try:
-        deps.gateway.run(tools.deregister_agent(agent_id, f"retired: {reason}"[:500]))
-    except NotFound:
-        pass  # gone already: an earlier attempt got this far
-    return {"deregistered_at": deps.clock.now().isoformat()}
+    return {"final_snapshot": snapshot, "note": RETIRED_NOTE}
 
 
 _RETIRE_FUNCS = {
     "stop_routing": _stop_routing,
     "drain": _drain,
     "settle_sla": _settle_sla,
-    "withdraw": _withdraw,
+    "discard_key": _discard_key,
+    "delist": _delist,
+    "sweep": _sweep,
+    "freeze": _freeze,
     "final_snapshot": _final_snapshot,
-    "deregister": _deregister,
 }
 assert tuple(_RETIRE_FUNCS) == RETIRE_STAGES
 

@@ -1,25 +1,50 @@
 """Provisioning: a manifest becomes a job; each agent goes through the steps.
 
-Per agent: register (own key) → wallet → claim chain → SLA → marketplace
-listing → reputation seed → audit entry → health check. Each finished step is
-committed to the agent's row before the next begins, so a retried or
-redelivered job resumes where it stopped, and a re-run of the same manifest
-calls nothing for an agent that is already active.
+Per agent, against the gateway's REST API (who holds what: docs table):
 
-A step that still fails after the gateway client's retry ceiling is
-compensated: a wallet is frozen and drained back to the treasury, the
-identity deregistered, and the agent reported failed with the reason. If the
-compensation itself cannot finish (the gateway is down), the agent stays
-``compensating`` and `resume_stalled` finishes it later: nothing half-made is
-left at the gateway.
+========  ==================================================================
+register  ``POST /v1/register`` (no key): a free key, stored encrypted, and a
+          wallet with the 500-credit signup bonus. 409 means the id exists:
+          we go on only when we already hold its key, else the agent fails
+          with that reason and nothing at the gateway is touched.
+identity  ``GET /v1/identity/agents/{id}``: its Ed25519 public key, recorded.
+funding   the wallet brought to the manifest's balance: the operator key
+          deposits the difference or withdraws the excess, under an
+          idempotency key derived from the job and the agent.
+budget    ``PUT …/budget``: the daily/monthly cap from policy.
+metrics   the SLA template's targets as metric claims (``submit_metrics``). pro
+claims    a claim chain over them (``build_claim_chain``). pro
+listing   the marketplace listing (``register_service``). pro
+sla       the SLA contract, in our database (the gateway has none).
+audit     an audit entry.
+health    the gateway's own reads: identity found, balance, budget cap.
+========  ==================================================================
+
+The manifest's trust claims are held by Fleet Commander (the gateway has no
+free-form claims); there is no reputation seed (the gateway never computes
+reputation). Tiers belong to keys and no API grants one: a group whose tier is
+below a step's skips it, recorded; an agent whose key is below it waits for
+an operator-minted key (:func:`import_agent_key`) or fails, with the reason
+recorded on the agent and its jobs. Never silently.
+
+Each finished step is committed to the agent's row before the next begins,
+so a redelivered job resumes where it stopped, and a re-run of the same
+manifest calls nothing for an agent that is already active. A step that
+still fails after the client's retry ceiling is compensated: the listing
+deactivated, the funds swept to the treasury (admin withdraw, then deposit
+into the treasury agent), the wallet frozen. The identity cannot be deleted
+at the gateway; the record says so, and keeps the key so a later run goes on
+with it. If compensation cannot finish, the agent stays ``compensating`` and
+`resume_stalled` finishes it later.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, cast
@@ -27,20 +52,18 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.policy import Policy
+from config.policy import Policy, SlaTerms
 from fleet.clock import Clock
-from fleet.gateway import (
-    Conflict,
-    GatewayClient,
+from fleet.gateway import Gateway
+from fleet.gateway import operations as ops
+from fleet.gateway.errors import (
+    AlreadyExists,
     GatewayError,
-    InvalidResponse,
+    InsufficientTier,
     NotFound,
-    Tool,
-    ToolCall,
-    tools,
+    WalletFrozen,
 )
-from fleet.gateway.loop import LoopGatewayClient
-from fleet.gateway.schemas import RegisterAgentResult
+from fleet.gateway.keys import Auth
 from fleet.hotstate import Lease
 from fleet.provisioning.manifest import (
     AgentGroup,
@@ -57,8 +80,52 @@ from fleet.storage.records import Agent, AgentStatus, SlaContract
 
 log = logging.getLogger(__name__)
 
-STEPS = ("register", "wallet", "claims", "sla", "listing", "reputation", "audit", "health")
+STEPS = (
+    "register",
+    "identity",
+    "funding",
+    "budget",
+    "metrics",
+    "claims",
+    "listing",
+    "sla",
+    "audit",
+    "health",
+)
+# The key tier each gateway step needs (real-gateway.md §1).
+STEP_TIER = {"metrics": "pro", "claims": "pro", "listing": "pro"}
+STEP_LABEL = {"metrics": "metric claims", "claims": "claim chain", "listing": "listing"}
 DONE_STATUSES = (AgentStatus.ACTIVE, AgentStatus.FAILED)
+ACTOR = "fleet-commander/provisioning"
+
+# The metric names submit_metrics accepts (any other is refused with a 400).
+GATEWAY_METRICS = frozenset(
+    {
+        "accuracy",
+        "aum",
+        "error_rate",
+        "f1_score",
+        "latency_ms",
+        "loss",
+        "max_drawdown_30d",
+        "p50_latency_ms",
+        "p95_latency_ms",
+        "p99_latency_ms",
+        "pnl_30d",
+        "precision",
+        "recall",
+        "requests_per_second",
+        "response_time_ms",
+        "sharpe_30d",
+        "signal_accuracy_30d",
+        "success_rate",
+        "task_completion_rate",
+        "throughput_rps",
+        "total_trades_30d",
+        "uptime",
+        "win_rate_30d",
+    }
+)
 
 
 class ProvisioningFrozen(Exception):
@@ -71,10 +138,16 @@ class AuditSink(Protocol):
     ) -> object: ...
 
 
+class KeyTrial(Protocol):
+    """Lends a key not stored yet to the gateway calls made inside (``AgentKeyRing.trying``)."""
+
+    def trying(self, agent_id: str, api_key: str) -> AbstractContextManager[None]: ...
+
+
 @dataclass
 class ProvisioningDeps:
     sessions: sessionmaker[Session]
-    gateway: GatewayClient | LoopGatewayClient
+    gateway: Gateway
     policy: Policy
     vault: KeyVault
     clock: Clock
@@ -86,6 +159,8 @@ class ProvisioningDeps:
     # Longer than one step can take (retry ceiling × timeout); a worker killed
     # mid-agent delays that agent by at most this much.
     lock_ttl_s: float = 60.0
+    # The gateway client's key ring, to prove an imported key before it is stored.
+    keys: KeyTrial | None = None
 
 
 @dataclass(frozen=True)
@@ -184,7 +259,7 @@ def submit_job(
         for p in planned:
             agent = existing.get(p.agent_id)
             if agent is None:
-                s.add(_agent_row(p.agent_id, manifest, p.group, now))
+                s.add(_agent_row(p.agent_id, manifest, p.group, now, job_id))
             elif agent.status == AgentStatus.FAILED:
                 # Cleaned up before; a new run of the manifest tries it afresh.
                 agent.status, agent.steps_done, agent.failure_reason, agent.updated_at = (
@@ -193,7 +268,7 @@ def submit_job(
                     None,
                     now,
                 )
-                agent.extra = {**agent.extra, "spec": _spec(manifest, p.group)}
+                agent.extra = {**agent.extra, "spec": _spec(manifest, p.group, job_id)}
             if agent is not None and agent.status == AgentStatus.ACTIVE:
                 active += 1
             else:
@@ -207,11 +282,13 @@ def submit_job(
     return JobSubmission(job_id, len(planned), to_dispatch, active)
 
 
-def _spec(manifest: FleetManifest, group: AgentGroup) -> dict[str, Any]:
+def _spec(manifest: FleetManifest, group: AgentGroup, job_id: str) -> dict[str, Any]:
+    # The job id names the idempotency keys of the agent's money moves.
     return {
         "group": group.model_dump(mode="json"),
         "fleet": manifest.fleet,
         "environment": manifest.environment,
+        "job_id": job_id,
     }
 
 
@@ -238,7 +315,9 @@ def _job_row(
     )
 
 
-def _agent_row(agent_id: str, manifest: FleetManifest, group: AgentGroup, now: datetime) -> Agent:
+def _agent_row(
+    agent_id: str, manifest: FleetManifest, group: AgentGroup, now: datetime, job_id: str
+) -> Agent:
     return Agent(
         agent_id=agent_id,
         fleet=manifest.fleet,
@@ -250,13 +329,28 @@ def _agent_row(agent_id: str, manifest: FleetManifest, group: AgentGroup, now: d
         status=AgentStatus.PROVISIONING,
         steps_done=[],
         traffic_weight="1",
-        extra={"spec": _spec(manifest, group)},
+        extra={"spec": _spec(manifest, group, job_id)},
         created_at=now,
         updated_at=now,
     )
 
 
 # ---------------------------------------------------------------- one agent
+
+
+class StepRefused(Exception):
+    """The step cannot be done for a reason a retry will not change; nothing to undo."""
+
+
+class TierMissing(Exception):
+    """The agent's key is below the tier a step needs."""
+
+    def __init__(self, step: str, needed: str, held: str, agent_id: str) -> None:
+        self.step, self.needed, self.held = step, needed, held
+        super().__init__(
+            f"{STEP_LABEL.get(step, step)} needs a {needed} key; the agent holds a {held} key: "
+            f"import one with `fleet keys import {agent_id} KEY`"
+        )
 
 
 @dataclass
@@ -268,7 +362,22 @@ class _Run:
     group: AgentGroup
     fleet: str
     environment: str
-    updates: dict[str, Any] = field(default_factory=dict)
+    job_id: str
+
+    def idem(self, what: str) -> str:
+        # Each compensation ends an attempt: the next one moves money under new keys.
+        attempt = self.agent.extra.get("compensations", 0)
+        return f"{self.job_id}:{self.agent.agent_id}:{attempt}:{what}"
+
+
+def tier_rank(policy: Policy, tier: str) -> int:
+    """A tier's place among the gateway's key tiers; one not listed counts as the lowest."""
+    tiers = policy.provisioning.key_tiers
+    return tiers.index(tier) if tier in tiers else -1
+
+
+def key_tier(agent: Agent) -> str:
+    return str(agent.extra.get("key", {}).get("tier", "free"))
 
 
 def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None:
@@ -277,12 +386,8 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
     with deps.lock(f"provision:{agent_id}", deps.lock_ttl_s) as lease:
         if lease is None:
             return None
-        with deps.sessions() as s:
-            agent = s.get(Agent, agent_id)
-            if agent is None:
-                raise LookupError(f"agent {agent_id} is not part of any provisioning job")
-            s.expunge(agent)
-        if agent.status in (AgentStatus.ACTIVE, AgentStatus.FAILED):
+        agent = _load(deps, agent_id)
+        if agent.status in (AgentStatus.ACTIVE, AgentStatus.FAILED, AgentStatus.AWAITING_KEY):
             return AgentStatus(agent.status)
         if agent.status == AgentStatus.COMPENSATING:
             return _compensate(deps, agent, agent.failure_reason or "earlier failure")
@@ -293,70 +398,98 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
             AgentGroup.model_validate(spec["group"]),
             spec["fleet"],
             spec["environment"],
+            spec.get("job_id", "job"),
         )
-        for phase in PHASES:
-            todo = [step for step in phase if step not in agent.steps_done]
-            if not todo:
+        policy = deps.policy
+        for step in STEPS:
+            if step in agent.steps_done:
                 continue
-            done, failure = _run_phase(run, todo)
-            if done:
-                fields: dict[str, Any] = {}
-                for step_fields in done.values():
-                    fields |= step_fields
-                agent.steps_done = [*agent.steps_done, *done]
-                finished = len(agent.steps_done) == len(STEPS)
-                _save(
-                    deps,
-                    agent_id,
-                    {
-                        "steps_done": agent.steps_done,
-                        **fields,
-                        **({"status": AgentStatus.ACTIVE} if finished else {}),
-                    },
+            needed = STEP_TIER.get(step)
+            values: dict[str, Any]
+            if needed and tier_rank(policy, run.group.tier) < tier_rank(policy, needed):
+                reason = (
+                    f"skipped: {STEP_LABEL[step]} needs a {needed} key and group "
+                    f"{run.group.id_prefix} is {run.group.tier}"
                 )
-                for key, value in fields.items():
-                    setattr(agent, key, value)
-            if failure is not None:
-                step, exc = failure
-                reason = f"step {step} failed: {type(exc).__name__}: {exc}"
-                log.warning("agent %s: %s; compensating", agent_id, reason)
-                return _compensate(deps, agent, reason)
+                values = {"extra": {**agent.extra, "skipped": {**_skipped(agent), step: reason}}}
+            else:
+                try:
+                    if needed and tier_rank(policy, key_tier(agent)) < tier_rank(policy, needed):
+                        raise TierMissing(step, needed, key_tier(agent), agent_id)
+                    values = _STEP_FUNCTIONS[step](run)
+                except InsufficientTier as exc:
+                    # Our record of the key's tier was wrong: the gateway is the judge.
+                    return _tier_missing(
+                        deps,
+                        agent,
+                        TierMissing(step, needed or "pro", key_tier(agent), agent_id),
+                        str(exc),
+                    )
+                except TierMissing as exc:
+                    return _tier_missing(deps, agent, exc, None)
+                except StepRefused as exc:
+                    return _fail_clean(deps, agent, f"step {step} refused: {exc}")
+                except Exception as exc:  # noqa: BLE001 - whatever broke, nothing half-made stays behind
+                    reason = f"step {step} failed: {type(exc).__name__}: {exc}"
+                    log.warning("agent %s: %s; compensating", agent_id, reason)
+                    return _compensate(deps, agent, reason)
+            agent.steps_done = [*agent.steps_done, step]
+            values["steps_done"] = agent.steps_done
+            if len(agent.steps_done) == len(STEPS):
+                values |= {"status": AgentStatus.ACTIVE, "failure_reason": None}
+            _save(deps, agent_id, values)
+            for key, value in values.items():
+                setattr(agent, key, value)
             lease.renew()
         return AgentStatus.ACTIVE
 
 
-def _run_phase(
-    run: _Run, steps: list[str]
-) -> tuple[dict[str, dict[str, Any]], tuple[str, BaseException] | None]:
-    """Run a phase's remaining steps: what each finished step records, and the first failure."""
-    done: dict[str, dict[str, Any]] = {}
-    if len(steps) == 1:
-        try:
-            done[steps[0]] = _STEP_FUNCTIONS[steps[0]](run)
-        except Exception as exc:  # noqa: BLE001 - whatever broke, nothing half-made stays behind
-            return done, (steps[0], exc)
-        return done, None
-    # Independent steps: their calls go to the gateway together.
-    calls = {step: _PARALLEL_STEPS[step][0](run) for step in steps}
-    to_send = [(step, call) for step, call in calls.items() if call is not None]
-    answers = dict(
-        zip(
-            [step for step, _ in to_send],
-            run.deps.gateway.run_many([c for _, c in to_send]),
-            strict=True,
+def _skipped(agent: Agent) -> dict[str, str]:
+    return dict(agent.extra.get("skipped", {}))
+
+
+def _load(deps: ProvisioningDeps, agent_id: str) -> Agent:
+    with deps.sessions() as s:
+        agent = s.get(Agent, agent_id)
+        if agent is None:
+            raise LookupError(f"agent {agent_id} is not part of any provisioning job")
+        s.expunge(agent)
+    return agent
+
+
+def _tier_missing(
+    deps: ProvisioningDeps, agent: Agent, exc: TierMissing, gateway_said: str | None
+) -> AgentStatus:
+    reason = str(exc) + (f" (gateway: {gateway_said})" if gateway_said else "")
+    if gateway_said:
+        _save(
+            deps,
+            agent.agent_id,
+            {"extra": {**agent.extra, "key": {**agent.extra.get("key", {}), "tier": exc.held}}},
         )
-    )
-    failure = None
-    for step in steps:
-        answer = answers.get(step)
-        if isinstance(answer, BaseException):
-            failure = failure or (step, answer)
-            continue
-        try:
-            done[step] = _PARALLEL_STEPS[step][1](run, answer)
-        except Exception as exc:  # noqa: BLE001
-            failure = failure or (step, exc)
-    return done, failure
+    _note_on_jobs(deps, agent.agent_id, reason)
+    if deps.policy.provisioning.on_missing_tier == "fail":
+        log.warning("agent %s: %s; compensating", agent.agent_id, reason)
+        return _compensate(deps, agent, reason)
+    _save(deps, agent.agent_id, {"status": AgentStatus.AWAITING_KEY, "failure_reason": reason})
+    log.info("agent %s waits for an imported key: %s", agent.agent_id, reason)
+    return AgentStatus.AWAITING_KEY
+
+
+def _note_on_jobs(deps: ProvisioningDeps, agent_id: str, reason: str) -> None:
+    note = f"{agent_id}: {reason}"
+    with write_session(deps.sessions) as s:
+        jobs = s.scalars(
+            select(ProvisioningJob).where(
+                ProvisioningJob.job_id.in_(
+                    select(JobAgent.job_id).where(JobAgent.agent_id == agent_id)
+                )
+            )
+        )
+        for job in jobs:
+            if note not in job.problems:
+                job.problems = [*job.problems, note]
+                job.updated_at = deps.clock.now()
 
 
 _AGENTS = cast(Table, Agent.__table__)
@@ -375,208 +508,415 @@ def _save(deps: ProvisioningDeps, agent_id: str, values: dict[str, Any]) -> None
 
 def _register(run: _Run) -> dict[str, Any]:
     deps, agent = run.deps, run.agent
-    metadata = {
-        "fleet": run.fleet,
-        "environment": run.environment,
-        "provisioned_at": deps.clock.now().isoformat(),
-    }
     try:
-        result = deps.gateway.run(
-            tools.register_agent(agent.agent_id, agent.tier, agent.capabilities, metadata)
-        )
-    except Conflict:
-        # Registered by an earlier run that died before it could store the key:
-        # the old key is lost to us, so take a fresh one.
-        result = deps.gateway.run(tools.rotate_agent_key(agent.agent_id))
+        result = deps.gateway.run(ops.register(agent.agent_id))
+    except AlreadyExists:
+        if agent.api_key_encrypted:
+            return {}  # ours, from an earlier run: its key is in our store
+        raise StepRefused(
+            f"agent id {agent.agent_id} already exists at the gateway and we hold no key for it "
+            f"(another owner's, or a key lost before it was stored): import its key with "
+            f"`fleet keys import {agent.agent_id} KEY` and run the manifest again"
+        ) from None
+    now = deps.clock.now()
     return {
-        "api_key_encrypted": deps.vault.encrypt(_key_of(result)),
-        "key_rotated_at": deps.clock.now(),
+        "api_key_encrypted": deps.vault.encrypt(result.api_key.get_secret_value()),
+        "key_rotated_at": now,
+        "extra": {
+            **agent.extra,
+            "key": {"tier": result.tier, "source": "register", "since": now.isoformat()},
+            "metadata": {
+                "fleet": run.fleet,
+                "environment": run.environment,
+                "provisioned_at": now.isoformat(),
+            },
+        },
     }
 
 
-def _key_of(result: RegisterAgentResult) -> str:
-    if result.api_key is None:
-        raise InvalidResponse(
-            "register_agent answered without an api_key",
-            tool=Tool.REGISTER_AGENT,
-            status=200,
-            code="missing_key",
+def _identity(run: _Run) -> dict[str, Any]:
+    identity = run.deps.gateway.run(ops.get_identity(run.agent.agent_id))
+    if not identity.found or not identity.public_key:
+        raise NotFound(
+            f"the gateway has no identity for {run.agent.agent_id}",
+            tool="get_identity",
+            status=404,
         )
-    return str(result.api_key.get_secret_value())
+    return {"extra": {**run.agent.extra, "public_key": identity.public_key}}
 
 
-def _wallet(run: _Run) -> dict[str, Any]:
+def _funding(run: _Run) -> dict[str, Any]:
+    """Bring the wallet to the manifest's balance. The move is planned (and saved)
+    before it is sent, so a retry re-sends the same body under the same key."""
     deps, agent = run.deps, run.agent
-    try:
-        result = deps.gateway.run(tools.create_wallet(agent.agent_id, run.group.initial_balance))
-        wallet_id = result.wallet_id
-    except Conflict:
-        wallet_id = agent.wallet_id or f"wallet-{agent.agent_id}"  # made by an earlier run
-    return {"wallet_id": wallet_id}
+    gateway, agent_id = deps.gateway, agent.agent_id
+    if agent.extra.get("wallet_frozen"):
+        # Frozen by an earlier run's compensation; this run provisions it again.
+        gateway.run(ops.unfreeze_wallet(agent_id))
+        agent.extra = {**agent.extra, "wallet_frozen": False}
+        _save(deps, agent_id, {"extra": agent.extra})
+    plan = agent.extra.get("funding_plan")
+    if plan is None:
+        balance = gateway.run(ops.get_balance(agent_id)).balance
+        target = run.group.initial_balance
+        plan = {
+            "before": str(balance),
+            "target": str(target),
+            "op": "deposit" if target > balance else "withdraw",
+            "amount": str(abs(target - balance)),
+            "key": run.idem("funding"),
+        }
+        agent.extra = {**agent.extra, "funding_plan": plan}
+        _save(deps, agent_id, {"extra": agent.extra})
+    amount = Decimal(plan["amount"])
+    if amount > 0:
+        description = f"fleet {run.fleet}: initial balance {plan['target']}"
+        if plan["op"] == "deposit":
+            op = ops.deposit(agent_id, amount, description)
+            new_balance = gateway.run(op, idempotency_key=plan["key"]).new_balance
+        else:
+            out = ops.withdraw(agent_id, amount, description)
+            new_balance = gateway.run(out, idempotency_key=plan["key"]).new_balance
+        plan = {**plan, "new_balance": str(new_balance)}
+    return {"wallet_id": agent_id, "extra": {**agent.extra, "funding_plan": plan}}
 
 
-def _claims_call(run: _Run) -> ToolCall[Any]:
-    # Every chain starts with what we can attest ourselves: which fleet and
-    # environment the agent belongs to; the manifest's own claims follow.
-    membership = {
-        "type": "fleet-membership",
-        "value": f"{run.fleet}/{run.environment}",
-        "issuer": "fleet-commander",
+def _budget(run: _Run) -> dict[str, Any]:
+    cap = run.deps.policy.provisioning.budget_cap
+    run.deps.gateway.run(
+        ops.set_budget(
+            run.agent.agent_id, cap.daily, cap.monthly, Decimal(str(cap.alert_threshold))
+        )
+    )
+    budget = {"daily": str(cap.daily), "monthly": str(cap.monthly)}
+    return {"extra": {**run.agent.extra, "budget_cap": budget}}
+
+
+def _terms(run: _Run) -> SlaTerms:
+    return run.deps.policy.sla_templates[run.group.sla_template]
+
+
+def metric_claims(terms: SlaTerms) -> dict[str, Decimal]:
+    """An SLA template's targets in the gateway's metric names and units
+    (accuracy as a fraction, uptime in percent); cost per task has no name there."""
+    claims = {
+        "p99_latency_ms": Decimal(str(terms.p99_latency_ms)),
+        "uptime": terms.uptime_pct,
+        "accuracy": terms.accuracy_pct / 100,
     }
-    claims = [membership, *(c.model_dump(exclude_none=True) for c in run.group.trust_claims)]
-    return tools.build_claim_chain(run.agent.agent_id, claims)
+    assert set(claims) <= GATEWAY_METRICS
+    return claims
 
 
-def _claims_record(run: _Run, result: Any) -> dict[str, Any]:
-    return {"claim_chain_id": result.chain_id}
+def _metrics(run: _Run) -> dict[str, Any]:
+    claims = metric_claims(_terms(run))
+    run.deps.gateway.run(ops.submit_metrics(run.agent.agent_id, claims))
+    submitted = {name: str(value) for name, value in claims.items()}
+    return {"extra": {**run.agent.extra, "metric_claims": submitted}}
 
 
-def _sla_terms(run: _Run) -> dict[str, Any]:
-    return run.deps.policy.sla_templates[run.group.sla_template].model_dump(mode="json")
+def _claims(run: _Run) -> dict[str, Any]:
+    chain = run.deps.gateway.run(ops.build_claim_chain(run.agent.agent_id))
+    return {
+        "claim_chain_id": str(chain.chain_id),
+        "extra": {**run.agent.extra, "merkle_root": chain.merkle_root},
+    }
 
 
-def _sla_call(run: _Run) -> ToolCall[Any]:
-    return tools.create_sla(run.agent.agent_id, _sla_terms(run))
+def _listing(run: _Run) -> dict[str, Any]:
+    deps, agent, listing = run.deps, run.agent, run.deps.policy.provisioning.listing
+    # Tagged with the agent id: a retry whose first answer was lost finds the
+    # listing instead of making a second one (the gateway has no idempotency here).
+    found = deps.gateway.run(ops.search_services(tags=(agent.agent_id,), limit=1)).services
+    if found:
+        return {"service_id": found[0].id}
+    pricing = run.group.pricing
+    cost = pricing.get(listing.price_name, next(iter(pricing.values()), Decimal("0.00")))
+    service = deps.gateway.run(
+        ops.register_service(
+            provider_id=agent.agent_id,
+            name=agent.agent_id,
+            description=(
+                f"{run.group.id_prefix} agent of fleet {run.fleet} ({run.environment}): "
+                + ", ".join(agent.capabilities)
+            ),
+            category=listing.category,
+            tools=list(agent.capabilities),
+            tags=[*agent.capabilities, run.fleet, agent.agent_id],
+            endpoint=listing.endpoint.format(agent_id=agent.agent_id),
+            pricing={"model": "per_call", "cost": cost},
+        )
+    )
+    return {"service_id": service.id}
 
 
-def _sla_record(run: _Run, result: Any) -> dict[str, Any]:
+def _sla(run: _Run) -> dict[str, Any]:
     deps, agent = run.deps, run.agent
+    sla_id = f"sla-{agent.agent_id}"
     with write_session(deps.sessions) as s:
-        if s.get(SlaContract, result.sla_id) is None:
+        if s.get(SlaContract, sla_id) is None:
             s.add(
                 SlaContract(
-                    sla_id=result.sla_id,
+                    sla_id=sla_id,
                     agent_id=agent.agent_id,
                     template=run.group.sla_template,
-                    terms=_sla_terms(run),
+                    terms=_terms(run).model_dump(mode="json"),
                     created_at=deps.clock.now(),
                 )
             )
     return {}
 
 
-def _listing_call(run: _Run) -> ToolCall[Any]:
-    pricing = {name: str(amount) for name, amount in run.group.pricing.items()}
-    return tools.register_service(run.agent.agent_id, run.agent.capabilities, pricing)
-
-
-def _listing_record(run: _Run, result: Any) -> dict[str, Any]:
-    return {"service_id": result.service_id}
-
-
-def _reputation_call(run: _Run) -> ToolCall[Any] | None:
-    if not run.group.seed_reputation:
-        return None
-    # A neutral starting record so a new agent is not ranked as unknown.
-    return tools.submit_metrics(
-        run.agent.agent_id, {"task_completion_rate": "0.95", "error_rate": "0.01", "tasks": 0}
-    )
-
-
-def _nothing(run: _Run, result: Any) -> dict[str, Any]:
-    return {}
-
-
 def _audit(run: _Run) -> dict[str, Any]:
     agent = run.agent
     run.deps.audit(
-        actor="fleet-commander/provisioning",
+        actor=ACTOR,
         action="provision_agent",
         subject=agent.agent_id,
         details={
             "fleet": run.fleet,
             "environment": run.environment,
-            "tier": agent.tier,
+            "job_id": run.job_id,
+            "group_tier": run.group.tier,
+            "key_tier": key_tier(agent),
+            "public_key": agent.extra.get("public_key"),
             "wallet_id": agent.wallet_id,
+            "initial_balance": str(run.group.initial_balance),
             "claim_chain_id": agent.claim_chain_id,
             "service_id": agent.service_id,
             "sla_template": run.group.sla_template,
-            "initial_balance": str(run.group.initial_balance),
+            "trust_claims": [c.model_dump(exclude_none=True) for c in run.group.trust_claims],
+            "skipped": _skipped(agent),
         },
     )
     return {}
 
 
 def _health(run: _Run) -> dict[str, Any]:
-    analytics = run.deps.gateway.run(tools.get_analytics(run.agent.agent_id))
-    first = {"latency_p99": str(analytics.latency_p99), "error_rate": str(analytics.error_rate)}
+    gateway, agent_id = run.deps.gateway, run.agent.agent_id
+    identity = gateway.run(ops.get_identity(agent_id))
+    if not identity.found:
+        raise NotFound(f"the gateway lost the identity of {agent_id}", tool="get_identity")
+    balance = gateway.run(ops.get_balance(agent_id)).balance
+    budget = gateway.run(ops.get_budget(agent_id))
+    first = {
+        "identity_found": True,
+        "balance": str(balance),
+        "daily_cap": str(budget.daily_cap),
+        "cap_exceeded": budget.cap_exceeded,
+        "at": run.deps.clock.now().isoformat(),
+    }
     return {"extra": {**run.agent.extra, "first_health": first}}
 
 
 _STEP_FUNCTIONS: dict[str, Callable[[_Run], dict[str, Any]]] = {
     "register": _register,
-    "wallet": _wallet,
+    "identity": _identity,
+    "funding": _funding,
+    "budget": _budget,
+    "metrics": _metrics,
+    "claims": _claims,
+    "listing": _listing,
+    "sla": _sla,
     "audit": _audit,
     "health": _health,
 }
+assert tuple(_STEP_FUNCTIONS) == STEPS
 
-# Claims, SLA, listing and reputation need the identity (and, for the SLA's
-# money terms, the wallet) but not each other: one round trip instead of four.
-_PARALLEL_STEPS: dict[
-    str, tuple[Callable[[_Run], ToolCall[Any] | None], Callable[[_Run, Any], dict[str, Any]]]
-] = {
-    "claims": (_claims_call, _claims_record),
-    "sla": (_sla_call, _sla_record),
-    "listing": (_listing_call, _listing_record),
-    "reputation": (_reputation_call, _nothing),
-}
 
-PHASES: tuple[tuple[str, ...], ...] = (
-    ("register",),
-    ("wallet",),
-    ("claims", "sla", "listing", "reputation"),
-    ("audit",),
-    ("health",),
-)
-assert tuple(step for phase in PHASES for step in phase) == STEPS
-assert set(_STEP_FUNCTIONS) | set(_PARALLEL_STEPS) == set(STEPS)
+# ---------------------------------------------------------------- imported keys
+
+
+@dataclass(frozen=True)
+class KeyImport:
+    agent_id: str
+    tier: str
+    redispatch: bool  # the agent was waiting for this key: send it back to provisioning
+
+
+def import_agent_key(
+    deps: ProvisioningDeps, agent_id: str, api_key: str, imported_by: str
+) -> KeyImport:
+    """Hold an operator-minted key for an agent, once a gateway read with that
+    key proved it is the agent's and live, and the admin key listing named its tier."""
+    if deps.keys is None:
+        raise RuntimeError("importing a key needs the gateway client's key ring in the deps")
+    if not api_key.startswith("a2a_") or len(api_key) > 200:
+        raise ValueError("not a gateway API key: it must look like a2a_<tier>_<hex>")
+    agent = _load(deps, agent_id)
+    if agent.status in (AgentStatus.RETIRED, AgentStatus.RETIRING):
+        raise ValueError(f"agent {agent_id} is {agent.status}: it takes no new key")
+    with deps.keys.trying(agent_id, api_key):
+        # Own-agent only: answers for this agent's wallet only with this agent's key.
+        deps.gateway.run(ops.get_balance(agent_id, auth=Auth.own(agent_id)))
+    tier = _tier_of(deps, agent_id, api_key)
+    now = deps.clock.now()
+    waiting = agent.status == AgentStatus.AWAITING_KEY
+    previous = agent.extra.get("key", {})
+    held = list(agent.extra.get("held_keys", []))
+    if agent.api_key_encrypted:
+        # Still valid at the gateway: retirement rotates it away too.
+        held.append({"key_encrypted": agent.api_key_encrypted, "tier": previous.get("tier")})
+    values: dict[str, Any] = {
+        "api_key_encrypted": deps.vault.encrypt(api_key),
+        "key_rotated_at": now,
+        "extra": {
+            **agent.extra,
+            "key": {"tier": tier, "source": "import", "since": now.isoformat(), "by": imported_by},
+            "held_keys": held,
+        },
+    }
+    if waiting:
+        values |= {"status": AgentStatus.PROVISIONING, "failure_reason": None}
+    _save(deps, agent_id, values)
+    deps.audit(
+        actor=ACTOR,
+        action="import_key",
+        subject=agent_id,
+        details={"tier": tier, "previous_tier": previous.get("tier"), "by": imported_by},
+    )
+    return KeyImport(agent_id, tier, waiting)
+
+
+def _tier_of(deps: ProvisioningDeps, agent_id: str, api_key: str) -> str:
+    # The gateway lists keys by the first 8 hex digits of their SHA3-256.
+    prefix = hashlib.sha3_256(api_key.encode()).hexdigest()[:8]
+    for info in deps.gateway.run(ops.list_keys(agent_id)).keys:
+        if info.key_hash_prefix == prefix and info.agent_id == agent_id:
+            if info.revoked:
+                raise ValueError(f"that key of {agent_id} is revoked at the gateway")
+            return str(info.tier)
+    raise ValueError(f"the gateway's key list has no such key for {agent_id}")
+
+
+def awaiting_key(sessions: sessionmaker[Session], limit: int = 1000) -> list[str]:
+    with sessions() as s:
+        return list(
+            s.scalars(
+                select(Agent.agent_id)
+                .where(Agent.status == AgentStatus.AWAITING_KEY)
+                .order_by(Agent.agent_id)
+                .limit(limit)
+            )
+        )
 
 
 # ---------------------------------------------------------------- compensation
+
+IDENTITY_REMAINS = "the identity cannot be deleted at the gateway; it remains there"
+
+
+def _fail_clean(deps: ProvisioningDeps, agent: Agent, reason: str) -> AgentStatus:
+    """Failed before anything of ours existed at the gateway: nothing to undo there."""
+    _save(deps, agent.agent_id, {"status": AgentStatus.FAILED, "failure_reason": reason})
+    _note_on_jobs(deps, agent.agent_id, reason)
+    deps.audit(
+        actor=ACTOR,
+        action="provisioning_refused",
+        subject=agent.agent_id,
+        details={"reason": reason},
+    )
+    return AgentStatus.FAILED
 
 
 def _compensate(deps: ProvisioningDeps, agent: Agent, reason: str) -> AgentStatus:
     """Undo what the gateway holds for this agent; FAILED when clean, else COMPENSATING."""
     _save(deps, agent.agent_id, {"status": AgentStatus.COMPENSATING, "failure_reason": reason})
-    gateway, treasury = deps.gateway, deps.policy.provisioning.treasury_wallet
+    agent.extra = _load(deps, agent.agent_id).extra
+    undone: dict[str, Any] = {}
     try:
-        if "wallet" in agent.steps_done or "register" in agent.steps_done:
-            _drain_wallet(gateway, agent.agent_id, treasury)
+        if agent.service_id:
+            undone["listing"] = deactivate_listing(deps.gateway, agent.service_id)
         if "register" in agent.steps_done:
-            try:
-                gateway.run(
-                    tools.deregister_agent(agent.agent_id, f"provisioning failed: {reason}"[:500])
-                )
-            except NotFound:
-                pass  # already gone
+            job = agent.extra.get("spec", {}).get("job_id", "job")
+            attempt = agent.extra.get("compensations", 0)
+            key = f"{job}:{agent.agent_id}:{attempt}:compensate"
+            undone["swept"] = str(sweep_to_treasury(deps, agent, key))
+            freeze(deps.gateway, agent.agent_id)
+            undone["wallet_frozen"] = True
     except GatewayError as exc:
         log.warning("agent %s: compensation incomplete (%s); will resume", agent.agent_id, exc)
         return AgentStatus.COMPENSATING
+    extra = {
+        **agent.extra,
+        "wallet_frozen": bool(undone.get("wallet_frozen")),
+        "compensations": agent.extra.get("compensations", 0) + 1,
+        "compensation": {**undone, "identity": IDENTITY_REMAINS},
+    }
+    extra.pop("funding_plan", None)
+    extra.pop("sweep", None)
+    # The key is kept: the identity stays at the gateway and a later run goes on with it.
     _save(
         deps,
         agent.agent_id,
-        {"status": AgentStatus.FAILED, "steps_done": [], "api_key_encrypted": None},
+        {"status": AgentStatus.FAILED, "steps_done": [], "service_id": None, "extra": extra},
     )
+    _note_on_jobs(deps, agent.agent_id, reason)
     deps.audit(
-        actor="fleet-commander/provisioning",
+        actor=ACTOR,
         action="compensate_agent",
         subject=agent.agent_id,
-        details={"reason": reason, "steps_undone": list(agent.steps_done)},
+        details={
+            "reason": reason,
+            "steps_undone": list(agent.steps_done),
+            **undone,
+            "identity": IDENTITY_REMAINS,
+        },
     )
     return AgentStatus.FAILED
 
 
-def _drain_wallet(gateway: GatewayClient | LoopGatewayClient, agent_id: str, treasury: str) -> None:
-    """Freeze the wallet (no more spending), then move what is left to the treasury."""
+def deactivate_listing(gateway: Gateway, service_id: str) -> str:
     try:
-        gateway.run(tools.freeze_wallet(agent_id, "provisioning failed"))
+        return str(gateway.run(ops.deactivate_service(service_id)).status)
     except NotFound:
-        return  # no wallet was made
-    except Conflict:
-        pass  # already frozen
-    balance = gateway.run(tools.get_balance(agent_id)).balance
-    if balance > Decimal("0"):
-        gateway.run(tools.transfer_funds(agent_id, treasury, balance))
+        return "gone"
+
+
+def freeze(gateway: Gateway, agent_id: str) -> None:
+    try:
+        gateway.run(ops.freeze_wallet(agent_id))
+    except NotFound:
+        pass  # no wallet
+
+
+def sweep_to_treasury(deps: ProvisioningDeps, agent: Agent, key_base: str) -> Decimal:
+    """Move the whole balance to the treasury agent: admin withdraw, then deposit.
+
+    Not atomic at the gateway, so the amount is saved before either call and a
+    resumed sweep replays both under the same idempotency keys: a withdraw that
+    went through is answered from the gateway's record, never taken twice, and
+    the deposit that follows it is never lost.
+    """
+    gateway, agent_id = deps.gateway, agent.agent_id
+    treasury = deps.policy.provisioning.treasury_wallet
+    plan = agent.extra.get("sweep")
+    if plan is None:
+        try:
+            balance = gateway.run(ops.get_balance(agent_id, auth=Auth.ADMIN)).balance
+        except NotFound:
+            return Decimal("0.00")
+        plan = {"amount": str(balance), "key": key_base, "withdrawn": False}
+        agent.extra = {**agent.extra, "sweep": plan}
+        _save(deps, agent_id, {"extra": agent.extra})
+    amount = Decimal(plan["amount"])
+    if amount <= 0:
+        return amount
+    if not plan["withdrawn"]:
+        withdraw = ops.withdraw(agent_id, amount, f"sweep to treasury {treasury}", auth=Auth.ADMIN)
+        try:
+            gateway.run(withdraw, idempotency_key=f"{key_base}:sweep-out")
+        except WalletFrozen:
+            gateway.run(ops.unfreeze_wallet(agent_id))
+            gateway.run(withdraw, idempotency_key=f"{key_base}:sweep-out")
+        plan = {**plan, "withdrawn": True}
+        agent.extra = {**agent.extra, "sweep": plan}
+        _save(deps, agent_id, {"extra": agent.extra})
+    gateway.run(
+        ops.deposit(treasury, amount, f"swept from {agent_id}", auth=Auth.ADMIN),
+        idempotency_key=f"{key_base}:sweep-in",
+    )
+    return amount
 
 
 # ---------------------------------------------------------------- progress

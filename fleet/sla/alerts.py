@@ -25,7 +25,8 @@ from config.policy import Policy
 from fleet import audit
 from fleet.audit.events import fleet_subject
 from fleet.clock import Clock
-from fleet.gateway import GatewayError, tools
+from fleet.gateway import Auth, Gateway, GatewayError
+from fleet.gateway import operations as ops
 from fleet.sla.budget import BurnAlertState, evaluate_burn, fleet_sizes, load_intervals
 from fleet.sla.models import SlaBurnAlert
 from fleet.storage.db import write_session
@@ -40,8 +41,11 @@ class AlertDeps:
     sessions: sessionmaker[Session]
     policy: Policy
     clock: Clock
-    gateway: Any | None  # anything with .run(ToolCall); None: record only
+    gateway: Gateway | None  # None: record only
     record: Callable[..., Any] = audit.record
+    # settings.gateway: notices go from the admin key's agent to the operator's inbox.
+    admin_agent_id: str = "fleet-admin"
+    operator_agent_id: str = "fleet-operator"
 
 
 @dataclass
@@ -190,12 +194,21 @@ def _notify(deps: AlertDeps, alert_id: str, scope: str, state: BurnAlertState) -
     subject = f"[{state.severity}] SLA error budget burning {state.rule} ({scope})"
     body = (
         f"The error budget of {scope} is burning at {state.long_rate:.1f}x over "
-        f"{state.long_window_s / 3600:g} h and {state.short_rate:.1f}x over {state.short_window_s / 60:g} min "
+        f"{state.long_window_s / 3600:g} h and {state.short_rate:.1f}x over "
+        f"{state.short_window_s / 60:g} min "
         f"(alert at {state.factor:g}x on both). See `fleet sla status`."
     )
     try:
         out = deps.gateway.run(
-            tools.send_message(policy.escalation.operator, subject, body, priority=priority)
+            ops.send_message(
+                deps.admin_agent_id,
+                deps.operator_agent_id,
+                "text",
+                subject,
+                body,
+                metadata={"priority": priority},
+                auth=Auth.ADMIN,
+            )
         )
     except GatewayError as exc:
         log.warning("burn alert %s %s: operator not notified: %s", scope, state.rule, exc)
@@ -204,6 +217,6 @@ def _notify(deps: AlertDeps, alert_id: str, scope: str, state: BurnAlertState) -
         s.execute(
             update(SlaBurnAlert)
             .where(SlaBurnAlert.alert_id == alert_id)
-            .values(notified={"message_id": out.message_id, "priority": priority})
+            .values(notified={"message_id": out.id, "priority": priority})
             .execution_options(synchronize_session=False)
         )

@@ -14,6 +14,7 @@ from fleet.storage.db import Base
 
 class AgentStatus(StrEnum):
     PROVISIONING = "provisioning"
+    AWAITING_KEY = "awaiting_key"  # a step needs a better key than it holds: `fleet keys import`
     ACTIVE = "active"
     PAUSED = "paused"  # out of every routing pool (tier 4, or an operator)
     COMPENSATING = "compensating"  # provisioning gave up; undoing what was made

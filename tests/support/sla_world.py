@@ -1,11 +1,9 @@
 """A world for SLA and escalation unit tests: migrated SQLite, fakeredis, a ManualClock,
-and a scripted gateway behind httpx.MockTransport driven through the real client."""
+and the gateway's REST double behind httpx.MockTransport driven through the real client."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,28 +22,29 @@ from fleet.audit.events import AuditEvent
 from fleet.clock import ManualClock
 from fleet.escalation.actions import ActionDeps, Outcome, run_action
 from fleet.escalation.engine import EngineDeps, Message
+from fleet.gateway import StaticKeyRing
 from fleet.gateway._core import GatewayConfig
 from fleet.gateway.loop import LoopGatewayClient
+from fleet.monitoring.snapshot import Health, Snapshot, snapshot_key
 from fleet.sla.service import SlaDeps
 from fleet.storage.db import create_db_engine, migrate, session_factory, write_session
 from fleet.storage.records import Agent, AgentStatus, SlaContract
+from tests.support.rest_gateway import ADMIN_KEY, RestGateway, Seen
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 class FakeGateway:
-    """The handful of tools SLA enforcement calls, with state and call counts."""
+    """The gateway's REST double (tests.support.rest_gateway) plus what SLA tests steer:
+    which agents breach (the metrics sweep's snapshots say so) and which are unreachable."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.rest = RestGateway()
+        self.rest.register("fleet-operator")
         self.breaching: dict[str, list[str]] = {}
         self.down: set[str] = set()
-        self.calls: Counter[str] = Counter()
-        self.messages: list[dict[str, Any]] = []
-        self.disputes: dict[str, dict[str, Any]] = {}
-        self.frozen: set[str] = set()
-        self.fail_tools: dict[str, int] = {}  # tool -> HTTP status to answer
-        self._ids = itertools.count(1)
+        self.fail_tools: dict[str, int] = {}  # tool -> HTTP status to answer, until removed
+        self.agents: list[str] = []
 
     def breach(self, agent_id: str, *terms: str) -> None:
         self.breaching[agent_id] = list(terms or ("p99_latency_ms",))
@@ -53,62 +52,49 @@ class FakeGateway:
     def comply(self, agent_id: str) -> None:
         self.breaching.pop(agent_id, None)
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        tool, inp = body["tool"], body.get("input", {})
-        with self.lock:
-            self.calls[tool] += 1
-            if tool in self.fail_tools:
-                status = self.fail_tools[tool]
-                return httpx.Response(
-                    status, json={"error": {"code": "unavailable", "message": "scripted"}}
+    def poll(self, r: fakeredis.FakeRedis, now: datetime) -> None:
+        """What the metrics sweep would have written just now, agent by agent."""
+        for agent_id in self.agents:
+            terms = self.breaching.get(agent_id, [])
+            if agent_id in self.down:
+                snap = Snapshot(agent_id, now.timestamp(), Health.UNKNOWN, error="unreachable")
+            else:
+                snap = Snapshot(
+                    agent_id,
+                    now.timestamp(),
+                    Health.DEGRADED if terms else Health.HEALTHY,
+                    latency_p99=10_000.0 if "p99_latency_ms" in terms else 100.0,
+                    error_rate=0.5 if "max_error_rate" in terms else 0.0,
                 )
-            return self._answer(tool, inp)
+            r.hset(snapshot_key(agent_id), mapping=snap.to_redis())  # type: ignore[arg-type]
 
-    def _answer(self, tool: str, inp: dict[str, Any]) -> httpx.Response:
-        n = next(self._ids)
-        if tool == "check_sla_compliance":
-            agent = inp["agent_id"]
-            if agent in self.down:
-                return httpx.Response(
-                    503, json={"error": {"code": "unavailable", "message": "down"}}
-                )
-            terms = self.breaching.get(agent)
+    @property
+    def calls(self) -> Counter[str]:
+        return Counter(seen.tool for seen in self.rest.seen)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.rest.messages
+
+    @property
+    def disputes(self) -> dict[str, dict[str, Any]]:
+        return self.rest.disputes
+
+    @property
+    def frozen(self) -> set[str]:
+        return {a for a, wallet in self.rest.wallets.items() if wallet.frozen}
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        route = self.rest._route(request.method, request.url.path)
+        if route is not None and route[0] in self.fail_tools:
+            self.rest.seen.append(Seen(request.method, request.url.path, route[0], None, {}, None))
+            status = self.fail_tools[route[0]]
             return httpx.Response(
-                200,
-                json={
-                    "compliant": terms is None,
-                    "margin_pct": -40.0 if terms else 35.0,
-                    "breached_terms": terms or [],
-                },
+                status,
+                json={"type": "https://api.greenhelix.net/errors/unavailable", "status": status},
+                headers={"content-type": "application/problem+json"},
             )
-        if tool == "send_message":
-            self.messages.append(inp)
-            return httpx.Response(200, json={"message_id": f"msg-{n}"})
-        if tool == "create_dispute":
-            dispute_id = f"dsp-{n}"
-            self.disputes[dispute_id] = {**inp, "status": "open"}
-            return httpx.Response(200, json={"dispute_id": dispute_id, "status": "open"})
-        if tool == "resolve_dispute":
-            dispute = self.disputes[inp["dispute_id"]]
-            if dispute["status"] != "open":
-                return httpx.Response(
-                    409, json={"error": {"code": "dispute_resolved", "message": "resolved"}}
-                )
-            dispute.update(
-                status="resolved",
-                resolution=inp["resolution"],
-                amount=inp["amount"],
-                notes=inp["notes"],
-            )
-            return httpx.Response(200, json={"dispute_id": inp["dispute_id"], "status": "resolved"})
-        if tool == "freeze_wallet":
-            self.frozen.add(inp["agent_id"])
-            return httpx.Response(200, json={"wallet_id": f"w-{inp['agent_id']}", "frozen": True})
-        if tool == "unfreeze_wallet":
-            self.frozen.discard(inp["agent_id"])
-            return httpx.Response(200, json={"wallet_id": f"w-{inp['agent_id']}", "frozen": False})
-        return httpx.Response(404, json={"error": {"code": "unknown_tool", "message": tool}})
+        return self.rest.handle(request)
 
 
 @dataclass
@@ -121,6 +107,7 @@ class World:
     policy: Policy
     events: list[AuditEvent]
     hook: httpx.MockTransport
+    keys: StaticKeyRing
     hook_calls: list[dict[str, Any]] = field(default_factory=list)
     sent: list[Message] = field(default_factory=list)
     settings: SlaSettings = field(default_factory=SlaSettings)
@@ -129,10 +116,11 @@ class World:
         self.sent.extend(messages)
 
     def sla(self) -> SlaDeps:
+        # Every check reads what the metrics sweep last wrote: write it fresh.
+        self.gateway.poll(self.redis, self.clock.now())
         return SlaDeps(
             self.sessions,
             self.redis,
-            self.client,
             self.policy,
             self.settings,
             self.clock,
@@ -170,8 +158,10 @@ class World:
     ) -> list[str]:
         ids = [f"{prefix}-{i:04d}-0000abcd" for i in range(n)]
         terms = self.policy.sla_templates[template].model_dump(mode="json")
+        self.gateway.agents.extend(ids)
         with write_session(self.sessions) as s:
             for agent_id in ids:
+                self.keys.add(agent_id, self.gateway.rest.register(agent_id, "50.00"))
                 s.add(
                     Agent(
                         agent_id=agent_id,
@@ -251,8 +241,9 @@ def make_world(
     engine = create_db_engine(url or f"sqlite:///{tmp_path / f'fleet{number}.db'}")
     migrate(engine)
     gateway = FakeGateway()
-    config = GatewayConfig(url="http://gateway.test/v1", admin_key="k", max_attempts=1)  # type: ignore[arg-type]
-    client = LoopGatewayClient(config, transport=httpx.MockTransport(gateway.handle))
+    config = GatewayConfig(url="http://gateway.test", max_attempts=1)
+    keys = StaticKeyRing(ADMIN_KEY)
+    client = LoopGatewayClient(config, keys, transport=httpx.MockTransport(gateway.handle))
     hook_calls: list[dict[str, Any]] = []
 
     def hook(request: httpx.Request) -> httpx.Response:
@@ -268,5 +259,6 @@ def make_world(
         write_policy(tmp_path, **policy_changes),
         events,
         httpx.MockTransport(hook),
+        keys,
         hook_calls,
     )

@@ -1,48 +1,23 @@
-"""The outbox to the gateway, with a scripted gateway: order, no loss, no double send."""
+"""The outbox to the gateway's event bus, against the REST double: each signed checkpoint
+published once, in order, however long the gateway is away."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
+from sqlalchemy import text
 
-from fleet.audit.events import build_event, fleet_subject
+from fleet.audit.events import build_event
 from fleet.audit.log import AuditFiles, AuditLog
-from fleet.audit.mirror import Outbox
+from fleet.audit.mirror import EVENT_TYPE, Outbox
+from fleet.audit.signing import Checkpoint, signature_valid
 from fleet.clock import ManualClock
-from fleet.gateway import BadInput, CircuitOpen, NotFound, RateLimited, TraceContext, Unavailable
+from fleet.gateway import GatewayClient
 from fleet.storage.db import create_db_engine, migrate
-
-
-class ScriptedGateway:
-    """Records what it accepted; fails the way it is told."""
-
-    def __init__(self) -> None:
-        self.accepted: list[dict[str, Any]] = []
-        self.down = False
-        self.refuse_agents: set[str] = set()
-        self.calls = 0
-        self.traces: list[TraceContext | None] = []
-
-    def call(
-        self,
-        tool: str,
-        input: Mapping[str, Any] | None = None,
-        *,
-        trace: TraceContext | None = None,
-    ) -> dict[str, Any]:
-        assert tool == "create_audit_trail" and input is not None
-        self.calls += 1
-        self.traces.append(trace)
-        if self.down:
-            raise Unavailable("outage", tool=tool, status=503)
-        if input["agent_id"] in self.refuse_agents:
-            raise NotFound("unknown agent", tool=tool, status=404)
-        self.accepted.append(dict(input))
-        return {"audit_id": f"aud-{len(self.accepted)}"}
+from tests.support.rest_gateway import RestGateway
 
 
 @pytest.fixture
@@ -58,138 +33,107 @@ def log(tmp_path: Path, clock: ManualClock) -> Iterator[AuditLog]:
         engine,
         AuditFiles(tmp_path / "k.pem", tmp_path / "c.jsonl", tmp_path / "a", tmp_path / "r"),
         clock=clock,
+        checkpoint_every=2,
     )
     engine.dispose()
 
 
-def _append(log: AuditLog, clock: ManualClock, subjects: list[str]) -> None:
-    log.append(
-        [
-            build_event(
-                actor="t",
-                action="restart_agent",
-                subject=s,
-                details={"n": i},
-                clock=clock,
-                trace_id="1" * 32,
-                span_id=f"{i + 1:016x}",
-            )
-            for i, s in enumerate(subjects)
-        ]
-    )
+@pytest.fixture
+def gateway() -> RestGateway:
+    return RestGateway()
 
 
-def test_entries_reach_the_gateway_in_order_with_their_chain_position(
-    log: AuditLog, clock: ManualClock
+@pytest.fixture
+def client(gateway: RestGateway) -> Iterator[GatewayClient]:
+    with gateway.client() as c:
+        yield c
+
+
+def _append(log: AuditLog, clock: ManualClock, n: int) -> None:
+    """n entries; with checkpoint_every=2, a signed checkpoint every second one."""
+    for i in range(n):
+        log.append([build_event(actor="t", action="restart_agent", subject=f"a-{i}", clock=clock)])
+
+
+def _published(gateway: RestGateway) -> list[dict[str, object]]:
+    return [e["payload"] for e in gateway.events if e["event_type"] == EVENT_TYPE]
+
+
+def test_checkpoints_reach_the_bus_in_order_signed_and_linked_to_the_one_before(
+    log: AuditLog, clock: ManualClock, gateway: RestGateway, client: GatewayClient
 ) -> None:
-    gateway = ScriptedGateway()
-    _append(log, clock, [f"seg0-{i:04d}-aaaaaaaa" for i in range(5)])
-    run = Outbox(log, owner="w1").run(gateway.call)
-    assert (run.delivered, run.pending, run.error) == (5, 0, None)
-    assert [a["metadata"]["seq"] for a in gateway.accepted] == [1, 2, 3, 4, 5]
-    first = gateway.accepted[0]
-    assert (
-        first["agent_id"] == "seg0-0000-aaaaaaaa"
-        and first["action"] == "restart_agent"
-        and first["details"] == {"n": 0}
-    )
-    assert len(first["metadata"]["hash"]) == 64 and first["metadata"]["chain"] == "main"
-    assert gateway.traces[0] == TraceContext("1" * 32, "0000000000000001"), (
-        "the gateway call joins the entry's trace"
-    )
-    assert Outbox(log, owner="w1").run(gateway.call).delivered == 0, "nothing is sent twice"
+    _append(log, clock, 6)
+    run = Outbox(log, owner="w1").run(client)
+    assert (run.delivered, run.pending, run.error) == (3, 0, None)
+    published = _published(gateway)
+    assert [p["size"] for p in published] == [2, 4, 6]
+    assert published[0]["previous"] is None
+    assert published[1]["previous"] == {
+        "size": 2,
+        "head": published[0]["head"],
+        "signature": published[0]["signature"],
+    }
+    key = log.trusted_public_key()
+    for payload in published:
+        fields = {k: v for k, v in payload.items() if k != "previous"}
+        assert signature_valid(Checkpoint.from_dict(fields), key)
+    assert published[-1]["head"] == log.head().hash
+    assert Outbox(log, owner="w1").run(client).delivered == 0, "nothing is sent twice"
 
 
-def test_an_outage_holds_entries_in_place_and_they_follow_in_order_after_it(
-    log: AuditLog, clock: ManualClock
+def test_an_outage_holds_checkpoints_in_place_and_they_follow_in_order_after_it(
+    log: AuditLog, clock: ManualClock, gateway: RestGateway, client: GatewayClient
 ) -> None:
-    gateway = ScriptedGateway()
-    _append(log, clock, [f"seg0-{i:04d}-aaaaaaaa" for i in range(3)])
-    Outbox(log, owner="w1").run(gateway.call)
-    gateway.down = True
-    _append(log, clock, [f"seg1-{i:04d}-aaaaaaaa" for i in range(4)])
-    for _ in range(3):
-        run = Outbox(log, owner="w1").run(gateway.call)
-        assert (
-            (run.delivered, run.pending) == (0, 4)
-            and run.error is not None
-            and "outage" in run.error
-        )
-    gateway.down = False
-    run = Outbox(log, owner="w2").run(gateway.call)
-    assert (run.delivered, run.pending) == (4, 0)
-    seqs = [a["metadata"]["seq"] for a in gateway.accepted]
-    assert seqs == list(range(1, 8)), "none lost, none twice, in chain order"
+    _append(log, clock, 2)
+    Outbox(log, owner="w1").run(client)
+    _append(log, clock, 6)
+    for _ in range(2):  # two runs of an outage (fewer failures than open the breaker)
+        gateway.fail["publish_event"] = [503, 503]
+        run = Outbox(log, owner="w1").run(client)
+        assert run.delivered == 0 and run.pending == 3 and run.error is not None
+    gateway.fail.clear()
+    run = Outbox(log, owner="w2").run(client)
+    assert (run.delivered, run.pending) == (3, 0)
+    assert [p["size"] for p in _published(gateway)] == [2, 4, 6, 8], "none lost, none twice"
 
 
-@pytest.mark.parametrize(
-    "error", [CircuitOpen("open", retry_after=3.0), RateLimited("slow down", retry_after=2.0)]
-)
-def test_breaker_and_rate_limits_are_waited_out_not_skipped(
-    log: AuditLog, clock: ManualClock, error: Exception
+def test_a_lost_answer_is_found_on_the_bus_and_not_published_again(
+    log: AuditLog, clock: ManualClock, gateway: RestGateway, client: GatewayClient
 ) -> None:
-    _append(log, clock, ["seg0-0001-aaaaaaaa"])
-
-    def failing(
-        tool: str, input: Mapping[str, Any] | None = None, *, trace: TraceContext | None = None
-    ) -> dict[str, Any]:
-        raise error
-
-    run = Outbox(log, owner="w1").run(failing)
-    assert run.pending == 1 and run.retry_after_s is not None
-
-
-def test_permanent_refusals_are_recorded_and_non_agents_skipped_without_blocking(
-    log: AuditLog, clock: ManualClock
-) -> None:
-    gateway = ScriptedGateway()
-    gateway.refuse_agents.add("gone-0001-aaaaaaaa")
-    _append(
-        log,
-        clock,
-        ["seg0-0001-aaaaaaaa", "gone-0001-aaaaaaaa", fleet_subject("demo"), "seg0-0002-aaaaaaaa"],
-    )
-    run = Outbox(log, owner="w1").run(gateway.call)
-    assert (run.delivered, run.refused, run.skipped, run.pending) == (2, 1, 1, 0)
+    _append(log, clock, 4)
+    # The event is stored, then the connection drops: twice, so the client gives up.
+    gateway.lose_answer["publish_event"] = 2
+    first = Outbox(log, owner="w1").run(client)
+    assert first.delivered == 0 and first.error is not None
+    assert [p["size"] for p in _published(gateway)] == [2, 2], "the client's own retry"
+    run = Outbox(log, owner="w1").run(client)
+    assert (run.delivered, run.skipped, run.pending) == (1, 1, 0)
+    assert [p["size"] for p in _published(gateway)] == [2, 2, 4], "size 2 not sent a third time"
     with log.engine.connect() as conn:
-        from sqlalchemy import text
-
-        receipts = conn.execute(
-            text("SELECT seq, status, audit_id, error FROM audit_mirror_receipts ORDER BY seq")
+        rows = conn.execute(
+            text("SELECT seq, status, audit_id FROM audit_mirror_receipts ORDER BY seq")
         ).all()
-    assert [(r.seq, r.status) for r in receipts] == [
-        (1, "delivered"),
-        (2, "refused"),
-        (3, "skipped"),
-        (4, "delivered"),
-    ]
-    assert receipts[0].audit_id == "aud-1" and "unknown agent" in receipts[1].error
+    assert [(r.seq, r.status) for r in rows] == [(2, "skipped"), (4, "delivered")]
+    assert rows[0].audit_id == "1", "the receipt names the bus event that carries it"
+
+
+def test_a_refused_checkpoint_is_recorded_and_does_not_stop_the_walk(
+    log: AuditLog, clock: ManualClock, gateway: RestGateway, client: GatewayClient
+) -> None:
+    _append(log, clock, 4)
+    gateway.fail["publish_event"] = [400]
+    run = Outbox(log, owner="w1").run(client)
+    assert (run.delivered, run.refused, run.pending) == (1, 1, 0)
+    assert [p["size"] for p in _published(gateway)] == [4]
 
 
 def test_one_sender_at_a_time_and_a_lapsed_lease_is_taken_over(
-    log: AuditLog, clock: ManualClock
+    log: AuditLog, clock: ManualClock, gateway: RestGateway, client: GatewayClient
 ) -> None:
-    gateway = ScriptedGateway()
-    _append(log, clock, ["seg0-0001-aaaaaaaa"])
+    _append(log, clock, 2)
     holder = Outbox(log, owner="w1", lease_s=60)
     assert holder.acquire()
-    assert Outbox(log, owner="w2").run(gateway.call).busy
+    assert Outbox(log, owner="w2").run(client).busy
     clock.advance(61)
-    assert Outbox(log, owner="w2").run(gateway.call).delivered == 1
-    assert gateway.calls == 1
-
-
-def test_a_bad_input_refusal_does_not_stop_the_walk(log: AuditLog, clock: ManualClock) -> None:
-    _append(log, clock, ["seg0-0001-aaaaaaaa", "seg0-0002-aaaaaaaa"])
-    answers = iter([BadInput("details too big", status=400), {"audit_id": "aud-2"}])
-
-    def gateway(
-        tool: str, input: Mapping[str, Any] | None = None, *, trace: TraceContext | None = None
-    ) -> dict[str, Any]:
-        answer = next(answers)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    run = Outbox(log, owner="w1").run(gateway)
-    assert (run.delivered, run.refused, run.pending) == (1, 1, 0)
+    assert Outbox(log, owner="w2").run(client).delivered == 1
+    assert len(gateway.calls("publish_event")) == 1

@@ -16,7 +16,8 @@ from fleet.escalation.engine import TIER_TASKS, due_tiers, evaluate, redispatch_
 from fleet.sla import service
 from fleet.sla.episodes import get_episode
 from fleet.sla.models import ActionStatus, SlaDispute, SlaEscalation
-from fleet.storage.records import AgentStatus
+from fleet.storage.db import write_session
+from fleet.storage.records import Agent, AgentStatus
 from tests.support.sla_world import World
 
 CHECK_EVERY_MIN = 5
@@ -91,7 +92,7 @@ def test_an_episode_of_35_minutes_runs_tiers_1_to_4_once_each_in_order_on_their_
     assert rows[1].result["before"] == "1" and rows[1].result["after"] == "0.5"
     assert w.agent(agent).status == AgentStatus.PAUSED
     assert agent in w.gateway.frozen
-    notes = [m for m in w.gateway.messages if m["to"] == "fleet-operator"]
+    notes = [m for m in w.gateway.messages if m["recipient"] == "fleet-operator"]
     assert len(notes) == 2 and all("AI agent" in m["body"] for m in notes)
     with w.sessions() as s:
         release = s.scalars(
@@ -309,26 +310,31 @@ def test_tiers_due_is_pure_and_follows_the_policy(world: World) -> None:
     assert due_tiers(policy, episode, at + timedelta(minutes=30)) == [1, 2, 3, 4]
 
 
-def test_a_dispute_is_filed_for_a_named_counterparty_and_resolved_by_policy_on_recovery(
+def test_a_dispute_is_opened_on_the_held_escrow_and_resolved_by_policy_on_recovery(
     world: World,
 ) -> None:
     w = world
     [agent] = w.add_agents(1)
-    w.gateway.breach(agent, "uptime_pct")
-    out = service.evaluate_agent(
-        w.sla(), agent, "alert:sla-breach", counterparty="buyer-0042", amount="12.40"
-    )
+    w.keys.add(agent, w.gateway.rest.mint(agent, "pro"))  # disputes need a pro key
+    w.gateway.rest.escrows["esc-1"] = {"status": "held", "amount": "12.4"}
+    with write_session(w.sessions) as s:
+        row = s.get(Agent, agent)
+        assert row is not None
+        row.extra = {"escrows": {"buyer-0042": "esc-1"}}
+    w.gateway.breach(agent, "p99_latency_ms")
+    out = service.evaluate_agent(w.sla(), agent, "alert:sla-breach", counterparty="buyer-0042")
     assert out["episode_id"] and out["transitions"] == {"opened": 1}
     run_minutes(
         w, 25, agents=[agent], on_minute=lambda m: w.gateway.comply(agent) if m == 18 else None
     )
     [dispute] = w.gateway.disputes.values()
-    assert dispute["counterparty"] == "buyer-0042" and dispute["agent_id"] == agent
-    assert dispute["status"] == "resolved" and dispute["resolution"] == "partial_refund"
-    assert dispute["amount"] == "6.20" and "Partial refund" in dispute["notes"]
+    assert dispute["escrow_id"] == "esc-1" and dispute["opener"] == agent
+    assert dispute["status"] == "resolved" and dispute["resolution"] == "refund"
+    assert dispute["resolved_by"] == "fleet-admin" and "Resolved per SLA" in dispute["notes"]
+    assert w.gateway.rest.escrows["esc-1"]["status"] == "refunded"
     with w.sessions() as s:
         [row] = s.scalars(select(SlaDispute)).all()
-    assert (row.status, row.claimed, row.refund) == ("resolved", "12.40", "6.20")
+    assert (row.status, row.claimed, row.refund) == ("resolved", "12.40", "12.40")
     audited = [e.action for e in w.events]
     assert "open_dispute" in audited and "resolve_dispute" in audited
 

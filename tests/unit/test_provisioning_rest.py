@@ -1,0 +1,380 @@
+"""Provisioning, key import, rotation and retirement against the gateway's REST API
+(a scripted double behind httpx.MockTransport, driven through the real client)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import yaml
+
+from config.policy import load_policy
+from config.settings import DEFAULT_POLICY_FILE
+from fleet.clock import ManualClock
+from fleet.gateway import GatewayClient
+from fleet.hotstate import Lease
+from fleet.provisioning import lifecycle, pipeline
+from fleet.secrets import AgentKeyRing, KeyVault
+from fleet.storage.db import create_db_engine, migrate, session_factory
+from fleet.storage.records import Agent, AgentStatus, SlaContract
+from tests.support.rest_gateway import ADMIN_KEY, RestGateway
+
+TREASURY = "fleet-treasury"
+
+
+class _Lease:
+    def renew(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _lock(name: str, ttl: float) -> Iterator[Lease | None]:
+    # One process, one worker: nobody else holds an agent.
+    yield cast(Lease, _Lease())
+
+
+@dataclass
+class Env:
+    deps: pipeline.ProvisioningDeps
+    gateway: RestGateway
+    client: GatewayClient
+    clock: ManualClock
+    audit: list[dict[str, Any]] = field(default_factory=list)
+
+    def agent(self, agent_id: str) -> Agent:
+        with self.deps.sessions() as s:
+            agent = s.get(Agent, agent_id)
+            assert agent is not None
+            return agent
+
+    def key_of(self, agent_id: str) -> str | None:
+        token = self.agent(agent_id).api_key_encrypted
+        return self.deps.vault.decrypt(token) if token else None
+
+    def provision(self, manifest: dict[str, Any], job_id: str = "job-1") -> list[str]:
+        submitted = pipeline.submit_job(self.deps, manifest, job_id, "test")
+        for agent_id in submitted.to_dispatch:
+            pipeline.provision_agent(self.deps, agent_id)
+        return submitted.to_dispatch
+
+
+@pytest.fixture
+def make_env(tmp_path: Path) -> Iterator[Any]:
+    made: list[Env] = []
+
+    def make(**provisioning: Any) -> Env:
+        raw = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+        raw["provisioning"].update(provisioning)
+        path = tmp_path / f"policy{len(made)}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        engine = create_db_engine(f"sqlite:///{tmp_path / f'fleet{len(made)}.db'}")
+        migrate(engine)
+        sessions = session_factory(engine)
+        vault = KeyVault("test-secrets")
+        ring = AgentKeyRing(sessions, vault, ADMIN_KEY)
+        gateway = RestGateway()
+        gateway.register(TREASURY, "0.00")
+        client = gateway.client(ring)
+        audit: list[dict[str, Any]] = []
+        clock = ManualClock(datetime(2026, 12, 1, tzinfo=UTC))
+        deps = pipeline.ProvisioningDeps(
+            sessions,
+            client,
+            load_policy(path),
+            vault,
+            clock,
+            lambda **kw: audit.append(kw),
+            _lock,
+            keys=ring,
+        )
+        env = Env(deps, gateway, client, clock, audit)
+        made.append(env)
+        return env
+
+    yield make
+    for env in made:
+        env.client.close()
+        env.deps.sessions.kw["bind"].dispose()
+
+
+def manifest(tier: str = "pro", count: int = 2, balance: str = "50.00") -> dict[str, Any]:
+    return {
+        "fleet": "support",
+        "environment": "test",
+        "agents": [
+            {
+                "id_prefix": "cs-triage",
+                "count": count,
+                "tier": tier,
+                "initial_balance": balance,
+                "capabilities": ["text-classification", "sentiment-analysis"],
+                "trust_claims": [{"type": "response-time-p99", "value": "under-2s"}],
+                "sla_template": "standard-support",
+                "pricing": {"per_call": "0.05"},
+            }
+        ],
+    }
+
+
+def _import_pro_keys(env: Env, agents: list[str]) -> None:
+    for agent_id in agents:
+        imported = pipeline.import_agent_key(
+            env.deps, agent_id, env.gateway.mint(agent_id, "pro"), "operator"
+        )
+        assert imported.tier == "pro" and imported.redispatch
+        assert pipeline.provision_agent(env.deps, agent_id) == AgentStatus.ACTIVE
+
+
+def test_a_pro_group_waits_for_an_imported_pro_key_then_finishes_at_the_gateway(
+    make_env: Any,
+) -> None:
+    env = make_env()
+    agents = env.provision(manifest())
+    for agent_id in agents:
+        agent = env.agent(agent_id)
+        assert agent.status == AgentStatus.AWAITING_KEY
+        assert agent.steps_done == ["register", "identity", "funding", "budget"]
+        assert agent.failure_reason is not None
+        assert "needs a pro key; the agent holds a free key" in agent.failure_reason
+        assert f"fleet keys import {agent_id}" in agent.failure_reason
+    progress = pipeline.job_progress(env.deps.sessions, "job-1")
+    assert progress is not None and progress.pending == 2
+    assert all("needs a pro key" in p for p in progress.problems) and len(progress.problems) == 2
+    assert not env.gateway.calls("submit_metrics"), "a free key was never sent to a pro tool"
+
+    _import_pro_keys(env, agents)
+    gw = env.gateway
+    for agent_id in agents:
+        agent = env.agent(agent_id)
+        assert agent.status == AgentStatus.ACTIVE
+        assert agent.extra["public_key"] == gw.identities[agent_id]
+        assert gw.wallets[agent_id].balance == Decimal("50.00"), "500 signup bonus cut to 50"
+        assert gw.wallets[agent_id].budget == {
+            "daily_cap": 10.0,
+            "monthly_cap": 200.0,
+            "alert_threshold": 0.8,
+        }
+        assert gw.claims[agent_id] == {"p99_latency_ms": 2000, "uptime": 99.5, "accuracy": 0.95}
+        assert agent.claim_chain_id == str(gw.chains[agent_id])
+        service = gw.services[agent.service_id or ""]
+        assert service["provider_id"] == agent_id and service["status"] == "active"
+        assert service["tools"] == ["text-classification", "sentiment-analysis"]
+        assert agent_id in service["tags"] and "support" in service["tags"]
+        assert service["pricing"] == {"model": "per_call", "cost": "0.05"}
+        with env.deps.sessions() as s:
+            sla = s.get(SlaContract, f"sla-{agent_id}")
+            assert sla is not None and sla.terms["p99_latency_ms"] == 2000
+    pro_calls = [s for s in gw.seen if s.tool in ("submit_metrics", "register_service")]
+    assert pro_calls and all(s.agent in agents for s in pro_calls), "as the agent, own key"
+    assert [s.agent for s in gw.calls("withdraw")] == ["fleet-admin"] * 2, "operator key funds"
+    assert [e["action"] for e in env.audit].count("provision_agent") == 2
+
+
+def test_the_same_manifest_again_calls_nothing_at_the_gateway(make_env: Any) -> None:
+    env = make_env()
+    agents = env.provision(manifest())
+    _import_pro_keys(env, agents)
+    before = len(env.gateway.seen)
+    again = pipeline.submit_job(env.deps, manifest(), "job-2", "test")
+    assert again.to_dispatch == [] and again.already_active == 2
+    assert len(env.gateway.seen) == before
+
+
+def test_a_free_group_skips_the_pro_steps_and_says_why(make_env: Any) -> None:
+    env = make_env()
+    [agent_id] = env.provision(manifest(tier="free", count=1))
+    agent = env.agent(agent_id)
+    assert agent.status == AgentStatus.ACTIVE
+    assert set(agent.extra["skipped"]) == {"metrics", "claims", "listing"}
+    assert "group cs-triage is free" in agent.extra["skipped"]["claims"]
+    assert agent.service_id is None and agent.claim_chain_id is None
+    assert not env.gateway.calls("submit_metrics") and not env.gateway.calls("register_service")
+
+
+def test_a_top_up_whose_answer_was_lost_is_replayed_not_credited_twice(make_env: Any) -> None:
+    env = make_env()
+    env.gateway.lose_answer["deposit"] = 1
+    [agent_id] = env.provision(manifest(tier="free", count=1, balance="650.00"))
+    assert env.agent(agent_id).status == AgentStatus.ACTIVE
+    assert env.gateway.wallets[agent_id].balance == Decimal("650.00")
+    deposits = env.gateway.calls("deposit")
+    assert len(deposits) == 2 and deposits[0].idempotency_key == deposits[1].idempotency_key
+    assert deposits[0].idempotency_key == f"job-1:{agent_id}:0:funding"
+
+
+def test_an_id_that_exists_without_our_key_fails_and_is_left_alone(make_env: Any) -> None:
+    env = make_env()
+    agent_id = pipeline.submit_job(env.deps, manifest(tier="free", count=1), "job-1", "t")
+    [theirs] = agent_id.to_dispatch
+    env.gateway.register(theirs, "77.00")  # someone else's agent under the same id
+    assert pipeline.provision_agent(env.deps, theirs) == AgentStatus.FAILED
+    agent = env.agent(theirs)
+    assert agent.failure_reason is not None and "we hold no key" in agent.failure_reason
+    wallet = env.gateway.wallets[theirs]
+    assert wallet.balance == Decimal("77.00") and not wallet.frozen, "not ours: untouched"
+    assert [s.tool for s in env.gateway.seen] == ["register_agent"]
+
+
+def test_a_failed_step_sweeps_the_funds_to_the_treasury_and_freezes_the_wallet(
+    make_env: Any,
+) -> None:
+    env = make_env()
+    env.gateway.fail["set_budget_cap"] = [400]
+    [agent_id] = env.provision(manifest(tier="free", count=1, balance="40.00"))
+    agent = env.agent(agent_id)
+    assert agent.status == AgentStatus.FAILED
+    assert agent.failure_reason is not None and "step budget failed" in agent.failure_reason
+    gw = env.gateway
+    assert gw.wallets[agent_id].balance == Decimal("0.00") and gw.wallets[agent_id].frozen
+    assert gw.wallets[TREASURY].balance == Decimal("40.00")
+    assert "cannot be deleted at the gateway" in agent.extra["compensation"]["identity"]
+    assert env.key_of(agent_id) is not None, "the identity remains, so its key is kept"
+    # The next run goes on with the identity it holds: 409 with our key, wallet unfrozen.
+    env.provision(manifest(tier="free", count=1, balance="40.00"), job_id="job-2")
+    assert env.agent(agent_id).status == AgentStatus.ACTIVE
+    assert gw.wallets[agent_id].balance == Decimal("40.00") and not gw.wallets[agent_id].frozen
+    assert gw.wallets[TREASURY].balance == Decimal("40.00")
+
+
+def test_a_compensation_cut_short_between_withdraw_and_deposit_loses_nothing(
+    make_env: Any,
+) -> None:
+    env = make_env()
+    env.gateway.fail["set_budget_cap"] = [400]
+    env.gateway.fail["deposit"] = [503, 503]  # the treasury deposit, both attempts
+    [agent_id] = env.provision(manifest(tier="free", count=1, balance="500.00"))
+    assert env.agent(agent_id).status == AgentStatus.COMPENSATING
+    assert env.gateway.wallets[agent_id].balance == Decimal("0.00")
+    assert env.gateway.wallets[TREASURY].balance == Decimal("0.00")
+    # resume_stalled re-dispatches it: the sweep goes on where it stopped
+    assert pipeline.provision_agent(env.deps, agent_id) == AgentStatus.FAILED
+    assert env.gateway.wallets[TREASURY].balance == Decimal("500.00")
+    assert len(env.gateway.calls("withdraw")) == 1, "the withdraw was not repeated"
+    assert env.gateway.wallets[agent_id].frozen
+
+
+def test_with_on_missing_tier_fail_the_agent_fails_with_the_reason(make_env: Any) -> None:
+    env = make_env(on_missing_tier="fail")
+    [agent_id] = env.provision(manifest(count=1))
+    agent = env.agent(agent_id)
+    assert agent.status == AgentStatus.FAILED
+    assert agent.failure_reason is not None and "needs a pro key" in agent.failure_reason
+    assert env.gateway.wallets[agent_id].frozen
+
+
+def test_a_key_is_imported_only_when_the_gateway_says_it_is_that_agents(make_env: Any) -> None:
+    env = make_env()
+    [a, b] = env.provision(manifest())
+    with pytest.raises(Exception, match="403|forbidden|Forbidden"):
+        pipeline.import_agent_key(env.deps, a, env.gateway.mint(b, "pro"), "operator")
+    with pytest.raises(Exception, match="401|not found"):
+        pipeline.import_agent_key(env.deps, a, "a2a_pro_" + "0" * 24, "operator")
+    with pytest.raises(ValueError, match="not a gateway API key"):
+        pipeline.import_agent_key(env.deps, a, "hunter2", "operator")
+    assert env.agent(a).status == AgentStatus.AWAITING_KEY
+
+
+def test_rotation_stores_the_new_key_and_keeps_the_old_one_for_the_grace_window(
+    make_env: Any,
+) -> None:
+    env = make_env()
+    [agent_id] = env.provision(manifest(tier="free", count=1))
+    old = env.key_of(agent_id)
+    env.clock.advance(91 * 86400)
+    assert lifecycle.rotate_key(env.deps, agent_id)
+    assert not lifecycle.rotate_key(env.deps, agent_id), "not due again"
+    new = env.key_of(agent_id)
+    assert new != old and new in env.gateway.live_keys(agent_id)
+    [held] = env.agent(agent_id).extra["held_keys"]
+    assert env.deps.vault.decrypt(held["key_encrypted"]) == old and held["valid_until"]
+    assert [s.agent for s in env.gateway.calls("rotate_key")] == ["fleet-admin"]
+
+
+def test_retirement_leaves_no_working_key_no_funds_no_listing_and_says_the_identity_remains(
+    make_env: Any,
+) -> None:
+    env = make_env()
+    agents = env.provision(manifest(count=1))
+    _import_pro_keys(env, agents)
+    [agent_id] = agents
+    service_id = env.agent(agent_id).service_id
+    status = lifecycle.retire_agent(
+        env.deps, lifecycle.RetireDeps(inflight=lambda a: 0), agent_id, "scale down"
+    )
+    assert status == AgentStatus.RETIRED
+    agent = env.agent(agent_id)
+    gw = env.gateway
+    assert agent.api_key_encrypted is None and agent.extra["held_keys"] == []
+    assert agent.extra["retirement"]["keys_discarded"] == 2, "the imported pro and the free key"
+    rotated_away = {s.body["current_key"] for s in gw.calls("rotate_key")}
+    assert all(gw.keys[k].revoked_at is not None for k in rotated_away)
+    assert gw.services[service_id or ""]["status"] == "inactive"
+    assert gw.wallets[agent_id].balance == 0 and gw.wallets[agent_id].frozen
+    assert gw.wallets[TREASURY].balance == Decimal("50.00")
+    assert agent.failure_reason == "retired; identity remains at the gateway"
+    assert agent_id in gw.identities
+    assert [e["action"] for e in env.audit][-1] == "retire_agent"
+
+
+def test_a_tier_upgrade_is_recorded_and_asks_for_an_imported_key(make_env: Any) -> None:
+    env = make_env()
+    [agent_id] = env.provision(manifest(tier="free", count=1))
+    plan = lifecycle.plan_upgrade(env.deps, agent_id, "pro")
+    assert (plan.current_monthly_cost, plan.projected_monthly_cost) == (
+        Decimal("0.00"),
+        Decimal("199.00"),
+    )
+    assert plan.needs_approval(env.deps.policy.scaling.tier_upgrade_approval_increase)
+    told = lifecycle.record_upgrade_request(env.deps, plan, ["alice"])
+    assert f"fleet keys import {agent_id}" in told
+    assert env.agent(agent_id).extra["tier_request"]["new_tier"] == "pro"
+    starter = lifecycle.UpgradePlan(agent_id, "starter", "pro", Decimal("29"), Decimal("199"))
+    assert starter.needs_approval(2.0), "+586 % is above +200 %"
+    assert not lifecycle.UpgradePlan(
+        agent_id, "pro", "enterprise", Decimal("199"), Decimal("416.67")
+    ).needs_approval(2.0)
+
+
+def test_a_worker_killed_mid_agent_resumes_after_its_last_step_without_moving_money_again(
+    make_env: Any,
+) -> None:
+    env = make_env()
+    submitted = pipeline.submit_job(env.deps, manifest(tier="free", count=1), "job-1", "t")
+    [agent_id] = submitted.to_dispatch
+    real_run = env.client.run
+
+    def killed_at_budget(op: Any, **kw: Any) -> Any:
+        if op.name == "set_budget_cap":
+            raise SystemExit("worker killed")
+        return real_run(op, **kw)
+
+    env.deps.gateway = cast(Any, type("Killed", (), {"run": staticmethod(killed_at_budget)}))
+    with pytest.raises(SystemExit):
+        pipeline.provision_agent(env.deps, agent_id)
+    assert env.agent(agent_id).steps_done == ["register", "identity", "funding"]
+    env.deps.gateway = env.client  # the message is redelivered to a live worker
+    assert pipeline.provision_agent(env.deps, agent_id) == AgentStatus.ACTIVE
+    assert len(env.gateway.calls("register_agent")) == 1
+    assert len(env.gateway.calls("withdraw")) == 1
+    assert env.gateway.wallets[agent_id].balance == Decimal("50.00")
+
+
+def test_retiring_an_agent_frozen_by_tier_4_still_sweeps_its_funds_and_refreezes(
+    make_env: Any,
+) -> None:
+    env = make_env()
+    [agent_id] = env.provision(manifest(tier="free", count=1, balance="30.00"))
+    env.gateway.wallets[agent_id].frozen = True
+    status = lifecycle.retire_agent(
+        env.deps, lifecycle.RetireDeps(inflight=lambda a: 0), agent_id, "frozen for good"
+    )
+    assert status == AgentStatus.RETIRED
+    assert env.gateway.wallets[TREASURY].balance == Decimal("30.00")
+    assert env.gateway.wallets[agent_id].balance == 0 and env.gateway.wallets[agent_id].frozen
+    assert len(env.gateway.calls("unfreeze_wallet")) == 1, "unfrozen only to sweep it"
