@@ -39,7 +39,7 @@ from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.alerts import Handoff
 from fleet.monitoring.poller import SweepPoller
 from fleet.provisioning.pipeline import ProvisioningDeps
-from fleet.secrets import KeyVault
+from fleet.secrets import AgentKeyRing, KeyVault
 from fleet.sla.alerts import AlertDeps
 from fleet.sla.service import SlaDeps
 from fleet.storage.db import engine_for, session_factory
@@ -126,15 +126,29 @@ class Runtime:
     # ------------------------------------------------------------------ gateway and HTTP clients
 
     @property
+    def vault(self) -> KeyVault:
+        return self._once("vault", lambda: KeyVault(self.settings.secrets_key.get_secret_value()))
+
+    @property
+    def keys(self) -> AgentKeyRing:
+        """The admin key from settings and each agent's own key, decrypted when a call needs it."""
+        admin = self.settings.gateway.admin_key.get_secret_value()
+        return self._once("keys", lambda: AgentKeyRing(self.sessions, self.vault, admin))
+
+    @property
     def gateway(self) -> LoopGatewayClient:
         # One client per process, on one background event loop: its connection
         # pool and circuit breakers are shared by every thread of a threads-pool worker.
-        return self._once("gateway", lambda: LoopGatewayClient.from_settings(self.settings))
+        return self._once(
+            "gateway", lambda: LoopGatewayClient.from_settings(self.settings, self.keys)
+        )
 
     @property
     def gateway_sync(self) -> GatewayClient:
         """A plain synchronous client, for the occasional call from the audit side."""
-        return self._once("gateway_sync", lambda: GatewayClient.from_settings(self.settings))
+        return self._once(
+            "gateway_sync", lambda: GatewayClient.from_settings(self.settings, self.keys)
+        )
 
     @property
     def mirror_gateway(self) -> GatewayClient:
@@ -142,7 +156,8 @@ class Runtime:
         return self._once(
             "mirror_gateway",
             lambda: GatewayClient(
-                dataclasses.replace(GatewayConfig.from_settings(self.settings), max_attempts=1)
+                dataclasses.replace(GatewayConfig.from_settings(self.settings), max_attempts=1),
+                self.keys,
             ),
         )
 
@@ -155,7 +170,10 @@ class Runtime:
                 breaker_failure_threshold=s.metrics.breaker_failure_threshold,
             )
             return SweepPoller(
-                config, in_flight=s.metrics.in_flight, timeout_s=s.metrics.poll_timeout_s
+                config,
+                in_flight=s.metrics.in_flight,
+                timeout_s=s.metrics.poll_timeout_s,
+                keys=self.keys,
             )
 
         return self._once("poller", build)
@@ -189,12 +207,13 @@ class Runtime:
                 sessions=self.sessions,
                 gateway=self.gateway,
                 policy=s.policy,
-                vault=KeyVault(s.secrets_key.get_secret_value()),
+                vault=self.vault,
                 clock=self.clock,
                 audit=audit.record,
                 lock=self.lock,
                 is_frozen=lambda fleet: is_provisioning_frozen(self.redis, fleet),
                 lock_ttl_s=s.schedule.provisioning_lock_ttl_s,
+                keys=self.keys,
             )
 
         return self._once("provisioning", build)
@@ -235,14 +254,20 @@ class Runtime:
         s = self.settings
         return self._once(
             "sla",
-            lambda: SlaDeps(
-                self.sessions, self.redis, s.policy, s.sla, self.clock, self.send
-            ),
+            lambda: SlaDeps(self.sessions, self.redis, s.policy, s.sla, self.clock, self.send),
         )
 
     @property
     def sla_alerts(self) -> AlertDeps:
-        return AlertDeps(self.sessions, self.settings.policy, self.clock, self.gateway)
+        g = self.settings.gateway
+        return AlertDeps(
+            self.sessions,
+            self.settings.policy,
+            self.clock,
+            self.gateway,
+            admin_agent_id=g.admin_agent_id,
+            operator_agent_id=g.operator_agent_id,
+        )
 
     @property
     def escalation(self) -> ActionDeps:
@@ -255,6 +280,8 @@ class Runtime:
                 self.gateway,
                 self.remediation_http,
                 self.approvals,
+                admin_agent_id=self.settings.gateway.admin_agent_id,
+                operator_agent_id=self.settings.gateway.operator_agent_id,
             ),
         )
 

@@ -76,7 +76,7 @@ def mirror(self: Task) -> dict[str, Any]:
         return {"disabled": True}
     owner = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}"
     run: MirrorRun = Outbox(rt.audit_log, owner=owner, lease_s=policy.mirror_lease_s).run(
-        rt.mirror_gateway.call, max_entries=policy.mirror_run_max
+        rt.mirror_gateway, max_entries=policy.mirror_run_max
     )
     if run.error:
         log.warning("audit mirroring paused (%d waiting): %s", run.pending, run.error)

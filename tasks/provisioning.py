@@ -131,14 +131,14 @@ def retire_agent(
 def upgrade_tier(
     agent_id: str,
     new_tier: str,
-    projected_volume: int,
     requested_by: str = "celery",
     approval_id: str | None = None,
 ) -> dict[str, Any]:
-    """Estimate first; above the configured increase (+200 %) wait for an approval."""
+    """Estimate first; above the configured increase (+200 %) wait for an approval; then
+    record the request for the operator (the gateway's API grants no tier)."""
     rt = runtime()
     deps = rt.provisioning
-    plan = lifecycle.plan_upgrade(deps, agent_id, new_tier, projected_volume)
+    plan = lifecycle.plan_upgrade(deps, agent_id, new_tier)
     threshold = deps.policy.scaling.tier_upgrade_approval_increase
     approved_by: list[str] = []
     if plan.needs_approval(threshold):
@@ -158,7 +158,6 @@ def upgrade_tier(
                     task_kwargs={
                         "agent_id": agent_id,
                         "new_tier": new_tier,
-                        "projected_volume": projected_volume,
                         "requested_by": requested_by,
                     },
                 ),
@@ -173,5 +172,10 @@ def upgrade_tier(
                 **plan.as_details(),
             }
         approved_by = list(passed.approvers)
-    lifecycle.apply_upgrade(deps, plan, approved_by)
-    return {"agent_id": agent_id, "status": "upgraded", **plan.as_details()}
+    instructions = lifecycle.record_upgrade_request(deps, plan, approved_by)
+    return {
+        "agent_id": agent_id,
+        "status": "awaiting-key",
+        "instructions": instructions,
+        **plan.as_details(),
+    }

@@ -215,18 +215,13 @@ def retire(target: str, reason: str, requested_by: str) -> None:
 @click.command()
 @click.argument("agent_id")
 @click.argument("new_tier")
-@click.option(
-    "--volume",
-    "projected_volume",
-    type=int,
-    required=True,
-    help="Projected daily tool-call volume at the new tier.",
-)
 @click.option("--by", "requested_by", required=True, help="Who asks.")
 @config_errors_exit
-def upgrade(agent_id: str, new_tier: str, projected_volume: int, requested_by: str) -> None:
-    """Move AGENT_ID to NEW_TIER: cost estimated first, approval needed above the configured
-    increase."""
+def upgrade(agent_id: str, new_tier: str, requested_by: str) -> None:
+    """Ask for AGENT_ID's move to NEW_TIER: cost estimated first (policy tier prices),
+    approval needed above the configured increase. The gateway grants no tier through
+    its API: once approved, the operator mints a key of that tier and imports it with
+    `fleet keys import`."""
     from tasks.provisioning import upgrade_tier
 
     settings_for_cli()
@@ -234,7 +229,6 @@ def upgrade(agent_id: str, new_tier: str, projected_volume: int, requested_by: s
         kwargs={
             "agent_id": agent_id,
             "new_tier": new_tier,
-            "projected_volume": projected_volume,
             "requested_by": requested_by,
         }
     )
