@@ -207,6 +207,7 @@ class FastProtocol(asyncio.Protocol):
             return
         pairs: list[tuple[str, str]] = []
         close = False
+        host = False
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             lowered = name.lower()
@@ -224,7 +225,12 @@ class FastProtocol(asyncio.Protocol):
                 return
             if lowered == b"connection" and value.lower() == b"close":
                 close = True
+            elif lowered == b"host":
+                host = True
             pairs.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not host:  # aiohttp refuses an HTTP/1.1 request without one (400)
+            self._hand_off()
+            return
         target = request_line[1].decode("latin-1")
         path, _, qs = target.partition("?")
         if "%" in path or "#" in target:
