@@ -28,7 +28,9 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
-Handler = Callable[[Any], Any]
+# (begin, finish): begin() counts the call -> (now, faults, delay_s); finish(request, now,
+# faults) runs it after the delay and returns the web.Response.
+Handler = tuple[Callable[[], tuple[float, Any, float]], Callable[..., Any]]
 _EMPTY_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 _REFUSED_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
 _MAX_HEAD = 65536
@@ -205,6 +207,7 @@ class FastProtocol(asyncio.Protocol):
             return
         pairs: list[tuple[str, str]] = []
         close = False
+        host = False
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             lowered = name.lower()
@@ -222,7 +225,12 @@ class FastProtocol(asyncio.Protocol):
                 return
             if lowered == b"connection" and value.lower() == b"close":
                 close = True
+            elif lowered == b"host":
+                host = True
             pairs.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not host:  # aiohttp refuses an HTTP/1.1 request without one (400)
+            self._hand_off()
+            return
         target = request_line[1].decode("latin-1")
         path, _, qs = target.partition("?")
         if "%" in path or "#" in target:
@@ -239,11 +247,22 @@ class FastProtocol(asyncio.Protocol):
             path, qs, CIMultiDictProxy(CIMultiDict(pairs)), match_info, self.transport
         )
         self._busy = True
-        asyncio.ensure_future(self._answer(handler, request, close))
+        begin, finish = handler
+        now, faults, delay = begin()
+        loop = asyncio.get_running_loop()
+        if delay > 0:
+            loop.call_later(delay, self._start, finish, request, now, faults, close)
+        else:
+            self._start(finish, request, now, faults, close)
 
-    async def _answer(self, handler: Handler, request: FastRequest, close: bool) -> None:
+    def _start(
+        self, finish: Callable[..., Any], request: FastRequest, now: float, faults: Any, close: bool
+    ) -> None:
+        asyncio.get_running_loop().create_task(self._answer(finish(request, now, faults), close))
+
+    async def _answer(self, call: Any, close: bool) -> None:
         try:
-            response = await handler(request)
+            response = await call
         except asyncio.CancelledError:
             # A fault dropped the connection (the transport is already aborted).
             if self.transport is not None:

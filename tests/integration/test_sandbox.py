@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -325,3 +326,77 @@ def test_answers_fit_the_documented_response_schemas(sandbox: SandboxProcess) ->
     steps = run_sequence(sandbox.url, ADMIN, sandbox.mint_key)
     assert len(steps) > 50
     assert not [s for s in steps if s[1] >= 500]
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[tuple[str, dict[str, str], bytes]]:
+    """``count`` HTTP answers framed by Content-Length: (status line, headers, body)."""
+    data = b""
+    answers: list[tuple[str, dict[str, str], bytes]] = []
+    sock.settimeout(10)
+    while len(answers) < count:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            lines = data[:end].decode("latin-1").split("\r\n")
+            headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+            size = int(headers["content-length"])
+            if len(data) >= end + 4 + size:
+                answers.append((lines[0], headers, data[end + 4 : end + 4 + size]))
+                data = data[end + 4 + size :]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {len(answers)} answers"
+        data += chunk
+    return answers
+
+
+def test_one_keep_alive_connection_serves_pipelined_reads_then_a_write_then_reads(
+    sandbox: SandboxProcess, http: httpx.Client
+) -> None:
+    """Reads answered by the lean front and a deposit (aiohttp's) share one connection, in order."""
+    agent_id, _ = register(http)
+    auth = f"Authorization: Bearer {ADMIN}\r\n"
+    get = f"GET /v1/billing/wallets/{agent_id}/balance HTTP/1.1\r\nHost: sb\r\n{auth}\r\n"
+    body = b'{"amount": "5"}'
+    post = (
+        f"POST /v1/billing/wallets/{agent_id}/deposit HTTP/1.1\r\nHost: sb\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    host, port = sandbox.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(get.encode() * 2)
+        first = _read_answers(sock, 2)
+        sock.sendall(post + get.encode())
+        after = _read_answers(sock, 2)
+        sock.sendall(
+            f"GET /v1/billing/wallets/{agent_id}/nope HTTP/1.1\r\nHost: sb\r\n\r\n".encode()
+        )
+        (unknown,) = _read_answers(sock, 1)
+    assert [json.loads(b) for _, _, b in first] == [{"balance": "500.00"}] * 2
+    assert all(h["x-charged"] == "0.00" and "date" in h and "server" in h for _, h, _ in first)
+    assert json.loads(after[0][2])["new_balance"] == "505.00"
+    assert json.loads(after[1][2]) == {"balance": "505.00"}
+    assert unknown[0].startswith("HTTP/1.1 404")
+    assert unknown[1]["content-type"] == PROBLEM
+
+
+def test_a_read_answer_that_closes_says_so_and_an_encoded_path_is_decoded(
+    sandbox: SandboxProcess,
+) -> None:
+    host, port = sandbox.url.removeprefix("http://").split(":")
+    auth = f"Authorization: Bearer {ADMIN}\r\n"
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            f"GET /v1/billing/wallets/t-sb-none/balance HTTP/1.1\r\nHost: sb\r\n{auth}\r\n".encode()
+        )
+        (missing,) = _read_answers(sock, 1)
+        assert sock.recv(1) == b""  # the server closed it, as the real one does after a 404
+    assert missing[0] == "HTTP/1.1 404 Not Found" and missing[1]["connection"] == "close"
+    with socket.create_connection((host, int(port))) as sock:
+        path = "/v1/billing/wallets/fleet%2Dadmin/balance"
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: sb\r\n{auth}Connection: close\r\n\r\n".encode())
+        (admin,) = _read_answers(sock, 1)
+    assert admin[0] == "HTTP/1.1 200 OK" and json.loads(admin[2])["balance"] == "1000000.00"
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"GET /v1/billing/wallets/fleet-admin/balance HTTP/1.1\r\n{auth}\r\n".encode())
+        (no_host,) = _read_answers(sock, 1)
+    assert no_host[0].endswith("400 Bad Request")
