@@ -21,9 +21,20 @@ Environment variables (all optional; unset, the suite runs against the sandbox):
 
     Against the sandbox, its control API mints keys and this variable is ignored.
     Against a real gateway without it, a test that asks ``mint_key`` fails and says so.
+    This one variable also feeds ``test_sandbox_differential.py``.
 ``FLEET_CONTRACT_RUN_ID``
     The agent-id prefix of this run (default: ``ct-`` and 8 random hex digits). A real
     gateway keeps its state and has no deregistration, so every run needs ids of its own.
+
+What else the scenarios need at the gateway they register themselves, per run: a treasury
+agent (``<run id>-treasury``: swept funds land in its wallet) and an operator agent
+(``<run id>-operator``: escalation notices go to its inbox). Nothing has to exist beforehand
+but the admin key's agent.
+
+Slow tests. A rotated-out key keeps working for the gateway's grace window: 300 s on the
+real gateway (fixed in 1.4.8), ``SANDBOX_KEY_GRACE_S`` on the sandbox this harness starts.
+The tests that wait it out are marked ``slow``; ``-m "not slow"`` deselects them. They share
+one deadline, so against a real gateway the whole suite waits about 300 s once.
 """
 
 from __future__ import annotations
@@ -40,10 +51,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from tests.contract.commander import Commander
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_ID_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$")
@@ -51,6 +65,12 @@ TIERS = ("free", "starter", "pro", "enterprise")
 MINT_TIMEOUT_S = 60.0
 
 MintKey = Callable[[str, str], str]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: waits out the gateway's key grace window (300 s on a real gateway)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -81,6 +101,8 @@ class GatewayUnderTest:
 # parts; both are here.
 
 SANDBOX_READY_TIMEOUT_S = 60.0
+# Short, so the scenarios that wait for a rotated key to die finish in seconds here.
+SANDBOX_KEY_GRACE_S = 5
 
 
 def _free_port() -> int:
@@ -128,7 +150,7 @@ def _start_sandbox(data_dir: Path) -> _SandboxRun:
     log = data_dir / "sandbox.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sandbox"],
+            [sys.executable, "-m", "sandbox", "--key-grace-s", str(SANDBOX_KEY_GRACE_S)],
             cwd=ROOT,
             env=_sandbox_env(port, admin_key, data_dir),
             stdout=out,
@@ -144,7 +166,7 @@ def _start_sandbox(data_dir: Path) -> _SandboxRun:
     return _SandboxRun(GatewayUnderTest(base_url, admin_key, "sandbox"), process, log)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
     process.terminate()
     try:
         process.wait(timeout=10)
@@ -156,7 +178,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def _mint_at_sandbox(gateway: GatewayUnderTest, agent_id: str, tier: str) -> str:
     with gateway.admin() as http:
         answer = http.post("/_sandbox/keys", json={"agent_id": agent_id, "tier": tier})
-    if answer.status_code != 201:
+    # The control API answers 200 (its own, not the gateway's, convention).
+    if answer.status_code not in (200, 201):
         raise RuntimeError(f"sandbox refused a {tier} key for {agent_id}: {answer.text[:500]}")
     key: str = answer.json()["key"]
     return key
@@ -261,3 +284,69 @@ def mint_key(gateway: GatewayUnderTest) -> MintKey:
         return _mint_with_command(gateway.mint_key_cmd, agent_id, tier)
 
     return mint
+
+
+@dataclass(frozen=True)
+class RunParties:
+    """The agents of this run that the fleet's policy names: treasury and operator."""
+
+    treasury: str
+    operator: str
+
+
+@pytest.fixture(scope="session")
+def run_parties(gateway: GatewayUnderTest, run_prefix: str) -> RunParties:
+    parties = RunParties(f"{run_prefix}-treasury", f"{run_prefix}-operator")
+    with gateway.http() as anonymous:
+        for agent_id in (parties.treasury, parties.operator):
+            answer = anonymous.post("/v1/register", json={"agent_id": agent_id})
+            assert answer.status_code == 201, f"registering {agent_id}: {answer.text}"
+    return parties
+
+
+@pytest.fixture(scope="session")
+def commander(
+    gateway: GatewayUnderTest,
+    mint_key: MintKey,
+    run_parties: RunParties,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Commander]:
+    """Fleet Commander's domain, wired to the gateway under test (see commander.py)."""
+    from tests.contract.commander import commander as build
+
+    with build(
+        gateway,
+        mint_key,
+        tmp_path_factory.mktemp("fleet"),
+        run_parties.treasury,
+        run_parties.operator,
+        redis_url,
+    ) as built:
+        yield built
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis of the suite's own: the per-agent locks run their real Lua scripts on it."""
+    port = _free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        + ["--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"redis-server did not start on port {port}") from None
+            time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop(process)

@@ -27,8 +27,12 @@ Step = tuple[str, int, tuple[str, ...], tuple[str, ...], str]
 
 def run_sequence(base_url: str, admin_key: str, mint: Callable[[str, str], str]) -> list[Step]:
     """Run the sequence; ``mint(agent_id, tier)`` gives a key of that tier for an agent."""
+    with httpx.Client(base_url=base_url, timeout=15) as http:
+        return _run(http, admin_key, mint)
+
+
+def _run(http: httpx.Client, admin_key: str, mint: Callable[[str, str], str]) -> list[Step]:
     steps: list[Step] = []
-    http = httpx.Client(base_url=base_url, timeout=15)
 
     def call(
         label: str, method: str, path: str, key: str | None = None, **kw: Any
