@@ -60,7 +60,8 @@ def new_key(tier: str) -> str:
 
 
 def key_prefix(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:8]
+    # The real gateway stores keys by SHA3-256 and lists the first 8 hex digits.
+    return hashlib.sha3_256(key.encode()).hexdigest()[:8]
 
 
 def public_key_for(seed: int, agent_id: str) -> str:
