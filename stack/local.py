@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celery import Celery  # type: ignore[import-untyped]
+from celery import Celery
 
 from config.settings import RedisSettings, SandboxSettings, Settings, load_settings
 from stack.processes import (

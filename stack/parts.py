@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from celery import Celery  # type: ignore[import-untyped]
+from celery import Celery
 
 from config.settings import RedisSettings, load_settings
 from stack.processes import Supervisor, free_port, start_redis, worker_argv

@@ -278,8 +278,10 @@ def sandbox_argv(
         str(sb.error_rate),
         "--timeout-rate",
         str(sb.timeout_rate),
-        "--admin-key",
-        settings.gateway.admin_key.get_secret_value(),
+        # The admin key comes through the environment (child_env), never `ps`.
+        # State survives a restart: `fleet up` again finds the agents it made.
+        "--data-dir",
+        str(settings.data_dir.resolve()),
         *extra,
     ]
 

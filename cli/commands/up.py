@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
@@ -28,7 +29,16 @@ from stack.processes import (
     start_sandbox,
     start_worker,
 )
-from workers.queues import ALL_QUEUES
+from workers.queues import ALL_QUEUES, TaskName
+
+if TYPE_CHECKING:
+    from fleet.runtime import Runtime
+    from sandbox.control import SandboxControl
+    from stack.bootstrap import DemoOperator
+
+
+# How often the demo's operator looks for agents waiting for a key.
+DEMO_OPERATOR_EVERY_S = 2.0
 
 
 class _Stop(Exception):
@@ -39,12 +49,13 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signum)
 
 
-def _check_ports_free(settings: Settings) -> None:
+def _check_ports_free(settings: Settings, *, sandbox: bool) -> None:
     wanted = [
-        ("sandbox", settings.sandbox.host, settings.sandbox.port),
         ("flower", settings.flower.host, settings.flower.port),
         ("api", settings.api.host, settings.api.port),
     ]
+    if sandbox:
+        wanted.append(("sandbox", settings.sandbox.host, settings.sandbox.port))
     if not settings.redis.url:
         wanted.append(("embedded redis", "127.0.0.1", settings.redis.embedded_port))
     for name, host, port in wanted:
@@ -58,36 +69,77 @@ def _safe_url(url: str) -> str:
     return url.split("@")[-1] if "@" in url else url
 
 
-def _submit_demo(settings: Settings, manifest_path: Path) -> str:
-    """Send the demo manifest the way any other system would: a Celery message."""
-    import yaml  # type: ignore[import-untyped]
+def _submit(rt: Runtime, manifest_path: Path) -> str:
+    """Send a manifest the way any other system would: recorded, then a Celery message."""
+    from fleet.provisioning import pipeline
+    from fleet.provisioning.manifest import ManifestError, parse_manifest_text
 
-    from workers.app import create_producer
-
+    try:
+        parsed = parse_manifest_text(manifest_path.read_text(encoding="utf-8"), rt.settings.policy)
+    except OSError as exc:
+        raise StartError(f"cannot read {manifest_path}: {exc.strerror}") from None
+    except ManifestError as exc:
+        raise StartError(f"{manifest_path}: " + "; ".join(exc.problems)) from None
+    data = parsed.model_dump(mode="json")
     job_id = uuid.uuid4().hex
-    app = create_producer(settings)
-    app.send_task(
-        "provisioning.provision_fleet",
-        kwargs={
-            "manifest": yaml.safe_load(manifest_path.read_text()),
-            "job_id": job_id,
-            "submitted_by": "demo",
-        },
-        task_id=job_id,
+    try:
+        pipeline.queue_job(rt.provisioning, data, job_id, submitted_by="fleet-up")
+    except pipeline.ProvisioningFrozen as exc:
+        raise StartError(str(exc)) from None
+    rt.send(
+        [
+            (
+                TaskName.PROVISION_FLEET,
+                {"manifest": data, "job_id": job_id, "submitted_by": "fleet-up"},
+            )
+        ]
     )
     return job_id
 
 
+def _demo_operator(rt: Runtime, settings: Settings) -> tuple[DemoOperator, SandboxControl]:
+    from cli.commands import keys
+    from sandbox.control import SandboxControl
+    from stack.bootstrap import DemoOperator
+
+    control = SandboxControl(settings.gateway_url, settings.gateway.admin_key.get_secret_value())
+    return (
+        DemoOperator(
+            rt, control.mint_key, lambda agent, key, by: keys.import_key(rt, agent, key, by)
+        ),
+        control,
+    )
+
+
 def run_up(
-    settings: Settings, *, agents: int | None, concurrency: int, demo_manifest: Path | None = None
+    settings: Settings,
+    *,
+    agents: int | None,
+    concurrency: int,
+    manifest: Path | None = None,
+    demo: bool = False,
 ) -> int:
+    """Start everything; against the sandbox unless FLEET_GATEWAY__BASE_URL names a gateway.
+
+    demo: on the sandbox, agents waiting for a key get one from its control API
+    (the operator's tooling, which a real gateway keeps to its operator).
+    """
+    # Imported here: every `fleet` command imports this module, few start the stack.
+    from fleet.gateway.errors import GatewayError
+    from stack.bootstrap import ensure_system_agents
+    from workers.app import create_producer
+    from workers.runtime import celery_runtime
+
+    real_gateway = settings.gateway.base_url is not None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_dir = settings.data_dir.resolve() / "logs"
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     sup = Supervisor(log_dir=log_dir)
+    rt: Runtime | None = None
+    control: SandboxControl | None = None
     try:
-        _check_ports_free(settings)
+        _check_ports_free(settings, sandbox=not real_gateway)
         if settings.redis.url:
             click.echo(f"redis     {settings.redis_url} (configured)")
         else:
@@ -95,8 +147,14 @@ def run_up(
             click.echo(f"redis     {settings.redis_url} (embedded)")
         migrate_database(settings)
         click.echo(f"database  {_safe_url(settings.sqlalchemy_url)} (schema up to date)")
-        start_sandbox(sup, settings, agents)
-        click.echo(f"sandbox   {settings.gateway_url}")
+        if real_gateway:
+            click.echo(f"gateway   {settings.gateway_url} (configured: no sandbox)")
+        else:
+            start_sandbox(sup, settings, agents)
+            click.echo(
+                f"sandbox   {settings.gateway_url}  (state in "
+                f"{settings.data_dir.resolve() / 'sandbox.db'})"
+            )
         for queue in ALL_QUEUES:
             start_worker(sup, settings, queue, concurrency)
         click.echo(f"workers   one per queue: {', '.join(q.value for q in ALL_QUEUES)}")
@@ -125,13 +183,36 @@ def run_up(
             f"api       http://{api.host}:{api.port}/docs  (bearer token from FLEET_API__TOKEN)"
         )
         click.echo(f"logs      {log_dir}")
-        if demo_manifest is not None:
-            job_id = _submit_demo(settings, demo_manifest)
+        rt = celery_runtime(create_producer(settings), settings)
+        rt.install_audit_sink()
+        try:
+            for agent in ensure_system_agents(rt):
+                click.echo(f"{agent.role:<9} {agent.agent_id} at the gateway: {agent.outcome}")
+        except GatewayError as exc:
+            raise StartError(
+                f"cannot set up the treasury and operator agents at {settings.gateway_url}: {exc}"
+            ) from None
+        operator: DemoOperator | None = None
+        if demo and not real_gateway:
+            operator, control = _demo_operator(rt, settings)
+        if manifest is not None:
+            job_id = _submit(rt, manifest)
             click.echo(
-                f"demo      provisioning {demo_manifest.name} as job {job_id}: watch it in Flower, "
+                f"manifest  provisioning {manifest.name} as job {job_id}: watch it in Flower, "
                 f"or GET /api/v1/provisioning-jobs/{job_id}"
             )
+            if operator is not None:
+                click.echo(
+                    "keys      agents waiting for a key get one from the sandbox's control API "
+                    "(the operator's tooling, in the demo only)"
+                )
+            else:
+                click.echo(
+                    "keys      agents of pro groups wait for `fleet keys import AGENT KEY "
+                    "--by NAME`; `fleet keys waiting` lists them"
+                )
         click.echo("running — press Ctrl-C to stop everything")
+        next_step = 0.0
         while True:
             dead = sup.dead()
             if dead:
@@ -140,6 +221,13 @@ def run_up(
                     f"fleet: stopped because a process exited: {names}; see {log_dir}", err=True
                 )
                 return 1
+            if operator is not None and time.monotonic() >= next_step:
+                for key in operator.step():
+                    if key.refused:
+                        click.echo(f"keys      {key.agent_id}: no {key.tier} key: {key.refused}")
+                    else:
+                        click.echo(f"keys      {key.agent_id}: {key.tier} key minted and imported")
+                next_step = time.monotonic() + DEMO_OPERATOR_EVERY_S
             time.sleep(0.5)
     except StartError as exc:
         click.echo(f"fleet: {exc}", err=True)
@@ -149,6 +237,10 @@ def run_up(
         return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children
+        if control is not None:
+            control.close()
+        if rt is not None:
+            rt.close()
         sup.stop_all()
         click.echo("all processes stopped")
 
@@ -157,29 +249,38 @@ def run_up(
 @click.option(
     "--demo",
     is_flag=True,
-    help="Seed a small simulated fleet and use short cadences "
-    "so every queue is busy within a minute.",
+    help="Provision the demo manifest with short cadences and the demo policy, so every "
+    "queue is busy and an SLA episode can reach tier 4 within a minute or two.",
+)
+@click.option(
+    "--manifest",
+    "manifest_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Provision this manifest once everything runs (with --demo: instead of the demo's).",
 )
 @click.option(
     "--agents",
-    type=int,
+    type=click.IntRange(min=0),
     default=None,
     help="Simulated agents seeded in the sandbox "
     "(default: 20 with --demo, else FLEET_SANDBOX__AGENTS).",
 )
 @click.option(
     "--concurrency",
-    type=int,
+    type=click.IntRange(min=1),
     default=2,
     show_default=True,
     help="Processes per worker (one worker per queue).",
 )
 @config_errors_exit
-def up(demo: bool, agents: int | None, concurrency: int) -> None:
-    """Start the whole system: Redis, sandbox, a worker per queue, beat and Flower.
+def up(demo: bool, manifest_file: Path | None, agents: int | None, concurrency: int) -> None:
+    """Start the whole system: Redis, the sandbox, a worker per queue, beat, Flower, the API.
 
-    Without FLEET_REDIS__URL an embedded Redis-protocol server is started.
-    Ctrl-C stops everything.
+    Without FLEET_REDIS__URL an embedded Redis-protocol server is started. With
+    FLEET_GATEWAY__BASE_URL set no sandbox starts: everything talks to that gateway,
+    with FLEET_GATEWAY__ADMIN_KEY. The treasury and operator agents are registered
+    there when missing. Ctrl-C stops everything.
     """
     from config.settings import PACKAGE_DIR
 
@@ -193,12 +294,17 @@ def up(demo: bool, agents: int | None, concurrency: int) -> None:
             "FLEET_POLICY_FILE", str(PACKAGE_DIR / "defaults" / "demo-policy.yaml")
         )
     settings = settings_for_cli()
-    manifest = PACKAGE_DIR / "manifests" / "demo.yaml" if demo else None
+    if settings.gateway.base_url is not None and agents is not None:
+        raise click.UsageError(
+            "--agents seeds the sandbox; with FLEET_GATEWAY__BASE_URL set no sandbox runs"
+        )
+    manifest = manifest_file or (PACKAGE_DIR / "manifests" / "demo.yaml" if demo else None)
     sys.exit(
         run_up(
             settings,
             agents=agents if agents is not None else (20 if demo else None),
             concurrency=concurrency,
-            demo_manifest=manifest,
+            manifest=manifest,
+            demo=demo,
         )
     )

@@ -21,6 +21,9 @@ class AgentStatus(StrEnum):
     FAILED = "failed"  # provisioning gave up and everything made was undone
     RETIRING = "retiring"
     RETIRED = "retired"
+    # The fleet's own agents at the gateway (treasury, operator's inbox): their keys
+    # are held here, but they are never swept, checked, routed or provisioned.
+    SYSTEM = "system"
 
 
 class Agent(Base):

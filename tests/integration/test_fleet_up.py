@@ -1,9 +1,12 @@
-"""`fleet up --demo`, as `make demo` runs it: every queue consumed, Ctrl-C stops everything."""
+"""`fleet up --demo`, as `make demo` runs it: every queue consumed, the demo manifest
+provisioned on the sandbox, Ctrl-C stops everything."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +92,30 @@ def test_demo_starts_a_worker_per_queue_and_ctrl_c_stops_everything(tmp_path: Pa
             return done >= {q.value for q in ALL_QUEUES}
 
         wait_until(heartbeats_ran_on_every_queue, timeout_s=120, interval_s=1)
+
+        # The demo manifest is provisioned on the sandbox: its pro agents got their keys
+        # from the demo's operator; the treasury and the operator's agent exist there too.
+        def statuses() -> dict[str, str]:
+            db = tmp_path / "var" / "fleet.db"
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                try:
+                    return dict(conn.execute("SELECT agent_id, status FROM agents").fetchall())
+                except sqlite3.OperationalError:  # schema not there yet
+                    return {}
+
+        def demo_provisioned() -> bool:
+            found = statuses()
+            fleet = [s for a, s in found.items() if a.startswith(("support-", "research-"))]
+            return len(fleet) == 10 and set(fleet) == {"active"}
+
+        wait_until(demo_provisioned, timeout_s=180, interval_s=1)
+        found = statuses()
+        assert found["fleet-treasury"] == found["fleet-operator"] == "system"
+        sandbox = f"http://127.0.0.1:{ports['sandbox']}/_sandbox"
+        headers = {"Authorization": "Bearer sandbox-admin-key"}
+        research = next(a for a in found if a.startswith("research-"))
+        keys = httpx.get(f"{sandbox}/agents/{research}", headers=headers, timeout=5).json()
+        assert "pro" in {k["tier"] for k in keys["keys"]}, keys
         children = _children_of(proc.pid)
         assert (
             len(children) >= 12

@@ -1,0 +1,103 @@
+"""`fleet keys`: agents' gateway keys that only the operator can mint.
+
+The gateway grants no tier through its API: a pro key is minted with the
+operator's own tooling and handed to Fleet Commander here. The key is proved
+(a read made with it, the admin key list naming its tier), stored encrypted,
+and an agent that was waiting for it goes back to provisioning. It is never
+printed or logged.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cli.common import config_errors_exit, settings_for_cli
+from fleet.gateway.errors import GatewayError
+from fleet.provisioning import pipeline
+from fleet.runtime import Runtime
+from workers.queues import TaskName
+
+# What the provision_agent message carries as its job: the agent's own job is in its record.
+IMPORT_JOB = "key-import"
+
+
+def import_key(rt: Runtime, agent_id: str, api_key: str, by: str) -> pipeline.KeyImport:
+    """Import ``api_key`` for ``agent_id``; an agent that waited for it is sent back to work."""
+    result = pipeline.import_agent_key(rt.provisioning, agent_id, api_key, by)
+    if result.redispatch:
+        rt.send([(TaskName.PROVISION_AGENT, {"job_id": IMPORT_JOB, "agent_id": agent_id})])
+    return result
+
+
+def _read_key(value: str) -> str:
+    """The key itself, or ``@FILE`` (``@-`` for stdin), so it need not sit in shell history."""
+    if not value.startswith("@"):
+        return value.strip()
+    source = value[1:]
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {source}: {exc.strerror}", param_hint="KEY"
+        ) from None
+    key = text.strip()
+    if not key:
+        raise click.BadParameter(f"{source} holds no key", param_hint="KEY")
+    return key
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """Agents' gateway keys: import an operator-minted key, list who waits for one."""
+
+
+@keys_group.command("import")
+@click.argument("agent_id")
+@click.argument("key_or_file", metavar="KEY_OR_@FILE")
+@click.option("--by", "imported_by", required=True, help="Who imports it (recorded in the audit).")
+@config_errors_exit
+def import_cmd(agent_id: str, key_or_file: str, imported_by: str) -> None:
+    """Hold AGENT_ID's gateway key, minted by the operator (e.g. a pro key).
+
+    KEY_OR_@FILE is the key, or @FILE to read it from a file (@- from stdin).
+    """
+    from stack.processes import migrate_database
+    from workers.app import app
+    from workers.runtime import on_demand
+
+    api_key = _read_key(key_or_file)
+    migrate_database(settings_for_cli())
+    rt = on_demand(app)
+    try:
+        result = import_key(rt, agent_id, api_key, imported_by)
+    except (ValueError, LookupError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None
+    except GatewayError as exc:
+        raise click.ClickException(f"the gateway refused the key for {agent_id}: {exc}") from None
+    then = "; provisioning resumes" if result.redispatch else ""
+    click.echo(f"{agent_id}: {result.tier} key imported{then}")
+
+
+@keys_group.command("waiting")
+@config_errors_exit
+def waiting() -> None:
+    """List the agents waiting for an imported key, with what each waits for."""
+    from fleet.storage.records import Agent
+    from stack.processes import migrate_database
+    from workers.app import app
+    from workers.runtime import on_demand
+
+    migrate_database(settings_for_cli())
+    rt = on_demand(app)
+    agents = pipeline.awaiting_key(rt.sessions)
+    if not agents:
+        click.echo("no agent is waiting for a key")
+        return
+    with rt.sessions() as s:
+        for agent_id in agents:
+            agent = s.get(Agent, agent_id)
+            reason = agent.failure_reason if agent is not None else None
+            click.echo(f"{agent_id}\t{reason or 'waiting for a key'}")
