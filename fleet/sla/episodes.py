@@ -11,8 +11,7 @@ The rules (``escalation.recovery_samples`` = N, 2 by default):
   ended at the first of them. So one good sample between two bad ones
   (flapping) never closes an episode and opens a new one: the episode, its
   duration and the tiers it reached carry on.
-* Open episode, INCONCLUSIVE (gateway and our metrics disagree): the recovery
-  count goes back to 0, nothing else. UNKNOWN (no verdict at all): nothing.
+* Open episode, UNKNOWN (no fresh snapshot to judge): nothing.
 * While an episode is recovering (count > 0) no new tier starts; a breach
   resumes escalation at the tier its whole duration has reached.
 * A breach after a close opens a new episode, with its own tiers.
@@ -252,10 +251,6 @@ def _apply(
             ep.last_breach_at = max(ep.last_breach_at, sample.at)
             s.flush()
             return Applied(Transition.CONTINUED, view(ep))
-        if sample.verdict is Verdict.INCONCLUSIVE:
-            ep.compliant_streak, ep.recovering_since = 0, None
-            s.flush()
-            return Applied(Transition.UNCHANGED, view(ep))
         if sample.verdict is Verdict.UNKNOWN:
             return Applied(Transition.UNCHANGED, view(ep))
         ep.compliant_streak += 1
