@@ -207,7 +207,8 @@ class ConnectionPool:
         return f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n".encode("latin-1")
 
     async def post(self, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Answer:
-        """POST ``body`` to the pool's URL; the answer whatever its status, or WireError / WireTimeout."""
+        """POST ``body`` to the pool's URL; the answer whatever its status, or WireError /
+        WireTimeout."""
         return await self.send(self._post_head, headers, body, timeout_s)
 
     async def send(

@@ -265,7 +265,8 @@ def _apply(
 def _close(
     s: Session, ep: SlaEpisode, ended_at: datetime, reason: str, now: datetime
 ) -> str | None:
-    """Close in the caller's transaction; restore the traffic weight tier 2 cut. Returns the weight restored."""
+    """Close in the caller's transaction; restore the traffic weight tier 2 cut. Returns the weight
+    restored."""
     restored = None
     if ep.weight_before is not None:
         agent = s.scalars(
@@ -284,7 +285,8 @@ def _close(
 def close_episode(
     sessions: sessionmaker[Session], episode_id: str, reason: str, now: datetime
 ) -> Applied:
-    """Close an open episode without samples (its agent left the fleet, or an operator closed it)."""
+    """Close an open episode without samples (its agent left the fleet, or an operator closed
+    it)."""
     with write_session(sessions) as s:
         ep = s.scalars(
             select(SlaEpisode).where(SlaEpisode.episode_id == episode_id).with_for_update()
@@ -300,7 +302,8 @@ def close_episode(
 def acknowledge(
     sessions: sessionmaker[Session], episode_id: str, by: str, now: datetime, ack_timeout_s: float
 ) -> EpisodeView:
-    """An operator has seen the episode: tiers ``ack_pauses_tiers`` wait until the acknowledgement runs out."""
+    """An operator has seen the episode: tiers ``ack_pauses_tiers`` wait until the acknowledgement
+    runs out."""
     by = by.strip()
     if not by:
         raise EpisodeError("an acknowledgement needs the name of who gives it")
