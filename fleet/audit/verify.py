@@ -413,7 +413,9 @@ def _check_checkpoints(
             report.warnings.append(
                 f"checkpoint at entry {size} is missing from the database (kept in the file)"
             )
-        head = (in_file or in_db).head  # type: ignore[union-attr]
+        checkpoint = in_file or in_db
+        assert checkpoint is not None  # size is a key of one of the two
+        head = checkpoint.head
         if size < anchor.seq:
             continue  # archived with its entries
         if size == anchor.seq:
@@ -436,9 +438,9 @@ def _check_checkpoints(
                         K.REWRITTEN,
                         since + 1,
                         f"entries {since + 1}..{size} were rewritten: entry {size} does not match "
-                        f"the checkpoint signed at {(in_file or in_db).signed_at}",
+                        f"the checkpoint signed at {checkpoint.signed_at}",
                     )
-                )  # type: ignore[union-attr]
+                )
         elif last_seq is not None and size > last_seq:
             problems.append(
                 Problem(
