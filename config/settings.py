@@ -168,8 +168,6 @@ class SlaSettings(_Section):
 
     # Agents per `sla.check_batch` message: 10,000 agents are 40 messages, not 10,000.
     batch_size: Annotated[int, Field(ge=1, le=5000)] = 250
-    # Compliance checks in flight at once within one batch.
-    checks_in_flight: Annotated[int, Field(ge=1, le=1000)] = 100
     # A metrics snapshot older than this is no cross-check.
     snapshot_max_age_s: PositiveFloat = 300.0
 

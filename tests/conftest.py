@@ -159,7 +159,15 @@ def sandbox() -> Iterator[SandboxProcess]:
     (base + "/v1"), ``sandbox.admin_key`` the fleet-admin key.
     """
     with sandbox_process(
-        "--latency-ms", "0", "--latency-jitter-ms", "0", "--agents", "0", "--seed", "1234", "--memory"
+        "--latency-ms",
+        "0",
+        "--latency-jitter-ms",
+        "0",
+        "--agents",
+        "0",
+        "--seed",
+        "1234",
+        "--memory",
     ) as control:
         yield control
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -12,7 +13,9 @@ from config.settings import get_settings
 _bearer = HTTPBearer(auto_error=False)
 
 
-def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+def require_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
     expected = get_settings().api.token.get_secret_value()
     if credentials is None or not secrets.compare_digest(credentials.credentials, expected):
         raise HTTPException(

@@ -20,9 +20,11 @@ CRITICAL, from ``approvals.quorum``; never the requester), ``task`` is sent
 with ``task_kwargs`` and ``approval_id``. That task checks and claims the
 approval before acting::
 
-    approvals.require_approved(approval_id, action="retire_agent", subject=agent_id)  # raises NotApproved
+    # raises NotApproved:
+    approvals.require_approved(approval_id, action="retire_agent", subject=agent_id)
     ... do the (idempotent) work ...
-    approvals.consume(approval_id)      # exactly once; or consume() first for work that is not idempotent
+    # exactly once; or consume() first for work that is not idempotent:
+    approvals.consume(approval_id)
 
 A request not approved within ``request_expiry_s`` is denied. Every request,
 vote, grant, denial, expiry, execution and review is an audit entry.

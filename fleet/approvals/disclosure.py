@@ -4,7 +4,10 @@ Whoever sends a message on an agent's behalf passes the body through
 :func:`with_ai_disclosure` (the text is ``transparency.ai_disclosure`` in the
 policy)::
 
-    body = with_ai_disclosure(body, agent_id=agent.agent_id, fleet=agent.fleet, template=policy.transparency.ai_disclosure)
+    body = with_ai_disclosure(
+        body, agent_id=agent.agent_id, fleet=agent.fleet,
+        template=policy.transparency.ai_disclosure,
+    )
     gateway.run(tools.send_message(to, subject, body))
 
 Adding it twice is harmless: a body that already carries the line is returned as is.
@@ -14,7 +17,10 @@ from __future__ import annotations
 
 import re
 
-DEFAULT_TEMPLATE = "[Automated message: sent by AI agent {agent_id} of fleet {fleet}, operated by Fleet Commander.]"
+DEFAULT_TEMPLATE = (
+    "[Automated message: sent by AI agent {agent_id} of fleet {fleet}, "
+    "operated by Fleet Commander.]"
+)
 
 # What a reader (or the gateway's compliance check) recognises as a disclosure.
 _DISCLOSED = re.compile(r"\bAI\b|artificial intelligence|automated agent", re.IGNORECASE)

@@ -470,7 +470,8 @@ class Approvals:
         if expired:
             self.emit_audit([self._audit(view, "approval_expired", outcome="expired")])
             raise RequestExpired(
-                f"request {request_id} expired at {view.expires_at:%Y-%m-%d %H:%M:%S} UTC and is denied"
+                f"request {request_id} expired at {view.expires_at:%Y-%m-%d %H:%M:%S} UTC and is "
+                "denied"
             )
         events.append(
             self._audit(
@@ -521,7 +522,8 @@ class Approvals:
         view = self.get(request_id)
         if view.action != action or view.subject != subject:
             raise NotApproved(
-                f"request {request_id} approves {view.action} on {view.subject}, not {action} on {subject}"
+                f"request {request_id} approves {view.action} on {view.subject}, not {action} on "
+                f"{subject}"
             )
         if view.status is not RequestStatus.APPROVED:
             raise NotApproved(f"request {request_id} is {view.status.value}: {action} must not run")
@@ -545,7 +547,8 @@ class Approvals:
                 and req.subject != subject
             ):
                 raise NotApproved(
-                    f"request {request_id} approves {req.action} on {req.subject}, not {action} on {subject}"
+                    f"request {request_id} approves {req.action} on {req.subject}, not {action} on "
+                    f"{subject}"
                 )
             claimed = cast(
                 CursorResult[Any],

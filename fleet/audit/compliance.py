@@ -1,4 +1,5 @@
-"""The compliance report: per article (9, 11, 12, 13, 14, 15), our own evidence merged with the gateway's.
+"""The compliance report: per article (9, 11, 12, 13, 14, 15), our own evidence merged with the
+gateway's.
 
 Our evidence comes from our records only: the audit log (coverage, integrity,
 retention, mirroring), approval requests (decisions and their latency,
@@ -405,7 +406,8 @@ def render_html(report: Mapping[str, Any]) -> str:
     e = html.escape
 
     def block(value: Any) -> str:
-        return f"<pre>{e(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())}</pre>"
+        text = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+        return f"<pre>{e(text)}</pre>"
 
     rows = []
     for section in report["articles"].values():
@@ -417,20 +419,24 @@ def render_html(report: Mapping[str, Any]) -> str:
         ]
         items = "".join(f"<li>{e(str(f))}</li>" for f in findings) or "<li>none</li>"
         rows.append(
-            f"<section class='{e(section['status'])}'><h2>Art. {section['article']} — {e(section['title'])}"
+            f"<section class='{e(section['status'])}'><h2>Art. {section['article']} — "
+            f"{e(section['title'])}"
             f" <small>{e(section['status'])}</small></h2><h3>Findings</h3><ul>{items}</ul>"
-            f"<details><summary>Our evidence</summary>{block(section['ours']['evidence'])}</details>"
+            "<details><summary>Our "
+            f"evidence</summary>{block(section['ours']['evidence'])}</details>"
             f"<details><summary>Gateway</summary>{block(section['gateway'])}</details></section>"
         )
     verdict = "compliant" if report["compliant"] else "findings to address"
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>Compliance report {e(report['fleet'])} {e(report['period'])}</title>"
-        "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+        "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
+        "padding:0 1rem}"
         "section{border-left:.4rem solid #2a2;padding:.2rem 1rem;margin:1rem 0}"
         "section.findings{border-color:#c60}pre{background:#f4f4f4;padding:.5rem;overflow:auto}</style></head><body>"
         f"<h1>EU AI Act compliance: fleet {e(report['fleet'])}, {e(report['period'])}</h1>"
-        f"<p>{e(report['period_start'])} to {e(report['period_end'])}; generated {e(report['generated_at'])}. "
+        f"<p>{e(report['period_start'])} to {e(report['period_end'])}; generated "
+        f"{e(report['generated_at'])}. "
         f"Overall: <strong>{e(verdict)}</strong>.</p>"
         + (
             f"<p>Gateway: {e(str(report['gateway'].get('error')))}</p>"
@@ -465,7 +471,8 @@ def produce_report(
     period_text: str,
     call: Callable[..., Mapping[str, Any]] | None,
 ) -> tuple[dict[str, Any], Path, Path]:
-    """Verify, gather, ask the gateway (call is ``GatewayClient.call``; None: don't), write JSON and HTML."""
+    """Verify, gather, ask the gateway (call is ``GatewayClient.call``; None: don't), write JSON and
+    HTML."""
     from fleet.audit.mirror import Outbox
     from fleet.audit.verify import verify_log
 

@@ -171,7 +171,8 @@ def export_log(
             "first_seq": first if last >= first else None,
             "last_seq": last if last >= first else None,
             "hash": "SHA-256 of the RFC 8785 canonical JSON of body",
-            "signature": "Ed25519 over the RFC 8785 canonical JSON of the checkpoint without its signature",
+            "signature": "Ed25519 over the RFC 8785 canonical JSON of the checkpoint without its "
+            "signature",
             "public_key": signer.public_hex,
             "key_id": signer.key_id,
         }
@@ -308,7 +309,8 @@ def verify_export(path: Path, public_key: Ed25519PublicKey | str | None = None) 
             if key is None:
                 key = load_public_key(record["public_key"])
                 check.warnings.append(
-                    "public key taken from the export itself: compare its key_id with the one published"
+                    "public key taken from the export itself: compare its key_id with the one "
+                    "published"
                 )
             elif key_id_of(record["public_key"]) != key_id_of(public_key_hex(key)):
                 check.problems.append(

@@ -2,7 +2,7 @@
 
 A threads-pool worker provisioning a hundred agents at once produces a
 hundred audit events a second, one per thread. Sent one per message, each
-costs the audit worker a whole message (~2.5 ms measured); here the threads
+costs the audit worker a whole message; here the threads
 that record within a few milliseconds of each other share one message. Each
 caller still waits until its own event has been handed to the queue, so a
 worker killed afterwards loses nothing that a caller believed sent.

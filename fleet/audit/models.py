@@ -77,7 +77,8 @@ class AuditArchive(Base):
 
 
 class AuditMirrorState(Base):
-    """The outbox cursor: every entry up to delivered_seq has reached the gateway (or was refused by it)."""
+    """The outbox cursor: every entry up to delivered_seq has reached the gateway (or was refused by
+    it)."""
 
     __tablename__ = "audit_mirror_state"
 

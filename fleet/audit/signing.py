@@ -3,7 +3,8 @@
 A checkpoint says "chain C had SIZE entries and the last one hashed HEAD",
 signed over the RFC 8785 bytes of::
 
-    {"chain": C, "head": HEAD, "key_id": K, "signed_at": T, "size": SIZE, "type": "checkpoint", "v": 1}
+    {"chain": C, "head": HEAD, "key_id": K, "signed_at": T, "size": SIZE,
+     "type": "checkpoint", "v": 1}
 
 so whoever holds only the public key can check it. The private key lives in a
 file (created on first use, mode 0600) that the database never sees: someone

@@ -154,7 +154,8 @@ def _window(conn: Connection, chain: str, low: int, high: int) -> list[Any]:
 
 
 def _diagnose(conn: Connection, chain: str, anchor: Head, bad_seq: int, last_good: Head) -> Problem:
-    """Say what happened at the first row that does not follow last_good (the rows around it tell)."""
+    """Say what happened at the first row that does not follow last_good (the rows around it
+    tell)."""
     low = max(anchor.seq + 1, last_good.seq - _WINDOW_BEFORE)
     rows = [_see(r) for r in _window(conn, chain, low, bad_seq + _WINDOW_AFTER)]
     before = [r for r in rows if r.seq < bad_seq]
@@ -375,7 +376,8 @@ def _check_checkpoints(
             Problem(
                 K.CHECKPOINT,
                 first,
-                "checkpoints exist but the signing key is missing: give the public key to check them",
+                "checkpoints exist but the signing key is missing: give the public key to check "
+                "them",
             )
         ]
     for size in sorted(set(db_checkpoints) | set(file_checkpoints)):
@@ -388,7 +390,8 @@ def _check_checkpoints(
                     Problem(
                         K.CHECKPOINT,
                         size,
-                        f"checkpoint at entry {size} in the {where} has no valid signature: forged or altered",
+                        f"checkpoint at entry {size} in the {where} has no valid signature: forged "
+                        "or altered",
                     )
                 )
         if (
@@ -400,7 +403,8 @@ def _check_checkpoints(
                 Problem(
                     K.CHECKPOINT,
                     size,
-                    f"checkpoint at entry {size} differs between the database and the checkpoint file",
+                    f"checkpoint at entry {size} differs between the database and the checkpoint "
+                    "file",
                 )
             )
         if in_file is None:
@@ -409,7 +413,9 @@ def _check_checkpoints(
             report.warnings.append(
                 f"checkpoint at entry {size} is missing from the database (kept in the file)"
             )
-        head = (in_file or in_db).head  # type: ignore[union-attr]
+        checkpoint = in_file or in_db
+        assert checkpoint is not None  # size is a key of one of the two
+        head = checkpoint.head
         if size < anchor.seq:
             continue  # archived with its entries
         if size == anchor.seq:
@@ -431,15 +437,17 @@ def _check_checkpoints(
                     Problem(
                         K.REWRITTEN,
                         since + 1,
-                        f"entries {since + 1}..{size} were rewritten: entry {size} does not match the checkpoint signed at {(in_file or in_db).signed_at}",
+                        f"entries {since + 1}..{size} were rewritten: entry {size} does not match "
+                        f"the checkpoint signed at {checkpoint.signed_at}",
                     )
-                )  # type: ignore[union-attr]
+                )
         elif last_seq is not None and size > last_seq:
             problems.append(
                 Problem(
                     K.DELETED,
                     last_seq + 1,
-                    f"entries {last_seq + 1}..{size} deleted: the log ends at {last_seq} but a checkpoint covers {size}",
+                    f"entries {last_seq + 1}..{size} deleted: the log ends at {last_seq} but a "
+                    f"checkpoint covers {size}",
                 )
             )
     report.checkpoints = len(matched) + sum(1 for s in db_checkpoints if s <= anchor.seq)

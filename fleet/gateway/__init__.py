@@ -11,6 +11,28 @@ Domain code types its dependencies against :class:`Gateway` (blocking) or
 :class:`AsyncGateway`, not against a client class. See
 :mod:`fleet.gateway.operations` for the catalogue, :mod:`fleet.gateway.keys`
 for which key a call uses and :mod:`fleet.gateway.errors` for what can go wrong.
+
+* ``GatewayClient(config, keys=None, *, transport, sleep, clock, breakers,
+  on_charge, windows)``; ``AsyncGatewayClient`` takes the same with an httpx
+  async transport, and without one sends over the package's keep-alive pool
+  (:mod:`fleet.gateway.wire`). ``keys`` defaults to
+  ``StaticKeyRing(config.admin_key)``. Every client has ``from_settings(settings,
+  keys=None, **kw)`` and ``run_many(ops)`` (sequential on the blocking client,
+  concurrent on the async and loop ones; each item is the answer or the error).
+* :class:`LoopGatewayClient` is the thread-safe blocking client on a
+  :class:`BackgroundLoop`.
+* ``Charge.by_admin``: the admin key made the call, so the admin's wallet paid
+  (the gateway charges the caller); ``Charge.agent_id`` is the agent the
+  operation concerns, None for fleet-wide reads.
+* ``Auth.ANY`` without an admin key uses the key of the agent the operation is
+  about, else any agent's key if the ring has ``any_agent()``.
+* ``RateLimited.paced`` is True when the client refused without sending;
+  ``retry_after`` is then, as on a real 429, the wait until our own sliding
+  window frees a slot. The retry ceiling retries a RateLimited only when that
+  wait is at most ``retry_after_max_s``.
+* Money arguments refuse floats and more than 2 decimal places before any
+  request; operations that move money carry an Idempotency-Key. Metric values
+  go out as JSON numbers (the gateway's submit route refuses decimal strings).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ agent's hourly window, and report ``X-Charged``. The logic lives in
 :mod:`fleet.gateway._core`; the classes here only move bytes.
 
 Most calls succeed at once, so the first attempt is made directly and the
-tenacity machinery (measured at about half of the client's own CPU per call)
+tenacity machinery (a large share of the client's own CPU per call)
 is only built when it fails; tenacity then judges that failure as attempt 1
 and decides everything after it, so there is still one retry policy.
 
@@ -19,11 +19,10 @@ Two ways to call, on either client:
 
 The async client sends over :class:`~fleet.gateway.wire.ConnectionPool`
 (keep-alive connections parsed by httptools) unless given an httpx
-transport. Measured against the sandbox at 200 in flight, httpx's own async
-transport costs about 0.9 ms of CPU per request and collapses past a few
-dozen concurrent connections, httpx over the pool 0.32 ms, the pool alone
-about 0.10 ms; the sweep's thousands of reads per minute need the last. Use
-one async client per event loop.
+transport: httpx's own async transport costs several times its CPU per
+request and collapses past a few dozen concurrent connections, and the
+sweep's thousands of reads per minute need the pool (README, "Performance").
+Use one async client per event loop.
 """
 
 from __future__ import annotations

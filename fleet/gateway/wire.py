@@ -2,8 +2,8 @@
 
 The monitoring sweep makes tens of thousands of small POSTs a minute to one
 host, and on two cores the client's CPU per request decides how long that
-takes. Measured against the sandbox at 200 calls in flight: aiohttp's client
-costs about 155 µs of CPU per request, this pool about 60 µs. It does only
+takes: a general-purpose client costs several times this pool's CPU per
+request (README, "Performance"). It does only
 what the gateway protocol needs: one origin per pool, a body of known length,
 answers framed by Content-Length, chunks or the connection's close (parsed by
 httptools, the llhttp parser uvicorn uses), TLS for https, a bounded pool of
@@ -207,7 +207,8 @@ class ConnectionPool:
         return f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n".encode("latin-1")
 
     async def post(self, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Answer:
-        """POST ``body`` to the pool's URL; the answer whatever its status, or WireError / WireTimeout."""
+        """POST ``body`` to the pool's URL; the answer whatever its status, or WireError /
+        WireTimeout."""
         return await self.send(self._post_head, headers, body, timeout_s)
 
     async def send(

@@ -161,7 +161,8 @@ def _counts(raw: dict[str, str]) -> dict[str, int]:
 def check(
     r: redis.Redis, policy: AlertPolicy, now: float, fleet_of: dict[str, str] | None = None
 ) -> list[Change]:
-    """Judge every agent that reported in the last two windows, or has a signal open; returns the changes."""
+    """Judge every agent that reported in the last two windows, or has a signal open; returns the
+    changes."""
     b = policy.behaviour
     window = b.window_s
     cur, prev = int(now // window), int(now // window) - 1

@@ -86,7 +86,8 @@ class Alert(Base):
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     fired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    # What was done about it (pause, traffic cut, freeze, escalation), for the resolve and the audit.
+    # What was done about it (pause, traffic cut, freeze, escalation), for the resolve and the
+    # audit.
     actions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     __table_args__ = (

@@ -26,7 +26,7 @@ _RESOLVED_COLOUR = "#2eb67d"
 
 def urls_for(policy: AlertPolicy, alert: dict[str, Any]) -> list[str]:
     urls = list(policy.webhooks)
-    for url in policy.routes.get(alert["audience"], []):  # type: ignore[call-overload]
+    for url in policy.routes.get(alert["audience"], []):
         if url not in urls:
             urls.append(url)
     return urls

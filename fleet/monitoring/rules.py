@@ -396,7 +396,8 @@ class FleetRules:
 def evaluate_fleet(
     rules: FleetRules, state: dict[str, Any], fleet: str, health: Mapping[str, Any], now: float
 ) -> list[Change]:
-    """Apply one sweep's fleet aggregate (see aggregate.FleetHealth.as_dict) to the fleet's rule state."""
+    """Apply one sweep's fleet aggregate (see aggregate.FleetHealth.as_dict) to the fleet's rule
+    state."""
     f = rules.policy.fleet
     a = rules.policy.agent
     conds: dict[str, list[float]] = state.setdefault("c", {})

@@ -7,7 +7,8 @@
           ──▶ run_batch() × ⌈agents / batch_size⌉, one queue message each, expiring
                                at the sweep's deadline (before the next tick)
                  poll balance, budget, p99 and error rate of every agent (poller.SweepPoller)
-                 snapshot + health class per agent, the agent's alert rules, hourly rollup
+                 snapshot + health class per agent, its SLA terms judged on it
+                 (fleet.sla.compliance), the agent's alert rules, hourly rollup
                  one Redis pipeline: snapshots, rule state, the batch's partial aggregate,
                  the failed agents, "batch done" (counted once, even if redelivered)
           ──▶ finish_sweep()   by whichever batch completes the sweep: merge the
@@ -25,8 +26,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -54,6 +55,8 @@ from fleet.monitoring.rules import (
     evaluate_fleet,
 )
 from fleet.monitoring.snapshot import Health, Snapshot, queue_snapshots
+from fleet.sla.compliance import local_breaches, margin_pct
+from fleet.sla.contracts import active_contracts, contract_for
 from fleet.storage.db import write_connection, write_session
 from fleet.storage.records import Agent
 
@@ -215,17 +218,23 @@ class BatchOutcome:
 
 
 def to_snapshot(
-    reading: Reading, fleet: str | None, now: float, sweep_id: str | None, policy: Policy
+    reading: Reading,
+    fleet: str | None,
+    now: float,
+    sweep_id: str | None,
+    policy: Policy,
+    terms: Mapping[str, Any] | None = None,
 ) -> Snapshot:
     """Health from the agent's latest self-reported p99 and error rate; money from its
     wallet and budget. The burn rate is the budget's rolling 24 h spend (gateway fees)
-    per hour: the gateway reports no burn rate of its own."""
+    per hour: the gateway reports no burn rate of its own. SLA compliance is set when
+    the poll measured at least one of the agent's SLA ``terms``."""
     p99_point, err_point = Reading.latest(reading.p99), Reading.latest(reading.error_rate)
     p99 = float(p99_point.value) if p99_point is not None else None
     err = float(err_point.value) if err_point is not None else None
     health = Health.UNKNOWN if reading.failed else classify(policy.health, err, p99)
     budget = reading.budget
-    return Snapshot(
+    snap = Snapshot(
         agent_id=reading.agent_id,
         polled_at=now,
         health=health,
@@ -239,6 +248,28 @@ def to_snapshot(
         fleet=fleet,
         sweep_id=sweep_id,
     )
+    if not terms or reading.failed:
+        return snap
+    broken, margin = local_breaches(terms, snap), margin_pct(terms, snap)
+    if not broken and margin is None:
+        return snap
+    return replace(snap, sla_compliant=not broken, sla_margin_pct=margin, breached_terms=broken)
+
+
+def sla_terms(
+    sessions: sessionmaker[Session], policy: Policy, agent_ids: Sequence[str]
+) -> dict[str, Mapping[str, Any]]:
+    """Each agent's SLA terms: its recorded contract, else its template's."""
+    with sessions() as s:
+        rows = s.execute(
+            select(Agent.agent_id, Agent.sla_template).where(Agent.agent_id.in_(agent_ids))
+        )
+        templates = {agent_id: template for agent_id, template in rows}
+        contracts = active_contracts(s, agent_ids)
+    return {
+        agent_id: contract_for(policy, template, contracts.get(agent_id)).terms
+        for agent_id, template in templates.items()
+    }
 
 
 def run_batch(
@@ -262,6 +293,7 @@ def run_batch(
     polled = time.perf_counter()
     readings = poll(ids)
     poll_s = time.perf_counter() - polled
+    terms = sla_terms(deps.sessions, deps.policy, ids)
 
     now = deps.now()
     policy, rules = deps.policy, deps.agent_rules
@@ -274,7 +306,7 @@ def run_batch(
     for reading, raw in zip(readings, states, strict=True):
         agent_id = reading.agent_id
         fleet = fleet_of[agent_id]
-        snap = to_snapshot(reading, fleet, now, sweep_id, policy)
+        snap = to_snapshot(reading, fleet, now, sweep_id, policy, terms.get(agent_id))
         snapshots.append(snap)
         partial = partials.get(fleet)
         if partial is None:

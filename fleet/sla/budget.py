@@ -137,7 +137,8 @@ def duration_label(seconds: float) -> str:
 
 
 def rule_name(alert: BurnRateAlert) -> str:
-    return f"{alert.factor:g}x-{duration_label(alert.long_window_s)}-{duration_label(alert.short_window_s)}"
+    long, short = duration_label(alert.long_window_s), duration_label(alert.short_window_s)
+    return f"{alert.factor:g}x-{long}-{short}"
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ from fleet.monitoring.snapshot import Health, Snapshot
 class Verdict(StrEnum):
     BREACH = "breach"
     COMPLIANT = "compliant"
-    INCONCLUSIVE = "inconclusive"
     UNKNOWN = "unknown"
 
 

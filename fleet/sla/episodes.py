@@ -11,8 +11,7 @@ The rules (``escalation.recovery_samples`` = N, 2 by default):
   ended at the first of them. So one good sample between two bad ones
   (flapping) never closes an episode and opens a new one: the episode, its
   duration and the tiers it reached carry on.
-* Open episode, INCONCLUSIVE (gateway and our metrics disagree): the recovery
-  count goes back to 0, nothing else. UNKNOWN (no verdict at all): nothing.
+* Open episode, UNKNOWN (no fresh snapshot to judge): nothing.
 * While an episode is recovering (count > 0) no new tier starts; a breach
   resumes escalation at the tier its whole duration has reached.
 * A breach after a close opens a new episode, with its own tiers.
@@ -252,10 +251,6 @@ def _apply(
             ep.last_breach_at = max(ep.last_breach_at, sample.at)
             s.flush()
             return Applied(Transition.CONTINUED, view(ep))
-        if sample.verdict is Verdict.INCONCLUSIVE:
-            ep.compliant_streak, ep.recovering_since = 0, None
-            s.flush()
-            return Applied(Transition.UNCHANGED, view(ep))
         if sample.verdict is Verdict.UNKNOWN:
             return Applied(Transition.UNCHANGED, view(ep))
         ep.compliant_streak += 1
@@ -270,7 +265,8 @@ def _apply(
 def _close(
     s: Session, ep: SlaEpisode, ended_at: datetime, reason: str, now: datetime
 ) -> str | None:
-    """Close in the caller's transaction; restore the traffic weight tier 2 cut. Returns the weight restored."""
+    """Close in the caller's transaction; restore the traffic weight tier 2 cut. Returns the weight
+    restored."""
     restored = None
     if ep.weight_before is not None:
         agent = s.scalars(
@@ -289,7 +285,8 @@ def _close(
 def close_episode(
     sessions: sessionmaker[Session], episode_id: str, reason: str, now: datetime
 ) -> Applied:
-    """Close an open episode without samples (its agent left the fleet, or an operator closed it)."""
+    """Close an open episode without samples (its agent left the fleet, or an operator closed
+    it)."""
     with write_session(sessions) as s:
         ep = s.scalars(
             select(SlaEpisode).where(SlaEpisode.episode_id == episode_id).with_for_update()
@@ -305,7 +302,8 @@ def close_episode(
 def acknowledge(
     sessions: sessionmaker[Session], episode_id: str, by: str, now: datetime, ack_timeout_s: float
 ) -> EpisodeView:
-    """An operator has seen the episode: tiers ``ack_pauses_tiers`` wait until the acknowledgement runs out."""
+    """An operator has seen the episode: tiers ``ack_pauses_tiers`` wait until the acknowledgement
+    runs out."""
     by = by.strip()
     if not by:
         raise EpisodeError("an acknowledgement needs the name of who gives it")

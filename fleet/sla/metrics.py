@@ -169,6 +169,6 @@ def register_sla_collector(
         if existing is not None:
             return existing
         collector = SlaCollector(sessions, policy, clock)
-        registry.register(collector)  # type: ignore[arg-type]
+        registry.register(collector)
         _registered[id(registry)] = collector
         return collector

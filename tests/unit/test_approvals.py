@@ -1,4 +1,5 @@
-"""Risk-based approvals: classification, quorum of distinct people, expiry, review, audit of every decision."""
+"""Risk-based approvals: classification, quorum of distinct people, expiry, review, audit of every
+decision."""
 
 from __future__ import annotations
 

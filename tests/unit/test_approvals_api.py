@@ -108,7 +108,7 @@ def test_audit_and_compliance_endpoints(
     assert verify_export(path, key).ok
     report = client.get(
         "/api/v1/reports/compliance",
-        params={"fleet": "demo", "period": "30d", "gateway": "false"},
+        params={"fleet": "demo", "period": "30d"},
         headers=AUTH,
     )
     assert report.status_code == 200 and set(report.json()["articles"]) == {
@@ -121,7 +121,7 @@ def test_audit_and_compliance_endpoints(
     }
     page = client.get(
         "/api/v1/reports/compliance",
-        params={"fleet": "demo", "period": "30d", "gateway": "false", "format": "html"},
+        params={"fleet": "demo", "period": "30d", "format": "html"},
         headers=AUTH,
     )
     assert page.headers["content-type"].startswith("text/html") and "Art. 14" in page.text

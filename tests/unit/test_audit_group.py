@@ -1,4 +1,5 @@
-"""Group commit: concurrent producers share messages, and nobody returns before their event is sent."""
+"""Group commit: concurrent producers share messages, and nobody returns before their event is
+sent."""
 
 from __future__ import annotations
 

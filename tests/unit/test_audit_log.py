@@ -156,7 +156,8 @@ def test_retention_archives_old_entries_with_their_checkpoint_and_the_rest_still
         clock.advance(86400)
     result = archive_expired(log, retention_days=183, respect_mirror=False)
     assert result is not None
-    # Entries of the first 17 days (200 - 183) left the database, in order, with a checkpoint at the cut.
+    # Entries of the first 17 days (200 - 183) left the database, in order, with a checkpoint at the
+    # cut.
     assert (result.first_seq, result.last_seq) == (1, 34)
     assert result.checkpoint.size == 34
     archived = verify_export(result.file, load_signer(log.files.signing_key).public_hex)

@@ -1,4 +1,5 @@
-"""The sweep's keep-alive pool against scripted servers on loopback: framing, reuse, failures, TLS."""
+"""The sweep's keep-alive pool against scripted servers on loopback: framing, reuse, failures,
+TLS."""
 
 from __future__ import annotations
 
@@ -68,8 +69,8 @@ def echo_forever(extra: bytes = b"") -> Handler:
             line, _, body = await read_request(reader)
             assert line == b"POST /v1 HTTP/1.1"
             writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
-                % (extra, len(body), body)
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"%sContent-Length: %d\r\n\r\n%s" % (extra, len(body), body)
             )
             await writer.drain()
 
@@ -137,7 +138,8 @@ def test_chunked_and_close_delimited_answers() -> None:
 
 
 def test_a_reused_connection_the_server_closed_is_an_error_never_a_silent_resend() -> None:
-    """The server may have run the call before hanging up: only the caller may decide to repeat it."""
+    """The server may have run the call before hanging up: only the caller may decide to repeat
+    it."""
     bodies: list[bytes] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:

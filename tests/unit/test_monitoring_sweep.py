@@ -1,4 +1,5 @@
-"""The sweep's domain functions with a fake gateway: fakeredis, a migrated SQLite file, a ManualClock."""
+"""The sweep's domain functions with a fake gateway: fakeredis, a migrated SQLite file, a
+ManualClock."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sqlalchemy import insert, select
 from config.settings import MetricsSettings, load_settings
 from fleet import audit
 from fleet.clock import ManualClock
+from fleet.gateway.schemas import BalanceResult, BudgetStatus, MetricPoint, MetricSeries
 from fleet.hotstate import is_provisioning_frozen, provisioning_frozen_key, set_provisioning_frozen
 from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.alerts import Handoff, list_alerts
@@ -34,7 +36,6 @@ class Behaviour:
     error_rate: float = 0.01
     balance: str = "50.00"
     burn: str = "1.00"
-    compliant: bool = True
     fail: str | None = None  # the error the poll ends in
 
 
@@ -52,39 +53,27 @@ class World:
         return self.deps.redis
 
     def poll(self, ids: list[str]) -> list[Reading]:
+        """The four answers SweepPoller would parse, as the gateway's schemas."""
         self.polled.append(list(ids))
         out = []
         for agent_id in ids:
             b = self.gateway[agent_id]
+            balance = BalanceResult(balance=Decimal(b.balance))
+            # The budget reports the rolling day's spend: the burn per hour times 24.
+            budget = BudgetStatus(daily_spend=Decimal(b.burn) * 24, monthly_spend=Decimal("0"))
+            now = self.clock.now()
             if b.fail:
-                out.append(
-                    Reading(
-                        agent_id,
-                        None,
-                        {"balance": b.balance, "burn_rate_per_hour": b.burn},
-                        None,
-                        None,
-                        (b.fail,),
-                    )
-                )
+                out.append(Reading(agent_id, balance, budget, None, None, (b.fail,)))
                 continue
             out.append(
                 Reading(
                     agent_id,
-                    {
-                        "latency_p50": b.p99 / 4,
-                        "latency_p99": b.p99,
-                        "error_rate": b.error_rate,
-                        "tool_call_volume": 100,
-                        "task_completion_rate": 0.97,
-                    },
-                    {"balance": b.balance, "burn_rate_per_hour": b.burn},
-                    {
-                        "compliant": b.compliant,
-                        "margin_pct": 10.0 if b.compliant else -5.0,
-                        "breached_terms": [] if b.compliant else ["p99_latency_ms"],
-                    },
-                    {"score": 0.9},
+                    balance,
+                    budget,
+                    MetricSeries(data=[MetricPoint(value=b.p99, timestamp=now)]),
+                    MetricSeries(
+                        data=[MetricPoint(value=b.error_rate, timestamp=self.clock.now())]
+                    ),
                 )
             )
         return out
@@ -208,7 +197,7 @@ def test_a_sweep_snapshots_every_active_agent_in_batches_and_stores_the_fleet_vi
 
 def test_a_failed_agent_is_unknown_with_its_error_and_fails_nobody_else(world: World) -> None:
     broken = agent_ids(10)[2]
-    world.gateway[broken].fail = "get_analytics: Unavailable 503 unavailable"
+    world.gateway[broken].fail = "query_metrics p99_latency_ms: Unavailable 503 unavailable"
     world.gateway[agent_ids(10)[5]].error_rate = 0.2
     plan = world.sweep()
     snap = read_snapshot(world.r, broken)
@@ -218,7 +207,7 @@ def test_a_failed_agent_is_unknown_with_its_error_and_fails_nobody_else(world: W
     assert snap.balance == Decimal("50.00")  # what did come back is kept
     assert read_snapshot(world.r, agent_ids(10)[5]).health is Health.CRITICAL  # type: ignore[union-attr]
     assert sweeping.sweep_failures(world.r, plan.sweep_id) == {
-        broken: "get_analytics: Unavailable 503 unavailable"
+        broken: "query_metrics p99_latency_ms: Unavailable 503 unavailable"
     }
     fleets, _ = sweeping.fleet_health(world.r)
     assert (fleets["demo"]["unknown"], fleets["demo"]["critical"], fleets["demo"]["healthy"]) == (
@@ -289,7 +278,8 @@ def test_hours_roll_up_into_the_database(world: World) -> None:
         row.degraded == 0
         and row.balance_min == "50.00"
         and row.burn_rate_avg == "1.00"
-        and row.sla_compliant == 3
+        # 3000 ms breaks standard-support's 2000 ms p99: two of the three samples comply.
+        and row.sla_compliant == 2
     )
 
 
@@ -308,7 +298,8 @@ def test_retention_deletes_history_older_than_the_policy(world: World) -> None:
 def test_an_sla_breach_alerts_once_pauses_escalates_and_resolves(world: World) -> None:
     victim = agent_ids(10)[3]
     world.sweep()
-    world.gateway[victim].compliant = False
+    # Over standard-support's 2000 ms p99, under every health threshold.
+    world.gateway[victim].p99 = 2500.0
     world.sweep()
     open_ = list_alerts(world.deps.sessions, subject=victim)
     assert [(a["rule"], a["severity"]) for a in open_] == [("agent.sla_breach", "critical")]
@@ -325,7 +316,7 @@ def test_an_sla_breach_alerts_once_pauses_escalates_and_resolves(world: World) -
         world.sweep()  # a paused agent is still swept; the alert holds, once
     assert len(list_alerts(world.deps.sessions, open_only=False, subject=victim)) == 1
     assert world.notified.count(alert_id) == 1 and len(world.escalated) == 1
-    world.gateway[victim].compliant = True
+    world.gateway[victim].p99 = 800.0
     world.sweep()
     assert list_alerts(world.deps.sessions) == []
     resolved = list_alerts(world.deps.sessions, open_only=False, subject=victim)

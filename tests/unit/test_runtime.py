@@ -23,9 +23,12 @@ def test_parts_are_built_once_and_shared_between_threads(runtime: RecordingRunti
         t.start()
     for t in threads:
         t.join(10)
-    assert len(seen) == 4 and len({id(s[0]) for s in seen}) == 1
+    assert len(seen) == 4 and all(len({id(s[i]) for s in seen}) == 1 for i in range(3))
     escalation, provisioning, sla = seen[0]
-    assert escalation.gateway is provisioning.gateway is sla.gateway is runtime.gateway
+    assert escalation.gateway is provisioning.gateway is runtime.gateway
+    # The SLA check reads snapshots, not the gateway; its alerts speak through the shared client.
+    assert runtime.sla_alerts.gateway is runtime.gateway
+    assert sla.sessions is escalation.sessions and sla.redis is runtime.redis
 
 
 def test_the_audit_sink_falls_back_to_the_log_when_the_queue_is_down(

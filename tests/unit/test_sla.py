@@ -14,8 +14,6 @@ from sqlalchemy import select
 from config.errors import ConfigError
 from config.policy import ErrorBudgetPolicy, load_policy
 from fleet.escalation.engine import evaluate
-from fleet.gateway import Unavailable
-from fleet.gateway.schemas import SlaComplianceResult
 from fleet.monitoring.snapshot import Health, Snapshot, write_snapshots
 from fleet.sla import service
 from fleet.sla.alerts import AlertDeps, evaluate_burn_alerts
@@ -30,70 +28,57 @@ from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus
 from tests.support.sla_world import START, World, write_policy
 
-TERMS = {"p99_latency_ms": 2000, "uptime_pct": "99.5"}
+TERMS = {"p99_latency_ms": 2000, "max_error_rate": "0.05", "uptime_pct": "99.5"}
 
 
 def _snap(
     agent: str,
     *,
     age_s: float = 10,
-    p99: float = 800,
-    compliant: bool | None = True,
+    p99: float | None = 800,
+    errors: float | None = 0.01,
     health: Health = Health.HEALTHY,
 ) -> Snapshot:
-    return Snapshot(
-        agent,
-        START.timestamp() - age_s,
-        health,
-        latency_p99=p99,
-        sla_compliant=compliant,
-        sla_margin_pct=20.0,
-        breached_terms=() if compliant is not False else ("uptime_pct",),
-    )
-
-
-def _answer(compliant: bool, *terms: str) -> SlaComplianceResult:
-    return SlaComplianceResult(
-        compliant=compliant, margin_pct=10.0 if compliant else -20.0, breached_terms=list(terms)
-    )
+    return Snapshot(agent, START.timestamp() - age_s, health, latency_p99=p99, error_rate=errors)
 
 
 # ------------------------------------------------------------------------------ the sample
 
 
 @pytest.mark.parametrize(
-    ("answer", "snap", "verdict", "source"),
+    ("snap", "verdict", "source", "terms"),
     [
-        (_answer(False, "uptime_pct"), None, Verdict.BREACH, "gateway"),
-        (_answer(False, "uptime_pct"), _snap("a"), Verdict.BREACH, "gateway"),
-        (_answer(True), _snap("a"), Verdict.COMPLIANT, "gateway"),
-        (_answer(True), None, Verdict.COMPLIANT, "gateway"),
-        # Our poll sees p99 over the contract while the gateway says fine: no verdict either way.
-        (_answer(True), _snap("a", p99=4000), Verdict.INCONCLUSIVE, "gateway"),
-        # A stale snapshot is no cross-check.
-        (_answer(True), _snap("a", p99=4000, age_s=900), Verdict.COMPLIANT, "gateway"),
-        # The gateway failed: the fresh snapshot decides.
+        (_snap("a"), Verdict.COMPLIANT, "snapshot", ()),
+        (_snap("a", p99=4000), Verdict.BREACH, "snapshot", ("p99_latency_ms",)),
+        (_snap("a", errors=0.2), Verdict.BREACH, "snapshot", ("max_error_rate",)),
         (
-            Unavailable("down", tool="check_sla_compliance"),
-            _snap("a", compliant=False),
+            _snap("a", p99=4000, errors=0.2, health=Health.CRITICAL),
             Verdict.BREACH,
             "snapshot",
+            ("p99_latency_ms", "max_error_rate"),
         ),
-        (Unavailable("down"), _snap("a", p99=4000, compliant=None), Verdict.BREACH, "snapshot"),
-        (Unavailable("down"), _snap("a"), Verdict.COMPLIANT, "snapshot"),
-        # ...and without one, nothing is known.
-        (Unavailable("down"), _snap("a", age_s=900), Verdict.UNKNOWN, "none"),
-        (Unavailable("down"), _snap("a", health=Health.UNKNOWN), Verdict.UNKNOWN, "none"),
-        (None, None, Verdict.UNKNOWN, "none"),
+        # A term the poll could not measure is not judged (uptime never is).
+        (_snap("a", p99=None, errors=None), Verdict.COMPLIANT, "snapshot", ()),
+        # A stale snapshot or a failed poll says nothing, breach or not.
+        (_snap("a", p99=4000, age_s=900), Verdict.UNKNOWN, "none", ()),
+        (_snap("a", p99=4000, health=Health.UNKNOWN), Verdict.UNKNOWN, "none", ()),
+        (None, Verdict.UNKNOWN, "none", ()),
     ],
 )
 def test_sample_decision_table(
-    answer: Any, snap: Snapshot | None, verdict: Verdict, source: str
+    snap: Snapshot | None, verdict: Verdict, source: str, terms: tuple[str, ...]
 ) -> None:
-    sample = decide("a", START, answer, snap, TERMS, snapshot_max_age_s=300)
-    assert (sample.verdict, sample.source) == (verdict, source)
-    if verdict is Verdict.BREACH:
-        assert sample.breached_terms
+    sample = decide("a", START, snap, TERMS, snapshot_max_age_s=300)
+    assert (sample.verdict, sample.source, sample.breached_terms) == (verdict, source, terms)
+    assert sample.at == START and sample.agent_id == "a"
+
+
+def test_the_margin_is_the_tightest_measured_term_in_percent_of_its_limit() -> None:
+    # p99 800 of 2000: 60 % left; error rate 0.04 of 0.05: 20 % left. The tighter one counts.
+    assert decide("a", START, _snap("a", errors=0.04), TERMS, 300).margin_pct == 20.0
+    assert decide("a", START, _snap("a", p99=3000), TERMS, 300).margin_pct == -50.0
+    assert decide("a", START, _snap("a", p99=None, errors=None), TERMS, 300).margin_pct is None
+    assert decide("a", START, None, TERMS, 300).margin_pct is None
 
 
 # ------------------------------------------------------------------------------ contracts
@@ -179,27 +164,27 @@ def test_each_agent_is_its_own_unit_of_failure(
     assert service.last_sample(w.redis, agents[3])["verdict"] == "unknown"  # type: ignore[index]
 
 
-def test_with_the_gateway_down_the_snapshot_decides(world: World) -> None:
+def test_only_a_fresh_snapshot_decides(world: World) -> None:
     w = world
-    [a, b] = w.add_agents(2)
-    w.gateway.down |= {a, b}
+    [a, b, c] = w.add_agents(3)
+    w.gateway.down.add(c)  # the metrics sweep could not reach it
+    deps = w.sla()
     now = w.clock.now().timestamp()
     write_snapshots(
         w.redis,
         [
-            Snapshot(
-                a,
-                now - 30,
-                Health.CRITICAL,
-                latency_p99=9000.0,
-                sla_compliant=False,
-                breached_terms=("p99_latency_ms",),
-            )
+            Snapshot(a, now - 30, Health.CRITICAL, latency_p99=9000.0),
+            # Breaching, but read longer ago than sla.snapshot_max_age_s.
+            Snapshot(b, now - 600, Health.CRITICAL, latency_p99=9000.0),
         ],
     )
-    result = service.check_batch(w.sla(), [a, b])
-    assert result.verdicts == {"breach": 1, "unknown": 1}
+    result = service.check_batch(deps, [a, b, c])
+    assert result.verdicts == {"breach": 1, "unknown": 2}
+    assert result.transitions["opened"] == 1 and set(result.episodes) == {a}
     assert service.last_sample(w.redis, a)["source"] == "snapshot"  # type: ignore[index]
+    assert service.last_sample(w.redis, a)["terms"] == "p99_latency_ms"  # type: ignore[index]
+    assert service.last_sample(w.redis, b)["source"] == "none"  # type: ignore[index]
+    assert service.last_sample(w.redis, c)["verdict"] == "unknown"  # type: ignore[index]
 
 
 def test_agents_that_left_the_fleet_have_their_episodes_closed(world: World) -> None:
@@ -310,7 +295,9 @@ def test_burn_alerts_fire_once_notify_for_fleets_and_resolve(world: World) -> No
     assert second.fired == [("fleet:demo", "14.4x-1h-5m")]
     pages = [m for m in w.gateway.messages if m["subject"].startswith("[page]")]
     assert (
-        len(pages) == 1 and pages[0]["priority"] == "urgent" and "fleet:demo" in pages[0]["subject"]
+        len(pages) == 1
+        and pages[0]["metadata"]["priority"] == "urgent"
+        and "fleet:demo" in pages[0]["subject"]
     )
     assert evaluate_burn_alerts(deps).fired == []  # fires once
     for a in agents[:2]:

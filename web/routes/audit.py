@@ -66,14 +66,13 @@ def compliance(
     fleet: str,
     period: str,
     fmt: Literal["json", "html"] = Query("json", alias="format"),
-    gateway: bool = True,
 ) -> dict[str, Any] | HTMLResponse:
-    """Per article 9, 11-15: our evidence merged with the gateway's (also written to files)."""
+    """Per article 9, 11-15: our own evidence (also written to files). The gateway
+    has no compliance report to merge (real-gateway.md: get_compliance_report)."""
     from fleet.audit.compliance import produce_report, render_html
 
-    call = rt.gateway_sync.call if gateway else None
     try:
-        report, _, _ = produce_report(rt.settings, rt.audit_log, rt.approvals, fleet, period, call)
+        report, _, _ = produce_report(rt.settings, rt.audit_log, rt.approvals, fleet, period, None)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     if fmt == "html":

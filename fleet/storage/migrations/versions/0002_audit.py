@@ -27,7 +27,9 @@ CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_entries' THEN
         IF current_setting('fleet.audit_retention', true) = 'on'
-           AND OLD.seq <= COALESCE((SELECT max(last_seq) FROM audit_archives WHERE chain = OLD.chain), 0) THEN
+           AND OLD.seq <= COALESCE(
+               (SELECT max(last_seq) FROM audit_archives WHERE chain = OLD.chain), 0
+           ) THEN
             RETURN OLD;
         END IF;
     END IF;
@@ -52,7 +54,9 @@ _SQLITE_TRIGGERS = (
     """CREATE TRIGGER audit_entries_no_update BEFORE UPDATE ON audit_entries
        BEGIN SELECT RAISE(ABORT, 'audit_entries is append-only: UPDATE refused'); END""",
     """CREATE TRIGGER audit_entries_no_delete BEFORE DELETE ON audit_entries
-       WHEN OLD.seq > COALESCE((SELECT max(last_seq) FROM audit_archives WHERE chain = OLD.chain), 0)
+       WHEN OLD.seq > COALESCE(
+           (SELECT max(last_seq) FROM audit_archives WHERE chain = OLD.chain), 0
+       )
        BEGIN SELECT RAISE(ABORT, 'audit_entries is append-only: DELETE refused'); END""",
     """CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
        BEGIN SELECT RAISE(ABORT, 'audit_checkpoints is append-only: UPDATE refused'); END""",

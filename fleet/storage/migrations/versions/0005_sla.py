@@ -1,4 +1,5 @@
-"""SLA: violation episodes, escalation actions (one row per episode and tier), disputes, burn-rate alerts
+"""SLA: violation episodes, escalation actions (one row per episode and tier), disputes, burn-rate
+alerts
 
 Revision ID: 0005
 Revises: 0004
