@@ -436,6 +436,15 @@ def test_a_dropped_connection_is_resent_once_for_a_read_and_never_for_an_unkeyed
             await gateway.run(operations.register(agent_id))
             faulty.reset_counters()
 
+            # After some error answers the gateway closes the kept-alive connection; the read
+            # that follows still goes through, once.
+            with pytest.raises(NotFound):
+                await gateway.run(operations.get_balance(f"{prefix}-9999-ffffffff"))
+            after = await gateway.send(operations.get_balance(agent_id))
+            assert after.value.balance == Decimal(500)
+            assert _statuses(faulty, "get_balance") == {"404": 1, "200": 1}
+            faulty.reset_counters()
+
             # A read whose connection drops is sent once more, at once, then given up.
             faulty.set_faults(tools={"get_balance": {"drop_rate": 1.0}})
             with pytest.raises(Unavailable) as dropped:
