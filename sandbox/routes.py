@@ -1149,10 +1149,11 @@ async def register_server(c: Call) -> dict[str, Any]:
 
 async def delete_server(c: Call) -> dict[str, Any]:
     server_id = c.params["server_id"]
-    deleted = c.state.servers.pop(server_id, None) is not None
-    if deleted:
-        c.state.store.delete("servers", server_id)
-    return {"deleted": deleted}
+    if c.state.servers.pop(server_id, None) is None:
+        # As the real gateway: an unknown server is a 404 problem, not {"deleted": false}.
+        raise Problem(404, "server_not_found", f"Server not found: {server_id}")
+    c.state.store.delete("servers", server_id)
+    return {"deleted": True}
 
 
 async def register(c: Call) -> dict[str, Any]:

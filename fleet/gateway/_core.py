@@ -244,6 +244,11 @@ class RateWindows:
             if limit is not None:
                 self._pad(agent, limit)
 
+    def knows(self, agent: str) -> bool:
+        """Whether the agent's limit has been seen in an answer's headers."""
+        with self._lock:
+            return agent in self._limit
+
     def _pad(self, agent: str, count: int) -> None:
         log = self._sent.setdefault(agent, collections.deque())
         now = self._clock()
@@ -476,9 +481,13 @@ class Exchange(Generic[OutT]):
             "trace": self.span,
         }
         if status == 429 and self.window_agent is not None:
-            # No Retry-After on this gateway's 429: say when our own log frees a slot.
-            self._core.windows.exhausted(self.window_agent)
-            fields["retry_after"] = self._core.windows.wait_s(self.window_agent)
+            # No Retry-After on this gateway's 429: say when our own log frees a slot. With
+            # no limit learnt yet that is unknown, not "now": a retry at once would count
+            # against the window too and extend the lockout.
+            windows = self._core.windows
+            windows.exhausted(self.window_agent)
+            wait = windows.wait_s(self.window_agent)
+            fields["retry_after"] = wait if windows.knows(self.window_agent) else None
         elif status >= 500:
             # 503 is "not now": the handler did not run. Any other 5xx may come after it did.
             fields["maybe_processed"] = status != 503

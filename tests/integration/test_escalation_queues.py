@@ -1,8 +1,10 @@
 """Escalation on the real queue path: one worker process per tier queue, the sandbox over HTTP.
 
-The engine and the compliance checks run in the test process on a ManualClock
-(so 35 minutes take seconds); every tier's action is a real Celery message
-consumed by a real worker from its own queue.
+The sweep's reads, the engine and the compliance checks run in the test process on a
+ManualClock (so 35 minutes take seconds): each check is preceded by a real poll of the agent's
+self-reported metrics at the sandbox, whose simulated agent reports them by its behaviour
+profile. Every tier's action is a real Celery message consumed by a real worker from its own
+queue; what a tier did at the gateway is checked with the gateway's own reads.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,16 +25,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import DEFAULT_POLICY_FILE
 from fleet import audit
-from fleet.clock import ManualClock
+from fleet.approvals import Approvals
+from fleet.approvals.release import release_agent
+from fleet.clock import ManualClock, SystemClock
 from fleet.escalation.engine import EngineDeps, evaluate
+from fleet.gateway import Auth, GatewayConfig, StaticKeyRing, WalletFrozen
+from fleet.gateway import operations as ops
 from fleet.gateway.loop import LoopGatewayClient
+from fleet.gateway.schemas import Message
 from fleet.hotstate import connect
+from fleet.monitoring.poller import SweepPoller
+from fleet.monitoring.snapshot import write_snapshots
+from fleet.monitoring.sweep import to_snapshot
 from fleet.sla import service
 from fleet.sla.models import ActionStatus, SlaEpisode, SlaEscalation
 from fleet.storage.db import engine_for, session_factory, write_session
 from fleet.storage.records import Agent, AgentStatus, SlaContract
 from stack.local import Stack, local_stack
 from stack.parts import wait_until
+from tests.support.fleet_rows import seeded_ids
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +84,8 @@ class System:
     stack: Stack
     sessions: sessionmaker[Session]
     gateway: LoopGatewayClient
+    poller: SweepPoller
+    keys: StaticKeyRing
     hook: Hook
     clock: ManualClock = field(default_factory=lambda: ManualClock(datetime.now(UTC)))
     sent: list[tuple[datetime, str, int]] = field(default_factory=list)
@@ -85,12 +99,49 @@ class System:
             for name, kwargs in messages:
                 app.send_task(name, kwargs=kwargs, producer=producer, ignore_result=True)
 
+    def snapshot(self, agents: list[str], at: datetime | None = None) -> None:
+        """What a sweep at ``at`` leaves in Redis: the agents' reads at the gateway now."""
+        s = self.stack.settings
+        when = (at or self.clock.now()).timestamp()
+        snaps = [
+            to_snapshot(reading, "itest", when, None, s.policy)
+            for reading in self.poller.poll(agents)
+        ]
+        write_snapshots(connect(s.redis_url), snaps)
+
+    def report(self, agent: str, p99_ms: int, error_rate: Decimal) -> None:
+        """The agent publishes its own figures at the gateway, with its own key."""
+        accepted = self.gateway.run(
+            ops.ingest_metrics(agent, {"p99_latency_ms": p99_ms, "error_rate": error_rate})
+        )
+        assert (accepted.accepted, accepted.rejected) == (2, 0)
+
+    def breaks(self, agent: str) -> None:
+        self.report(agent, 9000, Decimal("0.5"))  # far past the template's p99 of 2000 ms
+
+    def recovers(self, agent: str) -> None:
+        self.report(agent, 150, Decimal("0.01"))
+
+    def messages(self, agent: str) -> list[Message]:
+        """The operator's inbox as the gateway holds it, about this agent."""
+        operator = self.stack.settings.gateway.operator_agent_id
+        inbox = self.gateway.run(ops.get_messages(operator, limit=500, auth=Auth.ADMIN))
+        return [m for m in inbox.messages if m.recipient == operator and agent in (m.body or "")]
+
+    def deposit_refused(self, agent: str) -> bool:
+        """The gateway's own word on the freeze: a top-up of a frozen wallet is refused."""
+        try:
+            self.gateway.run(ops.deposit(agent, "1.00", "freeze probe"))
+        except WalletFrozen as exc:
+            assert exc.status == 403
+            return True
+        return False
+
     def sla(self) -> service.SlaDeps:
         s = self.stack.settings
         return service.SlaDeps(
             self.sessions,
             connect(s.redis_url),
-            self.gateway,
             s.policy,
             s.sla,
             self.clock,
@@ -107,7 +158,10 @@ class System:
         )
 
     def agents(self, n: int, prefix: str) -> list[str]:
-        ids: list[str] = self.stack.sandbox().seed(n, prefix=prefix, profile="healthy")["agent_ids"]
+        seeded = self.stack.sandbox().seed(n, prefix=prefix, profile="healthy")
+        ids = seeded_ids(seeded)
+        for agent in seeded["agents"]:
+            self.keys.add(agent["agent_id"], agent["api_key"])
         now = datetime.now(UTC)
         terms = self.stack.settings.policy.sla_templates["standard-support"].model_dump(mode="json")
         with write_session(self.sessions) as s:
@@ -171,8 +225,9 @@ class System:
         for minute in range(minutes + 1):
             self.clock.set(start + timedelta(minutes=minute))
             if recover_at is not None and minute == recover_at:
-                self.stack.sandbox().set_profile(agent, "healthy")
+                self.recovers(agent)
             if minute % 5 == 0:
+                self.snapshot([agent])
                 episode_id = service.check_batch(self.sla(), [agent]).episodes.get(
                     agent, episode_id
                 )
@@ -200,12 +255,20 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         for queue in TIER_QUEUES:
             stack.start_worker([queue], concurrency=2, pool="threads", name=queue.replace(".", "-"))
         stack.start_worker(["sla"], concurrency=2, pool="threads", name="sla")
-        gateway = LoopGatewayClient.from_settings(stack.settings)
+        keys = StaticKeyRing(stack.settings.gateway.admin_key)
+        gateway = LoopGatewayClient.from_settings(stack.settings, keys)
+        poller = SweepPoller(GatewayConfig.from_settings(stack.settings), in_flight=8)
         try:
             yield System(
-                stack, session_factory(engine_for(stack.settings.sqlalchemy_url)), gateway, hook
+                stack,
+                session_factory(engine_for(stack.settings.sqlalchemy_url)),
+                gateway,
+                poller,
+                keys,
+                hook,
             )
         finally:
+            poller.close()
             gateway.close()
             hook.close()
 
@@ -215,7 +278,7 @@ def test_a_35_minute_episode_runs_tiers_1_to_4_once_each_in_order_each_on_its_ow
 ) -> None:
     sb = system.stack.sandbox()
     [agent] = system.agents(1, "long")
-    sb.set_profile(agent, "dead")
+    system.breaks(agent)
     episode_id, sent = system.run(agent, 35)
 
     assert sent == [(0, 1), (5, 2), (15, 3), (30, 4)]
@@ -238,11 +301,20 @@ def test_a_35_minute_episode_runs_tiers_1_to_4_once_each_in_order_each_on_its_ow
     with system.sessions() as s:
         a = s.get(Agent, agent)
         assert a is not None and a.status == AgentStatus.PAUSED and a.traffic_weight == "0.5"
-    assert sb.agent(agent)["wallet"]["frozen"] is True
-    notes = sb.messages(to="fleet-operator")
-    mine = [m for m in notes if agent in m["body"]]
-    assert len(mine) == 2 and all("AI agent" in m["body"] for m in mine)
-    assert rows[3].result["release_request"]
+    # Frozen at the gateway: its own answer to a deposit says so.
+    assert rows[3].result["wallet_frozen"] is True
+    assert sb.agent(agent)["wallet"]["frozen"] is True and system.deposit_refused(agent)
+    # Tier 3 and tier 4 each told the operator once, from the admin agent, as text.
+    notes = system.messages(agent)
+    admin = system.stack.settings.gateway.admin_agent_id
+    assert [(m.sender, m.message_type, m.subject) for m in reversed(notes)] == [
+        (admin, "text", f"SLA breach: {agent} (tier 3)"),
+        (admin, "text", f"SLA breach: {agent} frozen (tier 4)"),
+    ]
+    assert all("AI agent" in (m.body or "") for m in notes)
+    assert {m.id for m in notes} == {rows[2].result["message_id"], rows[3].result["message_id"]}
+    request_id = rows[3].result["release_request"]
+    assert request_id
 
     # Another ten minutes change nothing: each tier once per episode.
     more = []
@@ -251,13 +323,23 @@ def test_a_35_minute_episode_runs_tiers_1_to_4_once_each_in_order_each_on_its_ow
         more += evaluate(system.engine(), [episode_id])
     assert more == []
 
+    # A human approves the release: the wallet is unfrozen at the gateway, deposits go through.
+    gate = Approvals(system.sessions, system.stack.settings.policy.approvals, clock=SystemClock())
+    for approver in ("alice", "bob", "carol"):  # as many as the HIGH risk asks
+        if gate.approve(request_id, approver).status == "approved":
+            break
+    assert release_agent(
+        gate, system.sessions, system.gateway, request_id=request_id, agent_id=agent
+    )
+    assert sb.agent(agent)["wallet"]["frozen"] is False and not system.deposit_refused(agent)
+
 
 def test_an_episode_recovering_at_20_minutes_stops_after_tier_3_restores_traffic_and_notifies(
     system: System,
 ) -> None:
     sb = system.stack.sandbox()
     [agent] = system.agents(1, "back")
-    sb.set_profile(agent, "dead")
+    system.breaks(agent)
     episode_id, sent = system.run(agent, 40, recover_at=20)
 
     assert sent == [
@@ -272,18 +354,21 @@ def test_an_episode_recovering_at_20_minutes_stops_after_tier_3_restores_traffic
         assert ep is not None and ep.state == "closed" and ep.close_reason == "recovered"
         assert ep.closed_at == ep.opened_at + timedelta(minutes=20)
         assert a is not None and a.status == AgentStatus.ACTIVE and a.traffic_weight == "1"
-    assert sb.agent(agent)["wallet"]["frozen"] is False
-    resolved = [
-        m for m in sb.messages(to="fleet-operator") if m["subject"] == f"SLA resolved: {agent}"
+    assert sb.agent(agent)["wallet"]["frozen"] is False and not system.deposit_refused(agent)
+    notes = system.messages(agent)
+    assert [m.subject for m in reversed(notes)] == [
+        f"SLA breach: {agent} (tier 3)",
+        f"SLA resolved: {agent}",
     ]
-    assert len(resolved) == 1 and "traffic weight is restored" in resolved[0]["body"]
+    assert all(m.message_type == "text" for m in notes)
+    assert "traffic weight is restored" in (notes[0].body or "")
     assert [r.queue for r in system.rows(episode_id)] == ["escalation.tier3", *TIER_QUEUES[:3]]
 
 
 def test_duplicated_tier_messages_change_nothing(system: System) -> None:
     sb = system.stack.sandbox()
     [agent] = system.agents(1, "dup")
-    sb.set_profile(agent, "dead")
+    system.breaks(agent)
     episode_id, _ = system.run(agent, 30)
     before_rows = [
         (r.tier, r.status, r.attempts, r.finished_at, dict(r.result))
@@ -314,7 +399,7 @@ def test_duplicated_tier_messages_change_nothing(system: System) -> None:
         for r in system.rows(episode_id)
     ] == before_rows
     after_counts = sb.counters(agents=False)["tools"]
-    for tool in ("freeze_wallet", "send_message", "create_dispute"):
+    for tool in ("freeze_wallet", "send_message", "open_dispute"):
         assert after_counts.get(tool, 0) == before_counts.get(tool, 0), tool
     assert len(system.hook.calls) == hook_calls
     with system.sessions() as s:
@@ -323,10 +408,11 @@ def test_duplicated_tier_messages_change_nothing(system: System) -> None:
 
 
 def test_the_sweep_and_evaluate_agent_by_name_on_the_sla_queue(system: System) -> None:
-    sb = system.stack.sandbox()
     agents = system.agents(6, "swp")
     for a in agents[:2]:
-        sb.set_profile(a, "dead")
+        system.breaks(a)
+    # The SLA worker judges what the last sweep saw, on the real clock.
+    system.snapshot(agents, datetime.now(UTC))
     app = system.stack.celery()
     app.send_task("sla.sweep", kwargs={"force": True})
     r = connect(system.stack.settings.redis_url)
@@ -345,7 +431,8 @@ def test_the_sweep_and_evaluate_agent_by_name_on_the_sla_queue(system: System) -
     assert all(e.opened_by == "sweep" for e in opened)
 
     # The monitoring alert rules hand an agent over by task name.
-    sb.set_profile(agents[2], "dead")
+    system.breaks(agents[2])
+    system.snapshot(agents[2:3], datetime.now(UTC))
     app.send_task(
         "sla.evaluate_agent", kwargs={"agent_id": agents[2], "source": "alert:error-rate"}
     )

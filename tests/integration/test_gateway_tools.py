@@ -1,42 +1,56 @@
-"""The real gateway client over HTTP against the local sandbox.
+"""The gateway client over HTTP against the sandbox: every operation, then the failures.
 
-Every one of the 29 tools goes through the client; then the sandbox is told
-to misbehave and its own call counters show that the retry ceiling and the
-circuit breaker bound what reaches it. Tests use their own agent ids, reset
-only the call counters, and clear any faults they set.
+Every builder of :mod:`fleet.gateway.operations` goes through each client (sync, async,
+loop); then the sandbox is told to misbehave and its own counters show that the retry
+ceiling, the breaker, the pacing of an agent's hour and the idempotency keys bound what
+reaches it. Tests use their own agent ids, reset only the counters, and clear the faults
+they set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from fleet.gateway import (
+    AlreadyExists,
     AsyncGatewayClient,
+    Auth,
     AuthError,
-    BadInput,
     BreakerState,
+    Charge,
     CircuitOpen,
-    Conflict,
+    Forbidden,
     GatewayClient,
     GatewayConfig,
+    InsufficientTier,
+    LoopGatewayClient,
     NotFound,
+    Operation,
     RateLimited,
-    TraceContext,
+    StaticKeyRing,
     Unavailable,
-    tools,
+    WalletFrozen,
+    operations,
 )
-from fleet.gateway.tools import Tool
-from sandbox.control import SandboxControl
+from tests.conftest import SandboxProcess
 
 pytestmark = pytest.mark.integration
 
-TREASURY = "fleet-treasury"
+ADMIN_AGENT = "fleet-admin"
+# Every builder of the catalogue (``money`` formats amounts; it builds nothing).
+BUILDERS = frozenset(
+    name
+    for name, fn in inspect.getmembers(operations, inspect.isfunction)
+    if fn.__module__ == operations.__name__ and not name.startswith("_") and name != "money"
+)
 
 
 class FakeClock:
@@ -47,7 +61,7 @@ class FakeClock:
         return self.now
 
 
-def _config(sandbox: SandboxControl, **overrides: Any) -> GatewayConfig:
+def _config(sandbox: SandboxProcess, **overrides: Any) -> GatewayConfig:
     settings: dict[str, Any] = {
         "url": sandbox.gateway_url,
         "admin_key": sandbox.admin_key,
@@ -68,6 +82,10 @@ def _no_sleep(seconds: float) -> None:
     pass
 
 
+async def _no_sleep_async(seconds: float) -> None:
+    pass
+
+
 @pytest.fixture
 def prefix() -> str:
     """An id prefix of this test's own, so tests never see each other's agents."""
@@ -75,13 +93,7 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def gateway(sandbox: SandboxControl) -> Iterator[GatewayClient]:
-    with GatewayClient(_config(sandbox), sleep=_no_sleep) as client:
-        yield client
-
-
-@pytest.fixture
-def faulty(sandbox: SandboxControl) -> Iterator[SandboxControl]:
+def faulty(sandbox: SandboxProcess) -> Iterator[SandboxProcess]:
     """The sandbox with counters zeroed; whatever faults the test sets are cleared after."""
     sandbox.clear_faults()
     sandbox.reset_counters()
@@ -91,237 +103,284 @@ def faulty(sandbox: SandboxControl) -> Iterator[SandboxControl]:
         sandbox.clear_faults()
 
 
-def _provision(gateway: GatewayClient, agent_id: str, balance: str = "50.00") -> str:
-    agent = gateway.run(
-        tools.register_agent(agent_id, "standard", ["search", "summarise"], {"fleet": "it"})
-    )
-    gateway.run(tools.create_wallet(agent_id, Decimal(balance)))
-    assert agent.api_key is not None
-    return agent.api_key.get_secret_value()
-
-
-def _calls(sandbox: SandboxControl, tool: str) -> int:
+def _calls(sandbox: SandboxProcess, tool: str) -> int:
     return int(sandbox.counters(agents=False)["tools"].get(tool, 0))
 
 
-# -- every tool ----------------------------------------------------------------------
+def _statuses(sandbox: SandboxProcess, tool: str) -> dict[str, int]:
+    return dict(sandbox.counters(agents=False)["statuses"].get(tool, {}))
 
 
-def test_fleet_lifecycle_exercises_all_29_tools(
-    sandbox: SandboxControl, gateway: GatewayClient, prefix: str
-) -> None:
-    sandbox.reset_counters()
+# -- every operation, through each client ------------------------------------------------
+
+Run = Callable[[Operation[Any]], Any]
+
+
+class Catalogue:
+    """Runs operations and notes which builder made each."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self.used: set[str] = set()
+
+    def __call__(self, builder: Callable[..., Operation[Any]], *args: Any, **kwargs: Any) -> Any:
+        self.used.add(builder.__name__)
+        return self._run(builder(*args, **kwargs))
+
+
+def _every_operation(
+    call: Catalogue, sandbox: SandboxProcess, keys: StaticKeyRing, prefix: str
+) -> tuple[str, str]:
+    """A small fleet's life through every operation; returns the two agents."""
+    o = operations
     a, b = f"{prefix}-0001-aaaaaaaa", f"{prefix}-0002-bbbbbbbb"
-    trace = TraceContext.new()
 
-    # identity, wallets
-    registered = gateway.run(
-        tools.register_agent(a, "standard", ["search", "summarise"], {"fleet": prefix}), trace=trace
-    )
-    assert registered.agent_id == a and registered.tier == "standard"
-    assert registered.trace is not None and registered.trace.trace_id == trace.trace_id
-    assert registered.api_key is not None
-    key_a = registered.api_key.get_secret_value()
-    _provision(gateway, b, "10.00")
-    wallet = gateway.run(tools.create_wallet(a, Decimal("50.00")))
-    assert wallet.balance == Decimal("50.00")
-    chain = gateway.run(tools.build_claim_chain(a, ["kyc-verified", {"type": "soc2"}]))
-    assert len(chain.claims) == 2
-    rotated = gateway.run(tools.rotate_agent_key(b))
-    assert rotated.api_key is not None
-    upgraded = gateway.run(tools.upgrade_agent_tier(b, "premium"))
-    assert upgraded.tier == "premium" and upgraded.api_key is None
+    # identity: free keys on registration; pro keys from the operator, as in production
+    for agent in (a, b):
+        registered = call(o.register, agent)
+        assert (registered.agent_id, registered.tier) == (agent, "free")
+        assert registered.balance == Decimal(500)
+        keys.add(agent, sandbox.mint_key(agent, "pro"))
+    assert call(o.get_identity, a).agent_id == a
+    submitted = call(o.submit_metrics, a, {"accuracy": Decimal("0.97"), "uptime": 99})
+    assert submitted.agent_id == a
+    chain = call(o.build_claim_chain, a)
+    assert chain.leaf_count >= 1 and chain.merkle_root
+    assert len(call(o.get_claim_chains, a).chains) == 1
+    assert isinstance(call(o.get_claims, a).claims, list)
+    ingested = call(o.ingest_metrics, a, {"p99_latency_ms": 120, "error_rate": Decimal("0.02")})
+    assert (ingested.accepted, ingested.rejected) == (2, 0)
+    [point] = call(o.query_metrics, a, "p99_latency_ms").data
+    assert point.value == 120
+    assert call(o.get_reputation, a).composite_score >= 0
 
-    # billing and payments, with the agent's own key where it acts for itself
-    balance = gateway.run(tools.get_balance(a), api_key=key_a)
-    assert Decimal(0) <= balance.balance <= Decimal("50.00")
-    assert balance.burn_rate_per_hour >= 0
-    assert gateway.run(tools.estimate_cost("search_services", 2000)).estimated_cost > 0
-    tier_change = gateway.run(tools.estimate_tier_change(a, "premium", 5000))
-    assert tier_change.projected_daily_cost > 0
-    assert gateway.run(tools.get_volume_discount(a)).discount_pct >= 0
-    converted = gateway.run(tools.convert_currency(Decimal("10.00"), "USD", "EUR"))
-    assert converted.amount == Decimal("9.2") and converted.rate == Decimal("0.92")
-    spent = gateway.run(
-        tools.record_transaction(a, "task-1", "search", Decimal("0.25")), api_key=key_a
-    )
-    assert spent.transaction_id
+    # billing, with the admin key on the operator's side
+    assert call(o.get_balance, a).balance == Decimal(500)
+    assert call(o.deposit, a, Decimal("10.00"), "top-up").new_balance == Decimal("510.00")
+    assert call(o.withdraw, a, "1.50", "refund").new_balance == Decimal("508.50")
+    call(o.set_budget, a, Decimal("100.00"), monthly_cap=Decimal("1000.00"))
+    budget = call(o.get_budget, a)
+    assert budget.daily_cap == Decimal("100.00") and budget.monthly_cap == Decimal("1000.00")
+    assert call(o.get_usage, a).total_calls >= 0
+    assert call(o.estimate_cost, "best_match").total_cost == Decimal("0.10")
+    assert call(o.get_volume_discount, a, "best_match", 100).discount_pct >= 0
+    assert call(o.exchange_rate, "CREDITS", "USD").rate > 0
+    assert isinstance(call(o.leaderboard, "spend", 10).leaderboard, list)
+    listed = call(o.list_keys, a).keys
+    assert listed and all(k.agent_id == a for k in listed)
+    rotated = call(o.rotate_key, keys.agent_key(b) or "")
+    assert (rotated.agent_id, rotated.tier) == (b, "pro")
+    keys.add(b, rotated.new_key.get_secret_value())
 
-    # trust
-    assert gateway.run(tools.submit_metrics(a, {"accuracy_pct": 97.5})).accepted
-    assert 0 <= gateway.run(tools.get_agent_reputation(a)).score <= 1
-    analytics = gateway.run(tools.get_analytics(a, "1h"))
-    assert analytics.latency_p99 is not None and analytics.latency_p50 is not None
-    assert analytics.latency_p99 >= analytics.latency_p50
-    found = gateway.run(tools.search_agents_by_metrics(prefix, ["error_rate", "reputation"]))
-    assert {row["agent_id"] for row in found.agents} == {a, b}
-    board = gateway.run(tools.get_leaderboard("reputation", prefix))
-    assert len(board.entries) == 2
+    # payments and disputes
+    intent = call(o.create_intent, a, b, Decimal("5.00"), "task-1")
+    assert intent.amount == Decimal("5.00")
+    assert call(o.capture_intent, intent.id, payer=a).id
+    escrow = call(o.create_escrow, a, b, Decimal("20.00"))
+    assert (escrow.status, call(o.get_escrow, escrow.id).status) == ("held", "held")
+    dispute = call(o.open_dispute, escrow.id, a, "the work was not delivered")
+    assert call(o.respond_to_dispute, dispute.id, b, "it was").id == dispute.id
+    resolved = call(o.resolve_dispute, dispute.id, "refund", ADMIN_AGENT, "policy")
+    assert call(o.get_dispute, dispute.id).status == resolved.status
+    spare = call(o.create_escrow, a, b, Decimal("2.00"))
+    assert call(o.cancel_escrow, spare.id, payer=a).status != "held"
 
-    # sla
-    assert gateway.run(tools.create_sla(a, template="standard-support")).sla_id
-    compliance = gateway.run(tools.check_sla_compliance(a))
-    assert compliance.compliant == (compliance.breached_terms == [])
-    assert gateway.run(tools.get_sla_violations(a)).duration_minutes >= 0
-    fleet_violations = gateway.run(tools.get_sla_violations(fleet_prefix=prefix, period="30d"))
-    assert fleet_violations.duration_minutes >= 0
-
-    # messaging, disputes
-    sent = gateway.run(
-        tools.send_message(b, "handover", "An AI agent hands over task-1.", priority="high"),
-        api_key=key_a,
-    )
-    assert sent.message_id
-    dispute = gateway.run(tools.create_dispute(a, b, "sla_breach", {"minutes": 42}))
-    assert dispute.status == "open"
-    resolved = gateway.run(
-        tools.resolve_dispute(dispute.dispute_id, "partial_refund", Decimal("1.50"), "policy")
-    )
-    assert (resolved.dispute_id, resolved.status) == (dispute.dispute_id, "resolved")
-
-    # marketplace
+    # marketplace, messaging, events, trust
     skill = f"skill-{prefix}"  # only this test's agent offers it
-    service = gateway.run(tools.register_service(a, [skill], {"per_task": Decimal("0.02")}))
-    assert service.service_id
-    listing = gateway.run(tools.search_services([skill], max_cost=Decimal("0.02")))
-    assert [(s.agent_id, s.price) for s in listing.services] == [(a, Decimal("0.02"))]
-    assert gateway.run(tools.best_match({"capabilities": [skill]}, [a, b])).best_match == a
-
-    # compliance, platform
-    audit = gateway.run(
-        tools.create_audit_trail(
-            a, "provisioned", {"steps": 6}, {"trace_id": trace.trace_id, "span_id": trace.span_id}
-        )
+    service = call(
+        o.register_service,
+        a,
+        f"{prefix} triage",
+        "An AI agent that triages support tickets.",
+        "support",
+        ["search"],
+        [skill],
+        "https://agents.example/triage",
+        {"model": "per_call", "cost": Decimal("0.02")},
     )
-    assert audit.audit_id
-    report = gateway.run(tools.get_compliance_report(prefix, "30d", [12, 13]))
-    assert set(report.articles) == {"12", "13"}
-    limits = gateway.run(tools.check_rate_limit(prefix))
-    assert 0 <= limits.remaining <= limits.limit
+    assert call(o.get_service, service.id).id == service.id
+    found = call(o.search_services, tags=[skill])
+    assert [s.id for s in found.services] == [service.id]
+    assert isinstance(call(o.best_match, f"{prefix} triage").matches, list)
+    call(o.deactivate_service, service.id)
+    sent = call(o.send_message, a, b, "text", "handover", "An AI agent hands over task-1.")
+    assert sent.id in {m.id for m in call(o.get_messages, b).messages}
+    published = call(o.publish_event, "fleet.test", prefix, {"agent_id": a})
+    events = call(o.get_events, "fleet.test", published.event_id - 1, 10).events
+    assert [(e.id, e.source) for e in events] == [(published.event_id, prefix)]
+    assert call(o.freeze_wallet, b).frozen
+    assert not call(o.unfreeze_wallet, b).frozen
+    with pytest.raises(NotFound):  # never registered: the gateway's own answer
+        call(o.delete_trust_server, f"{prefix}-server")
+    return a, b
 
-    # retirement: freeze, drain to the treasury, deregister
-    assert gateway.run(tools.freeze_wallet(b, "pause")).frozen
-    assert not gateway.run(tools.unfreeze_wallet(b, "resume")).frozen
-    assert gateway.run(tools.freeze_wallet(a, "retire")).frozen
-    assert gateway.run(tools.transfer_funds(a, TREASURY, "all")).transaction_id
-    gone = gateway.run(tools.deregister_agent(a, "retired"))
-    assert gone.status == "deregistered"
 
-    # The sandbox saw every tool, each answered 200, and the state moved.
+def _check_every_operation(
+    call: Catalogue, sandbox: SandboxProcess, a: str, charges: list[Charge]
+) -> None:
+    assert call.used == BUILDERS, sorted(BUILDERS - call.used)
     counters = sandbox.counters(agents=False)
-    assert set(counters["tools"]) == set(Tool)
-    assert {tool: set(statuses) for tool, statuses in counters["statuses"].items()} == {
-        tool: {"200"} for tool in Tool
+    answered = {
+        tool: codes for tool, codes in counters["statuses"].items() if set(codes) - {"200", "201"}
     }
+    assert answered == {"delete_server": {"404": 1}}, answered
+    # X-Charged, as the gateway charges: the fees on payments and the paid search.
+    paid = {(c.operation, c.amount, c.by_admin) for c in charges if c.amount}
+    assert paid == {
+        ("create_intent", Decimal("0.10"), False),
+        ("create_escrow", Decimal("0.30"), False),
+        ("create_escrow", Decimal("0.03"), False),
+        ("best_match", Decimal("0.10"), True),
+    }, paid
     view = sandbox.agent(a)
-    assert view["status"] == "deregistered"
-    assert view["wallet"]["frozen"] and Decimal(view["wallet"]["balance"]) == 0
-    assert view["transaction_count"] == 2  # the spend, then the drain
-    assert view["audits"][-1]["metadata"]["trace_id"] == trace.trace_id
+    assert Decimal(view["wallet"]["balance"]) == call(operations.get_balance, a).balance
 
 
-def test_raw_call_returns_the_validated_answer(gateway: GatewayClient, prefix: str) -> None:
-    agent_id = f"{prefix}-0001-cccccccc"
-    _provision(gateway, agent_id)
-    answer = gateway.call("get_balance", {"agent_id": agent_id})
-    assert answer["balance"] == "50.00"  # money stays a string in the raw form
-    sent = gateway.send("get_balance", {"agent_id": agent_id})
-    assert sent.attempts == 1 and sent.data["wallet_id"]
+def test_every_operation_through_the_sync_client(sandbox: SandboxProcess, prefix: str) -> None:
+    sandbox.reset_counters()
+    charges: list[Charge] = []
+    keys = StaticKeyRing(sandbox.admin_key)
+    with GatewayClient(_config(sandbox), keys, sleep=_no_sleep, on_charge=charges.append) as c:
+        call = Catalogue(c.run)
+        a, _ = _every_operation(call, sandbox, keys, prefix)
+        _check_every_operation(call, sandbox, a, charges)
 
 
-def test_sandbox_errors_map_to_typed_errors(
-    sandbox: SandboxControl, gateway: GatewayClient, prefix: str
+def test_every_operation_through_the_async_client(sandbox: SandboxProcess, prefix: str) -> None:
+    sandbox.reset_counters()
+    charges: list[Charge] = []
+    keys = StaticKeyRing(sandbox.admin_key)
+    with asyncio.Runner() as runner:
+        client = runner.run(_async_client(sandbox, keys, charges))
+        try:
+            call = Catalogue(lambda op: runner.run(client.run(op)))
+            a, _ = _every_operation(call, sandbox, keys, prefix)
+            _check_every_operation(call, sandbox, a, charges)
+        finally:
+            runner.run(client.aclose())
+
+
+async def _async_client(
+    sandbox: SandboxProcess, keys: StaticKeyRing, charges: list[Charge]
+) -> AsyncGatewayClient:
+    # Built on the loop that runs it; no transport: the package's own keep-alive pool.
+    return AsyncGatewayClient(
+        _config(sandbox), keys, sleep=_no_sleep_async, on_charge=charges.append
+    )
+
+
+def test_every_operation_through_the_loop_client(sandbox: SandboxProcess, prefix: str) -> None:
+    sandbox.reset_counters()
+    charges: list[Charge] = []
+    keys = StaticKeyRing(sandbox.admin_key)
+    client = LoopGatewayClient(
+        _config(sandbox), keys, sleep=_no_sleep_async, on_charge=charges.append
+    )
+    try:
+        call = Catalogue(client.run)
+        a, _ = _every_operation(call, sandbox, keys, prefix)
+        _check_every_operation(call, sandbox, a, charges)
+    finally:
+        client.close()
+
+
+def test_gateway_refusals_map_to_typed_errors_and_are_not_retried(
+    faulty: SandboxProcess, prefix: str
 ) -> None:
     a, b = f"{prefix}-0001-dddddddd", f"{prefix}-0002-eeeeeeee"
-    key_a = _provision(gateway, a)
-    _provision(gateway, b)
-    sandbox.reset_counters()
-
-    with pytest.raises(NotFound) as not_found:
-        gateway.run(tools.get_balance(f"{prefix}-9999-ffffffff"))
-    assert not_found.value.code == "agent_not_found"
-    with pytest.raises(Conflict):
-        gateway.run(tools.register_agent(a, "standard", [], {}))
-    with pytest.raises(AuthError) as wrong_key:
-        gateway.run(tools.get_balance(a), api_key="a2a_standard_" + "0" * 32)
-    assert wrong_key.value.status == 401
-    with pytest.raises(AuthError) as not_yours:
-        gateway.run(tools.get_balance(b), api_key=key_a)
-    assert not_yours.value.status == 403
-    assert key_a not in str(not_yours.value)
-    with pytest.raises(BadInput) as bad:
-        gateway.call("create_wallet", {"agent_id": a, "initial_balance": 5.5})
-    assert "initial_balance" in bad.value.message
-    with pytest.raises(NotFound):
-        gateway.call("no_such_tool", {})
-    # Caller errors are answered once each: never retried, breaker untouched.
-    assert sandbox.counters(agents=False)["total"] == 6
-    assert set(gateway.breakers.states().values()) == {BreakerState.CLOSED}
-
-
-def test_async_client_fans_out(sandbox: SandboxControl, prefix: str) -> None:
-    ids = [f"{prefix}-{i:04d}-abcdef01" for i in range(1, 41)]
-    sandbox.reset_counters()
-
-    async def main() -> list[Decimal]:
-        async with AsyncGatewayClient(_config(sandbox)) as client:
-            await asyncio.gather(
-                *(client.run(tools.register_agent(i, "starter", ["search"], {})) for i in ids)
-            )
-            await asyncio.gather(
-                *(client.run(tools.create_wallet(i, Decimal("5.00"))) for i in ids)
-            )
-            balances = await asyncio.gather(*(client.run(tools.get_balance(i)) for i in ids))
-            return [b.balance for b in balances]
-
-    assert asyncio.run(main()) == [Decimal("5.00")] * len(ids)
-    tools_seen = sandbox.counters(agents=False)["tools"]
-    assert (
-        tools_seen["register_agent"],
-        tools_seen["create_wallet"],
-        tools_seen["get_balance"],
-    ) == (
-        40,
-        40,
-        40,
-    )
+    keys = StaticKeyRing(faulty.admin_key)
+    with GatewayClient(_config(faulty), keys, sleep=_no_sleep) as gateway:
+        for agent in (a, b):
+            keys.add(agent, gateway.run(operations.register(agent)).api_key.get_secret_value())
+        faulty.reset_counters()
+        with pytest.raises(NotFound) as not_found:
+            gateway.run(operations.get_balance(f"{prefix}-9999-ffffffff"))
+        assert not_found.value.status == 404
+        with pytest.raises(AlreadyExists):
+            gateway.run(operations.register(a))
+        keys.add("impostor", "a2a_free_" + "0" * 24)  # a key the gateway never issued
+        with pytest.raises(AuthError) as wrong_key:
+            gateway.run(operations.get_balance(a, auth=Auth.own("impostor")))
+        assert wrong_key.value.status == 401
+        with pytest.raises(Forbidden) as not_yours:
+            gateway.run(operations.get_messages(b, auth=Auth.own(a)))
+        assert not_yours.value.status == 403
+        assert (keys.agent_key(a) or "") not in str(not_yours.value)
+        with pytest.raises(InsufficientTier):  # a free key cannot build claim chains
+            gateway.run(operations.build_claim_chain(a))
+        gateway.run(operations.freeze_wallet(a))
+        with pytest.raises(WalletFrozen) as frozen:
+            gateway.run(operations.deposit(a, "1.00", "top-up"))
+        assert frozen.value.status == 403
+        with pytest.raises(TypeError):  # money is never a float; nothing is sent
+            operations.deposit(a, 1.5, "top-up")  # type: ignore[arg-type]
+        # Caller errors are answered once each: never retried, breakers untouched.
+        assert faulty.counters(agents=False)["tools"] == {
+            "get_balance": 2,
+            "register": 1,
+            "get_messages": 1,
+            "build_claim_chain": 1,
+            "freeze_wallet": 1,
+            "deposit": 1,
+        }
+        assert set(gateway.breakers.states().values()) == {BreakerState.CLOSED}
 
 
-# -- faults: retry ceiling and breaker ---------------------------------------------------
+# -- faults: retry ceiling, breaker, pacing, drops, idempotency -------------------------------
 
 
-def test_outage_costs_threshold_requests_not_a_retry_storm(
-    faulty: SandboxControl, prefix: str
+def _register(gateway: GatewayClient, keys: StaticKeyRing, agent_id: str) -> None:
+    keys.add(agent_id, gateway.run(operations.register(agent_id)).api_key.get_secret_value())
+
+
+def test_server_errors_are_retried_exactly_to_the_ceiling(
+    faulty: SandboxProcess, prefix: str
 ) -> None:
-    """The playbook's partial outage: one tool down, many callers, bounded load."""
+    keys = StaticKeyRing(faulty.admin_key)
+    config = _config(faulty, max_attempts=4, breaker_failure_threshold=100)
+    with GatewayClient(config, keys, sleep=_no_sleep) as gateway:
+        agent_id = f"{prefix}-0001-02020202"
+        _register(gateway, keys, agent_id)
+        faulty.set_faults(tools={"get_agent_reputation": {"error_rate": 1.0, "error_status": 502}})
+        faulty.reset_counters()
+        with pytest.raises(Unavailable) as info:
+            gateway.run(operations.get_reputation(agent_id))
+        assert info.value.status == 502
+        assert _calls(faulty, "get_agent_reputation") == config.max_attempts
+        assert _statuses(faulty, "get_agent_reputation") == {"502": config.max_attempts}
+
+
+def test_an_outage_costs_threshold_requests_not_a_retry_storm(
+    faulty: SandboxProcess, prefix: str
+) -> None:
+    """One operation down, many callers, bounded load; the breaker is per operation."""
     clock = FakeClock()
+    keys = StaticKeyRing(faulty.admin_key)
     config = _config(faulty, max_attempts=3, breaker_failure_threshold=4, breaker_reset_s=30.0)
-    with GatewayClient(config, sleep=_no_sleep, clock=clock) as gateway:
+    with GatewayClient(config, keys, sleep=_no_sleep, clock=clock) as gateway:
         agent_id = f"{prefix}-0001-01010101"
-        _provision(gateway, agent_id)
+        _register(gateway, keys, agent_id)
         faulty.set_faults(tools={"get_balance": {"outages": [{"duration_s": 3600}]}})
         faulty.reset_counters()
 
-        calls = 50
         errors = []
-        for _ in range(calls):
+        for _ in range(50):
             with pytest.raises(Unavailable) as info:
-                gateway.run(tools.get_balance(agent_id))
+                gateway.run(operations.get_balance(agent_id))
             errors.append(info.value)
-
-        # Without a breaker: calls × max_attempts = 150 requests. With it: the threshold.
+        # Without a breaker: 50 calls × 3 attempts = 150 requests. With it: the threshold.
         assert _calls(faulty, "get_balance") == config.breaker_failure_threshold
+        assert _statuses(faulty, "get_balance") == {"503": config.breaker_failure_threshold}
         assert [type(e) for e in errors[:2]] == [Unavailable, Unavailable]
         assert all(isinstance(e, CircuitOpen) for e in errors[2:])
-        assert errors[0].status == 503 and errors[0].code == "outage"
-        # Other tools keep working: the breaker is per tool.
-        assert 0 <= gateway.run(tools.get_agent_reputation(agent_id)).score <= 1
+        assert errors[0].status == 503
+        assert gateway.run(operations.get_reputation(agent_id)).composite_score >= 0
 
         # Half-open after the reset period: exactly one trial request, which fails.
         clock.now += config.breaker_reset_s
         for _ in range(10):
             with pytest.raises(Unavailable):
-                gateway.run(tools.get_balance(agent_id))
+                gateway.run(operations.get_balance(agent_id))
         assert _calls(faulty, "get_balance") == config.breaker_failure_threshold + 1
         assert gateway.breakers.states()["get_balance"] is BreakerState.OPEN
 
@@ -329,96 +388,117 @@ def test_outage_costs_threshold_requests_not_a_retry_storm(
         faulty.clear_faults()
         clock.now += config.breaker_reset_s
         for _ in range(5):
-            assert gateway.run(tools.get_balance(agent_id)).balance <= Decimal("50.00")
+            assert gateway.run(operations.get_balance(agent_id)).balance == Decimal(500)
         assert _calls(faulty, "get_balance") == config.breaker_failure_threshold + 1 + 5
         assert gateway.breakers.states()["get_balance"] is BreakerState.CLOSED
 
 
-def test_server_errors_are_retried_exactly_to_the_ceiling(
-    faulty: SandboxControl, prefix: str
+def test_a_free_agents_hour_is_paced_by_the_client_before_the_gateway_refuses(
+    faulty: SandboxProcess, prefix: str
 ) -> None:
-    with GatewayClient(
-        _config(faulty, max_attempts=4, breaker_failure_threshold=100), sleep=_no_sleep
-    ) as gateway:
-        agent_id = f"{prefix}-0001-02020202"
-        _provision(gateway, agent_id)
-        faulty.set_faults(tools={"get_agent_reputation": {"error_rate": 1.0, "error_status": 502}})
+    agent_id = f"{prefix}-0001-03030303"
+    keys = StaticKeyRing(faulty.admin_key)
+    own = Auth.own(agent_id)
+    with GatewayClient(_config(faulty), keys, sleep=_no_sleep) as gateway:
+        _register(gateway, keys, agent_id)
         faulty.reset_counters()
-        with pytest.raises(Unavailable) as info:
-            gateway.run(tools.get_agent_reputation(agent_id))
-        assert info.value.status == 502
-        assert _calls(faulty, "get_agent_reputation") == 4
+        answered = 0
+        with pytest.raises(RateLimited) as paced:
+            for _ in range(200):
+                gateway.run(operations.get_balance(agent_id, auth=own))
+                answered += 1
+        assert paced.value.paced and paced.value.retry_after is not None
+        assert paced.value.retry_after > gateway.config.retry_after_max_s
+        # A free key's 100 an hour gives 99 answers; the 100th would have been refused.
+        assert answered == 99
+        assert _statuses(faulty, "get_balance") == {"200": 99}
+
+    # A second process that has not seen the window gets the gateway's 429, once: with no
+    # limit known it cannot say when the hour frees up, so it does not retry into it (each
+    # rejected call would count and extend the lockout).
+    with GatewayClient(_config(faulty), keys, sleep=_no_sleep) as other:
+        with pytest.raises(RateLimited) as refused:
+            other.run(operations.get_balance(agent_id, auth=own))
+        assert not refused.value.paced and refused.value.status == 429
+        assert refused.value.retry_after is None
+    assert _statuses(faulty, "get_balance") == {"200": 99, "429": 1}
 
 
-def test_rate_limits_honour_retry_after_up_to_the_cap(faulty: SandboxControl, prefix: str) -> None:
-    slept: list[float] = []
-    with GatewayClient(
-        _config(faulty, max_attempts=3, retry_after_max_s=5.0), sleep=slept.append
-    ) as gateway:
-        agent_id = f"{prefix}-0001-03030303"
-        _provision(gateway, agent_id)
-
-        # Two 429s with Retry-After: 2, then an answer.
-        faulty.set_faults(tools={"get_balance": {"rate_limit_next": 2, "retry_after_s": 2}})
-        faulty.reset_counters()
-        assert gateway.run(tools.get_balance(agent_id)).balance <= Decimal("50.00")
-        assert slept == [2.0, 2.0]
-        assert _calls(faulty, "get_balance") == 3
-
-        # A Retry-After beyond the cap fails fast, after one request.
-        faulty.set_faults(tools={"get_balance": {"rate_limit_next": 5, "retry_after_s": 60}})
-        faulty.reset_counters()
-        with pytest.raises(RateLimited) as info:
-            gateway.run(tools.get_balance(agent_id))
-        assert info.value.retry_after == 60.0
-        assert _calls(faulty, "get_balance") == 1
-        assert slept == [2.0, 2.0]
-
-
-def test_dropped_connections_retry_reads_but_never_repeat_a_spend(
-    faulty: SandboxControl, prefix: str
+def test_a_dropped_connection_is_resent_once_for_a_read_and_never_for_an_unkeyed_spend(
+    faulty: SandboxProcess, prefix: str
 ) -> None:
+    keys = StaticKeyRing(faulty.admin_key)
+    config = _config(faulty, max_attempts=1, breaker_failure_threshold=100)
+    agent_id = f"{prefix}-0001-04040404"
+
     async def main() -> None:
-        config = _config(faulty, max_attempts=3, breaker_failure_threshold=100)
+        async with AsyncGatewayClient(config, keys, sleep=_no_sleep_async) as gateway:
+            await gateway.run(operations.register(agent_id))
+            faulty.reset_counters()
 
-        async def no_sleep(seconds: float) -> None:
-            pass
+            # After some error answers the gateway closes the kept-alive connection; the read
+            # that follows still goes through, once.
+            with pytest.raises(NotFound):
+                await gateway.run(operations.get_balance(f"{prefix}-9999-ffffffff"))
+            after = await gateway.send(operations.get_balance(agent_id))
+            assert after.value.balance == Decimal(500)
+            assert _statuses(faulty, "get_balance") == {"404": 1, "200": 1}
+            faulty.reset_counters()
 
-        async with AsyncGatewayClient(config, sleep=no_sleep) as gateway:
-            agent_id = f"{prefix}-0001-04040404"
-            await gateway.run(tools.register_agent(agent_id, "standard", ["search"], {}))
-            await gateway.run(tools.create_wallet(agent_id, Decimal("10.00")))
-
-            # A read whose connection drops is retried to the ceiling.
+            # A read whose connection drops is sent once more, at once, then given up.
             faulty.set_faults(tools={"get_balance": {"drop_rate": 1.0}})
             with pytest.raises(Unavailable) as dropped:
-                await gateway.run(tools.get_balance(agent_id))
+                await gateway.run(operations.get_balance(agent_id))
             assert dropped.value.code == "connection_error" and dropped.value.maybe_processed
 
-            # A spend that lands and then loses its answer is not sent again.
-            faulty.set_faults(tools={"record_transaction": {"drop_after_commit_rate": 1.0}})
+            # A deposit with no idempotency key that lands and then loses its answer is
+            # not sent again: the gateway could not tell the second from a new one.
+            faulty.set_faults(tools={"deposit": {"drop_after_commit_rate": 1.0}})
+            unkeyed = dataclasses.replace(
+                operations.deposit(agent_id, "7.00", "top-up"), moves_money=False
+            )
             with pytest.raises(Unavailable) as lost:
-                await gateway.run(
-                    tools.record_transaction(agent_id, "task-1", "search", Decimal("1.00"))
-                )
+                await gateway.run(unkeyed)
             assert lost.value.maybe_processed
 
     asyncio.run(main())
-    counted = faulty.counters(agents=False)["tools"]
-    assert counted["get_balance"] == 3
-    assert counted["record_transaction"] == 1
-    view = faulty.agent(f"{prefix}-0001-04040404")
-    assert view["transaction_count"] == 1  # charged once, as the caller must now verify
+    assert _statuses(faulty, "get_balance") == {"dropped": 2}
+    assert _calls(faulty, "deposit") == 1
+    assert Decimal(faulty.agent(agent_id)["wallet"]["balance"]) == Decimal("507.00")
 
 
-def test_timeouts_are_unavailable_and_retried(faulty: SandboxControl, prefix: str) -> None:
+def test_a_deposit_retried_after_a_lost_answer_credits_once(
+    faulty: SandboxProcess, prefix: str
+) -> None:
+    keys = StaticKeyRing(faulty.admin_key)
+    agent_id = f"{prefix}-0001-05050505"
+    config = _config(faulty, max_attempts=3, breaker_failure_threshold=100)
+    with GatewayClient(config, keys, sleep=_no_sleep) as gateway:
+        _register(gateway, keys, agent_id)
+        faulty.reset_counters()
+        key = f"job-{prefix}:{agent_id}:deposit"
+        faulty.set_faults(tools={"deposit": {"drop_after_commit_rate": 1.0}})
+        with pytest.raises(Unavailable) as lost:
+            gateway.send(operations.deposit(agent_id, "25.00", "funding"), idempotency_key=key)
+        assert lost.value.maybe_processed
+        # Sent again under the same key, the drops were answered from the gateway's record.
+        assert _calls(faulty, "deposit") > 1
+        faulty.clear_faults()
+        again = gateway.send(operations.deposit(agent_id, "25.00", "funding"), idempotency_key=key)
+        assert again.value.new_balance == Decimal("525.00") and again.attempts == 1
+    # However many times it was sent, the wallet was credited once.
+    assert Decimal(faulty.agent(agent_id)["wallet"]["balance"]) == Decimal("525.00")
+
+
+def test_timeouts_are_unavailable_and_retried(faulty: SandboxProcess, prefix: str) -> None:
+    keys = StaticKeyRing(faulty.admin_key)
     config = _config(faulty, timeout_s=0.2, max_attempts=2, breaker_failure_threshold=100)
-    with GatewayClient(config, sleep=_no_sleep) as gateway:
-        agent_id = f"{prefix}-0001-05050505"
-        _provision(gateway, agent_id)
+    with GatewayClient(config, keys, sleep=_no_sleep) as gateway:
+        agent_id = f"{prefix}-0001-06060606"
+        _register(gateway, keys, agent_id)
         faulty.set_faults(timeout_s=1.0, tools={"get_balance": {"timeout_rate": 1.0}})
         faulty.reset_counters()
         with pytest.raises(Unavailable) as info:
-            gateway.run(tools.get_balance(agent_id))
+            gateway.run(operations.get_balance(agent_id))
         assert info.value.code == "timeout" and info.value.status is None
         assert _calls(faulty, "get_balance") == 2

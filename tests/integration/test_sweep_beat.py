@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from benchmarks.common import insert_bench_agents
 from fleet.hotstate import connect
 from fleet.monitoring import sweep as sweeping
-from fleet.monitoring.poller import SWEEP_TOOLS
-from fleet.storage.db import engine_for, session_factory
+from fleet.monitoring.poller import SWEEP_OPERATIONS
+from fleet.monitoring.snapshot import read_snapshot
 from stack.local import Stack, local_stack
 from stack.parts import wait_until
 from stack.processes import beat_argv
+from tests.support.fleet_rows import insert_agents, seeded_ids, sessions_for
+from workers.queues import TaskName
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +38,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_two_beats_sweep_once_per_tick(stack: Stack) -> None:
-    ids = list(stack.sandbox().seed(AGENTS, prefix="beat")["agent_ids"])
-    insert_bench_agents(
-        session_factory(engine_for(stack.settings.sqlalchemy_url)),
-        ids,
-        fleet="beat",
-        policy=stack.settings.policy,
+    ids = seeded_ids(stack.sandbox().seed(AGENTS, prefix="beat", profile="healthy"))
+    insert_agents(
+        sessions_for(stack.settings.sqlalchemy_url), ids, fleet="beat", policy=stack.settings.policy
     )
     stack.sandbox().reset_counters()
     r = connect(stack.settings.redis_url)
@@ -74,6 +74,53 @@ def test_two_beats_sweep_once_per_tick(stack: Stack) -> None:
     assert stats["skipped_duplicate"] >= 2
     statuses = [sweeping.sweep_status(r, s) for s in sweeping.recent_sweeps(r, 50)]
     assert [s["status"] for s in statuses if s] == ["finished"] * started_sweeps
-    # Each sweep polled each agent once: the work is not doubled.
-    counters = stack.sandbox().counters(agent_prefix="beat")["agents"]
-    assert counters == {a: {tool: started_sweeps for tool in SWEEP_TOOLS} for a in ids}
+    # Each sweep read each agent once (four reads, all with the admin key): the work is not
+    # doubled, and every agent's snapshot comes from the last sweep.
+    counters = stack.sandbox().counters()
+    reads = {
+        name: SWEEP_OPERATIONS.count(name) * AGENTS * started_sweeps for name in SWEEP_OPERATIONS
+    }
+    assert counters["tools"] == reads, stats
+    assert counters["agents"] == {"fleet-admin": reads}
+    last = sweeping.recent_sweeps(r, 1)[0]
+    assert all((snap := read_snapshot(r, a)) is not None and snap.sweep_id == last for a in ids)
+
+
+def test_a_redelivered_tick_or_batch_reads_nothing_again(stack: Stack) -> None:
+    ids = seeded_ids(stack.sandbox().seed(5, prefix="redo", profile="healthy"))
+    insert_agents(
+        sessions_for(stack.settings.sqlalchemy_url), ids, fleet="redo", policy=stack.settings.policy
+    )
+    r = connect(stack.settings.redis_url)
+    app = stack.celery()
+    before = {k: int(v) for k, v in r.hgetall(sweeping.STATS_KEY).items()}
+    stack.sandbox().reset_counters()
+    tick = uuid.uuid4().hex
+    for _ in range(2):  # the same tick twice: a message redelivered after a lost ack
+        app.send_task(TaskName.METRICS_SWEEP.value, kwargs={"tick": tick})
+
+    def mine() -> list[dict[str, Any]]:
+        found = [sweeping.sweep_status(r, s) for s in sweeping.recent_sweeps(r, 50)]
+        return [s for s in found if s and s["tick"] == tick]
+
+    wait_until(lambda: [s["status"] for s in mine()] == ["finished"], timeout_s=30)
+    wait_until(
+        lambda: (
+            int(r.hget(sweeping.STATS_KEY, "skipped_duplicate") or 0)
+            == before.get("skipped_duplicate", 0) + 1
+        ),
+        timeout_s=30,
+    )
+    [status] = mine()
+    agents = status["agents"]
+    reads = stack.sandbox().counters(agents=False)["tools"]
+    assert reads == {name: SWEEP_OPERATIONS.count(name) * agents for name in SWEEP_OPERATIONS}
+
+    # A batch of it delivered again finds the sweep finished and reads nothing.
+    batch = sweeping.plan_batches([("redo", a) for a in ids], stack.settings.metrics.batch_size)[0]
+    log = stack.base_dir / "logs" / "metrics.log"
+    seen = log.read_text().count("'skipped': '")
+    app.send_task(TaskName.POLL_BATCH.value, args=(status["sweep_id"], 0, batch))
+    wait_until(lambda: log.read_text().count("'skipped': '") == seen + 1, timeout_s=30)
+    assert stack.sandbox().counters(agents=False)["tools"] == reads
+    assert sweeping.sweep_status(r, status["sweep_id"]) == status
