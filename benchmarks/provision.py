@@ -70,13 +70,13 @@ def run(agents: int, latency_ms: float, workers: int, threads: int, keep: str | 
         click.echo(
             f"done {progress.done}, failed {progress.failed}, pending {progress.pending} in "
             f"{wall:.2f} s "
-            f"({agents / wall:.0f} agents/s); register_agent calls: "
-            f"{counters['tools'].get('register_agent', 0)}"
+            f"({agents / wall:.0f} agents/s); POST /v1/register calls: "
+            f"{counters['tools'].get('register', 0)}"
         )
         cpu = {c.name: cpu_seconds(c.process.pid) for c in stack.sup.children}
         click.echo("CPU seconds: " + ", ".join(f"{name} {sec:.1f}" for name, sec in cpu.items()))
         # The same manifest again: it must find every agent it made and register none.
-        registered = counters["tools"].get("register_agent", 0)
+        registered = counters["tools"].get("register", 0)
         rerun_id = uuid.uuid4().hex
         rerun_started = time.perf_counter()
         app.send_task(
@@ -85,11 +85,11 @@ def run(agents: int, latency_ms: float, workers: int, threads: int, keep: str | 
         )
         rerun = _wait_job(sessions, rerun_id, timeout_s=600)
         rerun_wall = time.perf_counter() - rerun_started
-        rerun_registers = stack.sandbox().counters()["tools"].get("register_agent", 0) - registered
+        rerun_registers = stack.sandbox().counters()["tools"].get("register", 0) - registered
         click.echo(
             f"re-run of the same manifest: done {rerun.done}, failed {rerun.failed} in "
             f"{rerun_wall:.2f} s; "
-            f"register_agent calls: {rerun_registers}"
+            f"POST /v1/register calls: {rerun_registers}"
         )
         limit = bare_client_limit(
             stack.settings.gateway_url,
@@ -106,7 +106,7 @@ def run(agents: int, latency_ms: float, workers: int, threads: int, keep: str | 
                     "done": progress.done,
                     "failed": progress.failed,
                     "latency_ms": latency_ms,
-                    "rerun_register_agent_calls": rerun_registers,
+                    "rerun_register_calls": rerun_registers,
                     **limit_fields(wall, limit.seconds),
                 }
             )
