@@ -33,7 +33,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 Handler = tuple[Callable[[], tuple[float, Any, float]], Callable[..., Any]]
 _EMPTY_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 _REFUSED_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
-_MAX_HEAD = 65536
+_MAX_LINE = 8190  # aiohttp's max_line_size and max_field_size
 _SERVER = f"Server: {SERVER_SOFTWARE}\r\n".encode("latin-1")
 _STATUS_LINES = {
     s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("latin-1") for s in HTTPStatus
@@ -191,8 +191,9 @@ class FastProtocol(asyncio.Protocol):
     def _next(self) -> None:
         buf = self._buf
         end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > _MAX_HEAD:
+        if end < 0 or end > _MAX_LINE:
+            # aiohttp decides on a head longer than its line limit (and refuses it).
+            if end >= 0 or len(buf) > _MAX_LINE:
                 self._hand_off()
             return
         lines = bytes(buf[:end]).split(b"\r\n")
@@ -233,7 +234,8 @@ class FastProtocol(asyncio.Protocol):
             return
         target = request_line[1].decode("latin-1")
         path, _, qs = target.partition("?")
-        if "%" in path or "#" in target:
+        # Encoded characters and dot segments: yarl's decoding and normalising decide.
+        if "%" in path or "#" in target or "/." in path:
             self._hand_off()
             return
         found = self._router.match(path)
