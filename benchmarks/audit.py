@@ -91,7 +91,7 @@ def fill_log(settings: Settings, count: int, chunk: int = 5000) -> float:
 def run_audit(
     entries: int, batch: int | None, concurrency: int, pool: str, mirror: bool, keep: str | None
 ) -> None:
-    import yaml  # type: ignore[import-untyped]
+    import yaml
 
     from config.settings import DEFAULT_POLICY_FILE
     from fleet.audit.verify import verify_log

@@ -8,15 +8,18 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import orjson
 
-from fleet.gateway.tools import ToolCall
+from fleet.gateway import Operation
+from fleet.gateway.wire import ConnectionPool, WireError
 
 T = TypeVar("T")
 
@@ -44,7 +47,8 @@ def bench_manifest(agents: int, groups: int = 4, fleet: str = "bench") -> dict[s
                 {
                     "id_prefix": f"seg{g}",
                     "count": count,
-                    "tier": "starter",
+                    # Free and starter keys are what registration gives: no key to import.
+                    "tier": "free" if g % 2 else "starter",
                     "initial_balance": "25.00",
                     "capabilities": ["support"],
                     "trust_claims": [{"type": "operator", "value": "bench"}],
@@ -184,7 +188,8 @@ def run_fast(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
 
 
-Phases = Sequence[Sequence[ToolCall[Any]]]
+# What a limit sends for one agent: phases in order, the operations of a phase together.
+Phases = Sequence[Sequence[Operation[Any]]]
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,24 @@ class LimitRun:
     failed: int
 
 
+def encoded_request(
+    pool: ConnectionPool, op: Operation[Any], admin_key: str
+) -> tuple[bytes, dict[str, str], bytes]:
+    """The request line, headers and body of ``op`` as the bare client sends it: the admin
+    key on every authenticated call (the limits' operations are all admin-scope or open)."""
+    headers: dict[str, str] = {}
+    if op.auth.kind != "none":
+        headers["Authorization"] = f"Bearer {admin_key}"
+    body = b""
+    if op.body is not None:
+        body = orjson.dumps(op.body)
+        headers["Content-Type"] = "application/json"
+    if op.moves_money:
+        headers["Idempotency-Key"] = uuid.uuid4().hex
+    target = op.path + (f"?{urlencode(op.query)}" if op.query else "")
+    return pool.head(op.method, target), headers, body
+
+
 def bare_client_limit(
     url: str,
     admin_key: str,
@@ -201,55 +224,62 @@ def bare_client_limit(
     concurrency: int,
     timeout_s: float = 30.0,
 ) -> LimitRun:
-    """The limit: the same gateway calls sent by a bare aiohttp session, bodies pre-encoded,
-    ``concurrency`` units in flight.
+    """The limit: the same REST calls sent by a bare asyncio client over the gateway package's
+    keep-alive pool (:class:`fleet.gateway.wire.ConnectionPool`), requests pre-encoded,
+    ``concurrency`` units in flight, on uvloop when installed.
 
-    A unit is what the system under test does for one agent: phases in order, the
-    calls of a phase sent together. A failed call is counted, not retried.
+    A unit is what the system under test does for one agent (or one call): its phases in
+    order, the operations of a phase sent together. A failed call (a status of 400 or more,
+    no answer) is counted, not retried, and its answer is parsed like any other.
     """
-    import aiohttp
-
-    headers = {"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"}
-    encoded = [
-        [[orjson.dumps({"tool": c.tool, "input": c.input}) for c in phase] for phase in unit]
-        for unit in units
-    ]
-
     failed = 0
 
-    async def run() -> float:
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(
-            headers=headers,
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as session:
+    async def run() -> tuple[float, int]:
+        nonlocal failed
+        pool = ConnectionPool(url, limit=concurrency, connect_timeout_s=min(timeout_s, 5.0))
+        encoded = [
+            [[encoded_request(pool, op, admin_key) for op in phase] for phase in unit]
+            for unit in units
+        ]
 
-            async def call(body: bytes) -> None:
-                nonlocal failed
-                try:
-                    async with session.post(url, data=body) as response:
-                        orjson.loads(await response.read())
-                        failed += response.status != 200
-                except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
-                    failed += 1
+        async def call(head: bytes, headers: dict[str, str], body: bytes) -> None:
+            nonlocal failed
+            try:
+                answer = await pool.send(head, headers, body, timeout_s)
+                orjson.loads(answer.content)
+                failed += answer.status_code >= 400
+            except (WireError, orjson.JSONDecodeError):
+                failed += 1
 
-            todo = iter(encoded)
+        todo = iter(encoded)
 
-            async def worker() -> None:
-                for unit in todo:
-                    for phase in unit:
-                        await asyncio.gather(*(call(body) for body in phase))
+        async def worker() -> None:
+            for unit in todo:
+                for phase in unit:
+                    if len(phase) == 1:
+                        await call(*phase[0])
+                    else:
+                        await asyncio.gather(*(call(*request) for request in phase))
 
+        try:
             started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(min(concurrency, len(encoded)))))
-            return time.perf_counter() - started
+            seconds = time.perf_counter() - started
+        finally:
+            await pool.close()
+        return seconds, sum(len(phase) for unit in encoded for phase in unit)
 
-    seconds = run_fast(run())
-    calls = sum(len(phase) for unit in encoded for phase in unit)
+    seconds, calls = run_fast(run())
     return LimitRun(seconds, calls, failed)
+
+
+def seeded_ids(sandbox: Any, agents: int, prefix: str, **options: Any) -> list[str]:
+    """Seed AGENTS agents in the sandbox (in chunks it lists in full); their ids."""
+    ids: list[str] = []
+    while len(ids) < agents:
+        made = sandbox.seed(min(20_000, agents - len(ids)), prefix=prefix, **options)
+        ids.extend(a["agent_id"] for a in made["agents"])
+    return ids
 
 
 def limit_fields(measured_s: float, limit_s: float) -> dict[str, float]:

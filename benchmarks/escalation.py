@@ -1,7 +1,8 @@
 """`fleet bench escalation-flood`: a tier-4 freeze sent behind a flood of tier-1 actions.
 
 One worker per tier queue keeps the freeze prompt. The limit is the freeze's own
-gateway calls (freeze_wallet, then send_message) from a bare aiohttp session;
+gateway calls (freeze_wallet, then send_message) from a bare asyncio client over
+the gateway package's keep-alive pool;
 the ratio is how long the freeze took through the queue against it.
 """
 
@@ -21,9 +22,11 @@ from benchmarks.common import (
     insert_bench_agents,
     limit_fields,
     limit_line,
+    seeded_ids,
     sessions_for,
     workdir,
 )
+from fleet.gateway import Auth
 
 
 def run_flood(
@@ -53,7 +56,7 @@ def run_flood(
     clock = ManualClock(now)
     flood_agents = [f"flood{i:05d}-{_uuid.uuid4().hex[:8]}" for i in range(actions)]
     insert_bench_agents(sessions, flood_agents, fleet="flood", policy=settings.policy)
-    [target] = stack.sandbox().seed(1, prefix="frz", profile="dead")["agent_ids"]
+    [target] = seeded_ids(stack.sandbox(), 1, "frz", profile="dead")
     insert_bench_agents(sessions, [target], fleet="flood", policy=settings.policy)
 
     def episode(agent: str, opened: datetime) -> dict[str, Any]:
@@ -186,25 +189,38 @@ def run(actions: int, drain: bool, keep: str | None) -> None:
             stack.start_worker(["escalation.tier4"], concurrency=2, pool="threads", name="tier4")
             out = run_flood(stack, actions, drain=drain)
             limit = freeze_limit(stack)
-            click.echo(limit_line(limit, out["freeze_s"], "bare client, one freeze"))
+            click.echo(
+                limit_line(limit, out["freeze_s"], "bare client, mean of 20 freezes one at a time")
+            )
             click.echo(json.dumps({**out, **limit_fields(out["freeze_s"], limit.seconds)}))
 
 
-def freeze_limit(stack: Any) -> LimitRun:
-    """The tier-4 freeze's gateway calls (freeze the wallet, then tell the operator), one
-    after the other, for another agent with a wallet."""
-    from fleet.gateway import tools
+def freeze_limit(stack: Any, repeats: int = 20) -> LimitRun:
+    """The tier-4 freeze's gateway calls (freeze the wallet, then the notice from the admin
+    agent to the operator), one after the other, for REPEATS other agents with a wallet in
+    turn; ``seconds`` is the mean per freeze (one freeze of two calls is too short to time)."""
+    from fleet.gateway import operations as ops
 
-    [agent] = stack.sandbox().seed(1, prefix="frzlim", profile="dead")["agent_ids"]
-    operator = stack.settings.policy.escalation.operator
+    gateway = stack.settings.gateway
     reason = "SLA violation episode limit: tier 4 freeze"
-    calls: Phases = [
-        [tools.freeze_wallet(agent, reason)],
-        [tools.send_message(operator, f"SLA breach: {agent} frozen (tier 4)", reason, "urgent")],
+    units: list[Phases] = [
+        [
+            [ops.freeze_wallet(agent)],
+            [
+                ops.send_message(
+                    gateway.admin_agent_id,
+                    gateway.operator_agent_id,
+                    "text",
+                    f"SLA breach: {agent} frozen (tier 4)",
+                    reason,
+                    metadata={"priority": "urgent", "episode_id": "limit"},
+                    auth=Auth.ADMIN,
+                )
+            ],
+        ]
+        for agent in seeded_ids(stack.sandbox(), repeats, "frzlim", profile="dead")
     ]
-    return bare_client_limit(
-        stack.settings.gateway_url,
-        stack.settings.gateway.admin_key.get_secret_value(),
-        [calls],
-        1,
+    run = bare_client_limit(
+        stack.settings.gateway_url, gateway.admin_key.get_secret_value(), units, 1
     )
+    return LimitRun(run.seconds / repeats, run.calls, run.failed)

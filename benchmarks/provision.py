@@ -1,8 +1,12 @@
 """`fleet bench provision`: a manifest provisioned through the provisioning queue, then again.
 
-The limit is each agent's gateway calls in the pipeline's order (register, wallet,
-then claims, SLA and listing together, then the first health read) from a bare
-aiohttp session with as many agents in flight as the workers have threads.
+The manifest's groups are free and starter tiers: every agent registers with the
+free key POST /v1/register hands out, so no key is imported, and the pro steps
+(metrics, claims, listing) are skipped and recorded as such. The limit is each
+agent's REST calls in the pipeline's order (register, identity, balance, the
+move to the manifest's balance, budget cap, then the first health read) from a
+bare asyncio client over the gateway package's keep-alive pool, with as many
+agents in flight as the workers have threads.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import click
@@ -24,6 +29,9 @@ from benchmarks.common import (
     sessions_for,
     workdir,
 )
+
+# What POST /v1/register puts in a new agent's wallet.
+FREE_CREDITS = Decimal("500")
 
 
 def run(agents: int, latency_ms: float, workers: int, threads: int, keep: str | None) -> None:
@@ -62,13 +70,13 @@ def run(agents: int, latency_ms: float, workers: int, threads: int, keep: str | 
         click.echo(
             f"done {progress.done}, failed {progress.failed}, pending {progress.pending} in "
             f"{wall:.2f} s "
-            f"({agents / wall:.0f} agents/s); register_agent calls: "
-            f"{counters['tools'].get('register_agent', 0)}"
+            f"({agents / wall:.0f} agents/s); POST /v1/register calls: "
+            f"{counters['tools'].get('register', 0)}"
         )
         cpu = {c.name: cpu_seconds(c.process.pid) for c in stack.sup.children}
         click.echo("CPU seconds: " + ", ".join(f"{name} {sec:.1f}" for name, sec in cpu.items()))
         # The same manifest again: it must find every agent it made and register none.
-        registered = counters["tools"].get("register_agent", 0)
+        registered = counters["tools"].get("register", 0)
         rerun_id = uuid.uuid4().hex
         rerun_started = time.perf_counter()
         app.send_task(
@@ -77,11 +85,11 @@ def run(agents: int, latency_ms: float, workers: int, threads: int, keep: str | 
         )
         rerun = _wait_job(sessions, rerun_id, timeout_s=600)
         rerun_wall = time.perf_counter() - rerun_started
-        rerun_registers = stack.sandbox().counters()["tools"].get("register_agent", 0) - registered
+        rerun_registers = stack.sandbox().counters()["tools"].get("register", 0) - registered
         click.echo(
             f"re-run of the same manifest: done {rerun.done}, failed {rerun.failed} in "
             f"{rerun_wall:.2f} s; "
-            f"register_agent calls: {rerun_registers}"
+            f"POST /v1/register calls: {rerun_registers}"
         )
         limit = bare_client_limit(
             stack.settings.gateway_url,
@@ -98,7 +106,7 @@ def run(agents: int, latency_ms: float, workers: int, threads: int, keep: str | 
                     "done": progress.done,
                     "failed": progress.failed,
                     "latency_ms": latency_ms,
-                    "rerun_register_agent_calls": rerun_registers,
+                    "rerun_register_calls": rerun_registers,
                     **limit_fields(wall, limit.seconds),
                 }
             )
@@ -106,33 +114,40 @@ def run(agents: int, latency_ms: float, workers: int, threads: int, keep: str | 
 
 
 def _pipeline_calls(manifest: dict[str, Any], policy: Any) -> list[Phases]:
-    """Per agent of the manifest, the calls a first provisioning run makes, under fresh ids."""
-    from fleet.gateway import tools
+    """Per agent of the manifest, under a fresh id, the REST calls a first provisioning run of
+    a free or starter group makes, in its order: register, identity, balance, the move to the
+    manifest's balance, budget cap, then the first health read (identity, balance, budget).
+    The pro steps (metrics, claims, listing) are skipped for these tiers."""
+    from fleet.gateway import operations as ops
 
+    cap = policy.provisioning.budget_cap
     units: list[Phases] = []
     for group in manifest["agents"]:
-        terms = policy.sla_templates[group["sla_template"]].model_dump(mode="json")
-        claims = [
-            {"type": "fleet-membership", "value": f"{manifest['fleet']}/test"},
-            *group["trust_claims"],
-        ]
+        if group["tier"] not in ("free", "starter"):
+            raise click.ClickException("the bench manifest must hold free or starter groups only")
+        target = Decimal(group["initial_balance"])
         for _ in range(group["count"]):
             agent_id = f"lim-{uuid.uuid4().hex[:16]}"
-            metadata = {"fleet": manifest["fleet"], "environment": manifest["environment"]}
+            # A new wallet holds the free registration's credits; the step moves the difference.
+            move = (
+                ops.deposit(agent_id, target - FREE_CREDITS, "initial balance")
+                if target > FREE_CREDITS
+                else ops.withdraw(agent_id, FREE_CREDITS - target, "initial balance")
+            )
             units.append(
                 [
+                    [ops.register(agent_id)],
+                    [ops.get_identity(agent_id)],
+                    [ops.get_balance(agent_id)],
+                    [move],
                     [
-                        tools.register_agent(
-                            agent_id, group["tier"], group["capabilities"], metadata
+                        ops.set_budget(
+                            agent_id, cap.daily, cap.monthly, Decimal(str(cap.alert_threshold))
                         )
                     ],
-                    [tools.create_wallet(agent_id, group["initial_balance"])],
-                    [
-                        tools.build_claim_chain(agent_id, claims),
-                        tools.create_sla(agent_id, terms),
-                        tools.register_service(agent_id, group["capabilities"], group["pricing"]),
-                    ],
-                    [tools.get_analytics(agent_id)],
+                    [ops.get_identity(agent_id)],
+                    [ops.get_balance(agent_id)],
+                    [ops.get_budget(agent_id)],
                 ]
             )
     return units

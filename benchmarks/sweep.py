@@ -1,10 +1,10 @@
 """`fleet bench sweep`: monitoring sweeps through the metrics queue, each against the limit.
 
 Sweep time is from sending the tick to the sweep's record saying the last
-snapshot and the fleet aggregate are stored. The limit is a bare asyncio
-poller making the same 4·N calls at the same concurrency, in this process,
-with each client (the sweep's keep-alive pool, a bare aiohttp session): the
-faster of the two.
+snapshot and the fleet aggregate are stored. The limit, measured after each
+sweep, is a bare asyncio poller in this process making the same 4·N REST reads
+(get_balance, get_budget, query_metrics twice; admin key) over the gateway
+package's keep-alive pool at the same number of calls in flight.
 """
 
 from __future__ import annotations
@@ -17,85 +17,28 @@ from typing import Any
 import click
 
 from benchmarks.common import (
+    LimitRun,
+    bare_client_limit,
     group_cpu_s,
     group_rss_mb,
     insert_bench_agents,
-    run_fast,
+    limit_fields,
+    seeded_ids,
     sessions_for,
     workdir,
 )
 
 
 def sweep_limit(
-    url: str,
-    admin_key: str,
-    agent_ids: list[str],
-    concurrency: int,
-    timeout_s: float = 5.0,
-    client: str = "wire",
-) -> float:
-    """The limit: a bare asyncio poller (uvloop, bodies pre-encoded) making the sweep's 4·N calls
-    at the same concurrency, once each (a failed call is not retried); seconds for all.
+    url: str, admin_key: str, agent_ids: list[str], concurrency: int, timeout_s: float = 5.0
+) -> LimitRun:
+    """The limit: the sweep's REST reads (:data:`~fleet.monitoring.poller.SWEEP_OPERATIONS`
+    per agent, admin key) from a bare asyncio poller over the gateway package's keep-alive
+    pool, ``concurrency`` calls in flight, once each (a failed call is not retried)."""
+    from fleet.monitoring.poller import sweep_operations
 
-    ``client`` is the HTTP client: ``wire`` (the keep-alive pool the sweep itself uses, the
-    fastest measured) or ``aiohttp`` (a bare aiohttp session).
-    """
-    import asyncio
-
-    import aiohttp
-    import orjson
-
-    from fleet.gateway.wire import ConnectionPool, WireError
-    from fleet.monitoring.poller import SWEEP_TOOLS
-
-    headers = {"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"}
-    bodies = [
-        orjson.dumps({"tool": t, "input": {"agent_id": a}}) for a in agent_ids for t in SWEEP_TOOLS
-    ]
-    workers = min(concurrency, len(bodies))
-
-    async def run_wire() -> float:
-        pool = ConnectionPool(url, limit=concurrency, connect_timeout_s=timeout_s)
-        calls = iter(bodies)
-
-        async def worker() -> None:
-            for body in calls:
-                try:
-                    orjson.loads((await pool.post(body, headers, timeout_s)).content)
-                except (WireError, orjson.JSONDecodeError):
-                    pass  # under injected faults: the limit does not retry
-
-        try:
-            started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(workers)))
-            return time.perf_counter() - started
-        finally:
-            await pool.close()
-
-    async def run_aiohttp() -> float:
-        connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
-        async with aiohttp.ClientSession(
-            headers=headers,
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as session:
-            calls = iter(bodies)
-
-            async def worker() -> None:
-                for body in calls:
-                    try:
-                        async with session.post(url, data=body) as response:
-                            orjson.loads(await response.read())
-                    except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
-                        pass
-
-            started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(workers)))
-            return time.perf_counter() - started
-
-    return run_fast(run_wire() if client == "wire" else run_aiohttp())
+    calls = [[[op]] for a in agent_ids for op in sweep_operations(a)]
+    return bare_client_limit(url, admin_key, calls, concurrency, timeout_s)
 
 
 def _wait_sweep(r: Any, tick: str, timeout_s: float) -> dict[str, Any]:
@@ -152,9 +95,7 @@ def run(
             schedule={"metrics_sweep_s": interval},
         ) as stack:
             sandbox = stack.sandbox()
-            ids: list[str] = []
-            while len(ids) < agents:
-                ids.extend(sandbox.seed(min(20000, agents - len(ids)), prefix="bench")["agent_ids"])
+            ids = seeded_ids(sandbox, agents, "bench")
             insert_bench_agents(
                 sessions_for(stack.settings), ids, fleet="bench", policy=stack.settings.policy
             )
@@ -194,19 +135,18 @@ def run(
                     for c in stack.sup.children
                 }
                 rss = sum(group_rss_mb(c.process.pid) for c in children)
-                limits = {}
-                for client in ("wire", "aiohttp") if with_limit else ():
+                limit: LimitRun | None = None
+                if with_limit:
                     own_before = time.process_time()
-                    limits[client] = sweep_limit(
+                    limit = sweep_limit(
                         stack.settings.gateway_url,
                         stack.settings.gateway.admin_key.get_secret_value(),
                         ids,
                         total_in_flight,
                         stack.settings.metrics.poll_timeout_s,
-                        client,
                     )
-                    cpu[f"limit {client}"] = time.process_time() - own_before
-                limit_s = min(limits.values(), default=float("nan"))
+                    cpu["limit"] = time.process_time() - own_before
+                limit_s = limit.seconds if limit else float("nan")
                 runs.append(
                     {
                         "sweep_s": sweep_s,
@@ -217,12 +157,9 @@ def run(
                     }
                 )
                 against = (
-                    (
-                        f"limit {limit_s:.2f} s ("
-                        + ", ".join(f"{k} {v:.2f}" for k, v in limits.items())
-                        + f") | ratio {sweep_s / limit_s:.2f} | "
-                    )
-                    if limits
+                    f"limit {limit_s:.2f} s ({limit.calls} calls, {limit.failed} failed) "
+                    f"| ratio {sweep_s / limit_s:.2f} | "
+                    if limit
                     else ""
                 )
                 click.echo(
@@ -250,8 +187,12 @@ def run(
                     {
                         "agents": agents,
                         "sweep_s": round(sweep_med, 2),
-                        "limit_s": round(limit_med, 2) if limit_med else None,
-                        "ratio": round(sweep_med / limit_med, 2) if limit_med else None,
+                        "in_flight": total_in_flight,
+                        **(
+                            limit_fields(sweep_med, limit_med)
+                            if limit_med
+                            else {"limit_s": None, "ratio": None}
+                        ),
                     }
                 )
             )
