@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -86,10 +87,15 @@ def world(sandbox: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
     engine = create_db_engine(url)
     migrate(engine)
 
-    agent_id = sandbox.seed(1, prefix=f"a{uuid.uuid4().hex[:6]}")["agent_ids"][0]
-    assert (
-        sandbox.call("freeze_wallet", agent_id=agent_id, reason="tier 4 freeze").status_code == 200
+    agent_id = sandbox.seed(1, prefix=f"a{uuid.uuid4().hex[:6]}")["agents"][0]["agent_id"]
+    # What tier 4 did: the admin key froze the agent's wallet at the gateway.
+    frozen = httpx.post(
+        f"{sandbox.url}/v1/billing/wallets/{agent_id}/freeze",
+        headers={"Authorization": f"Bearer {sandbox.admin_key}"},
+        timeout=10,
     )
+    assert frozen.status_code == 200, frozen.text
+    assert sandbox.agent(agent_id)["wallet"]["frozen"]
     now = datetime.now(UTC)
     with Session(engine) as session, session.begin():
         session.add(

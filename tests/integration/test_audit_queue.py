@@ -12,13 +12,13 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from benchmarks.audit import bench_events
 from config.settings import DEFAULT_POLICY_FILE, load_settings
 from fleet.audit.log import AuditLog
 from fleet.audit.signing import read_checkpoint_file
 from fleet.audit.verify import verify_log
 from fleet.storage.db import create_db_engine, migrate
 from stack.parts import celery_worker, producer_app, redis_server, wait_until
+from tests.support.workload import audit_events
 from workers.queues import FleetQueue
 from workers.runtime import enqueue_audit
 
@@ -56,7 +56,7 @@ def test_entries_pass_through_the_queue_into_one_chain_and_redelivery_adds_nothi
     redis_url: str, stack: tuple[dict[str, str], AuditLog], tmp_path: Path
 ) -> None:
     env, log = stack
-    events = bench_events(1200)
+    events = audit_events(1200)
     with celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=2, name="audit") as (
         sup,
         log_file,
@@ -102,7 +102,7 @@ def test_fleet_audit_verify_exit_status_and_export_verified_alone(
     stack: tuple[dict[str, str], AuditLog], tmp_path: Path
 ) -> None:
     env, log = stack
-    log.append(bench_events(40))
+    log.append(audit_events(40))
     ok = _fleet(env, "audit", "verify")
     assert ok.returncode == 0 and "intact" in ok.stdout, ok.stdout + ok.stderr
 

@@ -37,10 +37,15 @@ def test_pickled_message_is_refused_on_every_queue_and_worker_lives_on(
     redis_url: str, tmp_path: Path
 ) -> None:
     env = {"FLEET_REDIS__URL": redis_url}
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
     marker = tmp_path / "executed"
-    with celery_worker(env, ALL_QUEUES, tmp_path, name="all-queues") as (sup, log_file):
-        producer = Celery("outsider", broker=redis_url)
+    producer = Celery("outsider", broker=redis_url)
+    app = producer_app(redis_url)
+    with (
+        redis.Redis.from_url(redis_url, decode_responses=True) as r,
+        producer,
+        app,
+        celery_worker(env, ALL_QUEUES, tmp_path, name="all-queues") as (sup, log_file),
+    ):
         producer.conf.update(task_serializer="pickle", accept_content=["pickle", "json"])
         exchange = Exchange("fleet", type="direct")
         for queue in ALL_QUEUES:
@@ -63,7 +68,6 @@ def test_pickled_message_is_refused_on_every_queue_and_worker_lives_on(
         assert not sup.dead(), "the worker died on a pickled message"
 
         # The same worker still runs well-formed JSON work on every queue.
-        app = producer_app(redis_url)
         for queue in ALL_QUEUES:
             app.send_task(f"{queue.value}.heartbeat")
         wait_until(lambda: all(read_heartbeat(r, q.value) for q in ALL_QUEUES))
