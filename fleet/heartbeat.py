@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import redis
 
-from fleet.hotstate import heartbeat_key
+from fleet.hotstate import heartbeat_key, read_hash, write_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +27,12 @@ def record_heartbeat(
 ) -> Heartbeat:
     lag = None if sent_at is None else max(0.0, ran_at - sent_at)
     fields = {"worker": worker, "ran_at": repr(ran_at), "lag_s": "" if lag is None else repr(lag)}
-    r.hset(heartbeat_key(queue), mapping=fields)
+    write_hash(r, heartbeat_key(queue), fields)
     return Heartbeat(queue, worker, ran_at, lag)
 
 
 def read_heartbeat(r: redis.Redis, queue: str) -> Heartbeat | None:
-    raw = r.hgetall(heartbeat_key(queue))
+    raw = read_hash(r, heartbeat_key(queue))
     if not raw:
         return None
     lag = raw.get("lag_s") or None

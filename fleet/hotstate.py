@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import cast
 
 import redis
 import redis.lock
+from redis.typing import EncodableT, FieldT
 
 KEY_PREFIX = "fleet:"
 
@@ -24,6 +26,39 @@ def heartbeat_key(queue: str) -> str:
 def connect(url: str) -> redis.Redis:
     """One pooled client per URL per process."""
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+# redis-py types replies as bytes | str because a client may or may not decode them. Every
+# client here decodes (connect() above; the tests' fakeredis likewise), so replies are str:
+# these helpers say so in one place instead of at each call. They work on a pipeline too,
+# for writes (a pipeline's reads arrive later, from execute()).
+
+
+def read_hash(r: redis.Redis, key: str) -> dict[str, str]:
+    """The whole hash at ``key``; empty when there is none."""
+    return cast("dict[str, str]", r.hgetall(key))
+
+
+def read_fields(r: redis.Redis, key: str, *fields: str) -> list[str | None]:
+    """The named fields of the hash at ``key``, None for each one missing."""
+    return cast("list[str | None]", r.hmget(key, list(fields)))
+
+
+def read_str(r: redis.Redis, key: str) -> str | None:
+    """The string at ``key``, None when there is none."""
+    return cast("str | None", r.get(key))
+
+
+def write_hash(r: redis.Redis, key: str, fields: Mapping[str, str]) -> None:
+    """Set ``fields`` in the hash at ``key``, leaving its other fields alone."""
+    # Mapping is invariant in its key type, so Mapping[str, str] is not a Mapping[FieldT, ...]
+    # to mypy, though redis-py only reads it.
+    r.hset(key, mapping=cast("Mapping[FieldT, EncodableT]", fields))
+
+
+def texts(values: Iterable[bytes | str]) -> list[str]:
+    """A set's members or a list's items, as the str they are on a decoding client."""
+    return cast("list[str]", list(values))
 
 
 def provisioning_frozen_key(fleet: str) -> str:

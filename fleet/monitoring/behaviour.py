@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from config.policy import AlertPolicy
-from fleet.hotstate import KEY_PREFIX
+from fleet.hotstate import KEY_PREFIX, texts
 from fleet.monitoring.aggregate import percentile
 from fleet.monitoring.alerts import apply_changes
 from fleet.monitoring.rules import WARNING, Change, Rule, baseline_ready, learn, track
@@ -167,7 +167,7 @@ def check(
     window = b.window_s
     cur, prev = int(now // window), int(now // window) - 1
     yesterday = int(now // DAY) - 1
-    agents = sorted(r.sunion([_reporting(cur), _reporting(prev), WATCH_KEY]))
+    agents = sorted(texts(r.sunion([_reporting(cur), _reporting(prev), WATCH_KEY])))
     changes: list[Change] = []
     for start in range(0, len(agents), 500):
         chunk = agents[start : start + 500]

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 import redis
 
-from fleet.hotstate import KEY_PREFIX
+from fleet.hotstate import KEY_PREFIX, read_hash, write_hash
 
 
 class Health(StrEnum):
@@ -100,7 +100,7 @@ def queue_snapshots(
     for snap in snapshots:
         key = snapshot_key(snap.agent_id)
         pipe.delete(key)
-        pipe.hset(key, mapping=snap.to_redis())
+        write_hash(pipe, key, snap.to_redis())
         if ttl_s:
             pipe.expire(key, ttl_s)
 
@@ -113,5 +113,5 @@ def write_snapshots(r: redis.Redis, snapshots: list[Snapshot], ttl_s: int | None
 
 
 def read_snapshot(r: redis.Redis, agent_id: str) -> Snapshot | None:
-    raw = r.hgetall(snapshot_key(agent_id))
+    raw = read_hash(r, snapshot_key(agent_id))
     return Snapshot.from_redis(raw) if raw else None

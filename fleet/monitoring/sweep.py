@@ -34,13 +34,13 @@ from typing import Any
 
 import orjson
 import redis
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.policy import Policy
 from config.settings import MetricsSettings
 from fleet.clock import Clock, utc_from_timestamp
-from fleet.hotstate import KEY_PREFIX
+from fleet.hotstate import KEY_PREFIX, read_fields, read_hash, texts, write_hash
 from fleet.monitoring import alerts as alerts_mod
 from fleet.monitoring.aggregate import ALL_FLEETS, FleetHealth, Partial, merge_partials
 from fleet.monitoring.health import classify
@@ -281,7 +281,7 @@ def run_batch(
 ) -> BatchOutcome:
     began = time.perf_counter()
     r, key = deps.redis, sweep_key(sweep_id)
-    status, batches = r.hmget(key, "status", "batches")
+    status, batches = read_fields(r, key, "status", "batches")
     ids = [agent_id for fleet_ids in agents.values() for agent_id in fleet_ids]
     if status != "running":
         return BatchOutcome(sweep_id, batch, len(ids), 0, 0, skipped=f"sweep is {status or 'gone'}")
@@ -352,7 +352,7 @@ def run_batch(
     )
     pipe.expire(key + ":partials", m.sweep_record_ttl_s)
     if failed:
-        pipe.hset(key + ":failed", mapping=failed)
+        write_hash(pipe, key + ":failed", failed)
         pipe.expire(key + ":failed", m.sweep_record_ttl_s)
     # "Done" is counted once per batch number, whatever the redeliveries.
     pipe.hsetnx(key + ":done", str(batch), f"{len(ids)}:{len(failed)}")
@@ -464,7 +464,7 @@ def insert_rollups(sessions: sessionmaker[Session], rows: list[dict[str, Any]]) 
         else:  # pragma: no cover - the two databases we support
             existing = set(conn.execute(select(AgentHourly.agent_id, AgentHourly.hour)).all())
             conn.execute(
-                AgentHourly.__table__.insert(),
+                insert(AgentHourly),
                 [r for r in rows if (r["agent_id"], r["hour"]) not in existing],
             )
 
@@ -543,7 +543,7 @@ def _release(r: redis.Redis, sweep_id: str) -> None:
     """Drop the no-overlap lock if it is still this sweep's."""
     with r.pipeline() as pipe:
         try:
-            pipe.watch(CURRENT_KEY)
+            pipe.watch(CURRENT_KEY)  # type: ignore[no-untyped-call]
             if pipe.get(CURRENT_KEY) == sweep_id:
                 pipe.multi()
                 pipe.delete(CURRENT_KEY)
@@ -556,13 +556,13 @@ def _release(r: redis.Redis, sweep_id: str) -> None:
 
 
 def sweep_status(r: redis.Redis, sweep_id: str) -> dict[str, Any] | None:
-    raw = r.hgetall(sweep_key(sweep_id))
+    raw = read_hash(r, sweep_key(sweep_id))
     if not raw:
         return None
     out: dict[str, Any] = dict(raw)
     for name in ("agents", "batches"):
         out[name] = int(out.get(name) or 0)
-    done = [v.split(":") for v in r.hvals(sweep_key(sweep_id) + ":done")]
+    done = [v.split(":") for v in texts(r.hvals(sweep_key(sweep_id) + ":done"))]
     out["batches_done"] = len(done)
     out["agents_done"] = sum(int(a) for a, _ in done)
     out["unknown"] = sum(int(u) for _, u in done)
@@ -579,21 +579,23 @@ def sweep_failures(r: redis.Redis, sweep_id: str, limit: int = 100) -> dict[str,
 
 
 def recent_sweeps(r: redis.Redis, limit: int = 10) -> list[str]:
-    return list(r.lrange(RECENT_KEY, 0, limit - 1))
+    return texts(r.lrange(RECENT_KEY, 0, limit - 1))
 
 
 def fleet_health(r: redis.Redis) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """The last finished sweep's fleet view ({fleet: health dict}, with "*" for all) and
     its sweep's meta."""
-    raw = r.hgetall(HEALTH_KEY)
-    return {fleet: orjson.loads(value) for fleet, value in raw.items()}, r.hgetall(HEALTH_META_KEY)
+    raw = read_hash(r, HEALTH_KEY)
+    return {fleet: orjson.loads(value) for fleet, value in raw.items()}, read_hash(
+        r, HEALTH_META_KEY
+    )
 
 
 def stale_sweeps_abandoned(r: redis.Redis, now: float, limit: int = RECENT_KEPT) -> list[str]:
     """Mark sweeps past their deadline that never finished (their batches expired) as incomplete."""
     out = []
     for sweep_id in recent_sweeps(r, limit):
-        status, deadline = r.hmget(sweep_key(sweep_id), "status", "deadline")
+        status, deadline = read_fields(r, sweep_key(sweep_id), "status", "deadline")
         if status == "running" and deadline and float(deadline) < now:
             r.hset(sweep_key(sweep_id), "status", "incomplete")
             out.append(sweep_id)

@@ -120,7 +120,7 @@ def engine_for(url: str) -> Engine:
     return create_db_engine(url)
 
 
-def session_factory(engine: Engine) -> sessionmaker:
+def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
