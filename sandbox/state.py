@@ -60,7 +60,9 @@ def new_key(tier: str) -> str:
 
 
 def key_prefix(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:8]
+    """What key listings show of a key: the first 8 hex digits of its SHA3-256, as the
+    real gateway (clients match an imported key to its listed tier by it)."""
+    return hashlib.sha3_256(key.encode()).hexdigest()[:8]
 
 
 def public_key_for(seed: int, agent_id: str) -> str:

@@ -71,6 +71,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def operator(stack: Stack) -> Iterator[Runtime]:
     """This process's runtime on the stack, as `fleet keys import` builds it."""
     rt = celery_runtime(producer(stack), stack.settings)
+    rt.install_audit_sink()  # the import is audited through the audit queue
     try:
         yield rt
     finally:
