@@ -8,6 +8,7 @@ gateway was not asked.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 from config.settings import load_settings
 from fleet.approvals import Approvals
 from fleet.audit.compliance import produce_report
-from fleet.audit.events import build_event
+from fleet.audit.events import AuditEvent, build_event
 from fleet.audit.log import AuditLog
 from fleet.storage.db import create_db_engine, migrate, session_factory
 from fleet.storage.records import Agent, AgentStatus
@@ -64,8 +65,12 @@ def test_report_gives_our_evidence_per_article_for_agents_at_the_gateway(
     )
     # A signed checkpoint over them, not yet published to the gateway's event bus.
     assert log.checkpoint() is not None
+
+    def emit(events: Sequence[AuditEvent]) -> None:
+        log.append(events)
+
     approvals = Approvals(
-        session_factory(engine), settings.policy.approvals, clock=log.clock, emit=log.append
+        session_factory(engine), settings.policy.approvals, clock=log.clock, emit=emit
     )
     try:
         report, json_path, html_path = produce_report(
