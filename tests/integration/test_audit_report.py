@@ -1,8 +1,14 @@
-"""The compliance report with the gateway's own findings, from the sandbox over HTTP."""
+"""The compliance report for a fleet whose agents exist at the sandbox.
+
+The gateway (1.4.8) has no compliance report to merge (real-gateway.md: none;
+its admin audit log is empty), so the report is ours alone and says the
+gateway was not asked.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,20 +20,20 @@ from sqlalchemy.orm import Session
 from config.settings import load_settings
 from fleet.approvals import Approvals
 from fleet.audit.compliance import produce_report
-from fleet.audit.events import build_event
+from fleet.audit.events import AuditEvent, build_event
 from fleet.audit.log import AuditLog
-from fleet.gateway import GatewayClient, GatewayConfig
 from fleet.storage.db import create_db_engine, migrate, session_factory
 from fleet.storage.records import Agent, AgentStatus
 
 pytestmark = pytest.mark.integration
 
 
-def test_report_merges_our_evidence_with_the_gateways_per_article(
+def test_report_gives_our_evidence_per_article_for_agents_at_the_gateway(
     sandbox: Any, tmp_path: Path
 ) -> None:
     prefix = f"r{uuid.uuid4().hex[:6]}"
-    agent_ids = sandbox.seed(2, prefix=prefix)["agent_ids"]
+    agent_ids = [a["agent_id"] for a in sandbox.seed(2, prefix=prefix)["agents"]]
+    assert all(sandbox.agent(a)["wallet"] is not None for a in agent_ids)
     settings = load_settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'fleet.db'}")
     engine = create_db_engine(settings.sqlalchemy_url)
     migrate(engine)
@@ -57,25 +63,26 @@ def test_report_merges_our_evidence_with_the_gateways_per_article(
             for a in agent_ids
         ]
     )
+    # A signed checkpoint over them, not yet published to the gateway's event bus.
+    assert log.checkpoint() is not None
+
+    def emit(events: Sequence[AuditEvent]) -> None:
+        log.append(events)
+
     approvals = Approvals(
-        session_factory(engine), settings.policy.approvals, clock=log.clock, emit=log.append
+        session_factory(engine), settings.policy.approvals, clock=log.clock, emit=emit
     )
-    client = GatewayClient(GatewayConfig(url=sandbox.gateway_url, admin_key=sandbox.admin_key))
     try:
         report, json_path, html_path = produce_report(
-            settings, log, approvals, "reported", "30d", client.call
+            settings, log, approvals, "reported", "30d", None
         )
     finally:
-        client.close()
         engine.dispose()
-    assert report["gateway"] == {"prefixes": [prefix], "error": None}
-    for number in ("9", "11", "12", "13", "14", "15"):
-        section = report["articles"][number]
-        assert section["gateway"][prefix]["article"] == int(number), (
-            "the gateway's findings sit beside ours"
-        )
-        assert "evidence" in section["ours"]
+    assert report["gateway"] == {"error": "not asked"}
+    assert sorted(report["articles"]) == ["11", "12", "13", "14", "15", "9"]
+    for section in report["articles"].values():
+        assert section["gateway"] == {} and "evidence" in section["ours"]
     assert report["articles"]["12"]["ours"]["evidence"]["agents_audited"] == 2
-    assert report["articles"]["12"]["ours"]["evidence"]["mirror_pending"] == 2
+    assert report["articles"]["12"]["ours"]["evidence"]["mirror_pending"] == 1
     assert orjson.loads(json_path.read_bytes())["fleet"] == "reported"
     assert "Art. 12" in html_path.read_text()

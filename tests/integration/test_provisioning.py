@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from config.settings import ApiSettings, FlowerSettings, ScheduleSettings
 from fleet.approvals import DuplicateVote
@@ -47,8 +48,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("provisioning")
     with local_stack(
         base,
-        api=ApiSettings(port=free_port(), token="test-token"),
-        flower=FlowerSettings(port=free_port(), password="test-flower"),
+        api=ApiSettings(port=free_port(), token=SecretStr("test-token")),
+        flower=FlowerSettings(port=free_port(), password=SecretStr("test-flower")),
         schedule=ScheduleSettings(provisioning_stall_s=2, provisioning_lock_ttl_s=3),
         # Short, so a test can wait out a breaker opened by an injected outage.
         gateway={"breaker_reset_s": 1.0},
@@ -71,6 +72,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def operator(stack: Stack) -> Iterator[Runtime]:
     """This process's runtime on the stack, as `fleet keys import` builds it."""
     rt = celery_runtime(producer(stack), stack.settings)
+    rt.install_audit_sink()  # the import is audited through the audit queue
     try:
         yield rt
     finally:
@@ -590,7 +592,9 @@ def test_key_rotation_replaces_the_key_and_the_old_one_overlaps(stack: Stack) ->
     vault = KeyVault(stack.settings.secrets_key.get_secret_value())
     old_key = vault.decrypt(_agent_row(stack, agent_id).api_key_encrypted)
     with write_session(sessions(stack)) as s:
-        s.get(Agent, agent_id).key_rotated_at = datetime.now(UTC) - timedelta(days=91)
+        row = s.get(Agent, agent_id)
+        assert row is not None
+        row.key_rotated_at = datetime.now(UTC) - timedelta(days=91)
     producer(stack).send_task(TaskName.ROTATE_DUE_KEYS)
     wait_until(
         lambda: (

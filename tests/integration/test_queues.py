@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from fleet.heartbeat import read_heartbeat
 from stack.parts import celery_worker, producer_app, redis_server, wait_until
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with redis_server(tmp_path_factory.mktemp("redis")) as url:
         yield url
 
@@ -47,12 +48,12 @@ def test_pickled_message_is_refused_on_every_queue_and_worker_lives_on(
         celery_worker(env, ALL_QUEUES, tmp_path, name="all-queues") as (sup, log_file),
     ):
         producer.conf.update(task_serializer="pickle", accept_content=["pickle", "json"])
-        exchange = Exchange("fleet", type="direct")
+        exchange = Exchange("fleet", type="direct")  # type: ignore[no-untyped-call]
         for queue in ALL_QUEUES:
             producer.send_task(
                 f"{queue.value}.heartbeat",
                 args=(_Payload(marker),),
-                queue=Queue(queue.value, exchange, routing_key=queue.value),
+                queue=Queue(queue.value, exchange, routing_key=queue.value),  # type: ignore[no-untyped-call]
                 serializer="pickle",
             )
         wait_until(
