@@ -133,9 +133,6 @@ def compliance_report(fleet: str | None = None, period: str | None = None) -> li
     fleets = [fleet] if fleet else fleets_of(rt.audit_log.engine) or [rt.settings.fleet_name]
     written = []
     for name in fleets:
-        # The gateway has no compliance report of its own to merge.
-        _, json_path, _ = produce_report(
-            rt.settings, rt.audit_log, rt.approvals, name, period, None
-        )
+        _, json_path, _ = produce_report(rt.settings, rt.audit_log, rt.approvals, name, period)
         written.append(str(json_path))
     return written

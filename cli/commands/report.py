@@ -21,8 +21,7 @@ def report_group() -> None:
 )
 @config_errors_exit
 def report_compliance(fleet_name: str | None, period: str | None) -> None:
-    """Per article 9, 11, 12, 13, 14, 15: our own evidence, as JSON and HTML (the gateway
-    has no compliance report to merge)."""
+    """Per article 9, 11, 12, 13, 14, 15: our own evidence, as JSON and HTML."""
     from fleet.audit.compliance import previous_month, produce_report
     from fleet.clock import SystemClock
 
@@ -35,7 +34,6 @@ def report_compliance(fleet_name: str | None, period: str | None) -> None:
             service,
             fleet_name or settings.fleet_name,
             period or previous_month(SystemClock().now()),
-            None,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--period") from None

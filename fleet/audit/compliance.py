@@ -1,12 +1,9 @@
-"""The compliance report: per article (9, 11, 12, 13, 14, 15), our own evidence merged with the
-gateway's.
+"""The compliance report: per article (9, 11, 12, 13, 14, 15), evidence and findings.
 
-Our evidence comes from our records only: the audit log (coverage, integrity,
+The GreenHelix gateway keeps no audit trail and offers no compliance report, so
+every figure comes from our own records: the audit log (coverage, integrity,
 retention, mirroring), approval requests (decisions and their latency,
-reviews), the agents table and the policy in force. The gateway's
-``get_compliance_report`` is asked once per agent-id prefix of the fleet and
-its findings are kept beside ours, article by article. If the gateway cannot
-be reached the report is still produced and says so.
+reviews), the agents table and the policy in force.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ import html
 import re
 import statistics
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +41,12 @@ ARTICLES: dict[int, str] = {
     15: "Accuracy, robustness and cybersecurity",
 }
 
+# Said once, at the top of the report, so no reader looks for the gateway's view.
+EVIDENCE_SOURCE = (
+    "The GreenHelix gateway offers no compliance report; all evidence is Fleet Commander's own "
+    "(its audit log, approval requests, agents table and policy)."
+)
+
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _DAYS = re.compile(r"^(\d{1,4})d$")
 # Approval bookkeeping entries, as opposed to the actions they govern.
@@ -64,7 +67,7 @@ _APPROVAL_ACTIONS = frozenset(
 
 @dataclass(frozen=True)
 class Period:
-    label: str  # as the gateway takes it: "2026-05" or "30d"
+    label: str  # as given: "2026-05" or "30d"
     start: datetime
     end: datetime
 
@@ -197,9 +200,8 @@ def build_report(
     period: Period,
     integrity: VerifyReport,
     mirror_pending: int,
-    gateway: Callable[[str], Mapping[str, Any]] | None,
 ) -> dict[str, Any]:
-    """The report as plain JSON data. gateway(prefix) returns get_compliance_report's answer."""
+    """The report as plain JSON data."""
     now = log.clock.now()
     gather = _Gather(log, approvals, fleet, period)
     agents = gather.agents()
@@ -240,7 +242,7 @@ def build_report(
     ]
     approvers = sorted({v.approver for r in requests for v in r.votes})
 
-    ours: dict[int, dict[str, Any]] = {
+    sections: dict[int, dict[str, Any]] = {
         9: {
             "evidence": {
                 "risk_matrix": {
@@ -356,47 +358,23 @@ def build_report(
         },
     }
 
-    prefixes = sorted({a[3] for a in agents})
-    gateway_reports: dict[str, Any] = {}
-    gateway_error = None
-    if gateway is not None:
-        for prefix in prefixes or [fleet]:
-            try:
-                gateway_reports[prefix] = dict(gateway(prefix))
-            except Exception as exc:  # noqa: BLE001 - any failure is reported, not fatal
-                gateway_error = f"{type(exc).__name__}: {exc}"
-                break
-
-    articles: dict[str, Any] = {}
-    for number, title in ARTICLES.items():
-        theirs = {
-            prefix: (report.get("articles") or {}).get(str(number))
-            for prefix, report in gateway_reports.items()
-        }
-        gateway_findings = [
-            f
-            for section in theirs.values()
-            if isinstance(section, Mapping)
-            for f in section.get("findings") or []
-        ]
-        own = ours[number]
-        articles[str(number)] = {
+    articles = {
+        str(number): {
             "article": number,
             "title": title,
-            "status": "findings" if own["findings"] or gateway_findings else "compliant",
-            "ours": own,
-            "gateway": theirs,
+            "status": "findings" if sections[number]["findings"] else "compliant",
+            **sections[number],
         }
+        for number, title in ARTICLES.items()
+    }
     return {
         "fleet": fleet,
         "period": period.label,
         "period_start": format_time(period.start),
         "period_end": format_time(period.end),
         "generated_at": format_time(now),
+        "evidence_source": EVIDENCE_SOURCE,
         "compliant": all(a["status"] == "compliant" for a in articles.values()),
-        "gateway": {"prefixes": prefixes or [fleet], "error": gateway_error}
-        if gateway is not None
-        else {"error": "not asked"},
         "articles": articles,
     }
 
@@ -411,20 +389,12 @@ def render_html(report: Mapping[str, Any]) -> str:
 
     rows = []
     for section in report["articles"].values():
-        findings = section["ours"]["findings"] + [
-            f"gateway ({prefix}): {f.get('finding', f) if isinstance(f, Mapping) else f}"
-            for prefix, part in section["gateway"].items()
-            if isinstance(part, Mapping)
-            for f in part.get("findings") or []
-        ]
-        items = "".join(f"<li>{e(str(f))}</li>" for f in findings) or "<li>none</li>"
+        items = "".join(f"<li>{e(str(f))}</li>" for f in section["findings"]) or "<li>none</li>"
         rows.append(
             f"<section class='{e(section['status'])}'><h2>Art. {section['article']} — "
             f"{e(section['title'])}"
             f" <small>{e(section['status'])}</small></h2><h3>Findings</h3><ul>{items}</ul>"
-            "<details><summary>Our "
-            f"evidence</summary>{block(section['ours']['evidence'])}</details>"
-            f"<details><summary>Gateway</summary>{block(section['gateway'])}</details></section>"
+            f"<details><summary>Evidence</summary>{block(section['evidence'])}</details></section>"
         )
     verdict = "compliant" if report["compliant"] else "findings to address"
     return (
@@ -438,13 +408,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<p>{e(report['period_start'])} to {e(report['period_end'])}; generated "
         f"{e(report['generated_at'])}. "
         f"Overall: <strong>{e(verdict)}</strong>.</p>"
-        + (
-            f"<p>Gateway: {e(str(report['gateway'].get('error')))}</p>"
-            if report["gateway"].get("error")
-            else ""
-        )
-        + "".join(rows)
-        + "</body></html>"
+        f"<p>{e(report['evidence_source'])}</p>" + "".join(rows) + "</body></html>"
     )
 
 
@@ -469,23 +433,12 @@ def produce_report(
     approvals: Approvals,
     fleet: str,
     period_text: str,
-    call: Callable[..., Mapping[str, Any]] | None,
 ) -> tuple[dict[str, Any], Path, Path]:
-    """Verify, gather, ask the gateway (call is ``GatewayClient.call``; None: don't), write JSON and
-    HTML."""
+    """Verify the chain, gather the evidence, write JSON and HTML."""
     from fleet.audit.mirror import Outbox
     from fleet.audit.verify import verify_log
 
     period = parse_period(period_text, log.clock.now())
-    articles = list(ARTICLES)
-
-    def ask_gateway(prefix: str) -> Mapping[str, Any]:
-        assert call is not None
-        return call(
-            "get_compliance_report",
-            {"fleet_prefix": prefix, "period": period.label, "articles": articles},
-        )
-
     report = build_report(
         log=log,
         approvals=approvals,
@@ -495,7 +448,6 @@ def produce_report(
         period=period,
         integrity=verify_log(log),
         mirror_pending=Outbox(log, owner="compliance-report").pending(),
-        gateway=ask_gateway if call is not None else None,
     )
     json_path, html_path = write_report(report, log.files.report_dir)
     return report, json_path, html_path

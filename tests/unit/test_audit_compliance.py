@@ -1,11 +1,10 @@
-"""The compliance report: our evidence per article, merged with the gateway's, as JSON and HTML."""
+"""The compliance report: our own evidence and findings per article, as JSON and HTML."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -14,13 +13,14 @@ from sqlalchemy.orm import Session
 from config.settings import DEFAULT_POLICY_FILE, load_settings
 from fleet.approvals import Approvals
 from fleet.audit.compliance import (
+    EVIDENCE_SOURCE,
     build_report,
     parse_period,
     previous_month,
     render_html,
     write_report,
 )
-from fleet.audit.events import ApprovalState, Article, build_event
+from fleet.audit.events import ApprovalState, Article, AuditEvent, build_event
 from fleet.audit.log import AuditFiles, AuditLog
 from fleet.audit.verify import verify_log
 from fleet.clock import ManualClock
@@ -75,28 +75,18 @@ def world(tmp_path: Path) -> Iterator[tuple[AuditLog, Approvals, ManualClock]]:
         AuditFiles(tmp_path / "k.pem", tmp_path / "c.jsonl", tmp_path / "a", tmp_path / "reports"),
         clock=clock,
     )
+
+    def record(events: Sequence[AuditEvent]) -> None:
+        log.append(events)
+
     approvals = Approvals(
-        session_factory(engine), SETTINGS.policy.approvals, clock=clock, emit=log.append
+        session_factory(engine), SETTINGS.policy.approvals, clock=clock, emit=record
     )
     yield log, approvals, clock
     engine.dispose()
 
 
-def _gateway(prefix: str) -> Mapping[str, Any]:
-    return {
-        "articles": {
-            "12": {
-                "status": "findings",
-                "findings": [
-                    {"finding": "agents without an audit entry in the period", "count": 1}
-                ],
-            },
-            "13": {"status": "compliant", "findings": []},
-        }
-    }
-
-
-def test_report_covers_every_article_with_our_evidence_and_the_gateways(
+def test_report_covers_every_article_with_our_evidence_and_findings(
     world: tuple[AuditLog, Approvals, ManualClock],
 ) -> None:
     log, approvals, clock = world
@@ -156,46 +146,43 @@ def test_report_covers_every_article_with_our_evidence_and_the_gateways(
         period=period,
         integrity=verify_log(log),
         mirror_pending=0,
-        gateway=_gateway,
     )
     articles = report["articles"]
     assert sorted(articles, key=int) == ["9", "11", "12", "13", "14", "15"]
-    assert articles["9"]["ours"]["findings"] == [
-        "1 HIGH/CRITICAL actions recorded without an approval"
-    ]
-    assert articles["11"]["ours"]["findings"] == ["1 agents without declared capabilities"]
-    ours12 = articles["12"]["ours"]["evidence"]
-    assert ours12["chain"]["ok"] and ours12["agents_audited"] == 2
-    assert (
-        ours12["entries_in_period"] == 5 + 5
-    )  # five of ours; request, vote, grant, request, expiry
-    assert "1 agents without an audit entry in the period" in articles["12"]["ours"]["findings"]
-    assert articles["12"]["gateway"]["seg0"]["findings"][0]["count"] == 1
-    assert articles["13"]["ours"]["evidence"]["messages_with_ai_disclosure"] == 1
-    assert articles["13"]["status"] == "findings"
-    ours14 = articles["14"]["ours"]["evidence"]
-    assert (ours14["requests"], ours14["approved"], ours14["expired"]) == (2, 1, 1)
-    assert ours14["decision_latency"] == {
+    assert report["evidence_source"] == EVIDENCE_SOURCE
+    assert all(
+        set(a) == {"article", "title", "status", "evidence", "findings"} for a in articles.values()
+    )
+    assert "gateway" not in report, "the source is stated once, as evidence_source"
+    assert articles["9"]["findings"] == ["1 HIGH/CRITICAL actions recorded without an approval"]
+    assert articles["11"]["findings"] == ["1 agents without declared capabilities"]
+    art12 = articles["12"]["evidence"]
+    assert art12["chain"]["ok"] and art12["agents_audited"] == 2
+    # Five of the fleet's own; request, vote, grant, request, expiry.
+    assert art12["entries_in_period"] == 5 + 5
+    assert "1 agents without an audit entry in the period" in articles["12"]["findings"]
+    assert articles["13"]["evidence"]["messages_with_ai_disclosure"] == 1
+    assert articles["13"]["findings"] == ["1 messages without an AI disclosure"]
+    assert articles["13"]["status"] == "findings" and articles["15"]["status"] == "compliant"
+    art14 = articles["14"]["evidence"]
+    assert (art14["requests"], art14["approved"], art14["expired"]) == (2, 1, 1)
+    assert art14["decision_latency"] == {
         "count": "1",
         "median_s": "90.0",
         "p95_s": "90.0",
         "max_s": "90.0",
     }
-    assert ours14["distinct_approvers"] == ["bob"] and ours14["freezes"] == 1
+    assert art14["distinct_approvers"] == ["bob"] and art14["freezes"] == 1
     assert report["compliant"] is False
-    assert b"." not in orjson.dumps(ours14["decision_latency"]).replace(b".0", b""), (
+    assert b"." not in orjson.dumps(art14["decision_latency"]).replace(b".0", b""), (
         "figures are strings, not floats"
     )
 
 
-def test_a_gateway_failure_is_reported_not_fatal_and_html_is_escaped(
+def test_html_states_the_source_once_escapes_values_and_both_files_are_written(
     world: tuple[AuditLog, Approvals, ManualClock], tmp_path: Path
 ) -> None:
     log, approvals, clock = world
-
-    def down(prefix: str) -> Mapping[str, Any]:
-        raise ConnectionError("gateway unreachable")
-
     report = build_report(
         log=log,
         approvals=approvals,
@@ -205,13 +192,13 @@ def test_a_gateway_failure_is_reported_not_fatal_and_html_is_escaped(
         period=parse_period("30d", clock.now()),
         integrity=verify_log(log),
         mirror_pending=3,
-        gateway=down,
     )
-    assert "gateway unreachable" in report["gateway"]["error"]
-    assert report["articles"]["12"]["ours"]["evidence"]["mirror_pending"] == 3
+    assert report["articles"]["12"]["evidence"]["mirror_pending"] == 3
     page = render_html({**report, "fleet": "<script>alert(1)</script>"})
     assert "<script>alert" not in page and "&lt;script&gt;" in page
+    assert page.count("offers no compliance report") == 1
+    assert "Art. 12" in page and "3 agents without an audit entry in the period" in page
     json_path, html_path = write_report(report, tmp_path / "out")
-    assert orjson.loads(json_path.read_bytes())[
-        "fleet"
-    ] == "demo" and html_path.read_text().startswith("<!doctype html>")
+    written = orjson.loads(json_path.read_bytes())
+    assert written["fleet"] == "demo" and written["evidence_source"] == EVIDENCE_SOURCE
+    assert html_path.read_text().startswith("<!doctype html>")

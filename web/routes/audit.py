@@ -72,7 +72,7 @@ def compliance(
     from fleet.audit.compliance import produce_report, render_html
 
     try:
-        report, _, _ = produce_report(rt.settings, rt.audit_log, rt.approvals, fleet, period, None)
+        report, _, _ = produce_report(rt.settings, rt.audit_log, rt.approvals, fleet, period)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     if fmt == "html":
