@@ -123,13 +123,14 @@ def load_candidates(
     if id_prefix is not None:
         stmt = stmt.where(Agent.id_prefix == id_prefix)
     with sessions() as s:
-        rows = [
+        listed = [
             (a, st, w)
             for a, st, w, caps in s.execute(stmt)
             if capability is None or capability in (caps or [])
         ]
-    rows = [(a, st, weight_of(w)) for a, st, w in rows]
-    rows = [row for row in rows if row[2] > 0]
+    # The table keeps the weight as text; routing weighs with its Decimal.
+    weighted = [(a, st, weight_of(w)) for a, st, w in listed]
+    rows = [row for row in weighted if row[2] > 0]
     snaps: list[dict[str, str]] = []
     flights: list[str | None] = []
     if r is not None and rows:

@@ -190,7 +190,7 @@ def _load(deps: EngineDeps, episode_ids: Iterable[str] | None, now: datetime) ->
     with deps.sessions() as s:
         if episode_ids is not None:
             ids = list(dict.fromkeys(episode_ids))
-            out = []
+            out: list[SlaEpisode] = []
             for start in range(0, len(ids), 500):
                 out.extend(
                     s.scalars(
@@ -252,8 +252,7 @@ def _insert_ignoring_conflicts(
 ) -> set[tuple[str, int]]:
     """Insert the rows that are not there yet; return the keys this call inserted."""
     dialect = conn.dialect.name
-    table = SlaEscalation.__table__
-    keys = (table.c.episode_id, table.c.tier)
+    keys = (SlaEscalation.episode_id, SlaEscalation.tier)
     if dialect in ("sqlite", "postgresql"):
         if dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
@@ -261,9 +260,11 @@ def _insert_ignoring_conflicts(
             from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
         out: set[tuple[str, int]] = set()
         for start in range(0, len(rows), 500):
-            stmt = dialect_insert(table).values(rows[start : start + 500])
-            stmt = stmt.on_conflict_do_nothing(index_elements=["episode_id", "tier"]).returning(
-                *keys
+            stmt = (
+                dialect_insert(SlaEscalation)
+                .values(rows[start : start + 500])
+                .on_conflict_do_nothing(index_elements=["episode_id", "tier"])
+                .returning(*keys)
             )
             out.update((str(e), int(t)) for e, t in conn.execute(stmt).all())
         return out
@@ -271,7 +272,7 @@ def _insert_ignoring_conflicts(
     for row in rows:  # other databases: one savepoint per row
         try:
             with conn.begin_nested():
-                conn.execute(insert(table).values(row))
+                conn.execute(insert(SlaEscalation).values(row))
             inserted.add((row["episode_id"], row["tier"]))
         except Exception:  # noqa: BLE001 - a conflict: someone else has it
             continue

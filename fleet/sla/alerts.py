@@ -132,9 +132,9 @@ def evaluate_burn_alerts(deps: AlertDeps) -> AlertRun:
                 .execution_options(synchronize_session=False)
             )
         run.resolved.append((scope, rule))
-        state = states.get((scope, rule))
-        if state is not None:
-            _audit(deps, "sla_burn_alert_resolved", scope, state, alert_id, now)
+        current = states.get((scope, rule))
+        if current is not None:
+            _audit(deps, "sla_burn_alert_resolved", scope, current, alert_id, now)
     return run
 
 

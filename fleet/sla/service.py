@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import redis
-from sqlalchemy import select, union
+from sqlalchemy import CompoundSelect, select, union
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.policy import Policy
@@ -31,7 +31,7 @@ from fleet import audit
 from fleet.audit.events import ApprovalState, Article
 from fleet.clock import Clock
 from fleet.escalation.engine import EngineDeps, Sender, evaluate
-from fleet.hotstate import KEY_PREFIX
+from fleet.hotstate import KEY_PREFIX, read_hash, read_str, write_hash
 from fleet.monitoring.snapshot import Snapshot, snapshot_key
 from fleet.sla.compliance import Sample, Verdict, decide
 from fleet.sla.contracts import active_contracts, contract_for
@@ -106,7 +106,7 @@ class BatchResult:
 
 def sweep_targets(sessions: sessionmaker[Session]) -> list[str]:
     """Active agents, and any agent with an open episode (a paused one's can still close)."""
-    stmt = union(
+    stmt: CompoundSelect[str | None] = union(
         select(Agent.agent_id).where(Agent.status == AgentStatus.ACTIVE),
         select(SlaEpisode.open_agent).where(SlaEpisode.open_agent.is_not(None)),
     )
@@ -152,10 +152,10 @@ def plan_sweep(deps: SlaDeps, *, guard_s: float | None = None) -> SweepPlan | No
 
 
 def sweep_progress(r: redis.Redis, sweep_id: str | None = None) -> dict[str, Any] | None:
-    sweep_id = sweep_id or r.get(LAST_SWEEP_KEY)
+    sweep_id = sweep_id or read_str(r, LAST_SWEEP_KEY)
     if not sweep_id:
         return None
-    raw = r.hgetall(sweep_key(str(sweep_id)))
+    raw = read_hash(r, sweep_key(sweep_id))
     if not raw:
         return None
     out: dict[str, Any] = {"sweep_id": sweep_id}
@@ -383,13 +383,13 @@ def _cache_samples(r: redis.Redis, samples: Sequence[Sample]) -> None:
     pipe = r.pipeline(transaction=False)
     for sample in samples:
         key = sample_key(sample.agent_id)
-        pipe.hset(key, mapping=sample.to_redis())
+        write_hash(pipe, key, sample.to_redis())
         pipe.expire(key, SAMPLE_TTL_S)
     pipe.execute()
 
 
 def last_sample(r: redis.Redis, agent_id: str) -> dict[str, str] | None:
-    raw = r.hgetall(sample_key(agent_id))
+    raw = read_hash(r, sample_key(agent_id))
     return dict(raw) if raw else None
 
 
