@@ -1,4 +1,7 @@
-"""Tampering with the log directly in the database, on SQLite and PostgreSQL: verify names the first bad entry."""
+"""Tampering with the log directly in the database, on SQLite and PostgreSQL.
+
+Verify names the first bad entry.
+"""
 
 from __future__ import annotations
 
@@ -73,7 +76,7 @@ def log(database_url: str, tmp_path: Path, clock: ManualClock) -> Iterator[Audit
     engine.dispose()
 
 
-# ------------------------------------------------------------------ an attacker with write access to the database
+# ---------------------------------------------- an attacker with write access to the database
 
 
 def _unguard(conn: Connection) -> None:
@@ -114,9 +117,10 @@ def _put(conn: Connection, seq: int, body: str, digest: str, prev: str) -> None:
     entry = orjson.loads(body)["entry"]
     conn.execute(
         sa.text(
-            "INSERT INTO audit_entries (chain, seq, event_id, time, actor, action, subject, fleet, article, approval,"
-            " approval_id, trace_id, span_id, prev_hash, hash, body) VALUES ('main', :seq, :event_id, :time, :actor,"
-            " :action, :subject, :fleet, :article, :approval, :approval_id, :trace_id, :span_id, :prev, :hash, :body)"
+            "INSERT INTO audit_entries (chain, seq, event_id, time, actor, action, subject,"
+            " fleet, article, approval, approval_id, trace_id, span_id, prev_hash, hash, body)"
+            " VALUES ('main', :seq, :event_id, :time, :actor, :action, :subject, :fleet,"
+            " :article, :approval, :approval_id, :trace_id, :span_id, :prev, :hash, :body)"
         ),
         {**entry, "seq": seq, "prev": prev, "hash": digest, "body": body},
     )
@@ -131,7 +135,8 @@ def _shift(conn: Connection, from_seq: int, by: int) -> None:
 def edit_body(log: AuditLog) -> None:
     tamper(
         log,
-        """UPDATE audit_entries SET body = replace(body, '"amount":"31.00"', '"amount":"3100.00"') WHERE seq = 31""",
+        'UPDATE audit_entries SET body = replace(body, \'"amount":"31.00"\','
+        ' \'"amount":"3100.00"\') WHERE seq = 31',
     )
 
 
@@ -185,8 +190,9 @@ def insert_copy_at_end(log: AuditLog) -> None:
         row = dict(_row(conn, 5))
         conn.execute(
             sa.text(
-                "INSERT INTO audit_entries SELECT chain, :seq, :eid, time, actor, action, subject, fleet, article,"
-                " approval, approval_id, trace_id, span_id, prev_hash, hash, body FROM audit_entries WHERE seq = 5"
+                "INSERT INTO audit_entries SELECT chain, :seq, :eid, time, actor, action,"
+                " subject, fleet, article, approval, approval_id, trace_id, span_id,"
+                " prev_hash, hash, body FROM audit_entries WHERE seq = 5"
             ),
             {"seq": ENTRIES + 1, "eid": "c" * 32},
         )
@@ -207,7 +213,10 @@ def truncate_tail(log: AuditLog) -> None:
 
 
 def rewrite_suffix(log: AuditLog) -> None:
-    """The strongest attacker without the key: re-chain everything from 31 and drop the checkpoints it breaks."""
+    """The strongest attacker without the key.
+
+    Re-chain everything from 31 and drop the checkpoints it breaks.
+    """
     with log.engine.begin() as conn:
         _unguard(conn)
         prev = _row(conn, 30)["hash"]
@@ -233,7 +242,8 @@ def forge_checkpoint(log: AuditLog) -> None:
         head = _row(conn, 50)["hash"]
         conn.execute(
             sa.text(
-                "INSERT INTO audit_checkpoints VALUES ('main', 50, :h, '2026-01-01T00:00:00.000000Z', :k, :sig)"
+                "INSERT INTO audit_checkpoints VALUES"
+                " ('main', 50, :h, '2026-01-01T00:00:00.000000Z', :k, :sig)"
             ),
             {"h": head, "k": log.signer.key_id, "sig": "00" * 64},
         )
@@ -301,7 +311,8 @@ def test_concurrent_writers_keep_one_unforked_chain(log: AuditLog, clock: Manual
     with log.engine.connect() as conn:
         by_writer = conn.execute(
             sa.text(
-                "SELECT actor, min(seq), max(seq) FROM audit_entries WHERE actor LIKE 'w%' GROUP BY actor"
+                "SELECT actor, min(seq), max(seq) FROM audit_entries"
+                " WHERE actor LIKE 'w%' GROUP BY actor"
             )
         ).all()
     assert len(by_writer) == 4
