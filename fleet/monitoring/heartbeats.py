@@ -56,7 +56,7 @@ class HeartbeatMetrics(BaseModel):
 class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    v: Literal[1] = FORMAT_VERSION
+    v: Literal[1] = 1
     agent_id: Annotated[str, Field(min_length=1, max_length=128)]
     seq: Count
     sent_at: Annotated[float, Field(gt=0, allow_inf_nan=False)]
