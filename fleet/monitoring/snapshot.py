@@ -48,6 +48,11 @@ class Snapshot:
     error: str | None = None  # why the poll failed, when health is UNKNOWN
     fleet: str | None = None
     sweep_id: str | None = None  # the sweep that took it
+    # Two writers share the hash, each its own fields: the heartbeat ingest the
+    # measurements and the health class, the wallet poll the money.
+    heartbeat_at: float | None = None  # sent_at of the last heartbeat believed
+    wallet_read_at: float | None = None
+    wallet_error: str | None = None  # why the last wallet read failed
 
     def to_redis(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -103,6 +108,17 @@ def queue_snapshots(
         write_hash(pipe, key, snap.to_redis())
         if ttl_s:
             pipe.expire(key, ttl_s)
+
+
+def queue_fields(
+    pipe: redis.client.Pipeline, agent_id: str, values: dict[str, str], ttl_s: int | None = None
+) -> None:
+    """Overwrite only ``values`` of an agent's snapshot: for a writer that owns those
+    fields and must not erase the others'."""
+    key = snapshot_key(agent_id)
+    write_hash(pipe, key, values)
+    if ttl_s:
+        pipe.expire(key, ttl_s)
 
 
 def write_snapshots(r: redis.Redis, snapshots: list[Snapshot], ttl_s: int | None = None) -> None:
