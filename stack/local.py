@@ -25,6 +25,7 @@ from stack.processes import (
     start_sandbox,
     worker_argv,
 )
+from stack.trust import prepare_local_trust
 
 
 @dataclass
@@ -117,6 +118,7 @@ def local_stack(
         ),
         **overrides,
     )
+    settings = prepare_local_trust(settings)
     migrate_database(settings)
     with Supervisor(log_dir=base_dir / "logs") as sup:
         port = int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
