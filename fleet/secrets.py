@@ -63,27 +63,49 @@ def legacy_fernet(passphrase: str) -> Fernet:
 
 
 class KeyVault:
+    """Encrypts under the newest key of FLEET_SECRETS_KEY, decrypts under any of them.
+
+    A setting that holds no usable key is refused on first use, with what is wrong
+    (a process that never touches an agent key, such as the audit worker, runs).
+    """
+
     def __init__(self, secrets_key: str) -> None:
+        self._newest: Fernet | None = None
+        self._all: MultiFernet | None = None
+        self._error: VaultKeyError | None = None
         entries = [part.strip() for part in secrets_key.split(",") if part.strip()]
         if not entries:
-            raise VaultKeyError(f"FLEET_SECRETS_KEY is empty: {_HOW_TO_GET_ONE}")
-        current = [f for f in (_fernet_key(e) for e in entries) if f is not None]
-        if _fernet_key(entries[0]) is None:
-            raise VaultKeyError(
+            self._error = VaultKeyError(f"FLEET_SECRETS_KEY is empty: {_HOW_TO_GET_ONE}")
+            return
+        keys = [_fernet_key(e) for e in entries]
+        newest = keys[0]
+        if newest is None:
+            self._error = VaultKeyError(
                 "FLEET_SECRETS_KEY must start with a Fernet key (url-safe base64 of 32 random "
                 f"bytes), not a passphrase: {_HOW_TO_GET_ONE}; an old passphrase may follow it, "
                 "after a comma, until `fleet keys rotate-vault` has run"
             )
-        legacy = [legacy_fernet(e) for e in entries if _fernet_key(e) is None]
-        self._newest = current[0]
-        self._all = MultiFernet(current + legacy)
+            return
+        current = [f for f in keys if f is not None]
+        legacy = [legacy_fernet(e) for e, f in zip(entries, keys, strict=True) if f is None]
+        self._newest, self._all = newest, MultiFernet(current + legacy)
+
+    def _keys(self) -> tuple[Fernet, MultiFernet]:
+        if self._newest is None or self._all is None:
+            assert self._error is not None
+            raise self._error
+        return self._newest, self._all
+
+    def check(self) -> None:
+        """Raise VaultKeyError now if FLEET_SECRETS_KEY is unusable."""
+        self._keys()
 
     def encrypt(self, api_key: str) -> str:
-        return self._newest.encrypt(api_key.encode()).decode()
+        return self._keys()[0].encrypt(api_key.encode()).decode()
 
     def decrypt(self, token: str) -> str:
         try:
-            return self._all.decrypt(token.encode()).decode()
+            return self._keys()[1].decrypt(token.encode()).decode()
         except InvalidToken:
             raise SecretsError(
                 "stored agent key cannot be decrypted with the configured FLEET_SECRETS_KEY"
@@ -92,7 +114,7 @@ class KeyVault:
     def is_current(self, token: str) -> bool:
         """Whether the token is under the newest key already."""
         try:
-            self._newest.decrypt(token.encode())
+            self._keys()[0].decrypt(token.encode())
         except InvalidToken:
             return False
         return True
@@ -100,7 +122,7 @@ class KeyVault:
     def rotate(self, token: str) -> str:
         """The same secret, encrypted under the newest key."""
         try:
-            return self._all.rotate(token.encode()).decode()
+            return self._keys()[1].rotate(token.encode()).decode()
         except InvalidToken:
             raise SecretsError(
                 "stored agent key cannot be decrypted with the configured FLEET_SECRETS_KEY"

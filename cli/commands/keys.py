@@ -128,6 +128,7 @@ def rotate_vault_cmd() -> None:
     migrate_database(settings)
     try:
         vault = KeyVault(settings.secrets_key.get_secret_value())
+        vault.check()
         done = rotate_vault(session_factory(engine_for(settings.sqlalchemy_url)), vault)
     except SecretsError as exc:
         raise click.ClickException(f"{exc}; nothing was changed") from None
