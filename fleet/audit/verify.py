@@ -660,20 +660,35 @@ def _check_witness(
                     f"(entry {cp.size}, signed {cp.signed_at}): the log was rewritten",
                 )
             )
-    seen: list[tuple[int, str, str]] = [
-        (cp.size, cp.head, cp.signed_at) for cp in records.checkpoints
-    ]
+    seen = [(cp.size, cp.head, cp.signed_at) for cp in records.checkpoints]
     seen += [(h.size, h.head, h.signed_at) for h in records.heads]
-    end = last_seq if last_seq is not None else None
+    end = last_seq
+    differs = sorted(
+        (size, at)
+        for size, head, at in seen
+        if size > anchor.seq and size in hashes_at and hashes_at[size] != head
+    )
+    if differs:
+        size, at = differs[0]
+        problems.append(
+            Problem(
+                K.REWRITTEN,
+                size,
+                f"entry {size} is not the one {records.source} saw at {at}: the log was rewritten",
+            )
+        )
     if later and end is not None:
         top = max(later, key=lambda cp: cp.counter)
+        # Named where the log first departs from what the witness saw, so a rollback
+        # followed by new entries is called what it is, not a rewrite of those entries.
+        since = min([end + 1, top.size] + [size for size, _ in differs[:1]])
         problems.append(
             Problem(
                 K.ROLLED_BACK,
-                min(end + 1, top.size),
+                since,
                 f"rolled back: {records.source} holds checkpoint #{top.counter} (entry "
                 f"{top.size}, signed {top.signed_at}), but the database and the checkpoint "
-                f"file end at checkpoint #{local_top}",
+                f"file end at checkpoint #{local_top}; the log departs from it at entry {since}",
             )
         )
     if seen:
@@ -688,15 +703,4 @@ def _check_witness(
                     f"log at entry {size} ({at}), it now ends at entry {end}",
                 )
             )
-    for size, head, at in seen:
-        if size > anchor.seq and size in hashes_at and hashes_at[size] != head:
-            problems.append(
-                Problem(
-                    K.REWRITTEN,
-                    size,
-                    f"entry {size} is not the one {records.source} saw at {at}: the log was "
-                    "rewritten",
-                )
-            )
-            break
     return problems

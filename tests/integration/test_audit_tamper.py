@@ -249,8 +249,8 @@ def forge_checkpoint(log: AuditLog) -> None:
         head = _row(conn, 50)["hash"]
         conn.execute(
             sa.text(
-                "INSERT INTO audit_checkpoints (chain, size, head, signed_at, key_id, signature) VALUES"
-                " ('main', 50, :h, '2026-01-01T00:00:00.000000Z', :k, :sig)"
+                "INSERT INTO audit_checkpoints (chain, size, head, signed_at, key_id, signature)"
+                " VALUES ('main', 50, :h, '2026-01-01T00:00:00.000000Z', :k, :sig)"
             ),
             {"h": head, "k": log.signer.key_id, "sig": "00" * 64},
         )
