@@ -102,6 +102,7 @@ class _Connection(asyncio.Protocol):
         "_body_bytes",
         "_framed",
         "_head_bytes",
+        "_header_bytes",
         "_headed",
         "_headers",
         "_max_body",
@@ -132,7 +133,8 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._body: list[bytes] = []
         self._headers: dict[str, str] = {}
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes fed while the headers were incomplete
+        self._header_bytes = 0  # the headers' own size, as parsed
         self._body_bytes = 0
         self._headed = False  # the answer's status line and headers are in
         self._framed = False  # the answer says where it ends (length or chunks)
@@ -181,11 +183,12 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self._max_header:
+            raise _Oversized(f"answer headers exceed {self._max_header} bytes")
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        if self._head_bytes > self._max_header:
-            raise _Oversized(f"answer headers exceed {self._max_header} bytes")
         declared = self._headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max_body:
             raise _Oversized(f"answer body of {declared} bytes exceeds {self._max_body} bytes")
