@@ -78,3 +78,18 @@ def test_the_witness_is_outside_the_data_directory(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="must be outside data_dir"):
         load_settings(data_dir=tmp_path, audit={"witness_dir": tmp_path / "witness"})
+
+
+def test_a_checkpoint_removed_from_the_database_and_the_file_is_named(world: AuditWorld) -> None:
+    """Checkpoints are chained by counter: one gone leaves a gap, witness or not."""
+    world.append(60)
+    world.log.witness = None
+    world.sql("DELETE FROM audit_checkpoints WHERE size = 40")
+    lines = world.log.files.checkpoints.read_bytes().splitlines()
+    world.log.files.checkpoints.write_bytes(
+        b"".join(line + b"\n" for line in lines if orjson.loads(line)["size"] != 40)
+    )
+    report = verify_log(world.log)
+    assert report.problem is not None, report.summary()
+    assert report.problem.kind == ProblemKind.CHECKPOINT
+    assert "checkpoint #2 is missing" in report.problem.message

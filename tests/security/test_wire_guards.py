@@ -147,3 +147,18 @@ def test_the_caps_come_from_settings_and_the_client_reports_the_failure() -> Non
                 await client.aclose()
 
     asyncio.run(go())
+
+
+def test_headers_over_the_cap_arriving_with_their_body_in_one_read_fail_too() -> None:
+    """The whole answer in one segment: the parsed headers' size is what is checked."""
+    head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 6000 + b"\r\nContent-Length: 2\r\n\r\n{}"
+    handler = _answer_with(head, [])
+
+    async def go() -> None:
+        async with Server(handler) as server:
+            pool = ConnectionPool(server.url, limit=1, connect_timeout_s=1, max_header_bytes=4096)
+            with pytest.raises(AnswerTooLarge, match="answer headers exceed 4096 bytes"):
+                await pool.post(b"{}", {}, 5.0)
+            await pool.close()
+
+    asyncio.run(go())
