@@ -46,13 +46,17 @@ class AuditWorld:
     def sql(self, *statements: str, **params: Any) -> None:
         """As the database's owner: the append-only triggers are dropped first."""
         with self.log.engine.begin() as conn:
-            for trigger in (
-                "audit_entries_no_update",
-                "audit_entries_no_delete",
-                "audit_checkpoints_no_delete",
-                "audit_archives_at_checkpoint",
-            ):
-                conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {trigger}"))
+            if conn.dialect.name == "postgresql":
+                for table in ("audit_entries", "audit_checkpoints", "audit_archives"):
+                    conn.execute(sa.text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+            else:
+                for trigger in (
+                    "audit_entries_no_update",
+                    "audit_entries_no_delete",
+                    "audit_checkpoints_no_delete",
+                    "audit_archives_at_checkpoint",
+                ):
+                    conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {trigger}"))
             for statement in statements:
                 conn.execute(sa.text(statement), params)
 
@@ -70,10 +74,13 @@ class AuditWorld:
 
 
 @contextmanager
-def audit_world(tmp_path: Path, *, checkpoint_every: int = 20) -> Iterator[AuditWorld]:
+def audit_world(
+    tmp_path: Path, *, checkpoint_every: int = 20, database_url: str | None = None
+) -> Iterator[AuditWorld]:
+    """database_url: default a SQLite file in the data directory."""
     data_dir, witness_dir = tmp_path / "data", tmp_path / "witness"
     data_dir.mkdir()
-    engine = create_db_engine(f"sqlite:///{data_dir / 'fleet.db'}")
+    engine = create_db_engine(database_url or f"sqlite:///{data_dir / 'fleet.db'}")
     migrate(engine)
     files = AuditFiles(
         data_dir / "audit/signing-key.pem",
