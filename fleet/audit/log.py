@@ -199,6 +199,9 @@ class AuditLog:
         critical section is a head read, a hash per entry and one INSERT.
         """
         appended_at = self._now()
+        # A witnessed head is signed after the commit: a missing key must stop the batch before
+        # it, so the retried message is appended and witnessed, not skipped as already there.
+        head_signer = self.signer if self.witness is not None else None
         unique: dict[str, bytes] = {}
         by_id: dict[str, AuditEvent] = {}
         for event in events:
@@ -245,8 +248,8 @@ class AuditLog:
                     checkpoint = self.insert_checkpoint(conn, Head(seq, prev))
         if checkpoint is not None:
             self.publish_checkpoint(checkpoint)
-        if rows:
-            self.publish_head(Head(seq, prev))
+        if rows and head_signer is not None:
+            self.publish_head(Head(seq, prev), head_signer)
         return AppendResult(len(rows), len(events) - len(rows), Head(seq, prev), checkpoint)
 
     def insert_checkpoint(self, conn: Connection, head: Head) -> Checkpoint:
@@ -273,9 +276,9 @@ class AuditLog:
         if self.witness is not None:
             publish_safely("checkpoint", self.witness.publish_checkpoint, checkpoint)
 
-    def publish_head(self, head: Head) -> None:
+    def publish_head(self, head: Head, signer: Signer) -> None:
         if self.witness is not None and head.seq > 0:
-            signed = self.signer.sign_head(self.chain, head.seq, head.hash, self._now())
+            signed = signer.sign_head(self.chain, head.seq, head.hash, self._now())
             publish_safely("head", self.witness.publish_head, signed)
 
     def head(self) -> Head:
