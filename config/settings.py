@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -199,6 +200,12 @@ class AuditSettings(_Section):
     witness_dir: Path | None = None
     # Also hold the log to the checkpoints the outbox published on the gateway's event bus.
     witness_bus: bool = False
+
+    @field_validator("public_key", "witness_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # FLEET_AUDIT__PUBLIC_KEY= (compose's `${VAR:-}`) means "not set", not a bad key.
+        return None if value == "" else value
 
 
 class Settings(BaseSettings):

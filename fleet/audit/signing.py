@@ -272,7 +272,7 @@ def _load_signer(path: Path) -> Signer:
 def load_signer(path: Path) -> Signer:
     """The signing key at path. Never created here: `fleet audit init-key` makes it once."""
     path = path.resolve()
-    if not path.exists():
+    if not path.is_file():  # a bind mount of a file not made yet shows up as a directory
         raise MissingSigningKey(
             f"no audit signing key at {path}: run `fleet audit init-key` once (and pin the "
             "public key it prints in FLEET_AUDIT__PUBLIC_KEY); workers never create one"
