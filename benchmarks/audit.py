@@ -176,15 +176,27 @@ def insert_limit(source: Engine, target: Path, batch: int) -> float:
 
 
 def run_verify(entries: int, keep: str | None) -> None:
+    from config.settings import AuditSettings
+    from stack.trust import prepare_local_trust
+
     with workdir(keep, "fleet-bench-verify-") as base:
-        settings = load_settings(data_dir=base, database_url=f"sqlite:///{base / 'fleet.db'}")
+        data_dir = base / "data"
+        data_dir.mkdir()
+        settings = prepare_local_trust(
+            load_settings(
+                data_dir=data_dir,
+                database_url=f"sqlite:///{data_dir / 'fleet.db'}",
+                audit=AuditSettings(witness_dir=base / "witness"),
+            )
+        )
         click.echo(f"filling {entries} entries into {settings.sqlalchemy_url} …")
         fill_s = fill_log(settings, entries)
         click.echo(f"filled in {fill_s:.1f} s; running `fleet audit verify`")
         env = {
             **os.environ,
-            "FLEET_DATA_DIR": str(base),
+            "FLEET_DATA_DIR": str(data_dir),
             "FLEET_DATABASE_URL": settings.sqlalchemy_url,
+            "FLEET_AUDIT__WITNESS_DIR": str(base / "witness"),
         }
         started = time.perf_counter()
         argv = [sys.executable, "-c", "from cli.main import main; main()", "audit", "verify"]

@@ -16,8 +16,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def settings_for_cli() -> Settings:
+    """The settings, with a local stack's own audit pin, witness and vault key where the
+    configuration names none (see stack.trust)."""
+    from stack.trust import local_trust
+
     reset_settings_cache()
-    return load_settings()
+    return local_trust(load_settings())
 
 
 def config_errors_exit(func: F) -> F:

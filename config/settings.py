@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +69,9 @@ class GatewaySettings(_Section):
     # (load balancers 60 s, nginx and aiohttp 75 s): reusing one it is closing
     # fails a call that was already sent.
     keepalive_s: PositiveFloat = 50.0
+    # An answer past either cap fails its connection (the gateway's are a few kilobytes).
+    max_response_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    max_response_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
 
 
 class SandboxSettings(_Section):
@@ -185,6 +189,25 @@ class ApiSettings(_Section):
     token: SecretStr = SecretStr("fleet-demo-token")
 
 
+class AuditSettings(_Section):
+    """Trust anchors of the audit trail, kept out of the policy file and the data directory."""
+
+    # The Ed25519 public key (64 hex characters) `fleet audit init-key` printed: the only key
+    # verify trusts. Unset, verify refuses to vouch for anything.
+    public_key: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    # A directory outside data_dir (another mount, append-only) that receives every signed
+    # checkpoint and head, so a rollback or a cut tail of the database is named by verify.
+    witness_dir: Path | None = None
+    # Also hold the log to the checkpoints the outbox published on the gateway's event bus.
+    witness_bus: bool = False
+
+    @field_validator("public_key", "witness_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # FLEET_AUDIT__PUBLIC_KEY= (compose's `${VAR:-}`) means "not set", not a bad key.
+        return None if value == "" else value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLEET_",
@@ -212,6 +235,17 @@ class Settings(BaseSettings):
     sla: SlaSettings = SlaSettings()
     flower: FlowerSettings = FlowerSettings()
     api: ApiSettings = ApiSettings()
+    audit: AuditSettings = AuditSettings()
+
+    @model_validator(mode="after")
+    def _witness_outside_data_dir(self) -> Settings:
+        witness = self.audit.witness_dir
+        if witness is not None and witness.resolve().is_relative_to(self.data_dir.resolve()):
+            raise ValueError(
+                f"audit.witness_dir ({witness}) must be outside data_dir ({self.data_dir}): "
+                "a witness that goes down with the data directory sees nothing"
+            )
+        return self
 
     @property
     def redis_url(self) -> str:

@@ -6,6 +6,7 @@ processes on free ports, nothing shared with a `fleet up` that may be running.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from stack.processes import (
     start_sandbox,
     worker_argv,
 )
+from stack.trust import prepare_local_trust
 
 
 @dataclass
@@ -117,6 +119,9 @@ def local_stack(
         ),
         **overrides,
     )
+    settings = prepare_local_trust(settings)
+    # The witness a first start puts beside base_dir goes with it (one given is the caller's).
+    own_witness = settings.audit.witness_dir if "audit" not in overrides else None
     migrate_database(settings)
     with Supervisor(log_dir=base_dir / "logs") as sup:
         port = int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
@@ -127,3 +132,5 @@ def local_stack(
             yield stack
         finally:
             stack.close()
+            if own_witness is not None:
+                shutil.rmtree(own_witness, ignore_errors=True)

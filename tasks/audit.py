@@ -25,6 +25,7 @@ from fleet.audit.compliance import fleets_of, previous_month, produce_report
 from fleet.audit.events import AuditEvent
 from fleet.audit.mirror import MirrorRun, Outbox
 from fleet.audit.retention import ArchiveResult, archive_expired
+from fleet.audit.signing import MissingSigningKey
 from tasks._base import fleet_task, heartbeat_task, runtime
 from workers.queues import FleetQueue, TaskName
 
@@ -35,12 +36,13 @@ heartbeat = heartbeat_task(FleetQueue.AUDIT)
 _MIRROR_NUDGE_KEY = "fleet:audit:mirror-nudged"
 
 
-# An audit entry must not be dropped because the database was busy: database
-# errors retry without a ceiling, backing off to one attempt a minute.
+# An audit entry must not be dropped because the database was busy, or because the
+# signing key is not there yet (`fleet audit init-key`; never made here): both retry
+# without a ceiling, backing off to one attempt a minute.
 @fleet_task(
     TaskName.AUDIT_APPEND_BATCH,
     bind=True,
-    autoretry_for=(OperationalError,),
+    autoretry_for=(OperationalError, MissingSigningKey),
     retry_backoff=1,
     retry_backoff_max=60,
     max_retries=None,

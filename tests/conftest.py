@@ -24,6 +24,7 @@ from fleet.runtime import Message, Runtime
 from fleet.storage.db import engine_for, migrate
 from sandbox.control import SandboxControl
 from tests.support.sla_world import World, make_world
+from tests.support.trust import trust_env
 from workers import runtime as process_runtime
 from workers.queues import TaskName
 
@@ -54,6 +55,8 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Recordi
     url = f"sqlite:///{tmp_path / 'fleet.db'}"
     monkeypatch.setenv("FLEET_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("FLEET_DATABASE_URL", url)
+    for name, value in trust_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
     reset_settings_cache()
     migrate(engine_for(url))
     rt = RecordingRuntime()

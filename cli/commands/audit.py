@@ -33,7 +33,14 @@ def audit_group() -> None:
 @click.option(
     "--public-key",
     default=None,
-    help="Check signatures with this key (hex or PEM file) instead of the local signing key.",
+    help="Check signatures with this key (hex, or a PEM file) instead of the pinned "
+    "FLEET_AUDIT__PUBLIC_KEY.",
+)
+@click.option(
+    "--witness-bus/--no-witness-bus",
+    default=None,
+    help="Also hold the log to the checkpoints on the gateway's event bus "
+    "(default: FLEET_AUDIT__WITNESS_BUS).",
 )
 @click.option(
     "--export",
@@ -44,15 +51,19 @@ def audit_group() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @config_errors_exit
-def audit_verify(public_key: str | None, export_file: str | None, as_json: bool) -> None:
-    """Re-compute the hash chain and the signed checkpoints; name the first bad entry.
+def audit_verify(
+    public_key: str | None, witness_bus: bool | None, export_file: str | None, as_json: bool
+) -> None:
+    """Re-compute the hash chain, the chained signed checkpoints and the archive anchors, hold
+    them to the witnesses, and name the first problem (edited, deleted, inserted, reordered,
+    rewritten, forged anchor, truncated, rolled back).
 
-    Exit status 0 only when the log is intact.
+    Only the pinned public key is trusted. Exit status 0 only when the log is intact.
     """
     import json
     from pathlib import Path
 
-    from fleet.audit.signing import MissingSigningKey, load_public_key
+    from fleet.audit.signing import UnpinnedKey, load_public_key
 
     key = None
     if public_key:
@@ -77,9 +88,12 @@ def audit_verify(public_key: str | None, export_file: str | None, as_json: bool)
 
     settings = settings_for_cli()
     log, _ = audit_context(settings)
+    witnesses = [log.witness.read()] if log.witness is not None else []
+    if witness_bus if witness_bus is not None else settings.audit.witness_bus:
+        witnesses.append(_bus_witness(settings, log.chain))
     try:
-        report = verify_log(log, key)
-    except MissingSigningKey as exc:
+        report = verify_log(log, key, witnesses=witnesses)
+    except UnpinnedKey as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -89,6 +103,18 @@ def audit_verify(public_key: str | None, export_file: str | None, as_json: bool)
         click.echo(report.summary())
         click.echo(f"checked in {report.seconds:.2f} s")
     sys.exit(0 if report.ok else 1)
+
+
+def _bus_witness(settings: Any, chain: str) -> Any:
+    from fleet.audit.witness import bus_records
+    from fleet.gateway import GatewayClient
+    from fleet.gateway.errors import GatewayError
+
+    try:
+        with GatewayClient.from_settings(settings) as gateway:
+            return bus_records(gateway, chain)
+    except GatewayError as exc:
+        raise click.ClickException(f"cannot read the event bus witness: {exc}") from None
 
 
 @audit_group.command("export")
@@ -125,16 +151,47 @@ def audit_export(since: str | None, until: str | None, fmt: str, output: str) ->
     )
 
 
+@audit_group.command("init-key")
+@config_errors_exit
+def audit_init_key() -> None:
+    """Create the checkpoint signing key, once, and print the public key to pin.
+
+    Refuses if a key exists: the key that signed the log is never replaced. Mount
+    the key file read-only into the audit workers; verifiers need only the public key.
+    """
+    from fleet.audit.log import AuditFiles
+    from fleet.audit.signing import SigningKeyExists, init_signing_key
+
+    path = AuditFiles.from_settings(settings_for_cli()).signing_key
+    try:
+        signer = init_signing_key(path)
+    except SigningKeyExists as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created the audit signing key {path} (mode 0400; mount it read-only)")
+    click.echo(signer.public_pem().rstrip())
+    click.echo("# pin it in every process's configuration, e.g. the environment:")
+    click.echo(f"FLEET_AUDIT__PUBLIC_KEY={signer.public_hex}")
+
+
 @audit_group.command("public-key")
 @config_errors_exit
 def audit_public_key() -> None:
-    """Print the public key that signs checkpoints (PEM), to publish for verifiers."""
+    """Print the public key of the signing key (PEM and hex), and whether it is the pinned one."""
     from fleet.audit.log import AuditFiles
-    from fleet.audit.signing import load_signer
+    from fleet.audit.signing import MissingSigningKey, load_signer
 
-    signer = load_signer(AuditFiles.from_settings(settings_for_cli()).signing_key)
+    settings = settings_for_cli()
+    try:
+        signer = load_signer(AuditFiles.from_settings(settings).signing_key)
+    except MissingSigningKey as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(signer.public_pem().rstrip())
     click.echo(f"# key id {signer.key_id}; raw {signer.public_hex}")
+    pinned = settings.audit.public_key
+    if pinned is None:
+        click.echo(f"# not pinned: set FLEET_AUDIT__PUBLIC_KEY={signer.public_hex}")
+    elif pinned.lower() != signer.public_hex:
+        click.echo("# WARNING: this is not the pinned FLEET_AUDIT__PUBLIC_KEY")
 
 
 @audit_group.command("archive")

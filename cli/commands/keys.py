@@ -101,3 +101,38 @@ def waiting() -> None:
             agent = s.get(Agent, agent_id)
             reason = agent.failure_reason if agent is not None else None
             click.echo(f"{agent_id}\t{reason or 'waiting for a key'}")
+
+
+@keys_group.command("new-vault-key")
+def new_vault_key_cmd() -> None:
+    """Print a new random Fernet key for FLEET_SECRETS_KEY (put it first; keep the old ones
+    after it, comma-separated, until `fleet keys rotate-vault` has run)."""
+    from fleet.secrets import new_vault_key
+
+    click.echo(new_vault_key())
+
+
+@keys_group.command("rotate-vault")
+@config_errors_exit
+def rotate_vault_cmd() -> None:
+    """Re-encrypt every stored agent key under the first key of FLEET_SECRETS_KEY.
+
+    Tokens under an older key, or under a passphrase of the old SHA-256 scheme listed after
+    it, are decrypted and encrypted again; afterwards the older entries can be removed.
+    """
+    from fleet.secrets import KeyVault, SecretsError, rotate_vault
+    from fleet.storage.db import engine_for, session_factory
+    from stack.processes import migrate_database
+
+    settings = settings_for_cli()
+    migrate_database(settings)
+    try:
+        vault = KeyVault(settings.secrets_key.get_secret_value())
+        vault.check()
+        done = rotate_vault(session_factory(engine_for(settings.sqlalchemy_url)), vault)
+    except SecretsError as exc:
+        raise click.ClickException(f"{exc}; nothing was changed") from None
+    click.echo(
+        f"{done.rotated} keys re-encrypted under the newest vault key, {done.current} already "
+        f"were, across {done.agents} agents"
+    )

@@ -127,11 +127,13 @@ def run_up(
     # Imported here: every `fleet` command imports this module, few start the stack.
     from fleet.gateway.errors import GatewayError
     from stack.bootstrap import ensure_system_agents
+    from stack.trust import prepare_local_trust
     from workers.app import create_producer
     from workers.runtime import celery_runtime
 
     real_gateway = settings.gateway.base_url is not None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings = prepare_local_trust(settings)
     log_dir = settings.data_dir.resolve() / "logs"
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
@@ -147,6 +149,10 @@ def run_up(
             click.echo(f"redis     {settings.redis_url} (embedded)")
         migrate_database(settings)
         click.echo(f"database  {_safe_url(settings.sqlalchemy_url)} (schema up to date)")
+        click.echo(
+            f"audit     key {settings.audit.public_key or 'NOT PINNED'}, "
+            f"witness {settings.audit.witness_dir or 'none'}"
+        )
         if real_gateway:
             click.echo(f"gateway   {settings.gateway_url} (configured: no sandbox)")
         else:

@@ -36,8 +36,9 @@ one, like ``key_id`` or ``key_rotated_at``) has its value replaced by
 Where events go: ``record`` hands them to the process's sink, which the
 process's runtime installs (``fleet.runtime``: the ``audit`` queue). The audit worker appends them
 in batches to the chain (:mod:`fleet.audit.log`), signs checkpoints
-(:mod:`fleet.audit.signing`), mirrors them to the gateway through an outbox
-(:mod:`fleet.audit.mirror`), archives them after the retention period
+(:mod:`fleet.audit.signing`), publishes checkpoints and heads to a witness
+outside the data directory (:mod:`fleet.audit.witness`), mirrors them to the
+gateway through an outbox (:mod:`fleet.audit.mirror`), archives them after the retention period
 (:mod:`fleet.audit.retention`); :mod:`fleet.audit.verify` and
 :mod:`fleet.audit.export` check and publish them. Tests use ``audit.capture()``.
 """

@@ -27,10 +27,16 @@ FORMAT_VERSION = 1
 GENESIS = "0" * 64
 
 
-def event_object(event: AuditEvent) -> dict[str, Any]:
+def event_object(event: AuditEvent, *, appended_at: str | None = None) -> dict[str, Any]:
+    """The hashed event. With appended_at (the writer's clock) that is its ``time``, and
+    the producer's own time is kept only as ``claimed_time``."""
+    claimed = format_time(event.time)
+    stamped: dict[str, Any] = (
+        {"time": claimed} if appended_at is None else {"time": appended_at, "claimed_time": claimed}
+    )
     return {
         "event_id": event.event_id,
-        "time": format_time(event.time),
+        **stamped,
         "actor": event.actor,
         "action": event.action,
         "subject": event.subject,

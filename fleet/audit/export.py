@@ -9,13 +9,17 @@ JSON lines (``--format jsonl``)::
 
 CSV (``--format csv``): one row per record, ``record`` being ``key``, ``entry``
 or ``checkpoint``; entry rows carry the readable fields, ``prev``, ``hash`` and
-``body`` (the canonical JSON that was hashed).
+``body`` (the canonical JSON that was hashed). A cell that a spreadsheet would
+run as a formula (it begins with ``= + - @``, a tab or a CR), or that begins
+with ``'``, is written with a ``'`` in front; readers drop that one quote.
 
 To verify: for each entry, ``hash == sha256(RFC8785(body))`` and
 ``body.prev`` is the previous entry's hash (``body.seq`` counting up by one);
 each checkpoint's signature verifies over the RFC 8785 bytes of ``{"chain",
-"head", "key_id", "signed_at", "size", "type": "checkpoint", "v": 1}``, and its
-``head`` is the hash of entry ``size``. The export ends on a checkpoint, so
+"counter", "head", "key_id", "prev_checkpoint", "signed_at", "size", "type":
+"checkpoint", "v": 2}`` (``{"chain", "head", "key_id", "signed_at", "size",
+"type": "checkpoint", "v": 1}`` for one with counter 0), and its ``head`` is
+the hash of entry ``size``. The export ends on a checkpoint, so
 every entry in it is covered by a signature. :func:`verify_export` does this.
 """
 
@@ -87,7 +91,39 @@ CSV_COLUMNS = (
     "key_id",
     "signature",
     "public_key",
+    "counter",
+    "prev_checkpoint",
 )
+
+
+# What makes Excel, LibreOffice or Sheets read a cell as a formula (OWASP "CSV injection");
+# a leading quote is escaped too, so unescaping gives back exactly what was written.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """The cell as written: text a spreadsheet would evaluate gets a leading quote."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def spreadsheet_value(cell: str) -> str:
+    """The text a cell written by :func:`spreadsheet_safe` stood for."""
+    return cell[1:] if cell.startswith("'") else cell
+
+
+class _SafeWriter:
+    """csv.DictWriter whose every cell goes through :func:`spreadsheet_safe`."""
+
+    def __init__(self, text: IO[str]) -> None:
+        self._writer = csv.DictWriter(text, CSV_COLUMNS)
+
+    def writeheader(self) -> None:
+        self._writer.writeheader()
+
+    def writerow(self, row: dict[str, Any]) -> None:
+        self._writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
 
 
 @dataclass(frozen=True)
@@ -209,7 +245,7 @@ def _write_csv(
     out: IO[bytes], header: dict[str, Any], rows: Any, checkpoints: list[Checkpoint]
 ) -> int:
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
-    writer = csv.DictWriter(text, CSV_COLUMNS)
+    writer = _SafeWriter(text)
     writer.writeheader()
     writer.writerow(
         {"record": "key", "public_key": header["public_key"], "key_id": header["key_id"]}
@@ -247,6 +283,8 @@ class ExportCheck:
     first_seq: int | None = None
     last_seq: int | None = None
     key_id: str | None = None
+    first_prev: str | None = None  # what the first entry links to
+    last_hash: str | None = None
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -267,7 +305,8 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                     yield record["type"], record
             return
         reader = csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8", newline=""))
-        for row in reader:
+        for raw in reader:
+            row = {k: spreadsheet_value(v or "") for k, v in raw.items()}
             kind = row["record"]
             if kind == "key":
                 yield "header", {"public_key": row["public_key"], "key_id": row["key_id"]}
@@ -334,8 +373,10 @@ def verify_export(path: Path, public_key: Ed25519PublicKey | str | None = None) 
                 )
             if check.first_seq is None:
                 check.first_seq = seq
+                check.first_prev = body.get("prev")
                 hashes[seq - 1] = body.get("prev")
             check.last_seq = seq
+            check.last_hash = digest
             hashes[seq] = digest
             prev = digest
             check.entries += 1
@@ -348,6 +389,8 @@ def verify_export(path: Path, public_key: Ed25519PublicKey | str | None = None) 
                     signed_at=record["signed_at"],
                     key_id=record["key_id"],
                     signature=record["signature"],
+                    counter=int(record.get("counter") or 0),
+                    prev_checkpoint=record.get("prev_checkpoint") or "",
                 )
             )
     if key is None:

@@ -5,6 +5,10 @@ transaction (PostgreSQL: ``pg_advisory_xact_lock`` on the chain; SQLite:
 ``BEGIN IMMEDIATE``, the database write lock), so however many workers
 append at once, each batch reads the true head, links to it and commits
 before the next one reads it: the chain never forks and never reorders.
+
+An entry's ``time`` is when this writer appended it, not what the producer's
+message said: anyone who can put a message on the broker could otherwise
+date an entry as they like. The producer's time is kept as ``claimed_time``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ from sqlalchemy import Connection, Engine, func, insert, select, text
 from fleet.audit.canonical import GENESIS, canonical, entry_hash, envelope, event_object
 from fleet.audit.events import AuditEvent, format_time
 from fleet.audit.models import AuditArchive, AuditCheckpoint, AuditEntry
-from fleet.audit.signing import Checkpoint, Signer, append_checkpoint_file, load_signer
+from fleet.audit.signing import (
+    PIN_HINT,
+    Checkpoint,
+    Signer,
+    UnpinnedKey,
+    append_checkpoint_file,
+    load_public_key,
+    load_signer,
+)
+from fleet.audit.witness import DirectoryWitness, publish_safely
 from fleet.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
@@ -136,12 +149,16 @@ class AuditLog:
         chain: str = "main",
         checkpoint_every: int = 1000,
         clock: Clock | None = None,
+        public_key: str | None = None,
+        witness_dir: Path | None = None,
     ) -> None:
         self.engine = engine
         self.files = files
         self.chain = chain
         self.checkpoint_every = checkpoint_every
         self.clock = clock or SystemClock()
+        self.public_key = public_key  # pinned in configuration (hex); None: nothing to trust
+        self.witness = DirectoryWitness(witness_dir, chain) if witness_dir is not None else None
         self._chain_json = canonical(chain)
 
     @classmethod
@@ -157,15 +174,20 @@ class AuditLog:
             chain=audit.chain,
             checkpoint_every=audit.checkpoint_every,
             clock=clock,
+            public_key=settings.audit.public_key,
+            witness_dir=settings.audit.witness_dir,
         )
 
     @property
     def signer(self) -> Signer:
+        """The signing key; MissingSigningKey until `fleet audit init-key` has made it."""
         return load_signer(self.files.signing_key)
 
     def trusted_public_key(self) -> Ed25519PublicKey:
-        """The public half of the existing signing key (never creates one)."""
-        return load_signer(self.files.signing_key, create=False).public_key
+        """The key pinned in configuration: never the one found next to the database."""
+        if not self.public_key:
+            raise UnpinnedKey(f"no audit public key is pinned: {PIN_HINT}")
+        return load_public_key(self.public_key)
 
     def _now(self) -> str:
         return format_time(self.clock.now())
@@ -176,11 +198,15 @@ class AuditLog:
         The events are canonicalised before the lock is taken, so the
         critical section is a head read, a hash per entry and one INSERT.
         """
+        appended_at = self._now()
+        # A witnessed head is signed after the commit: a missing key must stop the batch before
+        # it, so the retried message is appended and witnessed, not skipped as already there.
+        head_signer = self.signer if self.witness is not None else None
         unique: dict[str, bytes] = {}
         by_id: dict[str, AuditEvent] = {}
         for event in events:
             if event.event_id not in unique:
-                unique[event.event_id] = canonical(event_object(event))
+                unique[event.event_id] = canonical(event_object(event, appended_at=appended_at))
                 by_id[event.event_id] = event
         checkpoint = None
         with chain_lock(self.engine, self.chain) as conn:
@@ -200,7 +226,7 @@ class AuditLog:
                         "chain": self.chain,
                         "seq": seq,
                         "event_id": event_id,
-                        "time": format_time(event.time),
+                        "time": appended_at,
                         "actor": event.actor,
                         "action": event.action,
                         "subject": event.subject,
@@ -219,15 +245,41 @@ class AuditLog:
             if rows:
                 conn.execute(insert(AuditEntry), rows)
                 if seq // self.checkpoint_every > head.seq // self.checkpoint_every:
-                    checkpoint = self._insert_checkpoint(conn, Head(seq, prev))
+                    checkpoint = self.insert_checkpoint(conn, Head(seq, prev))
         if checkpoint is not None:
-            append_checkpoint_file(self.files.checkpoints, checkpoint)
+            self.publish_checkpoint(checkpoint)
+        if rows and head_signer is not None:
+            self.publish_head(Head(seq, prev), head_signer)
         return AppendResult(len(rows), len(events) - len(rows), Head(seq, prev), checkpoint)
 
-    def _insert_checkpoint(self, conn: Connection, head: Head) -> Checkpoint:
-        checkpoint = self.signer.sign(self.chain, head.seq, head.hash, self._now())
+    def insert_checkpoint(self, conn: Connection, head: Head) -> Checkpoint:
+        """Sign head as the next checkpoint; conn must hold the chain lock (counters stay
+        gap-free and each links to the one signed before it)."""
+        row = (
+            conn.execute(
+                select(AuditCheckpoint)
+                .where(AuditCheckpoint.chain == self.chain)
+                .order_by(AuditCheckpoint.counter.desc(), AuditCheckpoint.size.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        last = Checkpoint.from_dict(dict(row)) if row is not None else None
+        checkpoint = self.signer.sign(self.chain, head.seq, head.hash, self._now(), after=last)
         conn.execute(insert(AuditCheckpoint), [checkpoint.to_dict()])
         return checkpoint
+
+    def publish_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """After the commit: the file beside the database, and the witness outside it."""
+        append_checkpoint_file(self.files.checkpoints, checkpoint)
+        if self.witness is not None:
+            publish_safely("checkpoint", self.witness.publish_checkpoint, checkpoint)
+
+    def publish_head(self, head: Head, signer: Signer) -> None:
+        if self.witness is not None and head.seq > 0:
+            signed = signer.sign_head(self.chain, head.seq, head.hash, self._now())
+            publish_safely("head", self.witness.publish_head, signed)
 
     def head(self) -> Head:
         with self.engine.connect() as conn:
@@ -242,8 +294,8 @@ class AuditLog:
             ).scalar()
             if head.seq == 0 or (last is not None and last >= head.seq):
                 return None
-            checkpoint = self._insert_checkpoint(conn, head)
-        append_checkpoint_file(self.files.checkpoints, checkpoint)
+            checkpoint = self.insert_checkpoint(conn, head)
+        self.publish_checkpoint(checkpoint)
         return checkpoint
 
     def checkpoints(self) -> list[Checkpoint]:
@@ -251,7 +303,7 @@ class AuditLog:
             rows = conn.execute(
                 select(AuditCheckpoint)
                 .where(AuditCheckpoint.chain == self.chain)
-                .order_by(AuditCheckpoint.size)
+                .order_by(AuditCheckpoint.counter, AuditCheckpoint.size)
             ).mappings()
             return [Checkpoint.from_dict(dict(row)) for row in rows]
 

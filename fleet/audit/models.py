@@ -13,7 +13,7 @@ not the triggers, are what make tampering evident.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleet.storage.db import Base
@@ -59,6 +59,21 @@ class AuditCheckpoint(Base):
     signed_at: Mapped[str] = mapped_column(String(27))
     key_id: Mapped[str] = mapped_column(String(16))
     signature: Mapped[str] = mapped_column(String(128))
+    # The chain of checkpoints (migration 0008): 1, 2, 3… in signing order, each naming the
+    # digest of the one before; 0 and "" on checkpoints signed before it existed.
+    counter: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    prev_checkpoint: Mapped[str] = mapped_column(String(HEX64), default="", server_default="")
+
+    __table_args__ = (
+        Index(
+            "ux_audit_checkpoints_counter",
+            "chain",
+            "counter",
+            unique=True,
+            sqlite_where=text("counter > 0"),
+            postgresql_where=text("counter > 0"),
+        ),
+    )
 
 
 class AuditArchive(Base):

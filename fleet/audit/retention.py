@@ -7,7 +7,9 @@ fsynced; only then is an ``audit_archives`` row written and the entries
 deleted, in one transaction. That row is the new anchor: verification of
 what remains starts from its head hash, and its signed checkpoint proves
 that head. The deletion itself is the one path the append-only triggers let
-through (see :mod:`fleet.audit.models`).
+through (see :mod:`fleet.audit.models`); migration 0008 refuses an archive
+row that no checkpoint at its ``last_seq`` vouches for, and verify checks that
+checkpoint's signature and the archive file.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from fleet.audit.events import format_time
 from fleet.audit.export import export_log
 from fleet.audit.log import AuditLog, Head, chain_lock, read_anchor, read_head
 from fleet.audit.models import AuditArchive, AuditCheckpoint, AuditEntry, AuditMirrorState
-from fleet.audit.signing import Checkpoint, append_checkpoint_file
+from fleet.audit.signing import Checkpoint
 from fleet.audit.verify import verify_log
 
 
@@ -80,9 +82,8 @@ def _checkpoint_at(log: AuditLog, head: Head) -> Checkpoint:
         )
         if row is not None:
             return Checkpoint.from_dict(dict(row))
-        checkpoint = log.signer.sign(log.chain, head.seq, head.hash, format_time(log.clock.now()))
-        conn.execute(insert(AuditCheckpoint), [checkpoint.to_dict()])
-    append_checkpoint_file(log.files.checkpoints, checkpoint)
+        checkpoint = log.insert_checkpoint(conn, head)
+    log.publish_checkpoint(checkpoint)
     return checkpoint
 
 

@@ -9,28 +9,43 @@ columns with what was hashed. Only when something disagrees does
 never part of the chain, or a copy of one) or *reordered* (entries swapped).
 
 Then every checkpoint, from the database and from the file outside it, must
-carry a valid signature of the trusted key and match the entry at its size:
+carry a valid signature of the pinned key and match the entry at its size:
 that catches a wholesale rewrite of the chain after some point (which no
-single link can show) and a log cut short after its last checkpoint.
+single link can show) and a log cut short after its last checkpoint. The
+checkpoints' counters must run 1, 2, 3… each linking to the one before, so
+none can be removed unnoticed. Every archive record (the anchor the retained
+chain starts from) must sit at a signed checkpoint with its head, and its
+file must have the recorded digest and verify on its own up to that head.
+
+Last, the log is held to its witnesses (:mod:`fleet.audit.witness`), which
+the database's owner cannot roll back: a witness holding a later checkpoint
+than the database and the checkpoint file names a *rollback*; one that saw
+the log longer than it is now names a *truncation*.
+
+Only the public key pinned in configuration is trusted; without one verify
+refuses (:class:`~fleet.audit.signing.UnpinnedKey`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Result, select
 
+from fleet.audit.canonical import GENESIS
 from fleet.audit.log import AuditLog, Head, read_anchor
-from fleet.audit.models import AuditCheckpoint, AuditEntry
-from fleet.audit.signing import Checkpoint, MissingSigningKey, read_checkpoint_file, signature_valid
+from fleet.audit.models import AuditArchive, AuditCheckpoint, AuditEntry
+from fleet.audit.signing import Checkpoint, read_checkpoint_file, signature_valid
+from fleet.audit.witness import WitnessRecords
 
 # Columns that repeat a field of the hashed event, in the order the loop reads them.
 EVENT_FIELDS = (
@@ -58,7 +73,14 @@ class ProblemKind(StrEnum):
     INSERTED = "inserted"
     REORDERED = "reordered"
     REWRITTEN = "rewritten"  # consistent links, but not what a signed checkpoint says
-    CHECKPOINT = "checkpoint"  # a checkpoint itself is forged or altered
+    CHECKPOINT = "checkpoint"  # a checkpoint itself is forged, altered or removed
+    ANCHOR = "anchor"  # an archive record no signed checkpoint (or archive file) vouches for
+    ROLLED_BACK = "rolled_back"  # a witness holds a later checkpoint than the log has
+    TRUNCATED = "truncated"  # a witness saw entries the log no longer has
+
+
+# Of two problems at the same entry, the one that explains the other is named.
+_NAMED_FIRST = {ProblemKind.ANCHOR: 0, ProblemKind.ROLLED_BACK: 1, ProblemKind.TRUNCATED: 2}
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,8 @@ class VerifyReport:
     last_seq: int | None = None
     checkpoints: int = 0
     signed_up_to: int = 0
+    witnessed_up_to: int = 0
+    witnesses: list[str] = field(default_factory=list)
     problem: Problem | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -94,9 +118,14 @@ class VerifyReport:
             return f"TAMPERED: {self.problem.message}"
         span = f"{self.first_seq}..{self.last_seq}" if self.entries else "none"
         tail = f", {self.unsigned} after the last checkpoint" if self.unsigned else ""
+        seen = (
+            f"; witnessed up to entry {self.witnessed_up_to} ({', '.join(self.witnesses)})"
+            if self.witnesses
+            else "; no witness"
+        )
         return (
             f"intact: chain {self.chain!r}, {self.entries} entries ({span}), "
-            f"{self.checkpoints} signed checkpoints{tail}"
+            f"{self.checkpoints} signed checkpoints{tail}{seen}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +138,8 @@ class VerifyReport:
             "checkpoints": self.checkpoints,
             "signed_up_to": self.signed_up_to,
             "unsigned": self.unsigned,
+            "witnessed_up_to": self.witnessed_up_to,
+            "witnesses": self.witnesses,
             "problem": None
             if self.problem is None
             else {
@@ -262,17 +293,29 @@ def _stream(conn: Connection, chain: str) -> Iterator[Result[Any]]:
         result.close()
 
 
-def verify_log(log: AuditLog, public_key: Ed25519PublicKey | None = None) -> VerifyReport:
-    """Check every retained entry and every checkpoint of the log's chain."""
+def verify_log(
+    log: AuditLog,
+    public_key: Ed25519PublicKey | None = None,
+    *,
+    witnesses: Sequence[WitnessRecords] | None = None,
+) -> VerifyReport:
+    """Check every retained entry, checkpoint and archive of the log's chain, and hold them to
+    the witnesses (default: the log's configured witness directory).
+
+    public_key overrides the pinned one; with neither, UnpinnedKey is raised.
+    """
     started = time.perf_counter()
     chain = log.chain
     report = VerifyReport(chain)
-    trusted = public_key
-    if trusted is None:
-        try:
-            trusted = log.trusted_public_key()
-        except MissingSigningKey:
-            trusted = None  # fine while nothing was ever signed; a problem otherwise
+    trusted = public_key if public_key is not None else log.trusted_public_key()
+    if witnesses is None:
+        witnesses = [log.witness.read()] if log.witness is not None else []
+    witnessed = [_trusted_records(w, trusted, report) for w in witnesses]
+    if not witnesses:
+        report.warnings.append(
+            "no witness configured (audit.witness_dir): a tail cut after the last checkpoint, "
+            "or a rollback of the database with the checkpoint file, would go unnoticed"
+        )
     with log.engine.connect() as conn:
         anchor = read_anchor(conn, chain)
         db_checkpoints = {
@@ -289,6 +332,16 @@ def verify_log(log: AuditLog, public_key: Ed25519PublicKey | None = None) -> Ver
             if cp.chain == chain:
                 file_checkpoints.setdefault(cp.size, cp)
         wanted = set(db_checkpoints) | set(file_checkpoints)
+        for records in witnessed:
+            wanted |= {cp.size for cp in records.checkpoints}
+            wanted |= {head.size for head in records.heads}
+        archives = list(
+            conn.execute(
+                select(AuditArchive)
+                .where(AuditArchive.chain == chain)
+                .order_by(AuditArchive.last_seq)
+            )
+        )
         hashes_at: dict[int, str] = {}
 
         bad_seq: int | None = None
@@ -339,6 +392,14 @@ def verify_log(log: AuditLog, public_key: Ed25519PublicKey | None = None) -> Ver
         report.last_seq = expect - 1 if count else None
 
     problems = [chain_problem] if chain_problem is not None else []
+    last_seq = None if chain_problem is not None else (report.last_seq or anchor.seq)
+    local = _valid_checkpoints([*db_checkpoints.values(), *file_checkpoints.values()], trusted)
+    problems += _check_checkpoint_chain(local)
+    problems += _check_archives(
+        archives, [*db_checkpoints.values(), *file_checkpoints.values()], witnessed, trusted
+    )
+    for records in witnessed:
+        problems += _check_witness(report, records, local, hashes_at, anchor, last_seq)
     problems += _check_checkpoints(
         report,
         chain,
@@ -347,10 +408,10 @@ def verify_log(log: AuditLog, public_key: Ed25519PublicKey | None = None) -> Ver
         file_checkpoints,
         hashes_at,
         trusted,
-        last_seq=None if chain_problem is not None else (report.last_seq or anchor.seq),
+        last_seq=last_seq,
     )
     if problems:
-        report.problem = min(problems, key=lambda p: p.seq)
+        report.problem = min(problems, key=lambda p: (p.seq, _NAMED_FIRST.get(p.kind, 9)))
     report.seconds = time.perf_counter() - started
     return report
 
@@ -362,7 +423,7 @@ def _check_checkpoints(
     db_checkpoints: dict[int, Checkpoint],
     file_checkpoints: dict[int, Checkpoint],
     hashes_at: dict[int, str],
-    trusted: Ed25519PublicKey | None,
+    trusted: Ed25519PublicKey,
     *,
     last_seq: int | None,
 ) -> list[Problem]:
@@ -370,21 +431,11 @@ def _check_checkpoints(
     K = ProblemKind
     problems: list[Problem] = []
     matched: list[int] = []
-    if trusted is None and (db_checkpoints or file_checkpoints):
-        first = min(set(db_checkpoints) | set(file_checkpoints))
-        return [
-            Problem(
-                K.CHECKPOINT,
-                first,
-                "checkpoints exist but the signing key is missing: give the public key to check "
-                "them",
-            )
-        ]
     for size in sorted(set(db_checkpoints) | set(file_checkpoints)):
         in_db, in_file = db_checkpoints.get(size), file_checkpoints.get(size)
         candidates = [cp for cp in (in_file, in_db) if cp is not None]
         for cp in candidates:
-            if trusted is None or not signature_valid(cp, trusted):
+            if not signature_valid(cp, trusted):
                 where = "database" if cp is in_db else "checkpoint file"
                 problems.append(
                     Problem(
@@ -452,4 +503,204 @@ def _check_checkpoints(
             )
     report.checkpoints = len(matched) + sum(1 for s in db_checkpoints if s <= anchor.seq)
     report.signed_up_to = max(matched, default=anchor.seq)
+    return problems
+
+
+# ------------------------------------------------------------- chain of checkpoints, archives
+
+
+def _valid_checkpoints(
+    checkpoints: Sequence[Checkpoint], trusted: Ed25519PublicKey
+) -> dict[int, Checkpoint]:
+    """The chained (version 2) checkpoints that carry the pinned key's signature, by counter."""
+    return {cp.counter: cp for cp in checkpoints if cp.counter > 0 and signature_valid(cp, trusted)}
+
+
+def _check_checkpoint_chain(local: dict[int, Checkpoint]) -> list[Problem]:
+    """Counters 1..n with no gap, each checkpoint naming the digest of the one before."""
+    K = ProblemKind
+    problems: list[Problem] = []
+    previous: Checkpoint | None = None
+    for counter in range(1, max(local, default=0) + 1):
+        cp = local.get(counter)
+        if cp is None:
+            after = previous.size if previous is not None else 0
+            problems.append(
+                Problem(
+                    K.CHECKPOINT,
+                    after + 1,
+                    f"checkpoint #{counter} is missing from the database and the checkpoint "
+                    f"file (after entry {after}): checkpoints were removed",
+                )
+            )
+        elif previous is not None and cp.prev_checkpoint != previous.digest():
+            problems.append(
+                Problem(
+                    K.CHECKPOINT,
+                    cp.size,
+                    f"checkpoint #{counter} at entry {cp.size} does not link to checkpoint "
+                    f"#{previous.counter}: the checkpoints were re-ordered or replaced",
+                )
+            )
+        previous = cp if cp is not None else previous
+    return problems
+
+
+def _check_archives(
+    archives: Sequence[Any],  # audit_archives rows
+    candidates: Sequence[Checkpoint],
+    witnessed: Sequence[WitnessRecords],
+    trusted: Ed25519PublicKey,
+) -> list[Problem]:
+    """Each archive record at a signed checkpoint with its head, its file intact and contiguous.
+
+    Version 1 checkpoints (no counter) vouch too, when their signature holds.
+    """
+    from fleet.audit.export import verify_export
+
+    K = ProblemKind
+    signed = {(cp.size, cp.head) for cp in candidates if signature_valid(cp, trusted)}
+    for records in witnessed:  # already filtered to the pinned key's signatures
+        signed |= {(cp.size, cp.head) for cp in records.checkpoints}
+    problems: list[Problem] = []
+    prev_last, prev_head = 0, GENESIS
+    for row in archives:
+        span = f"entries {row.first_seq}..{row.last_seq}"
+        if (row.last_seq, row.head) not in signed:
+            problems.append(
+                Problem(
+                    K.ANCHOR,
+                    row.first_seq,
+                    f"forged archive anchor: the audit_archives record for {span} is not at a "
+                    "checkpoint signed with the pinned key and carrying its head; the entries "
+                    "it covers were removed without a verified archive",
+                )
+            )
+            break
+        trouble = _archive_file_trouble(row, prev_last, prev_head, trusted, verify_export)
+        if trouble:
+            problems.append(Problem(K.ANCHOR, row.first_seq, f"archive of {span}: {trouble}"))
+            break
+        prev_last, prev_head = row.last_seq, row.head
+    return problems
+
+
+def _archive_file_trouble(
+    row: Any, prev_last: int, prev_head: str, trusted: Ed25519PublicKey, verify: Any
+) -> str | None:
+    if row.first_seq != prev_last + 1:
+        return f"it does not follow the archive before it (which ends at entry {prev_last})"
+    path = Path(row.file)
+    if not path.is_file():
+        return f"its file {path} is missing"
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != row.file_sha256:
+        return f"its file {path} does not have the recorded SHA-256"
+    check = verify(path, trusted)
+    if not check.ok:
+        return f"its file {path} does not verify: {check.problems[0]}"
+    if (check.first_seq, check.last_seq) != (row.first_seq, row.last_seq):
+        return f"its file {path} holds entries {check.first_seq}..{check.last_seq}"
+    if check.last_hash != row.head or check.first_prev != prev_head:
+        return f"its file {path} does not chain from the previous archive to the recorded head"
+    return None
+
+
+# ------------------------------------------------------------------------------- witnesses
+
+
+def _trusted_records(
+    records: WitnessRecords, trusted: Ed25519PublicKey, report: VerifyReport
+) -> WitnessRecords:
+    """The witness's records that carry the pinned key's signature; the rest are noted."""
+    good = WitnessRecords(
+        source=records.source,
+        checkpoints=[cp for cp in records.checkpoints if signature_valid(cp, trusted)],
+        heads=[h for h in records.heads if signature_valid(h, trusted)],
+    )
+    ignored = (
+        len(records.checkpoints)
+        + len(records.heads)
+        - len(good.checkpoints)
+        - len(good.heads)
+        + len(records.unreadable)
+    )
+    if ignored:
+        report.warnings.append(
+            f"{records.source}: {ignored} records ignored (unreadable, or not signed with the "
+            "pinned key)"
+        )
+    report.witnesses.append(records.source)
+    return good
+
+
+def _check_witness(
+    report: VerifyReport,
+    records: WitnessRecords,
+    local: dict[int, Checkpoint],
+    hashes_at: dict[int, str],
+    anchor: Head,
+    last_seq: int | None,
+) -> list[Problem]:
+    K = ProblemKind
+    problems: list[Problem] = []
+    local_top = max(local, default=0)
+    later = [cp for cp in records.checkpoints if cp.counter > local_top]
+    for cp in records.checkpoints:
+        mine = local.get(cp.counter)
+        if mine is not None and mine.digest() != cp.digest():
+            problems.append(
+                Problem(
+                    K.REWRITTEN,
+                    min(mine.size, cp.size),
+                    f"checkpoint #{cp.counter} differs from the one {records.source} holds "
+                    f"(entry {cp.size}, signed {cp.signed_at}): the log was rewritten",
+                )
+            )
+    seen = [(cp.size, cp.head, cp.signed_at) for cp in records.checkpoints]
+    seen += [(h.size, h.head, h.signed_at) for h in records.heads]
+    end = last_seq
+    differs = sorted(
+        (size, at)
+        for size, head, at in seen
+        if size > anchor.seq and size in hashes_at and hashes_at[size] != head
+    )
+    if differs:
+        size, at = differs[0]
+        problems.append(
+            Problem(
+                K.REWRITTEN,
+                size,
+                f"entry {size} is not the one {records.source} saw at {at}: the log was rewritten",
+            )
+        )
+    if later and end is not None:
+        top = max(later, key=lambda cp: cp.counter)
+        # Named where the log first departs from what the witness saw, so a rollback
+        # followed by new entries is called what it is, not a rewrite of those entries.
+        since = min([end + 1, top.size] + [size for size, _ in differs[:1]])
+        problems.append(
+            Problem(
+                K.ROLLED_BACK,
+                since,
+                f"rolled back: {records.source} holds checkpoint #{top.counter} (entry "
+                f"{top.size}, signed {top.signed_at}), but the database and the checkpoint "
+                f"file end at checkpoint #{local_top}; the log departs from it at entry {since}",
+            )
+        )
+    if seen:
+        size, _, at = max(seen)
+        report.witnessed_up_to = max(report.witnessed_up_to, size)
+        if end is not None and size > end:
+            problems.append(
+                Problem(
+                    K.TRUNCATED,
+                    end + 1,
+                    f"truncated: entries {end + 1}..{size} missing; {records.source} saw the "
+                    f"log at entry {size} ({at}), it now ends at entry {end}",
+                )
+            )
     return problems

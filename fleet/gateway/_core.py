@@ -116,6 +116,8 @@ class GatewayConfig:
     breaker_reset_s: float = 30.0
     max_connections: int = 200
     keepalive_s: float = 50.0
+    max_response_header_bytes: int = 64 * 1024
+    max_response_body_bytes: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if isinstance(self.admin_key, str):
@@ -140,6 +142,8 @@ class GatewayConfig:
             breaker_reset_s=gw.breaker_reset_s,
             max_connections=gw.max_connections,
             keepalive_s=gw.keepalive_s,
+            max_response_header_bytes=gw.max_response_header_bytes,
+            max_response_body_bytes=gw.max_response_body_bytes,
         )
 
     @property

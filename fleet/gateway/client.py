@@ -223,6 +223,8 @@ class AsyncGatewayClient(_ClientBase):
                 limit=config.max_connections,
                 connect_timeout_s=config.connect_timeout_s,
                 keepalive_s=config.keepalive_s,
+                max_header_bytes=config.max_response_header_bytes,
+                max_body_bytes=config.max_response_body_bytes,
             )
 
     @classmethod

@@ -42,6 +42,34 @@ class WireTimeout(WireError):
     pass
 
 
+class UnsafeHeader(ValueError):
+    """A header name or value holds CR, LF or NUL: sent, it would split the request."""
+
+
+class AnswerTooLarge(WireError):
+    """The answer's headers or body passed the configured cap; the connection was dropped."""
+
+
+# Answers bigger than these fail the connection: the gateway's are a few kilobytes, and a
+# server (or whoever sits in front of it) streaming without end must not fill our memory.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+_FORBIDDEN_IN_HEADERS = ("\r", "\n", "\0")
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Refuse any header that would let a value start a new header or a new request."""
+    for name, value in headers.items():
+        for part, what in ((name, "name"), (value, "value")):
+            if any(c in part for c in _FORBIDDEN_IN_HEADERS):
+                raise UnsafeHeader(
+                    f"header {name!r}: its {what} contains CR, LF or NUL; refused before sending"
+                )
+        if not name:
+            raise UnsafeHeader("empty header name; refused before sending")
+
+
 class Answer:
     """Status, headers (names lowercased) and body of one HTTP answer."""
 
@@ -64,12 +92,21 @@ class Answer:
             return ""
 
 
+class _Oversized(Exception):
+    """Raised from a parser callback to stop parsing an answer past its cap."""
+
+
 class _Connection(asyncio.Protocol):
     __slots__ = (
         "_body",
+        "_body_bytes",
         "_framed",
+        "_head_bytes",
+        "_header_bytes",
         "_headed",
         "_headers",
+        "_max_body",
+        "_max_header",
         "_parser",
         "_waiter",
         "closed",
@@ -78,7 +115,13 @@ class _Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        self._max_header = max_header_bytes
+        self._max_body = max_body_bytes
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = time.monotonic()
@@ -90,6 +133,9 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._body: list[bytes] = []
         self._headers: dict[str, str] = {}
+        self._head_bytes = 0  # bytes fed while the headers were incomplete
+        self._header_bytes = 0  # the headers' own size, as parsed
+        self._body_bytes = 0
         self._headed = False  # the answer's status line and headers are in
         self._framed = False  # the answer says where it ends (length or chunks)
 
@@ -99,8 +145,21 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self._headed:
+            # Until the headers are complete every byte is status line or header.
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
+            if not self._headed and self._head_bytes > self._max_header:
+                raise _Oversized(f"answer headers exceed {self._max_header} bytes")
+        except _Oversized as exc:
+            self._fail(AnswerTooLarge(f"{exc}: connection dropped", sent=True))
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Oversized):
+                self._fail(AnswerTooLarge(f"{cause}: connection dropped", sent=True))
+            else:
+                self._fail(WireError(f"malformed HTTP answer: {exc}", sent=True))
         except httptools.HttpParserUpgrade:
             self._fail(WireError("unexpected protocol upgrade", sent=True))
         except httptools.HttpParserError as exc:
@@ -124,15 +183,24 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self._max_header:
+            raise _Oversized(f"answer headers exceed {self._max_header} bytes")
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        declared = self._headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_body:
+            raise _Oversized(f"answer body of {declared} bytes exceeds {self._max_body} bytes")
         self._headed = True
         self._framed = "content-length" in self._headers or "chunked" in self._headers.get(
             "transfer-encoding", ""
         )
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._max_body:
+            raise _Oversized(f"answer body exceeds {self._max_body} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -183,6 +251,8 @@ class ConnectionPool:
         connect_timeout_s: float,
         keepalive_s: float = 50.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -198,6 +268,8 @@ class ConnectionPool:
         )
         self._connect_timeout_s = connect_timeout_s
         self._keepalive_s = keepalive_s
+        self._max_header_bytes = max_header_bytes
+        self._max_body_bytes = max_body_bytes
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(limit)
         self._open: set[_Connection] = set()
@@ -214,7 +286,11 @@ class ConnectionPool:
     async def send(
         self, head: bytes, headers: Mapping[str, str], body: bytes, timeout_s: float
     ) -> Answer:
-        """One request (``head`` from :meth:`head`; no Host or framing in ``headers``)."""
+        """One request (``head`` from :meth:`head`; no Host or framing in ``headers``).
+
+        Raises :class:`UnsafeHeader` before anything is sent if a header could split it.
+        """
+        check_headers(headers)
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         request = b"".join(
             (head, lines.encode("latin-1"), b"Content-Length: %d\r\n\r\n" % len(body), body)
@@ -262,7 +338,7 @@ class ConnectionPool:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, conn = await loop.create_connection(
-                    _Connection,
+                    lambda: _Connection(self._max_header_bytes, self._max_body_bytes),
                     self._host,
                     self._port,
                     ssl=self._ssl,
@@ -309,8 +385,12 @@ class WireTransport(httpx.AsyncBaseTransport):
         connect_timeout_s: float,
         keepalive_s: float = 50.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._limit = limit
+        self._max_header_bytes = max_header_bytes
+        self._max_body_bytes = max_body_bytes
         self._connect_timeout_s = connect_timeout_s
         self._keepalive_s = keepalive_s
         self._ssl = ssl_context
@@ -326,6 +406,8 @@ class WireTransport(httpx.AsyncBaseTransport):
                 connect_timeout_s=self._connect_timeout_s,
                 keepalive_s=self._keepalive_s,
                 ssl_context=self._ssl,
+                max_header_bytes=self._max_header_bytes,
+                max_body_bytes=self._max_body_bytes,
             )
         return pool
 
@@ -363,4 +445,13 @@ class WireTransport(httpx.AsyncBaseTransport):
         self._pools.clear()
 
 
-__all__ = ["Answer", "ConnectionPool", "WireError", "WireTimeout", "WireTransport"]
+__all__ = [
+    "AnswerTooLarge",
+    "Answer",
+    "ConnectionPool",
+    "UnsafeHeader",
+    "WireError",
+    "WireTimeout",
+    "WireTransport",
+    "check_headers",
+]

@@ -32,7 +32,7 @@ from fleet.gateway import GatewayConfig
 from fleet.gateway.loop import LoopGatewayClient
 from fleet.hotstate import Lease, connect, try_lock
 from fleet.provisioning import pipeline
-from fleet.secrets import AgentKeyRing, KeyVault
+from fleet.secrets import AgentKeyRing, KeyVault, new_vault_key
 from fleet.sla.models import ActionStatus, EpisodeState, SlaEpisode, SlaEscalation
 from fleet.storage.db import create_db_engine, migrate, session_factory, write_session
 from fleet.storage.records import Agent, AgentStatus
@@ -218,7 +218,7 @@ def commander(
     engine = create_db_engine(f"sqlite:///{data_dir / 'fleet.db'}")
     migrate(engine)
     sessions = session_factory(engine)
-    vault = KeyVault("contract-suite-secrets")
+    vault = KeyVault(new_vault_key())
     ring = AgentKeyRing(sessions, vault, gateway.admin_key)
     client = LoopGatewayClient(GatewayConfig(url=gateway.base_url, timeout_s=30.0), ring)
     redis = connect(redis_url)

@@ -25,6 +25,7 @@ from fleet.audit.verify import verify_log
 from fleet.storage.db import create_db_engine, migrate
 from fleet.storage.records import Agent, AgentStatus
 from stack.parts import celery_worker, producer_app, redis_server, wait_until
+from tests.support.trust import trust_env
 from workers.queues import FleetQueue
 
 pytestmark = pytest.mark.integration
@@ -115,6 +116,7 @@ def world(sandbox: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
             )
         )
 
+    trust = trust_env(tmp_path)
     log = AuditLog(
         engine,
         AuditFiles(
@@ -123,6 +125,7 @@ def world(sandbox: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
             tmp_path / "audit/archive",
             tmp_path / "reports",
         ),
+        public_key=trust["FLEET_AUDIT__PUBLIC_KEY"],
     )
     with redis_server(tmp_path / "redis") as redis_url:
         env = {
@@ -131,6 +134,7 @@ def world(sandbox: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
             "FLEET_DATA_DIR": str(tmp_path),
             "FLEET_POLICY_FILE": str(policy_file),
             "FLEET_GATEWAY__BASE_URL": sandbox.url,
+            **trust,
         }
         with celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=2, name="audit") as (
             _,

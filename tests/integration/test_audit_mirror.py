@@ -28,6 +28,7 @@ from fleet.runtime import Runtime
 from fleet.storage.db import create_db_engine, migrate
 from stack.parts import celery_worker, producer_app, redis_server, wait_until
 from tests.conftest import SandboxProcess
+from tests.support.trust import pinned_key
 from workers.queues import FleetQueue, TaskName
 from workers.runtime import enqueue_audit
 
@@ -45,6 +46,7 @@ def log(tmp_path: Path) -> Iterator[AuditLog]:
         AuditFiles(tmp_path / "k.pem", tmp_path / "c.jsonl", tmp_path / "a", tmp_path / "r"),
         clock=ManualClock(datetime(2026, 1, 1, tzinfo=UTC)),
         checkpoint_every=2,
+        public_key=pinned_key(tmp_path / "k.pem"),
     )
     engine.dispose()
 
@@ -191,6 +193,7 @@ def test_through_the_queue_and_a_real_worker_across_an_outage(
             tmp_path / "a",
             tmp_path / "r",
         ),
+        public_key=pinned_key(tmp_path / "audit/signing-key.pem"),
     )
     config = GatewayConfig(url=sandbox.gateway_url, admin_key=sandbox.admin_key, max_attempts=1)
     with redis_server(tmp_path / "redis") as redis_url, GatewayClient(config) as client:

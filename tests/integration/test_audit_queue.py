@@ -18,6 +18,7 @@ from fleet.audit.signing import read_checkpoint_file
 from fleet.audit.verify import verify_log
 from fleet.storage.db import create_db_engine, migrate
 from stack.parts import celery_worker, producer_app, redis_server, wait_until
+from tests.support.trust import trust_env, trusted
 from tests.support.workload import audit_events
 from workers.queues import FleetQueue
 from workers.runtime import enqueue_audit
@@ -44,8 +45,9 @@ def stack(redis_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], Audi
         "FLEET_DATABASE_URL": url,
         "FLEET_DATA_DIR": str(tmp_path),
         "FLEET_POLICY_FILE": str(policy_file),
+        **trust_env(tmp_path),
     }
-    settings = load_settings(data_dir=tmp_path, database_url=url, policy_file=policy_file)
+    settings = trusted(load_settings(data_dir=tmp_path, database_url=url, policy_file=policy_file))
     engine = create_db_engine(url)
     migrate(engine)
     yield env, AuditLog.from_settings(settings, engine=engine)

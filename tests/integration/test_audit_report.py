@@ -19,6 +19,7 @@ from fleet.audit.events import AuditEvent, build_event
 from fleet.audit.log import AuditLog
 from fleet.storage.db import create_db_engine, migrate, session_factory
 from fleet.storage.records import Agent, AgentStatus
+from tests.support.trust import trusted
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,9 @@ ELSEWHERE = "oth0-0000-aaaaaaaa"  # another fleet's agent
 
 @pytest.fixture
 def stored(tmp_path: Path) -> Iterator[tuple[Settings, Engine]]:
-    settings = load_settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'fleet.db'}")
+    settings = trusted(
+        load_settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'fleet.db'}")
+    )
     engine = create_db_engine(settings.sqlalchemy_url)
     migrate(engine)
     now = datetime.now(UTC)

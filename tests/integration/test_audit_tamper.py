@@ -24,6 +24,7 @@ from fleet.audit.verify import ProblemKind, verify_log
 from fleet.clock import ManualClock
 from fleet.storage.db import create_db_engine, migrate
 from tests.support.databases import postgres_available, postgres_database, sqlite_database
+from tests.support.trust import pinned_key
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,13 @@ def log(database_url: str, tmp_path: Path, clock: ManualClock) -> Iterator[Audit
         tmp_path / "archive",
         tmp_path / "reports",
     )
-    audit_log = AuditLog(engine, files, checkpoint_every=20, clock=clock)
+    audit_log = AuditLog(
+        engine,
+        files,
+        checkpoint_every=20,
+        clock=clock,
+        public_key=pinned_key(files.signing_key),
+    )
     for start in range(0, ENTRIES, 10):
         audit_log.append(
             [
@@ -242,8 +249,8 @@ def forge_checkpoint(log: AuditLog) -> None:
         head = _row(conn, 50)["hash"]
         conn.execute(
             sa.text(
-                "INSERT INTO audit_checkpoints VALUES"
-                " ('main', 50, :h, '2026-01-01T00:00:00.000000Z', :k, :sig)"
+                "INSERT INTO audit_checkpoints (chain, size, head, signed_at, key_id, signature)"
+                " VALUES ('main', 50, :h, '2026-01-01T00:00:00.000000Z', :k, :sig)"
             ),
             {"h": head, "k": log.signer.key_id, "sig": "00" * 64},
         )

@@ -26,6 +26,7 @@ from fleet.audit.verify import verify_log
 from fleet.clock import ManualClock
 from fleet.storage.db import create_db_engine, migrate, session_factory
 from fleet.storage.records import Agent, AgentStatus
+from tests.support.trust import pinned_key
 
 SETTINGS = load_settings()
 
@@ -74,6 +75,7 @@ def world(tmp_path: Path) -> Iterator[tuple[AuditLog, Approvals, ManualClock]]:
         engine,
         AuditFiles(tmp_path / "k.pem", tmp_path / "c.jsonl", tmp_path / "a", tmp_path / "reports"),
         clock=clock,
+        public_key=pinned_key(tmp_path / "k.pem"),
     )
 
     def record(events: Sequence[AuditEvent]) -> None:

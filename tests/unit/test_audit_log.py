@@ -22,6 +22,7 @@ from fleet.audit.signing import Checkpoint, load_signer, read_checkpoint_file, s
 from fleet.audit.verify import verify_log
 from fleet.clock import ManualClock
 from fleet.storage.db import create_db_engine, migrate
+from tests.support.trust import pinned_key
 
 
 @pytest.fixture
@@ -39,7 +40,13 @@ def log(tmp_path: Path, clock: ManualClock) -> Iterator[AuditLog]:
         tmp_path / "archive",
         tmp_path / "reports",
     )
-    yield AuditLog(engine, files, checkpoint_every=10, clock=clock)
+    yield AuditLog(
+        engine,
+        files,
+        checkpoint_every=10,
+        clock=clock,
+        public_key=pinned_key(files.signing_key),
+    )
     engine.dispose()
 
 
@@ -144,7 +151,7 @@ def test_an_export_verifies_alone_and_shows_tampering(
     everywhere.write_text(text.replace(f"{quote}late{quote}:true", f"{quote}late{quote}:false"))
     assert not verify_export(everywhere, pinned).ok
 
-    other_key = load_signer(tmp_path / "other.pem").public_hex
+    other_key = pinned_key(tmp_path / "other.pem")
     assert not verify_export(path, other_key).ok, "a different key does not vouch for it"
 
 

@@ -18,6 +18,7 @@ from fleet.clock import ManualClock
 from fleet.gateway import GatewayClient
 from fleet.storage.db import create_db_engine, migrate
 from tests.support.rest_gateway import RestGateway
+from tests.support.trust import pinned_key
 
 
 @pytest.fixture
@@ -34,6 +35,7 @@ def log(tmp_path: Path, clock: ManualClock) -> Iterator[AuditLog]:
         AuditFiles(tmp_path / "k.pem", tmp_path / "c.jsonl", tmp_path / "a", tmp_path / "r"),
         clock=clock,
         checkpoint_every=2,
+        public_key=pinned_key(tmp_path / "k.pem"),
     )
     engine.dispose()
 

@@ -22,7 +22,7 @@ from fleet.approvals.release import release_agent
 from fleet.clock import ManualClock
 from fleet.escalation.actions import ActionDeps, run_action
 from fleet.gateway import GatewayClient
-from fleet.secrets import AgentKeyRing, KeyVault
+from fleet.secrets import AgentKeyRing, KeyVault, new_vault_key
 from fleet.sla.models import (
     RESOLVE_TIER,
     ActionStatus,
@@ -109,7 +109,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     engine = create_db_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
     migrate(engine)
     sessions = session_factory(engine)
-    vault = KeyVault("k")
+    vault = KeyVault(new_vault_key())
     gateway = RestGateway()
     gateway.register("fleet-operator")
     agent_key = gateway.register(AGENT, "50.00")

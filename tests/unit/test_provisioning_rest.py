@@ -20,7 +20,7 @@ from fleet.clock import ManualClock
 from fleet.gateway import GatewayClient
 from fleet.hotstate import Lease
 from fleet.provisioning import lifecycle, pipeline
-from fleet.secrets import AgentKeyRing, KeyVault
+from fleet.secrets import AgentKeyRing, KeyVault, new_vault_key
 from fleet.storage.db import create_db_engine, migrate, session_factory
 from fleet.storage.records import Agent, AgentStatus, SlaContract
 from tests.support.rest_gateway import ADMIN_KEY, RestGateway
@@ -76,7 +76,7 @@ def make_env(tmp_path: Path) -> Iterator[Any]:
         engine = create_db_engine(f"sqlite:///{tmp_path / f'fleet{len(made)}.db'}")
         migrate(engine)
         sessions = session_factory(engine)
-        vault = KeyVault("test-secrets")
+        vault = KeyVault(new_vault_key())
         ring = AgentKeyRing(sessions, vault, ADMIN_KEY)
         gateway = RestGateway()
         gateway.register(TREASURY, "0.00")

@@ -19,15 +19,31 @@ router = APIRouter(prefix="/api/v1", tags=["audit"], dependencies=[Depends(requi
 @router.get("/audit/verify")
 def verify(rt: RuntimeDep) -> dict[str, Any]:
     """Re-check the chain and its signed checkpoints; ``ok`` false names the first bad entry."""
+    from fleet.audit.signing import UnpinnedKey
     from fleet.audit.verify import verify_log
 
-    return dict(verify_log(rt.audit_log).to_dict())
+    try:
+        return dict(verify_log(rt.audit_log).to_dict())
+    except UnpinnedKey as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
 
 
 @router.get("/audit/public-key")
 def public_key(rt: RuntimeDep) -> dict[str, str]:
-    signer = rt.audit_log.signer
-    return {"key_id": signer.key_id, "public_key": signer.public_hex, "pem": signer.public_pem()}
+    """The pinned key verify trusts (not whatever key file sits beside the database)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from fleet.audit.signing import UnpinnedKey, key_id_of
+
+    try:
+        key = rt.audit_log.trusted_public_key()
+    except UnpinnedKey as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    hex_key = (rt.audit_log.public_key or "").lower()
+    return {"key_id": key_id_of(hex_key), "public_key": hex_key, "pem": pem}
 
 
 @router.get("/audit/export")
