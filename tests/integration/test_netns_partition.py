@@ -141,7 +141,9 @@ class Servers:
 
 def _postgres_binaries() -> tuple[Path, Path, pwd.struct_passwd] | None:
     """initdb and postgres (on PATH, or Debian's versioned directory) and the user to run
-    them as: PostgreSQL refuses to run as root."""
+    them as (with setpriv): PostgreSQL refuses to run as root."""
+    if shutil.which("setpriv") is None:
+        return None
     on_path = shutil.which("initdb")
     candidates = [Path(on_path).parent] if on_path else []
     candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)

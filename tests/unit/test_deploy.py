@@ -5,6 +5,7 @@ every command (service or health check) is a real `fleet` entry point."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import tomllib
@@ -44,19 +45,35 @@ def fleet_services() -> dict[str, dict[str, Any]]:
     return {n: s for n, s in services().items() if s.get("image") == "fleet-commander:latest"}
 
 
-def resolve(command: list[str]) -> click.Command:
-    """Walk the `fleet` command tree as the image's ENTRYPOINT would; fail if not real."""
-    ctx = click.Context(fleet_cli)
-    cmd: click.Command = fleet_cli
+def console_scripts() -> dict[str, str]:
+    scripts: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "scripts"
+    ]
+    return scripts
+
+
+def resolve(command: list[str], root: click.Command = fleet_cli) -> click.Command:
+    """Walk a click command tree as the shell would; fail if the command is not real."""
+    ctx = click.Context(root)
+    cmd: click.Command = root
     args = list(command)
     while isinstance(cmd, click.Group) and args:
         sub = cmd.get_command(ctx, args[0])
-        assert sub is not None, f"`fleet {' '.join(command)}`: no such command {args[0]!r}"
+        assert sub is not None, f"`{' '.join(command)}`: no such command {args[0]!r}"
         cmd, args = sub, args[1:]
-    assert not isinstance(cmd, click.Group), f"`fleet {' '.join(command)}` names only a group"
+    assert not isinstance(cmd, click.Group), f"`{' '.join(command)}` names only a group"
     # The remaining words must parse as that command's arguments.
     cmd.make_context(cmd.name or "fleet", args, resilient_parsing=False)
     return cmd
+
+
+def resolve_script(argv: list[str]) -> click.Command:
+    """argv[0] is one of our console scripts; the rest must be a real command of it."""
+    target = console_scripts().get(argv[0])
+    assert target is not None, f"{argv[0]} is not a console script of pyproject.toml"
+    module, _, attribute = target.partition(":")
+    root = getattr(importlib.import_module(module), attribute)
+    return resolve(argv[1:], root)
 
 
 def mounts(svc: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -81,9 +98,14 @@ def substituted(value: str) -> str:
 
 
 def test_entrypoint_is_the_fleet_console_script() -> None:
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["fleet"] == "cli.main:main"
+    assert console_scripts()["fleet"] == "cli.main:main"
     assert 'ENTRYPOINT ["fleet"]' in (ROOT / "deploy" / "Dockerfile").read_text()
+
+
+def test_the_probe_knows_every_queue() -> None:
+    from cli.commands.probe import QUEUES
+
+    assert QUEUES == tuple(q.value for q in ALL_QUEUES)
 
 
 def test_the_image_carries_every_package_the_fleet_command_imports() -> None:
@@ -118,8 +140,8 @@ def test_every_fleet_command_and_health_check_is_a_real_entry_point() -> None:
         resolve(svc["command"])  # raises on an unknown command or bad arguments
         test = svc.get("healthcheck", {}).get("test")
         if test:
-            assert test[:2] == ["CMD", "fleet"], f"{name}: health check is not a fleet probe"
-            resolve(test[2:])
+            assert test[:2] == ["CMD", "fleet-probe"], f"{name}: health check is not a probe"
+            resolve_script(test[1:])
         checked += 1
     assert checked >= len(ALL_QUEUES) + 5
 
@@ -130,7 +152,7 @@ def test_every_queue_has_one_worker_service_probing_its_own_queue() -> None:
         if svc["command"][0] == "worker":
             queue = svc["command"][1]
             consumed.append(queue)
-            assert svc["healthcheck"]["test"] == ["CMD", "fleet", "probe", "worker", queue], name
+            assert svc["healthcheck"]["test"] == ["CMD", "fleet-probe", "worker", queue], name
             assert svc["restart"] == "unless-stopped"
     assert sorted(consumed) == sorted(q.value for q in ALL_QUEUES)
 

@@ -19,7 +19,7 @@ import yaml
 
 from config.settings import Settings
 from tests.support.kustomize import Resource, by_identity, load_documents, render
-from tests.unit.test_deploy import resolve
+from tests.unit.test_deploy import resolve, resolve_script
 from workers.queues import ALL_QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -274,8 +274,7 @@ def test_every_container_runs_a_real_command_with_probes_and_requests(
                 assert probe in container, f"{ident}: no {probe}"
                 command = container[probe].get("exec", {}).get("command")
                 if command:
-                    assert command[0] == "fleet", ident
-                    resolve(command[1:])
+                    resolve_script(command)
             if container["args"][0] == "worker":
                 queue = container["args"][1]
                 assert container["livenessProbe"]["exec"]["command"][-1] == queue, ident
