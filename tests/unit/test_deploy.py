@@ -201,7 +201,7 @@ def test_named_volumes_only_and_the_key_read_only_where_only_read() -> None:
         "api": ("audit-key", True),
     }
     data_users = {n for n, s in svcs.items() if mounts(s).get(DATA_MOUNT, ("",))[0] == "fleet-data"}
-    assert data_users == {"worker-audit", "api", "beat"}
+    assert data_users == {"worker-audit", "api"}
     for name, svc in fleet_services().items():
         assert svc["environment"]["FLEET_DATA_DIR"] == DATA_MOUNT, name
 

@@ -154,6 +154,7 @@ def test_beat_is_exactly_one_scheduler(overlay: tuple[str, list[Resource]]) -> N
     beat = beats[0]
     assert beat["spec"]["replicas"] == 1
     assert beat["spec"]["strategy"] == {"type": "Recreate"}
+    assert "volumes" not in pod_spec(beat), "beat's state is in Redis, beside its lock"
     scaled = {
         s["spec"]["scaleTargetRef"]["name"] for s in kinds(resources, "ScaledObject").values()
     }
