@@ -275,7 +275,8 @@ def _connects(engine: sa.Engine) -> bool:
 def test_worker_cut_off_mid_task_loses_and_doubles_nothing(
     network: Network, servers: Servers, tmp_path: Path
 ) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="fleet-netns-data-"))
+    data_dir = tmp_path / "data"  # the worker runs as root: the test's own tmp dir will do
+    data_dir.mkdir()
     policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
     policy["audit"]["mirror_enabled"] = False  # no gateway in this picture
     policy_file = data_dir / "policy.yaml"
@@ -352,7 +353,6 @@ def test_worker_cut_off_mid_task_loses_and_doubles_nothing(
     assert entries == len(events), f"{len(events) - entries} entries lost (or doubled)"
     assert distinct == len(events)
     assert report.ok and report.entries == len(events), report.summary()
-    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _worker_in_transaction(engine: sa.Engine, worker_ip: str) -> bool:
