@@ -6,6 +6,7 @@ every command (service or health check) is a real `fleet` entry point."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import tomllib
@@ -95,6 +96,19 @@ def substituted(value: str) -> str:
         return f"x{match['name'].lower()}"
 
     return ANY_VAR.sub(one, value).replace("$$", "$")
+
+
+def test_the_file_follows_the_compose_specification() -> None:
+    """Field names, enums (restart, depends_on conditions), durations and types, checked
+    by the Compose specification's own model; merge keys resolved as compose does."""
+    from compose_spec import PyCompose
+
+    doc = compose()
+    PyCompose.from_json(json.dumps(doc))
+    # Not vacuous: a misspelt key is refused.
+    doc["services"]["api"]["healthcheck"]["intervall"] = "5s"
+    with pytest.raises(ValueError, match="intervall"):
+        PyCompose.from_json(json.dumps(doc))
 
 
 def test_entrypoint_is_the_fleet_console_script() -> None:
