@@ -5,7 +5,6 @@ every command (service or health check) is a real `fleet` entry point."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -13,14 +12,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import yaml
 
-from cli.main import main as fleet_cli
 from config.errors import ConfigError
 from config.policy import load_policy
 from config.settings import Settings, load_settings
+from tests.support.entrypoints import console_scripts, resolve, resolve_script
 from workers.queues import ALL_QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +27,6 @@ KEY_MOUNT = "/var/lib/fleet/keys"
 REQUIRED_VAR = re.compile(r"\$\{(?P<name>[A-Z0-9_]+):\?(?P<message>[^}]+)\}")
 ANY_VAR = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?P<rest>[^}]*)\}")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|REDISCLI_AUTH")
-STORES = ("redis", "postgres")
 
 
 def compose() -> dict[str, Any]:
@@ -44,37 +41,6 @@ def services() -> dict[str, dict[str, Any]]:
 def fleet_services() -> dict[str, dict[str, Any]]:
     """The services that run our image (its ENTRYPOINT is `fleet`)."""
     return {n: s for n, s in services().items() if s.get("image") == "fleet-commander:latest"}
-
-
-def console_scripts() -> dict[str, str]:
-    scripts: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "scripts"
-    ]
-    return scripts
-
-
-def resolve(command: list[str], root: click.Command = fleet_cli) -> click.Command:
-    """Walk a click command tree as the shell would; fail if the command is not real."""
-    ctx = click.Context(root)
-    cmd: click.Command = root
-    args = list(command)
-    while isinstance(cmd, click.Group) and args:
-        sub = cmd.get_command(ctx, args[0])
-        assert sub is not None, f"`{' '.join(command)}`: no such command {args[0]!r}"
-        cmd, args = sub, args[1:]
-    assert not isinstance(cmd, click.Group), f"`{' '.join(command)}` names only a group"
-    # The remaining words must parse as that command's arguments.
-    cmd.make_context(cmd.name or "fleet", args, resilient_parsing=False)
-    return cmd
-
-
-def resolve_script(argv: list[str]) -> click.Command:
-    """argv[0] is one of our console scripts; the rest must be a real command of it."""
-    target = console_scripts().get(argv[0])
-    assert target is not None, f"{argv[0]} is not a console script of pyproject.toml"
-    module, _, attribute = target.partition(":")
-    root = getattr(importlib.import_module(module), attribute)
-    return resolve(argv[1:], root)
 
 
 def mounts(svc: dict[str, Any]) -> dict[str, tuple[str, bool]]:

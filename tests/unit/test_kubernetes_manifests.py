@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from config.settings import Settings
+from tests.support.entrypoints import resolve, resolve_script
 from tests.support.kustomize import Resource, by_identity, load_documents, render
-from tests.unit.test_deploy import resolve, resolve_script
 from workers.queues import ALL_QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
