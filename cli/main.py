@@ -14,6 +14,7 @@ from cli.commands import (
     bench,
     config,
     keys,
+    probe,
     provisioning,
     report,
     services,
@@ -48,6 +49,7 @@ main.add_command(services.flower)
 main.add_command(status.status)
 main.add_command(alerts.alerts_cmd)
 main.add_command(config.show_config)
+main.add_command(probe.probe)
 # Provisioning
 main.add_command(provisioning.validate)
 main.add_command(provisioning.manifest_schema)

@@ -152,21 +152,31 @@ def audit_export(since: str | None, until: str | None, fmt: str, output: str) ->
 
 
 @audit_group.command("init-key")
+@click.option(
+    "--if-missing",
+    is_flag=True,
+    help="a key that exists is kept and the command succeeds (for a deployment's one-shot)",
+)
 @config_errors_exit
-def audit_init_key() -> None:
+def audit_init_key(if_missing: bool) -> None:
     """Create the checkpoint signing key, once, and print the public key to pin.
 
     Refuses if a key exists: the key that signed the log is never replaced. Mount
     the key file read-only into the audit workers; verifiers need only the public key.
     """
     from fleet.audit.log import AuditFiles
-    from fleet.audit.signing import SigningKeyExists, init_signing_key
+    from fleet.audit.signing import SigningKeyExists, init_signing_key, load_signer
 
     path = AuditFiles.from_settings(settings_for_cli()).signing_key
     try:
         signer = init_signing_key(path)
     except SigningKeyExists as exc:
-        raise click.ClickException(str(exc)) from None
+        if not if_missing:
+            raise click.ClickException(str(exc)) from None
+        signer = load_signer(path)
+        click.echo(f"the audit signing key {path} exists: kept")
+        click.echo(f"FLEET_AUDIT__PUBLIC_KEY={signer.public_hex}")
+        return
     click.echo(f"created the audit signing key {path} (mode 0400; mount it read-only)")
     click.echo(signer.public_pem().rstrip())
     click.echo("# pin it in every process's configuration, e.g. the environment:")
