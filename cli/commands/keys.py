@@ -32,7 +32,7 @@ def import_key(rt: Runtime, agent_id: str, api_key: str, by: str) -> pipeline.Ke
     return result
 
 
-def _read_key(value: str) -> str:
+def read_secret(value: str, what: str = "KEY") -> str:
     """The key itself, or ``@FILE`` (``@-`` for stdin), so it need not sit in shell history."""
     if not value.startswith("@"):
         return value.strip()
@@ -40,12 +40,10 @@ def _read_key(value: str) -> str:
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except OSError as exc:
-        raise click.BadParameter(
-            f"cannot read {source}: {exc.strerror}", param_hint="KEY"
-        ) from None
+        raise click.BadParameter(f"cannot read {source}: {exc.strerror}", param_hint=what) from None
     key = text.strip()
     if not key:
-        raise click.BadParameter(f"{source} holds no key", param_hint="KEY")
+        raise click.BadParameter(f"{source} holds no key", param_hint=what)
     return key
 
 
@@ -68,7 +66,7 @@ def import_cmd(agent_id: str, key_or_file: str, imported_by: str) -> None:
     from workers.app import app
     from workers.runtime import on_demand
 
-    api_key = _read_key(key_or_file)
+    api_key = read_secret(key_or_file)
     migrate_database(settings_for_cli())
     rt = on_demand(app)
     try:
