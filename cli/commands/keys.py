@@ -1,14 +1,19 @@
-"""`fleet keys`: agents' gateway keys that only the operator can mint.
+"""`fleet keys`: agents' gateway keys that only the operator can mint, and their identity keys.
 
 The gateway grants no tier through its API: a pro key is minted with the
 operator's own tooling and handed to Fleet Commander here. The key is proved
 (a read made with it, the admin key list naming its tier), stored encrypted,
 and an agent that was waiting for it goes back to provisioning. It is never
 printed or logged.
+
+``fleet keys identity AGENT`` hands out the Ed25519 identity key provisioning
+made for the agent, for its deployment: the agent signs its heartbeats with it.
+Each export is audited.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -99,3 +104,41 @@ def waiting() -> None:
             agent = s.get(Agent, agent_id)
             reason = agent.failure_reason if agent is not None else None
             click.echo(f"{agent_id}\t{reason or 'waiting for a key'}")
+
+
+@keys_group.command("identity")
+@click.argument("agent_id")
+@click.option("--by", "exported_by", required=True, help="Who exports it (recorded in the audit).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the key to this new file (mode 0600) instead of stdout.",
+)
+@config_errors_exit
+def identity_cmd(agent_id: str, exported_by: str, out: Path | None) -> None:
+    """Export AGENT_ID's identity key (64 hex, Ed25519) for the agent's deployment.
+
+    The agent signs its heartbeats with it (`fleet heartbeat run --identity-key @FILE`).
+    """
+    from fleet.secrets import SecretsError
+    from stack.processes import migrate_database
+    from workers.app import app
+    from workers.runtime import on_demand
+
+    migrate_database(settings_for_cli())
+    rt = on_demand(app)
+    try:
+        private = pipeline.export_identity_key(rt.provisioning, agent_id, exported_by)
+    except (LookupError, SecretsError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None
+    if out is None:
+        click.echo(private)
+        return
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create {out}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(private + "\n")
+    click.echo(f"{agent_id}: identity key written to {out}")

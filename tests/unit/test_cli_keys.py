@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cli.commands.keys import import_key
 from cli.main import main
 from fleet.gateway import Auth
 from fleet.gateway import operations as ops
+from fleet.monitoring.heartbeats import private_key_hex, public_key_hex
+from fleet.provisioning import identity
 from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus
 from stack.bootstrap import DemoOperator, ensure_system_agents
@@ -182,3 +185,50 @@ def test_demo_operator_gives_each_waiting_agent_a_key_of_its_groups_tier(
     }
     assert sorted(_provision_messages(runtime)) == sorted([pro, starter])
     assert operator.step() == []  # nobody waits any more
+
+
+def test_identity_exports_the_agents_identity_key_audited_and_only_to_a_new_private_file(
+    runtime: RecordingRuntime, tmp_path: Path
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    agent_id = f"t-idk-{uuid.uuid4().hex[:10]}"
+    now = datetime.now(UTC)
+    with write_session(runtime.sessions) as s:
+        s.add(
+            Agent(
+                agent_id=agent_id,
+                fleet="keys-test",
+                environment="test",
+                id_prefix="t-idk",
+                tier="free",
+                capabilities=[],
+                sla_template="standard-support",
+                status=AgentStatus.ACTIVE,
+                steps_done=[],
+                extra={
+                    "public_key": public_key_hex(key),
+                    identity.ENCRYPTED: runtime.vault.encrypt(private_key_hex(key)),
+                },
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    out = tmp_path / "identity.key"
+    result = CliRunner().invoke(
+        main, ["keys", "identity", agent_id, "--by", "deployer", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_text().strip() == private_key_hex(key)
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert private_key_hex(key) not in result.output
+    (event,) = [e for e in runtime.events if e.action == "export_identity_key"]
+    assert event.subject == agent_id and private_key_hex(key) not in event.model_dump_json()
+
+    again = CliRunner().invoke(
+        main, ["keys", "identity", agent_id, "--by", "deployer", "--out", str(out)]
+    )
+    assert again.exit_code == 1 and "cannot create" in again.output  # never overwritten
+    printed = CliRunner().invoke(main, ["keys", "identity", agent_id, "--by", "deployer"])
+    assert printed.output.strip() == private_key_hex(key)
+    unknown = CliRunner().invoke(main, ["keys", "identity", "nobody-here", "--by", "deployer"])
+    assert unknown.exit_code == 1 and "nobody-here" in unknown.output
