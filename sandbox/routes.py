@@ -206,6 +206,24 @@ async def register_identity(c: Call) -> dict[str, Any]:
     return {"agent_id": agent_id, "public_key": agent.public_key, "created_at": agent.created_at}
 
 
+async def verify_agent(c: Call) -> dict[str, Any]:
+    """Whether ``signature`` (hex) is the agent's identity key's Ed25519 signature of
+    ``message`` (its UTF-8 bytes), as the real identity API checks it."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    agent_id = c.params["agent_id"]
+    agent = c.state.agents.get(agent_id)
+    if agent is None:
+        raise Problem(404, "agent_not_found", f"Agent not found: {agent_id}")
+    try:
+        public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(agent.public_key))
+        public.verify(bytes.fromhex(c.body["signature"]), c.body["message"].encode())
+    except (InvalidSignature, ValueError):
+        return {"valid": False}
+    return {"valid": True}
+
+
 async def get_reputation(c: Call) -> dict[str, Any]:
     agent_id = c.params["agent_id"]
     found = agent_id in c.state.agents
@@ -1215,6 +1233,13 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", "/v1/identity/agents", "search_agents_by_metrics", search_agents),
     Route("GET", "/v1/identity/agents/{agent_id}", "get_agent_identity", get_identity),
+    Route(
+        "POST",
+        "/v1/identity/agents/{agent_id}/verify",
+        "verify_agent",
+        verify_agent,
+        {"message": F("str", required=True), "signature": F("str", required=True)},
+    ),
     Route(
         "GET", "/v1/identity/agents/{agent_id}/reputation", "get_agent_reputation", get_reputation
     ),
