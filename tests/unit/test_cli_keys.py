@@ -16,7 +16,12 @@ from cli.commands.keys import import_key
 from cli.main import main
 from fleet.gateway import Auth
 from fleet.gateway import operations as ops
-from fleet.monitoring.heartbeats import private_key_hex, public_key_hex
+from fleet.monitoring.heartbeats import (
+    EVENT_TYPE,
+    private_key_hex,
+    public_key_hex,
+    verify_heartbeat,
+)
 from fleet.provisioning import identity
 from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus
@@ -232,3 +237,39 @@ def test_identity_exports_the_agents_identity_key_audited_and_only_to_a_new_priv
     assert printed.output.strip() == private_key_hex(key)
     unknown = CliRunner().invoke(main, ["keys", "identity", "nobody-here", "--by", "deployer"])
     assert unknown.exit_code == 1 and "nobody-here" in unknown.output
+
+
+def test_demo_operator_hands_each_provisioned_agents_identity_key_to_its_sandbox_runtime(
+    on_sandbox: None, runtime: RecordingRuntime, sandbox: SandboxProcess
+) -> None:
+    agent_id = _registered_agent(runtime, AgentStatus.ACTIVE)
+    key = Ed25519PrivateKey.generate()
+    runtime.gateway.run(ops.set_identity_key(agent_id, public_key_hex(key), auth=Auth.ADMIN))
+    with write_session(runtime.sessions) as s:
+        row = s.get(Agent, agent_id)
+        assert row is not None
+        row.extra = {
+            **row.extra,
+            "public_key": public_key_hex(key),
+            identity.ENCRYPTED: runtime.vault.encrypt(private_key_hex(key)),
+        }
+    not_yet = _registered_agent(runtime, AgentStatus.PROVISIONING)  # before its identity step
+    sandbox.set_profile(agent_id, "healthy")
+    operator = DemoOperator(
+        runtime,
+        sandbox.mint_key,
+        lambda a, k, by: import_key(runtime, a, k, by),
+        hand_identity_key=sandbox.hand_identity_key,
+    )
+
+    done = operator.deploy_identities()
+
+    assert [(d.agent_id, d.refused) for d in done if d.agent_id in (agent_id, not_yet)] == [
+        (agent_id, None)
+    ]
+    assert operator.deploy_identities() == []  # once per agent
+    assert any(e.action == "export_identity_key" and e.subject == agent_id for e in runtime.events)
+    sandbox.tick()
+    events = runtime.gateway.run(ops.get_events(EVENT_TYPE, limit=1000)).events
+    (mine,) = [e for e in events if e.source == agent_id]
+    verify_heartbeat(agent_id, mine.payload, key.public_key())

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.gateway import GatewayClient, GatewayConfig, StaticKeyRing
 from fleet.gateway.errors import AuthError
+from fleet.monitoring import heartbeats
 from fleet.monitoring.heartbeats import (
     DOMAIN,
     EVENT_TYPE,
@@ -18,6 +23,7 @@ from fleet.monitoring.heartbeats import (
     HeartbeatMetrics,
     HeartbeatRejected,
     Rejection,
+    canonical_json,
     heartbeat_event,
     load_private_key,
     load_public_key,
@@ -217,3 +223,52 @@ def test_metrics_from_outside_are_validated_naming_the_field() -> None:
         parse_metrics({"error_rate": 2})
     with pytest.raises(ValueError, match="latency_p99"):
         parse_metrics({"latency_p99": 3})
+
+
+# --- the canonical encoder -------------------------------------------------------------
+
+_safe_ints = st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+# Plus the band where orjson and ECMAScript write the same float differently (1e-6: "1e-6"
+# against "0.000001").
+_floats = st.floats(allow_nan=False, allow_infinity=False) | st.floats(1e-7, 1e-4)
+_scalars = st.none() | st.booleans() | _safe_ints | _floats | st.text()
+_json = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_json)
+def test_canonical_json_is_rfc8785_for_any_json(value: Any) -> None:
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {
+            "seq": st.integers(min_value=0, max_value=2**53 - 1),
+            "sent_at": st.floats(min_value=1e-9, max_value=1e12),
+            "interval_s": st.floats(min_value=1e-3, max_value=86400),
+            "metrics": st.dictionaries(
+                st.sampled_from(sorted(HeartbeatMetrics.model_fields)), _floats | _safe_ints
+            ),
+        }
+    )
+)
+def test_numbers_read_as_decimal_encode_as_the_floats_they_are(payload: dict[str, Any]) -> None:
+    # The gateway client parses JSON numbers as Decimal: the signed bytes must not change.
+    as_decimal = json.loads(json.dumps(payload), parse_float=Decimal)
+    assert canonical_json(as_decimal) == rfc8785.dumps(payload)
+
+
+def test_a_heartbeat_takes_the_fast_path(key: Ed25519PrivateKey) -> None:
+    payload = sign_heartbeat(_heartbeat(), key)
+    assert heartbeats._plain(payload) is not None  # orjson, not the rfc8785 fallback
+
+
+def test_numbers_python_and_ecmascript_print_differently_go_to_rfc8785() -> None:
+    for number in (1e-5, 1e-6, 3.5e-6, 1e-7, 1e16, 1.5e20, 1e21, 2.0**53, -0.0, 5e-324):
+        assert canonical_json({"x": number}) == rfc8785.dumps({"x": number}), number
