@@ -116,29 +116,33 @@ def canonical_json(value: Any) -> bytes:
 
 def _plain(value: Any) -> Any:
     """``value`` with integral floats as ints, or None if orjson could differ from RFC 8785."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, float | Decimal):
-        number = float(value)
-        if not math.isfinite(number):
-            return None
-        if number.is_integer():
-            return int(number) if abs(number) < _SAFE_INT else None
-        return number if _PLAIN_LOW <= abs(number) < _PLAIN_HIGH else None
-    if isinstance(value, int):
-        return value if -_SAFE_INT < value < _SAFE_INT else None
-    if isinstance(value, str):
-        return value if value.isprintable() else None
-    if isinstance(value, Mapping):
+    kind = type(value)
+    # Exact types first, in the order a heartbeat holds them: this runs per value.
+    if kind is dict:
         out = {}
         for key, item in value.items():
-            if not (isinstance(key, str) and key.isascii() and key.isprintable()):
+            if type(key) is not str or not (key.isascii() and key.isprintable()):
                 return None  # RFC 8785 sorts by UTF-16 code units
             plain = _plain(item)
             if plain is None and item is not None:
                 return None
             out[key] = plain
         return out
+    if kind is float or kind is Decimal:
+        number = float(value)
+        if number.is_integer():
+            return int(number) if -_SAFE_INT < number < _SAFE_INT else None
+        if not math.isfinite(number):
+            return None
+        return number if _PLAIN_LOW <= abs(number) < _PLAIN_HIGH else None
+    if kind is int:
+        return value if -_SAFE_INT < value < _SAFE_INT else None
+    if kind is str:
+        return value if value.isprintable() else None
+    if kind is bool or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return _plain(dict(value))
     if isinstance(value, list | tuple):
         items = []
         for item in value:
@@ -147,7 +151,7 @@ def _plain(value: Any) -> Any:
                 return None
             items.append(plain)
         return items
-    return None
+    return None  # subclasses of int, float, str (enums…): rfc8785 decides
 
 
 def _floats(value: Any) -> Any:
