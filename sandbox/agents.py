@@ -120,13 +120,16 @@ class AgentRuntimes:
         self._signers[agent.agent_id] = (agent.public_key, key)
         return key
 
-    def heartbeating(self) -> Iterable[Agent]:
-        """Agents with a runtime (seeded, or given their key) that are alive and can sign."""
-        handed = self.state.identity_keys
-        for agent in self.state.agents.values():
-            if agent.profile == DEAD or not (agent.simulated or agent.agent_id in handed):
-                continue
-            if self.signer(agent) is not None:
+    def has_runtime(self, agent: Agent) -> bool:
+        """Seeded, or given its key, and alive (whether it can sign is :meth:`signer`'s)."""
+        return agent.profile != DEAD and (
+            agent.simulated or agent.agent_id in self.state.identity_keys
+        )
+
+    def heartbeating(self, agents: Iterable[Agent] | None = None) -> Iterable[Agent]:
+        """Agents with a runtime that can sign (of ``agents``, default all)."""
+        for agent in self.state.agents.values() if agents is None else agents:
+            if self.has_runtime(agent) and self.signer(agent) is not None:
                 yield agent
 
     # --- heartbeats ------------------------------------------------------------------
@@ -160,10 +163,15 @@ class AgentRuntimes:
             return []
         interval = self.interval_s
         out = []
-        for agent in self.heartbeating():
+        # The slot first: a key is derived (~0.1-0.5 ms) only when its agent beats, so a
+        # big fleet's keys are made over the first interval, not in one stall.
+        for agent in self.state.agents.values():
+            if not self.has_runtime(agent):
+                continue
             phase = self.phase(agent)
             if math.floor((now - phase) / interval) > math.floor((last - phase) / interval):
-                out.append(agent)
+                if self.signer(agent) is not None:
+                    out.append(agent)
         return out
 
     def beat_due(self, now: float) -> int:
@@ -198,12 +206,14 @@ class AgentRuntimes:
         self.sent += len(signed)
         return Burst(len(signed), len({a for a, _ in signed}), first, last)
 
-    def pick(self, agents: list[str] | int | None) -> list[Agent]:
-        """Named agents (each must be able to sign), or the first N that heartbeat."""
+    def pick(self, agents: list[str] | int | None, among: list[Agent]) -> list[Agent]:
+        """Named agents (each must be able to sign), or the first N of ``among`` that
+        heartbeat (a snapshot of the agents, so this may run off the loop)."""
         if isinstance(agents, list):
+            by_id = {a.agent_id: a for a in among}
             picked = []
             for agent_id in agents:
-                agent = self.state.agents.get(agent_id)
+                agent = by_id.get(agent_id)
                 if agent is None:
                     raise LookupError(f"no agent {agent_id!r}")
                 if self.signer(agent) is None:
@@ -211,7 +221,7 @@ class AgentRuntimes:
                 picked.append(agent)
             return picked
         out: list[Agent] = []
-        for agent in self.heartbeating():
+        for agent in self.heartbeating(among):
             if agents is not None and len(out) >= agents:
                 break
             out.append(agent)
