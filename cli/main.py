@@ -13,6 +13,7 @@ from cli.commands import (
     audit,
     bench,
     config,
+    heartbeat,
     keys,
     probe,
     provisioning,
@@ -58,6 +59,7 @@ main.add_command(provisioning.retire)
 main.add_command(provisioning.upgrade)
 main.add_command(provisioning.db)
 main.add_command(keys.keys_group)
+main.add_command(heartbeat.heartbeat_group)
 # SLA, audit, oversight
 main.add_command(sla.sla_group)
 main.add_command(audit.audit_group)

@@ -14,8 +14,9 @@ Surface
 Every route in :data:`sandbox.routes.ROUTES` (identity, billing, payments,
 disputes, marketplace, messaging, events, trust), plus ``GET /v1/health``,
 ``POST /v1/execute`` (410, as the real one) and ``GET /v1/events/stream``
-(SSE: ``since_id`` or ``Last-Event-ID``, ``: heartbeat`` comments, closed after
-``--sse-lifetime-s``). Keys, tiers, the admin scope, ownership, per-agent
+(SSE as the real one: ``Last-Event-ID`` over ``since_id``, at most 100 events
+per 1 s poll, ``: heartbeat`` every 5 s, closed after ``--sse-lifetime-s``; the
+bus keeps events ``--events-retention-s``, 24 h). Keys, tiers, the admin scope, ownership, per-agent
 sliding hours (free 100 … enterprise 100,000, recorded before the check),
 deposit caps, budget caps, freeze, idempotency keys, the 300 s rotation grace
 (``--key-grace-s``), costs and ``X-Charged``, RFC 9457 problems and the
@@ -27,9 +28,10 @@ State lives in memory and is written behind to ``<data-dir>/sandbox.db``
 (SQLite, WAL) twice a second and at shutdown, so a restart keeps the fleet;
 ``--memory`` keeps none. Seeded agents (``--agents N``, ``POST /_sandbox/seed``)
 carry a behaviour profile (healthy, flaky, degrading, cost_runaway, dead) that
-produces their metrics and spending. The operator's control API is under
-``/_sandbox/`` (see :mod:`sandbox.control`), faults under ``/_sandbox/faults``
-(see :mod:`sandbox.faults`).
+produces their metrics and spending, and publishes signed heartbeats at
+``--heartbeat-interval-s`` (dead agents are silent; see :mod:`sandbox.agents`).
+The operator's control API is under ``/_sandbox/`` (see :mod:`sandbox.control`),
+faults under ``/_sandbox/faults`` (see :mod:`sandbox.faults`).
 
 Plain ``GET`` requests of the REST routes (no body, a path that needs no
 decoding) are framed and answered by a lean HTTP/1.1 front

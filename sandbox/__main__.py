@@ -31,6 +31,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _faults(text: str) -> dict[str, Any]:
     raw = Path(text[1:]).read_bytes() if text.startswith("@") else text.encode()
     try:
@@ -137,6 +144,32 @@ def parse_args(argv: list[str] | None = None) -> SandboxOptions:
         type=_non_negative,
         default=defaults.sse_heartbeat_s,
         help="seconds between ': heartbeat' comments (default %(default)s)",
+    )
+    a(
+        "--sse-poll-s",
+        type=_non_negative,
+        default=defaults.sse_poll_s,
+        help="how often the stream reads the bus, as the real one (0: on every publish) "
+        "(default %(default)s)",
+    )
+    a(
+        "--sse-batch",
+        type=_positive_int,
+        default=defaults.sse_batch,
+        help="events the stream reads per poll, as the real one (default %(default)s)",
+    )
+    a(
+        "--events-retention-s",
+        type=_non_negative,
+        default=defaults.events_retention_s,
+        help="how long the bus keeps an event (default %(default)s)",
+    )
+    a(
+        "--heartbeat-interval-s",
+        type=_non_negative,
+        default=defaults.heartbeat_interval_s,
+        help="simulated agents publish a signed heartbeat this often; 0: only on "
+        "/_sandbox/tick and bursts (default: the policy's, %(default)s)",
     )
     a(
         "--keep-alive-after-error",

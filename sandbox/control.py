@@ -16,8 +16,21 @@ Paths (none exists on the real gateway; none is faulted or counted):
                                        outside its API) → ``{"key", "agent_id", "tier"}``
 ``GET /_sandbox/agents/{id}``          agent, keys, wallet, rate window, profile
 ``PUT /_sandbox/agents/{id}``          ``{"profile": "degrading"}``: pin a behaviour from now
+``PUT /_sandbox/agents/{id}/identity-key``
+                                       ``{"private_key": "<64 hex>"}``: the agent's runtime now
+                                       holds its identity key (the one our provisioning made):
+                                       it heartbeats by its profile. 400 unless the key's public
+                                       half is the identity key on record
+                                       → ``{"agent_id", "public_key", "heartbeating"}``
+``POST /_sandbox/heartbeats/burst``    ``{"rounds": N, "agents": [ids] | count}`` (default every
+                                       agent that heartbeats): N rounds of signed heartbeats of
+                                       those agents, signed first, then put on the bus at once
+                                       → ``{"published", "agents", "first_id", "last_id",
+                                       "signed_in_s"}``
+``GET /_sandbox/heartbeats``           the cadence, how many agents heartbeat, how many were sent
 ``POST /_sandbox/tick``                every simulated agent spends what its profile spent since
-                                       the last tick and publishes a ``fleet.agent.heartbeat``
+                                       the last tick, and every agent that heartbeats publishes
+                                       one signed ``fleet.agent.heartbeat`` now
 ``POST /_sandbox/flush``               write the state file now
 ``GET /_sandbox/state``                counts of agents, keys, wallets, escrows, disputes, events
 ``POST /_sandbox/reset``               wipe state and counters, restore start-up faults
@@ -26,6 +39,7 @@ Paths (none exists on the real gateway; none is faulted or counted):
 
 from __future__ import annotations
 
+import asyncio
 import time
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -42,6 +56,8 @@ if TYPE_CHECKING:
     from sandbox.server import Sandbox
 
 SEED_LISTED = 20_000
+# Events one burst may put on the bus (the bus keeps 200,000).
+MAX_BURST = 200_000
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -199,22 +215,79 @@ def add_control_routes(app: web.Application, sb: Sandbox) -> None:
     async def tick(request: web.Request, body: dict[str, Any]) -> web.Response:
         st = sb.state
         now = time.time()
-        beats = 0
         for agent in list(st.agents.values()):
-            if not agent.simulated:
-                continue
-            st.settle(agent, now)
-            if PROFILE_NAMES[agent.profile] == "dead":
-                continue
-            st.publish(
-                "fleet.agent.heartbeat",
-                agent.agent_id,
-                {"agent_id": agent.agent_id, "metrics": st.behaviour_metrics(agent, now)},
-                now,
-            )
-            beats += 1
+            if agent.simulated:
+                st.settle(agent, now)
+        beats = sb.runtimes.beat_all(now)
         sb.notify()
         return _ok({"heartbeats": beats})
+
+    async def identity_key(request: web.Request, body: dict[str, Any]) -> web.Response:
+        agent_id = request.match_info["agent_id"]
+        private_key = body.get("private_key")
+        if not isinstance(private_key, str):
+            return _error(400, "bad_key", "private_key: must be 64 hex characters")
+        try:
+            public = sb.runtimes.hand_key(agent_id, private_key)
+        except LookupError as exc:
+            return _error(404, "unknown_agent", str(exc))
+        except ValueError as exc:
+            return _error(400, "bad_key", f"private_key: {exc}")
+        agent = sb.state.agents[agent_id]
+        return _ok(
+            {
+                "agent_id": agent_id,
+                "public_key": public,
+                "heartbeating": PROFILE_NAMES[agent.profile] != "dead",
+            }
+        )
+
+    async def burst(request: web.Request, body: dict[str, Any]) -> web.Response:
+        rounds = body.get("rounds", 1)
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 1000:
+            return _error(400, "bad_rounds", "rounds: must be an integer 1..1000")
+        agents = body.get("agents")
+        valid_list = isinstance(agents, list) and all(isinstance(a, str) for a in agents)
+        valid_count = isinstance(agents, int) and not isinstance(agents, bool) and agents >= 0
+        if agents is not None and not (valid_list or valid_count):
+            return _error(400, "bad_agents", "agents: a list of agent ids or a count")
+        runtimes = sb.runtimes
+        started = time.monotonic()
+        # Picking (keys derived on first use) and signing are the slow part, and the
+        # bench measures ingest: both off the loop, then everything published at once.
+        among = list(sb.state.agents.values())
+        try:
+            picked = await asyncio.to_thread(runtimes.pick, agents, among)
+        except LookupError as exc:
+            return _error(404, "unknown_agent", str(exc))
+        except ValueError as exc:
+            return _error(400, "cannot_sign", str(exc))
+        if len(picked) * rounds > MAX_BURST:
+            return _error(400, "too_many", f"rounds x agents must be at most {MAX_BURST}")
+        now = time.time()
+        signed = await asyncio.to_thread(runtimes.sign_burst, rounds, picked, now)
+        signed_in = time.monotonic() - started
+        done = runtimes.publish_burst(signed, time.time())
+        sb.notify()
+        return _ok(
+            {
+                "published": done.published,
+                "agents": done.agents,
+                "first_id": done.first_id,
+                "last_id": done.last_id,
+                "signed_in_s": round(signed_in, 3),
+            }
+        )
+
+    async def heartbeats(request: web.Request, body: dict[str, Any]) -> web.Response:
+        runtimes = sb.runtimes
+        return _ok(
+            {
+                "interval_s": runtimes.interval_s,
+                "agents": sum(1 for _ in runtimes.heartbeating()),
+                "sent": runtimes.sent,
+            }
+        )
 
     async def flush(request: web.Request, body: dict[str, Any]) -> web.Response:
         sb.store.flush()
@@ -255,6 +328,9 @@ def add_control_routes(app: web.Application, sb: Sandbox) -> None:
     r.add_post("/_sandbox/keys", guarded(mint_key))
     r.add_get("/_sandbox/agents/{agent_id}", guarded(agent_get))
     r.add_put("/_sandbox/agents/{agent_id}", guarded(agent_put))
+    r.add_put("/_sandbox/agents/{agent_id}/identity-key", guarded(identity_key))
+    r.add_post("/_sandbox/heartbeats/burst", guarded(burst))
+    r.add_get("/_sandbox/heartbeats", guarded(heartbeats))
     r.add_post("/_sandbox/tick", guarded(tick))
     r.add_post("/_sandbox/flush", guarded(flush))
     r.add_get("/_sandbox/state", guarded(state))
@@ -363,6 +439,25 @@ class SandboxControl:
         result: dict[str, Any] = self._request(
             "PUT", f"/agents/{agent_id}", json={"profile": profile}
         )
+        return result
+
+    def hand_identity_key(self, agent_id: str, private_key: str) -> dict[str, Any]:
+        """Give the agent's runtime its identity key: from now on it heartbeats, signed."""
+        result: dict[str, Any] = self._request(
+            "PUT", f"/agents/{agent_id}/identity-key", json={"private_key": private_key}
+        )
+        return result
+
+    def burst(self, rounds: int, agents: list[str] | int | None = None) -> dict[str, Any]:
+        """``rounds`` signed heartbeats of each agent put on the bus at once."""
+        body: dict[str, Any] = {"rounds": rounds}
+        if agents is not None:
+            body["agents"] = agents
+        result: dict[str, Any] = self._request("POST", "/heartbeats/burst", json=body)
+        return result
+
+    def heartbeats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/heartbeats")
         return result
 
     def tick(self) -> dict[str, Any]:

@@ -206,6 +206,24 @@ async def register_identity(c: Call) -> dict[str, Any]:
     return {"agent_id": agent_id, "public_key": agent.public_key, "created_at": agent.created_at}
 
 
+async def verify_agent(c: Call) -> dict[str, Any]:
+    """Whether ``signature`` (hex) is the agent's identity key's Ed25519 signature of
+    ``message`` (its UTF-8 bytes), as the real identity API checks it."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    agent_id = c.params["agent_id"]
+    agent = c.state.agents.get(agent_id)
+    if agent is None:
+        raise Problem(404, "agent_not_found", f"Agent not found: {agent_id}")
+    try:
+        public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(agent.public_key))
+        public.verify(bytes.fromhex(c.body["signature"]), c.body["message"].encode())
+    except (InvalidSignature, ValueError):
+        return {"valid": False}
+    return {"valid": True}
+
+
 async def get_reputation(c: Call) -> dict[str, Any]:
     agent_id = c.params["agent_id"]
     found = agent_id in c.state.agents
@@ -1107,7 +1125,12 @@ async def publish_event(c: Call) -> dict[str, Any]:
 def events_after(
     state: State, since_id: int, event_type: str | None, source: str | None, limit: int
 ) -> tuple[list[dict[str, Any]], int]:
-    """Events after ``since_id`` that match, and the last id looked at."""
+    """Events after ``since_id`` that match, and the last id looked at.
+
+    As the real bus: ``limit`` bounds the events of ``event_type`` read in one go
+    (its SQL), and ``source`` is filtered after, so a filtered stream still moves
+    ``limit`` events further per poll.
+    """
     out: list[dict[str, Any]] = []
     events = state.events
     if not events or events[-1]["id"] <= since_id:
@@ -1115,13 +1138,16 @@ def events_after(
     # Ids are dense and increasing: start at the first one after since_id.
     start = max(0, since_id - events[0]["id"] + 1)
     last = since_id
+    read = 0
     for i in range(start, len(events)):
         e = events[i]
         last = e["id"]
-        if (event_type and e["event_type"] != event_type) or (source and e["source"] != source):
+        if event_type and e["event_type"] != event_type:
             continue
-        out.append(e)
-        if len(out) >= limit:
+        read += 1
+        if not source or e["source"] == source:
+            out.append(e)
+        if read >= limit:
             break
     return out, last
 
@@ -1129,6 +1155,7 @@ def events_after(
 async def get_events(c: Call) -> dict[str, Any]:
     since = q_int(c.query, "since_id", 0, 0, 2**62)
     limit = q_int(c.query, "limit", 100, 1, 1000)
+    c.state.expire_events(c.now)
     found, _ = events_after(c.state, since, c.query.get("event_type"), None, limit)
     return {"events": found}
 
@@ -1167,7 +1194,8 @@ async def register(c: Call) -> dict[str, Any]:
         or not 1 <= len(agent_id) <= 128
     ):
         raise bad_request("Invalid request body")
-    if agent_id in c.state.agents:
+    # The wallet says whether it is registered: an identity may have been made first.
+    if agent_id in c.state.wallets:
         raise Problem(409, "already_exists", f"Agent '{agent_id}' is already registered")
     agent, key = c.state.register(agent_id, c.now)
     return {
@@ -1205,6 +1233,13 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", "/v1/identity/agents", "search_agents_by_metrics", search_agents),
     Route("GET", "/v1/identity/agents/{agent_id}", "get_agent_identity", get_identity),
+    Route(
+        "POST",
+        "/v1/identity/agents/{agent_id}/verify",
+        "verify_agent",
+        verify_agent,
+        {"message": F("str", required=True), "signature": F("str", required=True)},
+    ),
     Route(
         "GET", "/v1/identity/agents/{agent_id}/reputation", "get_agent_reputation", get_reputation
     ),

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from sandbox.agents import AgentRuntimes
 from sandbox.behaviour import ProfileMix
 from sandbox.fastpath import FastProtocol, Router, close_all
 from sandbox.faults import (
@@ -91,6 +92,14 @@ class SandboxOptions:
     key_grace_s: float = 300.0
     sse_lifetime_s: float = 3600.0
     sse_heartbeat_s: float = 5.0
+    # As the real stream: a read of at most sse_batch events every sse_poll_s
+    # (0: wake on each publish, for benchmarks that measure the consumer).
+    sse_poll_s: float = 1.0
+    sse_batch: int = 100
+    events_retention_s: float = 86400.0
+    # Simulated agents heartbeat this often (0: only on /_sandbox/tick or bursts);
+    # from settings it is the policy's monitoring.heartbeat_interval_s.
+    heartbeat_interval_s: float = 60.0
     # The real server drops a keep-alive connection after some error answers.
     close_after_error: bool = True
     flush_interval_s: float = 0.5
@@ -113,6 +122,7 @@ class SandboxOptions:
             "timeout_s": sb.timeout_s,
             "admin_key": settings.gateway.admin_key.get_secret_value(),
             "data_dir": str(settings.data_dir),
+            "heartbeat_interval_s": settings.policy.monitoring.heartbeat_interval_s,
         }
         values.update(overrides)
         return cls(**values)
@@ -159,6 +169,8 @@ class Sandbox:
         path = None if options.memory else Path(options.data_dir) / "sandbox.db"
         self.store = Store(path)
         self.state = State(seed=options.seed, mix=self.mix, store=self.store)
+        self.state.events_retention_s = options.events_retention_s
+        self.runtimes = AgentRuntimes(self.state, options.heartbeat_interval_s)
         self.started = time.monotonic()
         self.faults = self._startup_faults()
         self.counters = Counters()
@@ -629,7 +641,16 @@ def rotate_guard(sb: Sandbox, inner: Any) -> Any:
 
 
 def stream_handler(sb: Sandbox) -> Any:
-    """``GET /v1/events/stream``: SSE from ``since_id`` or ``Last-Event-ID``, beats, a lifetime."""
+    """``GET /v1/events/stream`` as the real one (routes/sse.py) serves it.
+
+    Any valid key, no rate accounting. ``Last-Event-ID`` overrides ``since_id``
+    (one that is not an integer is ignored). Every ``--sse-poll-s`` (1 s) it reads
+    at most ``--sse-batch`` (100) events of the ``event_type`` after the cursor,
+    sends those whose source is ``agent_id``, and advances past all it read: one
+    stream carries at most 100 events/s on the real gateway. ``: heartbeat``
+    every 5 s; closed after ``--sse-lifetime-s`` (3600). ``--sse-poll-s 0`` wakes
+    on every publish instead (benchmarks).
+    """
     from sandbox.routes import events_after
 
     async def stream(request: web.Request) -> web.StreamResponse:
@@ -637,17 +658,19 @@ def stream_handler(sb: Sandbox) -> Any:
         token = _token(request)
         if token is None:
             return problem_response(Problem(401, "missing_key", "Missing API key"), request.path)
-        key, why = sb.state.key_for(token, time.time(), sb.key_grace_s)
+        key, _ = sb.state.key_for(token, time.time(), sb.key_grace_s)
         if key is None:
-            return problem_response(Problem(401, "authentication_error", why), request.path)
+            return problem_response(Problem(401, "invalid_key", "Invalid API key"), request.path)
         q = request.query
         try:
-            since = int(request.headers.get("Last-Event-ID") or q.get("since_id") or 0)
+            since = int(q.get("since_id") or 0)
         except ValueError:
             return problem_response(
                 Problem(422, "validation_error", "query.since_id: Input should be a valid integer"),
                 request.path,
             )
+        with contextlib.suppress(KeyError, ValueError):
+            since = int(request.headers["Last-Event-ID"])
         event_type = q.get("event_type") or None
         source = q.get("agent_id") or None
         response = web.StreamResponse(
@@ -659,24 +682,28 @@ def stream_handler(sb: Sandbox) -> Any:
         )
         await response.prepare(request)
         started = last_beat = time.monotonic()
-        lifetime = sb.options.sse_lifetime_s
-        beat = sb.options.sse_heartbeat_s
+        options = sb.options
+        lifetime, beat = options.sse_lifetime_s, options.sse_heartbeat_s
+        poll, batch = options.sse_poll_s, options.sse_batch
         with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
-            while True:
-                events, since = events_after(sb.state, since, event_type, source, 500)
+            while time.monotonic() - started < lifetime:
+                sb.state.expire_events(time.time())
+                events, since = events_after(sb.state, since, event_type, source, batch)
                 for event in events:
                     await response.write(
                         b"id: %d\ndata: %s\n\n" % (event["id"], orjson.dumps(event))
                     )
                 now = time.monotonic()
-                if now - started >= lifetime:
-                    break
                 if now - last_beat >= beat:
                     await response.write(b": heartbeat\n\n")
                     last_beat = now
-                wait = min(beat - (now - last_beat), lifetime - (now - started), 1.0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(sb.changed.wait(), max(0.01, wait))
+                left = lifetime - (now - started)
+                if poll > 0:
+                    await asyncio.sleep(max(0.0, min(poll, left)))
+                elif len(events) < batch:
+                    wait = min(beat - (now - last_beat), left, 1.0)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(sb.changed.wait(), max(0.01, wait))
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response
@@ -725,7 +752,27 @@ def create_app(options: SandboxOptions) -> web.Application:
             await task
         sb.store.close()
 
+    async def heartbeats(app: web.Application) -> Any:
+        """The simulated agents' runtimes: each beats in its slot of the interval."""
+
+        async def loop() -> None:
+            runtimes = sb.runtimes
+            runtimes.due(time.time())
+            period = min(1.0, runtimes.interval_s / 10)
+            while True:
+                await asyncio.sleep(period)
+                if runtimes.beat_due(time.time()):
+                    sb.notify()
+
+        task = asyncio.create_task(loop()) if options.heartbeat_interval_s > 0 else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     app.cleanup_ctx.append(flusher)
+    app.cleanup_ctx.append(heartbeats)
     return app
 
 

@@ -11,6 +11,7 @@ timestamps, and a restart costing a fleet its windows errs on the caller's side.
 
 from __future__ import annotations
 
+import calendar
 import collections
 import functools
 import hashlib
@@ -49,7 +50,10 @@ DEPOSIT_CAPS = {
     "enterprise": Decimal(10_000_000),
 }
 SIGNUP_BONUS = Decimal(500)
+# The real bus keeps every event 24 h; the sandbox also caps the count, for memory
+# (10,000 agents at 60 s make 14.4 M a day): the oldest go first.
 EVENTS_KEPT = 200_000
+EVENTS_RETENTION_S = 86400.0
 _DECIMALS = frozenset(
     {"balance", "amount", "fee", "daily_cap", "monthly_cap", "cost", "calls_cost", "bound_value"}
 )
@@ -222,6 +226,11 @@ class Store:
             self._db = None
 
 
+def _epoch(created_at: str) -> float:
+    # Bus events carry UTC without a zone, as the real bus writes them.
+    return float(calendar.timegm(time.strptime(created_at[:19], "%Y-%m-%dT%H:%M:%S")))
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
@@ -265,6 +274,12 @@ class State:
         )
         self.idempotency: dict[str, dict[str, Any]] = {}
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
+        # When each event of ``events`` was published (same positions), for the retention.
+        self.event_times: collections.deque[float] = collections.deque(maxlen=EVENTS_KEPT)
+        self.events_retention_s = EVENTS_RETENTION_S
+        # Identity private keys handed to the sandbox (hex), standing for keys deployed
+        # to agents' runtimes: the simulated agents sign their heartbeats with them.
+        self.identity_keys: dict[str, str] = {}
         self.next_tx = 1
         self.next_event = 1
         self.next_chain = 1
@@ -286,6 +301,7 @@ class State:
         "claims",
         "chains",
         "idempotency",
+        "identity_keys",
     )
 
     def _load(self) -> None:
@@ -320,9 +336,12 @@ class State:
         for txs in self.transactions.values():
             txs.sort(key=lambda tx: tx["id"])
         for blob in events:
-            self.events.append(orjson.loads(blob))
+            event = orjson.loads(blob)
+            self.events.append(event)
+            self.event_times.append(_epoch(event["created_at"]))
         if self.events:
             self.next_event = self.events[-1]["id"] + 1
+        self.expire_events(time.time())
 
     def touch(self, kind: str, rid: str) -> None:
         """Mark one record changed (the store writes it behind)."""
@@ -352,6 +371,7 @@ class State:
             "windows",
             "metrics",
             "events",
+            "event_times",
             *self._DOC_KINDS,
         ):
             getattr(self, name).clear()
@@ -393,7 +413,8 @@ class State:
         return wallet
 
     def register(self, agent_id: str, now: float, profile: str | None = None) -> tuple[Agent, Key]:
-        agent = self.add_agent(agent_id, now, profile)
+        # An identity made first (POST /v1/identity/agents) is kept, with its key.
+        agent = self.agents.get(agent_id) or self.add_agent(agent_id, now, profile)
         key = self.add_key(agent_id, "free", now)
         wallet = self.add_wallet(agent_id, ZERO, now)
         self.ledger(wallet, SIGNUP_BONUS, "signup_bonus", "Signup bonus", now)
@@ -521,5 +542,15 @@ class State:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)),
         }
         self.events.append(event)
+        self.event_times.append(now)
         self.store.event(event)
+        self.expire_events(now)
         return event
+
+    def expire_events(self, now: float) -> None:
+        """Forget events older than the retention (the real bus purges them hourly)."""
+        horizon = now - self.events_retention_s
+        times, events = self.event_times, self.events
+        while times and times[0] < horizon:
+            times.popleft()
+            events.popleft()

@@ -8,6 +8,9 @@
 - :class:`DemoOperator`: in `fleet up --demo` on the sandbox only, the sandbox's
   control API plays the operator's key-minting tooling: each agent waiting for a
   key gets one of its group's tier, imported as `fleet keys import` imports it.
+  It also plays the agents' deployment: each agent past its identity step has its
+  identity key exported (as `fleet keys identity` does, audited) and handed to the
+  sandbox's runtime for it, so the demo's agents publish signed heartbeats.
 """
 
 from __future__ import annotations
@@ -16,15 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
+
 from fleet import audit
 from fleet.gateway import operations as ops
 from fleet.gateway.errors import AlreadyExists, GatewayError
-from fleet.provisioning import pipeline
+from fleet.provisioning import identity, pipeline
 from fleet.runtime import Runtime
 from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus
 from sandbox.control import SandboxError
 
+# Agents whose runtime the demo deploys (their identity step is done once they have a key).
+DEPLOYABLE = (AgentStatus.PROVISIONING, AgentStatus.AWAITING_KEY, AgentStatus.ACTIVE)
 # The agents table's other columns describe a fleet member; for these they say what they are.
 SYSTEM_PREFIX = "system"
 ACTOR = "fleet-commander/up"
@@ -118,6 +125,12 @@ class DemoKey:
     redispatched: bool = False
 
 
+@dataclass(frozen=True)
+class DemoDeployment:
+    agent_id: str
+    refused: str | None = None  # why the key could not be exported or handed over
+
+
 @dataclass
 class DemoOperator:
     """Mints a key of the group's tier for each agent waiting for one, and imports it.
@@ -132,6 +145,36 @@ class DemoOperator:
     import_key: KeyImporter
     by: str = "demo-operator"
     refused: set[str] = field(default_factory=set)
+    # ``hand(agent_id, private_key_hex)``: the control API's PUT .../identity-key.
+    hand_identity_key: Callable[[str, str], object] | None = None
+    deployed: set[str] = field(default_factory=set)
+
+    def deploy_identities(self) -> list[DemoDeployment]:
+        """Hand each agent's identity key to its runtime once it has one (once per agent)."""
+        if self.hand_identity_key is None:
+            return []
+        with self.rt.sessions() as s:
+            rows = s.execute(
+                select(Agent.agent_id, Agent.extra).where(Agent.status.in_(DEPLOYABLE))
+            ).all()
+        ready = [
+            agent_id
+            for agent_id, extra in rows
+            if agent_id not in self.deployed
+            and extra.get("public_key")
+            and extra.get(identity.ENCRYPTED)
+        ]
+        done = []
+        for agent_id in ready:
+            self.deployed.add(agent_id)
+            try:
+                key = pipeline.export_identity_key(self.rt.provisioning, agent_id, self.by)
+                self.hand_identity_key(agent_id, key)
+            except (LookupError, SandboxError, ValueError) as exc:
+                done.append(DemoDeployment(agent_id, refused=str(exc)))
+                continue
+            done.append(DemoDeployment(agent_id))
+        return done
 
     def step(self) -> list[DemoKey]:
         done = []

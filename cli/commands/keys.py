@@ -1,14 +1,19 @@
-"""`fleet keys`: agents' gateway keys that only the operator can mint.
+"""`fleet keys`: agents' gateway keys that only the operator can mint, and their identity keys.
 
 The gateway grants no tier through its API: a pro key is minted with the
 operator's own tooling and handed to Fleet Commander here. The key is proved
 (a read made with it, the admin key list naming its tier), stored encrypted,
 and an agent that was waiting for it goes back to provisioning. It is never
 printed or logged.
+
+``fleet keys identity AGENT`` hands out the Ed25519 identity key provisioning
+made for the agent, for its deployment: the agent signs its heartbeats with it.
+Each export is audited.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +37,7 @@ def import_key(rt: Runtime, agent_id: str, api_key: str, by: str) -> pipeline.Ke
     return result
 
 
-def _read_key(value: str) -> str:
+def read_secret(value: str, what: str = "KEY") -> str:
     """The key itself, or ``@FILE`` (``@-`` for stdin), so it need not sit in shell history."""
     if not value.startswith("@"):
         return value.strip()
@@ -40,12 +45,10 @@ def _read_key(value: str) -> str:
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except OSError as exc:
-        raise click.BadParameter(
-            f"cannot read {source}: {exc.strerror}", param_hint="KEY"
-        ) from None
+        raise click.BadParameter(f"cannot read {source}: {exc.strerror}", param_hint=what) from None
     key = text.strip()
     if not key:
-        raise click.BadParameter(f"{source} holds no key", param_hint="KEY")
+        raise click.BadParameter(f"{source} holds no key", param_hint=what)
     return key
 
 
@@ -68,7 +71,7 @@ def import_cmd(agent_id: str, key_or_file: str, imported_by: str) -> None:
     from workers.app import app
     from workers.runtime import on_demand
 
-    api_key = _read_key(key_or_file)
+    api_key = read_secret(key_or_file)
     migrate_database(settings_for_cli())
     rt = on_demand(app)
     try:
@@ -136,3 +139,41 @@ def rotate_vault_cmd() -> None:
         f"{done.rotated} keys re-encrypted under the newest vault key, {done.current} already "
         f"were, across {done.agents} agents"
     )
+
+
+@keys_group.command("identity")
+@click.argument("agent_id")
+@click.option("--by", "exported_by", required=True, help="Who exports it (recorded in the audit).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the key to this new file (mode 0600) instead of stdout.",
+)
+@config_errors_exit
+def identity_cmd(agent_id: str, exported_by: str, out: Path | None) -> None:
+    """Export AGENT_ID's identity key (64 hex, Ed25519) for the agent's deployment.
+
+    The agent signs its heartbeats with it (`fleet heartbeat run --identity-key @FILE`).
+    """
+    from fleet.secrets import SecretsError
+    from stack.processes import migrate_database
+    from workers.app import app
+    from workers.runtime import on_demand
+
+    migrate_database(settings_for_cli())
+    rt = on_demand(app)
+    try:
+        private = pipeline.export_identity_key(rt.provisioning, agent_id, exported_by)
+    except (LookupError, SecretsError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None
+    if out is None:
+        click.echo(private)
+        return
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create {out}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(private + "\n")
+    click.echo(f"{agent_id}: identity key written to {out}")

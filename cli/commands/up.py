@@ -105,7 +105,10 @@ def _demo_operator(rt: Runtime, settings: Settings) -> tuple[DemoOperator, Sandb
     control = SandboxControl(settings.gateway_url, settings.gateway.admin_key.get_secret_value())
     return (
         DemoOperator(
-            rt, control.mint_key, lambda agent, key, by: keys.import_key(rt, agent, key, by)
+            rt,
+            control.mint_key,
+            lambda agent, key, by: keys.import_key(rt, agent, key, by),
+            hand_identity_key=control.hand_identity_key,
         ),
         control,
     )
@@ -210,7 +213,8 @@ def run_up(
             if operator is not None:
                 click.echo(
                     "keys      agents waiting for a key get one from the sandbox's control API "
-                    "(the operator's tooling, in the demo only)"
+                    "(the operator's tooling, in the demo only); each agent's identity key goes "
+                    "to its runtime in the sandbox, as `fleet keys identity` exports it"
                 )
             else:
                 click.echo(
@@ -233,6 +237,16 @@ def run_up(
                         click.echo(f"keys      {key.agent_id}: no {key.tier} key: {key.refused}")
                     else:
                         click.echo(f"keys      {key.agent_id}: {key.tier} key minted and imported")
+                for deployed in operator.deploy_identities():
+                    if deployed.refused:
+                        click.echo(
+                            f"identity  {deployed.agent_id}: not deployed: {deployed.refused}"
+                        )
+                    else:
+                        click.echo(
+                            f"identity  {deployed.agent_id}: identity key handed to its runtime "
+                            "(the sandbox's): it heartbeats, signed"
+                        )
                 next_step = time.monotonic() + DEMO_OPERATOR_EVERY_S
             time.sleep(0.5)
     except StartError as exc:

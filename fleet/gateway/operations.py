@@ -127,6 +127,25 @@ def get_identity(agent_id: str, *, auth: Auth = Auth.ANY) -> Operation[s.Identit
     )
 
 
+def set_identity_key(
+    agent_id: str, public_key: str, *, auth: Auth | None = None
+) -> Operation[s.IdentityResult]:
+    """Make ``public_key`` (64 hex) the agent's identity key: created if there is no
+    identity, replaced if the gateway made one at registration (the agent itself or
+    the admin may); the same key again changes nothing."""
+    # The gateway's tool is register_agent; that name already stands for /v1/register here.
+    return Operation(
+        "register_identity",
+        "POST",
+        "/v1/identity/agents",
+        s.IdentityResult,
+        auth or Auth.operator(agent_id),
+        body={"agent_id": agent_id, "public_key": public_key},
+        idempotent=True,
+        agent_id=agent_id,
+    )
+
+
 def build_claim_chain(agent_id: str, *, auth: Auth | None = None) -> Operation[s.ClaimChainResult]:
     """Needs a pro key."""
     return Operation(

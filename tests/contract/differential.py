@@ -220,6 +220,48 @@ def _run(http: httpx.Client, admin_key: str, mint: Callable[[str, str], str]) ->
         json={"event_type": "fleet.agent.heartbeat", "source": a, "payload": {"ok": True}},
     )
     call("events", "GET", "/v1/infra/events", kb, params={"limit": 1})
+    # Identity keys: ours replaces registration's for the agent itself, not for another;
+    # an identity made first (admin) is kept by registration; the gateway verifies with it.
+    ours, theirs = "11" * 32, "22" * 32
+    call(
+        "identity set own",
+        "POST",
+        "/v1/identity/agents",
+        ka,
+        json={"agent_id": a, "public_key": ours},
+    )
+    call(
+        "identity set other 403",
+        "POST",
+        "/v1/identity/agents",
+        kb,
+        json={"agent_id": a, "public_key": theirs},
+    )
+    call("identity after set", "GET", f"/v1/identity/agents/{a}", kb)
+    first = f"t-sbxdiff-{run}-c"
+    call(
+        "identity first",
+        "POST",
+        "/v1/identity/agents",
+        admin_key,
+        json={"agent_id": first, "public_key": ours},
+    )
+    call(
+        "identity first again",
+        "POST",
+        "/v1/identity/agents",
+        admin_key,
+        json={"agent_id": first, "public_key": ours},
+    )
+    call("register after identity", "POST", "/v1/register", json={"agent_id": first})
+    call(
+        "verify bad signature",
+        "POST",
+        f"/v1/identity/agents/{a}/verify",
+        kb,
+        json={"message": "m", "signature": "00" * 64},
+    )
+    call("stream bad key", "GET", "/v1/events/stream", "a2a_free_" + "0" * 24)
     call("estimate unknown", "GET", "/v1/billing/estimate", ka, params={"tool_name": "nope"})
     call("estimate", "GET", "/v1/billing/estimate", ka, params={"tool_name": "best_match"})
     call("keys admin", "GET", "/v1/infra/keys", admin_key, params={"agent_id": b})

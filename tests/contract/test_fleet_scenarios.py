@@ -20,15 +20,25 @@ import httpx
 import pytest
 
 from fleet.approvals.release import release_agent
-from fleet.gateway import GatewayConfig
+from fleet.gateway import GatewayClient, GatewayConfig, StaticKeyRing
 from fleet.gateway import operations as ops
 from fleet.gateway.errors import BudgetExceeded
 from fleet.gateway.keys import Auth
+from fleet.monitoring.heartbeats import (
+    EVENT_TYPE,
+    HeartbeatMetrics,
+    load_private_key,
+    load_public_key,
+    public_key_hex,
+    signed_bytes,
+    verify_heartbeat,
+)
 from fleet.monitoring.poller import SweepPoller
+from fleet.monitoring.publisher import HeartbeatPublisher
 from fleet.provisioning import lifecycle, pipeline
 from fleet.sla.models import RESOLVE_TIER, DisputeStatus, SlaDispute
 from fleet.storage.records import AgentStatus
-from tests.contract.commander import Commander, money
+from tests.contract.commander import OPERATOR_BY, Commander, money
 from tests.contract.conftest import GatewayUnderTest
 
 # The gateway's grace for a rotated-out key is announced in the rotation's answer; past its
@@ -119,6 +129,44 @@ def test_a_pro_agent_provisioned_end_to_end_is_found_at_the_gateway(
         listing = body(admin.get(f"/v1/marketplace/services/{agent.service_id}"))
         assert listing["status"] == "active"
         assert listing["name"] == agent_id and agent_id in listing["tags"]
+
+
+def test_our_identity_key_is_the_agents_at_the_gateway_and_its_signed_heartbeats_verify_there(
+    commander: Commander, gateway: GatewayUnderTest, new_agent_id: Callable[[str], str]
+) -> None:
+    c = commander
+    agent_id = c.provision(new_agent_id("idk"), tier="free", balance="10.00")
+    recorded = c.agent(agent_id).extra["public_key"]
+    private = load_private_key(pipeline.export_identity_key(c.deps, agent_id, OPERATOR_BY))
+    assert public_key_hex(private) == recorded
+
+    config = GatewayConfig(url=gateway.base_url, max_attempts=2)
+    with GatewayClient(config, StaticKeyRing(agents={agent_id: c.key_of(agent_id)})) as own:
+        publisher = HeartbeatPublisher(own, agent_id, private, interval_s=60)
+        sent = publisher.publish(HeartbeatMetrics(latency_p99_ms=820, error_rate=0.01))
+
+    with gateway.admin() as admin:
+        identity = body(admin.get(f"/v1/identity/agents/{agent_id}"))
+        assert identity["public_key"] == recorded, "ours, not the one registration made"
+        events = admin.get(
+            "/v1/infra/events",
+            params={"event_type": EVENT_TYPE, "since_id": sent.event_id - 1, "limit": 1},
+        ).json()["events"]
+        assert [e["id"] for e in events] == [sent.event_id]
+        payload = events[0]["payload"]
+        assert verify_heartbeat(agent_id, payload, load_public_key(identity["public_key"]))
+        # The gateway's own Ed25519 check agrees: it holds the key the agent signs with.
+        message = signed_bytes(payload).decode()
+        verdict = admin.post(
+            f"/v1/identity/agents/{agent_id}/verify",
+            json={"message": message, "signature": payload["sig"]},
+        )
+        assert verdict.status_code == 200 and body(verdict) == {"valid": True}, verdict.text
+        forged = admin.post(
+            f"/v1/identity/agents/{agent_id}/verify",
+            json={"message": message.replace("820", "821"), "signature": payload["sig"]},
+        )
+        assert body(forged) == {"valid": False}
 
 
 # ---------------------------------------------------------------- 2. the sweep's reads

@@ -4,6 +4,7 @@ provisioned on the sandbox, Ctrl-C stops everything."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fleet.monitoring.heartbeats import EVENT_TYPE, load_public_key, verify_heartbeat
 from stack.parts import wait_until
 from stack.processes import free_port
 from workers.queues import ALL_QUEUES
@@ -116,6 +118,39 @@ def test_demo_starts_a_worker_per_queue_and_ctrl_c_stops_everything(tmp_path: Pa
         research = next(a for a in found if a.startswith("research-"))
         keys = httpx.get(f"{sandbox}/agents/{research}", headers=headers, timeout=5).json()
         assert "pro" in {k["tier"] for k in keys["keys"]}, keys
+        # Each demo agent's identity key went to its runtime in the sandbox: the live ones
+        # publish heartbeats signed with the key on record, every 10 s (the demo policy).
+        db = tmp_path / "var" / "fleet.db"
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            recorded = {
+                a: json.loads(extra)["public_key"]
+                for a, extra in conn.execute("SELECT agent_id, extra FROM agents")
+                if a.startswith(("support-", "research-"))
+            }
+        live = {
+            a
+            for a in recorded
+            if httpx.get(f"{sandbox}/agents/{a}", headers=headers, timeout=5).json()["profile"]
+            != "dead"
+        }
+
+        def heartbeating() -> set[str]:
+            events = httpx.get(
+                f"http://127.0.0.1:{ports['sandbox']}/v1/infra/events",
+                params={"event_type": EVENT_TYPE, "limit": 1000},
+                headers=headers,
+                timeout=5,
+            ).json()["events"]
+            seen = set()
+            for event in events:
+                if event["source"] in recorded:
+                    key = load_public_key(recorded[event["source"]])
+                    verify_heartbeat(event["source"], event["payload"], key)
+                    seen.add(event["source"])
+            return seen
+
+        wait_until(lambda: heartbeating() >= live, timeout_s=60, interval_s=1)
+        assert heartbeating() <= live, "dead agents are silent"
         children = _children_of(proc.pid)
         assert (
             len(children) >= 12

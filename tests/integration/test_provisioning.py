@@ -22,14 +22,23 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import select
 
 from config.settings import ApiSettings, FlowerSettings, ScheduleSettings
 from fleet.approvals import DuplicateVote
+from fleet.monitoring.heartbeats import (
+    EVENT_TYPE,
+    load_private_key,
+    load_public_key,
+    public_key_hex,
+    verify_heartbeat,
+)
 from fleet.provisioning import pipeline
 from fleet.provisioning.lifecycle import RETIRE_STAGES
 from fleet.provisioning.pipeline import STEPS, JobProgress, job_progress
 from fleet.runtime import Runtime
 from fleet.storage.db import engine_for, session_factory
+from fleet.storage.records import Agent
 from sandbox.control import SandboxControl, SandboxError
 from stack.local import Stack, local_stack
 from stack.parts import wait_until
@@ -176,6 +185,40 @@ def test_manifest_provisions_every_agent_and_a_rerun_registers_nothing(stack: St
     assert (second.done, second.failed) == (24, 0)
     for tool in ("register", "register_agent", "deposit", "withdraw", "set_budget_cap"):
         assert calls(sandbox, tool) == 0, tool
+
+
+def _public_keys(stack: Stack, agent_ids: set[str]) -> dict[str, str]:
+    with sessions(stack)() as s:
+        rows = s.scalars(select(Agent).where(Agent.agent_id.in_(agent_ids)))
+        return {a.agent_id: a.extra["public_key"] for a in rows}
+
+
+def test_every_agent_gets_an_identity_key_we_hold_and_its_heartbeats_verify(
+    stack: Stack, operator: Runtime
+) -> None:
+    sandbox = stack.sandbox()
+    job = wait_done(stack, submit(stack, fleet_manifest(3, fleet="ident", groups=1)))
+    assert (job.done, job.failed) == (3, 0)
+    ids = {a.agent_id for a in job.agents}
+    recorded = _public_keys(stack, ids)
+    for agent_id in ids:
+        private = pipeline.export_identity_key(operator.provisioning, agent_id, "integration")
+        at_gateway = admin_get(stack, f"/v1/identity/agents/{agent_id}")["public_key"]
+        assert public_key_hex(load_private_key(private)) == at_gateway == recorded[agent_id]
+        # Deployed to the agent's runtime (the sandbox's, here), the key signs its heartbeats.
+        sandbox.set_profile(agent_id, "healthy")
+        sandbox.hand_identity_key(agent_id, private)
+    sandbox.tick()
+    events = admin_get(stack, f"/v1/infra/events?event_type={EVENT_TYPE}&limit=1000")["events"]
+    mine = [e for e in events if e["source"] in ids]
+    assert {e["source"] for e in mine} == ids
+    for event in mine:
+        verify_heartbeat(
+            event["source"], event["payload"], load_public_key(recorded[event["source"]])
+        )
+    # A rerun of the manifest keeps every key.
+    wait_done(stack, submit(stack, fleet_manifest(3, fleet="ident", groups=1)))
+    assert _public_keys(stack, ids) == recorded
 
 
 def test_a_tenth_of_agents_failing_a_step_leaves_no_orphans(stack: Stack) -> None:

@@ -238,6 +238,14 @@ class RestGateway:
             "found": True,
         }
 
+    def h_set_identity(self, key: Key | None, body: dict[str, Any], q: Any) -> Any:
+        agent_id = body["agent_id"]
+        refused = self._own(key, agent_id)
+        if refused is not None:
+            return refused
+        self.identities[agent_id] = body["public_key"]
+        return 201, {"agent_id": agent_id, "public_key": body["public_key"]}
+
     def _wallet(self, key: Key | None, agent_id: str) -> Wallet | httpx.Response:
         refused = self._own(key, agent_id)
         if refused is not None:
@@ -506,6 +514,7 @@ def _problem(status: int, code: str, detail: str) -> httpx.Response:
 _W = r"/v1/billing/wallets/([^/]+)"
 _ROUTES: list[tuple[str, str, str, str]] = [
     ("POST", r"/v1/register", "register_agent", "h_register"),
+    ("POST", r"/v1/identity/agents", "register_identity", "h_set_identity"),
     ("GET", r"/v1/identity/agents/([^/]+)", "get_agent_identity", "h_identity"),
     ("POST", r"/v1/identity/agents/([^/]+)/metrics", "submit_metrics", "h_metrics"),
     ("POST", r"/v1/identity/agents/([^/]+)/claim-chains", "build_claim_chain", "h_chain"),

@@ -10,11 +10,19 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cli.commands.keys import import_key
 from cli.main import main
 from fleet.gateway import Auth
 from fleet.gateway import operations as ops
+from fleet.monitoring.heartbeats import (
+    EVENT_TYPE,
+    private_key_hex,
+    public_key_hex,
+    verify_heartbeat,
+)
+from fleet.provisioning import identity
 from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus
 from stack.bootstrap import DemoOperator, ensure_system_agents
@@ -182,3 +190,86 @@ def test_demo_operator_gives_each_waiting_agent_a_key_of_its_groups_tier(
     }
     assert sorted(_provision_messages(runtime)) == sorted([pro, starter])
     assert operator.step() == []  # nobody waits any more
+
+
+def test_identity_exports_the_agents_identity_key_audited_and_only_to_a_new_private_file(
+    runtime: RecordingRuntime, tmp_path: Path
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    agent_id = f"t-idk-{uuid.uuid4().hex[:10]}"
+    now = datetime.now(UTC)
+    with write_session(runtime.sessions) as s:
+        s.add(
+            Agent(
+                agent_id=agent_id,
+                fleet="keys-test",
+                environment="test",
+                id_prefix="t-idk",
+                tier="free",
+                capabilities=[],
+                sla_template="standard-support",
+                status=AgentStatus.ACTIVE,
+                steps_done=[],
+                extra={
+                    "public_key": public_key_hex(key),
+                    identity.ENCRYPTED: runtime.vault.encrypt(private_key_hex(key)),
+                },
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    out = tmp_path / "identity.key"
+    result = CliRunner().invoke(
+        main, ["keys", "identity", agent_id, "--by", "deployer", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_text().strip() == private_key_hex(key)
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert private_key_hex(key) not in result.output
+    (event,) = [e for e in runtime.events if e.action == "export_identity_key"]
+    assert event.subject == agent_id and private_key_hex(key) not in event.model_dump_json()
+
+    again = CliRunner().invoke(
+        main, ["keys", "identity", agent_id, "--by", "deployer", "--out", str(out)]
+    )
+    assert again.exit_code == 1 and "cannot create" in again.output  # never overwritten
+    printed = CliRunner().invoke(main, ["keys", "identity", agent_id, "--by", "deployer"])
+    assert printed.output.strip() == private_key_hex(key)
+    unknown = CliRunner().invoke(main, ["keys", "identity", "nobody-here", "--by", "deployer"])
+    assert unknown.exit_code == 1 and "nobody-here" in unknown.output
+
+
+def test_demo_operator_hands_each_provisioned_agents_identity_key_to_its_sandbox_runtime(
+    on_sandbox: None, runtime: RecordingRuntime, sandbox: SandboxProcess
+) -> None:
+    agent_id = _registered_agent(runtime, AgentStatus.ACTIVE)
+    key = Ed25519PrivateKey.generate()
+    runtime.gateway.run(ops.set_identity_key(agent_id, public_key_hex(key), auth=Auth.ADMIN))
+    with write_session(runtime.sessions) as s:
+        row = s.get(Agent, agent_id)
+        assert row is not None
+        row.extra = {
+            **row.extra,
+            "public_key": public_key_hex(key),
+            identity.ENCRYPTED: runtime.vault.encrypt(private_key_hex(key)),
+        }
+    not_yet = _registered_agent(runtime, AgentStatus.PROVISIONING)  # before its identity step
+    sandbox.set_profile(agent_id, "healthy")
+    operator = DemoOperator(
+        runtime,
+        sandbox.mint_key,
+        lambda a, k, by: import_key(runtime, a, k, by),
+        hand_identity_key=sandbox.hand_identity_key,
+    )
+
+    done = operator.deploy_identities()
+
+    assert [(d.agent_id, d.refused) for d in done if d.agent_id in (agent_id, not_yet)] == [
+        (agent_id, None)
+    ]
+    assert operator.deploy_identities() == []  # once per agent
+    assert any(e.action == "export_identity_key" and e.subject == agent_id for e in runtime.events)
+    sandbox.tick()
+    events = runtime.gateway.run(ops.get_events(EVENT_TYPE, limit=1000)).events
+    (mine,) = [e for e in events if e.source == agent_id]
+    verify_heartbeat(agent_id, mine.payload, key.public_key())

@@ -19,7 +19,8 @@ from config.settings import DEFAULT_POLICY_FILE
 from fleet.clock import ManualClock
 from fleet.gateway import GatewayClient
 from fleet.hotstate import Lease
-from fleet.provisioning import lifecycle, pipeline
+from fleet.monitoring.heartbeats import load_private_key, private_key_hex, public_key_hex
+from fleet.provisioning import identity, lifecycle, pipeline
 from fleet.secrets import AgentKeyRing, KeyVault, new_vault_key
 from fleet.storage.db import create_db_engine, migrate, session_factory
 from fleet.storage.records import Agent, AgentStatus, SlaContract
@@ -378,3 +379,75 @@ def test_retiring_an_agent_frozen_by_tier_4_still_sweeps_its_funds_and_refreezes
     assert env.gateway.wallets[TREASURY].balance == Decimal("30.00")
     assert env.gateway.wallets[agent_id].balance == 0 and env.gateway.wallets[agent_id].frozen
     assert len(env.gateway.calls("unfreeze_wallet")) == 1, "unfrozen only to sweep it"
+
+
+def test_each_agent_gets_an_identity_key_we_hold_encrypted_and_the_gateway_holds_its_public_half(
+    make_env: Any,
+) -> None:
+    env = make_env()
+    # The gateway processes the first set but its answer is lost: the retry sets the same key.
+    env.gateway.lose_answer["register_identity"] = 1
+    [agent_id] = env.provision(manifest(tier="free", count=1))
+    agent = env.agent(agent_id)
+    assert agent.status == AgentStatus.ACTIVE
+    token = agent.extra[identity.ENCRYPTED]
+    private = load_private_key(env.deps.vault.decrypt(token))
+    assert private_key_hex(private) not in str(agent.extra)  # only encrypted at rest
+    ours = public_key_hex(private)
+    assert agent.extra["public_key"] == ours == env.gateway.identities[agent_id]
+    sets = env.gateway.calls("register_identity")
+    assert len(sets) == 2 and {c.body["public_key"] for c in sets} == {ours}
+
+    exported = pipeline.export_identity_key(env.deps, agent_id, "deployer")
+    assert exported == private_key_hex(private)
+    assert env.audit[-1]["action"] == "export_identity_key"
+    assert env.audit[-1]["details"] == {"public_key": ours, "by": "deployer"}
+    assert exported not in str(env.audit)
+
+
+def test_the_identity_step_fails_when_the_gateway_keeps_another_key(make_env: Any) -> None:
+    env = make_env()
+
+    def keeps_its_own(key: Any, body: dict[str, Any], q: Any) -> Any:
+        return 201, {"agent_id": body["agent_id"]}
+
+    env.gateway.h_set_identity = keeps_its_own  # type: ignore[method-assign]
+    [agent_id] = env.provision(manifest(tier="free", count=1))
+    agent = env.agent(agent_id)
+    assert agent.status == AgentStatus.FAILED
+    assert "does not hold" in (agent.failure_reason or "")
+    assert "public_key" not in agent.extra
+
+
+def test_an_agent_provisioned_before_identity_keys_has_none_to_export(make_env: Any) -> None:
+    env = make_env()
+    [agent_id] = env.provision(manifest(tier="free", count=1))
+    with env.deps.sessions.begin() as s:
+        row = s.get(Agent, agent_id)
+        assert row is not None
+        row.extra = {k: v for k, v in row.extra.items() if k != identity.ENCRYPTED}
+    with pytest.raises(identity.NoIdentityKey, match="no identity key is held"):
+        pipeline.export_identity_key(env.deps, agent_id, "deployer")
+
+
+def test_a_worker_killed_after_setting_the_identity_key_sets_the_same_one_again(
+    make_env: Any,
+) -> None:
+    env = make_env()
+    submitted = pipeline.submit_job(env.deps, manifest(tier="free", count=1), "job-1", "t")
+    [agent_id] = submitted.to_dispatch
+    real_run = env.client.run
+
+    def killed_after_set(op: Any, **kw: Any) -> Any:
+        if op.name == "get_agent_identity":
+            raise SystemExit("worker killed")
+        return real_run(op, **kw)
+
+    env.deps.gateway = cast(Any, type("Killed", (), {"run": staticmethod(killed_after_set)}))
+    with pytest.raises(SystemExit):
+        pipeline.provision_agent(env.deps, agent_id)
+    assert env.agent(agent_id).steps_done == ["register"]
+    env.deps.gateway = env.client
+    assert pipeline.provision_agent(env.deps, agent_id) == AgentStatus.ACTIVE
+    sets = {c.body["public_key"] for c in env.gateway.calls("register_identity")}
+    assert sets == {env.agent(agent_id).extra["public_key"]}
