@@ -26,7 +26,8 @@ DATA_MOUNT = "/var/lib/fleet/data"
 KEY_MOUNT = "/var/lib/fleet/keys"
 REQUIRED_VAR = re.compile(r"\$\{(?P<name>[A-Z0-9_]+):\?(?P<message>[^}]+)\}")
 ANY_VAR = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?P<rest>[^}]*)\}")
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|REDISCLI_AUTH")
+# A public key is published, not kept secret: it may be written down or left empty.
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|(?<!PUBLIC)_KEY$|REDISCLI_AUTH")
 
 
 def compose() -> dict[str, Any]:
