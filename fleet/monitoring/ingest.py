@@ -34,12 +34,13 @@ from typing import Any
 import orjson
 import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.policy import Policy
 from fleet.clock import Clock
+from fleet.gateway.stream import BusEvent
 from fleet.hotstate import KEY_PREFIX, read_hash
 from fleet.monitoring import alerts as alerts_mod
 from fleet.monitoring.evaluate import apply_judgements, judge_snapshot, sla_terms, with_sla
@@ -90,25 +91,15 @@ def rule_state_key(agent_id: str) -> str:
     return f"{KEY_PREFIX}monitor:agent:{agent_id}"
 
 
-class BusEvent(BaseModel):
-    """One event as the gateway's stream and ``GET /v1/infra/events`` carry it."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    id: int = Field(ge=1)
-    event_type: str = Field(min_length=1, max_length=200)
-    source: str = Field(min_length=1, max_length=200)
-    payload: Any = None
-    created_at: str | None = None
-
-
 # KEYS: order key, snapshot key, rule state key.
 # ARGV: event id, seq, snapshot ttl (0: none), rule state JSON, state ttl,
 #       number of fields to set, then field/value pairs, then fields to delete.
-# Applies only when the event id is above the last one applied: returns 1, else 0.
+# Applies only when the event id is above the last one applied: returns 1; 2 when that
+# very event was applied meanwhile (the same batch on two workers), 0 when a later one was.
 _COMMIT = """
 local last = tonumber(redis.call('HGET', KEYS[1], 'e') or '0')
-if last >= tonumber(ARGV[1]) then return 0 end
+if last == tonumber(ARGV[1]) then return 2 end
+if last > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'e', ARGV[1], 's', ARGV[2])
 local n = tonumber(ARGV[6])
 local values = {}
@@ -338,8 +329,10 @@ def _apply(deps: IngestDeps, verified: dict[str, list[_Verified]], out: IngestOu
             client=pipe,
         )
     for (_, _, _, _, _, taken), applied in zip(commits, pipe.execute(), strict=True):
-        if applied:
+        if applied == 1:
             out.accepted += taken
+        elif applied == 2:
+            out.duplicate += taken
         else:
             out.superseded += taken
 
@@ -367,7 +360,8 @@ def heartbeat_snapshot(
         balance=_decimal(balance),
         burn_rate_per_hour=_decimal(burn),
         fleet=record.fleet,
-        heartbeat_at=hb.sent_at,
+        # Silence is judged from it: a clock ahead of ours must not buy an agent time.
+        heartbeat_at=min(hb.sent_at, now),
     )
     return with_sla(snap, record.terms)
 
