@@ -39,6 +39,7 @@ from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.alerts import Handoff
 from fleet.monitoring.ingest import AgentDirectory, IngestDeps
 from fleet.monitoring.poller import SweepPoller
+from fleet.monitoring.silence import SilenceDeps
 from fleet.provisioning.pipeline import ProvisioningDeps
 from fleet.secrets import AgentKeyRing, KeyVault
 from fleet.sla.alerts import AlertDeps
@@ -259,6 +260,26 @@ class Runtime:
             )
 
         return self._once("heartbeat_ingest", build)
+
+    @property
+    def silence(self) -> SilenceDeps:
+        def build() -> SilenceDeps:
+            s = self.settings
+            return SilenceDeps(
+                redis=self.redis,
+                sessions=self.sessions,
+                policy=s.policy,
+                clock=self.clock,
+                handoff=Handoff(
+                    notify=self._notify,
+                    escalate=self._escalate,
+                    traffic_cut_fraction=s.policy.escalation.traffic_cut_fraction,
+                ),
+                statuses=s.metrics.statuses,
+                state_ttl_s=s.metrics.state_ttl_s,
+            )
+
+        return self._once("silence", build)
 
     def _notify(self, alert_ids: list[str]) -> None:
         self.send([(self._alert_task, {"alert_ids": alert_ids})])

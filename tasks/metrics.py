@@ -31,7 +31,7 @@ from celery import Task
 from pydantic import ValidationError
 
 from fleet.clock import utc_from_timestamp
-from fleet.monitoring import behaviour, ingest, notify
+from fleet.monitoring import behaviour, ingest, notify, silence
 from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.alerts import load_alerts
 from tasks._base import fleet_task, heartbeat_task, runtime
@@ -106,6 +106,18 @@ def poll_batch(
 def ingest_heartbeats(events: list[dict[str, Any]]) -> dict[str, Any]:
     """A batch of bus events from the stream consumer: verified, then applied once each."""
     return ingest.ingest_heartbeats(runtime().heartbeat_ingest, events).as_dict()
+
+
+@fleet_task(TaskName.SILENCE_PASS)
+def silence_pass() -> dict[str, Any]:
+    """Beat: silent agents turn unknown, then critical; the fleet view from the snapshots."""
+    outcome = silence.silence_pass(runtime().silence)
+    return {
+        "agents": outcome.agents,
+        "unknown": outcome.unknown,
+        "critical": outcome.critical,
+        "wall_s": round(outcome.wall_s, 3),
+    }
 
 
 # --- alerts ----------------------------------------------------------------------------------
