@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,12 @@ class BusEvent(BaseModel):
     source: str = Field(min_length=1, max_length=200)
     payload: Any = None
     created_at: str | None = None
+    # The event as it came: what is handed on, without a second serialisation.
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        return self._raw or self.model_dump(mode="json")
 
 
 class StreamRefused(RuntimeError):
@@ -131,7 +137,8 @@ class EventStream:
 
     def _event(self, frame_id: str | None, data: str) -> BusEvent | None:
         try:
-            event = BusEvent.model_validate(orjson.loads(data))
+            raw = orjson.loads(data)
+            event = BusEvent.model_validate(raw)
         except (orjson.JSONDecodeError, ValidationError) as exc:
             self.stats.bad_frames += 1
             log.warning("event stream frame %s refused: %s", frame_id, str(exc)[:300])
@@ -144,6 +151,7 @@ class EventStream:
             return None  # sent again after a resume: already yielded
         self.stats.last_event_id = event.id
         self.stats.events += 1
+        event._raw = raw
         return event
 
 

@@ -29,7 +29,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import StreamSettings
 from fleet.clock import utc_from_timestamp
-from fleet.gateway.stream import BusEvent, EventStream, StreamStats
+from fleet.gateway.stream import EventStream, StreamStats
 from fleet.hotstate import KEY_PREFIX, read_hash
 from fleet.monitoring.heartbeats import EVENT_TYPE
 from fleet.monitoring.models import StreamCursor
@@ -178,6 +178,7 @@ class StreamConsumer:
         s = self.deps.settings
         start = self.cursor()
         log.info("stream consumer %s resumes after event %d", self.instance, start)
+        self.deps.redis.hset(STATS_KEY, mapping={"resumed_at": time.time(), "resumed_from": start})
         stream = EventStream(
             self.deps.gateway_url,
             self.deps.api_key,
@@ -187,11 +188,22 @@ class StreamConsumer:
             backoff_initial_s=s.reconnect_initial_s,
             backoff_max_s=s.reconnect_max_s,
         )
-        queue: asyncio.Queue[BusEvent] = asyncio.Queue(maxsize=4 * s.batch_size)
+        # The reader fills the buffer, the batcher below empties it: per event only an
+        # append (a task or a queue hand-off per event cost more than the event itself).
+        buffer: list[dict[str, Any]] = []
+        arrived, full, room = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        room.set()
+        high_water = 4 * s.batch_size
 
         async def read() -> None:
             async for event in stream:
-                await queue.put(event)
+                buffer.append(event.raw)
+                arrived.set()
+                if len(buffer) >= s.batch_size:
+                    full.set()
+                    if len(buffer) >= high_water:
+                        room.clear()
+                        await room.wait()
 
         reader = asyncio.create_task(read())
         stopping = asyncio.create_task(stop.wait())
@@ -200,16 +212,23 @@ class StreamConsumer:
         last = start
         try:
             while not stop.is_set():
-                batch = await self._next_batch(queue, reader, stopping, renew_every)
+                if not buffer:
+                    await _first(arrived.wait(), reader, stopping, timeout_s=renew_every)
+                if buffer and len(buffer) < s.batch_size:
+                    await _first(full.wait(), reader, stopping, timeout_s=s.batch_wait_s)
+                batch, buffer[:] = buffer[: s.batch_size], buffer[s.batch_size :]
+                arrived.clear() if not buffer else arrived.set()
+                full.clear() if len(buffer) < s.batch_size else full.set()
+                room.set()
                 if time.monotonic() - renewed >= renew_every:
                     self.renew()
                     self._record(stream.stats)
                     renewed = time.monotonic()
                 if batch:
                     await self._hand_on(batch, stream.stats)
-                    last = batch[-1].id
+                    last = int(batch[-1]["id"])
                     renewed = time.monotonic()  # the commit renewed the lock
-                if reader.done():
+                if reader.done() and not buffer:
                     reader.result()  # StreamRefused and the like end the consumer loudly
         finally:
             reader.cancel()
@@ -220,47 +239,9 @@ class StreamConsumer:
                 with contextlib.suppress(LockLost, redis.RedisError):
                     self.commit(last, force_db=True)
 
-    async def _next_batch(
-        self,
-        queue: asyncio.Queue[BusEvent],
-        reader: asyncio.Task[None],
-        stopping: asyncio.Task[bool],
-        wait_s: float,
-    ) -> list[BusEvent]:
-        """Up to batch_size events: what is there, else the first that comes and what
-        follows it within batch_wait_s; empty after ``wait_s`` of silence."""
-        s = self.deps.settings
-        batch: list[BusEvent] = []
-        deadline = time.monotonic() + wait_s
-        while len(batch) < s.batch_size:
-            if not queue.empty():
-                batch.append(queue.get_nowait())
-                if len(batch) == 1:
-                    deadline = time.monotonic() + s.batch_wait_s
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0 or reader.done() or stopping.done():
-                break
-            getter = asyncio.create_task(queue.get())
-            done, _ = await asyncio.wait(
-                {getter, reader, stopping}, timeout=left, return_when=asyncio.FIRST_COMPLETED
-            )
-            if getter in done:
-                batch.append(getter.result())
-                if len(batch) == 1:
-                    deadline = time.monotonic() + s.batch_wait_s
-            else:
-                getter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await getter
-                # A get that completed while being cancelled must not lose its event.
-                if getter.done() and not getter.cancelled() and getter.exception() is None:
-                    batch.append(getter.result())
-        return batch
-
-    async def _hand_on(self, batch: list[BusEvent], stats: StreamStats) -> None:
+    async def _hand_on(self, batch: list[dict[str, Any]], stats: StreamStats) -> None:
         """Onto the queue, retried until it is there, then the cursor moves."""
-        message = (self.deps.task_name, {"events": [e.model_dump(mode="json") for e in batch]})
+        message = (self.deps.task_name, {"events": batch})
         delay = self.deps.settings.reconnect_initial_s
         while True:
             try:
@@ -273,10 +254,11 @@ class StreamConsumer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.deps.settings.reconnect_max_s)
                 self.renew()
-        self.commit(batch[-1].id)
+        last = int(batch[-1]["id"])
+        self.commit(last)
         self.handed_on += len(batch)
         pipe = self.deps.redis.pipeline(transaction=False)
-        pipe.hset(STATS_KEY, mapping={"last_event_id": batch[-1].id, "handed_on_at": time.time()})
+        pipe.hset(STATS_KEY, mapping={"last_event_id": last, "handed_on_at": time.time()})
         pipe.hincrby(STATS_KEY, "events", len(batch))
         pipe.hincrby(STATS_KEY, "batches", 1)
         pipe.execute()
@@ -294,6 +276,17 @@ class StreamConsumer:
                 "bad_frames": stats.bad_frames,
             },
         )
+
+
+async def _first(
+    waiting: Coroutine[Any, Any, Any], *tasks: asyncio.Task[Any], timeout_s: float
+) -> None:
+    """Until ``waiting`` is done, any of ``tasks`` is, or ``timeout_s`` has passed."""
+    waiter = asyncio.ensure_future(waiting)
+    try:
+        await asyncio.wait({waiter, *tasks}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
 
 
 def stream_status(r: redis.Redis) -> dict[str, str]:
