@@ -24,6 +24,7 @@ from fleet.monitoring.ingest import (
     ingest_heartbeats,
 )
 from fleet.monitoring.models import AgentHourly
+from fleet.monitoring.prom import render
 from fleet.monitoring.snapshot import Health, read_snapshot, snapshot_key
 from fleet.storage.db import migrate
 from tests.support.fleet_rows import insert_agents, sessions_for
@@ -144,6 +145,8 @@ def test_forged_heartbeats_change_nothing_and_are_counted_per_reason(world: Worl
     assert world.deps.redis.hgetall(snapshot_key(victim)) == before
     assert world.deps.redis.exists(snapshot_key(other)) == 0
     assert ingest_counts(world.deps.redis)["rejected"]["bad_signature"] == 1
+    shown = render(world.deps.redis, max_agents=0).decode()
+    assert 'fleet_heartbeat_events_total{outcome="rejected_bad_signature"} 1.0' in shown
 
 
 def test_a_redelivered_batch_is_applied_once_and_a_replay_is_refused(world: World) -> None:
