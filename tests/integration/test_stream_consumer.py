@@ -46,7 +46,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         # One worker slot applies the batches in queue order: every agent is in every
         # batch here (20 agents a round, 25 events a batch), so two slots would let a
         # heartbeat be overtaken by its successor, which is counted as superseded, not
-        # applied (tests/integration/test_heartbeat_ingest.py covers that race).
+        # applied (the per-agent order in fleet.monitoring.ingest), which this test does not count.
         st.start_worker(["metrics"], concurrency=1, name="metrics")
         yield st
 
