@@ -45,8 +45,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     ) as st:
         # One worker slot applies the batches in queue order: every agent is in every
         # batch here (20 agents a round, 25 events a batch), so two slots would let a
-        # heartbeat be overtaken by its successor, which is counted as superseded, not
-        # applied (the per-agent order in fleet.monitoring.ingest), which this test does not count.
+        # heartbeat be overtaken by its successor: counted as superseded, never applied
+        # (the per-agent order in fleet.monitoring.ingest), and not what this test counts.
         st.start_worker(["metrics"], concurrency=1, name="metrics")
         yield st
 
