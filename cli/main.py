@@ -21,6 +21,7 @@ from cli.commands import (
     services,
     sla,
     status,
+    stream,
     up,
 )
 
@@ -46,6 +47,7 @@ main.add_command(services.worker)
 main.add_command(services.api)
 main.add_command(services.beat)
 main.add_command(services.flower)
+main.add_command(stream.stream)
 # Looking at it
 main.add_command(status.status)
 main.add_command(alerts.alerts_cmd)

@@ -176,6 +176,27 @@ class SlaSettings(_Section):
     snapshot_max_age_s: PositiveFloat = 300.0
 
 
+class StreamSettings(_Section):
+    """The gateway's event stream: its one consumer and the heartbeat ingest behind it."""
+
+    # Events per `metrics.ingest_heartbeats` message, and the longest an event
+    # waits for its batch to fill: 10,000 agents a minute are ~20 messages a minute.
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = 500
+    batch_wait_s: PositiveFloat = 0.25
+    # The one-consumer lock: a replica standing by takes over within this long.
+    lock_ttl_s: Annotated[float, Field(ge=1)] = 15.0
+    # The cursor is in Redis after every batch; in the database (it outlives a
+    # Redis flush) at most this long after.
+    cursor_db_every_s: PositiveFloat = 5.0
+    # Reconnects after the gateway's hourly close or a failure: backoff bounds.
+    reconnect_initial_s: PositiveFloat = 0.5
+    reconnect_max_s: PositiveFloat = 30.0
+    # The gateway beats every 5 s: this long without a byte is a dead connection.
+    read_timeout_s: PositiveFloat = 30.0
+    # Agents' fleets, identity keys and SLA terms are re-read from the database this often.
+    directory_ttl_s: PositiveFloat = 60.0
+
+
 class FlowerSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 5555
@@ -233,6 +254,7 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = ScheduleSettings()
     metrics: MetricsSettings = MetricsSettings()
     sla: SlaSettings = SlaSettings()
+    stream: StreamSettings = StreamSettings()
     flower: FlowerSettings = FlowerSettings()
     api: ApiSettings = ApiSettings()
     audit: AuditSettings = AuditSettings()

@@ -37,7 +37,9 @@ from fleet.gateway.loop import LoopGatewayClient
 from fleet.hotstate import Lease, connect, is_provisioning_frozen, try_lock
 from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.alerts import Handoff
+from fleet.monitoring.ingest import AgentDirectory, IngestDeps
 from fleet.monitoring.poller import SweepPoller
+from fleet.monitoring.silence import SilenceDeps
 from fleet.provisioning.pipeline import ProvisioningDeps
 from fleet.secrets import AgentKeyRing, KeyVault
 from fleet.sla.alerts import AlertDeps
@@ -237,6 +239,47 @@ class Runtime:
             )
 
         return self._once("monitor", build)
+
+    @property
+    def heartbeat_ingest(self) -> IngestDeps:
+        def build() -> IngestDeps:
+            s = self.settings
+            return IngestDeps(
+                redis=self.redis,
+                sessions=self.sessions,
+                policy=s.policy,
+                clock=self.clock,
+                handoff=Handoff(
+                    notify=self._notify,
+                    escalate=self._escalate,
+                    traffic_cut_fraction=s.policy.escalation.traffic_cut_fraction,
+                ),
+                directory=AgentDirectory(self.sessions, s.policy, s.stream.directory_ttl_s),
+                snapshot_ttl_s=s.metrics.snapshot_ttl_s,
+                state_ttl_s=s.metrics.state_ttl_s,
+            )
+
+        return self._once("heartbeat_ingest", build)
+
+    @property
+    def silence(self) -> SilenceDeps:
+        def build() -> SilenceDeps:
+            s = self.settings
+            return SilenceDeps(
+                redis=self.redis,
+                sessions=self.sessions,
+                policy=s.policy,
+                clock=self.clock,
+                handoff=Handoff(
+                    notify=self._notify,
+                    escalate=self._escalate,
+                    traffic_cut_fraction=s.policy.escalation.traffic_cut_fraction,
+                ),
+                statuses=s.metrics.statuses,
+                state_ttl_s=s.metrics.state_ttl_s,
+            )
+
+        return self._once("silence", build)
 
     def _notify(self, alert_ids: list[str]) -> None:
         self.send([(self._alert_task, {"alert_ids": alert_ids})])

@@ -358,6 +358,11 @@ def beat_argv(settings: Settings) -> list[str]:
     ]
 
 
+def stream_argv() -> list[str]:
+    """The event stream's consumer (`fleet stream`): one per deployment, by its lock."""
+    return [sys.executable, "-m", "cli.main", "stream"]
+
+
 def flower_argv(settings: Settings) -> list[str]:
     fl = settings.flower
     return [

@@ -5,6 +5,11 @@ Public entry points for other systems:
     task name:  metrics.ingest_task_logs
     kwargs:     {"records": [<task log>, ...]}     (see fleet.monitoring.behaviour)
 
+    task name:  metrics.ingest_heartbeats
+    kwargs:     {"events": [<bus event>, ...]}     what `fleet stream` hands on (see
+                                                   fleet.monitoring.ingest); events are
+                                                   applied once however often they come
+
     task name:  metrics.sweep
     kwargs:     {"tick": "<optional id>"}          a sweep now; beat sends it every
                                                    FLEET_SCHEDULE__METRICS_SWEEP_S
@@ -26,7 +31,7 @@ from celery import Task
 from pydantic import ValidationError
 
 from fleet.clock import utc_from_timestamp
-from fleet.monitoring import behaviour, notify
+from fleet.monitoring import behaviour, ingest, notify, silence
 from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.alerts import load_alerts
 from tasks._base import fleet_task, heartbeat_task, runtime
@@ -85,6 +90,33 @@ def poll_batch(
         "finished": outcome.finished,
         "poll_s": round(outcome.poll_s, 3),
         "total_s": round(outcome.total_s, 3),
+    }
+
+
+# --- heartbeats ------------------------------------------------------------------------------
+
+
+@fleet_task(
+    TaskName.INGEST_HEARTBEATS,
+    autoretry_for=(redis.ConnectionError,),
+    max_retries=5,
+    retry_backoff=1,
+    retry_backoff_max=10,
+)
+def ingest_heartbeats(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of bus events from the stream consumer: verified, then applied once each."""
+    return ingest.ingest_heartbeats(runtime().heartbeat_ingest, events).as_dict()
+
+
+@fleet_task(TaskName.SILENCE_PASS)
+def silence_pass() -> dict[str, Any]:
+    """Beat: silent agents turn unknown, then critical; the fleet view from the snapshots."""
+    outcome = silence.silence_pass(runtime().silence)
+    return {
+        "agents": outcome.agents,
+        "unknown": outcome.unknown,
+        "critical": outcome.critical,
+        "wall_s": round(outcome.wall_s, 3),
     }
 
 

@@ -43,6 +43,8 @@ class TaskName(StrEnum):
     ENFORCE_RETENTION = "metrics.enforce_retention"
     CHECK_BEHAVIOUR = "metrics.check_behaviour"
     INGEST_TASK_LOGS = "metrics.ingest_task_logs"
+    INGEST_HEARTBEATS = "metrics.ingest_heartbeats"
+    SILENCE_PASS = "metrics.silence"
 
     SLA_SWEEP = "sla.sweep"
     SLA_CHECK_BATCH = "sla.check_batch"

@@ -56,6 +56,10 @@ def build_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     # no-overlap lock, and its batches expire before the next tick: a slow
     # sweep is skipped, never stacked, and a second beat doubles nothing.
     schedule["metrics-sweep"] = _entry(TaskName.METRICS_SWEEP, s.metrics_sweep_s)
+    # Silent agents (no heartbeat for a policy multiple of its interval) turn unknown,
+    # then critical, and the fleet view is folded from the snapshots: as often as the
+    # sweep, so a dead agent shows within one interval of crossing its limit.
+    schedule["metrics-silence"] = _entry(TaskName.SILENCE_PASS, s.metrics_sweep_s)
     # Behavioural signals judge hour-long windows of task logs: five minutes is plenty.
     schedule["metrics-behaviour"] = _entry(TaskName.CHECK_BEHAVIOUR, s.behaviour_check_s)
     # Daily is enough for a 90-day retention of hourly history; at night, UTC.

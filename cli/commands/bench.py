@@ -229,6 +229,45 @@ def bench_sweep(
     )
 
 
+@bench.command("events")
+@click.option("--agents", type=int, default=10000, show_default=True)
+@click.option(
+    "--rounds", type=int, default=3, show_default=True, help="Heartbeats per agent in the burst."
+)
+@click.option("--workers", type=int, default=1, show_default=True, help="Metrics workers.")
+@click.option("--concurrency", type=int, default=2, show_default=True, help="Processes per worker.")
+@click.option(
+    "--batch-size", type=int, default=500, show_default=True, help="Events per queue message."
+)
+@click.option(
+    "--real-load-s",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="How long to send at the real load (AGENTS/60 per second).",
+)
+@click.option("--profile", is_flag=True, help="Also profile the ingest of one batch (cProfile).")
+@click.option(
+    "--keep", type=click.Path(file_okay=False), default=None, help="Keep the stack's files here."
+)
+def bench_events(
+    agents: int,
+    rounds: int,
+    workers: int,
+    concurrency: int,
+    batch_size: int,
+    real_load_s: float,
+    profile: bool,
+    keep: str | None,
+) -> None:
+    """Signed heartbeats of AGENTS agents end to end (stream → queue → verified → snapshot),
+    against a bare loop reading and verifying the same events, and the snapshot latency at
+    the real load."""
+    from benchmarks import events
+
+    events.run(agents, rounds, workers, concurrency, batch_size, real_load_s, profile, keep)
+
+
 @bench.command("audit")
 @click.option("--entries", type=int, default=50000, show_default=True)
 @click.option(

@@ -46,7 +46,26 @@ def status() -> None:
             who = beat.worker
         click.echo(f"{queue.value:<18} {depth:>7}  {age_text:<16} {who}")
     echo_fleet_health(settings, r, now)
+    echo_heartbeats(r, now)
     sys.exit(1 if unhealthy else 0)
+
+
+def echo_heartbeats(r: Any, now: float) -> None:
+    """The stream consumer's holder and cursor, and what the ingest made of the events."""
+    from fleet.monitoring.ingest import ingest_counts
+    from fleet.monitoring.stream_consumer import stream_status
+
+    stream, counts = stream_status(r), ingest_counts(r)
+    handed = stream.get("handed_on_at")
+    when = f", last batch {now - float(handed):.0f} s ago" if handed else ""
+    click.echo(
+        f"event stream: {stream['lock_holder'] or 'no consumer'}, cursor {stream['cursor']}{when}"
+    )
+    rejected = ", ".join(f"{k} {v}" for k, v in counts["rejected"].items() if v) or "none"
+    click.echo(
+        f"heartbeats: {counts['accepted']} accepted, {counts['duplicate']} duplicate, "
+        f"{counts['superseded']} superseded; rejected: {rejected}"
+    )
 
 
 def echo_fleet_health(settings: Settings, r: Any, now: float) -> None:

@@ -28,6 +28,7 @@ from stack.processes import (
     start_redis,
     start_sandbox,
     start_worker,
+    stream_argv,
 )
 from workers.queues import ALL_QUEUES, TaskName
 
@@ -168,6 +169,8 @@ def run_up(
             start_worker(sup, settings, queue, concurrency)
         click.echo(f"workers   one per queue: {', '.join(q.value for q in ALL_QUEUES)}")
         sup.start("beat", beat_argv(settings), env=child_env(settings))
+        sup.start("stream", stream_argv(), env=child_env(settings))
+        click.echo("stream    the gateway's event stream → the metrics queue (fleet stream)")
         fl = settings.flower
         sup.start(
             "flower",

@@ -1,4 +1,5 @@
-"""Monitoring tables: hourly history per agent, one row per fleet per sweep, alerts.
+"""Monitoring tables: hourly history per agent, one row per fleet per sweep, alerts, the
+stream cursor.
 
 The latest state lives in Redis (snapshots, fleet health); these keep history
 for reports, baselines and `fleet alerts`, trimmed by the retention task.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleet.storage.db import Base
@@ -97,3 +98,14 @@ class Alert(Base):
 
 
 __all__ = ["AgentHourly", "Alert", "FleetSweep"]
+
+
+class StreamCursor(Base):
+    """The last event id the stream consumer handed on, per stream: where it resumes
+    when Redis lost its copy."""
+
+    __tablename__ = "monitoring_stream_cursors"
+
+    stream: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -63,9 +63,31 @@ class FleetCollector(Collector):
         for outcome in ("started", "skipped_duplicate", "skipped_overlap"):
             sweeps.add_metric([outcome], float(stats.get(outcome, 0)))
         yield sweeps
+        yield from self._heartbeats()
         total = sum(int(v["agents"]) for k, v in fleets.items() if k != ALL_FLEETS)
         if 0 < total <= self._max_agents:
             yield from self._agents()
+
+    def _heartbeats(self) -> Iterator[Metric]:
+        from fleet.monitoring.ingest import ingest_counts
+        from fleet.monitoring.stream_consumer import stream_status
+
+        counts = ingest_counts(self._r)
+        events = CounterMetricFamily(
+            "fleet_heartbeat_events",
+            "Heartbeat events from the gateway's stream, by what the ingest made of them.",
+            labels=["outcome"],
+        )
+        for outcome in ("accepted", "duplicate", "superseded", "ignored"):
+            events.add_metric([outcome], float(counts[outcome]))
+        for reason, n in counts["rejected"].items():
+            events.add_metric([f"rejected_{reason}"], float(n))
+        yield events
+        cursor = GaugeMetricFamily(
+            "fleet_stream_cursor", "The last event id the stream consumer handed on."
+        )
+        cursor.add_metric([], float(stream_status(self._r).get("cursor") or 0))
+        yield cursor
 
     def _fleet(self, fleets: dict[str, dict[str, Any]], meta: dict[str, str]) -> Iterator[Metric]:
         agents = GaugeMetricFamily(
