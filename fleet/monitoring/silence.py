@@ -42,11 +42,6 @@ from fleet.storage.records import Agent
 
 CHUNK = 1000
 
-# What the policy says until its `monitoring` section exists (config/policy.py).
-DEFAULT_INTERVAL_S = 60.0
-DEFAULT_UNKNOWN_AFTER = 3.0
-DEFAULT_CRITICAL_AFTER = 10.0
-
 # KEYS: snapshot key. ARGV: heartbeat_at as read ("" for none), health, error, fleet, agent id,
 # polled_at. Sets the verdict only if no heartbeat landed since it was read.
 _VERDICT = """
@@ -69,12 +64,8 @@ class SilenceLimits:
 
     @classmethod
     def from_policy(cls, policy: Policy) -> SilenceLimits:
-        monitoring = getattr(policy, "monitoring", None)
-        return cls(
-            float(getattr(monitoring, "heartbeat_interval_s", DEFAULT_INTERVAL_S)),
-            float(getattr(monitoring, "heartbeat_unknown_after", DEFAULT_UNKNOWN_AFTER)),
-            float(getattr(monitoring, "heartbeat_critical_after", DEFAULT_CRITICAL_AFTER)),
-        )
+        m = policy.monitoring
+        return cls(m.heartbeat_interval_s, m.heartbeat_unknown_after, m.heartbeat_critical_after)
 
     def verdict(self, silent_s: float) -> Health | None:
         if silent_s > self.critical_after * self.interval_s:
