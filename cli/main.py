@@ -13,6 +13,7 @@ from cli.commands import (
     audit,
     bench,
     config,
+    dlq,
     keys,
     provisioning,
     report,
@@ -48,6 +49,7 @@ main.add_command(services.flower)
 main.add_command(status.status)
 main.add_command(alerts.alerts_cmd)
 main.add_command(config.show_config)
+main.add_command(dlq.dlq_group)
 # Provisioning
 main.add_command(provisioning.validate)
 main.add_command(provisioning.manifest_schema)

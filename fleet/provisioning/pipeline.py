@@ -1005,6 +1005,20 @@ def stalled_agents(
         )
 
 
+def interrupted_agents(sessions: sessionmaker[Session], limit: int = 10000) -> list[str]:
+    """Every agent provisioning or compensating, however recently it moved: at a
+    worker's start these are the work a dead worker may have held."""
+    with sessions() as s:
+        return list(
+            s.scalars(
+                select(Agent.agent_id)
+                .where(Agent.status.in_([AgentStatus.PROVISIONING, AgentStatus.COMPENSATING]))
+                .order_by(Agent.agent_id)
+                .limit(limit)
+            )
+        )
+
+
 def stall_cutoff(clock: Clock, stall_s: float) -> datetime:
     return clock.now() - timedelta(seconds=stall_s)
 
