@@ -98,9 +98,14 @@ def lock_key(name: str) -> str:
 def try_lock(r: redis.Redis, name: str, ttl_s: float) -> Iterator[Lease | None]:
     """Hold a lock if nobody else does; yields a Lease, or None when it is taken.
     It expires on its own, so a worker killed while holding it blocks the work
-    for at most ttl_s."""
+    for at most ttl_s (not at all when it died on this host)."""
     lock = r.lock(lock_key(name), timeout=ttl_s, blocking=False)
-    acquired = lock.acquire(token=_holder_token())
+    token = _holder_token()
+    acquired = lock.acquire(token=token)
+    if not acquired and break_dead_lock(r, name) == 0:
+        # Its holder was a process of this host that died (a pool process killed mid-task,
+        # whose message came straight back): the work is ours now, not in ttl_s.
+        acquired = lock.acquire(token=token)
     try:
         yield Lease(lock, ttl_s) if acquired else None
     finally:
