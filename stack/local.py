@@ -7,7 +7,6 @@ processes on free ports, nothing shared with a `fleet up` that may be running.
 from __future__ import annotations
 
 import secrets
-
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass

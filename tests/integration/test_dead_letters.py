@@ -80,10 +80,9 @@ def test_a_message_that_kills_its_worker_is_buried_after_max_deliveries_then_rep
                 return task_id, int(r.get(key) or 0)
         return None
 
-    kills = 0
-    while kills < MAX_DELIVERIES:
+    for kills in range(MAX_DELIVERIES):
         found = wait_until(
-            lambda: (d := agent_delivery()) and d[1] == kills + 1 and d, timeout_s=60
+            lambda n=kills + 1: (d := agent_delivery()) and d[1] == n and d, timeout_s=60
         )
         assert isinstance(found, tuple)
         task_id = found[0]
@@ -91,7 +90,6 @@ def test_a_message_that_kills_its_worker_is_buried_after_max_deliveries_then_rep
         assert children, "no pool process under the worker"
         for pid in children:
             os.kill(pid, signal.SIGKILL)
-        kills += 1
     letters = wait_until(lambda: open_letters(sessions), timeout_s=60)
     assert isinstance(letters, list) and len(letters) == 1
     letter = letters[0]
