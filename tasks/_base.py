@@ -32,7 +32,18 @@ TASK_DEFAULTS: dict[str, Any] = {
 
 class FleetTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
     """Counts the deliveries of a late-acknowledged message; past ``worker.max_deliveries``
-    it is buried as a dead letter instead of run (fleet/durability/deadletters.py)."""
+    it is buried as a dead letter instead of run (fleet/durability/deadletters.py).
+
+    Redis unreachable mid-task (restarting) is a reason to try again, never to fail
+    and acknowledge: the task is retried with backoff; if even the retry cannot be
+    sent, the message stays unacknowledged and the reconnecting worker takes it back.
+    """
+
+    autoretry_for = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    retry_backoff = 1
+    retry_backoff_max = 30
+    retry_jitter = True
+    max_retries = 20
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request

@@ -47,6 +47,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "task_track_started": True,
         "worker_hijack_root_logger": False,
+        # A worker that loses Redis exits for its supervisor to restart (workers/redelivery.py).
+        "worker_consumer": "workers.redelivery:RestartOnBrokerLoss",
         "beat_schedule": build_beat_schedule(settings),
         # Beat is exactly one scheduler however many run: RedBeat keeps the schedule's
         # state in Redis and sends only while it holds a lock there; a second beat

@@ -25,12 +25,14 @@ from celery.signals import (
 from config.settings import get_settings
 from workers import runtime
 from workers.queues import FleetQueue, TaskName
+from workers.redelivery import TakeBackUnacked
 
 log = logging.getLogger("fleet.workers")
 
 
 def connect_signals(celery_app: Celery) -> None:
     """Connect the handlers for ``celery_app``'s worker processes."""
+    celery_app.steps["consumer"].add(TakeBackUnacked)
 
     def pool_of(worker: Any) -> str:
         # At worker_init the pool is still the name given (-P threads) or a class.
@@ -50,9 +52,9 @@ def connect_signals(celery_app: Celery) -> None:
         runtime.stop()
 
     def on_ready(sender: Any = None, **_: object) -> None:
+        consumed = set(getattr(celery_app.amqp.queues, "consume_from", None) or ())
         # A provisioning worker that starts (after a crash, a restart of the whole stack)
         # resumes what a dead one held now, from the records, not at the stall sweep.
-        consumed = set(getattr(celery_app.amqp.queues, "consume_from", None) or ())
         if FleetQueue.PROVISIONING.value in consumed:
             try:
                 celery_app.send_task(TaskName.RESUME_INTERRUPTED, ignore_result=True)

@@ -134,7 +134,13 @@ class ProvisioningFrozen(Exception):
 
 class AuditSink(Protocol):
     def __call__(
-        self, *, actor: str, action: str, subject: str, details: dict[str, Any]
+        self,
+        *,
+        actor: str,
+        action: str,
+        subject: str,
+        details: dict[str, Any],
+        event_id: str | None = None,
     ) -> object: ...
 
 
@@ -673,6 +679,9 @@ def _audit(run: _Run) -> dict[str, Any]:
         actor=ACTOR,
         action="provision_agent",
         subject=agent.agent_id,
+        # Derived, not random: a worker killed after sending the entry and before
+        # recording the step sends it again, and the log keeps it once.
+        event_id=hashlib.sha256(run.idem("audit").encode()).hexdigest()[:32],
         details={
             "fleet": run.fleet,
             "environment": run.environment,
