@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+import sqlalchemy.exc
 from celery import Task
 
 from fleet.durability import deadletters
@@ -30,16 +31,26 @@ TASK_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Redis or the database away for a while (restarting): worth a retry, never a failure.
+TRANSIENT: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+)
+
+
 class FleetTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
     """Counts the deliveries of a late-acknowledged message; past ``worker.max_deliveries``
     it is buried as a dead letter instead of run (fleet/durability/deadletters.py).
 
-    Redis unreachable mid-task (restarting) is a reason to try again, never to fail
-    and acknowledge: the task is retried with backoff; if even the retry cannot be
-    sent, the message stays unacknowledged and the reconnecting worker takes it back.
+    Redis or the database unreachable mid-task (restarting) is a reason to try again,
+    never to fail and acknowledge: the task is retried with backoff; if even the retry
+    cannot be sent, the message stays unacknowledged and the reconnecting worker takes
+    it back.
     """
 
-    autoretry_for = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    autoretry_for = TRANSIENT
     retry_backoff = 1
     retry_backoff_max = 30
     retry_jitter = True
@@ -51,7 +62,14 @@ class FleetTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
             return super().__call__(*args, **kwargs)
         rt = runtime()
         worker = rt.settings.worker
-        count = deadletters.count_delivery(rt.redis, request.id, 2 * worker.visibility_timeout_s)
+        try:
+            count = deadletters.count_delivery(
+                rt.redis, request.id, 2 * worker.visibility_timeout_s
+            )
+        except redis.RedisError:
+            # Uncounted rather than failed (and acknowledged): the count is a guard, the
+            # work is the point; the body meets Redis away too and retries.
+            return super().__call__(*args, **kwargs)
         if count > worker.max_deliveries:
             message = deadletters.Message(
                 task_id=request.id,
@@ -98,4 +116,4 @@ def heartbeat_task(queue: FleetQueue) -> Task:
     return heartbeat
 
 
-__all__ = ["TASK_DEFAULTS", "FleetTask", "fleet_task", "heartbeat_task", "runtime"]
+__all__ = ["TASK_DEFAULTS", "TRANSIENT", "FleetTask", "fleet_task", "heartbeat_task", "runtime"]

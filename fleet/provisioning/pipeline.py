@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from decimal import Decimal
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, func, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.policy import Policy, SlaTerms
@@ -126,6 +128,10 @@ GATEWAY_METRICS = frozenset(
         "win_rate_30d",
     }
 )
+
+
+# The database unreachable or restarting: a reason to try again later, never to compensate.
+DB_UNREACHABLE = (OperationalError, InterfaceError)
 
 
 class ProvisioningFrozen(Exception):
@@ -435,6 +441,10 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
                     return _tier_missing(deps, agent, exc, None)
                 except StepRefused as exc:
                     return _fail_clean(deps, agent, f"step {step} refused: {exc}")
+                except DB_UNREACHABLE:
+                    # Our own records are away (the database restarting), not the step:
+                    # nothing to undo; the task tries again once the database answers.
+                    raise
                 except Exception as exc:  # noqa: BLE001 - whatever broke, nothing half-made stays behind
                     reason = f"step {step} failed: {type(exc).__name__}: {exc}"
                     log.warning("agent %s: %s; compensating", agent_id, reason)
@@ -443,11 +453,35 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
             values["steps_done"] = agent.steps_done
             if len(agent.steps_done) == len(STEPS):
                 values |= {"status": AgentStatus.ACTIVE, "failure_reason": None}
-            _save(deps, agent_id, values)
+            _save_patiently(deps, agent_id, values, lease)
             for key, value in values.items():
                 setattr(agent, key, value)
             lease.renew()
         return AgentStatus.ACTIVE
+
+
+def _save_patiently(
+    deps: ProvisioningDeps, agent_id: str, values: dict[str, Any], lease: Lease
+) -> None:
+    """Record a finished step, waiting out a database that is away for a while.
+
+    The step's work is done at the gateway and some of it cannot be asked for again
+    (a registration's key is shown once): losing it to a database restart would fail
+    the agent. So its record is retried for up to half the lock's TTL, the lock renewed.
+    """
+    deadline = time.monotonic() + deps.lock_ttl_s / 2
+    wait = 0.2
+    while True:
+        try:
+            _save(deps, agent_id, values)
+            return
+        except DB_UNREACHABLE:
+            if time.monotonic() + wait > deadline:
+                raise
+            log.warning("agent %s: database unreachable; retrying the step's record", agent_id)
+            time.sleep(wait)
+            wait = min(wait * 2, 2.0)
+            lease.renew()
 
 
 def _skipped(agent: Agent) -> dict[str, str]:
