@@ -46,7 +46,15 @@ def test_provisioning_worker_killed_mid_job_then_waiting_provisions_each_agent_o
         assert done_at_kill < AGENTS, "the job finished before the kill"
 
         # Nothing but waiting.
-        wait_until(lambda: done() == AGENTS, timeout_s=300, interval_s=0.2)
+        moving_again: list[float] = []
+
+        def all_done() -> bool:
+            now_done = done()
+            if not moving_again and now_done > done_at_kill:
+                moving_again.append(time.monotonic() - killed_at)
+            return now_done == AGENTS
+
+        wait_until(all_done, timeout_s=300, interval_s=0.2)
         recovered_s = time.monotonic() - killed_at
         statuses = up.statuses("headline-")
         assert set(statuses.values()) == {"active"} and len(statuses) == AGENTS
@@ -66,6 +74,7 @@ def test_provisioning_worker_killed_mid_job_then_waiting_provisions_each_agent_o
         "provisioning worker SIGKILL mid-job",
         agents=AGENTS,
         active_at_kill=done_at_kill,
+        kill_to_next_agent_done_s=round(moving_again[0], 1) if moving_again else None,
         kill_to_last_agent_done_s=round(recovered_s, 1),
         duplicated_agents=0,
         repeated_spends=0,
