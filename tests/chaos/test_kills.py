@@ -24,6 +24,7 @@ from contextlib import closing
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -73,9 +74,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ),
         gateway={"breaker_reset_s": 1.0},
     ) as st:
-        st.sandbox().seed(0)
-        import httpx
-
         assert httpx.post(f"{st.sandbox().url}/v1/register", json={"agent_id": TREASURY})
         for name in WORKERS:
             start(st, name)
