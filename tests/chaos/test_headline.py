@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 AGENTS = int(os.environ.get("FLEET_CHAOS_AGENTS", "60"))
 
 
+@pytest.mark.timeout(300 + 2 * AGENTS)
 def test_provisioning_worker_killed_mid_job_then_waiting_provisions_each_agent_once(
     tmp_path: Path,
 ) -> None:
@@ -54,7 +55,7 @@ def test_provisioning_worker_killed_mid_job_then_waiting_provisions_each_agent_o
                 moving_again.append(time.monotonic() - killed_at)
             return now_done == AGENTS
 
-        wait_until(all_done, timeout_s=300, interval_s=0.2)
+        wait_until(all_done, timeout_s=120 + 2 * AGENTS, interval_s=0.2)
         recovered_s = time.monotonic() - killed_at
         statuses = up.statuses("headline-")
         assert set(statuses.values()) == {"active"} and len(statuses) == AGENTS
