@@ -13,6 +13,7 @@ from cli.commands import (
     audit,
     bench,
     config,
+    dlq,
     heartbeat,
     keys,
     probe,
@@ -53,6 +54,7 @@ main.add_command(status.status)
 main.add_command(alerts.alerts_cmd)
 main.add_command(config.show_config)
 main.add_command(probe.probe)
+main.add_command(dlq.dlq_group)
 # Provisioning
 main.add_command(provisioning.validate)
 main.add_command(provisioning.manifest_schema)

@@ -107,6 +107,9 @@ class WorkerSettings(_Section):
     visibility_timeout_s: PositiveInt = 3600
     result_expires_s: PositiveInt = 3600
     concurrency: PositiveInt = 4
+    # A late-acknowledged message delivered this many times without finishing (its
+    # worker died under it each time) goes to the dead letters instead of running again.
+    max_deliveries: Annotated[int, Field(ge=2, le=100)] = 5
 
     @model_validator(mode="after")
     def _hard_above_soft(self) -> WorkerSettings:
@@ -134,6 +137,9 @@ class ScheduleSettings(_Section):
     # Behavioural signals come from task logs, not from the sweep's polls:
     # every five minutes is plenty for hour-long windows.
     behaviour_check_s: PositiveFloat = 300.0
+    # Beat is one scheduler: the one holding this Redis lock sends; another beat
+    # waits and takes over at most this long after the holder died.
+    beat_lock_ttl_s: Annotated[float, Field(ge=5)] = 30.0
 
 
 class MetricsSettings(_Section):
@@ -197,6 +203,18 @@ class StreamSettings(_Section):
     directory_ttl_s: PositiveFloat = 60.0
 
 
+class SupervisorSettings(_Section):
+    """How `fleet up` restarts a process that died."""
+
+    # Waits before a restart: the first, doubled after each quick exit, at most the max.
+    restart_backoff_s: Annotated[float, Field(ge=0)] = 1.0
+    restart_backoff_max_s: Annotated[float, Field(ge=0)] = 30.0
+    # A process that exits within this long of starting exited quickly; this many
+    # quick exits in a row is a start-up error a restart will not mend: `fleet up` stops.
+    quick_exit_s: PositiveFloat = 10.0
+    max_quick_exits: Annotated[int, Field(ge=1)] = 5
+
+
 class FlowerSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 5555
@@ -255,6 +273,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     sla: SlaSettings = SlaSettings()
     stream: StreamSettings = StreamSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
     flower: FlowerSettings = FlowerSettings()
     api: ApiSettings = ApiSettings()
     audit: AuditSettings = AuditSettings()
@@ -273,7 +292,9 @@ class Settings(BaseSettings):
     def redis_url(self) -> str:
         if self.redis.url:
             return self.redis.url
-        return f"redis://127.0.0.1:{self.redis.embedded_port}/0"
+        password = embedded_redis_password(self.data_dir)
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}127.0.0.1:{self.redis.embedded_port}/0"
 
     @property
     def gateway_url(self) -> str:
@@ -302,7 +323,53 @@ def load_settings(**overrides: object) -> Settings:
             describe_validation_error(exc, source="environment", env_prefix="FLEET_")
         ) from None
     settings.policy  # noqa: B018 — validate the YAML at start-up, not on first use
+    check_countdowns(settings)
     return settings
+
+
+# The longest wait tasks/escalation.py asks of the broker when an action is not due yet.
+ESCALATION_MAX_COUNTDOWN_S = 3000.0
+
+
+def countdowns(settings: Settings) -> dict[str, float]:
+    """Every countdown the code schedules, by the settings that make it."""
+    alerts = settings.policy.alerts
+    return {
+        # A resumed agent whose lock a dead worker still holds waits out the lock.
+        "schedule.provisioning_lock_ttl_s (provisioning resume)": (
+            settings.schedule.provisioning_lock_ttl_s
+        ),
+        "policy alerts.webhook_retry_s × (alerts.webhook_max_attempts - 1)": (
+            alerts.webhook_retry_s * max(0, alerts.webhook_max_attempts - 1)
+        ),
+        "the escalation retry cap (config.settings.ESCALATION_MAX_COUNTDOWN_S)": (
+            ESCALATION_MAX_COUNTDOWN_S
+        ),
+    }
+
+
+def check_countdowns(settings: Settings) -> None:
+    """Redis hands a message that waits (countdown, ETA) to another worker once the
+    visibility timeout has passed: every countdown must be shorter, or waiting work runs twice."""
+    limit = settings.worker.visibility_timeout_s
+    too_long = {name: s for name, s in countdowns(settings).items() if s >= limit}
+    if too_long:
+        named = ", ".join(f"{name} = {s:g} s" for name, s in too_long.items())
+        raise ConfigError(
+            f"FLEET_WORKER__VISIBILITY_TIMEOUT_S (worker.visibility_timeout_s) = {limit} s must "
+            f"exceed every countdown the tasks schedule; not longer than: {named}"
+        )
+
+
+EMBEDDED_REDIS_PASSWORD_FILE = Path("redis") / "password"
+
+
+def embedded_redis_password(data_dir: Path) -> str | None:
+    """The embedded Redis's password, generated once by `fleet up` into the data directory."""
+    try:
+        return (data_dir / EMBEDDED_REDIS_PASSWORD_FILE).read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
 
 
 @functools.lru_cache(maxsize=1)

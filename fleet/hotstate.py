@@ -6,7 +6,10 @@ Key names live here so every process agrees on them.
 from __future__ import annotations
 
 import functools
+import os
+import socket
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import cast
@@ -61,21 +64,6 @@ def texts(values: Iterable[bytes | str]) -> list[str]:
     return cast("list[str]", list(values))
 
 
-def provisioning_frozen_key(fleet: str) -> str:
-    return f"{KEY_PREFIX}provisioning-frozen:{fleet}"
-
-
-def is_provisioning_frozen(r: redis.Redis, fleet: str) -> bool:
-    return bool(r.exists(provisioning_frozen_key(fleet)))
-
-
-def set_provisioning_frozen(r: redis.Redis, fleet: str, frozen: bool, reason: str = "") -> None:
-    if frozen:
-        r.set(provisioning_frozen_key(fleet), reason or "frozen")
-    else:
-        r.delete(provisioning_frozen_key(fleet))
-
-
 class Lease:
     """A held lock; `renew()` pushes its expiry out again while work goes on."""
 
@@ -96,13 +84,28 @@ class Lease:
             pass  # expired meanwhile: the step records keep a second runner harmless
 
 
+def _holder_token() -> str:
+    # Who holds a lock: a restarted worker on this host can tell a dead holder's lock
+    # from a live one's (break_dead_lock) instead of waiting out its TTL.
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+
+
+def lock_key(name: str) -> str:
+    return f"{KEY_PREFIX}lock:{name}"
+
+
 @contextmanager
 def try_lock(r: redis.Redis, name: str, ttl_s: float) -> Iterator[Lease | None]:
     """Hold a lock if nobody else does; yields a Lease, or None when it is taken.
     It expires on its own, so a worker killed while holding it blocks the work
-    for at most ttl_s."""
-    lock = r.lock(f"{KEY_PREFIX}lock:{name}", timeout=ttl_s, blocking=False)
-    acquired = lock.acquire()
+    for at most ttl_s (not at all when it died on this host)."""
+    lock = r.lock(lock_key(name), timeout=ttl_s, blocking=False)
+    token = _holder_token()
+    acquired = lock.acquire(token=token)
+    if not acquired and break_dead_lock(r, name) == 0:
+        # Its holder was a process of this host that died (a pool process killed mid-task,
+        # whose message came straight back): the work is ours now, not in ttl_s.
+        acquired = lock.acquire(token=token)
     try:
         yield Lease(lock, ttl_s) if acquired else None
     finally:
@@ -111,6 +114,39 @@ def try_lock(r: redis.Redis, name: str, ttl_s: float) -> Iterator[Lease | None]:
                 lock.release()
             except redis.exceptions.LockError:
                 pass  # expired meanwhile; someone else may hold it now
+
+
+# Deletes the lock only if it still holds the token read: never someone else's newer lock.
+_DELETE_IF_HELD_BY = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+
+
+def break_dead_lock(r: redis.Redis, name: str) -> float:
+    """Free a lock whose holder was a process of this host that no longer exists.
+
+    Returns 0 when the lock is free (now or already), else the seconds it still
+    holds: a live holder's, or one on another host, which only its TTL frees."""
+    token = read_str(r, lock_key(name))
+    if token is None:
+        return 0.0
+    host, _, rest = token.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host == socket.gethostname() and pid_text.isdigit() and not _process_exists(int(pid_text)):
+        if r.eval(_DELETE_IF_HELD_BY, 1, lock_key(name), token):
+            return 0.0
+    remaining_ms = int(r.pttl(lock_key(name)))
+    return max(0.0, remaining_ms / 1000)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def inflight_key(agent_id: str) -> str:

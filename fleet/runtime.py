@@ -31,10 +31,11 @@ from fleet.audit.events import AuditEvent
 from fleet.audit.group import GroupSink
 from fleet.audit.log import AuditLog
 from fleet.clock import Clock, SystemClock
+from fleet.durability.control import is_provisioning_frozen
 from fleet.escalation.actions import ActionDeps
 from fleet.gateway import GatewayClient, GatewayConfig
 from fleet.gateway.loop import LoopGatewayClient
-from fleet.hotstate import Lease, connect, is_provisioning_frozen, try_lock
+from fleet.hotstate import Lease, connect, try_lock
 from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.alerts import Handoff
 from fleet.monitoring.ingest import AgentDirectory, IngestDeps
@@ -213,7 +214,7 @@ class Runtime:
                 clock=self.clock,
                 audit=audit.record,
                 lock=self.lock,
-                is_frozen=lambda fleet: is_provisioning_frozen(self.redis, fleet),
+                is_frozen=lambda fleet: is_provisioning_frozen(self.sessions, fleet),
                 lock_ttl_s=s.schedule.provisioning_lock_ttl_s,
                 keys=self.keys,
             )

@@ -6,6 +6,7 @@ processes on free ports, nothing shared with a `fleet up` that may be running.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -110,10 +111,13 @@ def local_stack(
     **overrides: Any,
 ) -> Iterator[Stack]:
     base_dir.mkdir(parents=True, exist_ok=True)
+    redis_port = free_port()
+    # As `fleet up` runs it: append-only, behind a password.
+    redis_password = secrets.token_urlsafe(16)
     settings = load_settings(
         data_dir=base_dir,
         database_url=database_url or f"sqlite:///{base_dir / 'fleet.db'}",
-        redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0"),
+        redis=RedisSettings(url=f"redis://:{redis_password}@127.0.0.1:{redis_port}/0"),
         sandbox=SandboxSettings(
             port=free_port(), latency_ms=latency_ms, latency_jitter_ms=jitter_ms
         ),
@@ -124,8 +128,7 @@ def local_stack(
     own_witness = settings.audit.witness_dir if "audit" not in overrides else None
     migrate_database(settings)
     with Supervisor(log_dir=base_dir / "logs") as sup:
-        port = int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
-        start_redis(sup, port, base_dir / "redis")
+        start_redis(sup, redis_port, base_dir / "redis", redis_password)
         start_sandbox(sup, settings, sandbox_agents, sandbox_extra)
         stack = Stack(settings, sup, base_dir)
         try:

@@ -76,9 +76,29 @@ class Managed:
     argv: Sequence[str]
     process: subprocess.Popen[bytes]
     log: IO[bytes] | None
+    env: Mapping[str, str] | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    # Exits in a row, each within RestartPolicy.quick_exit_s of its start.
+    quick_exits: int = 0
+    restart_at: float | None = None  # when a dead child is due to start again
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How `fleet up` restarts a process that died (settings.supervisor)."""
+
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    quick_exit_s: float = 10.0
+    max_quick_exits: int = 5
+
+    def delay(self, quick_exits: int) -> float:
+        """Doubling after each quick exit in a row; the first wait after a long run."""
+        return float(min(self.backoff_max_s, self.backoff_s * 2 ** max(0, quick_exits - 1)))
 
 
 @dataclass
@@ -87,6 +107,19 @@ class Supervisor:
 
     log_dir: Path | None = None
     children: list[Managed] = field(default_factory=list)
+
+    def _spawn(
+        self, argv: Sequence[str], env: Mapping[str, str] | None, log: IO[bytes] | None
+    ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(argv),
+            env={**os.environ, **(env or {})},
+            stdout=log if log else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us, and we stop children in order
+            preexec_fn=_die_with_parent,
+        )
 
     def start(
         self,
@@ -101,16 +134,8 @@ class Supervisor:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
-        process = subprocess.Popen(
-            list(argv),
-            env={**os.environ, **(env or {})},
-            stdout=log if log else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches us, and we stop children in order
-            preexec_fn=_die_with_parent,
-        )
-        child = Managed(name, argv, process, log)
+        process = self._spawn(argv, env, log)
+        child = Managed(name, argv, process, log, env)
         self.children.append(child)
         if ready is not None:
             deadline = time.monotonic() + timeout_s
@@ -126,6 +151,45 @@ class Supervisor:
                     )
                 time.sleep(0.05)
         return child
+
+    def tend(self, policy: RestartPolicy) -> list[str]:
+        """Restart children that died, with backoff; returns what happened, one line each.
+
+        Raises StartError once a child has exited ``max_quick_exits`` times in a row,
+        each soon after starting: a restart will not mend that (a bad setting, a port taken).
+        """
+        now = time.monotonic()
+        said: list[str] = []
+        for child in self.children:
+            if child.alive():
+                continue
+            if child.restart_at is None:
+                lived = now - child.started_at
+                child.quick_exits = child.quick_exits + 1 if lived < policy.quick_exit_s else 0
+                status = child.process.returncode
+                if child.quick_exits >= policy.max_quick_exits:
+                    raise StartError(
+                        f"{child.name} exited {child.quick_exits} times in a row within "
+                        f"{policy.quick_exit_s:g} s of starting (last status {status}); not "
+                        f"restarting it{self._log_hint(child.name)}"
+                    )
+                wait = policy.delay(child.quick_exits)
+                child.restart_at = now + wait
+                said.append(
+                    f"{child.name} exited (status {status}) after {lived:.0f} s; "
+                    f"restarting in {wait:g} s"
+                )
+            elif now >= child.restart_at:
+                # Whatever the dead process left in its group (pool children) goes with it.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                child.process = self._spawn(child.argv, child.env, child.log)
+                child.started_at, child.restart_at = time.monotonic(), None
+                child.restarts += 1
+                said.append(
+                    f"{child.name} restarted (restart {child.restarts}, pid {child.process.pid})"
+                )
+        return said
 
     def _log_hint(self, name: str) -> str:
         return f" (log: {self.log_dir / (name + '.log')})" if self.log_dir else ""
@@ -225,12 +289,20 @@ def migrate_database(settings: Settings) -> None:
     engine.dispose()
 
 
-def start_redis(sup: Supervisor, port: int, data_dir: Path) -> Managed:
-    import redis
-
+def redis_argv(port: int, data_dir: Path, password: str | None = None) -> list[str]:
+    """An append-only Redis in ``data_dir``: queued messages, unacknowledged deliveries
+    and locks survive its restart. Each write reaches the file before its reply, so a
+    killed server loses nothing; fsync once a second covers the machine itself."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [
-        find_redis_server(),
+    argv = [find_redis_server()]
+    if password:
+        # From a file only we can read, never the command line `ps` shows.
+        auth = data_dir / "auth.conf"
+        fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(f"requirepass {password}\n")
+        argv.append(str(auth))
+    argv += [
         "--port",
         str(port),
         "--bind",
@@ -238,20 +310,47 @@ def start_redis(sup: Supervisor, port: int, data_dir: Path) -> Managed:
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes",
+        "--appendfsync",
+        "everysec",
         "--daemonize",
         "no",
         "--dir",
         str(data_dir),
     ]
+    return argv
+
+
+def start_redis(sup: Supervisor, port: int, data_dir: Path, password: str | None = None) -> Managed:
+    import redis
 
     def ready() -> bool:
         try:
-            return bool(redis.Redis(port=port, socket_connect_timeout=0.2).ping())
+            client = redis.Redis(port=port, password=password, socket_connect_timeout=0.2)
+            # A server still replaying its append-only file answers LOADING to a ping.
+            return bool(client.ping())
         except redis.RedisError:
             return False
 
-    return sup.start("redis", argv, ready=ready, timeout_s=15)
+    return sup.start("redis", redis_argv(port, data_dir, password), ready=ready, timeout_s=30)
+
+
+def ensure_redis_password(data_dir: Path) -> str:
+    """The embedded Redis's password: generated once, kept in the data directory (0600)."""
+    import secrets
+
+    from config.settings import EMBEDDED_REDIS_PASSWORD_FILE, embedded_redis_password
+
+    existing = embedded_redis_password(data_dir)
+    if existing:
+        return existing
+    path = data_dir / EMBEDDED_REDIS_PASSWORD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(password + "\n")
+    return password
 
 
 def sandbox_argv(
@@ -343,7 +442,7 @@ def start_worker(
 
 
 def beat_argv(settings: Settings) -> list[str]:
-    schedule_file = settings.data_dir.resolve() / "celerybeat-schedule"
+    # The scheduler (RedBeat) and its lock come from the Celery configuration.
     return [
         sys.executable,
         "-m",
@@ -351,8 +450,6 @@ def beat_argv(settings: Settings) -> list[str]:
         "-A",
         "workers.app",
         "beat",
-        "--schedule",
-        str(schedule_file),
         "--loglevel",
         "INFO",
     ]

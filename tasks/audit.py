@@ -16,7 +16,6 @@ from typing import Any
 
 from celery import Task
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
 
 from fleet.approvals import NotApproved
 from fleet.approvals.gate import dispatch_approved
@@ -26,7 +25,7 @@ from fleet.audit.events import AuditEvent
 from fleet.audit.mirror import MirrorRun, Outbox
 from fleet.audit.retention import ArchiveResult, archive_expired
 from fleet.audit.signing import MissingSigningKey
-from tasks._base import fleet_task, heartbeat_task, runtime
+from tasks._base import TRANSIENT, fleet_task, heartbeat_task, runtime
 from workers.queues import FleetQueue, TaskName
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,9 @@ _MIRROR_NUDGE_KEY = "fleet:audit:mirror-nudged"
 @fleet_task(
     TaskName.AUDIT_APPEND_BATCH,
     bind=True,
-    autoretry_for=(OperationalError, MissingSigningKey),
+    # The database or Redis restarting: the batch waits for them (Redis: the mirror nudge);
+    # the signing key not made yet: it waits for `fleet audit init-key`.
+    autoretry_for=(*TRANSIENT, MissingSigningKey),
     retry_backoff=1,
     retry_backoff_max=60,
     max_retries=None,

@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Task
 
+from config.settings import ESCALATION_MAX_COUNTDOWN_S
 from fleet.escalation.actions import run_action
 from fleet.sla.models import RESOLVE_TIER
 from tasks._base import fleet_task, heartbeat_task, runtime
@@ -24,8 +25,8 @@ tier2_heartbeat = heartbeat_task(FleetQueue.ESCALATION_TIER2)
 tier3_heartbeat = heartbeat_task(FleetQueue.ESCALATION_TIER3)
 tier4_heartbeat = heartbeat_task(FleetQueue.ESCALATION_TIER4)
 
-# Countdowns stay below the broker's visibility timeout (see workers/celery_config.py).
-_MAX_COUNTDOWN_S = 3000
+# Countdowns stay below the broker's visibility timeout (checked when settings load).
+_MAX_COUNTDOWN_S = ESCALATION_MAX_COUNTDOWN_S
 
 
 def _run(task: Task, episode_id: str, tier: int, approval_id: str | None) -> dict[str, Any]:

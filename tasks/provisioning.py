@@ -23,7 +23,7 @@ from celery.exceptions import Reject
 
 from fleet.approvals import NotApproved
 from fleet.approvals.gate import Held, clear, run_approved
-from fleet.hotstate import inflight
+from fleet.hotstate import break_dead_lock, inflight
 from fleet.provisioning import lifecycle, pipeline
 from fleet.provisioning.manifest import ManifestError
 from tasks._base import fleet_task, heartbeat_task, runtime
@@ -86,6 +86,31 @@ def resume_stalled(stall_s: float = 300.0) -> int:
         log.info("re-dispatching %d stalled agents", len(stalled))
         dispatch_agents("resume", stalled)
     return len(stalled)
+
+
+@fleet_task(TaskName.RESUME_INTERRUPTED, ignore_result=False)
+def resume_interrupted() -> dict[str, int]:
+    """Sent by each provisioning worker as it starts: every agent still provisioning
+    goes again now, not at the stall sweep. An agent whose lock a dead worker of this
+    host held is freed at once; one held elsewhere comes back when that lock expires.
+    The lock and the step records make each duplicate message harmless."""
+    rt = runtime()
+    agents = pipeline.interrupted_agents(rt.provisioning.sessions)
+    now: list[tuple[str, float]] = []
+    later: list[tuple[str, float]] = []
+    for agent_id in agents:
+        wait = break_dead_lock(rt.redis, f"provision:{agent_id}")
+        (later if wait else now).append((agent_id, wait))
+    with app.producer_or_acquire() as producer:
+        for agent_id, wait in [*now, *later]:
+            provision_agent.apply_async(
+                args=("resume", agent_id), countdown=wait + 0.5 if wait else None, producer=producer
+            )
+    if agents:
+        log.info(
+            "resuming %d interrupted agents (%d after a lock expires)", len(agents), len(later)
+        )
+    return {"resumed": len(now), "after_lock": len(later)}
 
 
 @fleet_task(TaskName.ROTATE_DUE_KEYS, ignore_result=False)

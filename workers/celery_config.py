@@ -47,7 +47,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "task_track_started": True,
         "worker_hijack_root_logger": False,
+        # A worker that loses Redis exits for its supervisor to restart (workers/redelivery.py).
+        "worker_consumer": "workers.redelivery:RestartOnBrokerLoss",
         "beat_schedule": build_beat_schedule(settings),
+        # Beat is exactly one scheduler however many run: RedBeat keeps the schedule's
+        # state in Redis and sends only while it holds a lock there; a second beat
+        # waits on the lock and takes over once a dead holder's lock expires.
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": settings.redis_url,
+        "redbeat_redis_options": {},
+        "redbeat_key_prefix": "fleet:redbeat:",
+        "redbeat_lock_timeout": int(settings.schedule.beat_lock_ttl_s),
+        # How often a waiting beat tries the lock, and the longest a holder's tick sleeps
+        # (each tick extends the lock, so it must be well inside the lock's TTL).
+        "beat_max_loop_interval": max(1, int(settings.schedule.beat_lock_ttl_s / 6)),
         "timezone": "UTC",
         "enable_utc": True,
     }

@@ -32,6 +32,7 @@ class TaskName(StrEnum):
     PROVISION_FLEET = "provisioning.provision_fleet"
     PROVISION_AGENT = "provisioning.provision_agent"
     RESUME_STALLED = "provisioning.resume_stalled"
+    RESUME_INTERRUPTED = "provisioning.resume_interrupted"
     ROTATE_DUE_KEYS = "provisioning.rotate_due_keys"
     ROTATE_KEY = "provisioning.rotate_key"
     RETIRE_AGENT = "provisioning.retire_agent"

@@ -18,17 +18,21 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
 )
 
 from config.settings import get_settings
 from workers import runtime
+from workers.queues import FleetQueue, TaskName
+from workers.redelivery import TakeBackUnacked
 
 log = logging.getLogger("fleet.workers")
 
 
 def connect_signals(celery_app: Celery) -> None:
     """Connect the handlers for ``celery_app``'s worker processes."""
+    celery_app.steps["consumer"].add(TakeBackUnacked)
 
     def pool_of(worker: Any) -> str:
         # At worker_init the pool is still the name given (-P threads) or a class.
@@ -47,6 +51,16 @@ def connect_signals(celery_app: Celery) -> None:
     def on_shutdown(**_: object) -> None:
         runtime.stop()
 
+    def on_ready(sender: Any = None, **_: object) -> None:
+        consumed = set(getattr(celery_app.amqp.queues, "consume_from", None) or ())
+        # A provisioning worker that starts (after a crash, a restart of the whole stack)
+        # resumes what a dead one held now, from the records, not at the stall sweep.
+        if FleetQueue.PROVISIONING.value in consumed:
+            try:
+                celery_app.send_task(TaskName.RESUME_INTERRUPTED, ignore_result=True)
+            except Exception as exc:  # noqa: BLE001 - the stall sweep still resumes them later
+                log.warning("could not send the start-up resume: %s", exc)
+
     setup_logging.connect(_configure_logging, weak=False)
     task_rejected.connect(_log_rejected, weak=False)
     task_unknown.connect(_log_unknown, weak=False)
@@ -54,6 +68,7 @@ def connect_signals(celery_app: Celery) -> None:
     worker_process_init.connect(on_process_init, weak=False)
     worker_process_shutdown.connect(on_shutdown, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
+    worker_ready.connect(on_ready, weak=False)
 
 
 def _configure_logging(**_: object) -> None:

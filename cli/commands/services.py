@@ -76,7 +76,7 @@ def api() -> None:
 @click.command()
 @config_errors_exit
 def beat() -> None:
-    """Run the beat scheduler (exactly one per deployment)."""
+    """Run the beat scheduler: one sends at a time (a lock in Redis); a second one waits."""
     from stack.processes import beat_argv
 
     settings = settings_for_cli()

@@ -112,13 +112,17 @@ def echo_fleet_health(settings: Settings, r: Any, now: float) -> None:
             f"{s['unknown']} unknown"
         )
     try:
+        from fleet.durability.deadletters import open_count
         from fleet.monitoring.alerts import open_counts
         from fleet.storage.db import engine_for, session_factory
 
-        counts = open_counts(session_factory(engine_for(settings.sqlalchemy_url)))
+        sessions = session_factory(engine_for(settings.sqlalchemy_url))
+        counts = open_counts(sessions)
+        dead = open_count(sessions)
     except Exception as exc:  # noqa: BLE001 - status must print what it can
         click.echo(f"alerts: database not readable ({type(exc).__name__})")
         return
     order = ("emergency", "critical", "warning", "info")
     text = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "none"
     click.echo(f"open alerts: {text}" + ("  (`fleet alerts`)" if counts else ""))
+    click.echo(f"dead letters: {dead or 'none'}" + ("  (`fleet dlq list`)" if dead else ""))

@@ -16,11 +16,13 @@ import click
 from cli.common import config_errors_exit, settings_for_cli
 from config.settings import Settings
 from stack.processes import (
+    RestartPolicy,
     StartError,
     Supervisor,
     api_argv,
     beat_argv,
     child_env,
+    ensure_redis_password,
     flower_argv,
     flower_env,
     migrate_database,
@@ -115,6 +117,47 @@ def _demo_operator(rt: Runtime, settings: Settings) -> tuple[DemoOperator, Sandb
     )
 
 
+def _restart_policy(settings: Settings) -> RestartPolicy:
+    sv = settings.supervisor
+    return RestartPolicy(
+        backoff_s=sv.restart_backoff_s,
+        backoff_max_s=sv.restart_backoff_max_s,
+        quick_exit_s=sv.quick_exit_s,
+        max_quick_exits=sv.max_quick_exits,
+    )
+
+
+class _DeadLetterWatch:
+    """Says so on the console when a message lands in the dead letters."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._seen: set[str] | None = None
+        self._next = 0.0
+
+    def new(self) -> list[str]:
+        from fleet.durability.deadletters import open_letters
+
+        if time.monotonic() < self._next:
+            return []
+        self._next = time.monotonic() + self.EVERY_S
+        try:
+            letters = open_letters(self._rt.sessions, limit=1000)
+        except Exception:  # noqa: BLE001 - the database restarting is no reason to stop
+            return []
+        seen, self._seen = self._seen, {x.letter_id for x in letters}
+        if seen is None:
+            return [f"{len(letters)} open dead letters (`fleet dlq list`)"] if letters else []
+        return [
+            f"{x.task_name}[{x.task_id}] delivered {x.deliveries} times without finishing: "
+            f"dead letter {x.letter_id} (`fleet dlq list`, `fleet dlq replay`)"
+            for x in letters
+            if x.letter_id not in seen
+        ]
+
+
 def run_up(
     settings: Settings,
     *,
@@ -149,8 +192,13 @@ def run_up(
         if settings.redis.url:
             click.echo(f"redis     {settings.redis_url} (configured)")
         else:
-            start_redis(sup, settings.redis.embedded_port, settings.data_dir.resolve() / "redis")
-            click.echo(f"redis     {settings.redis_url} (embedded)")
+            redis_dir = settings.data_dir.resolve() / "redis"
+            password = ensure_redis_password(settings.data_dir.resolve())
+            start_redis(sup, settings.redis.embedded_port, redis_dir, password)
+            click.echo(
+                f"redis     {_safe_url(settings.redis_url)} (embedded, append-only in {redis_dir}, "
+                f"password in {redis_dir / 'password'})"
+            )
         migrate_database(settings)
         click.echo(f"database  {_safe_url(settings.sqlalchemy_url)} (schema up to date)")
         click.echo(
@@ -224,16 +272,15 @@ def run_up(
                     "keys      agents of pro groups wait for `fleet keys import AGENT KEY "
                     "--by NAME`; `fleet keys waiting` lists them"
                 )
-        click.echo("running — press Ctrl-C to stop everything")
+        click.echo("running — a process that dies is restarted; press Ctrl-C to stop everything")
+        restarts = _restart_policy(settings)
+        letters = _DeadLetterWatch(rt)
         next_step = 0.0
         while True:
-            dead = sup.dead()
-            if dead:
-                names = ", ".join(f"{c.name} (status {c.process.returncode})" for c in dead)
-                click.echo(
-                    f"fleet: stopped because a process exited: {names}; see {log_dir}", err=True
-                )
-                return 1
+            for line in sup.tend(restarts):
+                click.echo(f"restart   {line}")
+            for line in letters.new():
+                click.echo(f"dlq       {line}")
             if operator is not None and time.monotonic() >= next_step:
                 for key in operator.step():
                     if key.refused:

@@ -26,14 +26,13 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import redis
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet import audit
 from fleet.clock import utc_from_timestamp
-from fleet.hotstate import provisioning_frozen_key, set_provisioning_frozen
+from fleet.durability.control import freeze_provisioning, lift_provisioning_freeze
 from fleet.monitoring.models import Alert
 from fleet.monitoring.rules import CUT_TRAFFIC, ESCALATE, FREEZE_PROVISIONING, PAUSE, Change
 from fleet.storage.db import write_session
@@ -185,7 +184,6 @@ def _restore_traffic(session: Session, alerts: list[Alert], now: datetime) -> li
 
 def apply_changes(
     sessions: sessionmaker[Session],
-    r: redis.Redis,
     changes: Sequence[Change],
     handoff: Handoff,
     now: float,
@@ -209,12 +207,13 @@ def apply_changes(
                     else []
                 )
                 restored = _restore_traffic(session, closed, when)
+                # In the same transaction as the alert: a freeze is never without its alert.
+                freezes, unfreezes = _provisioning(session, opened, closed, changes, when)
             break
         except IntegrityError:
             # Another worker opened one of these alerts between our check and insert: look again.
             if attempt == 2:
                 raise
-    freezes, unfreezes = _provisioning(r, opened, closed, changes)
     _audit(paused, cut, restored, freezes, unfreezes, now)
     escalations = [
         (a.subject, f"alert:{a.rule}")
@@ -237,20 +236,22 @@ def _actions(alert: Alert, changes: Sequence[Change]) -> tuple[str, ...]:
 
 
 def _provisioning(
-    r: redis.Redis, opened: list[Alert], closed: list[Alert], changes: Sequence[Change]
+    session: Session,
+    opened: list[Alert],
+    closed: list[Alert],
+    changes: Sequence[Change],
+    now: datetime,
 ) -> tuple[list[Alert], list[Alert]]:
     freezes, unfreezes = [], []
     for alert in opened:
         if FREEZE_PROVISIONING in _actions(alert, changes) and alert.fleet:
-            set_provisioning_frozen(
-                r, alert.fleet, True, reason=f"{FREEZE_REASON_PREFIX}:{alert.alert_id}"
+            freeze_provisioning(
+                session, alert.fleet, f"{FREEZE_REASON_PREFIX}:{alert.alert_id}", now
             )
             freezes.append(alert)
     for alert in closed:
         if FREEZE_PROVISIONING in _actions(alert, changes) and alert.fleet:
-            current = r.get(provisioning_frozen_key(alert.fleet))
-            if isinstance(current, str) and current.startswith(FREEZE_REASON_PREFIX):
-                set_provisioning_frozen(r, alert.fleet, False)
+            if lift_provisioning_freeze(session, alert.fleet, only_prefix=FREEZE_REASON_PREFIX):
                 unfreezes.append(alert)
     return freezes, unfreezes
 

@@ -319,7 +319,7 @@ def check_and_apply(deps: MonitorDeps) -> list[Change]:
             ).all()
         )
     changes = [dataclasses.replace(c, fleet=fleets.get(c.subject)) for c in changes]
-    apply_changes(deps.sessions, deps.redis, changes, deps.handoff, now)
+    apply_changes(deps.sessions, changes, deps.handoff, now)
     return changes
 
 

@@ -124,7 +124,6 @@ def judge_snapshot(
 
 def apply_judgements(
     sessions: sessionmaker[Session],
-    r: redis.Redis,
     changes: list[Change],
     rollups: list[dict[str, Any]],
     handoff: alerts_mod.Handoff,
@@ -132,7 +131,7 @@ def apply_judgements(
 ) -> None:
     """Alerts first (idempotent: a redelivered batch re-sends nothing), then the rollups."""
     if changes:
-        alerts_mod.apply_changes(sessions, r, changes, handoff, now)
+        alerts_mod.apply_changes(sessions, changes, handoff, now)
     if rollups:
         insert_rollups(sessions, rollups)
 

@@ -310,7 +310,7 @@ def _apply(deps: IngestDeps, verified: dict[str, list[_Verified]], out: IngestOu
 
     # Alerts and rollups first: both idempotent, so a batch redone after a crash
     # past this point records nothing twice; then the ordered snapshot writes.
-    apply_judgements(deps.sessions, r, changes, rollups, deps.handoff, now)
+    apply_judgements(deps.sessions, changes, rollups, deps.handoff, now)
     out.changes = len(changes)
     commit = r.register_script(_COMMIT)
     pipe = r.pipeline(transaction=False)

@@ -230,7 +230,7 @@ def _store_view(
         changes.extend(evaluate_fleet(deps.fleet_rules, state, fleet, fleets[fleet].as_dict(), now))
         pipe.set(fleet_state_key(fleet), orjson.dumps(state), ex=deps.state_ttl_s)
     if changes:
-        alerts_mod.apply_changes(deps.sessions, r, changes, deps.handoff, now)
+        alerts_mod.apply_changes(deps.sessions, changes, deps.handoff, now)
     pipe.execute()
 
 

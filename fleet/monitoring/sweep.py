@@ -339,7 +339,7 @@ def run_batch(
     # Alerts first: recorded idempotently, so a batch redelivered after this
     # point re-sends nothing; then the rollups; then every Redis write at once.
     if changes:
-        alerts_mod.apply_changes(deps.sessions, r, changes, deps.handoff, now)
+        alerts_mod.apply_changes(deps.sessions, changes, deps.handoff, now)
     if rollups:
         insert_rollups(deps.sessions, rollups)
     m = deps.metrics
@@ -522,7 +522,7 @@ def finish_sweep(deps: MonitorDeps, sweep_id: str) -> dict[str, FleetHealth] | N
             )
             pipe.set(fleet_state_key(fleet), orjson.dumps(state), ex=deps.metrics.state_ttl_s)
         if changes:
-            alerts_mod.apply_changes(deps.sessions, r, changes, deps.handoff, now)
+            alerts_mod.apply_changes(deps.sessions, changes, deps.handoff, now)
         pipe.execute()
 
     finished = deps.now()

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from decimal import Decimal
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, func, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.policy import Policy, SlaTerms
@@ -133,13 +135,23 @@ GATEWAY_METRICS = frozenset(
 )
 
 
+# The database unreachable or restarting: a reason to try again later, never to compensate.
+DB_UNREACHABLE = (OperationalError, InterfaceError)
+
+
 class ProvisioningFrozen(Exception):
     """The fleet's provisioning is frozen (the emergency alert rule); nothing starts."""
 
 
 class AuditSink(Protocol):
     def __call__(
-        self, *, actor: str, action: str, subject: str, details: dict[str, Any]
+        self,
+        *,
+        actor: str,
+        action: str,
+        subject: str,
+        details: dict[str, Any],
+        event_id: str | None = None,
     ) -> object: ...
 
 
@@ -434,6 +446,10 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
                     return _tier_missing(deps, agent, exc, None)
                 except StepRefused as exc:
                     return _fail_clean(deps, agent, f"step {step} refused: {exc}")
+                except DB_UNREACHABLE:
+                    # Our own records are away (the database restarting), not the step:
+                    # nothing to undo; the task tries again once the database answers.
+                    raise
                 except Exception as exc:  # noqa: BLE001 - whatever broke, nothing half-made stays behind
                     reason = f"step {step} failed: {type(exc).__name__}: {exc}"
                     log.warning("agent %s: %s; compensating", agent_id, reason)
@@ -442,11 +458,35 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
             values["steps_done"] = agent.steps_done
             if len(agent.steps_done) == len(STEPS):
                 values |= {"status": AgentStatus.ACTIVE, "failure_reason": None}
-            _save(deps, agent_id, values)
+            _save_patiently(deps, agent_id, values, lease)
             for key, value in values.items():
                 setattr(agent, key, value)
             lease.renew()
         return AgentStatus.ACTIVE
+
+
+def _save_patiently(
+    deps: ProvisioningDeps, agent_id: str, values: dict[str, Any], lease: Lease
+) -> None:
+    """Record a finished step, waiting out a database that is away for a while.
+
+    The step's work is done at the gateway and some of it cannot be asked for again
+    (a registration's key is shown once): losing it to a database restart would fail
+    the agent. So its record is retried for up to half the lock's TTL, the lock renewed.
+    """
+    deadline = time.monotonic() + deps.lock_ttl_s / 2
+    wait = 0.2
+    while True:
+        try:
+            _save(deps, agent_id, values)
+            return
+        except DB_UNREACHABLE:
+            if time.monotonic() + wait > deadline:
+                raise
+            log.warning("agent %s: database unreachable; retrying the step's record", agent_id)
+            time.sleep(wait)
+            wait = min(wait * 2, 2.0)
+            lease.renew()
 
 
 def _skipped(agent: Agent) -> dict[str, str]:
@@ -694,6 +734,9 @@ def _audit(run: _Run) -> dict[str, Any]:
         actor=ACTOR,
         action="provision_agent",
         subject=agent.agent_id,
+        # Derived, not random: a worker killed after sending the entry and before
+        # recording the step sends it again, and the log keeps it once.
+        event_id=hashlib.sha256(run.idem("audit").encode()).hexdigest()[:32],
         details={
             "fleet": run.fleet,
             "environment": run.environment,
@@ -1037,6 +1080,20 @@ def stalled_agents(
                     Agent.status.in_([AgentStatus.PROVISIONING, AgentStatus.COMPENSATING]),
                     Agent.updated_at < older_than,
                 )
+                .limit(limit)
+            )
+        )
+
+
+def interrupted_agents(sessions: sessionmaker[Session], limit: int = 10000) -> list[str]:
+    """Every agent provisioning or compensating, however recently it moved: at a
+    worker's start these are the work a dead worker may have held."""
+    with sessions() as s:
+        return list(
+            s.scalars(
+                select(Agent.agent_id)
+                .where(Agent.status.in_([AgentStatus.PROVISIONING, AgentStatus.COMPENSATING]))
+                .order_by(Agent.agent_id)
                 .limit(limit)
             )
         )

@@ -47,7 +47,7 @@ def env(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def apply(env: dict[str, Any], *changes: Change) -> tuple[list[Any], list[Any]]:
-    return apply_changes(env["sessions"], env["r"], list(changes), env["handoff"], 1_800_000_000.0)
+    return apply_changes(env["sessions"], list(changes), env["handoff"], 1_800_000_000.0)
 
 
 def test_the_same_firing_twice_opens_one_alert_and_notifies_once(env: dict[str, Any]) -> None:

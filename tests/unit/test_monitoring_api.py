@@ -78,7 +78,6 @@ def env(runtime: RecordingRuntime) -> Iterator[dict[str, Any]]:
     with audit.capture():
         apply_changes(
             sessions,
-            r,
             [
                 Change(
                     Rule("agent.sla_breach", "critical", "page"),

@@ -17,14 +17,18 @@ from sqlalchemy import insert, select
 from config.settings import MetricsSettings, load_settings
 from fleet import audit
 from fleet.clock import ManualClock
+from fleet.durability.control import (
+    freeze_provisioning,
+    is_provisioning_frozen,
+    provisioning_freeze_reason,
+)
 from fleet.gateway.schemas import BalanceResult, BudgetStatus, MetricPoint, MetricSeries
-from fleet.hotstate import is_provisioning_frozen, provisioning_frozen_key, set_provisioning_frozen
 from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.alerts import Handoff, list_alerts
 from fleet.monitoring.models import AgentHourly, Alert, FleetSweep
 from fleet.monitoring.poller import Reading
 from fleet.monitoring.snapshot import Health, read_snapshot
-from fleet.storage.db import create_db_engine, migrate, session_factory
+from fleet.storage.db import create_db_engine, migrate, session_factory, write_session
 from fleet.storage.records import Agent, AgentStatus
 
 SETTINGS = load_settings()
@@ -331,21 +335,24 @@ def test_emergency_freezes_provisioning_and_lifts_only_its_own_freeze(world: Wor
     world.sweep()
     emergency = list_alerts(world.deps.sessions, severity="emergency")
     assert [(a["rule"], a["subject"]) for a in emergency] == [("fleet.emergency", "demo")]
-    assert is_provisioning_frozen(world.r, "demo")
+    assert is_provisioning_frozen(world.deps.sessions, "demo")
+    # Kept in the database only: a Redis that loses its keys does not lift it.
+    assert not [k for k in world.r.keys("*") if "frozen" in k or "freeze" in k]
     assert "freeze_provisioning" in [e.action for e in world.audit]  # type: ignore[attr-defined]
     for agent_id in agent_ids(10)[:3]:
         world.gateway[agent_id].error_rate = 0.01
     world.sweep()
-    assert not is_provisioning_frozen(world.r, "demo")
+    assert not is_provisioning_frozen(world.deps.sessions, "demo")
     # An operator's freeze is theirs to lift.
     for agent_id in agent_ids(10)[:3]:
         world.gateway[agent_id].error_rate = 0.5
     world.sweep()
-    set_provisioning_frozen(world.r, "demo", True, reason="operator: change freeze")
+    with write_session(world.deps.sessions) as s:
+        freeze_provisioning(s, "demo", "operator: change freeze", world.clock.now())
     for agent_id in agent_ids(10)[:3]:
         world.gateway[agent_id].error_rate = 0.01
     world.sweep()
-    assert world.r.get(provisioning_frozen_key("demo")) == "operator: change freeze"
+    assert provisioning_freeze_reason(world.deps.sessions, "demo") == "operator: change freeze"
 
 
 def test_error_rate_warning_cuts_traffic_and_restores_it(world: World) -> None:
