@@ -18,7 +18,6 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-import redis
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
