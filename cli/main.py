@@ -13,6 +13,7 @@ from cli.commands import (
     audit,
     bench,
     config,
+    identity,
     keys,
     provisioning,
     report,
@@ -60,6 +61,9 @@ main.add_command(keys.keys_group)
 main.add_command(sla.sla_group)
 main.add_command(audit.audit_group)
 main.add_command(approvals.approvals_group)
+main.add_command(identity.users_group)
+main.add_command(identity.tokens_group)
+main.add_command(identity.login)
 main.add_command(report.report_group)
 # Measuring it
 main.add_command(bench.bench)

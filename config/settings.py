@@ -182,7 +182,34 @@ class FlowerSettings(_Section):
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    token: SecretStr = SecretStr("fleet-demo-token")
+    # The deployment-wide bearer token: one principal ("api-token"), so it
+    # counts once towards any quorum. None: only accounts and service tokens.
+    token: SecretStr | None = SecretStr("fleet-demo-token")
+    # Requests with a larger body are refused (413) before it is read.
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 2_000_000
+    # Rendered /metrics is served from memory this long (a scrape costs a Redis scan).
+    metrics_cache_s: Annotated[float, Field(ge=0, le=300)] = 5.0
+
+
+class IdentitySettings(_Section):
+    """Who may call the API (README, Security and access)."""
+
+    # Sign-in sessions (`fleet login`, POST /api/v1/auth/sessions) last this long.
+    session_ttl_s: Annotated[int, Field(ge=60, le=7 * 86400)] = 8 * 3600
+    # The role FLEET_API__TOKEN carries.
+    api_token_role: Literal["viewer", "operator", "approver", "admin"] = "admin"
+    # Optional OIDC: JWTs from this issuer, verified against its JWKS, are accepted.
+    oidc_issuer: str | None = None
+    oidc_jwks_url: AnyUrl | None = None
+    oidc_audience: str = "fleet-commander"
+    # The claim naming the role (viewer, operator, approver, admin).
+    oidc_role_claim: str = "fleet_role"
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> IdentitySettings:
+        if (self.oidc_issuer is None) != (self.oidc_jwks_url is None):
+            raise ValueError("oidc_issuer and oidc_jwks_url are set together")
+        return self
 
 
 class Settings(BaseSettings):
@@ -194,7 +221,8 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    environment: Literal["local", "test", "staging", "production"] = "local"
+    # demo, dev, local and test may run on the demo's default secrets (on loopback only).
+    environment: Literal["local", "test", "dev", "demo", "staging", "production"] = "local"
     fleet_name: str = "demo"
     data_dir: Path = Path("var")
     database_url: str | None = None  # None: SQLite file in data_dir
@@ -212,6 +240,7 @@ class Settings(BaseSettings):
     sla: SlaSettings = SlaSettings()
     flower: FlowerSettings = FlowerSettings()
     api: ApiSettings = ApiSettings()
+    identity: IdentitySettings = IdentitySettings()
 
     @property
     def redis_url(self) -> str:
@@ -246,6 +275,9 @@ def load_settings(**overrides: object) -> Settings:
             describe_validation_error(exc, source="environment", env_prefix="FLEET_")
         ) from None
     settings.policy  # noqa: B018 — validate the YAML at start-up, not on first use
+    from config.secret_policy import refuse_default_secrets
+
+    refuse_default_secrets(settings)
     return settings
 
 

@@ -5,19 +5,23 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, Query, status
 from fastapi.responses import HTMLResponse, StreamingResponse
 
-from web.app_auth import require_token
+from fleet.identity import Permission, Principal
+from web.app_auth import require
 from web.deps import RuntimeDep
+from web.problems import ProblemError
 
-router = APIRouter(prefix="/api/v1", tags=["audit"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1", tags=["audit"])
+
+Reader = Annotated[Principal, Depends(require(Permission.AUDIT_READ))]
 
 
 @router.get("/audit/verify")
-def verify(rt: RuntimeDep) -> dict[str, Any]:
+def verify(rt: RuntimeDep, _: Reader) -> dict[str, Any]:
     """Re-check the chain and its signed checkpoints; ``ok`` false names the first bad entry."""
     from fleet.audit.verify import verify_log
 
@@ -25,14 +29,27 @@ def verify(rt: RuntimeDep) -> dict[str, Any]:
 
 
 @router.get("/audit/public-key")
-def public_key(rt: RuntimeDep) -> dict[str, str]:
+def public_key(rt: RuntimeDep, _: Reader) -> dict[str, str]:
     signer = rt.audit_log.signer
     return {"key_id": signer.key_id, "public_key": signer.public_hex, "pem": signer.public_pem()}
 
 
-@router.get("/audit/export")
+@router.get(
+    "/audit/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The export, as JSON lines or CSV.",
+            "content": {
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
 def export(
     rt: RuntimeDep,
+    _: Reader,
     since: datetime | None = None,
     until: datetime | None = None,
     fmt: Literal["jsonl", "csv"] = Query("jsonl", alias="format"),
@@ -42,9 +59,10 @@ def export(
 
     for value in (since, until):
         if value is not None and value.tzinfo is None:
-            raise HTTPException(
+            raise ProblemError(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 "since/until need a time zone (e.g. 2026-01-01T00:00Z)",
+                error="InvalidRequest",
             )
     spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - closed by the stream
     export_log(rt.audit_log, spool, fmt=fmt, since=since, until=until)
@@ -60,9 +78,22 @@ def export(
     return StreamingResponse(chunks(), media_type=media, headers=headers)
 
 
-@router.get("/reports/compliance", response_model=None)
+@router.get(
+    "/reports/compliance",
+    response_model=None,
+    responses={
+        200: {
+            "description": "The report, as JSON or HTML.",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/html": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
 def compliance(
     rt: RuntimeDep,
+    _: Reader,
     fleet: str,
     period: str,
     fmt: Literal["json", "html"] = Query("json", alias="format"),
@@ -74,7 +105,9 @@ def compliance(
     try:
         report, _, _ = produce_report(rt.settings, rt.audit_log, rt.approvals, fleet, period)
     except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        raise ProblemError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), error="InvalidRequest"
+        ) from None
     if fmt == "html":
         return HTMLResponse(render_html(report))
     return report
