@@ -98,6 +98,7 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
     from web.routes import approvals, audit
 
     api.include_router(approvals.router)
+    api.include_router(approvals.releases)
     api.include_router(audit.router)
 
     from web.routes import monitoring

@@ -130,12 +130,29 @@ def _problem_ref() -> dict[str, Any]:
 
 
 _WHEN = {
+    400: "The body is not parseable as its content type.",
     401: "No credentials, or credentials that are wrong, expired or revoked.",
     403: "The principal lacks the permission this operation needs.",
     413: "The body is larger than FLEET_API__MAX_BODY_BYTES; refused before it is read.",
     415: "The body's content type is not one this operation accepts.",
     422: "An input is invalid; ``problems`` names each one.",
 }
+
+
+def _hoist_defs(node: Any, components: dict[str, Any]) -> Any:
+    """Move JSON Schema ``$defs`` embedded in operations into components, fixing their refs."""
+    if isinstance(node, dict):
+        for name, definition in node.pop("$defs", {}).items():
+            components.setdefault(name, _hoist_defs(definition, components))
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+                node[key] = "#/components/schemas/" + value.removeprefix("#/$defs/")
+            else:
+                _hoist_defs(value, components)
+    elif isinstance(node, list):
+        for item in node:
+            _hoist_defs(item, components)
+    return node
 
 
 def truthful_openapi(api: FastAPI) -> dict[str, Any]:
@@ -157,6 +174,7 @@ def truthful_openapi(api: FastAPI) -> dict[str, Any]:
     components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
+    _hoist_defs(schema, components)
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
             responses: dict[str, Any] = operation.setdefault("responses", {})
@@ -164,7 +182,7 @@ def truthful_openapi(api: FastAPI) -> dict[str, Any]:
             if operation.get("security"):
                 codes |= {401, 403}
             if "requestBody" in operation:
-                codes |= {413, 415, 422}
+                codes |= {400, 413, 415, 422}
             if operation.get("parameters"):
                 codes.add(422)
             for code in codes:

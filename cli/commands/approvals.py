@@ -129,7 +129,7 @@ def approvals_release(agent_id: str, reason: str) -> None:
     answer = call(
         settings_for_cli(),
         "POST",
-        "/api/v1/approvals/release",
+        "/api/v1/release-requests",
         json_body={"agent_id": agent_id, "reason": reason},
     )
     if answer.get("request"):

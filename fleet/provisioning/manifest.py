@@ -27,12 +27,20 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 
 from config.policy import Policy
 
-Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
+# Published as decimal text: a JSON number is accepted too, but a float's binary value
+# is not the amount it was written as (see _refuse_float).
+MONEY_PATTERN = r"^\d{1,12}(\.\d{1,2})?$"
+Money = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=14, decimal_places=2),
+    WithJsonSchema({"type": "string", "pattern": MONEY_PATTERN, "examples": ["50.00"]}),
+]
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,47}$")]
 Environment = Literal["development", "staging", "production", "demo", "test"]
 
@@ -56,8 +64,11 @@ MAX_YAML_NODES = 100_000
 class ManifestError(ValueError):
     """A manifest is invalid; ``problems`` lists every problem with its path."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], *, conflicts_with_policy: bool = False) -> None:
         self.problems = problems
+        # Well-formed (the schema holds) but not acceptable here: an unknown SLA
+        # template, a tier the policy forbids, a duplicate prefix, over the ceiling.
+        self.conflicts_with_policy = conflicts_with_policy
         super().__init__("; ".join(problems))
 
 
@@ -253,7 +264,7 @@ def validate_manifest(data: Any, policy: Policy) -> FleetManifest:
     else:
         problems += _group_problems(data.get("agents"), "agents", policy)
     if problems or manifest is None:
-        raise ManifestError(problems)
+        raise ManifestError(problems, conflicts_with_policy=manifest is not None)
     return manifest.flat() if isinstance(manifest, PlaybookManifest) else manifest
 
 

@@ -63,7 +63,7 @@ def test_nobody_approves_a_request_they_raised(
 ) -> None:
     alice = signed_in(runtime.identities, "alice")
     opened = client.post(
-        "/api/v1/approvals/release",
+        "/api/v1/release-requests",
         json={"agent_id": "seg0-0001-aaaaaaaa", "reason": "fixed"},
         headers=alice,
     )

@@ -69,7 +69,7 @@ def test_decisions_over_http_keep_the_four_eyes_rules(
     assert [e.action for e in events].count("approval_vote_refused") == 2
 
     release = client.post(
-        "/api/v1/approvals/release",
+        "/api/v1/release-requests",
         headers=dave,
         json={"agent_id": "seg0-0001-aaaaaaaa", "reason": "fixed"},
     )

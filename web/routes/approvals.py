@@ -168,7 +168,11 @@ def review(rt: RuntimeDep, principal: Reviewer, request_id: str, body: Review) -
         raise _http_error(exc) from None
 
 
-@router.post("/release", status_code=status.HTTP_202_ACCEPTED)
+# Its own collection: under /approvals it would share a path with GET /approvals/{request_id}.
+releases = APIRouter(prefix="/api/v1/release-requests", tags=["approvals"])
+
+
+@releases.post("", status_code=status.HTTP_202_ACCEPTED)
 def request_release(rt: RuntimeDep, principal: Requester, body: ReleaseRequest) -> dict[str, Any]:
     """Ask, as the caller, to release a frozen agent: it runs once someone else approves."""
     _refuse_other_actor(body.requested_by, principal, "requested_by")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, status
 from fastapi.responses import HTMLResponse, StreamingResponse
+from pydantic import AwareDatetime, BeforeValidator
 
 from fleet.identity import Permission, Principal
 from web.app_auth import require
@@ -18,6 +19,18 @@ from web.problems import ProblemError
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 
 Reader = Annotated[Principal, Depends(require(Permission.AUDIT_READ))]
+
+
+def _not_a_number(value: Any) -> Any:
+    # Lax validation reads 0.5 as a Unix time; a timestamp here is RFC 3339 text.
+    if not isinstance(value, str) or re.fullmatch(r"[\d.eE+-]+", value.strip()):
+        raise ValueError("expected an RFC 3339 date-time with a time zone, e.g. 2026-01-01T00:00Z")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime | None, BeforeValidator(_not_a_number), Query()]
+# A calendar month ("2026-05") or the days up to now ("30d").
+PERIOD = r"^((19|20)\d{2}-(0[1-9]|1[0-2])|\d{1,4}d)$"
 
 
 @router.get("/audit/verify")
@@ -50,20 +63,13 @@ def public_key(rt: RuntimeDep, _: Reader) -> dict[str, str]:
 def export(
     rt: RuntimeDep,
     _: Reader,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Timestamp = None,
+    until: Timestamp = None,
     fmt: Literal["jsonl", "csv"] = Query("jsonl", alias="format"),
 ) -> StreamingResponse:
     """Entries with hashes, checkpoints and the public key: verifiable by the recipient alone."""
     from fleet.audit.export import export_log
 
-    for value in (since, until):
-        if value is not None and value.tzinfo is None:
-            raise ProblemError(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                "since/until need a time zone (e.g. 2026-01-01T00:00Z)",
-                error="InvalidRequest",
-            )
     spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - closed by the stream
     export_log(rt.audit_log, spool, fmt=fmt, since=since, until=until)
     spool.seek(0)
@@ -94,8 +100,8 @@ def export(
 def compliance(
     rt: RuntimeDep,
     _: Reader,
-    fleet: str,
-    period: str,
+    fleet: Annotated[str, Query(min_length=1, max_length=128)],
+    period: Annotated[str, Query(pattern=PERIOD)],
     fmt: Literal["json", "html"] = Query("json", alias="format"),
 ) -> dict[str, Any] | HTMLResponse:
     """Per article 9, 11-15: our own evidence (also written to files). The gateway

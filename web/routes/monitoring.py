@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, status
@@ -56,7 +57,14 @@ class _RenderedMetrics:
             return self._body
 
 
-_rendered = _RenderedMetrics()
+# One rendering per runtime: an API serving another runtime (tests) never sees this one's.
+_rendered: weakref.WeakKeyDictionary[Runtime, _RenderedMetrics] = weakref.WeakKeyDictionary()
+_rendered_lock = threading.Lock()
+
+
+def _rendering_of(rt: Runtime) -> _RenderedMetrics:
+    with _rendered_lock:
+        return _rendered.setdefault(rt, _RenderedMetrics())
 
 
 @public.get(
@@ -66,7 +74,7 @@ _rendered = _RenderedMetrics()
 )
 def metrics(rt: RuntimeDep) -> Response:
     """Prometheus text format: fleet totals, open alerts, sweeps, per-agent gauges."""
-    return Response(_rendered.get(rt), media_type=CONTENT_TYPE_LATEST)
+    return Response(_rendering_of(rt).get(rt), media_type=CONTENT_TYPE_LATEST)
 
 
 @private.get("/fleet")

@@ -80,8 +80,12 @@ _MANIFEST_BODY = {
     response_model=JobAccepted,
     openapi_extra={"requestBody": _MANIFEST_BODY},
     responses={
-        409: {"description": "Provisioning is frozen (kill switch), or the manifest breaks policy."},
-        422: {"description": "The manifest is not valid JSON/YAML or not a valid manifest."},
+        409: {
+            "description": "Provisioning is frozen (kill switch), or the manifest is well-formed "
+            "but conflicts with this deployment's policy (unknown SLA template, a tier it "
+            "forbids, a duplicate prefix, over the per-manifest ceiling)."
+        },
+        422: {"description": "The body is not valid JSON/YAML, or not a manifest by its schema."},
     },
 )
 async def create_job(request: Request, rt: RuntimeDep, principal: Submitter) -> JobAccepted:
@@ -97,9 +101,11 @@ async def create_job(request: Request, rt: RuntimeDep, principal: Submitter) -> 
         )
     except ManifestError as exc:
         raise ProblemError(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            status.HTTP_409_CONFLICT
+            if exc.conflicts_with_policy
+            else status.HTTP_422_UNPROCESSABLE_CONTENT,
             exc.problems[0] if exc.problems else "invalid manifest",
-            error="InvalidManifest",
+            error="ManifestConflictsWithPolicy" if exc.conflicts_with_policy else "InvalidManifest",
             problems=exc.problems,
         ) from None
     except pipeline.ProvisioningFrozen as exc:
