@@ -51,7 +51,12 @@ def save_credentials(url: str, token: str, principal_id: str, expires_at: str) -
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(
-            {"api_url": url, "token": token, "principal_id": principal_id, "expires_at": expires_at},
+            {
+                "api_url": url,
+                "token": token,
+                "principal_id": principal_id,
+                "expires_at": expires_at,
+            },
             out,
         )
     return path

@@ -34,8 +34,8 @@ from fleet.clock import Clock, SystemClock
 from fleet.escalation.actions import ActionDeps
 from fleet.gateway import GatewayClient, GatewayConfig
 from fleet.gateway.loop import LoopGatewayClient
-from fleet.identity import Identities
 from fleet.hotstate import Lease, connect, is_provisioning_frozen, try_lock
+from fleet.identity import Identities
 from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.alerts import Handoff
 from fleet.monitoring.poller import SweepPoller

@@ -33,7 +33,10 @@ def require(permission: Permission | None) -> PermissionCheck:
         principal: Principal | None = getattr(request.state, "principal", None)
         if principal is None:
             raise ProblemError(
-                401, "this operation needs a bearer token", error="NotAuthenticated", headers=CHALLENGE
+                401,
+                "this operation needs a bearer token",
+                error="NotAuthenticated",
+                headers=CHALLENGE,
             )
         if permission is not None and not principal.may(permission):
             raise ProblemError(

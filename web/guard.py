@@ -33,7 +33,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PUBLIC = frozenset({("GET", "/healthz"), ("GET", "/openapi.json"), ("POST", "/api/v1/auth/sessions")})
+PUBLIC = frozenset(
+    {("GET", "/healthz"), ("GET", "/openapi.json"), ("POST", "/api/v1/auth/sessions")}
+)
 LOOPBACK_OR_TOKEN = ("/docs", "/redoc", "/metrics")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 JSON_TYPES = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
@@ -104,7 +106,9 @@ class AccessGuard:
 
         await self.app(scope, bounded_receive, send)
 
-    async def _check(self, scope: Scope) -> Callable[[Scope, Receive, Send], Awaitable[None]] | None:
+    async def _check(
+        self, scope: Scope
+    ) -> Callable[[Scope, Receive, Send], Awaitable[None]] | None:
         method, path = scope["method"], scope["path"]
         limit = self.max_body_bytes()
         length = _header(scope, b"content-length")
@@ -112,7 +116,9 @@ class AccessGuard:
             if not length.isdigit():
                 return problem_response(400, "Content-Length is not a number", error="BadRequest")
             if int(length) > limit:
-                return problem_response(413, f"the body is over {limit} bytes", error="BodyTooLarge")
+                return problem_response(
+                    413, f"the body is over {limit} bytes", error="BodyTooLarge"
+                )
         if (method, path) not in PUBLIC:
             loopback = (scope.get("client") or ("",))[0] in LOOPBACK_HOSTS
             token = bearer_token(scope)
@@ -141,7 +147,8 @@ class AccessGuard:
             if not (JSON_TYPES.match(media) or (takes_yaml and media in YAML_TYPES)):
                 accepted = "application/json" + (" or application/yaml" if takes_yaml else "")
                 return problem_response(
-                    415, f"send the body as {accepted}, not {media or 'no type'}",
+                    415,
+                    f"send the body as {accepted}, not {media or 'no type'}",
                     error="UnsupportedMediaType",
                 )
         return None

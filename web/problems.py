@@ -110,7 +110,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = [f"{_location(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
     return problem_response(
-        422, problems[0] if problems else "invalid request", error="InvalidRequest", problems=problems
+        422,
+        problems[0] if problems else "invalid request",
+        error="InvalidRequest",
+        problems=problems,
     )
 
 
@@ -185,8 +188,8 @@ def truthful_openapi(api: FastAPI) -> dict[str, Any]:
                 codes |= {400, 413, 415, 422}
             if operation.get("parameters"):
                 codes.add(422)
-            for code in codes:
-                responses.setdefault(str(code), {"description": _WHEN[code]})
+            for implied in codes:
+                responses.setdefault(str(implied), {"description": _WHEN[implied]})
             for code, response in responses.items():
                 if code.isdigit() and int(code) >= 400:
                     response["content"] = _problem_ref()

@@ -56,9 +56,7 @@ def approvals_list(status: str | None, review: bool, show_all: bool, as_json: bo
 
 
 def _print_answer(answer: dict[str, Any]) -> None:
-    votes = (
-        ", ".join(f"{v['approver']} {v['verdict']}d" for v in answer["votes"]) or "no votes"
-    )
+    votes = ", ".join(f"{v['approver']} {v['verdict']}d" for v in answer["votes"]) or "no votes"
     due = answer.get("expires_at") or answer.get("review_due_at")
     click.echo(
         f"{answer['request_id']}  {answer['risk']:<8} {answer['status']:<9} {answer['action']} on "

@@ -69,7 +69,9 @@ def users_list() -> None:
     """Every account, its role and whether it is disabled."""
     for user in _identities(settings_for_cli()).list_users():
         state = "disabled" if user.disabled else "enabled"
-        click.echo(f"{user.username:<24} {user.role:<9} {state:<9} since {user.created_at:%Y-%m-%d}")
+        click.echo(
+            f"{user.username:<24} {user.role:<9} {state:<9} since {user.created_at:%Y-%m-%d}"
+        )
 
 
 @users_group.command("disable")

@@ -86,9 +86,7 @@ class TaskLog(BaseModel):
     unique_tools: Annotated[int, Field(ge=0, le=10_000), BeforeValidator(_json_number)]
     retries: Annotated[int, Field(ge=0, le=100_000), BeforeValidator(_json_number)] = 0
     escalated: Annotated[bool, Field(strict=True)] = False
-    decision_latency_ms: (
-        Annotated[float, Field(ge=0), BeforeValidator(_json_number)] | None
-    ) = None
+    decision_latency_ms: Annotated[float, Field(ge=0), BeforeValidator(_json_number)] | None = None
     counterparties: Annotated[
         list[Annotated[str, Field(max_length=128)]], Field(max_length=100)
     ] = []

@@ -328,9 +328,9 @@ class _ExactLoader(yaml.SafeLoader):
 
     _nodes = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.events.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise yaml.composer.ComposerError(
                 None, None, "aliases (*name) are not accepted in a manifest", event.start_mark
             )
@@ -340,9 +340,9 @@ class _ExactLoader(yaml.SafeLoader):
                 None,
                 None,
                 f"more than {MAX_YAML_NODES} YAML nodes",
-                self.peek_event().start_mark,
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
             )
-        return super().compose_node(parent, index)  # type: ignore[misc]
+        return super().compose_node(parent, index)
 
 
 def _exact_decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal:

@@ -69,11 +69,24 @@ class World:
     def sign_up(self, *names: str) -> None:
         """Approver accounts for each name, each signed in with `fleet login`."""
         for name in names:
-            added = self.fleet("users", "add", name, "--role", "approver", "--password-stdin",
-                               stdin=f"{name}-password-long-enough\n")
+            added = self.fleet(
+                "users",
+                "add",
+                name,
+                "--role",
+                "approver",
+                "--password-stdin",
+                stdin=f"{name}-password-long-enough\n",
+            )
             assert added.returncode == 0, added.stderr
-            login = self.fleet("login", "--username", name, "--password-stdin", as_user=name,
-                               stdin=f"{name}-password-long-enough\n")
+            login = self.fleet(
+                "login",
+                "--username",
+                name,
+                "--password-stdin",
+                as_user=name,
+                stdin=f"{name}-password-long-enough\n",
+            )
             assert login.returncode == 0 and f"user:{name}" in login.stdout, login.stderr
 
     def status(self) -> str:
@@ -153,15 +166,28 @@ def world(sandbox: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
         api_port = free_port()
         env["FLEET_API__PORT"] = str(api_port)
         env["FLEET_API_URL"] = f"http://127.0.0.1:{api_port}"
-        with celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=2, name="audit") as (
-            _,
-            log_file,
-        ), Supervisor(log_dir=tmp_path / "api-logs") as sup:
+        with (
+            celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=2, name="audit") as (
+                _,
+                log_file,
+            ),
+            Supervisor(log_dir=tmp_path / "api-logs") as sup,
+        ):
             # Decisions go through the API, as whoever runs the command.
             sup.start(
                 "api",
-                [sys.executable, "-m", "uvicorn", "web.app:app", "--host", "127.0.0.1",
-                 "--port", str(api_port), "--log-level", "warning"],
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "web.app:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(api_port),
+                    "--log-level",
+                    "warning",
+                ],
                 env=env,
                 ready=lambda: port_open("127.0.0.1", api_port),
                 timeout_s=60,

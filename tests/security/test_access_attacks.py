@@ -40,7 +40,10 @@ def test_one_credential_under_two_names_never_reaches_quorum(
         )
         assert named.status_code == 403 and named.json()["error"] == "ActorMismatch"
     # Without a name the token votes as itself, once.
-    assert client.post(f"/api/v1/approvals/{rid}/approve", json={}, headers=API_TOKEN).status_code == 200
+    assert (
+        client.post(f"/api/v1/approvals/{rid}/approve", json={}, headers=API_TOKEN).status_code
+        == 200
+    )
     again = client.post(f"/api/v1/approvals/{rid}/approve", json={}, headers=API_TOKEN)
     assert again.status_code == 409 and again.json()["error"] == "DuplicateVote"
     view = runtime.approvals.get(rid)
@@ -72,9 +75,7 @@ def test_nobody_approves_a_request_they_raised(
     own = client.post(f"/api/v1/approvals/{rid}/approve", json={}, headers=alice)
     assert own.status_code == 403 and own.json()["error"] == "SelfApproval"
     # Naming someone else in the body does not help either.
-    spoof = client.post(
-        f"/api/v1/approvals/{rid}/approve", json={"approver": "bob"}, headers=alice
-    )
+    spoof = client.post(f"/api/v1/approvals/{rid}/approve", json={"approver": "bob"}, headers=alice)
     assert spoof.status_code == 403
     assert runtime.approvals.get(rid).approvals == 0
 
@@ -169,7 +170,5 @@ def test_every_api_route_names_the_permission_it_needs(client: TestClient) -> No
             continue
         if route.path in public and "POST" in route.methods:
             continue
-        checks = [
-            d.call for d in route.dependant.dependencies if hasattr(d.call, "permission")
-        ]
+        checks = [d.call for d in route.dependant.dependencies if hasattr(d.call, "permission")]
         assert len(checks) == 1, f"{route.path} {route.methods} names no permission"

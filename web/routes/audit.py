@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Iterator
-import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, status
@@ -109,7 +109,9 @@ def compliance(
     from fleet.audit.compliance import produce_report, render_html
 
     try:
-        report, _, _ = produce_report(rt.settings, rt.audit_log, rt.approvals, fleet, period)
+        report, _json_file, _html_file = produce_report(
+            rt.settings, rt.audit_log, rt.approvals, fleet, period
+        )
     except ValueError as exc:
         raise ProblemError(
             status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), error="InvalidRequest"

@@ -18,10 +18,10 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from fleet.clock import epoch_seconds
+from fleet.identity import Permission, Principal
 from fleet.monitoring import alerts, behaviour, prom
 from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.snapshot import read_snapshot
-from fleet.identity import Permission, Principal
 from fleet.runtime import Runtime
 from web.app_auth import require, require_or_loopback
 from web.deps import RuntimeDep
@@ -95,7 +95,9 @@ def agent(rt: RuntimeDep, _: Reader, agent_id: str) -> dict[str, Any]:
 
 
 @private.get("/sweeps")
-def sweeps(rt: RuntimeDep, _: Reader, limit: Annotated[int, Query(ge=1, le=100)] = 10) -> list[dict[str, Any]]:
+def sweeps(
+    rt: RuntimeDep, _: Reader, limit: Annotated[int, Query(ge=1, le=100)] = 10
+) -> list[dict[str, Any]]:
     r = rt.redis
     return [
         s for s in (sweeping.sweep_status(r, sid) for sid in sweeping.recent_sweeps(r, limit)) if s
@@ -104,9 +106,7 @@ def sweeps(rt: RuntimeDep, _: Reader, limit: Annotated[int, Query(ge=1, le=100)]
 
 @private.get("/sweeps/{sweep_id}", responses={404: {"description": "No such sweep."}})
 def sweep(
-    rt: RuntimeDep,
-    _: Reader,
-    sweep_id: str, failures: Annotated[int, Query(ge=0, le=10000)] = 100
+    rt: RuntimeDep, _: Reader, sweep_id: str, failures: Annotated[int, Query(ge=0, le=10000)] = 100
 ) -> dict[str, Any]:
     r = rt.redis
     found = sweeping.sweep_status(r, sweep_id)

@@ -132,5 +132,7 @@ def get_job(rt: RuntimeDep, _: Reader, job_id: str, agents: bool = True) -> dict
     """State and per-agent progress: done / failed / pending of total."""
     progress = pipeline.job_progress(rt.sessions, job_id)
     if progress is None:
-        raise ProblemError(status.HTTP_404_NOT_FOUND, f"no provisioning job {job_id!r}", error="NotFound")
+        raise ProblemError(
+            status.HTTP_404_NOT_FOUND, f"no provisioning job {job_id!r}", error="NotFound"
+        )
     return progress.as_dict(with_agents=agents)

@@ -13,10 +13,10 @@ from fastapi import APIRouter, Depends, Query, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.runtime import Runtime
-from fleet.sla.episodes import EpisodeClosed, EpisodeError, EpisodeNotFound
 from fleet.approvals.service import same_person
 from fleet.identity import Permission, Principal
+from fleet.runtime import Runtime
+from fleet.sla.episodes import EpisodeClosed, EpisodeError, EpisodeNotFound
 from tasks.sla import evaluate_agent
 from web.app_auth import require
 from web.deps import RuntimeDep
