@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import RecordingRuntime
@@ -14,7 +15,9 @@ from tests.support.identities import signed_in
 API_TOKEN = {"Authorization": "Bearer fleet-demo-token"}
 
 
-def _asgi_post(app: Any, headers: list[tuple[bytes, bytes]], body_size: int) -> dict[str, Any]:
+def _asgi_post(
+    app: Any, headers: list[tuple[bytes, bytes]], body_size: int, path: str
+) -> dict[str, Any]:
     """POST straight into the ASGI app; records whether the app ever asked for the body."""
     reads: list[int] = []
     sent: list[dict[str, Any]] = []
@@ -32,8 +35,8 @@ def _asgi_post(app: Any, headers: list[tuple[bytes, bytes]], body_size: int) -> 
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/api/v1/provisioning-jobs",
-        "raw_path": b"/api/v1/provisioning-jobs",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": headers,
@@ -49,15 +52,20 @@ def _asgi_post(app: Any, headers: list[tuple[bytes, bytes]], body_size: int) -> 
     }
 
 
-def test_an_unauthenticated_16_mb_post_is_refused_without_reading_it(client: TestClient) -> None:
+@pytest.mark.parametrize(
+    "path", ["/api/v1/provisioning-jobs", "/api/v1/release-requests", "/api/v1/auth/whoami"]
+)
+def test_an_unauthenticated_16_mb_post_is_refused_without_reading_it(
+    client: TestClient, path: str
+) -> None:
     sixteen_mb = 16 * 1024 * 1024
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(sixteen_mb).encode()),
     ]
-    answer = _asgi_post(client.app, headers, sixteen_mb)
+    answer = _asgi_post(client.app, headers, sixteen_mb, path)
     assert answer["status"] in (401, 413) and answer["reads"] == 0
-    no_length = _asgi_post(client.app, [(b"content-type", b"application/json")], sixteen_mb)
+    no_length = _asgi_post(client.app, [(b"content-type", b"application/json")], sixteen_mb, path)
     assert no_length["status"] == 401 and no_length["reads"] == 0
 
 

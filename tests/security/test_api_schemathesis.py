@@ -23,7 +23,7 @@ from stack.parts import redis_server
 from stack.processes import free_port, port_open
 from tests.conftest import RecordingRuntime
 
-MAX_EXAMPLES = 15
+MAX_EXAMPLES = 10
 
 
 class _Sent:
