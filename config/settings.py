@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -189,6 +190,11 @@ class ApiSettings(_Section):
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 2_000_000
     # Rendered /metrics is served from memory this long (a scrape costs a Redis scan).
     metrics_cache_s: Annotated[float, Field(ge=0, le=300)] = 5.0
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class IdentitySettings(_Section):

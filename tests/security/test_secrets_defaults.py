@@ -59,3 +59,20 @@ def test_a_remote_redis_without_a_password_is_refused(monkeypatch: pytest.Monkey
         _load(monkeypatch, **env, FLEET_REDIS__URL="redis://redis.internal:6379/0")
     _load(monkeypatch, **env, FLEET_REDIS__URL=f"redis://:{'p' * 24}@redis.internal:6379/0")
     _load(monkeypatch, **env, FLEET_REDIS__URL="redis://127.0.0.1:6379/0")
+
+
+def test_the_api_token_can_be_switched_off_and_children_inherit_that(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stack.processes import child_env
+
+    monkeypatch.setenv("FLEET_ENVIRONMENT", "production")
+    for name, value in STRONG.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FLEET_API__TOKEN", "")
+    assert load_settings().api.token is None  # empty: no deployment-wide token, not a short one
+    monkeypatch.delenv("FLEET_API__TOKEN")
+    monkeypatch.setenv("FLEET_ENVIRONMENT", "local")
+    settings = load_settings()
+    off = settings.model_copy(update={"api": settings.api.model_copy(update={"token": None})})
+    assert child_env(off)["FLEET_API__TOKEN"] == ""
