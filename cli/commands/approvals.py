@@ -66,36 +66,41 @@ def _print_answer(answer: dict[str, Any]) -> None:
     )
 
 
-def _decide(request_id: str, verdict: str, comment: str) -> None:
+def _decide(request_id: str, verdict: str, comment: str, digest: str | None) -> None:
     from cli.api_client import call
 
+    body: dict[str, str] = {"comment": comment}
+    if digest:
+        body["action_digest"] = digest
     answer = call(
-        settings_for_cli(),
-        "POST",
-        f"/api/v1/approvals/{request_id}/{verdict}",
-        json_body={"comment": comment},
+        settings_for_cli(), "POST", f"/api/v1/approvals/{request_id}/{verdict}", json_body=body
     )
     _print_answer(answer)
     if answer["status"] == "approved" and answer.get("task"):
         click.echo(f"approved: the API sends {answer['task']}")
 
 
+_DIGEST_HELP = "Refuse unless the request is this action (its action_digests, `list --json`)."
+
+
 @approvals_group.command("approve")
 @click.argument("request_id")
 @click.option("--comment", default="", help="Why.")
+@click.option("--digest", default=None, help=_DIGEST_HELP)
 @config_errors_exit
-def approvals_approve(request_id: str, comment: str) -> None:
+def approvals_approve(request_id: str, comment: str, digest: str | None) -> None:
     """Approve REQUEST_ID as yourself (you cannot approve your own request, or vote twice)."""
-    _decide(request_id, "approve", comment)
+    _decide(request_id, "approve", comment, digest)
 
 
 @approvals_group.command("reject")
 @click.argument("request_id")
 @click.option("--comment", default="", help="Why.")
+@click.option("--digest", default=None, help=_DIGEST_HELP)
 @config_errors_exit
-def approvals_reject(request_id: str, comment: str) -> None:
+def approvals_reject(request_id: str, comment: str, digest: str | None) -> None:
     """Reject REQUEST_ID as yourself: it is denied and never runs."""
-    _decide(request_id, "reject", comment)
+    _decide(request_id, "reject", comment, digest)
 
 
 @approvals_group.command("review")

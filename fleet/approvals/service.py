@@ -158,6 +158,10 @@ class RequestView:
                 {"approver": v.approver, "verdict": v.verdict, "comment": v.comment, "at": t(v.at)}
                 for v in self.votes
             ],
+            # What a vote would decide: a client may send it back to pin what it saw.
+            "action_digests": {
+                verdict.value: action_digest(self, verdict.value) for verdict in Verdict
+            },
         }
 
 

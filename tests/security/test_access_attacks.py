@@ -194,3 +194,22 @@ def test_every_api_route_names_the_permission_it_needs(client: TestClient) -> No
         route = routes[(path, method)]
         checks = [d.call for d in route.dependant.dependencies if hasattr(d.call, "permission")]
         assert len(checks) == 1, f"{method} {path} names no permission"
+
+
+def test_a_vote_pinned_to_a_digest_counts_only_for_that_action(
+    client: TestClient, runtime: RecordingRuntime
+) -> None:
+    rid = _critical(runtime, "alice")
+    bob = signed_in(runtime.identities, "bob")
+    shown = client.get(f"/api/v1/approvals/{rid}", headers=bob).json()["action_digests"]
+    stale = client.post(
+        f"/api/v1/approvals/{rid}/approve", json={"action_digest": "0" * 64}, headers=bob
+    )
+    assert stale.status_code == 409 and stale.json()["error"] == "DigestMismatch"
+    assert runtime.approvals.get(rid).approvals == 0
+    pinned = client.post(
+        f"/api/v1/approvals/{rid}/approve",
+        json={"action_digest": shown["approve"]},
+        headers=bob,
+    )
+    assert pinned.status_code == 200 and pinned.json()["approvals"] == 1

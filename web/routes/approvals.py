@@ -28,7 +28,7 @@ from fleet.approvals import (
 )
 from fleet.approvals.gate import dispatch_approved
 from fleet.approvals.release import request_release as open_request
-from fleet.approvals.service import same_person
+from fleet.approvals.service import action_digest, same_person
 from fleet.identity import Permission, Principal
 from fleet.runtime import Runtime
 from web.app_auth import require
@@ -47,7 +47,10 @@ Requester = Annotated[Principal, Depends(require(Permission.APPROVALS_REQUEST))]
 _DECISION_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such request."},
     403: {"description": "Lacks the permission, raised the request, or not a configured approver."},
-    409: {"description": "Not pending (decided, expired, executed), or already voted."},
+    409: {
+        "description": "Not pending (decided, expired, executed), already voted, or the "
+        "action_digest sent is not this request's."
+    },
 }
 
 _STATUS_FOR: list[tuple[type[ApprovalError], int]] = [
@@ -63,6 +66,21 @@ _STATUS_FOR: list[tuple[type[ApprovalError], int]] = [
 def _http_error(exc: ApprovalError) -> ProblemError:
     code = next((c for cls, c in _STATUS_FOR if isinstance(exc, cls)), status.HTTP_409_CONFLICT)
     return ProblemError(code, str(exc), error=type(exc).__name__)
+
+
+def _refuse_other_digest(rt: Runtime, request_id: str, decision: Decision, verdict: str) -> None:
+    if decision.action_digest is None:
+        return
+    try:
+        view = rt.approvals.get(request_id)
+    except ApprovalError as exc:
+        raise _http_error(exc) from None
+    if action_digest(view, verdict) != decision.action_digest:
+        raise ProblemError(
+            status.HTTP_409_CONFLICT,
+            f"request {request_id} is not the action whose digest was sent",
+            error="DigestMismatch",
+        )
 
 
 def _refuse_other_actor(named: str | None, principal: Principal, field: str) -> None:
@@ -82,6 +100,9 @@ class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     comment: str = Field(default="", max_length=2000)
+    # The request's action_digests[verdict] as the caller saw it: refused (409) if the
+    # request says anything else, so nobody approves an action they were not shown.
+    action_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     # Deprecated: the caller decides. If given it must name the caller.
     approver: str | None = Field(default=None, min_length=1, max_length=128)
 
@@ -139,6 +160,7 @@ def approve(
 ) -> dict[str, Any]:
     """Vote for, as the caller: HIGH needs one approver, CRITICAL two distinct principals."""
     _refuse_other_actor(decision.approver, principal, "approver")
+    _refuse_other_digest(rt, request_id, decision, "approve")
     try:
         view = rt.approvals.approve(request_id, "", decision.comment, principal=principal)
     except ApprovalError as exc:
@@ -152,6 +174,7 @@ def reject(
     rt: RuntimeDep, principal: Decider, request_id: str, decision: Decision
 ) -> dict[str, Any]:
     _refuse_other_actor(decision.approver, principal, "approver")
+    _refuse_other_digest(rt, request_id, decision, "reject")
     try:
         view = rt.approvals.reject(request_id, "", decision.comment, principal=principal)
     except ApprovalError as exc:
