@@ -15,6 +15,7 @@ from cli.commands import (
     config,
     dlq,
     heartbeat,
+    identity,
     keys,
     probe,
     provisioning,
@@ -68,6 +69,9 @@ main.add_command(heartbeat.heartbeat_group)
 main.add_command(sla.sla_group)
 main.add_command(audit.audit_group)
 main.add_command(approvals.approvals_group)
+main.add_command(identity.users_group)
+main.add_command(identity.tokens_group)
+main.add_command(identity.login)
 main.add_command(report.report_group)
 # Measuring it
 main.add_command(bench.bench)

@@ -225,7 +225,39 @@ class FlowerSettings(_Section):
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    token: SecretStr = SecretStr("fleet-demo-token")
+    # The deployment-wide bearer token: one principal ("api-token"), so it
+    # counts once towards any quorum. None: only accounts and service tokens.
+    token: SecretStr | None = SecretStr("fleet-demo-token")
+    # Requests with a larger body are refused (413) before it is read.
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 2_000_000
+    # Rendered /metrics is served from memory this long (a scrape costs a Redis scan).
+    metrics_cache_s: Annotated[float, Field(ge=0, le=300)] = 5.0
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class IdentitySettings(_Section):
+    """Who may call the API (README, Security and access)."""
+
+    # Sign-in sessions (`fleet login`, POST /api/v1/auth/sessions) last this long.
+    session_ttl_s: Annotated[int, Field(ge=60, le=7 * 86400)] = 8 * 3600
+    # The role FLEET_API__TOKEN carries.
+    api_token_role: Literal["viewer", "operator", "approver", "admin"] = "admin"
+    # Optional OIDC: JWTs from this issuer, verified against its JWKS, are accepted.
+    oidc_issuer: str | None = None
+    oidc_jwks_url: AnyUrl | None = None
+    oidc_audience: str = "fleet-commander"
+    # The claim naming the role (viewer, operator, approver, admin).
+    oidc_role_claim: str = "fleet_role"
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> IdentitySettings:
+        if (self.oidc_issuer is None) != (self.oidc_jwks_url is None):
+            raise ValueError("oidc_issuer and oidc_jwks_url are set together")
+        return self
 
 
 class AuditSettings(_Section):
@@ -256,7 +288,8 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    environment: Literal["local", "test", "staging", "production"] = "local"
+    # demo, dev, local and test may run on the demo's default secrets (on loopback only).
+    environment: Literal["local", "test", "dev", "demo", "staging", "production"] = "local"
     fleet_name: str = "demo"
     data_dir: Path = Path("var")
     database_url: str | None = None  # None: SQLite file in data_dir
@@ -287,6 +320,8 @@ class Settings(BaseSettings):
                 "a witness that goes down with the data directory sees nothing"
             )
         return self
+
+    identity: IdentitySettings = IdentitySettings()
 
     @property
     def redis_url(self) -> str:
@@ -324,6 +359,9 @@ def load_settings(**overrides: object) -> Settings:
         ) from None
     settings.policy  # noqa: B018 — validate the YAML at start-up, not on first use
     check_countdowns(settings)
+    from config.secret_policy import refuse_default_secrets
+
+    refuse_default_secrets(settings)
     return settings
 
 

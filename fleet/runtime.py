@@ -36,6 +36,7 @@ from fleet.escalation.actions import ActionDeps
 from fleet.gateway import GatewayClient, GatewayConfig
 from fleet.gateway.loop import LoopGatewayClient
 from fleet.hotstate import Lease, connect, try_lock
+from fleet.identity import Identities
 from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.alerts import Handoff
 from fleet.monitoring.ingest import AgentDirectory, IngestDeps
@@ -137,6 +138,13 @@ class Runtime:
         """The admin key from settings and each agent's own key, decrypted when a call needs it."""
         admin = self.settings.gateway.admin_key.get_secret_value()
         return self._once("keys", lambda: AgentKeyRing(self.sessions, self.vault, admin))
+
+    @property
+    def identities(self) -> Identities:
+        """Accounts, service tokens, sessions and the API token: bearer tokens to principals."""
+        return self._once(
+            "identities", lambda: Identities.from_settings(self.settings, self.sessions, self.clock)
+        )
 
     @property
     def gateway(self) -> LoopGatewayClient:

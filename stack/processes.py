@@ -271,7 +271,9 @@ def _settings_env(current: BaseModel, default: BaseModel, prefix: str) -> dict[s
         if isinstance(value, BaseModel):
             env.update(_settings_env(value, base, key + "__"))
         elif value != base:
-            if isinstance(value, SecretStr):
+            if value is None:
+                env[key] = ""  # unset (FLEET_API__TOKEN: no deployment-wide token)
+            elif isinstance(value, SecretStr):
                 env[key] = value.get_secret_value()
             elif isinstance(value, (list, dict)):
                 env[key] = json.dumps(value)

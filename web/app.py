@@ -1,22 +1,28 @@
 """The HTTP API: provisioning jobs, approvals, status, Prometheus metrics.
 
 Routers live in web/routes/, one module per area; this module only assembles
-them. Every endpoint but /healthz and /metrics needs the bearer token from
-settings (FLEET_API__TOKEN).
+them. The guard (web/guard.py) authenticates every call but /healthz,
+/openapi.json and signing in before its body is read; each route names the
+permission it needs (web/app_auth.py); every error is a problem document
+(web/problems.py), and the OpenAPI document lists each one.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from config.settings import get_settings
+from fleet.identity import Principal
 from fleet.runtime import Runtime
 from fleet.sla.metrics import register_sla_collector
-from web.app_auth import require_token
+from web.app_auth import require
 from web.deps import serve_runtime
+from web.guard import AccessGuard, Scope
+from web.problems import install_problem_handlers, truthful_openapi
 from workers import runtime as process_runtime
 from workers.app import app as celery_app
 
@@ -52,9 +58,37 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
         lifespan=lifespan,
     )
 
+    def authenticate(scope: Scope, token: str) -> Principal | None:
+        rt: Runtime = scope["app"].state.runtime
+        return rt.identities.authenticate(token)
+
+    def max_body_bytes() -> int:
+        state = api.state
+        rt: Runtime | None = getattr(state, "runtime", None)
+        return (rt.settings if rt is not None else get_settings()).api.max_body_bytes
+
+    from web.routes.provisioning import PREFIX as PROVISIONING_PREFIX
+
+    api.add_middleware(
+        AccessGuard,
+        max_body_bytes=max_body_bytes,
+        authenticate=authenticate,
+        yaml_paths=(PROVISIONING_PREFIX,),
+    )
+    install_problem_handlers(api)
+
+    def openapi() -> dict[str, Any]:
+        return truthful_openapi(api)
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
     @api.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    from web.routes import auth
+
+    api.include_router(auth.router)
 
     from web.routes import provisioning
 
@@ -63,6 +97,7 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
     from web.routes import approvals, audit
 
     api.include_router(approvals.router)
+    api.include_router(approvals.releases)
     api.include_router(audit.router)
 
     from web.routes import monitoring
@@ -75,6 +110,6 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
     return api
 
 
-__all__ = ["create_api", "require_token"]
+__all__ = ["create_api", "require"]
 
 app = create_api()

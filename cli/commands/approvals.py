@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -56,79 +55,85 @@ def approvals_list(status: str | None, review: bool, show_all: bool, as_json: bo
         click.echo("no requests")
 
 
-def _decide(request_id: str, by: str, comment: str, approve: bool) -> None:
-    from fleet.approvals import ApprovalError
+def _print_answer(answer: dict[str, Any]) -> None:
+    votes = ", ".join(f"{v['approver']} {v['verdict']}d" for v in answer["votes"]) or "no votes"
+    due = answer.get("expires_at") or answer.get("review_due_at")
+    click.echo(
+        f"{answer['request_id']}  {answer['risk']:<8} {answer['status']:<9} {answer['action']} on "
+        f"{answer['subject']} by {answer['requested_by']}; "
+        f"{answer['approvals']}/{answer['required']} approvals ({votes})"
+        + (f"; due {due[:16].replace('T', ' ')} UTC" if due else "")
+    )
 
-    _, service = audit_context(settings_for_cli())
-    try:
-        view = (
-            service.approve(request_id, by, comment)
-            if approve
-            else service.reject(request_id, by, comment)
-        )
-    except ApprovalError as exc:
-        click.echo(f"fleet: {exc}", err=True)
-        sys.exit(1)
-    _print_request(view)
-    if view.status.value == "approved" and view.task:
-        from fleet.approvals.gate import dispatch_approved
-        from workers.app import app
-        from workers.runtime import on_demand
 
-        try:
-            dispatch_approved(service, on_demand(app).send)
-            click.echo(f"sent {view.task}")
-        except Exception as exc:  # noqa: BLE001 - the sweep sends it later
-            click.echo(f"approved; {view.task} will be sent by the next sweep ({exc})", err=True)
+def _decide(request_id: str, verdict: str, comment: str, digest: str | None) -> None:
+    from cli.api_client import call
+
+    body: dict[str, str] = {"comment": comment}
+    if digest:
+        body["action_digest"] = digest
+    answer = call(
+        settings_for_cli(), "POST", f"/api/v1/approvals/{request_id}/{verdict}", json_body=body
+    )
+    _print_answer(answer)
+    if answer["status"] == "approved" and answer.get("task"):
+        click.echo(f"approved: the API sends {answer['task']}")
+
+
+_DIGEST_HELP = "Refuse unless the request is this action (its action_digests, `list --json`)."
 
 
 @approvals_group.command("approve")
 @click.argument("request_id")
-@click.option("--by", required=True, help="Your name, as recorded in the audit log.")
 @click.option("--comment", default="", help="Why.")
+@click.option("--digest", default=None, help=_DIGEST_HELP)
 @config_errors_exit
-def approvals_approve(request_id: str, by: str, comment: str) -> None:
-    """Approve REQUEST_ID (you cannot approve your own request, or vote twice)."""
-    _decide(request_id, by, comment, approve=True)
+def approvals_approve(request_id: str, comment: str, digest: str | None) -> None:
+    """Approve REQUEST_ID as yourself (you cannot approve your own request, or vote twice)."""
+    _decide(request_id, "approve", comment, digest)
 
 
 @approvals_group.command("reject")
 @click.argument("request_id")
-@click.option("--by", required=True, help="Your name, as recorded in the audit log.")
 @click.option("--comment", default="", help="Why.")
+@click.option("--digest", default=None, help=_DIGEST_HELP)
 @config_errors_exit
-def approvals_reject(request_id: str, by: str, comment: str) -> None:
-    """Reject REQUEST_ID: it is denied and never runs."""
-    _decide(request_id, by, comment, approve=False)
+def approvals_reject(request_id: str, comment: str, digest: str | None) -> None:
+    """Reject REQUEST_ID as yourself: it is denied and never runs."""
+    _decide(request_id, "reject", comment, digest)
 
 
 @approvals_group.command("review")
 @click.argument("request_id")
-@click.option("--by", required=True)
 @click.option("--note", default="")
 @config_errors_exit
-def approvals_review(request_id: str, by: str, note: str) -> None:
-    """Close the post-hoc review of a MEDIUM action."""
-    from fleet.approvals import ApprovalError
+def approvals_review(request_id: str, note: str) -> None:
+    """Close the post-hoc review of a MEDIUM action, as yourself."""
+    from cli.api_client import call
 
-    _, service = audit_context(settings_for_cli())
-    try:
-        _print_request(service.review(request_id, by, note))
-    except ApprovalError as exc:
-        click.echo(f"fleet: {exc}", err=True)
-        sys.exit(1)
+    _print_answer(
+        call(
+            settings_for_cli(),
+            "POST",
+            f"/api/v1/approvals/{request_id}/review",
+            json_body={"note": note},
+        )
+    )
 
 
 @approvals_group.command("release")
 @click.argument("agent_id")
-@click.option("--by", required=True, help="Who asks for the release.")
 @click.option("--reason", required=True)
 @config_errors_exit
-def approvals_release(agent_id: str, by: str, reason: str) -> None:
-    """Ask to release a frozen AGENT_ID; it runs once someone else approves."""
-    from fleet.approvals.release import request_release
+def approvals_release(agent_id: str, reason: str) -> None:
+    """Ask, as yourself, to release a frozen AGENT_ID; it runs once someone else approves."""
+    from cli.api_client import call
 
-    _, service = audit_context(settings_for_cli())
-    gate = request_release(service, agent_id, by, reason=reason)
-    if gate.request is not None:
-        _print_request(gate.request)
+    answer = call(
+        settings_for_cli(),
+        "POST",
+        "/api/v1/release-requests",
+        json_body={"agent_id": agent_id, "reason": reason},
+    )
+    if answer.get("request"):
+        _print_answer(answer["request"])

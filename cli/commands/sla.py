@@ -197,31 +197,18 @@ def sla_episode(episode_id: str) -> None:
 
 @sla_group.command("ack")
 @click.argument("episode_id")
-@click.option("--by", required=True, help="Your name, as recorded in the audit log.")
 @click.option("--note", default="", help="What you are doing about it.")
 @config_errors_exit
-def sla_ack(episode_id: str, by: str, note: str) -> None:
-    """Acknowledge EPISODE_ID: tiers 3-4 wait until the acknowledgement times out."""
-    from fleet.clock import SystemClock
-    from fleet.sla.episodes import EpisodeError
-    from fleet.sla.service import acknowledge_episode
+def sla_ack(episode_id: str, note: str) -> None:
+    """Acknowledge EPISODE_ID as yourself: tiers 3-4 wait until the acknowledgement times out."""
+    from cli.api_client import call
 
     settings = settings_for_cli()
-    sessions, _ = _context(settings)
-    from workers.app import app
-    from workers.runtime import on_demand
-
-    on_demand(app)  # the audit sink: queue, or the log when Redis is down
-
-    try:
-        ep = acknowledge_episode(sessions, settings.policy, SystemClock(), episode_id, by, note)
-    except EpisodeError as exc:
-        click.echo(f"fleet: {exc}", err=True)
-        sys.exit(1)
+    ep = call(settings, "POST", f"/api/v1/sla/episodes/{episode_id}/ack", json_body={"note": note})
     held = ", ".join(str(t) for t in settings.policy.escalation.ack_pauses_tiers)
     click.echo(
-        f"{ep.episode_id} acknowledged by {ep.acked_by}; tiers {held} held until "
-        f"{ep.ack_until:%Y-%m-%d %H:%M:%S} UTC"
+        f"{ep['episode_id']} acknowledged by {ep['acked_by']}; tiers {held} held until "
+        f"{ep['ack_until'][:19].replace('T', ' ')} UTC"
     )
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from fleet.runtime import Runtime
     from sandbox.control import SandboxControl
     from stack.bootstrap import DemoOperator
+    from stack.demo_credentials import DemoCredentials
 
 
 # How often the demo's operator looks for agents waiting for a key.
@@ -165,6 +166,7 @@ def run_up(
     concurrency: int,
     manifest: Path | None = None,
     demo: bool = False,
+    demo_credentials: DemoCredentials | None = None,
 ) -> int:
     """Start everything; against the sandbox unless FLEET_GATEWAY__BASE_URL names a gateway.
 
@@ -227,10 +229,12 @@ def run_up(
             ready=lambda: port_open(fl.host, fl.port),
             timeout_s=60,
         )
-        click.echo(
-            f"flower    http://{fl.host}:{fl.port}  (user {fl.user!r}, password from "
-            "FLEET_FLOWER__PASSWORD)"
+        flower_password = (
+            f"password {fl.password.get_secret_value()}"
+            if demo_credentials is not None
+            else "password from FLEET_FLOWER__PASSWORD"
         )
+        click.echo(f"flower    http://{fl.host}:{fl.port}  (user {fl.user!r}, {flower_password})")
         api = settings.api
         sup.start(
             "api",
@@ -245,6 +249,16 @@ def run_up(
         click.echo(f"logs      {log_dir}")
         rt = celery_runtime(create_producer(settings), settings)
         rt.install_audit_sink()
+        if demo_credentials is not None:
+            from stack.demo_credentials import FILE_NAME, ensure_admin
+
+            ensure_admin(demo_credentials, rt.identities)
+            click.echo(
+                f"sign in   user {demo_credentials.admin_user!r}, password "
+                f"{demo_credentials.admin_password}  (`fleet login --username "
+                f"{demo_credentials.admin_user}`; all demo credentials in "
+                f"{settings.data_dir.resolve() / FILE_NAME})"
+            )
         try:
             for agent in ensure_system_agents(rt):
                 click.echo(f"{agent.role:<9} {agent.agent_id} at the gateway: {agent.outcome}")
@@ -364,6 +378,13 @@ def up(demo: bool, manifest_file: Path | None, agents: int | None, concurrency: 
             "FLEET_POLICY_FILE", str(PACKAGE_DIR / "defaults" / "demo-policy.yaml")
         )
     settings = settings_for_cli()
+    demo_credentials = None
+    if demo:
+        from stack.demo_credentials import apply_to_environment, load_or_create
+
+        demo_credentials = load_or_create(settings.data_dir)
+        apply_to_environment(demo_credentials)
+        settings = settings_for_cli()
     if settings.gateway.base_url is not None and agents is not None:
         raise click.UsageError(
             "--agents seeds the sandbox; with FLEET_GATEWAY__BASE_URL set no sandbox runs"
@@ -376,5 +397,6 @@ def up(demo: bool, manifest_file: Path | None, agents: int | None, concurrency: 
             concurrency=concurrency,
             manifest=manifest,
             demo=demo,
+            demo_credentials=demo_credentials,
         )
     )

@@ -17,6 +17,7 @@ never records a decision that rolled back.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
+import rfc8785
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,6 +42,7 @@ from fleet.audit.events import (
     clean_details,
 )
 from fleet.clock import Clock
+from fleet.identity.principal import Principal
 
 
 class ApprovalError(Exception):
@@ -155,6 +158,10 @@ class RequestView:
                 {"approver": v.approver, "verdict": v.verdict, "comment": v.comment, "at": t(v.at)}
                 for v in self.votes
             ],
+            # What a vote would decide: a client may send it back to pin what it saw.
+            "action_digests": {
+                verdict.value: action_digest(self, verdict.value) for verdict in Verdict
+            },
         }
 
 
@@ -207,6 +214,34 @@ def same_person(a: str, b: str) -> bool:
         return name.removeprefix("user:")
 
     return norm(a) == norm(b)
+
+
+def action_digest(view: RequestView, verdict: str) -> str:
+    """SHA-256 over the canonical JSON of exactly what a decision decides.
+
+    It binds a vote to the action, subject, task and arguments as they stood
+    when it was cast: an audit entry shows what was approved, not only that
+    something was.
+    """
+    decided = {
+        "request_id": view.request_id,
+        "action": view.action,
+        "subject": view.subject,
+        "fleet": view.fleet,
+        "risk": view.risk.value,
+        "requested_by": view.requested_by,
+        "details": view.details,
+        "task": view.task,
+        "task_kwargs": view.task_kwargs,
+        "verdict": verdict,
+    }
+    return hashlib.sha256(rfc8785.dumps(decided)).hexdigest()
+
+
+def _attribution(principal: Principal | None, view: RequestView, verdict: str) -> dict[str, Any]:
+    if principal is None:
+        return {"action_digest": action_digest(view, verdict)}
+    return {**principal.audit_fields(), "action_digest": action_digest(view, verdict)}
 
 
 AuditEmit = Callable[[Sequence[AuditEvent]], None]
@@ -393,14 +428,37 @@ class Approvals:
 
     # ------------------------------------------------------------ decisions
 
-    def approve(self, request_id: str, approver: str, comment: str = "") -> RequestView:
-        return self._vote(request_id, approver, Verdict.APPROVE, comment)
+    def approve(
+        self,
+        request_id: str,
+        approver: str,
+        comment: str = "",
+        *,
+        principal: Principal | None = None,
+    ) -> RequestView:
+        """A vote for; with ``principal``, the vote is theirs and ``approver`` is ignored."""
+        return self._vote(request_id, approver, Verdict.APPROVE, comment, principal)
 
-    def reject(self, request_id: str, approver: str, comment: str = "") -> RequestView:
-        return self._vote(request_id, approver, Verdict.REJECT, comment)
+    def reject(
+        self,
+        request_id: str,
+        approver: str,
+        comment: str = "",
+        *,
+        principal: Principal | None = None,
+    ) -> RequestView:
+        return self._vote(request_id, approver, Verdict.REJECT, comment, principal)
 
-    def _vote(self, request_id: str, approver: str, verdict: Verdict, comment: str) -> RequestView:
-        approver = approver.strip()
+    def _vote(
+        self,
+        request_id: str,
+        approver: str,
+        verdict: Verdict,
+        comment: str,
+        principal: Principal | None,
+    ) -> RequestView:
+        # An authenticated principal's id is the voter: one credential, one vote.
+        approver = principal.principal_id if principal is not None else approver.strip()
         if not approver:
             raise NotAnApprover("an approver must give their name")
         if self.policy.approvers and not any(
@@ -463,6 +521,7 @@ class Approvals:
                         actor=approver,
                         verdict=verdict.value,
                         reason=str(refused),
+                        **_attribution(principal, view, verdict.value),
                     )
                 ]
             )
@@ -482,6 +541,7 @@ class Approvals:
                 comment=comment,
                 approvals=view.approvals,
                 required=view.required,
+                **_attribution(principal, view, verdict.value),
             )
         )
         if view.status is RequestStatus.APPROVED:
@@ -571,8 +631,16 @@ class Approvals:
         self.emit_audit([self._audit(view, "approval_executed")])
         return view
 
-    def review(self, request_id: str, reviewer: str, note: str = "") -> RequestView:
-        """Close a MEDIUM request's post-hoc review."""
+    def review(
+        self,
+        request_id: str,
+        reviewer: str,
+        note: str = "",
+        *,
+        principal: Principal | None = None,
+    ) -> RequestView:
+        """Close a MEDIUM request's post-hoc review (as ``principal`` when given)."""
+        reviewer = principal.principal_id if principal is not None else reviewer
         now = self.clock.now()
         with self._write() as session:
             req = self._load(session, request_id)
@@ -585,7 +653,16 @@ class Approvals:
             view = _view(req, self._votes(session, request_id))
         late = view.review_due_at is not None and now > view.review_due_at
         self.emit_audit(
-            [self._audit(view, "approval_reviewed", actor=reviewer, note=note, late=late)]
+            [
+                self._audit(
+                    view,
+                    "approval_reviewed",
+                    actor=reviewer,
+                    note=note,
+                    late=late,
+                    **_attribution(principal, view, "review"),
+                )
+            ]
         )
         return view
 

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import redis
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import select
 
 from config.policy import AlertPolicy
@@ -60,17 +60,33 @@ AGENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_LATENCIES = 1000
 
 
+def _json_number(value: Any) -> Any:
+    # As JSON Schema reads them: true is not the count 1, nor "3" the number 3 (3.0 is).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a JSON number")
+    return value
+
+
+def _time_text(value: Any) -> Any:
+    # A number would be read as a Unix time; the schema promises RFC 3339 text.
+    if value is not None and not isinstance(value, str | datetime):
+        raise ValueError("expected an RFC 3339 date-time, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
 class TaskLog(BaseModel):
+    """One finished task (default ``finished_at``: when it arrives)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     agent_id: Annotated[str, Field(pattern=AGENT_ID)]
     task_id: Annotated[str, Field(min_length=1, max_length=128)]
-    finished_at: datetime | None = None  # default: when it arrives
-    tool_calls: Annotated[int, Field(ge=0, le=100_000)]
-    unique_tools: Annotated[int, Field(ge=0, le=10_000)]
-    retries: Annotated[int, Field(ge=0, le=100_000)] = 0
-    escalated: bool = False
-    decision_latency_ms: Annotated[float, Field(ge=0)] | None = None
+    finished_at: Annotated[datetime | None, BeforeValidator(_time_text)] = None
+    tool_calls: Annotated[int, Field(ge=0, le=100_000), BeforeValidator(_json_number)]
+    unique_tools: Annotated[int, Field(ge=0, le=10_000), BeforeValidator(_json_number)]
+    retries: Annotated[int, Field(ge=0, le=100_000), BeforeValidator(_json_number)] = 0
+    escalated: Annotated[bool, Field(strict=True)] = False
+    decision_latency_ms: Annotated[float, Field(ge=0), BeforeValidator(_json_number)] | None = None
     counterparties: Annotated[
         list[Annotated[str, Field(max_length=128)]], Field(max_length=100)
     ] = []

@@ -27,12 +27,20 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 
 from config.policy import Policy
 
-Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
+# Published as decimal text: a JSON number is accepted too, but a float's binary value
+# is not the amount it was written as (see _refuse_float).
+MONEY_PATTERN = r"^\d{1,12}(\.\d{1,2})?$"
+Money = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=14, decimal_places=2),
+    WithJsonSchema({"type": "string", "pattern": MONEY_PATTERN, "examples": ["50.00"]}),
+]
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,47}$")]
 Environment = Literal["development", "staging", "production", "demo", "test"]
 
@@ -46,11 +54,21 @@ ID_PREFIX_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$"
 IdPrefix = Annotated[str, StringConstraints(pattern=ID_PREFIX_PATTERN)]
 
 
+# Every list in a manifest is bounded: a manifest is a few groups, not a payload.
+MAX_GROUPS = 200
+MAX_LIST_ITEMS = 100
+# YAML nodes one manifest may hold (aliases are refused, so this bounds its expansion too).
+MAX_YAML_NODES = 100_000
+
+
 class ManifestError(ValueError):
     """A manifest is invalid; ``problems`` lists every problem with its path."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], *, conflicts_with_policy: bool = False) -> None:
         self.problems = problems
+        # Well-formed (the schema holds) but not acceptable here: an unknown SLA
+        # template, a tier the policy forbids, a duplicate prefix, over the ceiling.
+        self.conflicts_with_policy = conflicts_with_policy
         super().__init__("; ".join(problems))
 
 
@@ -98,12 +116,13 @@ class AgentGroup(BaseModel):
     tier: GatewayTier
     initial_balance: Money
     capabilities: Annotated[
-        list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(min_length=1)
+        list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
+        Field(min_length=1, max_length=MAX_LIST_ITEMS),
     ]
-    trust_claims: list[ClaimEntry] = []
+    trust_claims: Annotated[list[ClaimEntry], Field(max_length=MAX_LIST_ITEMS)] = []
     sla_template: str
     # Marketplace pricing, e.g. {"per_task": "0.02"}.
-    pricing: dict[str, Money] = {}
+    pricing: Annotated[dict[str, Money], Field(max_length=MAX_LIST_ITEMS)] = {}
     seed_reputation: bool = True
 
     @field_validator("initial_balance", mode="before")
@@ -121,7 +140,7 @@ class AgentGroup(BaseModel):
         return value
 
 
-Groups = Annotated[list[AgentGroup], Field(min_length=1)]
+Groups = Annotated[list[AgentGroup], Field(min_length=1, max_length=MAX_GROUPS)]
 
 
 class FleetManifest(BaseModel):
@@ -245,7 +264,7 @@ def validate_manifest(data: Any, policy: Policy) -> FleetManifest:
     else:
         problems += _group_problems(data.get("agents"), "agents", policy)
     if problems or manifest is None:
-        raise ManifestError(problems)
+        raise ManifestError(problems, conflicts_with_policy=manifest is not None)
     return manifest.flat() if isinstance(manifest, PlaybookManifest) else manifest
 
 
@@ -300,7 +319,30 @@ def _group_problems(groups: Any, where: str, policy: Policy) -> list[str]:
 
 
 class _ExactLoader(yaml.SafeLoader):
-    """A safe loader whose YAML floats are Decimals read from the scalar's own text."""
+    """A safe loader whose YAML floats are Decimals read from the scalar's own text.
+
+    Aliases are refused: ``*name`` repeats a node without repeating its text,
+    so a few kilobytes of anchors expand into megabytes ("billion laughs").
+    Anchors alone are harmless and accepted.
+    """
+
+    _nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted in a manifest", event.start_mark
+            )
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"more than {MAX_YAML_NODES} YAML nodes",
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+            )
+        return super().compose_node(parent, index)
 
 
 def _exact_decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal:

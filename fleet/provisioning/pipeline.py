@@ -188,6 +188,17 @@ class JobSubmission:
     already_active: int
 
 
+def _json_safe(value: Any) -> Any:
+    """A refused manifest as the JSON column can hold it: YAML gives Decimals, dates, int keys."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
 def record_invalid_job(
     sessions: sessionmaker[Session],
     job_id: str,
@@ -202,7 +213,9 @@ def record_invalid_job(
             s.add(
                 ProvisioningJob(
                     job_id=job_id,
-                    manifest=data if isinstance(data, dict) else {"raw": repr(data)[:2000]},
+                    manifest=_json_safe(data)
+                    if isinstance(data, dict)
+                    else {"raw": repr(data)[:2000]},
                     state=JobState.INVALID,
                     problems=problems,
                     total=0,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -324,12 +324,15 @@ def acknowledge_episode(
     by: str,
     note: str = "",
     record: Callable[..., Any] = audit.record,
+    *,
+    attribution: Mapping[str, Any] | None = None,
 ) -> EpisodeView:
     """An operator acknowledges: tiers 3-4 wait ``ack_timeout_s``; recorded as human
-    oversight (Art. 14)."""
+    oversight (Art. 14). With ``attribution`` (an authenticated principal's fields), ``by``
+    is that principal's id and is recorded as it is."""
     ep = acknowledge(sessions, episode_id, by, clock.now(), policy.escalation.ack_timeout_s)
     record(
-        actor=f"user:{by.strip()}"[:128],
+        actor=(by if attribution is not None else f"user:{by.strip()}")[:128],
         action="sla_episode_acknowledged",
         subject=ep.agent_id,
         fleet=ep.fleet,
@@ -338,6 +341,7 @@ def acknowledge_episode(
             "ack_until": ep.ack_until,
             "note": note,
             "holds_tiers": list(policy.escalation.ack_pauses_tiers),
+            **(attribution or {}),
         },
         article=Article.HUMAN_OVERSIGHT,
         approval=ApprovalState.NONE,

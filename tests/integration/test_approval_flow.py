@@ -25,6 +25,7 @@ from fleet.audit.verify import verify_log
 from fleet.storage.db import create_db_engine, migrate
 from fleet.storage.records import Agent, AgentStatus
 from stack.parts import celery_worker, producer_app, redis_server, wait_until
+from stack.processes import Supervisor, free_port, port_open
 from tests.support.trust import trust_env
 from workers.queues import FleetQueue
 
@@ -50,14 +51,44 @@ class World:
             log_file,
         )
 
-    def fleet(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def fleet(
+        self, *args: str, as_user: str | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`fleet ARGS`; as_user: signed in as that person (their own credentials file)."""
+        env = {**os.environ, **self.env}
+        if as_user is not None:
+            env["FLEET_CREDENTIALS_FILE"] = str(self.log_file.parent / f"{as_user}.credentials")
         return subprocess.run(
             [sys.executable, "-c", "from cli.main import main; main()", *args],
-            env={**os.environ, **self.env},
+            env=env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=120,
         )
+
+    def sign_up(self, *names: str) -> None:
+        """Approver accounts for each name, each signed in with `fleet login`."""
+        for name in names:
+            added = self.fleet(
+                "users",
+                "add",
+                name,
+                "--role",
+                "approver",
+                "--password-stdin",
+                stdin=f"{name}-password-long-enough\n",
+            )
+            assert added.returncode == 0, added.stderr
+            login = self.fleet(
+                "login",
+                "--username",
+                name,
+                "--password-stdin",
+                as_user=name,
+                stdin=f"{name}-password-long-enough\n",
+            )
+            assert login.returncode == 0 and f"user:{name}" in login.stdout, login.stderr
 
     def status(self) -> str:
         with Session(self.engine) as session:
@@ -136,11 +167,38 @@ def world(sandbox: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
             "FLEET_GATEWAY__BASE_URL": sandbox.url,
             **trust,
         }
-        with celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=2, name="audit") as (
-            _,
-            log_file,
+        api_port = free_port()
+        env["FLEET_API__PORT"] = str(api_port)
+        env["FLEET_API_URL"] = f"http://127.0.0.1:{api_port}"
+        with (
+            celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=2, name="audit") as (
+                _,
+                log_file,
+            ),
+            Supervisor(log_dir=tmp_path / "api-logs") as sup,
         ):
-            yield World(env, engine, log, agent_id, sandbox, log_file)
+            # Decisions go through the API, as whoever runs the command.
+            sup.start(
+                "api",
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "web.app:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(api_port),
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+                ready=lambda: port_open("127.0.0.1", api_port),
+                timeout_s=60,
+            )
+            world = World(env, engine, log, agent_id, sandbox, log_file)
+            world.sign_up("alice", "bob", "carol")
+            yield world
     engine.dispose()
 
 
@@ -150,18 +208,21 @@ def _request_id(output: str) -> str:
 
 def test_a_critical_action_approved_twice_by_the_same_person_does_not_run(world: World) -> None:
     opened = world.fleet(
-        "approvals", "release", world.agent_id, "--by", "alice", "--reason", "root cause fixed"
+        "approvals", "release", world.agent_id, "--reason", "root cause fixed", as_user="alice"
     )
     assert opened.returncode == 0, opened.stderr
     rid = _request_id(opened.stdout)
     assert "CRITICAL pending" in opened.stdout and "0/2 approvals" in opened.stdout
+    assert "by user:alice" in opened.stdout
 
-    first = world.fleet("approvals", "approve", rid, "--by", "bob")
+    first = world.fleet("approvals", "approve", rid, as_user="bob")
     assert first.returncode == 0 and "1/2 approvals" in first.stdout, first.stdout + first.stderr
-    again = world.fleet("approvals", "approve", rid, "--by", "bob")
+    again = world.fleet("approvals", "approve", rid, as_user="bob")
     assert again.returncode == 1 and "already voted" in again.stderr
-    own = world.fleet("approvals", "approve", rid, "--by", "alice")
+    own = world.fleet("approvals", "approve", rid, as_user="alice")
     assert own.returncode == 1 and "cannot vote" in own.stderr
+    nobody = world.fleet("approvals", "approve", rid)
+    assert nobody.returncode == 2 and "fleet login" in nobody.stderr
 
     # Even a message that reaches the worker directly does not run it.
     app = producer_app(world.env["FLEET_REDIS__URL"])
@@ -173,13 +234,13 @@ def test_a_critical_action_approved_twice_by_the_same_person_does_not_run(world:
     assert rid in listed.stdout and "pending" in listed.stdout
 
     second = world.fleet(
-        "approvals", "approve", rid, "--by", "carol", "--comment", "checked with bob"
+        "approvals", "approve", rid, "--comment", "checked with bob", as_user="carol"
     )
     assert (
         second.returncode == 0
         and "approved" in second.stdout
-        and "sent audit.release_agent" in second.stdout
-    )
+        and "the API sends audit.release_agent" in second.stdout
+    ), second.stdout + second.stderr
     wait_until(lambda: not world.frozen() and world.status() == AgentStatus.ACTIVE, timeout_s=30)
 
     expected = [
@@ -200,13 +261,13 @@ def test_a_critical_action_approved_twice_by_the_same_person_does_not_run(world:
 @pytest.mark.parametrize("world", [1], indirect=True)
 def test_an_expired_request_is_denied_audited_and_never_runs(world: World) -> None:
     rid = _request_id(
-        world.fleet("approvals", "release", world.agent_id, "--by", "alice", "--reason", "x").stdout
+        world.fleet("approvals", "release", world.agent_id, "--reason", "x", as_user="alice").stdout
     )
     time.sleep(1.2)
     app = producer_app(world.env["FLEET_REDIS__URL"])
     app.send_task("audit.approvals_sweep")  # what beat sends every approvals.sweep_s
     wait_until(lambda: "approval_expired" in world.audited(), timeout_s=30)
-    late = world.fleet("approvals", "approve", rid, "--by", "bob")
+    late = world.fleet("approvals", "approve", rid, as_user="bob")
     assert late.returncode == 1 and "denied, not pending" in late.stderr
     shown = world.fleet("approvals", "list", "--status", "denied", "--json")
     assert '"outcome": "expired"' in shown.stdout

@@ -153,6 +153,22 @@ def test_demo_starts_a_worker_per_queue_and_ctrl_c_stops_everything(tmp_path: Pa
 
         wait_until(lambda: heartbeating() >= live, timeout_s=60, interval_s=1)
         assert heartbeating() <= live, "dead agents are silent"
+        # The demo's generated admin signs in with what `fleet up` printed and kept.
+        creds = json.loads((tmp_path / "var" / "demo-credentials.json").read_text())
+        api = f"http://127.0.0.1:{ports['api']}"
+        signed_in = httpx.post(
+            f"{api}/api/v1/auth/sessions",
+            json={"username": "admin", "password": creds["admin_password"]},
+            timeout=10,
+        )
+        assert signed_in.status_code == 201, signed_in.text
+        me = httpx.get(
+            f"{api}/api/v1/auth/whoami",
+            headers={"Authorization": f"Bearer {signed_in.json()['token']}"},
+            timeout=10,
+        ).json()
+        assert me["principal_id"] == "user:admin" and me["role"] == "admin"
+        assert httpx.get(f"{api}/api/v1/approvals", timeout=10).status_code == 401
         children = _children_of(proc.pid)
         assert (
             len(children) >= 12
@@ -162,5 +178,6 @@ def test_demo_starts_a_worker_per_queue_and_ctrl_c_stops_everything(tmp_path: Pa
         output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
     assert "all processes stopped" in output
+    assert f"sign in   user 'admin', password {creds['admin_password']}" in output
     leftovers = [pid for pid in children if Path(f"/proc/{pid}").exists()]
     assert not leftovers, f"still running after Ctrl-C: {leftovers}"

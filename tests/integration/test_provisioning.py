@@ -384,7 +384,7 @@ def test_http_api_accepts_yaml_and_reports_progress(stack: Stack) -> None:
             content=manifest_yaml.replace("premium-support", "gold"),
             headers={**auth, "Content-Type": "application/yaml"},
         )
-        assert bad.status_code == 422
+        assert bad.status_code == 409  # well-formed, but not a template of this policy
         assert "agents[0].sla_template: unknown template 'gold'" in bad.text
         accepted = client.post(
             "/api/v1/provisioning-jobs",

@@ -16,6 +16,7 @@ with warnings.catch_warnings():
 from fleet import audit
 from fleet.audit.export import verify_export
 from tests.conftest import RecordingRuntime
+from tests.support.identities import signed_in
 
 AUTH = {"Authorization": "Bearer fleet-demo-token"}
 
@@ -42,48 +43,39 @@ def test_decisions_over_http_keep_the_four_eyes_rules(
     api: tuple[TestClient, list[audit.AuditEvent], RecordingRuntime],
 ) -> None:
     client, events, rt = api
+    alice, bob, carol, dave = (
+        signed_in(rt.identities, name) for name in ("alice", "bob", "carol", "dave")
+    )
     gate = rt.approvals.request("delete_data", "fleet:demo", "alice", reason="GDPR erasure")
     rid = gate.request_id
     listed = client.get("/api/v1/approvals", headers=AUTH).json()
     assert [r["request_id"] for r in listed] == [rid] and listed[0]["risk"] == "CRITICAL"
 
-    own = client.post(f"/api/v1/approvals/{rid}/approve", json={"approver": "alice"}, headers=AUTH)
-    assert own.status_code == 403 and own.json()["detail"]["error"] == "SelfApproval"
-    assert (
-        client.post(
-            f"/api/v1/approvals/{rid}/approve", json={"approver": "bob"}, headers=AUTH
-        ).status_code
-        == 200
-    )
-    twice = client.post(f"/api/v1/approvals/{rid}/approve", json={"approver": "bob"}, headers=AUTH)
-    assert twice.status_code == 409 and twice.json()["detail"]["error"] == "DuplicateVote"
+    own = client.post(f"/api/v1/approvals/{rid}/approve", json={}, headers=alice)
+    assert own.status_code == 403 and own.json()["error"] == "SelfApproval"
+    assert client.post(f"/api/v1/approvals/{rid}/approve", json={}, headers=bob).status_code == 200
+    twice = client.post(f"/api/v1/approvals/{rid}/approve", json={}, headers=bob)
+    assert twice.status_code == 409 and twice.json()["error"] == "DuplicateVote"
     assert client.get(f"/api/v1/approvals/{rid}", headers=AUTH).json()["status"] == "pending"
-    done = client.post(
-        f"/api/v1/approvals/{rid}/approve",
-        json={"approver": "carol", "comment": "ok"},
-        headers=AUTH,
-    )
+    done = client.post(f"/api/v1/approvals/{rid}/approve", json={"comment": "ok"}, headers=carol)
     assert (
         done.status_code == 200
         and done.json()["status"] == "approved"
         and done.json()["approvals"] == 2
     )
+    assert [v["approver"] for v in done.json()["votes"]] == ["user:bob", "user:carol"]
     assert client.get("/api/v1/approvals/nope", headers=AUTH).status_code == 404
-    assert (
-        client.post(
-            f"/api/v1/approvals/{rid}/reject", json={"approver": "dave"}, headers=AUTH
-        ).status_code
-        == 409
-    )
+    assert client.post(f"/api/v1/approvals/{rid}/reject", json={}, headers=dave).status_code == 409
     assert [e.action for e in events].count("approval_vote_refused") == 2
 
     release = client.post(
-        "/api/v1/approvals/release",
-        headers=AUTH,
-        json={"agent_id": "seg0-0001-aaaaaaaa", "requested_by": "ops", "reason": "fixed"},
+        "/api/v1/release-requests",
+        headers=dave,
+        json={"agent_id": "seg0-0001-aaaaaaaa", "reason": "fixed"},
     )
     assert release.status_code == 202 and release.json()["may_run"] is False
     assert release.json()["request"]["action"] == "release_agent"
+    assert release.json()["request"]["requested_by"] == "user:dave"
 
 
 def test_audit_and_compliance_endpoints(

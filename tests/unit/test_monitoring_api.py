@@ -96,11 +96,12 @@ def env(runtime: RecordingRuntime) -> Iterator[dict[str, Any]]:
     yield {"r": r, "sessions": sessions, "runtime": runtime}
 
 
-def test_metrics_needs_no_token_and_the_rest_does(env: dict[str, Any]) -> None:
+def test_metrics_needs_a_token_off_loopback_and_so_does_the_rest(env: dict[str, Any]) -> None:
     from web.app import create_api
 
     with TestClient(create_api(lambda: env["runtime"])) as client:
-        metrics = client.get("/metrics")
+        assert client.get("/metrics").status_code == 401  # the test client is no loopback peer
+        metrics = client.get("/metrics", headers=AUTH)
         assert metrics.status_code == 200 and metrics.headers["content-type"].startswith(
             "text/plain"
         )

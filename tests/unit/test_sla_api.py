@@ -15,10 +15,13 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from fleet import audit
+from fleet.identity import Role
 from fleet.sla.models import SlaEpisode, SlaEscalation
 from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus
 from tests.conftest import RecordingRuntime
+from tests.support.identities import signed_in
+from workers import runtime as process_runtime
 
 AUTH = {"Authorization": "Bearer fleet-demo-token"}
 AGENT = "api-0001-0000abcd"
@@ -113,10 +116,11 @@ def test_sla_endpoints(
     assert client.get("/api/v1/sla/episodes/" + "a" * 32, headers=AUTH).json()["disputes"] == []
     assert client.get("/api/v1/sla/episodes/nope", headers=AUTH).status_code == 404
 
+    alice = signed_in(process_runtime.runtime().identities, "alice", Role.OPERATOR)
     acked = client.post(
-        f"/api/v1/sla/episodes/{'a' * 32}/ack", json={"by": "alice", "note": "on it"}, headers=AUTH
+        f"/api/v1/sla/episodes/{'a' * 32}/ack", json={"note": "on it"}, headers=alice
     )
-    assert acked.status_code == 200 and acked.json()["acked_by"] == "alice"
+    assert acked.status_code == 200 and acked.json()["acked_by"] == "user:alice"
     assert [e.action for e in events] == ["sla_episode_acknowledged"] and events[
         0
     ].actor == "user:alice"
