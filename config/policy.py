@@ -100,6 +100,35 @@ class HealthPolicy(_Model):
         return self
 
 
+class MonitoringPolicy(_Model):
+    """How agents report in: the heartbeat cadence and what a silence means.
+
+    The silences are multiples of the interval, so shortening the cadence for a
+    demo shortens them with it.
+    """
+
+    # Every agent publishes a signed heartbeat on the gateway's bus this often.
+    heartbeat_interval_s: Annotated[float, Field(gt=0)] = 60
+    # No heartbeat for this many intervals: the agent's health is unknown...
+    heartbeat_unknown_after: Annotated[float, Field(gt=1)] = 3
+    # ...and for this many: critical (a dead agent does not report itself).
+    heartbeat_critical_after: Annotated[float, Field(gt=1)] = 10
+
+    @model_validator(mode="after")
+    def _critical_after_unknown(self) -> MonitoringPolicy:
+        if self.heartbeat_critical_after <= self.heartbeat_unknown_after:
+            raise ValueError("heartbeat_critical_after must be above heartbeat_unknown_after")
+        return self
+
+    @property
+    def unknown_after_s(self) -> float:
+        return self.heartbeat_interval_s * self.heartbeat_unknown_after
+
+    @property
+    def critical_after_s(self) -> float:
+        return self.heartbeat_interval_s * self.heartbeat_critical_after
+
+
 class FleetAlertRules(_Model):
     emergency_critical_fraction: Fraction = 0.20
     sla_compliance_min: Fraction = 0.95
@@ -344,6 +373,7 @@ class Policy(_Model):
     sla_templates: dict[str, SlaTerms]
     escalation: EscalationPolicy
     health: HealthPolicy
+    monitoring: MonitoringPolicy = MonitoringPolicy()
     alerts: AlertPolicy = AlertPolicy()
     budgets: Budgets
     error_budget: ErrorBudgetPolicy = ErrorBudgetPolicy()

@@ -79,3 +79,19 @@ def test_extends_cycle_is_refused(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match="extends itself"):
         load_settings(policy_file=tmp_path / "a.yaml")
+
+
+def test_heartbeat_cadence_and_silences_default_to_the_issue() -> None:
+    monitoring = load_settings().policy.monitoring
+    assert monitoring.heartbeat_interval_s == 60
+    assert (monitoring.unknown_after_s, monitoring.critical_after_s) == (180, 600)
+
+
+def test_critical_silence_shorter_than_unknown_is_refused(tmp_path: Path) -> None:
+    text = DEFAULT_POLICY_FILE.read_text().replace(
+        "heartbeat_critical_after: 10", "heartbeat_critical_after: 2"
+    )
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=r"monitoring: .*critical_after must be above"):
+        load_settings(policy_file=bad)
