@@ -35,9 +35,9 @@ def sweep_limit(
     """The limit: the sweep's REST reads (:data:`~fleet.monitoring.poller.SWEEP_OPERATIONS`
     per agent, admin key) from a bare asyncio poller over the gateway package's keep-alive
     pool, ``concurrency`` calls in flight, once each (a failed call is not retried)."""
-    from fleet.monitoring.poller import sweep_operations
+    from fleet.monitoring.poller import wallet_operations
 
-    calls = [[[op]] for a in agent_ids for op in sweep_operations(a)]
+    calls = [[[op]] for a in agent_ids for op in wallet_operations(a, via_admin=True)]
     return bare_client_limit(url, admin_key, calls, concurrency, timeout_s)
 
 
@@ -152,7 +152,7 @@ def run(
                         "sweep_s": sweep_s,
                         "limit_s": limit_s,
                         "rss_mb": rss,
-                        "unknown": status["unknown"],
+                        "unknown": status["failed"],
                         "batches": status["batches"],
                     }
                 )
@@ -165,7 +165,7 @@ def run(
                 click.echo(
                     f"sweep {n + 1}: {sweep_s:.2f} s ({agents / sweep_s:,.0f} agents/s, "
                     f"{status['batches']} messages, "
-                    f"{status['unknown']} unknown) | {against}"
+                    f"{status['failed']} failed) | {against}"
                     f"worker RSS {rss:.0f} MB | CPU s: "
                     + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
                 )
