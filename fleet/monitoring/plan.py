@@ -208,8 +208,12 @@ def _place(given: PlanInput, slots: int) -> tuple[WalletPlan | None, dict[str, i
     need = given.reads_per_agent * 3600.0 / (slots * given.tick_s)
     budgets = {tier: given.own_budget_per_hour(tier) for tier in given.agents_by_tier}
     capacity = _admin_capacity(given, slots)
-    # Lowest room first: the admin key is worth most to the agents with the least of their own.
-    order = sorted(given.agents_by_tier, key=lambda t: (budgets[t], t))
+    # Agents with no key of their own first, then those whose own room is too small, then
+    # lowest room first: the admin key is worth most to the agents with the least of their own.
+    order = sorted(
+        given.agents_by_tier,
+        key=lambda t: (t != NO_KEY, budgets[t] + 1e-9 >= need, budgets[t], t),
+    )
     admin: dict[str, int] = {}
     own: dict[str, int] = {}
     unplaced: dict[str, int] = {}

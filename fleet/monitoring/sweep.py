@@ -221,19 +221,29 @@ def start_sweep(
     return plan
 
 
+def compute_plan(
+    agents: Sequence[PolledAgent], policy: Policy, *, tick_s: float, admin: bool
+) -> WalletPlan:
+    """The wallet plan for ``agents``, or :class:`PlanRefused` with its numbers."""
+    return make_plan(
+        plan_input(
+            policy.monitoring,
+            Counter(a.tier for a in agents),
+            tick_s=tick_s,
+            reads_per_agent=READS_PER_AGENT,
+            admin=admin,
+        )
+    )
+
+
 def current_plan(deps: MonitorDeps, agents: Sequence[PolledAgent]) -> WalletPlan | None:
     """The wallet plan for ``agents`` now, recorded for `fleet status` and /metrics; None
     (recorded, counted and logged with its numbers) when it cannot fit."""
-    given = plan_input(
-        deps.policy.monitoring,
-        Counter(a.tier for a in agents),
-        tick_s=deps.interval_s,
-        reads_per_agent=READS_PER_AGENT,
-        admin=deps.admin_key_configured,
-    )
     r, now = deps.redis, deps.now()
     try:
-        wallet = make_plan(given)
+        wallet = compute_plan(
+            agents, deps.policy, tick_s=deps.interval_s, admin=deps.admin_key_configured
+        )
     except PlanRefused as refused:
         r.set(PLAN_KEY, orjson.dumps({**refused.as_dict(), "at": now}))
         r.hincrby(STATS_KEY, "refused", 1)
@@ -546,12 +556,14 @@ def enforce_retention(
 __all__ = [
     "BatchOutcome",
     "MonitorDeps",
+    "compute_plan",
     "Overhead",
     "PolledAgent",
     "SweepPlan",
     "enforce_retention",
     "finish_sweep",
     "fleet_health",
+    "active_agents",
     "last_plan",
     "monitoring_overhead",
     "parse_rows",

@@ -7,6 +7,8 @@ within its share of the gateway. It writes only the snapshot's money fields."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -287,6 +289,58 @@ def test_retention_deletes_history_older_than_the_policy_and_keeps_the_rest(
     stack.celery().send_task(TaskName.ENFORCE_RETENTION.value)
     wait_until(lambda: old not in hours(), timeout_s=30)
     assert hours() == {recent}
+
+
+def test_a_plan_that_cannot_fit_is_refused_with_its_numbers_by_the_worker_and_fleet_status(
+    stack: Stack, fleet: dict[str, list[str]]
+) -> None:
+    run_sweep(stack)  # a sweep that fitted: its calls are the last hour's overhead
+    # A hundred free keys: a free window (100/h) leaves no room once its heartbeats
+    # (60/h) and the headroom are taken, and the admin key's share is full already.
+    seeded = stack.sandbox().seed(100, prefix="itfree", profile="healthy")
+    free = {a["agent_id"]: a["api_key"] for a in seeded["agents"]}
+    insert_agents(_sessions(stack), list(free), fleet="it", policy=stack.settings.policy)
+    hold_keys(stack, free, "free")
+    r = connect(stack.settings.redis_url)
+    refused_before = int(r.hget(sweeping.STATS_KEY, "refused") or 0)
+    try:
+        stack.sandbox().reset_counters()
+        stack.celery().send_task(TaskName.METRICS_SWEEP.value, kwargs={"tick": uuid.uuid4().hex})
+        wait_until(
+            lambda: int(r.hget(sweeping.STATS_KEY, "refused") or 0) == refused_before + 1,
+            timeout_s=30,
+        )
+        plan = sweeping.last_plan(r)
+        assert plan is not None and plan["fits"] is False
+        # 45 admin places (1.5 calls/s × 60 s / 2 reads): the 40 keyless agents, then 5 free.
+        assert plan["unplaced"] == {"free": 95}
+        assert plan["refused"].startswith(
+            "wallet plan refused: 200 agents × 2 reads every 60 s need 120 calls/h per agent; "
+            "the admin key's share 1.5 calls/s takes 45 agents every 60 s;"
+        )
+        assert "free 95 agents (window 100/h leaves 0/h)" in plan["refused"]
+        # 140 agents need the admin key (the pro ones have room): 1.5 × 240 / 2 = 180 places.
+        assert "the smallest wallet_period_s that fits is 240 s" in plan["refused"]
+        assert _reads(stack) == _expected(0)  # nothing was read
+        log = Path(stack.base_dir / "logs" / "metrics.log").read_text()
+        assert "wallet plan refused: 200 agents" in log
+
+        status = subprocess.run(
+            [str(Path(sys.executable).with_name("fleet")), "status"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 1, status.stdout + status.stderr
+        assert plan["refused"] in status.stdout
+        assert "plan defects: " in status.stdout
+        assert "monitoring overhead it: $0.00/h (" in status.stdout
+    finally:
+        with _sessions(stack).begin() as s:
+            s.execute(update(Agent).where(Agent.agent_id.in_(list(free))).values(status="retired"))
+    status_after = run_sweep(stack)
+    assert status_after["agents"] == AGENTS and sweeping.last_plan(r)["fits"] is True  # type: ignore[index]
 
 
 def test_logs_show_no_errors(stack: Stack) -> None:

@@ -89,6 +89,14 @@ def test_admin_capacity_short_of_the_keyless_agents_is_refused_and_a_longer_peri
     assert plan.admin_calls_per_s == pytest.approx(66.67, abs=0.01)
 
 
+def test_keyless_agents_take_the_admin_key_before_agents_whose_window_is_too_small() -> None:
+    with pytest.raises(PlanRefused) as refused:
+        make_plan(
+            given(agents_by_tier={"free": 100, NO_KEY: 40}, admin=True, admin_calls_per_s=1.5)
+        )
+    assert refused.value.unplaced == {"free": 95}
+
+
 def test_keyless_agents_without_an_admin_key_never_fit() -> None:
     with pytest.raises(PlanRefused) as refused:
         make_plan(given(agents_by_tier={NO_KEY: 1, "pro": 5}))
