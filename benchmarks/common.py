@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +73,15 @@ def insert_bench_agents(
     policy: Any,
     template: str = "standard-support",
     status: str = "active",
+    keys: Mapping[str, str] | None = None,
+    key_tier: str = "pro",
+    secrets_key: str = "",
 ) -> None:
-    """Agent rows and their contracts, in bulk (what provisioning would have left behind)."""
+    """Agent rows and their contracts, in bulk (what provisioning would have left behind);
+    with ``keys``, each agent's key encrypted as provisioning stores it, of ``key_tier``."""
+    from fleet.secrets import KeyVault
+
+    vault = KeyVault(secrets_key) if keys is not None else None
     from datetime import UTC, datetime
 
     from sqlalchemy import insert
@@ -101,7 +108,8 @@ def insert_bench_agents(
                         "status": status,
                         "steps_done": [],
                         "traffic_weight": "1",
-                        "extra": {},
+                        "extra": {"key": {"tier": key_tier}} if vault else {},
+                        "api_key_encrypted": vault.encrypt(keys[a]) if vault and keys else None,
                         "created_at": now,
                         "updated_at": now,
                     }
@@ -200,12 +208,18 @@ class LimitRun:
 
 
 def encoded_request(
-    pool: ConnectionPool, op: Operation[Any], admin_key: str
+    pool: ConnectionPool,
+    op: Operation[Any],
+    admin_key: str,
+    agent_keys: Mapping[str, str] | None = None,
 ) -> tuple[bytes, dict[str, str], bytes]:
-    """The request line, headers and body of ``op`` as the bare client sends it: the admin
-    key on every authenticated call (the limits' operations are all admin-scope or open)."""
+    """The request line, headers and body of ``op`` as the bare client sends it: the agent's
+    own key on an own-key operation (from ``agent_keys``), the admin key on every other
+    authenticated call."""
     headers: dict[str, str] = {}
-    if op.auth.kind != "none":
+    if op.auth.kind == "own" and agent_keys is not None and op.auth.agent_id is not None:
+        headers["Authorization"] = f"Bearer {agent_keys[op.auth.agent_id]}"
+    elif op.auth.kind != "none":
         headers["Authorization"] = f"Bearer {admin_key}"
     body = b""
     if op.body is not None:
@@ -223,6 +237,7 @@ def bare_client_limit(
     units: Sequence[Phases],
     concurrency: int,
     timeout_s: float = 30.0,
+    agent_keys: Mapping[str, str] | None = None,
 ) -> LimitRun:
     """The limit: the same REST calls sent by a bare asyncio client over the gateway package's
     keep-alive pool (:class:`fleet.gateway.wire.ConnectionPool`), requests pre-encoded,
@@ -238,7 +253,7 @@ def bare_client_limit(
         nonlocal failed
         pool = ConnectionPool(url, limit=concurrency, connect_timeout_s=min(timeout_s, 5.0))
         encoded = [
-            [[encoded_request(pool, op, admin_key) for op in phase] for phase in unit]
+            [[encoded_request(pool, op, admin_key, agent_keys) for op in phase] for phase in unit]
             for unit in units
         ]
 
@@ -280,6 +295,15 @@ def seeded_ids(sandbox: Any, agents: int, prefix: str, **options: Any) -> list[s
         made = sandbox.seed(min(20_000, agents - len(ids)), prefix=prefix, **options)
         ids.extend(a["agent_id"] for a in made["agents"])
     return ids
+
+
+def seeded_keys(sandbox: Any, agents: int, prefix: str, **options: Any) -> dict[str, str]:
+    """Seed AGENTS agents in the sandbox (in chunks it lists in full); their keys by id."""
+    keys: dict[str, str] = {}
+    while len(keys) < agents:
+        made = sandbox.seed(min(20_000, agents - len(keys)), prefix=prefix, **options)
+        keys.update((a["agent_id"], a["api_key"]) for a in made["agents"])
+    return keys
 
 
 def limit_fields(measured_s: float, limit_s: float) -> dict[str, float]:

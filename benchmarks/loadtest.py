@@ -26,7 +26,7 @@ import httpx
 
 from benchmarks.common import encoded_request, run_fast, seeded_ids
 from fleet.gateway.wire import ConnectionPool, WireError
-from fleet.monitoring.poller import sweep_operations
+from fleet.monitoring.poller import wallet_operations
 
 
 def _seed(url: str, admin_key: str, agents: int, prefix: str) -> list[str]:
@@ -46,7 +46,9 @@ async def _run(args: argparse.Namespace, ids: list[str]) -> dict[str, Any]:
     pool = ConnectionPool(args.url, limit=args.concurrency, connect_timeout_s=5.0)
     # Pre-encoded: the client should spend its CPU on sending.
     requests = [
-        encoded_request(pool, op, args.admin_key) for a in ids for op in sweep_operations(a)
+        encoded_request(pool, op, args.admin_key)
+        for a in ids
+        for op in wallet_operations(a, via_admin=True)
     ]
     statuses: Counter[str] = Counter()
     latencies: list[float] = []

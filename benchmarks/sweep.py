@@ -1,10 +1,15 @@
-"""`fleet bench sweep`: monitoring sweeps through the metrics queue, each against the limit.
+"""`fleet bench sweep`: the wallet poll through the metrics queue, on its plan, against
+the limit.
 
-Sweep time is from sending the tick to the sweep's record saying the last
-snapshot and the fleet aggregate are stored. The limit, measured after each
-sweep, is a bare asyncio poller in this process making the same 4·N REST reads
-(get_balance, get_budget, query_metrics twice; admin key) over the gateway
-package's keep-alive pool at the same number of calls in flight.
+The fleet is AGENTS sandbox agents we hold a key of ``--tier`` for (pro by default), the
+plan's period one sweep tick, so every sweep must read every agent's wallet. With
+``--keys own`` (the default) the admin key takes no wallet read: each agent is read on
+its own window, which the sandbox enforces as the gateway does (real-gateway.md §9), so
+any 429 is the plan's defect and counted. Sweep time is from sending the tick to the
+sweep's record saying the last batch is stored; then every agent's snapshot is checked
+for a wallet read inside the sweep. The limit, measured after each sweep, is a bare
+asyncio client in this process making the same 2·N REST reads with the same keys over
+the gateway package's keep-alive pool at the same number of calls in flight.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -23,22 +29,28 @@ from benchmarks.common import (
     group_rss_mb,
     insert_bench_agents,
     limit_fields,
-    seeded_ids,
+    seeded_keys,
     sessions_for,
     workdir,
 )
 
 
 def sweep_limit(
-    url: str, admin_key: str, agent_ids: list[str], concurrency: int, timeout_s: float = 5.0
+    url: str,
+    admin_key: str,
+    agents: list[tuple[str, bool]],
+    agent_keys: dict[str, str],
+    concurrency: int,
+    timeout_s: float = 5.0,
 ) -> LimitRun:
-    """The limit: the sweep's REST reads (:data:`~fleet.monitoring.poller.SWEEP_OPERATIONS`
-    per agent, admin key) from a bare asyncio poller over the gateway package's keep-alive
-    pool, ``concurrency`` calls in flight, once each (a failed call is not retried)."""
-    from fleet.monitoring.poller import sweep_operations
+    """The limit: the wallet poll's reads (:func:`~fleet.monitoring.poller.wallet_operations`
+    per agent, through the key the plan chose) from a bare asyncio client over the gateway
+    package's keep-alive pool, ``concurrency`` calls in flight, once each (a failed call is
+    not retried)."""
+    from fleet.monitoring.poller import wallet_operations
 
-    calls = [[[op]] for a in agent_ids for op in sweep_operations(a)]
-    return bare_client_limit(url, admin_key, calls, concurrency, timeout_s)
+    calls = [[[op]] for a, admin in agents for op in wallet_operations(a, via_admin=admin)]
+    return bare_client_limit(url, admin_key, calls, concurrency, timeout_s, agent_keys)
 
 
 def _wait_sweep(r: Any, tick: str, timeout_s: float) -> dict[str, Any]:
@@ -59,6 +71,19 @@ def _wait_sweep(r: Any, tick: str, timeout_s: float) -> dict[str, Any]:
         time.sleep(0.02)
 
 
+def read_since(r: Any, agent_ids: list[str], since: float) -> int:
+    """How many of the agents' snapshots hold a wallet read at or after ``since``."""
+    from fleet.monitoring.snapshot import snapshot_key
+
+    covered = 0
+    for start in range(0, len(agent_ids), 5000):
+        pipe = r.pipeline(transaction=False)
+        for agent_id in agent_ids[start : start + 5000]:
+            pipe.hget(snapshot_key(agent_id), "wallet_read_at")
+        covered += sum(1 for v in pipe.execute() if v is not None and float(v) >= since)
+    return covered
+
+
 def run(
     agents: int,
     latency_ms: float,
@@ -72,9 +97,13 @@ def run(
     timeout_rate: float,
     with_limit: bool,
     keep: str | None,
+    *,
+    tier: str = "pro",
+    keys: str = "own",
 ) -> None:
-    from config.settings import MetricsSettings
+    from config.settings import DEFAULT_POLICY_FILE, MetricsSettings
     from fleet.hotstate import connect
+    from fleet.monitoring.sweep import last_plan
     from stack.local import local_stack
 
     defaults = MetricsSettings()
@@ -84,20 +113,36 @@ def run(
     }
     processes = workers * (concurrency if pool == "prefork" else 1)
     total_in_flight = processes * metrics["in_flight"]
-    # The sweep's deadline (0.9 × interval) must not cut a large fleet's sweep short.
-    interval = max(60.0, agents / 1000 * 1.5)
+    # The period is one tick, long enough for the sandbox to answer the whole fleet on a
+    # shared two-core box (6 ms per agent).
+    period = max(60.0, agents / 1000 * 6)
     with workdir(keep, "fleet-bench-sweep-") as base:
+        policy = Path(base) / "policy.yaml"
+        policy.write_text(
+            f"extends: {DEFAULT_POLICY_FILE.resolve()}\n"
+            "monitoring:\n"
+            f"  wallet_period_s: {period}\n"
+            f"  admin_calls_per_s: {0 if keys == 'own' else agents * 2 / period + 1:.3f}\n"
+        )
         with local_stack(
             base,
             latency_ms=latency_ms,
             jitter_ms=latency_ms / 5,
+            policy_file=policy,
             metrics=metrics,
-            schedule={"metrics_sweep_s": interval},
+            schedule={"metrics_sweep_s": period},
         ) as stack:
             sandbox = stack.sandbox()
-            ids = seeded_ids(sandbox, agents, "bench")
+            agent_keys = seeded_keys(sandbox, agents, "bench", tier=tier)
+            ids = sorted(agent_keys)
             insert_bench_agents(
-                sessions_for(stack.settings), ids, fleet="bench", policy=stack.settings.policy
+                sessions_for(stack.settings),
+                ids,
+                fleet="bench",
+                policy=stack.settings.policy,
+                keys=agent_keys,
+                key_tier=tier,
+                secrets_key=stack.settings.secrets_key.get_secret_value(),
             )
             children = [
                 stack.start_worker(
@@ -117,15 +162,17 @@ def run(
                 )
             app, r = stack.celery(), connect(stack.settings.redis_url)
             click.echo(
-                f"sweeping {agents} agents at {latency_ms:.0f} ms gateway latency: {workers} "
-                "metrics worker(s), "
-                f"{pool} × {concurrency}, {metrics['batch_size']} agents per message, "
-                f"{metrics['in_flight']} calls in flight per process ({total_in_flight} in all)"
+                f"polling {agents} wallets ({tier} keys, through {keys} keys) every "
+                f"{period:.0f} s at {latency_ms:.0f} ms gateway latency: {workers} metrics "
+                f"worker(s), {pool} × {concurrency}, {metrics['batch_size']} agents per "
+                f"message, {metrics['in_flight']} calls in flight per process "
+                f"({total_in_flight} in all)"
             )
             runs = []
             for n in range(sweeps):
                 tick = f"bench-{n + 1}"
                 cpu_before = {c.name: group_cpu_s(c.process.pid) for c in stack.sup.children}
+                sandbox.reset_counters()
                 started = time.time()
                 app.send_task("metrics.sweep", kwargs={"tick": tick})
                 status = _wait_sweep(r, tick, timeout_s=max(120.0, agents / 100))
@@ -135,13 +182,22 @@ def run(
                     for c in stack.sup.children
                 }
                 rss = sum(group_rss_mb(c.process.pid) for c in children)
+                covered = read_since(r, ids, started)
+                answered_429 = sum(
+                    codes.get("429", 0)
+                    for codes in sandbox.counters(agents=False)["statuses"].values()
+                )
                 limit: LimitRun | None = None
                 if with_limit:
+                    plan = last_plan(r) or {}
+                    on_admin = (plan.get("admin_by_tier") or {}).get(tier, 0)
+                    rows = [(a, i < on_admin) for i, a in enumerate(ids)]
                     own_before = time.process_time()
                     limit = sweep_limit(
                         stack.settings.gateway_url,
                         stack.settings.gateway.admin_key.get_secret_value(),
-                        ids,
+                        rows,
+                        agent_keys,
                         total_in_flight,
                         stack.settings.metrics.poll_timeout_s,
                     )
@@ -152,8 +208,10 @@ def run(
                         "sweep_s": sweep_s,
                         "limit_s": limit_s,
                         "rss_mb": rss,
-                        "unknown": status["unknown"],
-                        "batches": status["batches"],
+                        "covered": covered,
+                        "failed": status["failed"],
+                        "rate_limited": status["rate_limited"] + status["paced"],
+                        "answered_429": answered_429,
                     }
                 )
                 against = (
@@ -163,16 +221,18 @@ def run(
                     else ""
                 )
                 click.echo(
-                    f"sweep {n + 1}: {sweep_s:.2f} s ({agents / sweep_s:,.0f} agents/s, "
-                    f"{status['batches']} messages, "
-                    f"{status['unknown']} unknown) | {against}"
+                    f"sweep {n + 1}: {sweep_s:.2f} s ({agents / sweep_s:,.0f} wallets/s, "
+                    f"{status['batches']} messages, {covered}/{agents} read within the period, "
+                    f"{status['failed']} failed, {answered_429} × 429, "
+                    f"{status['paced']} held back) | {against}"
                     f"worker RSS {rss:.0f} MB | CPU s: "
                     + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
                 )
             sweep_med = statistics.median(x["sweep_s"] for x in runs)
             limit_med = statistics.median(x["limit_s"] for x in runs) if with_limit else None
             click.echo(
-                f"median: sweep {sweep_med:.2f} s ({agents / sweep_med:,.0f} agents/s), "
+                f"median: sweep {sweep_med:.2f} s ({agents / sweep_med:,.0f} wallets/s, "
+                f"{sweep_med / agents * 1e6:.0f} µs per agent), "
                 + (
                     f"limit {limit_med:.2f} s, ratio {sweep_med / limit_med:.2f}; "
                     if limit_med
@@ -186,7 +246,18 @@ def run(
                 json.dumps(
                     {
                         "agents": agents,
+                        "tier": tier,
+                        "keys": keys,
+                        "period_s": period,
                         "sweep_s": round(sweep_med, 2),
+                        "us_per_agent": round(sweep_med / agents * 1e6, 1),
+                        "covered_min": min(x["covered"] for x in runs),
+                        "within_period": all(
+                            x["covered"] == agents and x["sweep_s"] <= period for x in runs
+                        ),
+                        "answered_429": sum(x["answered_429"] for x in runs),
+                        "plan_defects": sum(x["rate_limited"] for x in runs),
+                        "rss_mb": [round(x["rss_mb"]) for x in runs],
                         "in_flight": total_in_flight,
                         **(
                             limit_fields(sweep_med, limit_med)

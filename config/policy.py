@@ -113,6 +113,23 @@ class MonitoringPolicy(_Model):
     heartbeat_unknown_after: Annotated[float, Field(gt=1)] = 3
     # ...and for this many: critical (a dead agent does not report itself).
     heartbeat_critical_after: Annotated[float, Field(gt=1)] = 10
+    # The wallet poll (fleet.monitoring.plan): every agent's balance and budget
+    # are read at least once per this period, one slot of the fleet per sweep tick.
+    wallet_period_s: Annotated[float, Field(gt=0)] = 300
+    # Fraction of each agent's own rate window the poll leaves to the agent's own
+    # work (its heartbeats are counted on top).
+    wallet_headroom: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    # Wallet reads a second the poll may send with the admin key (not rate limited,
+    # but the gateway behind it has a capacity: ~200 reads/s measured locally);
+    # 0 reads every wallet with the agent's own key.
+    admin_calls_per_s: Annotated[float, Field(ge=0)] = 100
+    # The gateway's hourly window per agent by key tier (pricing.json rate_limit_per_hour).
+    tier_windows: dict[str, Annotated[int, Field(gt=0)]] = {
+        "free": 100,
+        "starter": 1_000,
+        "pro": 10_000,
+        "enterprise": 100_000,
+    }
 
     @model_validator(mode="after")
     def _critical_after_unknown(self) -> MonitoringPolicy:

@@ -239,6 +239,7 @@ class Runtime:
                 policy=s.policy,
                 metrics=s.metrics,
                 interval_s=s.schedule.metrics_sweep_s,
+                admin_key_configured=bool(s.gateway.admin_key.get_secret_value()),
                 clock=self.clock,
                 handoff=Handoff(
                     notify=self._notify,

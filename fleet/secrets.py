@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -198,6 +198,21 @@ class AgentKeyRing:
         with self._sessions() as s:
             token = s.scalar(select(Agent.api_key_encrypted).where(Agent.agent_id == agent_id))
         return self._vault.decrypt(token) if token else None
+
+    def agent_keys(self, agent_ids: Sequence[str]) -> dict[str, str]:
+        """Many agents' keys in one read (the wallet poll's batches); agents without one
+        are left out."""
+        out: dict[str, str] = {}
+        with self._sessions() as s:
+            for start in range(0, len(agent_ids), 500):
+                rows = s.execute(
+                    select(Agent.agent_id, Agent.api_key_encrypted).where(
+                        Agent.agent_id.in_(agent_ids[start : start + 500]),
+                        Agent.api_key_encrypted.is_not(None),
+                    )
+                )
+                out.update((agent_id, token) for agent_id, token in rows if token)
+        return {agent_id: self._vault.decrypt(token) for agent_id, token in out.items()}
 
     @contextmanager
     def trying(self, agent_id: str, api_key: str) -> Iterator[None]:

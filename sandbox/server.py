@@ -276,11 +276,12 @@ class Sandbox:
             per_tool.append(now)
             while per_tool and per_tool[0] < horizon:
                 per_tool.popleft()
-            if len(per_tool) > tool_limit:
+            # Counted with this call, as the gateway does: a limit of 20 answers 19.
+            if len(per_tool) >= tool_limit:
                 raise Problem(
                     429,
                     "rate_limit_exceeded",
-                    f"Per-tool rate limit exceeded for '{tool}': {len(per_tool) - 1}/"
+                    f"Per-tool rate limit exceeded for '{tool}': {len(per_tool)}/"
                     f"{tool_limit} per hour",
                 )
         return count

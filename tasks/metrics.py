@@ -14,11 +14,13 @@ Public entry points for other systems:
     kwargs:     {"tick": "<optional id>"}          a sweep now; beat sends it every
                                                    FLEET_SCHEDULE__METRICS_SWEEP_S
 
-A sweep is one `metrics.sweep` message that plans it and sends one
-`metrics.poll_batch` per FLEET_METRICS__BATCH_SIZE agents (the agent ids are
-in the message, so Flower shows which agents each batch covered); every agent's
-outcome is in its snapshot and in the sweep record (`fleet status`, GET
-/api/v1/monitoring/sweeps/{id}).
+A sweep is the wallet poll: one `metrics.sweep` message that plans it (the
+tick's slot of the fleet, each agent on the admin key or its own, inside the
+rate windows; a plan that cannot fit is refused and shown by `fleet status`) and
+sends one `metrics.poll_batch` per FLEET_METRICS__BATCH_SIZE agents (the rows
+[agent_id, fleet, via_admin] are in the message, so Flower shows which agents
+each batch covered); every agent's outcome is in its snapshot's money fields and
+in the sweep record (`fleet status`, GET /api/v1/monitoring/sweeps/{id}).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def sweep(tick: str | None = None) -> dict[str, Any]:
         "sweep_id": plan.sweep_id,
         "agents": plan.agents,
         "batches": len(plan.batches),
+        "slot": plan.slot,
+        "slots": plan.wallet.slots,
     }
 
 
@@ -75,17 +79,16 @@ def sweep(tick: str | None = None) -> dict[str, Any]:
     retry_backoff=1,
     retry_backoff_max=10,
 )
-def poll_batch(
-    self: Task, sweep_id: str, batch: int, agents: dict[str, list[str]]
-) -> dict[str, Any]:
+def poll_batch(self: Task, sweep_id: str, batch: int, agents: list[Any]) -> dict[str, Any]:
     rt = runtime()
-    outcome = sweeping.run_batch(rt.monitor, rt.poller.poll, sweep_id, batch, agents)
+    rows = sweeping.parse_rows(agents)
+    outcome = sweeping.run_batch(rt.monitor, rt.poller.poll, sweep_id, batch, rows)
     return {
         "sweep_id": sweep_id,
         "batch": batch,
         "agents": outcome.agents,
-        "unknown": outcome.unknown,
-        "changes": outcome.changes,
+        "failed": outcome.failed,
+        "rate_limited": outcome.rate_limited,
         "skipped": outcome.skipped,
         "finished": outcome.finished,
         "poll_s": round(outcome.poll_s, 3),

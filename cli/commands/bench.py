@@ -187,6 +187,20 @@ def bench_escalation_flood(actions: int, drain: bool, keep: str | None) -> None:
     "(--no-limit: sweeps only, e.g. to watch memory over many).",
 )
 @click.option(
+    "--tier",
+    type=click.Choice(["free", "starter", "pro", "enterprise"]),
+    default="pro",
+    show_default=True,
+    help="The tier of every agent's key (its window at the sandbox).",
+)
+@click.option(
+    "--keys",
+    type=click.Choice(["own", "admin"]),
+    default="own",
+    show_default=True,
+    help="Read every wallet with the agent's own key (its window) or with the admin key.",
+)
+@click.option(
     "--keep", type=click.Path(file_okay=False), default=None, help="Keep the stack's files here."
 )
 @config_errors_exit
@@ -202,14 +216,18 @@ def bench_sweep(
     error_rate: float,
     timeout_rate: float,
     with_limit: bool,
+    tier: str,
+    keys: str,
     keep: str | None,
 ) -> None:
-    """Monitoring sweeps of AGENTS agents through the metrics queue, each against the limit.
+    """Wallet polls of AGENTS agents through the metrics queue on their plan, each against
+    the limit.
 
-    Sweep time is from sending the tick to the sweep's record saying the last
-    snapshot and the fleet aggregate are stored. The limit is a bare asyncio
-    poller in this process making the same 4·N REST reads over the gateway
-    package's keep-alive pool at the same number of calls in flight.
+    The plan's period is one sweep, so every sweep reads every wallet; on own keys each
+    read counts against the agent's window, as the sandbox enforces it. Sweep time is from
+    sending the tick to the sweep's record saying the last batch is stored. The limit is a
+    bare asyncio client in this process making the same 2·N REST reads with the same keys
+    over the gateway package's keep-alive pool at the same number of calls in flight.
     """
     from benchmarks import sweep
 
@@ -226,6 +244,8 @@ def bench_sweep(
         timeout_rate,
         with_limit,
         keep,
+        tier=tier,
+        keys=keys,
     )
 
 

@@ -47,6 +47,7 @@ def status() -> None:
         click.echo(f"{queue.value:<18} {depth:>7}  {age_text:<16} {who}")
     echo_fleet_health(settings, r, now)
     echo_heartbeats(r, now)
+    unhealthy += not echo_wallet_poll(settings, r, now)
     sys.exit(1 if unhealthy else 0)
 
 
@@ -109,7 +110,7 @@ def echo_fleet_health(settings: Settings, r: Any, now: float) -> None:
     for s in running:
         click.echo(
             f"sweep {s['sweep_id']} running: {s['agents_done']}/{s['agents']} agents, "
-            f"{s['unknown']} unknown"
+            f"{s['failed']} failed"
         )
     try:
         from fleet.durability.deadletters import open_count
@@ -126,3 +127,51 @@ def echo_fleet_health(settings: Settings, r: Any, now: float) -> None:
     text = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "none"
     click.echo(f"open alerts: {text}" + ("  (`fleet alerts`)" if counts else ""))
     click.echo(f"dead letters: {dead or 'none'}" + ("  (`fleet dlq list`)" if dead else ""))
+
+
+def echo_wallet_poll(settings: Settings, r: Any, now: float) -> bool:
+    """The wallet poll's plan for the fleet as it is now (or why it cannot fit, with the
+    numbers), its defects and what it costs; False when the plan is refused."""
+    from fleet.monitoring.plan import PlanRefused
+    from fleet.monitoring.sweep import (
+        STATS_KEY,
+        active_agents,
+        compute_plan,
+        monitoring_overhead,
+    )
+    from fleet.storage.db import engine_for, session_factory
+
+    click.echo("")
+    try:
+        agents = active_agents(
+            session_factory(engine_for(settings.sqlalchemy_url)), settings.metrics.statuses
+        )
+    except Exception as exc:  # noqa: BLE001 - status must print what it can
+        click.echo(f"wallet plan: database not readable ({type(exc).__name__})")
+        return True
+    fits = True
+    try:
+        plan = compute_plan(
+            agents,
+            settings.policy,
+            tick_s=settings.schedule.metrics_sweep_s,
+            admin=bool(settings.gateway.admin_key.get_secret_value()),
+        )
+        click.echo(f"wallet plan: {plan.describe()}")
+    except PlanRefused as refused:
+        click.echo(refused.message)
+        fits = False
+    stats = r.hgetall(STATS_KEY)
+    limited, paced = int(stats.get("rate_limited", 0)), int(stats.get("paced", 0))
+    click.echo(
+        f"plan defects: {limited} × 429 from the gateway, {paced} calls held back"
+        + ("  (the plan overran a rate window)" if limited or paced else "")
+    )
+    overhead = monitoring_overhead(r, now)
+    if not overhead:
+        click.echo("monitoring overhead: no wallet reads in the last hour")
+    for fleet, o in overhead.items():
+        click.echo(
+            f"monitoring overhead {fleet}: ${o.charged}/h ({o.calls:,} calls in the last hour)"
+        )
+    return fits

@@ -1,9 +1,8 @@
 """What the monitoring makes of one agent's fresh snapshot, whoever produced it.
 
-Moved out of the sweep so the heartbeat ingest and the wallet poll share it:
+Moved out of the sweep when the measurements came to arrive by heartbeat:
 
-- :func:`to_snapshot`: a poll's reading → the agent's snapshot, health class and
-  SLA compliance included;
+- :func:`with_sla`: a snapshot → the same with its SLA compliance;
 - :func:`judge_snapshot`: a snapshot → the agent's alert rule changes and, when
   the hour turns, the finished hour's rollup row (both fold into the agent's rule
   state, a small JSON dict kept in Redis by the caller);
@@ -24,9 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.policy import Policy
 from fleet.clock import utc_from_timestamp
 from fleet.monitoring import alerts as alerts_mod
-from fleet.monitoring.health import classify
 from fleet.monitoring.models import AgentHourly
-from fleet.monitoring.poller import Reading
 from fleet.monitoring.rules import AgentRules, AgentSample, Change, evaluate_agent
 from fleet.monitoring.snapshot import Health, Snapshot
 from fleet.sla.compliance import local_breaches, margin_pct
@@ -35,42 +32,6 @@ from fleet.storage.db import write_connection
 from fleet.storage.records import Agent
 
 HOUR = 3600
-
-
-def to_snapshot(
-    reading: Reading,
-    fleet: str | None,
-    now: float,
-    sweep_id: str | None,
-    policy: Policy,
-    terms: Mapping[str, Any] | None = None,
-) -> Snapshot:
-    """Health from the agent's latest self-reported p99 and error rate; money from its
-    wallet and budget. The burn rate is the budget's rolling 24 h spend (gateway fees)
-    per hour: the gateway reports no burn rate of its own. SLA compliance is set when
-    the poll measured at least one of the agent's SLA ``terms``."""
-    p99_point, err_point = Reading.latest(reading.p99), Reading.latest(reading.error_rate)
-    p99 = float(p99_point.value) if p99_point is not None else None
-    err = float(err_point.value) if err_point is not None else None
-    health = Health.UNKNOWN if reading.failed else classify(policy.health, err, p99)
-    budget = reading.budget
-    snap = Snapshot(
-        agent_id=reading.agent_id,
-        polled_at=now,
-        health=health,
-        latency_p99=p99,
-        error_rate=err,
-        balance=reading.balance.balance if reading.balance is not None else None,
-        burn_rate_per_hour=(budget.daily_spend / 24).quantize(Decimal("0.0001"))
-        if budget is not None
-        else None,
-        error="; ".join(reading.errors) if reading.errors else None,
-        fleet=fleet,
-        sweep_id=sweep_id,
-    )
-    if not terms or reading.failed:
-        return snap
-    return with_sla(snap, terms)
 
 
 def with_sla(snap: Snapshot, terms: Mapping[str, Any] | None) -> Snapshot:
@@ -236,6 +197,5 @@ __all__ = [
     "insert_rollups",
     "judge_snapshot",
     "sla_terms",
-    "to_snapshot",
     "with_sla",
 ]

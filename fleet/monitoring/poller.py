@@ -1,28 +1,31 @@
-"""The sweep's reads: four operations per agent, thousands of agents at once, on one event loop.
+"""The wallet poll's reads: two per agent, thousands of agents at once, on one event loop.
 
-Per agent: its wallet balance, its budget status, and the latest self-reported
-``p99_latency_ms`` and ``error_rate`` from the gateway's metrics API (the
-gateway measures nothing per agent itself, so these are the agents' own
-figures). All four go out with the operator's key (``Auth.operator``): only the
-admin key may read every agent's wallet, and admin-scope calls are not rate
-limited. The client is the gateway package's own
-:class:`~fleet.gateway.AsyncGatewayClient` over its keep-alive pool, so the
-breaker per operation, the retry ceiling, the traceparent per attempt, typed
-errors and the validation of every answer are the same as everywhere else.
+Per agent: its wallet balance and its budget status (the rolling day's gateway
+fees: the burn rate). Heartbeats bring everything else an agent measures;
+only a poll can tell its wallet. Each agent's two reads go out with the key the
+plan (:mod:`fleet.monitoring.plan`) chose for it: the admin key (not rate
+limited) or the agent's own (its hourly window, shared with the agent's own
+traffic). A 429 is a defect of the plan: it is counted, and so is a call our
+client refused to send because the agent's window, as it last saw it, was full
+(the client does not retry either: a retry would count against the window again).
 
-:class:`SweepPoller` runs one client on a background event loop per process;
-the pool bounds the calls in flight for the whole process, so a worker running
-several batches at once (threads pool) shares one set of connections and one
-limit, and a batch stuck on a timed-out call holds one slot, not a core.
+The client is the gateway package's own :class:`~fleet.gateway.AsyncGatewayClient`
+over its keep-alive pool, so the breaker per operation, the traceparent per
+attempt, typed errors and the validation of every answer are the same as
+everywhere else. :class:`SweepPoller` runs one client on a background event
+loop per process; the pool bounds the calls in flight for the whole process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal
+from typing import Any, Protocol, runtime_checkable
 
 from fleet.gateway import (
     AsyncGatewayClient,
@@ -32,54 +35,43 @@ from fleet.gateway import (
     GatewayError,
     KeyRing,
     Operation,
+    RateLimited,
     TraceContext,
     operations,
 )
-from fleet.gateway.schemas import BalanceResult, BudgetStatus, MetricPoint, MetricSeries
-
-P99, ERROR_RATE = "p99_latency_ms", "error_rate"
+from fleet.gateway.schemas import BalanceResult, BudgetStatus
 
 
-def sweep_operations(agent_id: str) -> tuple[Operation[Any], ...]:
-    """The four reads of one agent, in the order of a Reading's fields."""
-    auth = Auth.operator(agent_id)
+def wallet_operations(agent_id: str, *, via_admin: bool) -> tuple[Operation[Any], ...]:
+    """The reads of one agent, in the order of a WalletReading's fields."""
+    auth = Auth.ADMIN if via_admin else Auth.own(agent_id)
     return (
         operations.get_balance(agent_id, auth=auth),
         operations.get_budget(agent_id, auth=auth),
-        operations.query_metrics(agent_id, P99, limit=1, auth=auth),
-        operations.query_metrics(agent_id, ERROR_RATE, limit=1, auth=auth),
     )
 
 
-# The operation names, for the gateway's counters (query_metrics twice per agent).
-SWEEP_OPERATIONS = tuple(op.name for op in sweep_operations("a"))
+# The operation names, for the gateway's counters.
+SWEEP_OPERATIONS = tuple(op.name for op in wallet_operations("a", via_admin=True))
 READS_PER_AGENT = len(SWEEP_OPERATIONS)
-_LABELS = (
-    "get_balance",
-    "get_budget_status",
-    f"query_metrics {P99}",
-    f"query_metrics {ERROR_RATE}",
-)
 
 
 @dataclass(frozen=True, slots=True)
-class Reading:
-    """One agent's four answers (None where the call failed) and what went wrong."""
+class WalletReading:
+    """One agent's answers (None where the call failed), what went wrong, what it cost."""
 
     agent_id: str
     balance: BalanceResult | None
     budget: BudgetStatus | None
-    p99: MetricSeries | None
-    error_rate: MetricSeries | None
     errors: tuple[str, ...] = ()
+    charged: Decimal = Decimal(0)  # the X-Charged of its calls
+    rate_limited: int = 0  # 429s the gateway answered: the plan overran a window
+    paced: int = 0  # calls our client held back, the window being full as it last saw it
+    calls: int = 0  # requests that reached the gateway
 
     @property
     def failed(self) -> bool:
         return bool(self.errors)
-
-    @staticmethod
-    def latest(series: MetricSeries | None) -> MetricPoint | None:
-        return series.data[0] if series is not None and series.data else None
 
 
 def describe(name: str, exc: GatewayError) -> str:
@@ -88,8 +80,50 @@ def describe(name: str, exc: GatewayError) -> str:
     return f"{name}: {type(exc).__name__}{status} {code}"
 
 
+@runtime_checkable
+class BulkKeyRing(KeyRing, Protocol):
+    """A ring that can hand over many agents' keys at once (one database read)."""
+
+    def agent_keys(self, agent_ids: Sequence[str]) -> dict[str, str]: ...
+
+
+class LentKeyRing:
+    """A key ring over another one, holding the keys of the batches being polled, so a
+    batch of thousands of own-key reads costs one key lookup, not one per call."""
+
+    def __init__(self, base: KeyRing) -> None:
+        self._base = base
+        self._lent: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def admin_key(self) -> str | None:
+        return self._base.admin_key()
+
+    def agent_key(self, agent_id: str) -> str | None:
+        key = self._lent.get(agent_id)
+        return key if key is not None else self._base.agent_key(agent_id)
+
+    @contextmanager
+    def lending(self, agent_ids: Sequence[str]) -> Iterator[None]:
+        if not agent_ids or not isinstance(self._base, BulkKeyRing):
+            yield
+            return
+        keys = self._base.agent_keys(agent_ids)
+        with self._lock:
+            self._lent.update(keys)
+        try:
+            yield
+        finally:
+            with self._lock:
+                for agent_id in keys:
+                    self._lent.pop(agent_id, None)
+
+    def __repr__(self) -> str:
+        return f"LentKeyRing({self._base!r}, lent={len(self._lent)})"
+
+
 class SweepPoller:
-    """Polls agents on a background loop; thread-safe, one per process."""
+    """Polls agents' wallets on a background loop; thread-safe, one per process."""
 
     def __init__(
         self,
@@ -105,43 +139,37 @@ class SweepPoller:
             max_connections=in_flight,
             timeout_s=timeout_s if timeout_s is not None else config.timeout_s,
         )
+        self.keys = LentKeyRing(keys if keys is not None else config.key_ring())
         self._loop = BackgroundLoop("sweep-loop")
-        make: Callable[[], AsyncGatewayClient] = lambda: AsyncGatewayClient(config, keys)  # noqa: E731
+        make: Callable[[], AsyncGatewayClient] = lambda: AsyncGatewayClient(config, self.keys)  # noqa: E731
         self.client = self._loop.build(make)
 
-    def poll(self, agent_ids: Sequence[str]) -> list[Reading]:
-        return self._loop.run(self.poll_async(agent_ids))
+    def poll(self, agents: Sequence[tuple[str, bool]]) -> list[WalletReading]:
+        """(agent id, through the admin key) pairs; their readings, in order."""
+        own = [agent_id for agent_id, via_admin in agents if not via_admin]
+        with self.keys.lending(own):
+            return self._loop.run(self.poll_async(agents))
 
-    async def poll_async(self, agent_ids: Sequence[str]) -> list[Reading]:
-        """Every agent's four reads; an agent's calls go out together, agents in order."""
-        n, k = len(agent_ids), READS_PER_AGENT
-        ops = [op for a in agent_ids for op in sweep_operations(a)]
+    async def poll_async(self, agents: Sequence[tuple[str, bool]]) -> list[WalletReading]:
+        """Every agent's reads; an agent's calls go out together, agents in order."""
+        k = READS_PER_AGENT
+        ops = [op for a, via_admin in agents for op in wallet_operations(a, via_admin=via_admin)]
         answers: list[Any] = [None] * len(ops)
-        traces = [TraceContext.new() for _ in range(n)]
+        traces = [TraceContext.new() for _ in agents]
         calls = iter(range(len(ops)))
         client = self.client
 
         async def worker() -> None:
             for i in calls:
                 try:
-                    answers[i] = await client.run(ops[i], trace=traces[i // k])
+                    answers[i] = await client.send(ops[i], trace=traces[i // k])
                 except GatewayError as exc:
                     answers[i] = exc
 
         await asyncio.gather(*(worker() for _ in range(min(self.in_flight, len(ops)))))
-        return [self._reading(agent_ids[j], answers[k * j : k * j + k]) for j in range(n)]
-
-    @staticmethod
-    def _reading(agent_id: str, answers: list[Any]) -> Reading:
-        errors: list[str] = []
-        out: list[Any] = []
-        for name, answer in zip(_LABELS, answers, strict=True):
-            if isinstance(answer, GatewayError):
-                errors.append(describe(name, answer))
-                out.append(None)
-            else:
-                out.append(answer)
-        return Reading(agent_id, out[0], out[1], out[2], out[3], tuple(errors))
+        return [
+            reading(agent_id, answers[k * j : k * j + k]) for j, (agent_id, _) in enumerate(agents)
+        ]
 
     def close(self) -> None:
         if not self._loop.closed:
@@ -149,4 +177,44 @@ class SweepPoller:
         self._loop.stop()
 
 
-__all__ = ["READS_PER_AGENT", "SWEEP_OPERATIONS", "Reading", "SweepPoller", "sweep_operations"]
+def reading(agent_id: str, answers: Sequence[Any]) -> WalletReading:
+    """An agent's reading from its answers (GatewayResult or GatewayError, in
+    :data:`SWEEP_OPERATIONS` order)."""
+    errors: list[str] = []
+    values: list[Any] = []
+    charged = Decimal(0)
+    limited = paced = calls = 0
+    for name, answer in zip(SWEEP_OPERATIONS, answers, strict=True):
+        if isinstance(answer, GatewayError):
+            errors.append(describe(name, answer))
+            values.append(None)
+            if isinstance(answer, RateLimited):
+                paced += answer.paced
+                limited += not answer.paced
+            calls += answer.status is not None
+        else:
+            values.append(answer.value)
+            charged += answer.charged or 0
+            calls += 1
+    return WalletReading(
+        agent_id,
+        values[0],
+        values[1],
+        tuple(errors),
+        charged=charged,
+        rate_limited=limited,
+        paced=paced,
+        calls=calls,
+    )
+
+
+__all__ = [
+    "READS_PER_AGENT",
+    "SWEEP_OPERATIONS",
+    "BulkKeyRing",
+    "LentKeyRing",
+    "SweepPoller",
+    "WalletReading",
+    "reading",
+    "wallet_operations",
+]

@@ -9,7 +9,8 @@ dollars) in the name, ``_total`` only on counters.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import redis
@@ -20,7 +21,7 @@ from prometheus_client.registry import Collector
 from fleet.hotstate import KEY_PREFIX
 from fleet.monitoring.aggregate import ALL_FLEETS
 from fleet.monitoring.snapshot import Health
-from fleet.monitoring.sweep import STATS_KEY, fleet_health
+from fleet.monitoring.sweep import STATS_KEY, fleet_health, last_plan, monitoring_overhead
 
 _AGENT_FIELDS = (
     "fleet",
@@ -64,6 +65,7 @@ class FleetCollector(Collector):
             sweeps.add_metric([outcome], float(stats.get(outcome, 0)))
         yield sweeps
         yield from self._heartbeats()
+        yield from self._wallet_poll(stats)
         total = sum(int(v["agents"]) for k, v in fleets.items() if k != ALL_FLEETS)
         if 0 < total <= self._max_agents:
             yield from self._agents()
@@ -88,6 +90,49 @@ class FleetCollector(Collector):
         )
         cursor.add_metric([], float(stream_status(self._r).get("cursor") or 0))
         yield cursor
+
+    def _wallet_poll(self, stats: Mapping[Any, Any]) -> Iterator[Metric]:
+        """The wallet poll: its plan, its defects, and what monitoring costs per fleet."""
+        defects = CounterMetricFamily(
+            "fleet_wallet_poll_defects",
+            "Wallet reads answered 429 (rate_limited) or held back by the client (paced), "
+            "and sweeps refused because the plan could not fit (refused).",
+            labels=["kind"],
+        )
+        for kind in ("rate_limited", "paced", "refused"):
+            defects.add_metric([kind], float(stats.get(kind, 0)))
+        yield defects
+        plan = last_plan(self._r)
+        if plan is not None:
+            fits = GaugeMetricFamily(
+                "fleet_wallet_plan_fits", "1 if the last wallet plan fitted the rate windows."
+            )
+            fits.add_metric([], 1.0 if plan["fits"] else 0.0)
+            yield fits
+            if plan["fits"]:
+                rate = GaugeMetricFamily(
+                    "fleet_wallet_plan_calls_per_hour",
+                    "Wallet reads an hour the plan makes, by key.",
+                    labels=["key"],
+                )
+                rate.add_metric(["admin"], plan["admin_calls_per_s"] * 3600)
+                rate.add_metric(["own"], plan["calls_per_hour"] - plan["admin_calls_per_s"] * 3600)
+                yield rate
+        overhead = monitoring_overhead(self._r, time.time())
+        cost = GaugeMetricFamily(
+            "fleet_monitoring_overhead_dollars_per_hour",
+            "What the gateway charged (X-Charged) for the wallet poll's calls in the last hour.",
+            labels=["fleet"],
+        )
+        calls = GaugeMetricFamily(
+            "fleet_monitoring_calls_per_hour",
+            "The wallet poll's calls in the last hour.",
+            labels=["fleet"],
+        )
+        for fleet, o in overhead.items():
+            cost.add_metric([fleet], float(o.charged))
+            calls.add_metric([fleet], float(o.calls))
+        yield from (cost, calls)
 
     def _fleet(self, fleets: dict[str, dict[str, Any]], meta: dict[str, str]) -> Iterator[Metric]:
         agents = GaugeMetricFamily(

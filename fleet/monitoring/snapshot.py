@@ -92,6 +92,10 @@ class Snapshot:
                 kwargs[f.name] = float(value)
             else:
                 kwargs[f.name] = value
+        # A snapshot only the wallet poll has written yet (no heartbeat believed):
+        # its health is not known, and its money is as old as the wallet read.
+        kwargs.setdefault("health", Health.UNKNOWN)
+        kwargs.setdefault("polled_at", kwargs.get("wallet_read_at", 0.0))
         return cls(**kwargs)  # type: ignore[arg-type]
 
 

@@ -1,24 +1,33 @@
-"""The monitoring sweep: plan, poll in batches, finish with the fleet view.
+"""The wallet poll: what only a poll can tell (balance, budget), on a plan inside the
+gateway's rate windows.
 
 ::
 
-    beat ──▶ start_sweep()     one per tick window (dedup key), never two at once (lock),
-                               agents from the database, split into batches
-          ──▶ run_batch() × ⌈agents / batch_size⌉, one queue message each, expiring
+    beat ──▶ start_sweep()     one per tick window (dedup key), never two at once (lock);
+                               the plan (fleet.monitoring.plan) from the agents in the
+                               database by key tier, the policy's period and headroom:
+                               refused with its numbers when it cannot fit, else this
+                               tick's slot of the fleet, split into batches, each agent
+                               marked for the admin key or its own
+          ──▶ run_batch() × ⌈slot / batch_size⌉, one queue message each, expiring
                                at the sweep's deadline (before the next tick)
-                 poll balance, budget, p99 and error rate of every agent (poller.SweepPoller)
-                 snapshot + health class per agent, its SLA terms judged on it
-                 (fleet.sla.compliance), the agent's alert rules, hourly rollup
-                 one Redis pipeline: snapshots, rule state, the batch's partial aggregate,
-                 the failed agents, "batch done" (counted once, even if redelivered)
-          ──▶ finish_sweep()   by whichever batch completes the sweep: merge the
-                               partials into the fleet view, store it, fleet rules
+                 two reads per agent (poller.SweepPoller): balance, budget status
+                 one Redis transaction: the money fields of each snapshot
+                 (snapshot.queue_fields: balance, burn_rate_per_hour, wallet_read_at,
+                 wallet_error; the heartbeat ingest owns the rest), the failed agents,
+                 the calls and their X-Charged per fleet (the monitoring overhead),
+                 429s (plan defects), "batch done" (counted once, even if redelivered)
+          ──▶ finish_sweep()   by whichever batch completes the sweep
 
-Every agent is its own unit: its failure (after the gateway client's retry
-ceiling) is its own UNKNOWN snapshot with the error, listed in the sweep's
-``failed`` record; no agent's failure fails its batch. A batch failing as a
-whole (Redis down, a worker killed) is redelivered and re-done; its writes are
-overwrites, and its count toward the sweep is taken once.
+Every agent is its own unit: its failure is its own ``wallet_error``, listed in
+the sweep's ``failed`` record; no agent's failure fails its batch. A batch
+failing as a whole (Redis down, a worker killed) is redelivered and re-done; its
+writes are overwrites, and its counts are taken once.
+
+Health, alert rules, SLA samples, rollups and the fleet view come from the
+agents' heartbeats, not from here; the readers of the fleet view stay in this
+module (:func:`fleet_health`) so the API, `fleet status` and the console keep
+working.
 """
 
 from __future__ import annotations
@@ -26,15 +35,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.policy import Policy
@@ -42,33 +52,34 @@ from config.settings import MetricsSettings
 from fleet.clock import Clock, utc_from_timestamp
 from fleet.hotstate import KEY_PREFIX, read_fields, read_hash, texts, write_hash
 from fleet.monitoring import alerts as alerts_mod
-from fleet.monitoring.aggregate import ALL_FLEETS, FleetHealth, Partial, merge_partials
-from fleet.monitoring.health import classify
 from fleet.monitoring.models import AgentHourly, FleetSweep
-from fleet.monitoring.poller import Reading
-from fleet.monitoring.rules import (
-    AgentRules,
-    AgentSample,
-    Change,
-    FleetRules,
-    evaluate_agent,
-    evaluate_fleet,
+from fleet.monitoring.plan import (
+    NO_KEY,
+    PlanRefused,
+    WalletPlan,
+    make_plan,
+    plan_input,
+    routes,
+    slot_of,
 )
-from fleet.monitoring.snapshot import Health, Snapshot, queue_snapshots
-from fleet.sla.compliance import local_breaches, margin_pct
-from fleet.sla.contracts import active_contracts, contract_for
-from fleet.storage.db import write_connection, write_session
+from fleet.monitoring.poller import READS_PER_AGENT, WalletReading
+from fleet.monitoring.rules import AgentRules, FleetRules
+from fleet.monitoring.snapshot import queue_fields, snapshot_key
+from fleet.storage.db import write_session
 from fleet.storage.records import Agent
 
 log = logging.getLogger(__name__)
 
 CURRENT_KEY = f"{KEY_PREFIX}sweep:current"  # the running sweep (the no-overlap lock)
 RECENT_KEY = f"{KEY_PREFIX}sweeps"  # ids of the latest sweeps, newest first
-STATS_KEY = f"{KEY_PREFIX}sweep:stats"  # counters: started, skipped_overlap, skipped_duplicate
-HEALTH_KEY = f"{KEY_PREFIX}health"  # fleet -> FleetHealth JSON, from the last finished sweep
-HEALTH_META_KEY = f"{KEY_PREFIX}health:meta"  # sweep_id, finished_at, wall_s of that sweep
+# counters: started, skipped_overlap, skipped_duplicate, refused, rate_limited, paced
+STATS_KEY = f"{KEY_PREFIX}sweep:stats"
+PLAN_KEY = f"{KEY_PREFIX}sweep:plan"  # the last plan computed (JSON), or its refusal
+HEALTH_KEY = f"{KEY_PREFIX}health"  # fleet -> FleetHealth JSON (the fleet view)
+HEALTH_META_KEY = f"{KEY_PREFIX}health:meta"  # sweep_id, finished_at, wall_s of that view
 RECENT_KEPT = 100
-HOUR = 3600
+MINUTE = 60
+OVERHEAD_KEPT_S = 2 * 3600
 
 
 def tick_key(tick: str) -> str:
@@ -87,6 +98,11 @@ def fleet_state_key(fleet: str) -> str:
     return f"{KEY_PREFIX}monitor:fleet:{fleet}"
 
 
+def overhead_key(minute: int) -> str:
+    """The sweep's calls and X-Charged per fleet in one minute (Unix time // 60)."""
+    return f"{KEY_PREFIX}monitoring:overhead:{minute}"
+
+
 @dataclass
 class MonitorDeps:
     redis: redis.Redis
@@ -96,6 +112,8 @@ class MonitorDeps:
     interval_s: float
     clock: Clock
     handoff: alerts_mod.Handoff
+    # The plan may put wallet reads on the admin key only when there is one.
+    admin_key_configured: bool = False
     agent_rules: AgentRules = field(init=False)
     fleet_rules: FleetRules = field(init=False)
 
@@ -107,27 +125,43 @@ class MonitorDeps:
         return self.clock.now().timestamp()
 
 
+class PolledAgent(NamedTuple):
+    fleet: str
+    agent_id: str
+    tier: str  # the tier of the key we hold for it, NO_KEY when we hold none
+
+
+# One batch row, as it travels in the queue message: agent id, fleet, read through the admin key.
+Row = tuple[str, str, bool]
+
+
 @dataclass(frozen=True)
 class SweepPlan:
     sweep_id: str
     started_at: float
     deadline: float  # batch messages expire then: before the next tick
-    batches: list[dict[str, list[str]]]  # each: {fleet: [agent ids]}
+    batches: list[list[Row]]
+    wallet: WalletPlan
+    slot: int
 
     @property
     def agents(self) -> int:
-        return sum(len(ids) for b in self.batches for ids in b.values())
+        return sum(len(b) for b in self.batches)
 
 
 # --- start ---------------------------------------------------------------------------------
 
 
-def start_sweep(deps: MonitorDeps, tick: str | None = None) -> SweepPlan | None:
-    """Plan a sweep, or None when this tick was already taken or the last sweep still runs.
+def start_sweep(
+    deps: MonitorDeps, tick: str | None = None, slot: int | None = None
+) -> SweepPlan | None:
+    """Plan a sweep, or None when this tick was already taken, the last sweep still runs,
+    or the plan does not fit (then recorded under :data:`PLAN_KEY` with its numbers).
 
     ``tick`` names the tick explicitly (a manual or benchmark run). Without it
     the tick is the beat window: one sweep per 0.9 interval, so a second beat
-    (or a redelivered message) sending the same tick does nothing.
+    (or a redelivered message) sending the same tick does nothing. ``slot``
+    picks the slice of the fleet (default: the tick's place in the period).
     """
     r, now, interval = deps.redis, deps.now(), deps.interval_s
     window_ms = max(1, int(interval * 0.9 * 1000))
@@ -149,11 +183,18 @@ def start_sweep(deps: MonitorDeps, tick: str | None = None) -> SweepPlan | None:
         return None
     try:
         agents = active_agents(deps.sessions, deps.metrics.statuses)
-        batches = plan_batches(agents, deps.metrics.batch_size)
+        wallet = current_plan(deps, agents)
+        if wallet is None:
+            _release(r, sweep_id)
+            return None
+        slot = int(now // interval) % wallet.slots if slot is None else slot % wallet.slots
+        on_admin = routes(wallet, ((a.agent_id, a.tier) for a in agents))
+        chosen = [a for a in agents if slot_of(a.agent_id, wallet.slots) == slot]
+        batches = plan_batches(chosen, on_admin, deps.metrics.batch_size)
     except BaseException:
         _release(r, sweep_id)
         raise
-    plan = SweepPlan(sweep_id, now, deadline, batches)
+    plan = SweepPlan(sweep_id, now, deadline, batches, wallet, slot)
     pipe = r.pipeline(transaction=False)
     key = sweep_key(sweep_id)
     pipe.hset(
@@ -166,6 +207,8 @@ def start_sweep(deps: MonitorDeps, tick: str | None = None) -> SweepPlan | None:
             "deadline": repr(deadline),
             "agents": plan.agents,
             "batches": len(batches),
+            "slot": slot,
+            "slots": wallet.slots,
         },
     )
     pipe.expire(key, deps.metrics.sweep_record_ttl_s)
@@ -178,27 +221,84 @@ def start_sweep(deps: MonitorDeps, tick: str | None = None) -> SweepPlan | None:
     return plan
 
 
-def active_agents(
-    sessions: sessionmaker[Session], statuses: Sequence[str]
-) -> list[tuple[str, str]]:
-    """(fleet, agent_id) of every agent the sweep polls, grouped by fleet."""
+def compute_plan(
+    agents: Sequence[PolledAgent], policy: Policy, *, tick_s: float, admin: bool
+) -> WalletPlan:
+    """The wallet plan for ``agents``, or :class:`PlanRefused` with its numbers."""
+    return make_plan(
+        plan_input(
+            policy.monitoring,
+            Counter(a.tier for a in agents),
+            tick_s=tick_s,
+            reads_per_agent=READS_PER_AGENT,
+            admin=admin,
+        )
+    )
+
+
+def current_plan(deps: MonitorDeps, agents: Sequence[PolledAgent]) -> WalletPlan | None:
+    """The wallet plan for ``agents`` now, recorded for `fleet status` and /metrics; None
+    (recorded, counted and logged with its numbers) when it cannot fit."""
+    r, now = deps.redis, deps.now()
+    try:
+        wallet = compute_plan(
+            agents, deps.policy, tick_s=deps.interval_s, admin=deps.admin_key_configured
+        )
+    except PlanRefused as refused:
+        r.set(PLAN_KEY, orjson.dumps({**refused.as_dict(), "at": now}))
+        r.hincrby(STATS_KEY, "refused", 1)
+        log.error("%s", refused.message)
+        return None
+    r.set(PLAN_KEY, orjson.dumps({**wallet.as_dict(), "at": now}))
+    return wallet
+
+
+def last_plan(r: redis.Redis) -> dict[str, Any] | None:
+    """The plan the last sweep computed ({"fits": True, ...}) or its refusal
+    ({"fits": False, "refused": message, ...})."""
+    raw = r.get(PLAN_KEY)
+    return orjson.loads(raw) if raw else None
+
+
+def active_agents(sessions: sessionmaker[Session], statuses: Sequence[str]) -> list[PolledAgent]:
+    """Every agent the sweep polls, with the tier of the key held for it."""
+    tier = Agent.extra[("key", "tier")].as_string()
     query = (
-        select(Agent.fleet, Agent.agent_id)
+        select(Agent.fleet, Agent.agent_id, tier, Agent.api_key_encrypted.is_not(None))
         .where(Agent.status.in_(list(statuses)))
         .order_by(Agent.fleet, Agent.agent_id)
     )
     with sessions() as session:
-        return [(fleet, agent_id) for fleet, agent_id in session.execute(query)]
+        return [
+            PolledAgent(fleet, agent_id, (key_tier or "free") if has_key else NO_KEY)
+            for fleet, agent_id, key_tier, has_key in session.execute(query)
+        ]
 
 
-def plan_batches(agents: Sequence[tuple[str, str]], batch_size: int) -> list[dict[str, list[str]]]:
-    batches: list[dict[str, list[str]]] = []
-    for start in range(0, len(agents), batch_size):
-        batch: dict[str, list[str]] = {}
-        for fleet, agent_id in agents[start : start + batch_size]:
-            batch.setdefault(fleet, []).append(agent_id)
-        batches.append(batch)
-    return batches
+def plan_batches(
+    agents: Sequence[PolledAgent], on_admin: dict[str, bool], batch_size: int
+) -> list[list[Row]]:
+    rows = [(a.agent_id, a.fleet, on_admin[a.agent_id]) for a in agents]
+    return [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+
+
+def parse_rows(raw: Any) -> list[Row]:
+    """A batch message's rows, or ValueError naming the first bad one."""
+    if not isinstance(raw, list):
+        raise ValueError(f"batch rows must be a list, got {type(raw).__name__}")
+    rows: list[Row] = []
+    for i, row in enumerate(raw):
+        if (
+            not isinstance(row, list | tuple)
+            or len(row) != 3
+            or not isinstance(row[0], str)
+            or not row[0]
+            or not isinstance(row[1], str)
+            or not isinstance(row[2], bool)
+        ):
+            raise ValueError(f"batch row {i} must be [agent_id, fleet, via_admin], got {row!r}")
+        rows.append((row[0], row[1], row[2]))
+    return rows
 
 
 # --- one batch -----------------------------------------------------------------------------
@@ -209,322 +309,121 @@ class BatchOutcome:
     sweep_id: str
     batch: int
     agents: int
-    unknown: int
-    changes: int
+    failed: int
+    rate_limited: int = 0  # 429s: the plan overran a window
     skipped: str | None = None  # why nothing was done (finished sweep, batch already done)
     finished: bool = False  # this batch completed the sweep
     poll_s: float = 0.0  # waiting for the gateway
     total_s: float = 0.0
 
 
-def to_snapshot(
-    reading: Reading,
-    fleet: str | None,
-    now: float,
-    sweep_id: str | None,
-    policy: Policy,
-    terms: Mapping[str, Any] | None = None,
-) -> Snapshot:
-    """Health from the agent's latest self-reported p99 and error rate; money from its
-    wallet and budget. The burn rate is the budget's rolling 24 h spend (gateway fees)
-    per hour: the gateway reports no burn rate of its own. SLA compliance is set when
-    the poll measured at least one of the agent's SLA ``terms``."""
-    p99_point, err_point = Reading.latest(reading.p99), Reading.latest(reading.error_rate)
-    p99 = float(p99_point.value) if p99_point is not None else None
-    err = float(err_point.value) if err_point is not None else None
-    health = Health.UNKNOWN if reading.failed else classify(policy.health, err, p99)
-    budget = reading.budget
-    snap = Snapshot(
-        agent_id=reading.agent_id,
-        polled_at=now,
-        health=health,
-        latency_p99=p99,
-        error_rate=err,
-        balance=reading.balance.balance if reading.balance is not None else None,
-        burn_rate_per_hour=(budget.daily_spend / 24).quantize(Decimal("0.0001"))
-        if budget is not None
-        else None,
-        error="; ".join(reading.errors) if reading.errors else None,
-        fleet=fleet,
-        sweep_id=sweep_id,
-    )
-    if not terms or reading.failed:
-        return snap
-    broken, margin = local_breaches(terms, snap), margin_pct(terms, snap)
-    if not broken and margin is None:
-        return snap
-    return replace(snap, sla_compliant=not broken, sla_margin_pct=margin, breached_terms=broken)
-
-
-def sla_terms(
-    sessions: sessionmaker[Session], policy: Policy, agent_ids: Sequence[str]
-) -> dict[str, Mapping[str, Any]]:
-    """Each agent's SLA terms: its recorded contract, else its template's."""
-    with sessions() as s:
-        rows = s.execute(
-            select(Agent.agent_id, Agent.sla_template).where(Agent.agent_id.in_(agent_ids))
+def wallet_fields(reading: WalletReading, now: float) -> dict[str, str]:
+    """The money fields of an agent's snapshot from its reading. The burn rate is the
+    budget's rolling 24 h spend (gateway fees) per hour: the gateway reports none."""
+    out = {"agent_id": reading.agent_id}
+    if reading.balance is not None:
+        out["balance"] = str(reading.balance.balance)
+        out["wallet_read_at"] = repr(now)
+    if reading.budget is not None:
+        out["burn_rate_per_hour"] = str(
+            (reading.budget.daily_spend / 24).quantize(Decimal("0.0001"))
         )
-        templates = {agent_id: template for agent_id, template in rows}
-        contracts = active_contracts(s, agent_ids)
-    return {
-        agent_id: contract_for(policy, template, contracts.get(agent_id)).terms
-        for agent_id, template in templates.items()
-    }
+    if reading.errors:
+        out["wallet_error"] = "; ".join(reading.errors)
+    return out
 
 
 def run_batch(
     deps: MonitorDeps,
-    poll: Callable[[list[str]], list[Reading]],
+    poll: Callable[[list[tuple[str, bool]]], list[WalletReading]],
     sweep_id: str,
     batch: int,
-    agents: dict[str, list[str]],
+    rows: Sequence[Row],
 ) -> BatchOutcome:
     began = time.perf_counter()
     r, key = deps.redis, sweep_key(sweep_id)
     status, batches = read_fields(r, key, "status", "batches")
-    ids = [agent_id for fleet_ids in agents.values() for agent_id in fleet_ids]
     if status != "running":
-        return BatchOutcome(sweep_id, batch, len(ids), 0, 0, skipped=f"sweep is {status or 'gone'}")
+        return BatchOutcome(sweep_id, batch, len(rows), 0, skipped=f"sweep is {status or 'gone'}")
     if r.hexists(key + ":done", str(batch)):
-        return BatchOutcome(sweep_id, batch, len(ids), 0, 0, skipped="batch already done")
-    fleet_of = {agent_id: fleet for fleet, fleet_ids in agents.items() for agent_id in fleet_ids}
-    states = r.mget([agent_state_key(a) for a in ids])
+        return BatchOutcome(sweep_id, batch, len(rows), 0, skipped="batch already done")
+    fleet_of = {agent_id: fleet for agent_id, fleet, _ in rows}
 
     polled = time.perf_counter()
-    readings = poll(ids)
+    readings = poll([(agent_id, via_admin) for agent_id, _, via_admin in rows])
     poll_s = time.perf_counter() - polled
-    terms = sla_terms(deps.sessions, deps.policy, ids)
 
     now = deps.now()
-    policy, rules = deps.policy, deps.agent_rules
-    snapshots: list[Snapshot] = []
-    partials: dict[str, Partial] = {}
-    changes: list[Change] = []
-    rollups: list[dict[str, Any]] = []
-    new_states: list[tuple[str, bytes]] = []
-    failed: dict[str, str] = {}
-    for reading, raw in zip(readings, states, strict=True):
-        agent_id = reading.agent_id
-        fleet = fleet_of[agent_id]
-        snap = to_snapshot(reading, fleet, now, sweep_id, policy, terms.get(agent_id))
-        snapshots.append(snap)
-        partial = partials.get(fleet)
-        if partial is None:
-            partial = partials[fleet] = Partial()
-        partial.add(snap)
-        if snap.error:
-            failed[agent_id] = snap.error
-        state: dict[str, Any] = orjson.loads(raw) if raw else {}
-        changes.extend(
-            evaluate_agent(
-                rules,
-                state,
-                AgentSample(
-                    agent_id,
-                    now,
-                    fleet,
-                    snap.latency_p99,
-                    snap.error_rate,
-                    snap.balance,
-                    snap.burn_rate_per_hour,
-                    snap.sla_compliant,
-                ),
-            )
-        )
-        row = fold_hour(state, snap, now)
-        if row is not None:
-            rollups.append(row)
-        new_states.append((agent_state_key(agent_id), orjson.dumps(state)))
-
-    # Alerts first: recorded idempotently, so a batch redelivered after this
-    # point re-sends nothing; then the rollups; then every Redis write at once.
-    if changes:
-        alerts_mod.apply_changes(deps.sessions, changes, deps.handoff, now)
-    if rollups:
-        insert_rollups(deps.sessions, rollups)
     m = deps.metrics
-    pipe = r.pipeline(transaction=False)
-    queue_snapshots(pipe, snapshots, m.snapshot_ttl_s or None)
-    for state_key, value in new_states:
-        pipe.set(state_key, value, ex=m.state_ttl_s)
-    pipe.hset(
-        key + ":partials", str(batch), orjson.dumps({f: p.to_json() for f, p in partials.items()})
-    )
-    pipe.expire(key + ":partials", m.sweep_record_ttl_s)
+    failed: dict[str, str] = {}
+    charged: dict[str, Decimal] = {}
+    calls: Counter[str] = Counter()
+    limited = paced = 0
+    # One transaction: the snapshots, the overhead and the defects land with "batch
+    # done", so a batch redelivered after it counts nothing twice.
+    pipe = r.pipeline(transaction=True)
+    for reading in readings:
+        fleet = fleet_of[reading.agent_id]
+        queue_fields(pipe, reading.agent_id, wallet_fields(reading, now), m.snapshot_ttl_s or None)
+        if reading.errors:
+            failed[reading.agent_id] = "; ".join(reading.errors)
+        else:
+            pipe.hdel(snapshot_key(reading.agent_id), "wallet_error")
+        charged[fleet] = charged.get(fleet, Decimal(0)) + reading.charged
+        calls[fleet] += reading.calls
+        limited += reading.rate_limited
+        paced += reading.paced
+    minute = overhead_key(int(now // MINUTE))
+    for fleet, n in calls.items():
+        pipe.hincrby(minute, f"{fleet}:calls", n)
+        if charged[fleet]:
+            pipe.hincrbyfloat(minute, f"{fleet}:charged", float(charged[fleet]))
+    pipe.expire(minute, OVERHEAD_KEPT_S)
+    if limited or paced:
+        for name, n in (("rate_limited", limited), ("paced", paced)):
+            if n:
+                pipe.hincrby(STATS_KEY, name, n)
+                pipe.hincrby(key, name, n)
     if failed:
         write_hash(pipe, key + ":failed", failed)
         pipe.expire(key + ":failed", m.sweep_record_ttl_s)
     # "Done" is counted once per batch number, whatever the redeliveries.
-    pipe.hsetnx(key + ":done", str(batch), f"{len(ids)}:{len(failed)}")
+    pipe.hsetnx(key + ":done", str(batch), f"{len(rows)}:{len(failed)}")
     pipe.expire(key + ":done", m.sweep_record_ttl_s)
     pipe.hlen(key + ":done")
     done = pipe.execute()[-1]
+    if limited:
+        log.warning(
+            "sweep %s batch %d: %d calls answered 429: the wallet plan overran a rate window",
+            sweep_id,
+            batch,
+            limited,
+        )
     finished = False
     if int(done) >= int(batches or 0):
         # Two batches may both see the count complete: finish_sweep runs once.
-        finished = finish_sweep(deps, sweep_id) is not None
+        finished = finish_sweep(deps, sweep_id)
     return BatchOutcome(
         sweep_id,
         batch,
-        len(ids),
+        len(rows),
         len(failed),
-        len(changes),
+        rate_limited=limited,
         finished=finished,
         poll_s=poll_s,
         total_s=time.perf_counter() - began,
     )
 
 
-def fold_hour(state: dict[str, Any], snap: Snapshot, now: float) -> dict[str, Any] | None:
-    """Fold a sample into the agent's current hour (state["h"]); return the previous
-    hour's row when the hour turns."""
-    hour = int(now // HOUR) * HOUR
-    acc = state.get("h")
-    row = None
-    if acc is not None and acc["t"] != hour:
-        row = hour_row(snap.agent_id, snap.fleet, acc)
-        acc = None
-    if acc is None:
-        acc = state["h"] = {
-            "t": hour,
-            "n": 0,
-            "u": 0,
-            "c": 0,
-            "d": 0,
-            "ps": 0.0,
-            "pn": 0,
-            "pm": None,
-            "es": 0.0,
-            "en": 0,
-            "bm": None,
-            "bs": "0",
-            "bn": 0,
-            "so": 0,
-            "sn": 0,
-        }
-    acc["n"] += 1
-    if snap.health is Health.UNKNOWN:
-        acc["u"] += 1
-    elif snap.health is Health.CRITICAL:
-        acc["c"] += 1
-    elif snap.health is Health.DEGRADED:
-        acc["d"] += 1
-    if snap.latency_p99 is not None:
-        acc["ps"] += snap.latency_p99
-        acc["pn"] += 1
-        acc["pm"] = snap.latency_p99 if acc["pm"] is None else max(acc["pm"], snap.latency_p99)
-    if snap.error_rate is not None:
-        acc["es"] += snap.error_rate
-        acc["en"] += 1
-    if snap.balance is not None:
-        acc["bm"] = str(
-            snap.balance if acc["bm"] is None else min(Decimal(acc["bm"]), snap.balance)
-        )
-    if snap.burn_rate_per_hour is not None:
-        acc["bs"] = str(Decimal(acc["bs"]) + snap.burn_rate_per_hour)
-        acc["bn"] += 1
-    if snap.sla_compliant is not None:
-        acc["sn"] += 1
-        acc["so"] += snap.sla_compliant
-    return row
-
-
-def hour_row(agent_id: str, fleet: str | None, acc: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "agent_id": agent_id,
-        "hour": utc_from_timestamp(acc["t"]),
-        "fleet": fleet,
-        "samples": acc["n"],
-        "unknown": acc["u"],
-        "critical": acc["c"],
-        "degraded": acc["d"],
-        "latency_p99_avg": acc["ps"] / acc["pn"] if acc["pn"] else None,
-        "latency_p99_max": acc["pm"],
-        "error_rate_avg": acc["es"] / acc["en"] if acc["en"] else None,
-        "balance_min": acc["bm"],
-        "burn_rate_avg": str((Decimal(acc["bs"]) / acc["bn"]).quantize(Decimal("0.01")))
-        if acc["bn"]
-        else None,
-        "sla_compliant": acc["so"],
-        "sla_checked": acc["sn"],
-    }
-
-
-def insert_rollups(sessions: sessionmaker[Session], rows: list[dict[str, Any]]) -> None:
-    """Insert finished hours; a row already there (a redelivered batch) is left as it is."""
-    with write_connection(sessions) as conn:
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            conn.execute(pg_insert(AgentHourly).on_conflict_do_nothing(), rows)
-        elif conn.dialect.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            conn.execute(sqlite_insert(AgentHourly).on_conflict_do_nothing(), rows)
-        else:  # pragma: no cover - the two databases we support
-            existing = set(conn.execute(select(AgentHourly.agent_id, AgentHourly.hour)).all())
-            conn.execute(
-                insert(AgentHourly),
-                [r for r in rows if (r["agent_id"], r["hour"]) not in existing],
-            )
-
-
 # --- finish --------------------------------------------------------------------------------
 
 
-def finish_sweep(deps: MonitorDeps, sweep_id: str) -> dict[str, FleetHealth] | None:
-    """Merge the batches' partials into the fleet view, store it, apply the fleet rules
-    (once per sweep)."""
+def finish_sweep(deps: MonitorDeps, sweep_id: str) -> bool:
+    """Mark the sweep finished and drop its lock (once per sweep); False if already done."""
     r, key = deps.redis, sweep_key(sweep_id)
     if not r.hsetnx(key, "finishing", "1"):
-        return None
+        return False
     started_at = float(r.hget(key, "started_at") or deps.now())
-    parts = [orjson.loads(v) for v in r.hvals(key + ":partials")]
-    fleets = merge_partials(parts)
-    now = deps.now()
-    pipe = r.pipeline(transaction=True)
-    pipe.delete(HEALTH_KEY)
-    pipe.hset(HEALTH_KEY, mapping={f: orjson.dumps(h.as_dict()) for f, h in fleets.items()})
-    pipe.hset(
-        HEALTH_META_KEY,
-        mapping={"sweep_id": sweep_id, "started_at": repr(started_at), "finished_at": repr(now)},
-    )
-    pipe.execute()
-    with write_session(deps.sessions) as session:
-        session.add_all(
-            FleetSweep(
-                sweep_id=sweep_id,
-                fleet=h.fleet,
-                started_at=utc_from_timestamp(started_at),
-                finished_at=utc_from_timestamp(now),
-                agents=h.agents,
-                healthy=h.healthy,
-                degraded=h.degraded,
-                critical=h.critical,
-                unknown=h.unknown,
-                latency_p99=h.latency_p99,
-                error_rate=h.error_rate,
-                sla_compliance=h.sla_compliance,
-                burn_rate_per_hour=str(h.burn_rate_per_hour),
-            )
-            for h in fleets.values()
-        )
-
-    names = [f for f in fleets if f != ALL_FLEETS]
-    if names:
-        raw_states = r.mget([fleet_state_key(f) for f in names])
-        changes: list[Change] = []
-        pipe = r.pipeline(transaction=False)
-        for fleet, raw in zip(names, raw_states, strict=True):
-            state: dict[str, Any] = orjson.loads(raw) if raw else {}
-            changes.extend(
-                evaluate_fleet(deps.fleet_rules, state, fleet, fleets[fleet].as_dict(), now)
-            )
-            pipe.set(fleet_state_key(fleet), orjson.dumps(state), ex=deps.metrics.state_ttl_s)
-        if changes:
-            alerts_mod.apply_changes(deps.sessions, changes, deps.handoff, now)
-        pipe.execute()
-
     finished = deps.now()
     r.hset(
         key,
@@ -534,9 +433,8 @@ def finish_sweep(deps: MonitorDeps, sweep_id: str) -> dict[str, FleetHealth] | N
             "wall_s": f"{finished - started_at:.3f}",
         },
     )
-    r.hset(HEALTH_META_KEY, "wall_s", f"{finished - started_at:.3f}")
     _release(r, sweep_id)
-    return fleets
+    return True
 
 
 def _release(r: redis.Redis, sweep_id: str) -> None:
@@ -552,6 +450,43 @@ def _release(r: redis.Redis, sweep_id: str) -> None:
             pass  # it changed hands meanwhile: not ours any more
 
 
+# --- what monitoring costs -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Overhead:
+    fleet: str
+    calls: int  # the sweep's requests in the last hour
+    charged: Decimal  # their X-Charged: the monitoring overhead in $ per hour
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"fleet": self.fleet, "calls_per_hour": self.calls, "per_hour": str(self.charged)}
+
+
+def monitoring_overhead(r: redis.Redis, now: float) -> dict[str, Overhead]:
+    """Per fleet, the sweep's calls and what the gateway charged for them over the last
+    hour (sixty minute buckets, the current one included)."""
+    last = int(now // MINUTE)
+    pipe = r.pipeline(transaction=False)
+    for minute in range(last - 59, last + 1):
+        pipe.hgetall(overhead_key(minute))
+    calls: Counter[str] = Counter()
+    charged: dict[str, Decimal] = {}
+    for bucket in pipe.execute():
+        for name, value in bucket.items():
+            fleet, _, what = name.rpartition(":")
+            if what == "calls":
+                calls[fleet] += int(value)
+            elif what == "charged":
+                charged[fleet] = charged.get(fleet, Decimal(0)) + Decimal(value)
+    return {
+        fleet: Overhead(
+            fleet, calls[fleet], charged.get(fleet, Decimal(0)).quantize(Decimal("0.01"))
+        )
+        for fleet in sorted(set(calls) | set(charged))
+    }
+
+
 # --- reading it back -----------------------------------------------------------------------
 
 
@@ -560,12 +495,12 @@ def sweep_status(r: redis.Redis, sweep_id: str) -> dict[str, Any] | None:
     if not raw:
         return None
     out: dict[str, Any] = dict(raw)
-    for name in ("agents", "batches"):
+    for name in ("agents", "batches", "slot", "slots", "rate_limited", "paced"):
         out[name] = int(out.get(name) or 0)
     done = [v.split(":") for v in texts(r.hvals(sweep_key(sweep_id) + ":done"))]
     out["batches_done"] = len(done)
     out["agents_done"] = sum(int(a) for a, _ in done)
-    out["unknown"] = sum(int(u) for _, u in done)
+    out["failed"] = sum(int(u) for _, u in done)
     return out
 
 
@@ -583,8 +518,8 @@ def recent_sweeps(r: redis.Redis, limit: int = 10) -> list[str]:
 
 
 def fleet_health(r: redis.Redis) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """The last finished sweep's fleet view ({fleet: health dict}, with "*" for all) and
-    its sweep's meta."""
+    """The fleet view ({fleet: health dict}, with "*" for all) and its meta, as the pass
+    over the heartbeat snapshots last stored it."""
     raw = read_hash(r, HEALTH_KEY)
     return {fleet: orjson.loads(value) for fleet, value in raw.items()}, read_hash(
         r, HEALTH_META_KEY
@@ -621,10 +556,17 @@ def enforce_retention(
 __all__ = [
     "BatchOutcome",
     "MonitorDeps",
+    "compute_plan",
+    "Overhead",
+    "PolledAgent",
     "SweepPlan",
     "enforce_retention",
     "finish_sweep",
     "fleet_health",
+    "active_agents",
+    "last_plan",
+    "monitoring_overhead",
+    "parse_rows",
     "recent_sweeps",
     "run_batch",
     "start_sweep",

@@ -170,45 +170,34 @@ def test_our_identity_key_is_the_agents_at_the_gateway_and_its_signed_heartbeats
 
 
 # ---------------------------------------------------------------- 2. the sweep's reads
+# ---------------------------------------------------------------- 2. the wallet poll's reads
 
 
-def test_the_sweep_reads_balance_budget_and_metrics_as_the_gateway_answers_them(
+def test_the_wallet_poll_reads_balance_and_budget_as_the_gateway_answers_them(
     commander: Commander, gateway: GatewayUnderTest, new_agent_id: Callable[[str], str]
 ) -> None:
     c = commander
     agent_id = c.provision(new_agent_id("reads"), tier="free", balance="75.25")
-    points = {"p99_latency_ms": Decimal("812"), "error_rate": Decimal("0.0125")}
-    ingested = c.client.run(ops.ingest_metrics(agent_id, points))
-    assert ingested.accepted == 2
 
     poller = SweepPoller(GatewayConfig(url=gateway.base_url), in_flight=4, keys=c.client.keys)
     try:
-        [reading] = poller.poll([agent_id])
+        # Through the agent's own key (its window), then through the admin key.
+        own_read, admin_read = (poller.poll([(agent_id, via)])[0] for via in (False, True))
     finally:
         poller.close()
-    assert not reading.failed, reading.errors
-    assert reading.balance is not None and reading.budget is not None
 
     with gateway.http(c.key_of(agent_id)) as own:
         raw_balance = body(own.get(f"/v1/billing/wallets/{agent_id}/balance"))
         raw_budget = body(own.get(f"/v1/billing/wallets/{agent_id}/budget"))
-        raw_series = {
-            name: body(
-                own.get(
-                    "/v1/identity/metrics",
-                    params={"agent_id": agent_id, "metric_name": name, "limit": 1},
-                )
-            )["data"]
-            for name in points
-        }
-    assert reading.balance.balance == money(raw_balance["balance"]) == Decimal("75.25")
-    assert reading.budget.daily_cap == money(raw_budget["daily_cap"])
-    assert reading.budget.daily_spend == money(raw_budget["daily_spend"])
-    assert reading.budget.cap_exceeded is raw_budget["cap_exceeded"]
-    for name, series in (("p99_latency_ms", reading.p99), ("error_rate", reading.error_rate)):
-        latest = reading.latest(series)
-        assert latest is not None, f"our read of {name} found no point"
-        assert Decimal(str(latest.value)) == money(raw_series[name][0]["value"]) == points[name]
+    for reading in (own_read, admin_read):
+        assert not reading.failed, reading.errors
+        assert reading.balance is not None and reading.budget is not None
+        assert reading.balance.balance == money(raw_balance["balance"]) == Decimal("75.25")
+        assert reading.budget.daily_cap == money(raw_budget["daily_cap"])
+        assert reading.budget.daily_spend == money(raw_budget["daily_spend"])
+        assert reading.budget.cap_exceeded is raw_budget["cap_exceeded"]
+        # Reads are free at the gateway (X-Charged 0.00), and none was refused.
+        assert (reading.calls, reading.charged, reading.rate_limited) == (2, Decimal(0), 0)
 
 
 # ---------------------------------------------------------------- 3. the budget cap

@@ -29,14 +29,13 @@ from fleet.approvals import Approvals
 from fleet.approvals.release import release_agent
 from fleet.clock import ManualClock, SystemClock
 from fleet.escalation.engine import EngineDeps, evaluate
-from fleet.gateway import Auth, GatewayConfig, StaticKeyRing, WalletFrozen
+from fleet.gateway import Auth, StaticKeyRing, WalletFrozen
 from fleet.gateway import operations as ops
 from fleet.gateway.loop import LoopGatewayClient
 from fleet.gateway.schemas import Message
 from fleet.hotstate import connect
-from fleet.monitoring.poller import SweepPoller
-from fleet.monitoring.snapshot import write_snapshots
-from fleet.monitoring.sweep import to_snapshot
+from fleet.monitoring.health import classify
+from fleet.monitoring.snapshot import Snapshot, write_snapshots
 from fleet.sla import service
 from fleet.sla.models import ActionStatus, SlaEpisode, SlaEscalation
 from fleet.storage.db import engine_for, session_factory, write_session
@@ -84,7 +83,6 @@ class System:
     stack: Stack
     sessions: sessionmaker[Session]
     gateway: LoopGatewayClient
-    poller: SweepPoller
     keys: StaticKeyRing
     hook: Hook
     clock: ManualClock = field(default_factory=lambda: ManualClock(datetime.now(UTC)))
@@ -100,13 +98,22 @@ class System:
                 app.send_task(name, kwargs=kwargs, producer=producer, ignore_result=True)
 
     def snapshot(self, agents: list[str], at: datetime | None = None) -> None:
-        """What a sweep at ``at`` leaves in Redis: the agents' reads at the gateway now."""
+        """What monitoring at ``at`` leaves in Redis: each agent's latest self-reported p99
+        and error rate at the gateway now, and its health class."""
         s = self.stack.settings
         when = (at or self.clock.now()).timestamp()
-        snaps = [
-            to_snapshot(reading, "itest", when, None, s.policy)
-            for reading in self.poller.poll(agents)
-        ]
+        snaps = []
+        for agent in agents:
+            p99, err = (
+                self.gateway.run(ops.query_metrics(agent, name, limit=1, auth=Auth.ADMIN)).data
+                for name in ("p99_latency_ms", "error_rate")
+            )
+            latency = float(p99[0].value) if p99 else None
+            errors = float(err[0].value) if err else None
+            health = classify(s.policy.health, errors, latency)
+            snaps.append(
+                Snapshot(agent, when, health, latency_p99=latency, error_rate=errors, fleet="itest")
+            )
         write_snapshots(connect(s.redis_url), snaps)
 
     def report(self, agent: str, p99_ms: int, error_rate: Decimal) -> None:
@@ -257,18 +264,15 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         stack.start_worker(["sla"], concurrency=2, pool="threads", name="sla")
         keys = StaticKeyRing(stack.settings.gateway.admin_key)
         gateway = LoopGatewayClient.from_settings(stack.settings, keys)
-        poller = SweepPoller(GatewayConfig.from_settings(stack.settings), in_flight=8)
         try:
             yield System(
                 stack,
                 session_factory(engine_for(stack.settings.sqlalchemy_url)),
                 gateway,
-                poller,
                 keys,
                 hook,
             )
         finally:
-            poller.close()
             gateway.close()
             hook.close()
 

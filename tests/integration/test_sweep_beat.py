@@ -6,12 +6,14 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleet.hotstate import connect
 from fleet.monitoring import sweep as sweeping
+from fleet.monitoring.plan import NO_KEY
 from fleet.monitoring.poller import SWEEP_OPERATIONS
 from fleet.monitoring.snapshot import read_snapshot
 from stack.local import Stack, local_stack
@@ -28,8 +30,14 @@ AGENTS = 30
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("beat")
+    policy = base / "policy.yaml"
+    default = Path(__file__).resolve().parents[2] / "config" / "defaults" / "policy.yaml"
+    # One tick per period: every sweep reads every agent.
+    policy.write_text(f"extends: {default}\nmonitoring:\n  wallet_period_s: {INTERVAL_S}\n")
     with local_stack(
-        tmp_path_factory.mktemp("beat"),
+        base,
+        policy_file=policy,
         schedule={"metrics_sweep_s": INTERVAL_S},
         metrics={"batch_size": 10},
     ) as st:
@@ -81,16 +89,22 @@ def test_two_beats_sweep_once_per_tick(stack: Stack) -> None:
     assert stats["skipped_duplicate"] >= 2
     statuses = [sweeping.sweep_status(r, s) for s in sweeping.recent_sweeps(r, 50)]
     assert [s["status"] for s in statuses if s] == ["finished"] * started_sweeps
-    # Each sweep read each agent once (four reads, all with the admin key): the work is not
-    # doubled, and every agent's snapshot comes from the last sweep.
+    # Each sweep read each agent once (two reads, all with the admin key: we hold no agent
+    # key): the work is not doubled, and every agent's wallet comes from the last sweep.
     counters = stack.sandbox().counters()
     reads = {
         name: SWEEP_OPERATIONS.count(name) * AGENTS * started_sweeps for name in SWEEP_OPERATIONS
     }
     assert counters["tools"] == reads, stats
     assert counters["agents"] == {"fleet-admin": reads}
-    last = sweeping.recent_sweeps(r, 1)[0]
-    assert all((snap := read_snapshot(r, a)) is not None and snap.sweep_id == last for a in ids)
+    last = sweeping.sweep_status(r, sweeping.recent_sweeps(r, 1)[0])
+    assert last is not None
+    assert all(
+        (snap := read_snapshot(r, a)) is not None
+        and snap.wallet_read_at is not None
+        and float(last["started_at"]) <= snap.wallet_read_at <= float(last["finished_at"])
+        for a in ids
+    )
 
 
 def test_a_redelivered_tick_or_batch_reads_nothing_again(stack: Stack) -> None:
@@ -124,7 +138,8 @@ def test_a_redelivered_tick_or_batch_reads_nothing_again(stack: Stack) -> None:
     assert reads == {name: SWEEP_OPERATIONS.count(name) * agents for name in SWEEP_OPERATIONS}
 
     # A batch of it delivered again finds the sweep finished and reads nothing.
-    batch = sweeping.plan_batches([("redo", a) for a in ids], stack.settings.metrics.batch_size)[0]
+    rows = [sweeping.PolledAgent("redo", a, NO_KEY) for a in ids]
+    batch = sweeping.plan_batches(rows, dict.fromkeys(ids, True), 10)[0]
     log = stack.base_dir / "logs" / "metrics.log"
     seen = log.read_text().count("'skipped': '")
     app.send_task(TaskName.POLL_BATCH.value, args=(status["sweep_id"], 0, batch))

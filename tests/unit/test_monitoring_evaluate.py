@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
 
 from config.settings import load_settings
-from fleet.gateway.schemas import BalanceResult, BudgetStatus, MetricPoint, MetricSeries
-from fleet.monitoring.evaluate import fold_hour, judge_snapshot, to_snapshot, with_sla
-from fleet.monitoring.poller import Reading
+from fleet.monitoring.evaluate import fold_hour, judge_snapshot, with_sla
 from fleet.monitoring.rules import AgentRules
 from fleet.monitoring.snapshot import Health, Snapshot
 
@@ -17,25 +14,10 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 TERMS = POLICY.sla_templates["standard-support"].model_dump(mode="json")
 
 
-def reading(p99: float, err: float, failed: bool = False) -> Reading:
-    at = datetime(2026, 1, 1, tzinfo=UTC)
-    return Reading(
-        "a-1",
-        BalanceResult(balance=Decimal("10.00")),
-        BudgetStatus(daily_spend=Decimal("24"), monthly_spend=Decimal("0")),
-        None if failed else MetricSeries(data=[MetricPoint(value=p99, timestamp=at)]),
-        None if failed else MetricSeries(data=[MetricPoint(value=err, timestamp=at)]),
-        ("timeout",) if failed else (),
-    )
-
-
-def test_a_reading_becomes_a_classified_snapshot_with_its_sla_compliance() -> None:
-    snap = to_snapshot(reading(2500.0, 0.01), "demo", T0, "s1", POLICY, TERMS)
-    assert snap.health is Health.HEALTHY and snap.burn_rate_per_hour == Decimal("1.0000")
+def test_a_snapshot_over_a_term_is_judged_in_breach_with_its_margin() -> None:
+    snap = with_sla(Snapshot("a-1", T0, Health.HEALTHY, latency_p99=2500.0, error_rate=0.01), TERMS)
     assert snap.sla_compliant is False and snap.breached_terms == ("p99_latency_ms",)
-    failed = to_snapshot(reading(0, 0, failed=True), "demo", T0, "s1", POLICY, TERMS)
-    assert failed.health is Health.UNKNOWN and failed.error == "timeout"
-    assert failed.sla_compliant is None
+    assert snap.sla_margin_pct is not None
 
 
 def test_sla_compliance_needs_a_measured_term() -> None:

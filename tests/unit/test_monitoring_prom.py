@@ -105,3 +105,31 @@ def test_per_agent_series_stop_above_the_limit() -> None:
     write_snapshots(r, [Snapshot(f"a-{i}", 1.0, Health.HEALTHY, fleet="demo") for i in range(3)])
     text = prom.render(r, max_agents=2).decode()
     assert "fleet_agents{" in text and "fleet_agent_health{" not in text
+
+
+def test_the_wallet_polls_plan_defects_and_overhead_per_fleet() -> None:
+    import time
+
+    r = fakeredis.FakeRedis(decode_responses=True)
+    r.hset(sweep.STATS_KEY, mapping={"rate_limited": 4, "paced": 1, "refused": 2})
+    r.set(
+        sweep.PLAN_KEY,
+        orjson.dumps({"fits": True, "admin_calls_per_s": 10.0, "calls_per_hour": 50_000.0}),
+    )
+    minute = sweep.overhead_key(int(time.time() // 60))
+    r.hset(minute, mapping={"demo:calls": 120, "demo:charged": "0.3", "ops:calls": 4})
+    text = prom.render(r, max_agents=100).decode()
+    for line in (
+        'fleet_wallet_poll_defects_total{kind="rate_limited"} 4.0',
+        'fleet_wallet_poll_defects_total{kind="paced"} 1.0',
+        'fleet_wallet_poll_defects_total{kind="refused"} 2.0',
+        "fleet_wallet_plan_fits 1.0",
+        'fleet_wallet_plan_calls_per_hour{key="admin"} 36000.0',
+        'fleet_wallet_plan_calls_per_hour{key="own"} 14000.0',
+        'fleet_monitoring_overhead_dollars_per_hour{fleet="demo"} 0.3',
+        'fleet_monitoring_overhead_dollars_per_hour{fleet="ops"} 0.0',
+        'fleet_monitoring_calls_per_hour{fleet="demo"} 120.0',
+    ):
+        assert line in text, line
+    r.set(sweep.PLAN_KEY, orjson.dumps({"fits": False, "refused": "wallet plan refused: ..."}))
+    assert "fleet_wallet_plan_fits 0.0" in prom.render(r, max_agents=100).decode()
