@@ -27,6 +27,7 @@ from fleet.monitoring.models import AgentHourly
 from fleet.monitoring.prom import render
 from fleet.monitoring.snapshot import Health, read_snapshot, snapshot_key
 from fleet.storage.db import migrate
+from fleet.storage.records import Agent
 from tests.support.fleet_rows import insert_agents, sessions_for
 from tests.support.heartbeat_fleet import (
     bus_event,
@@ -200,3 +201,32 @@ def test_hours_roll_up_from_heartbeats(world: World) -> None:
     with world.deps.sessions() as s:
         rows = s.scalars(select(AgentHourly)).all()
     assert len(rows) == 1 and rows[0].samples == 3 and rows[0].latency_p99_max == 3000.0
+
+
+def test_an_error_rate_held_ten_minutes_cuts_traffic_and_its_recovery_restores_it(
+    world: World,
+) -> None:
+    escalated: list[tuple[str, str]] = []
+    world.deps.handoff = Handoff(notify=world.notified.extend, escalate=escalated.extend)
+    noisy = AGENTS[2]
+
+    def weight() -> str:
+        with world.deps.sessions() as s:
+            agent = s.get(Agent, noisy)
+            assert agent is not None
+            return agent.traffic_weight
+
+    for seq in range(1, 11):
+        world.clock.advance(60)
+        world.ingest(world.events(world.beat(noisy, seq, error_rate=0.07)))
+    assert weight() == "1", "not yet held for ten minutes"
+    world.clock.advance(60)
+    world.ingest(world.events(world.beat(noisy, 11, error_rate=0.07)))
+    alert = list_alerts(world.deps.sessions, subject=noisy)[0]
+    assert alert["rule"] == "agent.error_rate" and alert["audience"] == "oncall"
+    assert weight() == "0.5"
+    assert escalated == [(noisy, "alert:agent.error_rate")]
+    world.clock.advance(60)
+    world.ingest(world.events(world.beat(noisy, 12, error_rate=0.01)))
+    assert weight() == "1"
+    assert list_alerts(world.deps.sessions, subject=noisy) == []

@@ -19,13 +19,18 @@ import pytest
 from config.settings import load_settings
 from fleet import audit
 from fleet.clock import ManualClock
+from fleet.durability.control import (
+    freeze_provisioning,
+    is_provisioning_frozen,
+    provisioning_freeze_reason,
+)
 from fleet.hotstate import connect
-from fleet.monitoring.alerts import Handoff
+from fleet.monitoring.alerts import Handoff, list_alerts
 from fleet.monitoring.ingest import AgentDirectory, IngestDeps, ingest_heartbeats
 from fleet.monitoring.silence import SilenceDeps, SilenceLimits, silence_pass
 from fleet.monitoring.snapshot import Health, read_snapshot
 from fleet.monitoring.sweep import fleet_health
-from fleet.storage.db import migrate
+from fleet.storage.db import migrate, write_session
 from stack.local import local_stack
 from stack.processes import stream_argv
 from tests.support.fleet_rows import insert_agents, sessions_for
@@ -114,6 +119,61 @@ def test_a_silent_agent_turns_unknown_then_critical_and_recovers(
         assert snap is not None and snap.error is None
         silence_pass(silence)
         assert fleet_health(r)[0]["demo"]["healthy"] == 2
+    sessions.kw["bind"].dispose()
+
+
+def test_a_fleet_thirty_percent_critical_freezes_provisioning_and_lifts_only_its_own_freeze(
+    tmp_path: Path, redis_url: str
+) -> None:
+    agents = [f"em-{i:04d}-{i:08x}" for i in range(1, 11)]
+    sessions = sessions_for(f"sqlite:///{tmp_path / 'fleet.db'}")
+    migrate(sessions.kw["bind"])
+    insert_agents(sessions, agents, fleet="demo", policy=SETTINGS.policy)
+    keys = identity_keys(agents)
+    record_public_keys(sessions, keys)
+    r = connect(redis_url)
+    r.flushdb()
+    clock = ManualClock(datetime.now(UTC))
+    handoff = Handoff(notify=lambda ids: None, escalate=lambda pairs: None)
+    ingest = IngestDeps(
+        r, sessions, SETTINGS.policy, clock, handoff,
+        AgentDirectory(sessions, SETTINGS.policy, 60), 3600, 3600,
+    )  # fmt: skip
+    silence = SilenceDeps(r, sessions, SETTINGS.policy, clock, handoff, ["active"], 3600)
+    seq = 0
+
+    def minute(error_rate_of_first_three: float) -> None:
+        nonlocal seq
+        seq += 1
+        clock.advance(LIMITS.interval_s)
+        events = [
+            bus_event(
+                seq * 100 + i,
+                signed_event(
+                    agent, keys[agent], seq, sent_at=clock.now().timestamp(),
+                    error_rate=error_rate_of_first_three if i < 3 else 0.01,
+                ),
+            )
+            for i, agent in enumerate(agents)
+        ]  # fmt: skip
+        assert ingest_heartbeats(ingest, events).accepted == len(agents)
+        silence_pass(silence)
+
+    with audit.capture() as entries:
+        minute(0.01)
+        minute(0.5)  # 3 of 10 critical
+        emergency = list_alerts(sessions, severity="emergency")
+        assert [(a["rule"], a["subject"]) for a in emergency] == [("fleet.emergency", "demo")]
+        assert is_provisioning_frozen(sessions, "demo")
+        assert "freeze_provisioning" in [e.action for e in entries]
+        minute(0.01)
+        assert not is_provisioning_frozen(sessions, "demo")
+        # An operator's freeze is theirs to lift.
+        minute(0.5)
+        with write_session(sessions) as s:
+            freeze_provisioning(s, "demo", "operator: change freeze", clock.now())
+        minute(0.01)
+        assert provisioning_freeze_reason(sessions, "demo") == "operator: change freeze"
     sessions.kw["bind"].dispose()
 
 
