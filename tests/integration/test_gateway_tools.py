@@ -40,6 +40,7 @@ from fleet.gateway import (
     WalletFrozen,
     operations,
 )
+from fleet.monitoring.heartbeats import new_identity_key, public_key_hex
 from tests.conftest import SandboxProcess
 
 pytestmark = pytest.mark.integration
@@ -141,7 +142,9 @@ def _every_operation(
         assert (registered.agent_id, registered.tier) == (agent, "free")
         assert registered.balance == Decimal(500)
         keys.add(agent, sandbox.mint_key(agent, "pro"))
-    assert call(o.get_identity, a).agent_id == a
+    ours = public_key_hex(new_identity_key())
+    assert call(o.set_identity_key, a, ours).public_key == ours
+    assert call(o.get_identity, a).public_key == ours
     submitted = call(o.submit_metrics, a, {"accuracy": Decimal("0.97"), "uptime": 99})
     assert submitted.agent_id == a
     chain = call(o.build_claim_chain, a)
