@@ -36,6 +36,7 @@ from fleet.audit.verify import verify_log
 from fleet.storage.db import create_db_engine, migrate
 from stack.parts import producer_app, wait_until
 from stack.processes import Supervisor, find_redis_server, worker_argv
+from tests.support.trust import trust_env, trusted
 from tests.support.workload import audit_events
 from workers.queues import TaskName
 
@@ -310,8 +311,12 @@ def test_worker_cut_off_mid_task_loses_and_doubles_nothing(
     policy["audit"]["mirror_enabled"] = False  # no gateway in this picture
     policy_file = data_dir / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(policy))
-    settings = load_settings(
-        data_dir=data_dir, database_url=servers.database_socket_url, policy_file=policy_file
+    # The signing key made once, before any worker starts: workers never make one.
+    trust = trust_env(data_dir)
+    settings = trusted(
+        load_settings(
+            data_dir=data_dir, database_url=servers.database_socket_url, policy_file=policy_file
+        )
     )
     engine = create_db_engine(servers.database_socket_url)
     migrate(engine)
@@ -328,6 +333,7 @@ def test_worker_cut_off_mid_task_loses_and_doubles_nothing(
                     "FLEET_DATABASE_URL": servers.database_url(machine),
                     "FLEET_DATA_DIR": str(data_dir),
                     "FLEET_POLICY_FILE": str(policy_file),
+                    **trust,
                 }
                 argv = worker_argv("audit", 1, "prefork", hostname=f"netns-audit-{i}@%h")
                 workers.append(sup.start(f"worker-{i}", machine.run(argv), env=env))
