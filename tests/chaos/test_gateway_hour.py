@@ -25,6 +25,7 @@ from fleet.gateway import operations as ops
 from fleet.storage.db import create_db_engine, migrate
 from tests.chaos.support import report
 from tests.conftest import SandboxProcess
+from tests.support.trust import pinned_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -40,6 +41,7 @@ def log(tmp_path: Path) -> Iterator[AuditLog]:
         AuditFiles(tmp_path / "k.pem", tmp_path / "c.jsonl", tmp_path / "a", tmp_path / "r"),
         clock=ManualClock(datetime(2026, 1, 1, tzinfo=UTC)),
         checkpoint_every=2,
+        public_key=pinned_key(tmp_path / "k.pem"),
     )
     engine.dispose()
 
