@@ -58,7 +58,28 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         if path and path != ":memory:":
             _SQLITE_WRITE_LOCKS[engine] = _SqliteWriteLock(path)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=40, **kwargs)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=20,
+        max_overflow=40,
+        connect_args=POSTGRES_CONNECT_ARGS,
+        **kwargs,
+    )
+
+
+# A connection to a server that vanished without a reset (a partition, a cut link)
+# would otherwise block its task until the time limit: connecting gives up after
+# 10 s, an idle connection is probed after 10 s, and data the server never
+# acknowledges fails the connection after 30 s.
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 
 
 # SQLite has one writer at a time, and a writer that finds the file locked
