@@ -25,6 +25,7 @@ from tests.support.workload import fleet_manifest
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 AGENTS = int(os.environ.get("FLEET_CHAOS_AGENTS", "60"))
+PROVISIONED = {"active", "paused"}
 
 
 @pytest.mark.timeout(300 + 2 * AGENTS)
@@ -35,8 +36,10 @@ def test_provisioning_worker_killed_mid_job_then_waiting_provisions_each_agent_o
     with fleet_up(tmp_path, manifest, "--concurrency", "2") as up:
         wait_until(lambda: "running" in up.output(), timeout_s=180, interval_s=0.5)
 
+        # Provisioned: active, or already paused by monitoring (the demo's agents
+        # heartbeat from the start, and a flaky one may breach its SLA).
         def done() -> int:
-            return sum(1 for s in up.statuses("headline-").values() if s == "active")
+            return sum(1 for s in up.statuses("headline-").values() if s in PROVISIONED)
 
         wait_until(lambda: done() >= max(3, AGENTS // 6), timeout_s=240, interval_s=0.2)
         worker = child_matching(up.process.pid, "celery", "worker", "provisioning@")
@@ -58,7 +61,7 @@ def test_provisioning_worker_killed_mid_job_then_waiting_provisions_each_agent_o
         wait_until(all_done, timeout_s=120 + 2 * AGENTS, interval_s=0.2)
         recovered_s = time.monotonic() - killed_at
         statuses = up.statuses("headline-")
-        assert set(statuses.values()) == {"active"} and len(statuses) == AGENTS
+        assert set(statuses.values()) <= PROVISIONED and len(statuses) == AGENTS
 
         headers = {"Authorization": "Bearer sandbox-admin-key"}
         with httpx.Client(base_url=up.sandbox_url, headers=headers, timeout=10) as gateway:
