@@ -8,6 +8,7 @@ rewritten history verify.
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,7 @@ def test_fleet_audit_verify_refuses_an_unpinned_key_and_says_how_to_pin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLEET_ENVIRONMENT", "staging")  # nothing is pinned for it
+    _real_secrets(monkeypatch)
     monkeypatch.setenv("FLEET_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("FLEET_DATABASE_URL", f"sqlite:///{tmp_path / 'fleet.db'}")
     result = CliRunner().invoke(main, ["audit", "verify"])
@@ -124,6 +126,7 @@ def test_init_key_makes_the_key_once_read_only_and_prints_the_pin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLEET_ENVIRONMENT", "staging")
+    _real_secrets(monkeypatch)
     monkeypatch.setenv("FLEET_DATA_DIR", str(tmp_path))
     first = CliRunner().invoke(main, ["audit", "init-key"])
     assert first.exit_code == 0, first.output
@@ -134,3 +137,13 @@ def test_init_key_makes_the_key_once_read_only_and_prints_the_pin(
     again = CliRunner().invoke(main, ["audit", "init-key"])
     assert again.exit_code != 0 and "already exists" in again.output
     assert load_signer(key_file).public_hex == pin
+
+
+def _real_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staging refuses the shipped defaults at start-up: give it secrets of its own."""
+    from cryptography.fernet import Fernet
+
+    monkeypatch.setenv("FLEET_API__TOKEN", secrets.token_hex(24))
+    monkeypatch.setenv("FLEET_FLOWER__PASSWORD", secrets.token_hex(16))
+    monkeypatch.setenv("FLEET_GATEWAY__ADMIN_KEY", secrets.token_hex(24))
+    monkeypatch.setenv("FLEET_SECRETS_KEY", Fernet.generate_key().decode())
