@@ -346,6 +346,32 @@ class RoutingPolicy(_Model):
     busy_inflight: Annotated[int, Field(gt=0)] = 10
 
 
+class ModelRoutingPolicy(_Model):
+    """Which model a task runs on (issue 14 item 4): small under a token count, otherwise
+    frontier while the budget left is above a threshold, mid-tier below it."""
+
+    small: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "small"
+    mid: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "mid-tier"
+    frontier: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "frontier"
+    small_below_tokens: Annotated[int, Field(ge=0)] = 100
+    # Budget left (the fleet-day budget's remainder) at or below which frontier gives way.
+    frontier_min_budget_left: Money = Decimal("200.00")
+
+
+class WorkPolicy(_Model):
+    """The work plane: tasks in, agent selection, delivery over A2A."""
+
+    models: ModelRoutingPolicy = ModelRoutingPolicy()
+    # Agents whose snapshot shows an SLA breach get no work.
+    exclude_breached: bool = True
+    # A task that fails before any spend goes to one other agent, once.
+    reroute_before_spend: bool = True
+    # The whole delivery (send, then following the task's states) must end within this.
+    delivery_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Between two reads of a task that is not finished yet.
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.2
+
+
 class RetentionPolicy(_Model):
     metrics_days: Annotated[float, Field(gt=0)] = 90
     audit_days: Annotated[float, Field(ge=183)] = 183
@@ -399,6 +425,7 @@ class Policy(_Model):
     scaling: ScalingPolicy = ScalingPolicy()
     disputes: DisputePolicy = DisputePolicy()
     routing: RoutingPolicy = RoutingPolicy()
+    work: WorkPolicy = WorkPolicy()
     retention: RetentionPolicy = RetentionPolicy()
     audit: AuditPolicy = AuditPolicy()
     transparency: TransparencyPolicy = TransparencyPolicy()

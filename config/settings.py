@@ -142,6 +142,24 @@ class ScheduleSettings(_Section):
     beat_lock_ttl_s: Annotated[float, Field(ge=5)] = 30.0
 
 
+class WorkSettings(_Section):
+    """The work plane's process-level knobs (policy numbers are in policy.work)."""
+
+    # The A2A base of an agent whose row names none: {gateway} is the gateway's root
+    # (the sandbox serves each simulated agent at /a2a/{agent_id}), {agent_id} the agent.
+    a2a_url_template: str = "{gateway}/a2a/{agent_id}"
+    # Agent cards are fetched once and kept this long per process.
+    card_ttl_s: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    # Concurrent A2A calls per worker process (its connection pool).
+    max_connections: Annotated[int, Field(ge=1, le=10000)] = 256
+    # Idempotency keys are remembered this long.
+    idempotency_ttl_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
+    # Measured per-agent signals are flushed to the snapshots at least this often.
+    measured_flush_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # Task records are written to the database in batches of at most this many.
+    record_batch: Annotated[int, Field(ge=1, le=10000)] = 1000
+
+
 class MetricsSettings(_Section):
     """How the monitoring sweep fans out and polls (README, Performance, has the measurements)."""
 
@@ -304,6 +322,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     metrics: MetricsSettings = MetricsSettings()
+    work: WorkSettings = WorkSettings()
     sla: SlaSettings = SlaSettings()
     stream: StreamSettings = StreamSettings()
     supervisor: SupervisorSettings = SupervisorSettings()

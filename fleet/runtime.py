@@ -47,6 +47,7 @@ from fleet.secrets import AgentKeyRing, KeyVault
 from fleet.sla.alerts import AlertDeps
 from fleet.sla.service import SlaDeps
 from fleet.storage.db import engine_for, session_factory
+from fleet.work.service import WorkDeps
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +338,45 @@ class Runtime:
                 operator_agent_id=self.settings.gateway.operator_agent_id,
             ),
         )
+
+    @property
+    def work(self) -> WorkDeps:
+        """The work plane (fleet/work): routing, A2A delivery, measured signals."""
+
+        def build() -> WorkDeps:
+            from fleet.gateway.loop import BackgroundLoop
+            from fleet.work.a2a import A2ADelivery
+            from fleet.work.measured import MeasuredSignals
+            from fleet.work.selection import CandidateDirectory, Listed
+
+            s = self.settings
+            loop = BackgroundLoop("work-loop")
+            delivery = loop.build(
+                lambda: A2ADelivery(
+                    max_connections=s.work.max_connections,
+                    card_ttl_s=s.work.card_ttl_s,
+                    poll_interval_s=s.policy.work.poll_interval_s,
+                )
+            )
+            gateway = s.gateway_url
+
+            def a2a_base(agent: Listed) -> str:
+                return agent.a2a_url or s.work.a2a_url_template.format(
+                    gateway=gateway, agent_id=agent.agent_id
+                )
+
+            return WorkDeps(
+                redis=self.redis,
+                policy=s.policy,
+                settings=s.work,
+                directory=CandidateDirectory(self.sessions, self.redis),
+                loop=loop,
+                delivery=delivery,
+                measured=MeasuredSignals(self.redis, every_s=s.work.measured_flush_s),
+                a2a_base=a2a_base,
+            )
+
+        return self._once("work", build)
 
     # ------------------------------------------------------------------ the end
 

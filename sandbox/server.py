@@ -736,6 +736,9 @@ def create_app(options: SandboxOptions) -> web.Application:
         if route.method == "GET":
             fast.add(route.path, handler.fast)
     add_control_routes(app, sb)
+    from sandbox.a2a import add_a2a_routes
+
+    add_a2a_routes(app, sb)
     app.middlewares.append(_problem_middleware)
 
     async def flusher(app: web.Application) -> Any:

@@ -21,6 +21,7 @@ class FleetQueue(StrEnum):
     ESCALATION_TIER3 = "escalation.tier3"
     ESCALATION_TIER4 = "escalation.tier4"
     AUDIT = "audit"
+    ROUTING = "routing"
 
 
 ALL_QUEUES: tuple[FleetQueue, ...] = tuple(FleetQueue)
@@ -66,6 +67,10 @@ class TaskName(StrEnum):
     AUDIT_APPROVALS_SWEEP = "audit.approvals_sweep"
     AUDIT_RELEASE_AGENT = "audit.release_agent"
     AUDIT_COMPLIANCE_REPORT = "audit.compliance_report"
+
+    SUBMIT_TASK = "routing.submit_task"
+    SUBMIT_TASKS = "routing.submit_tasks"
+    FLUSH_WORK_RECORDS = "routing.flush_records"
 
 
 def heartbeat_name(queue: FleetQueue) -> str:

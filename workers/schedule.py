@@ -73,6 +73,8 @@ def build_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     # The fastest burn alert's short window is 5 min: evaluate about every minute.
     schedule["sla-burn-alerts"] = _entry(TaskName.SLA_BURN_ALERTS, s.burn_alert_s)
     # Signs the head when fewer than checkpoint_every entries came since the last checkpoint.
+    # Work task records: written in batches, off the routing hot path.
+    schedule["routing-flush-records"] = _entry(TaskName.FLUSH_WORK_RECORDS, 2.0)
     schedule["audit-checkpoint"] = _entry(TaskName.AUDIT_CHECKPOINT, audit.checkpoint_interval_s)
     # Daily is enough for a retention counted in months.
     schedule["audit-retention"] = _daily(TaskName.AUDIT_RETENTION, hour=3, minute=45)

@@ -25,6 +25,8 @@ class Permission(StrEnum):
     SLA_ACK = "sla:ack"
     SLA_CHECK = "sla:check"
     AUDIT_READ = "audit:read"
+    TASKS_READ = "tasks:read"
+    TASKS_SUBMIT = "tasks:submit"
     IDENTITY_ADMIN = "identity:admin"
 
 
@@ -55,11 +57,13 @@ _GRANTED_FROM: dict[Permission, Role] = {
     Permission.METRICS_READ: Role.VIEWER,
     Permission.SLA_READ: Role.VIEWER,
     Permission.AUDIT_READ: Role.VIEWER,
+    Permission.TASKS_READ: Role.VIEWER,
     Permission.APPROVALS_REQUEST: Role.OPERATOR,
     Permission.PROVISIONING_SUBMIT: Role.OPERATOR,
     Permission.MONITORING_REPORT: Role.OPERATOR,
     Permission.SLA_ACK: Role.OPERATOR,
     Permission.SLA_CHECK: Role.OPERATOR,
+    Permission.TASKS_SUBMIT: Role.OPERATOR,
     Permission.APPROVALS_DECIDE: Role.APPROVER,
     Permission.APPROVALS_REVIEW: Role.APPROVER,
     Permission.IDENTITY_ADMIN: Role.ADMIN,

@@ -53,6 +53,14 @@ class Snapshot:
     heartbeat_at: float | None = None  # sent_at of the last heartbeat believed
     wallet_read_at: float | None = None
     wallet_error: str | None = None  # why the last wallet read failed
+    # What the work plane measured of the agent's tasks (fleet/work/measured.py), beside
+    # what the agent reports: the third writer, with fields of its own.
+    measured_latency_p50: float | None = None
+    measured_latency_p99: float | None = None
+    measured_error_rate: float | None = None
+    measured_cost_per_task: float | None = None
+    measured_tasks: int | None = None
+    measured_at: float | None = None
 
     def to_redis(self) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -21,6 +21,7 @@ are not judged.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,7 +44,7 @@ class Sample:
     verdict: Verdict
     breached_terms: tuple[str, ...] = ()
     margin_pct: float | None = None
-    source: str = "snapshot"  # snapshot | none
+    source: str = "snapshot"  # measured | snapshot | none
     note: str = ""
 
     def to_redis(self) -> dict[str, str]:
@@ -77,6 +78,30 @@ def is_fresh(snap: Snapshot | None, at: datetime, max_age_s: float) -> bool:
     )
 
 
+# Measured figures count once the work plane has seen this many of the agent's tasks.
+MEASURED_MIN_TASKS = 20
+
+
+def measured_view(snap: Snapshot, at: datetime, max_age_s: float) -> Snapshot | None:
+    """The snapshot with the work plane's measured latency and error rate in place of the
+    self-reported ones, when fresh measurements of enough tasks exist; else None."""
+    if (
+        snap.measured_at is None
+        or at.timestamp() - snap.measured_at > max_age_s
+        or (snap.measured_tasks or 0) < MEASURED_MIN_TASKS
+    ):
+        return None
+    return dataclasses.replace(
+        snap,
+        latency_p99=snap.measured_latency_p99
+        if snap.measured_latency_p99 is not None
+        else snap.latency_p99,
+        error_rate=snap.measured_error_rate
+        if snap.measured_error_rate is not None
+        else snap.error_rate,
+    )
+
+
 def decide(
     agent_id: str,
     at: datetime,
@@ -84,14 +109,20 @@ def decide(
     terms: Mapping[str, Any],
     snapshot_max_age_s: float,
 ) -> Sample:
-    if not is_fresh(snapshot, at, snapshot_max_age_s) or snapshot is None:
+    """SLA samples prefer what we measured of the agent's tasks over what it reports."""
+    measured = measured_view(snapshot, at, snapshot_max_age_s) if snapshot is not None else None
+    if measured is not None:
+        source, snapshot = "measured", measured
+    elif not is_fresh(snapshot, at, snapshot_max_age_s) or snapshot is None:
         why = "no snapshot" if snapshot is None else "no fresh snapshot"
         return Sample(agent_id, at, Verdict.UNKNOWN, (), None, "none", why)
+    else:
+        source = "snapshot"
     broken = local_breaches(terms, snapshot)
     margin = margin_pct(terms, snapshot)
     if broken:
-        return Sample(agent_id, at, Verdict.BREACH, broken, margin, "snapshot")
-    return Sample(agent_id, at, Verdict.COMPLIANT, (), margin, "snapshot")
+        return Sample(agent_id, at, Verdict.BREACH, broken, margin, source)
+    return Sample(agent_id, at, Verdict.COMPLIANT, (), margin, source)
 
 
 def margin_pct(terms: Mapping[str, Any], snap: Snapshot) -> float | None:

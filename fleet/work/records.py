@@ -1,0 +1,50 @@
+"""The work tasks table: one row per task submitted, its routing choice and its outcome.
+
+Rows are written in batches off the hot path (``fleet.work.store``); while a task runs
+its state is in Redis.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fleet.storage.db import Base
+
+
+class WorkTask(Base):
+    __tablename__ = "work_tasks"
+
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    type: Mapped[str] = mapped_column(String(128))
+    fleet: Mapped[str | None] = mapped_column(String(128), default=None)
+    capabilities: Mapped[list[str]] = mapped_column(JSON, default=list)
+    estimated_tokens: Mapped[int] = mapped_column(Integer)
+    payer_kind: Mapped[str] = mapped_column(String(16))
+    payer_id: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(128))
+    model_reason: Mapped[str] = mapped_column(Text)
+    # completed | failed | canceled | refused | unroutable
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    agent_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    # Every agent tried, in order, with why each attempt ended.
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    estimate: Mapped[str | None] = mapped_column(String(32), default=None)
+    actual: Mapped[str | None] = mapped_column(String(32), default=None)
+    charged: Mapped[str | None] = mapped_column(String(32), default=None)
+    input_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
+    output_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
+    latency_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    trace_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_work_tasks_agent", "agent_id", "finished_at"),
+        Index("ix_work_tasks_fleet_finished", "fleet", "finished_at"),
+    )

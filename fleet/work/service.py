@@ -1,0 +1,321 @@
+"""A batch of submitted tasks through the work plane: claim, route, admit, deliver, settle.
+
+Per task, in order:
+
+1. **claim** its idempotency key (Redis SET NX): a key already held answers with the
+   task that holds it and nothing runs again; a task redelivered after its dispatch
+   (a worker died mid-task) is not sent a second time;
+2. **model** from the policy (:mod:`fleet.work.model_choice`), recorded with its reason;
+3. **agent** by fleet/routing.py's weighted score over the live pool
+   (:mod:`fleet.work.selection`);
+4. **admission**: the estimate reserved against the budgets (when admission is wired);
+   refused → the task ends ``refused`` with the budget that said no;
+5. **in flight**: the agent's counter (``fleet:inflight:{agent}``) is incremented before
+   the A2A call and decremented after it, so retirement's drain waits for it;
+6. **deliver** over A2A (:mod:`fleet.work.a2a`), every task of the batch at once on the
+   process's event loop;
+7. **settle** (completed, or failed after a spend: the reported cost, else the estimate)
+   or **release** (failed before any spend); a task failed before any spend goes to one
+   other agent once (``work.reroute_before_spend``), never after a spend;
+8. **measured** latency, failure and cost into the agent's snapshot; the record queued
+   for the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+import redis
+
+from config.policy import Policy
+from config.settings import WorkSettings
+from fleet.gateway.loop import BackgroundLoop
+from fleet.hotstate import inflight_key
+from fleet.work import store
+from fleet.work.a2a import A2ADelivery, Outcome
+from fleet.work.measured import MeasuredSignals
+from fleet.work.model_choice import choose_model
+from fleet.work.selection import CandidateDirectory, Listed, Picker
+from fleet.work.submission import TaskSubmission
+
+
+class Admission(Protocol):
+    """What the work plane needs of the budgets (fleet/budgets/admission.py behind it)."""
+
+    def estimate(self, model: str, tokens: int) -> Decimal: ...
+
+    def reserve(
+        self,
+        *,
+        task_id: str,
+        agent_id: str,
+        fleet: str,
+        amount: Decimal,
+        model: str,
+        pool: str | None,
+        trace_id: str | None,
+    ) -> str | None:
+        """None when admitted; else the refusal, naming the budget."""
+        ...
+
+    def settle(
+        self,
+        task_id: str,
+        actual: Decimal,
+        *,
+        charged: Decimal | None,
+        usage: Mapping[str, int] | None,
+    ) -> None: ...
+
+    def release(self, task_id: str) -> None: ...
+
+    def budget_left(self, fleet: str) -> Decimal | None: ...
+
+
+@dataclass
+class WorkDeps:
+    redis: redis.Redis
+    policy: Policy
+    settings: WorkSettings
+    directory: CandidateDirectory
+    loop: BackgroundLoop
+    delivery: A2ADelivery
+    measured: MeasuredSignals
+    a2a_base: Callable[[Listed], str]
+    admission: Admission | None = None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def close(self) -> None:
+        try:
+            self.measured.flush()
+        except redis.RedisError:
+            pass
+        if not self.loop.closed:
+            self.loop.run(self.delivery.aclose())
+            self.loop.stop()
+
+
+@dataclass
+class _Task:
+    sub: TaskSubmission
+    task_id: str
+    trace_id: str | None
+    model: str = ""
+    model_reason: str = ""
+    estimate: Decimal | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    agent: Listed | None = None
+    reservation: str | None = None
+    outcome: Outcome | None = None
+    last: Outcome | None = None  # the last attempt's outcome
+    state: str = ""
+    reason: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+
+def _trace_id(sub: TaskSubmission) -> str | None:
+    return sub.trace.traceparent[3:35] if sub.trace else None
+
+
+def run_tasks(
+    deps: WorkDeps, submissions: Sequence[tuple[TaskSubmission, str]]
+) -> list[dict[str, Any]]:
+    """Run a batch of (submission, task id); one summary per submission, in order."""
+    pairs = [(sub.idempotency_key, task_id) for sub, task_id in submissions]
+    holders = store.claim(deps.redis, pairs, deps.settings.idempotency_ttl_s)
+    phases = store.phases(deps.redis, holders)
+    summaries: list[dict[str, Any] | None] = [None] * len(submissions)
+    work: list[tuple[int, _Task]] = []
+    for i, ((sub, task_id), holder, phase) in enumerate(
+        zip(submissions, holders, phases, strict=True)
+    ):
+        if holder != task_id or phase != "claimed":
+            # Someone else's key, or our own message redelivered after its dispatch.
+            summaries[i] = {"task_id": holder, "duplicate": True, "state": phase or "unknown"}
+            continue
+        work.append((i, _Task(sub, task_id, _trace_id(sub))))
+
+    pending = [t for _, t in work]
+    for t in pending:
+        _choose_model(deps, t)
+    rounds = 2 if deps.policy.work.reroute_before_spend else 1
+    for _ in range(rounds):
+        if not pending:
+            break
+        _route(deps, pending)
+        _deliver(deps, [t for t in pending if t.agent is not None and t.reservation])
+        pending = [t for t in pending if _after(deps, t)]
+    for t in pending:  # still wanting another agent after the last round
+        t.state, t.reason = "failed", "failed before any spend on every agent tried"
+    pipe = deps.redis.pipeline(transaction=False)
+    for i, t in work:
+        record = _record(t)
+        store.finish(pipe, record, deps.settings.idempotency_ttl_s)
+        summaries[i] = {
+            k: record[k] for k in ("task_id", "state", "agent_id", "model", "reason", "trace_id")
+        }
+    pipe.execute()
+    deps.measured.maybe_flush()
+    return [s for s in summaries if s is not None]
+
+
+def _choose_model(deps: WorkDeps, t: _Task) -> None:
+    left = None
+    if deps.admission is not None and t.sub.estimated_tokens >= (
+        deps.policy.work.models.small_below_tokens
+    ):
+        left = deps.admission.budget_left(t.sub.fleet or "")
+    choice = choose_model(deps.policy.work.models, t.sub.estimated_tokens, left)
+    t.model, t.model_reason = choice.model, choice.reason
+    if deps.admission is not None:
+        t.estimate = deps.admission.estimate(t.model, t.sub.estimated_tokens)
+
+
+def _route(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
+    """Pick an agent for each task and reserve its estimate; count it in flight."""
+    by_fleet: dict[str | None, Picker] = {}
+    pipe = deps.redis.pipeline(transaction=False)
+    ttl = int(deps.policy.work.delivery_timeout_s * 4) + 60
+    for t in tasks:
+        picker = by_fleet.get(t.sub.fleet)
+        if picker is None:
+            picker = Picker(
+                deps.directory.candidates(t.sub.fleet),
+                deps.policy.routing,
+                exclude_breached=deps.policy.work.exclude_breached,
+                rng=deps.rng,
+            )
+            by_fleet[t.sub.fleet] = picker
+        tried = {a["agent_id"] for a in t.attempts}
+        t.agent, t.reservation = picker.pick(t.sub.capabilities, exclude=tried), None
+        if t.agent is None:
+            t.state = "unroutable"
+            t.reason = f"no active agent with capabilities {sorted(t.sub.capabilities)}" + (
+                " other than those tried" if tried else ""
+            )
+            continue
+        reservation = f"{t.task_id}.{len(t.attempts) + 1}"
+        if deps.admission is not None and t.estimate is not None:
+            refusal = deps.admission.reserve(
+                task_id=reservation,
+                agent_id=t.agent.agent_id,
+                fleet=t.sub.fleet or t.agent.fleet,
+                amount=t.estimate,
+                model=t.model,
+                pool=t.sub.payer.id if t.sub.payer.kind == "pool" else None,
+                trace_id=t.trace_id,
+            )
+            if refusal is not None:
+                t.state, t.reason, t.agent = "refused", refusal, None
+                continue
+        t.reservation = reservation
+        pipe.incr(inflight_key(t.agent.agent_id))
+        pipe.expire(inflight_key(t.agent.agent_id), ttl)
+        store.mark_dispatched(pipe, t.task_id)
+    pipe.execute()
+
+
+def _deliver(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
+    if not tasks:
+        return
+
+    timeout_s = deps.policy.work.delivery_timeout_s
+
+    async def one(t: _Task) -> Outcome:
+        assert t.agent is not None
+        headers = t.sub.trace.carrier() if t.sub.trace else {}
+        return await deps.delivery.deliver(
+            deps.a2a_base(t.agent),
+            text=t.sub.input or t.sub.type,
+            metadata={
+                "fleet_task_id": t.task_id,
+                "type": t.sub.type,
+                "model": t.model,
+                "estimated_tokens": t.sub.estimated_tokens,
+            },
+            headers=headers,
+            timeout_s=timeout_s,
+        )
+
+    async def all_of() -> list[Outcome]:
+        return list(await asyncio.gather(*(one(t) for t in tasks)))
+
+    outcomes = deps.loop.run(all_of())
+    pipe = deps.redis.pipeline(transaction=False)
+    for t, outcome in zip(tasks, outcomes, strict=True):
+        assert t.agent is not None
+        t.outcome = outcome
+        pipe.decr(inflight_key(t.agent.agent_id))
+    pipe.execute()
+
+
+def _after(deps: WorkDeps, t: _Task) -> bool:
+    """Settle or release one delivered task; True when it should go to another agent."""
+    o = t.outcome
+    if t.agent is None or o is None:
+        return False  # unroutable or refused: its state says why
+    t.outcome = None
+    attempt = {"agent_id": t.agent.agent_id, "state": o.state, "latency_ms": round(o.latency_ms, 1)}
+    if o.detail:
+        attempt["detail"] = o.detail
+    t.attempts.append(attempt)
+    failed = not o.ok
+    deps.measured.record(t.agent.agent_id, latency_ms=o.latency_ms, failed=failed, cost=o.cost)
+    if deps.admission is not None and t.reservation is not None:
+        if o.spent:
+            actual = o.cost if o.cost is not None else (t.estimate or Decimal(0))
+            usage = None
+            if o.input_tokens is not None or o.output_tokens is not None:
+                usage = {
+                    "input_tokens": o.input_tokens or 0,
+                    "output_tokens": o.output_tokens or 0,
+                }
+            deps.admission.settle(t.reservation, actual, charged=o.cost, usage=usage)
+        else:
+            deps.admission.release(t.reservation)
+    t.state, t.reason = (
+        (o.state if o.state in ("completed", "canceled") else "failed"),
+        (None if o.ok else f"{o.state}: {o.detail}".strip(": ")),
+    )
+    t.last = o
+    return failed and not o.spent
+
+
+def _record(t: _Task) -> dict[str, Any]:
+    last = t.last
+    return {
+        "task_id": t.task_id,
+        "idempotency_key": t.sub.idempotency_key,
+        "type": t.sub.type,
+        "fleet": t.sub.fleet or (t.agent.fleet if t.agent else None),
+        "capabilities": list(t.sub.capabilities),
+        "estimated_tokens": t.sub.estimated_tokens,
+        "payer_kind": t.sub.payer.kind,
+        "payer_id": t.sub.payer.id,
+        "model": t.model,
+        "model_reason": t.model_reason,
+        "state": t.state,
+        "reason": t.reason,
+        "agent_id": t.attempts[-1]["agent_id"] if t.attempts else None,
+        "attempts": t.attempts,
+        "estimate": str(t.estimate) if t.estimate is not None else None,
+        "actual": str(last.cost) if last is not None and last.cost is not None else None,
+        "charged": str(last.cost) if last is not None and last.cost is not None else None,
+        "input_tokens": last.input_tokens if last else None,
+        "output_tokens": last.output_tokens if last else None,
+        "latency_ms": round(last.latency_ms, 1) if last else None,
+        "trace_id": t.trace_id,
+        "created_at": t.created_at,
+        "finished_at": time.time(),
+    }
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
