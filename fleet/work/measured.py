@@ -33,7 +33,7 @@ local lat_key, snap_key = KEYS[1], KEYS[2]
 local n, failures, cost, now, window, alpha, ttl =
   tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4],
   tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-for i = 8, #ARGV do redis.call('LPUSH', lat_key, ARGV[i]) end
+for i = 9, #ARGV do redis.call('LPUSH', lat_key, ARGV[i]) end
 redis.call('LTRIM', lat_key, 0, window - 1)
 redis.call('EXPIRE', lat_key, ttl)
 local values = redis.call('LRANGE', lat_key, 0, -1)
@@ -60,6 +60,7 @@ if p50 then
   table.insert(fields, 'measured_latency_p50'); table.insert(fields, string.format('%.1f', p50))
   table.insert(fields, 'measured_latency_p99'); table.insert(fields, string.format('%.1f', p99))
 end
+redis.call('HSETNX', snap_key, 'agent_id', ARGV[8])
 redis.call('HSET', snap_key, unpack(fields))
 redis.call('HINCRBY', snap_key, 'measured_tasks', n)
 return 1
@@ -133,6 +134,7 @@ class MeasuredSignals:
                     WINDOW,
                     ALPHA,
                     self._ttl_s,
+                    agent_id,
                     *(f"{v:.1f}" for v in p.latencies[-WINDOW:]),
                 ],
                 client=pipe,
