@@ -21,7 +21,7 @@ import asyncio
 import random
 import time
 import uuid
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -47,6 +47,8 @@ class A2AAgents:
         self.rng = random.Random(seed + 7)
         self.tasks: dict[str, dict[str, Any]] = {}
         self.received: dict[str, int] = {}
+        # Set by the control API: every agent takes this long (ms) for a task.
+        self.work_ms: float | None = None
 
     def card(self, agent_id: str, base: str) -> dict[str, Any]:
         return {
@@ -78,13 +80,20 @@ class A2AAgents:
         if agent.profile == DEAD:
             return {"delay_s": 0.0, "state": "failed", "spent": False, "why": "agent is down"}
         m = metrics_at(agent.profile, agent.hash, agent.params(), now, agent.origin)
-        delay = faults.delay_s("a2a") if faults.latency_ms > 0 else m.latency_p50 / 1000.0
+        if self.work_ms is not None:
+            delay = self.work_ms / 1000.0
+        elif faults.latency_ms > 0:
+            delay = faults.delay_s("a2a")
+        else:
+            delay = m.latency_p50 / 1000.0
         draw = self.rng.random()
         if draw < m.error_rate / 2:
             return {"delay_s": delay, "state": "failed", "spent": False, "why": "refused the task"}
         input_tokens = max(1, estimated)
         output_tokens = max(1, int(estimated * (0.5 + self.rng.random())))
-        cost = Decimal(str(round(m.cost_per_task * (input_tokens + output_tokens) / 1000, 6)))
+        # Wallets hold cents: a task costs at least one.
+        raw = Decimal(str(m.cost_per_task * (input_tokens + output_tokens) / 1000))
+        cost = max(Decimal("0.01"), raw.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
         failed = draw < m.error_rate
         return {
             "delay_s": delay,
@@ -228,11 +237,32 @@ def add_a2a_routes(app: web.Application, sb: Sandbox) -> A2AAgents:
             return _rpc_result(rid, held)
         return _rpc_error(rid, METHOD_NOT_FOUND, f"method {method} not supported")
 
+    def admin(request: web.Request) -> bool:
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        return (token or request.headers.get("X-API-Key", "")) == sb.options.admin_key
+
     async def received(request: web.Request) -> web.Response:
         """Control: how many tasks each agent received (tests count dispatches with it)."""
-        return web.json_response({"received": agents.received})
+        if not admin(request):
+            raise web.HTTPUnauthorized(reason="the control API needs the admin key")
+        return web.json_response({"received": agents.received, "work_ms": agents.work_ms})
+
+    async def configure(request: web.Request) -> web.Response:
+        """Control: ``{"work_ms": 3000}`` makes every agent take that long; null undoes it."""
+        if not admin(request):
+            raise web.HTTPUnauthorized(reason="the control API needs the admin key")
+        body = await request.json()
+        value = body.get("work_ms") if isinstance(body, dict) else "missing"
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+        ):
+            raise web.HTTPBadRequest(reason="work_ms: a number of milliseconds >= 0, or null")
+        agents.work_ms = None if value is None else float(value)
+        return web.json_response({"work_ms": agents.work_ms})
 
     app.router.add_get("/a2a/{agent_id}/.well-known/agent-card.json", card)
     app.router.add_post("/a2a/{agent_id}", rpc)
     app.router.add_get("/_sandbox/a2a", received)
+    app.router.add_put("/_sandbox/a2a", configure)
     return agents

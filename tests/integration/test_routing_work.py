@@ -157,9 +157,7 @@ def test_records_reach_the_database_with_the_model_and_its_reason(
     tag = f"rec-{uuid.uuid4().hex[:6]}"
     app = stack.celery()
     small = _submission(0, tag, estimated_tokens=50)
-    traced = _submission(
-        1, tag, trace={"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}
-    )
+    traced = _submission(1, tag, trace={"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"})
     app.send_task(TaskName.SUBMIT_TASKS.value, kwargs={"tasks": [small, traced]})
     app.send_task(TaskName.FLUSH_WORK_RECORDS.value)
     sessions = _sessions(stack)
