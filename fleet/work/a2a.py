@@ -106,12 +106,14 @@ class A2ADelivery:
         max_connections: int = 256,
         card_ttl_s: float = 300.0,
         poll_interval_s: float = 0.2,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             timeout=httpx.Timeout(30.0),
+            transport=transport,
         )
         self._factory = ClientFactory(ClientConfig(streaming=False, httpx_client=self._http))
         self._card_ttl_s = card_ttl_s
