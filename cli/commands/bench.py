@@ -330,3 +330,34 @@ def bench_audit_verify(entries: int, keep: str | None) -> None:
     from benchmarks import audit
 
     audit.run_verify(entries, keep)
+
+
+@bench.command("route")
+@click.option("--tasks", type=int, default=20000, show_default=True)
+@click.option(
+    "--latency-ms", type=float, default=50.0, show_default=True, help="Each A2A task's latency."
+)
+@click.option("--agents", type=int, default=20, show_default=True, help="Simulated agents.")
+@click.option("--workers", type=int, default=1, show_default=True, help="routing worker processes.")
+@click.option("--pool", type=int, default=2, show_default=True, help="Pool processes per worker.")
+@click.option(
+    "--batch", type=click.IntRange(1, 1000), default=200, show_default=True, help="Tasks a message."
+)
+@click.option(
+    "--keep", type=click.Path(file_okay=False), default=None, help="Keep the stack's files here."
+)
+@config_errors_exit
+def bench_route(
+    tasks: int,
+    latency_ms: float,
+    agents: int,
+    workers: int,
+    pool: int,
+    batch: int,
+    keep: str | None,
+) -> None:
+    """Route TASKS tasks through the queue to the sandbox's A2A agents; the same-run limit is a
+    bare JSON-RPC client at the same concurrency."""
+    from benchmarks import route
+
+    route.run(tasks, latency_ms, agents, workers, pool, batch, keep)
