@@ -106,7 +106,7 @@ def run(
             r = connect(st.settings.redis_url)
 
             def send_all(count: int, tag: str) -> float:
-                start_len = int(r.llen(store.RECORDS_KEY))  # type: ignore[arg-type]
+                start_len = int(r.llen(store.RECORDS_KEY))
                 started = time.perf_counter()
                 with app.producer_or_acquire() as producer:
                     for first in range(0, count, batch):
@@ -120,7 +120,7 @@ def run(
                             ignore_result=True,
                         )
                 deadline = time.monotonic() + max(120.0, count / 50)
-                while int(r.llen(store.RECORDS_KEY)) - start_len < count:  # type: ignore[arg-type]
+                while int(r.llen(store.RECORDS_KEY)) - start_len < count:
                     if time.monotonic() > deadline:
                         raise RuntimeError("route bench: tasks not done in time; see the logs")
                     time.sleep(0.02)
@@ -133,7 +133,7 @@ def run(
             worker_cpu = sum(group_cpu_s(c.process.pid) for c in children) - cpu_before
             blobs = r.lrange(store.RECORDS_KEY, -tasks, -1)
             states: dict[str, int] = {}
-            for blob in blobs:  # type: ignore[union-attr]
+            for blob in blobs:
                 state = json.loads(blob)["state"]
                 states[state] = states.get(state, 0) + 1
             in_flight = workers * pool * batch
