@@ -191,6 +191,39 @@ def test_records_reach_the_database_with_the_model_and_its_reason(
     assert sum(_received(stack).values()) == sum(before.values())
 
 
+def test_a_task_failed_before_any_spend_is_rerouted_once_and_never_after_a_spend(
+    stack: Stack,
+) -> None:
+    dead = seeded_ids(stack.sandbox().seed(1, prefix="itdead", profile="dead"))
+    alive = seeded_ids(stack.sandbox().seed(1, prefix="italive", profile="idle"))
+    insert_agents(_sessions(stack), dead + alive, fleet="itd", policy=stack.settings.policy)
+    tag = f"rr-{uuid.uuid4().hex[:6]}"
+    app = stack.celery()
+    tasks = [{**_submission(i, tag), "fleet": "itd"} for i in range(40)]
+    app.send_task(TaskName.SUBMIT_TASKS.value, kwargs={"tasks": tasks})
+    r = connect(stack.settings.redis_url)
+
+    def records() -> list[dict[str, Any]]:
+        holders = r.mget([store.idem_key(f"{tag}-{i}") for i in range(40)])
+        if not all(holders):
+            return []
+        found = [store.task_state(r, _sessions(stack), str(h)) for h in holders]
+        return (
+            found
+            if all(f.get("state") not in (None, "claimed", "dispatched") for f in found)
+            else []
+        )
+
+    found: list[dict[str, Any]] = wait_until(records, timeout_s=30)  # type: ignore[assignment]
+    assert all(f["state"] == "completed" and f["agent_id"] == alive[0] for f in found), found
+    rerouted = [f for f in found if len(f["attempts"]) == 2]
+    # The dead agent fails every task before any work: each one it got went to the other.
+    assert rerouted and all(f["attempts"][0]["agent_id"] == dead[0] for f in rerouted)
+    assert all(len(f["attempts"]) <= 2 for f in found)
+    got = _received(stack)
+    assert got[dead[0]] == len(rerouted) and got[alive[0]] == 40
+
+
 def test_in_flight_counters_return_to_zero(stack: Stack, agents: list[str]) -> None:
     r = connect(stack.settings.redis_url)
     assert all(int(r.get(inflight_key(a)) or 0) == 0 for a in agents)

@@ -4,6 +4,7 @@ the tasks API (fakeredis, httpx.MockTransport)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import warnings
 from collections.abc import Iterator
@@ -222,3 +223,30 @@ def test_the_tasks_api_needs_the_scope_and_refuses_bad_input_by_path(api: Any) -
         "duplicate": True,
     }
     assert len(sent) == 1
+
+
+def test_sla_samples_prefer_measured_figures_once_enough_tasks_were_seen() -> None:
+    from datetime import UTC, datetime
+
+    from fleet.monitoring.snapshot import Health, Snapshot
+    from fleet.sla.compliance import MEASURED_MIN_TASKS, Verdict, decide
+
+    now = datetime.now(UTC)
+    terms = {"p99_latency_ms": 500, "max_error_rate": 0.05}
+    reported_fine = Snapshot(
+        "a", now.timestamp(), Health.HEALTHY, latency_p99=100.0, error_rate=0.0
+    )
+    measured = dataclasses.replace(
+        reported_fine,
+        measured_latency_p99=900.0,
+        measured_error_rate=0.01,
+        measured_tasks=MEASURED_MIN_TASKS,
+        measured_at=now.timestamp(),
+    )
+    sample = decide("a", now, measured, terms, 300)
+    assert sample.verdict is Verdict.BREACH and sample.source == "measured"
+    assert sample.breached_terms == ("p99_latency_ms",)
+    too_few = dataclasses.replace(measured, measured_tasks=MEASURED_MIN_TASKS - 1)
+    assert decide("a", now, too_few, terms, 300).source == "snapshot"
+    stale = dataclasses.replace(measured, measured_at=now.timestamp() - 301)
+    assert decide("a", now, stale, terms, 300).verdict is Verdict.COMPLIANT
