@@ -351,7 +351,7 @@ class ModelRoutingPolicy(_Model):
     frontier while the budget left is above a threshold, mid-tier below it."""
 
     small: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "small"
-    mid: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "mid-tier"
+    mid: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "mid"
     frontier: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "frontier"
     small_below_tokens: Annotated[int, Field(ge=0)] = 100
     # Budget left (the fleet-day budget's remainder) at or below which frontier gives way.
