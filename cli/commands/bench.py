@@ -339,9 +339,9 @@ def bench_audit_verify(entries: int, keep: str | None) -> None:
 )
 @click.option("--agents", type=int, default=20, show_default=True, help="Simulated agents.")
 @click.option("--workers", type=int, default=1, show_default=True, help="routing worker processes.")
-@click.option("--pool", type=int, default=2, show_default=True, help="Pool processes per worker.")
+@click.option("--pool", type=int, default=4, show_default=True, help="Pool processes per worker.")
 @click.option(
-    "--batch", type=click.IntRange(1, 1000), default=200, show_default=True, help="Tasks a message."
+    "--batch", type=click.IntRange(1, 1000), default=100, show_default=True, help="Tasks a message."
 )
 @click.option(
     "--keep", type=click.Path(file_okay=False), default=None, help="Keep the stack's files here."
