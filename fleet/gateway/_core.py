@@ -497,7 +497,9 @@ class Exchange(Generic[OutT]):
             fields["maybe_processed"] = status != 503
         if not 400 <= status < 600:
             message = f"unexpected HTTP status {status}"
-        raise error_class(status, code)(message, **fields)
+        error = error_class(status, code)(message, **fields)
+        error.attempts = self.attempts
+        raise error
 
     def _typed(self, status: int, content: bytes) -> OutT:
         try:
