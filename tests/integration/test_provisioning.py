@@ -524,11 +524,11 @@ def test_raw_message_from_a_foreign_script_runs_and_shows_in_flower(
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=90,
         check=True,
     )
     job_id = out.stdout.strip()
-    progress = wait_done(stack, job_id)
+    progress = wait_done(stack, job_id, timeout_s=120)
     assert (progress.done, progress.failed) == (5, 0)
 
     auth = (fl.user, "test-flower")
@@ -551,7 +551,7 @@ def test_raw_message_from_a_foreign_script_runs_and_shows_in_flower(
             return {"job": job, "agents": agents}
         return None
 
-    seen = wait_until(flower_sees_everything, timeout_s=30)
+    seen = wait_until(flower_sees_everything, timeout_s=90)
     assert seen["job"]["name"] == "provisioning.provision_fleet"  # type: ignore[index]
     for task in seen["agents"]:  # type: ignore[index]
         assert any(
