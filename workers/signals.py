@@ -25,7 +25,7 @@ from celery.signals import (
 from config.settings import get_settings
 from workers import runtime
 from workers.queues import FleetQueue, TaskName
-from workers.redelivery import TakeBackUnacked
+from workers.redelivery import TakeBackUnacked, spool_dir, spool_lost_deliveries
 
 log = logging.getLogger("fleet.workers")
 
@@ -40,6 +40,7 @@ def connect_signals(celery_app: Celery) -> None:
         return pool if isinstance(pool, str) else str(pool.__module__)
 
     def on_worker_init(sender: Any = None, **_: object) -> None:
+        spool_lost_deliveries(spool_dir())
         pool = pool_of(sender) if sender is not None else "prefork"
         if "prefork" not in pool:
             # Threads of one process share it: their audit events share queue messages.
