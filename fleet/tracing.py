@@ -45,16 +45,16 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context as Context
 from opentelemetry.trace import (
     NonRecordingSpan,
-    Span,
     SpanContext,
-    SpanKind,
     Status,
     StatusCode,
     TraceFlags,
 )
+from opentelemetry.trace import Span as Span
+from opentelemetry.trace import SpanKind as SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:
@@ -242,6 +242,11 @@ def remote_context(trace_id: str, span_id: str, *, sampled: bool = True) -> Cont
     flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
     remote = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=flags)
     return otel_trace.set_span_in_context(NonRecordingSpan(remote), Context())
+
+
+def context_with(s: Span) -> Context:
+    """A context whose current span is ``s`` (to make later spans its children)."""
+    return otel_trace.set_span_in_context(s, Context())
 
 
 def ids_of(s: Span) -> tuple[str, str] | None:
