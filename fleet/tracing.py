@@ -115,6 +115,8 @@ MESSAGING_MESSAGE_ID = "messaging.message.id"
 # --- Ours ----------------------------------------------------------------------------------
 FLEET_NAME = "fleet.name"
 FLEET_TASK_ID = "fleet.task.id"
+FLEET_TASK_NAME = "fleet.task.name"  # a Celery task's dotted name
+FLEET_TASK_STATE = "fleet.task.state"  # SUCCESS, FAILURE, RETRY ... as Celery ends it
 FLEET_COST_ESTIMATE = "fleet.cost.estimate"
 FLEET_COST_ACTUAL = "fleet.cost.actual"
 FLEET_GATEWAY_CHARGED = "fleet.gateway.charged"  # the answer's X-Charged, as its decimal text
@@ -242,6 +244,11 @@ def remote_context(trace_id: str, span_id: str, *, sampled: bool = True) -> Cont
     flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
     remote = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=flags)
     return otel_trace.set_span_in_context(NonRecordingSpan(remote), Context())
+
+
+def empty_context() -> Context:
+    """A context with no span: a span started in it roots a new trace."""
+    return Context()
 
 
 def context_with(s: Span) -> Context:
