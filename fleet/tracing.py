@@ -15,8 +15,9 @@ The whole interface the work plane needs::
         ...
 
 Off (no endpoint in ``settings.tracing``, the default) neither the tracing SDK nor
-the exporter is imported, no provider is built and no exporter thread runs: :func:`span` hands back the span that is
-already current (a no-op context manager), so the cost is one global read.
+the exporter is imported, no provider is built and no exporter thread runs:
+:func:`span` hands back the span that is already current (a no-op context
+manager), so the cost is one global read.
 W3C trace context still travels: :func:`extracted` attaches a caller's context
 and :func:`inject` passes it on, so the gateway's ``traceparent`` and the audit
 entries keep the caller's trace id even in a process that exports nothing.
