@@ -307,7 +307,7 @@ class TracingSettings(_Section):
     @classmethod
     def _http(cls, value: AnyUrl | None) -> AnyUrl | None:
         if value is not None and value.scheme not in ("http", "https"):
-            raise ValueError(f"must be an http(s) URL of an OTLP/HTTP collector, got {value}")
+            raise ValueError("must be http:// or https:// (an OTLP/HTTP collector)")
         return value
 
     @property
