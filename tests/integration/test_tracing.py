@@ -21,7 +21,7 @@ from fleet import tracing
 from fleet.audit.log import AuditLog
 from fleet.audit.models import AuditEntry
 from fleet.audit.verify import verify_log
-from fleet.gateway import GatewayClient, operations
+from fleet.gateway import GatewayClient, GatewayConfig, operations
 from fleet.gateway.errors import GatewayError
 from fleet.gateway.loop import LoopGatewayClient
 from fleet.provisioning.pipeline import job_progress
@@ -218,3 +218,37 @@ def test_a_task_enqueued_in_a_span_continues_its_trace_in_the_worker_and_its_aud
     assert len(log.entries_for_trace(trace_id)) >= len(found)
     report = verify_log(log)
     assert report.ok, report.summary()
+
+
+def test_each_attempt_of_a_retried_call_is_its_own_span_under_the_caller(
+    collector: OtlpCollector, this_process: None
+) -> None:
+    answers = iter([503, 200])
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        status = next(answers)
+        if status != 200:
+            return httpx.Response(status, json={"type": "x/unavailable", "status": status})
+        return httpx.Response(
+            200, json={"balance": "1.00", "currency": "CREDITS"}, headers={"X-Charged": "0.10"}
+        )
+
+    config = GatewayConfig(url="http://gw.test:8080", admin_key="k", backoff_initial_s=0.0)
+    with GatewayClient(config, transport=httpx.MockTransport(gateway), sleep=lambda _: None) as c:
+        with tracing.span("retrying caller") as caller:
+            ids = tracing.ids_of(caller)
+            result = c.send(operations.get_balance("a1"))
+    assert ids is not None and result.attempts == 2
+    tracing.force_flush()
+    spans = collector.wait_for(
+        lambda got: sum(s.parent_span_id == ids[1] for s in got) >= 2, timeout_s=10
+    )
+    first, second = sorted(
+        (s for s in spans if s.parent_span_id == ids[1]), key=lambda s: s.start_ns
+    )
+    assert first.status == "ERROR" and first.attributes["error.type"] == "503"
+    assert "http.request.resend_count" not in first.attributes
+    assert second.attributes["http.request.resend_count"] == 1
+    assert second.span_id == result.trace.span_id and second.status == "UNSET"
+    assert second.attributes["fleet.gateway.charged"] == "0.10"
+    assert second.attributes["server.port"] == 8080
