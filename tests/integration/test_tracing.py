@@ -224,8 +224,10 @@ def test_each_attempt_of_a_retried_call_is_its_own_span_under_the_caller(
     collector: OtlpCollector, this_process: None
 ) -> None:
     answers = iter([503, 200])
+    sent: list[str] = []
 
     def gateway(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["traceparent"])
         status = next(answers)
         if status != 200:
             return httpx.Response(status, json={"type": "x/unavailable", "status": status})
@@ -252,3 +254,5 @@ def test_each_attempt_of_a_retried_call_is_its_own_span_under_the_caller(
     assert second.span_id == result.trace.span_id and second.status == "UNSET"
     assert second.attributes["fleet.gateway.charged"] == "0.10"
     assert second.attributes["server.port"] == 8080
+    # What the gateway received on each attempt names that attempt's span.
+    assert sent == [f"00-{s.trace_id}-{s.span_id}-01" for s in (first, second)]
