@@ -270,6 +270,12 @@ def current_ids() -> tuple[str, str] | None:
     return ids_of(otel_trace.get_current_span())
 
 
+def current_sampled() -> bool:
+    """Whether the current span's trace is sampled (W3C flag); True outside any span."""
+    ctx = otel_trace.get_current_span().get_span_context()
+    return ctx.trace_flags.sampled if ctx.is_valid else True
+
+
 def current_trace_id() -> str | None:
     """The current trace id as 32 lowercase hex, or None outside a span."""
     ctx = otel_trace.get_current_span().get_span_context()

@@ -387,9 +387,14 @@ class Exchange(Generic[OutT]):
             self._roots = ids is None
             if tracing.enabled():
                 self.otel_parent = tracing.current_context()
-            parent = TraceContext(*ids) if ids is not None else TraceContext.new()
+            if ids is None:
+                parent = TraceContext.new()
+            else:
+                parent = TraceContext(*ids, tracing.current_sampled())
         elif tracing.enabled():
-            self.otel_parent = tracing.remote_context(parent.trace_id, parent.span_id)
+            self.otel_parent = tracing.remote_context(
+                parent.trace_id, parent.span_id, sampled=parent.sampled
+            )
         self.parent = parent
         self.breaker: CircuitBreaker = core.breakers.get_or_create(op.name)
         self._holds_trial = False
@@ -474,7 +479,7 @@ class Exchange(Generic[OutT]):
             self.span = self.parent.child()
             return
         self.otel_span = otel_span
-        self.span = TraceContext(*ids)
+        self.span = TraceContext(*ids, otel_span.get_span_context().trace_flags.sampled)
         if self._roots:
             # A call made outside any span roots its own trace; its retries stay in it.
             self._roots = False

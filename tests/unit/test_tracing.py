@@ -156,6 +156,22 @@ def test_a_malformed_traceparent_is_ignored_as_w3c_says(header: str) -> None:
     assert tracing.extract({"traceparent": header}) is None
 
 
+def test_a_callers_unsampled_trace_stays_unsampled_at_the_gateway() -> None:
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["traceparent"])
+        return httpx.Response(200, json={"balance": "1.00", "currency": "CREDITS"})
+
+    client = GatewayClient(
+        GatewayConfig(url="http://gw.test", admin_key="k"), transport=httpx.MockTransport(answer)
+    )
+    with client, tracing.extracted({"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"}):
+        client.send(operations.get_balance("a1"))
+    (sent,) = seen
+    assert sent.startswith(f"00-{CALLER_TRACE}-") and sent.endswith("-00")
+
+
 def test_explicit_trace_ids_win_over_the_current_span() -> None:
     with tracing.extracted({"traceparent": TRACEPARENT}):
         event = build_event(actor="t", action="a", subject="s", trace_id="1" * 32, span_id="2" * 16)
