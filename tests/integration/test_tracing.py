@@ -29,7 +29,13 @@ from fleet.storage.db import engine_for, session_factory
 from stack.local import Stack, local_stack
 from stack.parts import wait_until
 from stack.processes import free_port
-from tests.support.otlp_collector import CollectedSpan, OtlpCollector
+from tests.support.otlp_collector import (
+    CollectedSpan,
+    OtlpCollector,
+    ancestors,
+    by_id,
+    descends_from,
+)
 from tests.support.workload import fleet_manifest
 from workers.queues import TaskName
 
@@ -76,21 +82,6 @@ def this_process(traced: TracingSettings) -> Iterator[None]:
         yield
     finally:
         tracing.shutdown()
-
-
-def _by_id(spans: Sequence[CollectedSpan]) -> dict[str, CollectedSpan]:
-    return {s.span_id: s for s in spans}
-
-
-def _ancestors(span: CollectedSpan, spans: dict[str, CollectedSpan]) -> list[str]:
-    chain = []
-    parent = span.parent_span_id
-    while parent is not None and parent in spans:
-        chain.append(parent)
-        parent = spans[parent].parent_span_id
-    if parent is not None:
-        chain.append(parent)  # a parent that was not exported (still names it)
-    return chain
 
 
 def test_gateway_call_is_a_client_span_with_genai_and_http_attributes(
@@ -144,7 +135,7 @@ def test_the_loop_client_keeps_the_callers_span_across_its_thread(
     spans = collector.wait_for(
         lambda got: any(s.span_id == result.trace.span_id for s in got), timeout_s=10
     )
-    call = _by_id(spans)[result.trace.span_id]
+    call = by_id(spans)[result.trace.span_id]
     assert call.parent_span_id == ids[1]
 
 
@@ -196,7 +187,7 @@ def test_a_task_enqueued_in_a_span_continues_its_trace_in_the_worker_and_its_aud
         return entry_spans <= ids and "execute_tool register_agent" in names
 
     spans = [s for s in collector.wait_for(exported, timeout_s=30) if s.trace_id == trace_id]
-    by_id = _by_id(spans)
+    known = by_id(spans)
     fleet_task = [s for s in spans if s.name == f"process {TaskName.PROVISION_FLEET}"]
     assert len(fleet_task) == 1, sorted(s.name for s in spans)
     # The worker's span of the task is the child of the span that sent the message.
@@ -210,11 +201,12 @@ def test_a_task_enqueued_in_a_span_continues_its_trace_in_the_worker_and_its_aud
     assert register.kind == "CLIENT" and register.service_name == "fleet-worker"
     assert str(register.attributes["gen_ai.agent.id"]).startswith("traced-seg0")
     assert register.attributes["http.response.status_code"] == 201
-    assert _ancestors(register, by_id)[-1] == root_span
-    made_by = by_id[register.parent_span_id or ""]
+    assert ancestors(register, spans)[-1] == root_span
+    assert descends_from(register, fleet_task[0].span_id, spans)
+    made_by = known[register.parent_span_id or ""]
     assert made_by.kind == "CONSUMER" and made_by.name.startswith("process provisioning.")
     # Each entry names the span that was current where it was recorded: a task's span.
-    assert all(by_id[span_id].kind == "CONSUMER" for span_id in entry_spans), entry_spans
+    assert all(known[span_id].kind == "CONSUMER" for span_id in entry_spans), entry_spans
     assert len(log.entries_for_trace(trace_id)) >= len(found)
     report = verify_log(log)
     assert report.ok, report.summary()

@@ -198,3 +198,25 @@ class OtlpCollector:
 
     def named(self, name: str) -> list[CollectedSpan]:
         return [s for s in self.spans if s.name == name]
+
+
+def by_id(spans: Sequence[CollectedSpan]) -> dict[str, CollectedSpan]:
+    return {s.span_id: s for s in spans}
+
+
+def ancestors(span: CollectedSpan, spans: Sequence[CollectedSpan]) -> list[str]:
+    """The span ids from ``span``'s parent up to its root, nearest first; a parent that was
+    not exported ends the list (named, so a test sees where the chain broke)."""
+    known = by_id(spans)
+    chain: list[str] = []
+    parent = span.parent_span_id
+    while parent is not None and parent not in chain:
+        chain.append(parent)
+        above = known.get(parent)
+        parent = above.parent_span_id if above is not None else None
+    return chain
+
+
+def descends_from(span: CollectedSpan, ancestor_id: str, spans: Sequence[CollectedSpan]) -> bool:
+    """Whether ``ancestor_id`` is ``span``'s parent, grandparent, ... (same trace)."""
+    return ancestor_id in ancestors(span, spans)
