@@ -297,6 +297,50 @@ class AuditSettings(_Section):
         return None if value == "" else value
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces (fleet/tracing.py). No endpoint: off, a no-op that costs nothing
+    (no SDK, no exporter thread); W3C trace context is still carried through."""
+
+    # The OTLP/HTTP collector's root (``http://collector:4318``; ``/v1/traces`` is added) or
+    # its full traces URL. Unset: tracing is off.
+    endpoint: AnyUrl | None = None
+    # ``service.namespace`` of every process's resource; each process names itself
+    # (``service.name``: fleet-worker, fleet-api, ...).
+    service_name: str = Field(default="fleet-commander", min_length=1, max_length=128)
+    # Share of new traces kept (by trace id, so every process keeps or drops the same trace);
+    # a caller's unsampled trace stays unsampled.
+    sample_ratio: Fraction = 1.0
+    # How often spans leave in batches, how many may wait, how long one export may take.
+    schedule_delay_ms: Annotated[int, Field(ge=10, le=60_000)] = 2000
+    max_queue_size: Annotated[int, Field(ge=16, le=1_000_000)] = 8192
+    max_export_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 512
+    export_timeout_s: PositiveFloat = 10.0
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http(cls, value: AnyUrl | None) -> AnyUrl | None:
+        if value is not None and value.scheme not in ("http", "https"):
+            raise ValueError("must be http:// or https:// (an OTLP/HTTP collector)")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.endpoint is not None
+
+    @property
+    def traces_url(self) -> str | None:
+        """The URL spans are posted to: the endpoint, with ``/v1/traces`` unless it has it."""
+        if self.endpoint is None:
+            return None
+        url = str(self.endpoint).rstrip("/")
+        return url if url.endswith("/v1/traces") else f"{url}/v1/traces"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLEET_",
@@ -341,6 +385,7 @@ class Settings(BaseSettings):
         return self
 
     identity: IdentitySettings = IdentitySettings()
+    tracing: TracingSettings = TracingSettings()
 
     @property
     def redis_url(self) -> str:

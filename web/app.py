@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from config.settings import get_settings
+from fleet import tracing
 from fleet.identity import Principal
 from fleet.runtime import Runtime
 from fleet.sla.metrics import register_sla_collector
@@ -37,6 +38,7 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         rt = build_runtime()
+        tracing.configure(rt.settings.tracing, "fleet-api")
         rt.install_audit_sink()
         previous = process_runtime.use(rt)
         # The collector lives on the process-wide registry: it reads whichever runtime serves.
@@ -50,6 +52,7 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
             finally:
                 process_runtime.use(previous)
                 rt.close()
+                tracing.force_flush()
 
     api = FastAPI(
         title="Fleet Commander",

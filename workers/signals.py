@@ -23,16 +23,21 @@ from celery.signals import (
 )
 
 from config.settings import get_settings
+from fleet import tracing
 from workers import runtime
+from workers import tracing as worker_tracing
 from workers.queues import FleetQueue, TaskName
-from workers.redelivery import TakeBackUnacked
+from workers.redelivery import TakeBackUnacked, spool_dir, spool_lost_deliveries
 
 log = logging.getLogger("fleet.workers")
+
+WORKER_SERVICE = "fleet-worker"  # the workers' service.name in traces
 
 
 def connect_signals(celery_app: Celery) -> None:
     """Connect the handlers for ``celery_app``'s worker processes."""
     celery_app.steps["consumer"].add(TakeBackUnacked)
+    worker_tracing.connect()
 
     def pool_of(worker: Any) -> str:
         # At worker_init the pool is still the name given (-P threads) or a class.
@@ -40,16 +45,22 @@ def connect_signals(celery_app: Celery) -> None:
         return pool if isinstance(pool, str) else str(pool.__module__)
 
     def on_worker_init(sender: Any = None, **_: object) -> None:
+        spool_lost_deliveries(spool_dir())
         pool = pool_of(sender) if sender is not None else "prefork"
         if "prefork" not in pool:
+            settings = get_settings()
+            tracing.configure(settings.tracing, WORKER_SERVICE)
             # Threads of one process share it: their audit events share queue messages.
-            runtime.start(celery_app, get_settings(), grouped_audit="thread" in pool)
+            runtime.start(celery_app, settings, grouped_audit="thread" in pool)
 
     def on_process_init(**_: object) -> None:
-        runtime.start(celery_app, get_settings())
+        settings = get_settings()
+        tracing.configure(settings.tracing, WORKER_SERVICE)
+        runtime.start(celery_app, settings)
 
     def on_shutdown(**_: object) -> None:
         runtime.stop()
+        tracing.force_flush()
 
     def on_ready(sender: Any = None, **_: object) -> None:
         consumed = set(getattr(celery_app.amqp.queues, "consume_from", None) or ())

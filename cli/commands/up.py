@@ -45,12 +45,24 @@ if TYPE_CHECKING:
 DEMO_OPERATOR_EVERY_S = 2.0
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """Ctrl-C or SIGTERM during start-up. A BaseException, as KeyboardInterrupt is: code
+    that catches ``Exception`` around a gateway call must not swallow it."""
 
 
-def _raise_stop(signum: int, _frame: FrameType | None) -> None:
-    raise _Stop(signum)
+class _StopSignal:
+    """Raises _Stop while the stack starts; once it runs, only notes the signal, which
+    the supervising loop reads between passes: a signal that lands inside a library call
+    would otherwise unwind it halfway, locks held, and hang the shutdown."""
+
+    def __init__(self) -> None:
+        self.running = False
+        self.received: int | None = None
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        if not self.running:
+            raise _Stop(signum)
+        self.received = signum
 
 
 def _check_ports_free(settings: Settings, *, sandbox: bool) -> None:
@@ -184,8 +196,9 @@ def run_up(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings = prepare_local_trust(settings)
     log_dir = settings.data_dir.resolve() / "logs"
-    signal.signal(signal.SIGINT, _raise_stop)
-    signal.signal(signal.SIGTERM, _raise_stop)
+    stop = _StopSignal()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     sup = Supervisor(log_dir=log_dir)
     rt: Runtime | None = None
     control: SandboxControl | None = None
@@ -290,7 +303,8 @@ def run_up(
         restarts = _restart_policy(settings)
         letters = _DeadLetterWatch(rt)
         next_step = 0.0
-        while True:
+        stop.running = True
+        while stop.received is None:
             for line in sup.tend(restarts):
                 click.echo(f"restart   {line}")
             for line in letters.new():
@@ -313,6 +327,8 @@ def run_up(
                         )
                 next_step = time.monotonic() + DEMO_OPERATOR_EVERY_S
             time.sleep(0.5)
+        click.echo("stopping…")
+        return 0
     except StartError as exc:
         click.echo(f"fleet: {exc}", err=True)
         return 1

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fleet import tracing
 from fleet.clock import Clock, SystemClock
 
 
@@ -207,9 +208,20 @@ def build_event(
     clock: Clock | None = None,
     event_id: str | None = None,
 ) -> AuditEvent:
-    """An event stamped with the clock's time (keyword arguments only)."""
+    """An event stamped with the clock's time (keyword arguments only).
+
+    Its trace is ``trace`` (or ``trace_id``/``span_id``) when given, else the span current
+    where the event is built (:mod:`fleet.tracing`), so every entry a traced task causes
+    carries that task's trace id. The ids are part of the hashed entry (see
+    :func:`fleet.audit.canonical.event_object`): they are evidence of which work caused
+    the entry, so re-attributing an entry to another trace breaks the chain like any
+    other edit."""
     if trace is not None:
         trace_id, span_id = trace.trace_id, trace.span_id
+    elif trace_id is None and span_id is None:
+        ids = tracing.current_ids()
+        if ids is not None:
+            trace_id, span_id = ids
     fields: dict[str, Any] = {
         "time": time or (clock or SystemClock()).now(),
         "actor": actor,

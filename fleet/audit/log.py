@@ -138,6 +138,15 @@ def _known_event_ids(conn: Connection, ids: list[str]) -> set[str]:
     return known
 
 
+@dataclass(frozen=True, slots=True)
+class TracedEntry:
+    seq: int
+    event_id: str
+    action: str
+    subject: str
+    span_id: str | None
+
+
 class AuditLog:
     """One chain in one database, with the key that signs its checkpoints."""
 
@@ -306,6 +315,22 @@ class AuditLog:
                 .order_by(AuditCheckpoint.counter, AuditCheckpoint.size)
             ).mappings()
             return [Checkpoint.from_dict(dict(row)) for row in rows]
+
+    def entries_for_trace(self, trace_id: str) -> list[TracedEntry]:
+        """The entries a trace caused, in chain order (index ix_audit_entries_trace_id)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    AuditEntry.seq,
+                    AuditEntry.event_id,
+                    AuditEntry.action,
+                    AuditEntry.subject,
+                    AuditEntry.span_id,
+                )
+                .where(AuditEntry.chain == self.chain, AuditEntry.trace_id == trace_id.lower())
+                .order_by(AuditEntry.seq)
+            ).all()
+        return [TracedEntry(r.seq, r.event_id, r.action, r.subject, r.span_id) for r in rows]
 
     def count(self) -> int:
         with self.engine.connect() as conn:

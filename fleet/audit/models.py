@@ -45,6 +45,8 @@ class AuditEntry(Base):
     __table_args__ = (
         Index("ix_audit_entries_chain_time", "chain", "time"),
         Index("ix_audit_entries_subject", "subject"),
+        # Migration 0012: a task's entries by its trace id.
+        Index("ix_audit_entries_trace_id", "trace_id"),
     )
 
 

@@ -7,6 +7,14 @@ operation's breaker, opens a new span, and turns the answer (or the transport
 failure) into data or a typed error, recording ``X-Charged`` and the
 ``X-RateLimit-*`` headers. :meth:`ClientCore.retrying_kwargs` says which errors
 are retried and how long to wait; each client only moves bytes.
+
+Spans: with tracing on (:mod:`fleet.tracing`), each attempt is one OpenTelemetry CLIENT
+span ``execute_tool <operation>`` (GenAI ``execute_tool`` with ``gen_ai.tool.name`` and
+``gen_ai.agent.id``, and the HTTP client attributes: method, ``url.full``, server, status,
+``http.request.resend_count``, ``error.type``; ``X-Charged`` as ``fleet.gateway.charged``),
+child of the span current when the call was made (or of an explicit ``trace=``), and
+the ``traceparent`` sent is that span's. With tracing off the ids are made here as before,
+in the current span's trace when there is one.
 """
 
 from __future__ import annotations
@@ -22,13 +30,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import orjson
 from pydantic import SecretStr, ValidationError
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from fleet import tracing
 from fleet.gateway.breaker import BreakerRegistry, BreakerState, CircuitBreaker, Clock
 from fleet.gateway.errors import (
     REDACTED,
@@ -319,6 +328,7 @@ class Exchange(Generic[OutT]):
         "_core",
         "_holds_trial",
         "_resent",
+        "_roots",
         "attempts",
         "breaker",
         "by_admin",
@@ -327,6 +337,8 @@ class Exchange(Generic[OutT]):
         "idempotency_key",
         "key",
         "op",
+        "otel_parent",
+        "otel_span",
         "parent",
         "span",
         "target",
@@ -338,7 +350,7 @@ class Exchange(Generic[OutT]):
         core: ClientCore,
         op: Operation[OutT],
         idempotency_key: str | None,
-        parent: TraceContext,
+        parent: TraceContext | None,
     ) -> None:
         self._core = core
         self.op = op
@@ -366,6 +378,23 @@ class Exchange(Generic[OutT]):
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         self.headers = headers
+        # Whose child each attempt's span is: the explicit trace, else the current span.
+        self.otel_parent: tracing.Context | None = None
+        self.otel_span: tracing.Span | None = None
+        self._roots = False
+        if parent is None:
+            ids = tracing.current_ids()
+            self._roots = ids is None
+            if tracing.enabled():
+                self.otel_parent = tracing.current_context()
+            if ids is None:
+                parent = TraceContext.new()
+            else:
+                parent = TraceContext(*ids, tracing.current_sampled())
+        elif tracing.enabled():
+            self.otel_parent = tracing.remote_context(
+                parent.trace_id, parent.span_id, sampled=parent.sampled
+            )
         self.parent = parent
         self.breaker: CircuitBreaker = core.breakers.get_or_create(op.name)
         self._holds_trial = False
@@ -413,12 +442,66 @@ class Exchange(Generic[OutT]):
             )
         self._holds_trial = permitted is BreakerState.HALF_OPEN
         self.attempts += 1
-        self.span = self.parent.child()
+        if self.otel_parent is None:
+            self.span = self.parent.child()
+        else:
+            self._start_span()
         if self.window_agent is not None:
             self._core.windows.sent(self.window_agent)
         headers = dict(self.headers)
         headers["traceparent"] = self.span.traceparent
         return headers
+
+    def _start_span(self) -> None:
+        self._end_span(error="connection_dropped")  # an attempt that is sent again
+        core = self._core
+        attributes: dict[str, tracing.Attribute] = {
+            tracing.GENAI_OPERATION_NAME: tracing.OP_EXECUTE_TOOL,
+            tracing.GENAI_TOOL_NAME: self.op.name,
+            tracing.HTTP_REQUEST_METHOD: self.op.method,
+            tracing.URL_FULL: core.url(self),
+            tracing.SERVER_ADDRESS: core.server_address,
+        }
+        if core.server_port is not None:
+            attributes[tracing.SERVER_PORT] = core.server_port
+        if self.op.agent_id is not None:
+            attributes[tracing.GENAI_AGENT_ID] = self.op.agent_id
+        if self.attempts > 1:
+            attributes[tracing.HTTP_REQUEST_RESEND_COUNT] = self.attempts - 1
+        otel_span = tracing.start_span(
+            f"{tracing.OP_EXECUTE_TOOL} {self.op.name}",
+            kind=tracing.CLIENT,
+            parent=self.otel_parent,
+            attributes=attributes,
+        )
+        ids = tracing.ids_of(otel_span) if otel_span is not None else None
+        if otel_span is None or ids is None:  # tracing switched off meanwhile
+            self.span = self.parent.child()
+            return
+        self.otel_span = otel_span
+        self.span = TraceContext(*ids, otel_span.get_span_context().trace_flags.sampled)
+        if self._roots:
+            # A call made outside any span roots its own trace; its retries stay in it.
+            self._roots = False
+            self.otel_parent = tracing.context_with(otel_span)
+
+    def _end_span(
+        self,
+        *,
+        status: int | None = None,
+        error: BaseException | str | None = None,
+        charged: Decimal | None = None,
+    ) -> None:
+        otel_span, self.otel_span = self.otel_span, None
+        if otel_span is None:
+            return
+        if status is not None:
+            otel_span.set_attribute(tracing.HTTP_RESPONSE_STATUS_CODE, status)
+        if charged is not None:
+            otel_span.set_attribute(tracing.FLEET_GATEWAY_CHARGED, format(charged, "f"))
+        if error is not None:
+            tracing.set_error(otel_span, error)
+        otel_span.end()
 
     def resend_after_drop(self, exc: BaseException) -> bool:
         """Whether to send once more at once: the server dropped a kept-alive connection
@@ -439,6 +522,7 @@ class Exchange(Generic[OutT]):
         detail = redact(str(exc), self._secrets()) or "no detail"
         timed_out = isinstance(exc, httpx.TimeoutException | TimeoutError | WireTimeout)
         code = "timeout" if timed_out else "connection_error"
+        self._end_span(error="timeout" if timed_out else type(exc).__qualname__)
         return Unavailable(
             f"{type(exc).__name__}: {detail}",
             tool=self.tool,
@@ -449,6 +533,7 @@ class Exchange(Generic[OutT]):
 
     def abandoned(self) -> None:
         """The attempt ended without a verdict (cancelled, or a bug of ours)."""
+        self._end_span(error="abandoned")
         if self._holds_trial:
             self.breaker.release()
             self._holds_trial = False
@@ -458,6 +543,25 @@ class Exchange(Generic[OutT]):
     ) -> GatewayResult[OutT]:
         """The validated answer, or the typed error it stands for.
         ``headers`` must look names up case-insensitively or be lowercased."""
+        if self.otel_span is None:
+            return self._answered(status, headers, content)
+        try:
+            result = self._answered(status, headers, content)
+        except GatewayError as exc:
+            self._end_span(
+                status=status,
+                error=str(status) if status >= 400 else exc.code or "invalid_response",
+            )
+            raise
+        except BaseException as exc:
+            self._end_span(status=status, error=exc)
+            raise
+        self._end_span(status=status, charged=result.charged)
+        return result
+
+    def _answered(
+        self, status: int, headers: Mapping[str, str], content: bytes
+    ) -> GatewayResult[OutT]:
         self._holds_trial = False
         if status >= 500:
             self.breaker.record_failure()
@@ -497,7 +601,9 @@ class Exchange(Generic[OutT]):
             fields["maybe_processed"] = status != 503
         if not 400 <= status < 600:
             message = f"unexpected HTTP status {status}"
-        raise error_class(status, code)(message, **fields)
+        error = error_class(status, code)(message, **fields)
+        error.attempts = self.attempts
+        raise error
 
     def _typed(self, status: int, content: bytes) -> OutT:
         try:
@@ -540,6 +646,9 @@ class ClientCore:
             clock=clock,
         )
         self.windows = windows or RateWindows(clock)
+        split = urlsplit(config.url)
+        self.server_address = split.hostname or ""
+        self.server_port = split.port or {"http": 80, "https": 443}.get(split.scheme)
         self._on_charge = on_charge
         self._backoff = wait_random_exponential(
             multiplier=config.backoff_initial_s, max=config.backoff_max_s
@@ -549,7 +658,7 @@ class ClientCore:
     def start(
         self, op: Operation[OutT], *, idempotency_key: str | None, trace: TraceContext | None
     ) -> Exchange[OutT]:
-        return Exchange(self, op, idempotency_key, trace or TraceContext.new())
+        return Exchange(self, op, idempotency_key, trace)
 
     def url(self, exchange: Exchange[Any]) -> str:
         return self.config.url + exchange.target

@@ -75,6 +75,8 @@ class GatewayError(Exception):
         self.code = code
         self.trace = trace
         self.retry_after = retry_after
+        # Attempts of the call that ended in this error (>1: an earlier one's answer was lost).
+        self.attempts = 1
 
     def __str__(self) -> str:
         where = self.tool or "gateway"

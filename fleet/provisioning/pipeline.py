@@ -372,6 +372,18 @@ class StepRefused(Exception):
     """The step cannot be done for a reason a retry will not change; nothing to undo."""
 
 
+class KeyLostInFlight(Exception):
+    """The gateway registered the agent but its one answer with the key never reached us."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(
+            f"the gateway registered {agent_id} but its answer, which alone carries the key, "
+            "was lost (a worker died or the connection broke mid-call); the gateway mints no "
+            "other key for an agent over its API: an operator issues one with the gateway's "
+            f"key tooling and imports it with `fleet keys import {agent_id} KEY`"
+        )
+
+
 class TierMissing(Exception):
     """The agent's key is below the tier a step needs."""
 
@@ -457,6 +469,8 @@ def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None
                     )
                 except TierMissing as exc:
                     return _tier_missing(deps, agent, exc, None)
+                except KeyLostInFlight as exc:
+                    return _await_key(deps, agent, str(exc))
                 except StepRefused as exc:
                     return _fail_clean(deps, agent, f"step {step} refused: {exc}")
                 except DB_UNREACHABLE:
@@ -525,10 +539,15 @@ def _tier_missing(
             agent.agent_id,
             {"extra": {**agent.extra, "key": {**agent.extra.get("key", {}), "tier": exc.held}}},
         )
-    _note_on_jobs(deps, agent.agent_id, reason)
     if deps.policy.provisioning.on_missing_tier == "fail":
+        _note_on_jobs(deps, agent.agent_id, reason)
         log.warning("agent %s: %s; compensating", agent.agent_id, reason)
         return _compensate(deps, agent, reason)
+    return _await_key(deps, agent, reason)
+
+
+def _await_key(deps: ProvisioningDeps, agent: Agent, reason: str) -> AgentStatus:
+    _note_on_jobs(deps, agent.agent_id, reason)
     _save(deps, agent.agent_id, {"status": AgentStatus.AWAITING_KEY, "failure_reason": reason})
     log.info("agent %s waits for an imported key: %s", agent.agent_id, reason)
     return AgentStatus.AWAITING_KEY
@@ -564,13 +583,25 @@ def _save(deps: ProvisioningDeps, agent_id: str, values: dict[str, Any]) -> None
         )
 
 
+# Written before the registration is sent: an id that then already exists while we hold
+# no key is ours, its key lost in flight, not another owner's.
+REGISTER_SENT = "register_sent_at"
+
+
 def _register(run: _Run) -> dict[str, Any]:
     deps, agent = run.deps, run.agent
+    sent_before = REGISTER_SENT in agent.extra
+    if not sent_before and not agent.api_key_encrypted:
+        agent.extra = {**agent.extra, REGISTER_SENT: deps.clock.now().isoformat()}
+        _save(deps, agent.agent_id, {"extra": agent.extra})
     try:
         result = deps.gateway.run(ops.register(agent.agent_id))
-    except AlreadyExists:
+    except AlreadyExists as exc:
         if agent.api_key_encrypted:
             return {}  # ours, from an earlier run: its key is in our store
+        # Sent by an earlier run that died, or by an earlier attempt of this call: ours.
+        if sent_before or exc.attempts > 1:
+            raise KeyLostInFlight(agent.agent_id) from None
         raise StepRefused(
             f"agent id {agent.agent_id} already exists at the gateway and we hold no key for it "
             f"(another owner's, or a key lost before it was stored): import its key with "

@@ -76,6 +76,17 @@ class FleetUp:
                 return {}
         return dict(rows)
 
+    def reissued_keys(self, prefix: str) -> set[str]:
+        """Agents whose key came from the operator's import, not from their registration."""
+        db = self.data_dir / "fleet.db"
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+            rows = conn.execute(
+                "SELECT agent_id FROM agents WHERE agent_id LIKE ? "
+                "AND json_extract(extra, '$.key.source') = 'import'",
+                (prefix + "%",),
+            ).fetchall()
+        return {r[0] for r in rows}
+
     @property
     def sandbox_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['sandbox']}"
@@ -130,3 +141,5 @@ def fleet_up(
         reader.join(10)
         if process.stdout is not None:
             process.stdout.close()
+        # Kept beside the run's data for whoever reads a failure (pytest keeps tmp_path).
+        (tmp_path / "fleet-up.log").write_text(up.output(), encoding="utf-8")

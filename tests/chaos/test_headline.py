@@ -58,16 +58,28 @@ def test_provisioning_worker_killed_mid_job_then_waiting_provisions_each_agent_o
                 moving_again.append(time.monotonic() - killed_at)
             return now_done == AGENTS
 
-        wait_until(all_done, timeout_s=120 + 2 * AGENTS, interval_s=0.2)
+        try:
+            wait_until(all_done, timeout_s=120 + 2 * AGENTS, interval_s=0.2)
+        except TimeoutError:
+            pending = {a: s for a, s in up.statuses("headline-").items() if s not in PROVISIONED}
+            told = [line for line in up.lines if any(a in line for a in pending)]
+            raise AssertionError(
+                f"not provisioned {len(pending)}: {pending}\n" + "".join(told[-60:])
+            ) from None
         recovered_s = time.monotonic() - killed_at
         statuses = up.statuses("headline-")
         assert set(statuses.values()) <= PROVISIONED and len(statuses) == AGENTS
 
+        # A kill while the gateway's answer to a registration was in flight loses that
+        # agent's key (the gateway shows it once): the agent waited for a key, and the
+        # demo's operator tooling issued one. Registered once all the same.
+        reissued = up.reissued_keys("headline-")
         headers = {"Authorization": "Bearer sandbox-admin-key"}
         with httpx.Client(base_url=up.sandbox_url, headers=headers, timeout=10) as gateway:
             for agent_id in statuses:
                 view = gateway.get(f"/_sandbox/agents/{agent_id}").json()
-                assert len(view["keys"]) == 1, (agent_id, view["keys"])  # registered once
+                expected_keys = 2 if agent_id in reissued else 1
+                assert len(view["keys"]) == expected_keys, (agent_id, view["keys"])
                 assert Decimal(view["wallet"]["balance"]) == Decimal("25.00"), (agent_id, view)
         output = up.output()
         assert "worker-provisioning exited (status -9)" in output, output[-3000:]
@@ -80,6 +92,7 @@ def test_provisioning_worker_killed_mid_job_then_waiting_provisions_each_agent_o
         active_at_kill=done_at_kill,
         kill_to_next_agent_done_s=round(moving_again[0], 1) if moving_again else None,
         kill_to_last_agent_done_s=round(recovered_s, 1),
+        keys_lost_in_flight=len(reissued),
         duplicated_agents=0,
         repeated_spends=0,
     )

@@ -44,7 +44,8 @@ from workers.runtime import celery_runtime
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 TREASURY = "fleet-treasury"
-KEY_LOST = "already exists at the gateway and we hold no key"
+SETTLED = {"active", "failed", "awaiting_key"}
+KEY_LOST = "its answer, which alone carries the key, was lost"
 WORKERS: dict[str, dict[str, Any]] = {
     "provisioning": {"queues": ["provisioning"], "concurrency": 8, "pool": "threads"},
     "audit": {"queues": ["audit"], "concurrency": 1, "pool": "prefork"},
@@ -120,16 +121,30 @@ def done(stack: Stack, job_id: str) -> int:
     return 0 if p is None else p.done
 
 
-def finished(stack: Stack, job_id: str) -> bool:
+def all_done(stack: Stack, job_id: str) -> bool:
     p = job_progress(sessions(stack), job_id, with_agents=False)
     return p is not None and p.total > 0 and p.pending == 0
+
+
+def settled(stack: Stack, job_id: str) -> bool:
+    """Every agent of the job active, failed, or waiting for a key (which only the operator
+    can give)."""
+    p = job_progress(sessions(stack), job_id)
+    return (
+        p is not None
+        and p.total > 0
+        and len(p.agents) == p.total
+        and all(a.status in SETTLED for a in p.agents)
+    )
 
 
 def settle(stack: Stack, job_id: str, manifest: dict[str, Any], timeout_s: float) -> int:
     """Wait for the job; agents whose key a kill lost get one from the operator and the
     manifest runs again. Returns how many keys were lost."""
-    wait_until(lambda: finished(stack, job_id), timeout_s=timeout_s, interval_s=0.2)
-    lost = [a for a in progress(stack, job_id).agents if a.status == "failed"]
+    wait_until(lambda: settled(stack, job_id), timeout_s=timeout_s, interval_s=0.2)
+    agents = progress(stack, job_id).agents
+    assert not [a for a in agents if a.status == "failed"], agents
+    lost = [a for a in agents if a.status == "awaiting_key"]
     for agent in lost:
         assert KEY_LOST in (agent.failure_reason or ""), agent
     if lost:
@@ -142,7 +157,7 @@ def settle(stack: Stack, job_id: str, manifest: dict[str, Any], timeout_s: float
         finally:
             rt.close()
         rerun = submit(stack, manifest)
-        wait_until(lambda: finished(stack, rerun), timeout_s=120, interval_s=0.2)
+        wait_until(lambda: all_done(stack, rerun), timeout_s=120, interval_s=0.2)
     return len(lost)
 
 

@@ -227,7 +227,7 @@ def test_a_critical_action_approved_twice_by_the_same_person_does_not_run(world:
     # Even a message that reaches the worker directly does not run it.
     app = producer_app(world.env["FLEET_REDIS__URL"])
     app.send_task("audit.release_agent", kwargs={"agent_id": world.agent_id, "approval_id": rid})
-    wait_until(lambda: "not releasing" in world.log_file.read_text(), timeout_s=30)
+    wait_until(lambda: "not releasing" in world.log_file.read_text(), timeout_s=90)
     assert world.frozen() and world.status() == AgentStatus.PAUSED
 
     listed = world.fleet("approvals", "list")
@@ -241,7 +241,7 @@ def test_a_critical_action_approved_twice_by_the_same_person_does_not_run(world:
         and "approved" in second.stdout
         and "the API sends audit.release_agent" in second.stdout
     ), second.stdout + second.stderr
-    wait_until(lambda: not world.frozen() and world.status() == AgentStatus.ACTIVE, timeout_s=30)
+    wait_until(lambda: not world.frozen() and world.status() == AgentStatus.ACTIVE, timeout_s=90)
 
     expected = [
         "approval_requested",
@@ -253,7 +253,7 @@ def test_a_critical_action_approved_twice_by_the_same_person_does_not_run(world:
         "approval_executed",
         "release_agent",
     ]
-    wait_until(lambda: sorted(world.audited()) == sorted(expected), timeout_s=30)
+    wait_until(lambda: sorted(world.audited()) == sorted(expected), timeout_s=90)
     report = verify_log(world.log)
     assert report.ok, report.summary()
 
@@ -266,7 +266,7 @@ def test_an_expired_request_is_denied_audited_and_never_runs(world: World) -> No
     time.sleep(1.2)
     app = producer_app(world.env["FLEET_REDIS__URL"])
     app.send_task("audit.approvals_sweep")  # what beat sends every approvals.sweep_s
-    wait_until(lambda: "approval_expired" in world.audited(), timeout_s=30)
+    wait_until(lambda: "approval_expired" in world.audited(), timeout_s=90)
     late = world.fleet("approvals", "approve", rid, as_user="bob")
     assert late.returncode == 1 and "denied, not pending" in late.stderr
     shown = world.fleet("approvals", "list", "--status", "denied", "--json")

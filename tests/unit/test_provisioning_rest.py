@@ -222,6 +222,27 @@ def test_an_id_that_exists_without_our_key_fails_and_is_left_alone(make_env: Any
     assert [s.tool for s in env.gateway.seen] == ["register_agent"]
 
 
+def test_a_registration_whose_answer_was_lost_waits_for_a_key_and_finishes_once_given_one(
+    make_env: Any,
+) -> None:
+    env = make_env()
+    # The gateway registers the agent, but its answer (the only carrier of the key) is lost.
+    env.gateway.lose_answer["register_agent"] = 1
+    [agent_id] = pipeline.submit_job(
+        env.deps, manifest(tier="free", count=1), "job-1", "t"
+    ).to_dispatch
+    assert pipeline.provision_agent(env.deps, agent_id) == AgentStatus.AWAITING_KEY
+    agent = env.agent(agent_id)
+    assert "answer, which alone carries the key" in (agent.failure_reason or "")
+    assert pipeline.REGISTER_SENT in agent.extra, "ours: we sent the registration"
+    assert [s.tool for s in env.gateway.seen] == ["register_agent", "register_agent"]
+    assert env.gateway.wallets[agent_id].balance == Decimal("500.00"), "nothing spent on it"
+
+    pipeline.import_agent_key(env.deps, agent_id, env.gateway.mint(agent_id, "free"), "operator")
+    assert pipeline.provision_agent(env.deps, agent_id) == AgentStatus.ACTIVE
+    assert len(env.gateway.calls("deposit")) <= 1, "funded once"
+
+
 def test_a_failed_step_sweeps_the_funds_to_the_treasury_and_freezes_the_wallet(
     make_env: Any,
 ) -> None:
