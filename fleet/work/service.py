@@ -36,6 +36,7 @@ import redis
 
 from config.policy import Policy
 from config.settings import WorkSettings
+from fleet import tracing
 from fleet.gateway.loop import BackgroundLoop
 from fleet.hotstate import inflight_key
 from fleet.work import store
@@ -118,10 +119,64 @@ class _Task:
     state: str = ""
     reason: str | None = None
     created_at: float = field(default_factory=time.time)
+    span: tracing.Span | None = None  # the task's own span; its phases are children
+    a2a_span: tracing.Span | None = None
 
 
 def _trace_id(sub: TaskSubmission) -> str | None:
     return sub.trace.traceparent[3:35] if sub.trace else None
+
+
+def _open(sub: TaskSubmission, task_id: str) -> _Task:
+    """The task with its span: a child of the caller's trace context when it sent one, else
+    of the current one (the queue message's, carried by the worker hook)."""
+    parent = (tracing.extract(sub.trace.carrier()) if sub.trace else None) or (
+        tracing.current_context()
+    )
+    span = tracing.start_span(
+        f"work.task {sub.type}",
+        parent=parent,
+        attributes={
+            tracing.GENAI_OPERATION_NAME: tracing.OP_INVOKE_AGENT,
+            "fleet.task.id": task_id,
+            "fleet.task.type": sub.type,
+            "fleet.task.estimated_tokens": sub.estimated_tokens,
+        },
+    )
+    ids = tracing.ids_of(span) if span is not None else None
+    trace_id = (ids[0] if ids else None) or _trace_id(sub) or tracing.current_trace_id()
+    return _Task(sub, task_id, trace_id, span=span)
+
+
+def _child(
+    t: _Task,
+    name: str,
+    attributes: Mapping[str, str | int | float | bool],
+    *,
+    kind: tracing.SpanKind = tracing.SpanKind.INTERNAL,
+) -> tracing.Span | None:
+    if t.span is None:
+        return None
+    return tracing.start_span(
+        name, kind=kind, parent=tracing.context_with(t.span), attributes=attributes
+    )
+
+
+def _headers(t: _Task) -> dict[str, str]:
+    """The W3C trace context the agent receives: the A2A call's span when tracing is on,
+    else the caller's (or the queue message's) passed through."""
+    headers: dict[str, str] = {}
+    if t.a2a_span is not None:
+        token = tracing.attach(tracing.context_with(t.a2a_span))
+        try:
+            tracing.inject(headers)
+        finally:
+            tracing.detach(token)
+    elif t.sub.trace is not None:
+        headers = t.sub.trace.carrier()
+    else:
+        tracing.inject(headers)
+    return headers
 
 
 def run_tasks(
@@ -140,7 +195,7 @@ def run_tasks(
             # Someone else's key, or our own message redelivered after its dispatch.
             summaries[i] = {"task_id": holder, "duplicate": True, "state": phase or "unknown"}
             continue
-        work.append((i, _Task(sub, task_id, _trace_id(sub))))
+        work.append((i, _open(sub, task_id)))
 
     pending = [t for _, t in work]
     for t in pending:
@@ -158,6 +213,11 @@ def run_tasks(
     for i, t in work:
         record = _record(t)
         store.finish(pipe, record, deps.settings.idempotency_ttl_s)
+        if t.span is not None:
+            t.span.set_attribute("fleet.task.state", t.state)
+            if t.state != "completed":
+                tracing.set_error(t.span, t.reason or t.state)
+            t.span.end()
         summaries[i] = {
             k: record[k] for k in ("task_id", "state", "agent_id", "model", "reason", "trace_id")
         }
@@ -194,7 +254,14 @@ def _route(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
             )
             by_fleet[t.sub.fleet] = picker
         tried = {a["agent_id"] for a in t.attempts}
+        route_span = _child(t, "work.route", {tracing.GENAI_REQUEST_MODEL: t.model})
         t.agent, t.reservation = picker.pick(t.sub.capabilities, exclude=tried), None
+        if route_span is not None:
+            if t.agent is not None:
+                route_span.set_attribute(tracing.GENAI_AGENT_ID, t.agent.agent_id)
+            else:
+                tracing.set_error(route_span, "no agent")
+            route_span.end()
         if t.agent is None:
             t.state = "unroutable"
             t.reason = f"no active agent with capabilities {sorted(t.sub.capabilities)}" + (
@@ -203,6 +270,14 @@ def _route(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
             continue
         reservation = f"{t.task_id}.{len(t.attempts) + 1}"
         if deps.admission is not None and t.estimate is not None:
+            admit_span = _child(
+                t,
+                "work.admission",
+                {
+                    tracing.GENAI_AGENT_ID: t.agent.agent_id,
+                    "fleet.budget.amount": str(t.estimate),
+                },
+            )
             refusal = deps.admission.reserve(
                 task_id=reservation,
                 agent_id=t.agent.agent_id,
@@ -212,6 +287,10 @@ def _route(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
                 pool=t.sub.payer.id if t.sub.payer.kind == "pool" else None,
                 trace_id=t.trace_id,
             )
+            if admit_span is not None:
+                if refusal is not None:
+                    tracing.set_error(admit_span, refusal)
+                admit_span.end()
             if refusal is not None:
                 t.state, t.reason, t.agent = "refused", refusal, None
                 continue
@@ -228,9 +307,22 @@ def _deliver(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
 
     timeout_s = deps.policy.work.delivery_timeout_s
 
-    async def one(t: _Task) -> Outcome:
+    for t in tasks:
         assert t.agent is not None
-        headers = t.sub.trace.carrier() if t.sub.trace else {}
+        t.a2a_span = _child(
+            t,
+            f"invoke_agent {t.agent.agent_id}",
+            {
+                tracing.GENAI_OPERATION_NAME: tracing.OP_INVOKE_AGENT,
+                tracing.GENAI_AGENT_ID: t.agent.agent_id,
+                tracing.GENAI_REQUEST_MODEL: t.model,
+            },
+            kind=tracing.SpanKind.CLIENT,
+        )
+    headers = [_headers(t) for t in tasks]
+
+    async def one(t: _Task, headers: dict[str, str]) -> Outcome:
+        assert t.agent is not None
         return await deps.delivery.deliver(
             deps.a2a_base(t.agent),
             text=t.sub.input or t.sub.type,
@@ -245,7 +337,7 @@ def _deliver(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
         )
 
     async def all_of() -> list[Outcome]:
-        return list(await asyncio.gather(*(one(t) for t in tasks)))
+        return list(await asyncio.gather(*(one(t, h) for t, h in zip(tasks, headers, strict=True))))
 
     outcomes = deps.loop.run(all_of())
     pipe = deps.redis.pipeline(transaction=False)
@@ -253,6 +345,21 @@ def _deliver(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
         assert t.agent is not None
         t.outcome = outcome
         pipe.decr(inflight_key(t.agent.agent_id))
+        if t.a2a_span is not None:
+            tracing.set_attributes(
+                t.a2a_span,
+                {
+                    tracing.GENAI_USAGE_INPUT_TOKENS: outcome.input_tokens,
+                    tracing.GENAI_USAGE_OUTPUT_TOKENS: outcome.output_tokens,
+                    tracing.GENAI_RESPONSE_ID: outcome.remote_task_id,
+                    "fleet.a2a.state": outcome.state,
+                    "fleet.a2a.spent": outcome.spent,
+                },
+            )
+            if not outcome.ok:
+                tracing.set_error(t.a2a_span, f"{outcome.state}: {outcome.detail}")
+            t.a2a_span.end()
+            t.a2a_span = None
     pipe.execute()
 
 
@@ -269,6 +376,9 @@ def _after(deps: WorkDeps, t: _Task) -> bool:
     failed = not o.ok
     deps.measured.record(t.agent.agent_id, latency_ms=o.latency_ms, failed=failed, cost=o.cost)
     if deps.admission is not None and t.reservation is not None:
+        settle_span = _child(
+            t, "work.settle" if o.spent else "work.release", {"fleet.a2a.state": o.state}
+        )
         if o.spent:
             actual = o.cost if o.cost is not None else (t.estimate or Decimal(0))
             usage = None
@@ -280,6 +390,8 @@ def _after(deps: WorkDeps, t: _Task) -> bool:
             deps.admission.settle(t.reservation, actual, charged=o.cost, usage=usage)
         else:
             deps.admission.release(t.reservation)
+        if settle_span is not None:
+            settle_span.end()
     t.state, t.reason = (
         (o.state if o.state in ("completed", "canceled") else "failed"),
         (None if o.ok else f"{o.state}: {o.detail}".strip(": ")),
@@ -312,6 +424,7 @@ def _record(t: _Task) -> dict[str, Any]:
         "output_tokens": last.output_tokens if last else None,
         "latency_ms": round(last.latency_ms, 1) if last else None,
         "trace_id": t.trace_id,
+        "agent_traceparent": last.traceparent_seen if last else None,
         "created_at": t.created_at,
         "finished_at": time.time(),
     }
