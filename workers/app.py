@@ -14,6 +14,7 @@ TASK_MODULES = (
     "tasks.sla",
     "tasks.escalation",
     "tasks.audit",
+    "tasks.budgets",
 )
 
 

@@ -21,6 +21,7 @@ class FleetQueue(StrEnum):
     ESCALATION_TIER3 = "escalation.tier3"
     ESCALATION_TIER4 = "escalation.tier4"
     AUDIT = "audit"
+    ROUTING = "routing"
 
 
 ALL_QUEUES: tuple[FleetQueue, ...] = tuple(FleetQueue)
@@ -66,6 +67,12 @@ class TaskName(StrEnum):
     AUDIT_APPROVALS_SWEEP = "audit.approvals_sweep"
     AUDIT_RELEASE_AGENT = "audit.release_agent"
     AUDIT_COMPLIANCE_REPORT = "audit.compliance_report"
+
+    BUDGET_SWEEP = "routing.budgets.sweep"
+    BUDGET_DRAIN_LEDGER = "routing.budgets.drain_ledger"
+    BUDGET_RECORD_PAUSE = "routing.budgets.record_pause"
+    BUDGET_RESUME = "routing.budgets.resume"
+    BUDGET_RAISE = "routing.budgets.raise_limit"
 
 
 def heartbeat_name(queue: FleetQueue) -> str:

@@ -32,6 +32,7 @@ QUEUES = (
     "escalation.tier3",
     "escalation.tier4",
     "audit",
+    "routing",
 )
 
 

@@ -10,7 +10,7 @@ from workers.celery_config import celery_config
 from workers.queues import ALL_QUEUES, FleetQueue, queue_for
 
 
-def test_eight_queues_with_the_designed_names() -> None:
+def test_nine_queues_with_the_designed_names() -> None:
     assert [q.value for q in ALL_QUEUES] == [
         "provisioning",
         "metrics",
@@ -20,6 +20,7 @@ def test_eight_queues_with_the_designed_names() -> None:
         "escalation.tier3",
         "escalation.tier4",
         "audit",
+        "routing",
     ]
 
 
