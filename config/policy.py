@@ -199,10 +199,50 @@ class AlertPolicy(_Model):
     webhook_retry_s: Annotated[float, Field(ge=0)] = 10
 
 
+class ModelPrice(_Model):
+    """What a model costs in the fleet's currency: per 1,000 tokens, and at least ``minimum``
+    per task."""
+
+    per_1k_tokens: Annotated[Decimal, Field(ge=0)]
+    minimum: Annotated[Decimal, Field(ge=0)] = Decimal("0")
+
+
 class Budgets(_Model):
+    """The spending guardrails (operations §3), held by fleet.budgets in one Redis script.
+
+    ``per_task`` caps one reservation; ``per_agent_hour`` is a rolling 60 minutes per agent
+    (one-minute buckets); ``fleet_day`` is the fleet's UTC calendar day, and a reservation
+    it refuses pauses the fleet's spending until a HIGH approval resumes it. A task pool
+    that pays has its own total in ``pools``.
+    """
+
     per_task: Money
     per_agent_hour: Money
     fleet_day: Money
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3,5}$")] = "USD"
+    # Task budget pools (cost attribution by pool): name → total the pool may spend.
+    pools: dict[str, Money] = {}
+    # Model prices behind estimate_cost when the gateway gives no estimate
+    # (operations §3: small ~$0.001/task, mid-tier ~$0.008, frontier ~$0.03).
+    models: dict[str, ModelPrice] = {
+        "small": ModelPrice(per_1k_tokens=Decimal("0.0005"), minimum=Decimal("0.001")),
+        "mid": ModelPrice(per_1k_tokens=Decimal("0.004"), minimum=Decimal("0.008")),
+        "frontier": ModelPrice(per_1k_tokens=Decimal("0.015"), minimum=Decimal("0.03")),
+    }
+    # A reservation whose task never settles nor releases is released after this.
+    reservation_ttl_s: Annotated[float, Field(gt=0)] = 900
+    # A task id's answer (admitted, refused, settled) is remembered this long: the same
+    # id reserved again within it gets the first answer, never a second hold.
+    answer_memory_s: Annotated[float, Field(gt=0)] = 86400
+    # Gateway credits per unit of ``currency``, for the wallet caps set at the gateway
+    # (provisioning.budget_cap follows these budgets when it names no daily/monthly).
+    gateway_credits_per_unit: Annotated[Decimal, Field(gt=0)] = Decimal("1")
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> Budgets:
+        if self.per_task > self.per_agent_hour or self.per_task > self.fleet_day:
+            raise ValueError("per_task must not be above per_agent_hour or fleet_day")
+        return self
 
 
 class BurnRateAlert(_Model):
@@ -252,7 +292,12 @@ AgentId = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{
 
 
 class BudgetCapPolicy(_Model):
-    """The cap set on every new agent's wallet (``PUT …/budget``): it bounds gateway fees."""
+    """The cap set on every new agent's wallet (``PUT …/budget``): it bounds gateway fees.
+
+    Not named in the policy file, ``daily`` and ``monthly`` follow ``budgets``
+    (:func:`Policy._caps_follow_budgets`): daily = min(per_agent_hour × 24, fleet_day),
+    monthly = 30 × daily, in gateway credits (× budgets.gateway_credits_per_unit).
+    """
 
     daily: Annotated[Decimal, Field(gt=0, decimal_places=2)] = Decimal("10.00")
     monthly: Annotated[Decimal, Field(gt=0, decimal_places=2)] = Decimal("200.00")
@@ -429,6 +474,32 @@ class Policy(_Model):
     retention: RetentionPolicy = RetentionPolicy()
     audit: AuditPolicy = AuditPolicy()
     transparency: TransparencyPolicy = TransparencyPolicy()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _caps_follow_budgets(cls, raw: Any) -> Any:
+        """The gateway's wallet caps from ``budgets`` unless the file names them."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("budgets"), dict):
+            return raw
+        provisioning = raw.get("provisioning") or {}
+        if not isinstance(provisioning, dict):
+            return raw
+        cap = provisioning.get("budget_cap") or {}
+        if not isinstance(cap, dict) or ("daily" in cap and "monthly" in cap):
+            return raw
+        try:
+            b = raw["budgets"]
+            rate = Decimal(str(b.get("gateway_credits_per_unit", "1")))
+            daily = min(Decimal(str(b["per_agent_hour"])) * 24, Decimal(str(b["fleet_day"])))
+        except (KeyError, ArithmeticError, ValueError):
+            return raw  # the field validators name what is wrong
+        daily_credits = (daily * rate).quantize(Decimal("0.01"))
+        derived = {
+            "daily": str(daily_credits),
+            "monthly": str((daily_credits * 30).quantize(Decimal("0.01"))),
+        }
+        cap = {**derived, **cap}
+        return {**raw, "provisioning": {**provisioning, "budget_cap": cap}}
 
     @field_validator("sla_templates")
     @classmethod

@@ -221,6 +221,20 @@ class StreamSettings(_Section):
     directory_ttl_s: PositiveFloat = 60.0
 
 
+class BudgetSettings(_Section):
+    """The budget store (fleet.budgets): how long a reservation may wait on Redis, and the
+    ledger's drain off the hot path."""
+
+    # A reservation that gets no answer from Redis within this is refused (fail closed).
+    redis_timeout_s: PositiveFloat = 2.0
+    # Ledger rows per database insert, and how often beat drains the Redis list.
+    ledger_batch_size: Annotated[int, Field(ge=1, le=10000)] = 1000
+    ledger_drain_s: PositiveFloat = 5.0
+    # How often beat releases reservations whose task vanished and re-asserts pauses and
+    # raised limits from the database into Redis.
+    sweep_s: PositiveFloat = 30.0
+
+
 class SupervisorSettings(_Section):
     """How `fleet up` restarts a process that died."""
 
@@ -369,6 +383,7 @@ class Settings(BaseSettings):
     work: WorkSettings = WorkSettings()
     sla: SlaSettings = SlaSettings()
     stream: StreamSettings = StreamSettings()
+    budgets: BudgetSettings = BudgetSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     flower: FlowerSettings = FlowerSettings()
     api: ApiSettings = ApiSettings()

@@ -30,6 +30,7 @@ from fleet.approvals import Approvals
 from fleet.audit.events import AuditEvent
 from fleet.audit.group import GroupSink
 from fleet.audit.log import AuditLog
+from fleet.budgets.admission import BUDGET_PAUSE_TASK, Budgets, pause_message
 from fleet.clock import Clock, SystemClock
 from fleet.durability.control import is_provisioning_frozen
 from fleet.escalation.actions import ActionDeps
@@ -377,6 +378,30 @@ class Runtime:
             )
 
         return self._once("work", build)
+
+    @property
+    def budgets(self) -> Budgets:
+        """Admission against the budgets: its own Redis client, with a short timeout, so a
+        store that does not answer refuses work quickly (fail closed)."""
+
+        def build() -> Budgets:
+            timeout = self.settings.budgets.redis_timeout_s
+            client = redis.Redis.from_url(
+                self.settings.redis_url,
+                decode_responses=True,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+            return Budgets(
+                client,
+                self.settings.policy.budgets,
+                self.clock,
+                on_pause=lambda event: self.send(
+                    [(BUDGET_PAUSE_TASK, {"pause": pause_message(event)})]
+                ),
+            )
+
+        return self._once("budgets", build)
 
     # ------------------------------------------------------------------ the end
 

@@ -15,6 +15,7 @@ TASK_MODULES = (
     "tasks.escalation",
     "tasks.audit",
     "tasks.routing",
+    "tasks.budgets",
 )
 
 

@@ -72,6 +72,12 @@ class TaskName(StrEnum):
     SUBMIT_TASKS = "routing.submit_tasks"
     FLUSH_WORK_RECORDS = "routing.flush_records"
 
+    BUDGET_SWEEP = "routing.budgets.sweep"
+    BUDGET_DRAIN_LEDGER = "routing.budgets.drain_ledger"
+    BUDGET_RECORD_PAUSE = "routing.budgets.record_pause"
+    BUDGET_RESUME = "routing.budgets.resume"
+    BUDGET_RAISE = "routing.budgets.raise_limit"
+
 
 def heartbeat_name(queue: FleetQueue) -> str:
     """Each queue's canary task; named after the queue, so it routes there."""

@@ -87,6 +87,12 @@ def build_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "kwargs": {},
         "options": {"expires": DAY_S},
     }
+    # Budgets: reservations whose task vanished released, pauses and raised limits
+    # re-asserted in Redis; the spend ledger's queued rows written in batches.
+    schedule["budgets-sweep"] = _entry(TaskName.BUDGET_SWEEP, settings.budgets.sweep_s)
+    schedule["budgets-ledger"] = _entry(
+        TaskName.BUDGET_DRAIN_LEDGER, settings.budgets.ledger_drain_s
+    )
     if audit.mirror_enabled:
         # Appends nudge the outbox; this resumes it after a gateway outage.
         schedule["audit-mirror"] = _entry(TaskName.AUDIT_MIRROR, audit.mirror_every_s)

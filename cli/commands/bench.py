@@ -361,3 +361,45 @@ def bench_route(
     from benchmarks import route
 
     route.run(tasks, latency_ms, agents, workers, pool, batch, keep)
+
+
+@bench.command("budget")
+@click.option(
+    "--concurrency", type=click.IntRange(1), default=1000, show_default=True,
+    help="Admissions fired at once.",
+)  # fmt: skip
+@click.option("--budget", type=str, default="5.00", show_default=True, help="The fleet-day budget.")
+@click.option(
+    "--processes", type=click.IntRange(1), default=4, show_default=True,
+    help="Worker processes the admissions come from.",
+)  # fmt: skip
+@click.option(
+    "--threads", type=click.IntRange(1), default=32, show_default=True,
+    help="Threads per process (admissions in flight each).",
+)  # fmt: skip
+@click.option(
+    "--agents", type=click.IntRange(1), default=50, show_default=True,
+    help="Agents the admissions are spread over.",
+)  # fmt: skip
+@click.option(
+    "--keep", type=click.Path(file_okay=False), default=None, help="Keep the bench's files here."
+)
+@config_errors_exit
+def bench_budget(
+    concurrency: int, budget: str, processes: int, threads: int, agents: int, keep: str | None
+) -> None:
+    """CONCURRENCY admissions at once from several processes against one small budget: the
+    overshoot must be 0.00; then with the bench's Redis stopped every admission refused."""
+    from decimal import Decimal, InvalidOperation
+
+    from benchmarks import budget as bench_module
+
+    try:
+        amount = Decimal(budget)
+    except InvalidOperation:
+        raise click.BadParameter(
+            f"not a decimal amount: {budget!r}", param_hint="--budget"
+        ) from None
+    if not amount.is_finite() or amount <= 0:
+        raise click.BadParameter(f"must be a positive amount, got {budget}", param_hint="--budget")
+    bench_module.run(concurrency, amount, processes, threads, agents, keep)

@@ -156,9 +156,10 @@ def test_a_pro_group_waits_for_an_imported_pro_key_then_finishes_at_the_gateway(
         assert agent.status == AgentStatus.ACTIVE
         assert agent.extra["public_key"] == gw.identities[agent_id]
         assert gw.wallets[agent_id].balance == Decimal("50.00"), "500 signup bonus cut to 50"
+        # The policy names no cap: it follows budgets (min($50 × 24, $2,000), × 30).
         assert gw.wallets[agent_id].budget == {
-            "daily_cap": 10.0,
-            "monthly_cap": 200.0,
+            "daily_cap": 1200.0,
+            "monthly_cap": 36000.0,
             "alert_threshold": 0.8,
         }
         assert gw.claims[agent_id] == {"p99_latency_ms": 2000, "uptime": 99.5, "accuracy": 0.95}
