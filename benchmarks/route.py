@@ -37,7 +37,7 @@ def _submission(i: int, run: str) -> dict[str, Any]:
         "type": "bench",
         "capabilities": ["support"],
         "estimated_tokens": 500,
-        "payer": {"kind": "pool", "id": "bench-pool"},
+        "payer": {"kind": "segment", "id": "route"},
         "idempotency_key": f"{run}-{i}",
         "fleet": "bench",
         "input": f"task {i}",

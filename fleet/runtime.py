@@ -347,6 +347,7 @@ class Runtime:
         def build() -> WorkDeps:
             from fleet.gateway.loop import BackgroundLoop
             from fleet.work.a2a import A2ADelivery
+            from fleet.work.admission import BudgetsAdmission
             from fleet.work.measured import MeasuredSignals
             from fleet.work.selection import CandidateDirectory, Listed
 
@@ -375,6 +376,7 @@ class Runtime:
                 delivery=delivery,
                 measured=MeasuredSignals(self.redis, every_s=s.work.measured_flush_s),
                 a2a_base=a2a_base,
+                admission=BudgetsAdmission(self.budgets, s.policy),
             )
 
         return self._once("work", build)

@@ -197,9 +197,9 @@ def run_tasks(
             continue
         work.append((i, _open(sub, task_id)))
 
-    pending = [t for _, t in work]
-    for t in pending:
+    for _, t in work:
         _choose_model(deps, t)
+    pending = [t for _, t in work if not t.state]
     rounds = 2 if deps.policy.work.reroute_before_spend else 1
     for _ in range(rounds):
         if not pending:
@@ -235,7 +235,10 @@ def _choose_model(deps: WorkDeps, t: _Task) -> None:
     choice = choose_model(deps.policy.work.models, t.sub.estimated_tokens, left)
     t.model, t.model_reason = choice.model, choice.reason
     if deps.admission is not None:
-        t.estimate = deps.admission.estimate(t.model, t.sub.estimated_tokens)
+        try:
+            t.estimate = deps.admission.estimate(t.model, t.sub.estimated_tokens)
+        except ValueError as exc:  # a model the price table does not know
+            t.state, t.reason = "refused", f"estimate: {exc}"
 
 
 def _route(deps: WorkDeps, tasks: Sequence[_Task]) -> None:

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from config.settings import TracingSettings
 from fleet import tracing
+from fleet.budgets.models import SpendEntry
 from fleet.hotstate import connect
 from fleet.storage.db import engine_for, session_factory
 from fleet.work import store
 from stack.local import Stack, local_stack
+from stack.parts import wait_until
 from tests.support.fleet_rows import insert_agents, seeded_ids
 from tests.support.otlp_collector import OtlpCollector
 from workers.queues import TaskName
@@ -75,14 +78,14 @@ def test_a_routed_tasks_trace_links_the_caller_routing_and_the_a2a_call(
         "type": "traced",
         "capabilities": ["support"],
         "estimated_tokens": 300,
-        "payer": {"kind": "pool", "id": "itt-pool"},
+        "payer": {"kind": "segment", "id": "ittrace"},
         "idempotency_key": key,
         "fleet": "itt",
         "trace": {"traceparent": carrier["traceparent"]},
     }
     stack.celery().send_task(TaskName.SUBMIT_TASK.value, kwargs={"task": submission})
     tracing.force_flush()
-    names = {"work.task traced", "work.route"}
+    names = {"work.task traced", "work.route", "work.admission", "work.settle"}
     spans = collector.wait_for(
         lambda got: (
             {s.name for s in got if s.trace_id == trace_id} >= names
@@ -97,6 +100,9 @@ def test_a_routed_tasks_trace_links_the_caller_routing_and_the_a2a_call(
     route = next(s for s in mine if s.name == "work.route")
     call = next(s for s in mine if s.name.startswith("invoke_agent "))
     assert route.parent_span_id == task.span_id and call.parent_span_id == task.span_id
+    admission = next(s for s in mine if s.name == "work.admission")
+    settle = next(s for s in mine if s.name == "work.settle")
+    assert admission.parent_span_id == task.span_id and settle.parent_span_id == task.span_id
     assert call.kind == "CLIENT"
     assert call.attributes["gen_ai.agent.id"] == route.attributes["gen_ai.agent.id"]
     assert call.attributes["gen_ai.request.model"] == "frontier"
@@ -106,6 +112,16 @@ def test_a_routed_tasks_trace_links_the_caller_routing_and_the_a2a_call(
     holder = str(r.get(store.idem_key(key)))
     record = store.task_state(r, session_factory(engine_for(stack.settings.sqlalchemy_url)), holder)
     assert record["state"] == "completed", record
+    # The spend's ledger row carries the trace id (drained off the hot path).
+    stack.celery().send_task(TaskName.BUDGET_DRAIN_LEDGER.value)
+    sessions = session_factory(engine_for(stack.settings.sqlalchemy_url))
+
+    def ledger_row() -> SpendEntry | None:
+        with sessions() as s:
+            return s.get(SpendEntry, f"{holder}.1")
+
+    row: Any = wait_until(ledger_row, timeout_s=20)
+    assert row.trace_id == trace_id and row.agent_id == call.attributes["gen_ai.agent.id"]
     assert record["trace_id"] == trace_id
     # The agent received the A2A call's own span as its parent.
     assert record["agent_traceparent"].startswith(f"00-{trace_id}-{call.span_id}-")

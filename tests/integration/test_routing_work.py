@@ -10,6 +10,7 @@ import math
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "  reputation_weight: 0.5\n  headroom_weight: 0\n  idleness_weight: 0\n"
         "  sla_margin_weight: 0.5\n"
         "scaling:\n  drain_timeout_s: 20\n"
+        "budgets:\n  pools: {itw-pool: '1000.00'}\n"
     )
     with local_stack(base, latency_ms=1, jitter_ms=0, policy_file=policy) as st:
         st.start_worker(["routing"], concurrency=2, pool="threads", name="routing")
@@ -222,6 +224,31 @@ def test_a_task_failed_before_any_spend_is_rerouted_once_and_never_after_a_spend
     assert all(len(f["attempts"]) <= 2 for f in found)
     got = _received(stack)
     assert got[dead[0]] == len(rerouted) and got[alive[0]] == 40
+
+
+def test_admission_refuses_a_task_over_the_per_task_budget_before_any_agent_sees_it(
+    stack: Stack, agents: list[str]
+) -> None:
+    tag = f"big-{uuid.uuid4().hex[:6]}"
+    before = _received(stack)
+    # 400,000 frontier tokens at 0.015 per 1,000: 6.00, over the policy's 5.00 per task.
+    big = _submission(0, tag, estimated_tokens=400_000)
+    unknown_pool = _submission(1, tag, payer={"kind": "pool", "id": "no-such-pool"})
+    stack.celery().send_task(TaskName.SUBMIT_TASKS.value, kwargs={"tasks": [big, unknown_pool]})
+    r = connect(stack.settings.redis_url)
+
+    def records() -> list[dict[str, Any]]:
+        holders = r.mget([store.idem_key(f"{tag}-{i}") for i in range(2)])
+        if not all(holders):
+            return []
+        found = [store.task_state(r, _sessions(stack), str(h)) for h in holders]
+        return found if all(f.get("state") == "refused" for f in found) else []
+
+    found: list[dict[str, Any]] = wait_until(records, timeout_s=20)  # type: ignore[assignment]
+    assert found[0]["reason"].startswith("per_task:"), found[0]
+    assert found[0]["estimate"] == "6.000000" or Decimal(found[0]["estimate"]) == Decimal("6")
+    assert found[1]["reason"].startswith("pool:"), found[1]
+    assert _received(stack) == before
 
 
 def test_in_flight_counters_return_to_zero(stack: Stack, agents: list[str]) -> None:
