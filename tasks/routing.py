@@ -35,12 +35,12 @@ from celery.exceptions import Reject
 from fleet.work import store
 from fleet.work.service import run_tasks
 from fleet.work.submission import SubmissionError, parse_submission
-from tasks._base import fleet_task, heartbeat_task, runtime
-from workers.queues import FleetQueue, TaskName
+from tasks._base import fleet_task, runtime
+from workers.queues import TaskName
 
 log = logging.getLogger(__name__)
 
-heartbeat = heartbeat_task(FleetQueue.ROUTING)
+# The routing queue's heartbeat task is defined once, in tasks/budgets.py.
 
 MAX_BATCH = 1000
 
