@@ -1,7 +1,7 @@
 """Work tasks: each task submitted, the model and agent chosen and why, its outcome and cost
 
 Revision ID: 0011
-Revises: 0012
+Revises: 0010
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0012"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """audit entries found by trace: an index on audit_entries.trace_id
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0011
 
 The nullable ``trace_id`` (and ``span_id``) columns of ``audit_entries`` exist since
 0002 and are inside each entry's hashed body; what was missing is finding a task's
@@ -14,7 +14,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
