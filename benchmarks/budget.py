@@ -163,7 +163,7 @@ def admit_concurrently(
     ]
     for p in procs:
         p.start()
-    results = []
+    results: list[Any] = []
     deadline = time.monotonic() + 300
     while len(results) < len(procs):
         try:
