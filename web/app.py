@@ -107,6 +107,10 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
     from web.routes import sla
 
     api.include_router(sla.router)
+
+    from web.routes import budgets
+
+    api.include_router(budgets.router)
     return api
 
 
