@@ -16,7 +16,7 @@ from sqlalchemy import select
 from benchmarks.budget import bench_policy
 from fleet.approvals import Approvals, RequestStatus
 from fleet.approvals.gate import dispatch_approved
-from fleet.budgets import ledger
+from fleet.budgets import control, ledger
 from fleet.budgets.admission import Admitted, Budgets, Charge, Refused, pause_message
 from fleet.budgets.control import PAUSE_RULE, RESUME_ACTION
 from fleet.budgets.models import SpendEntry, SpendingPause
@@ -139,3 +139,28 @@ def test_the_fleet_day_pause_is_paged_and_lifts_only_under_a_high_approval(
     # The fleet's day is still full: the next reservation that does not fit pauses it again.
     again = budgets.reserve(Charge(f"{fleet}-after", "a1", fleet, Decimal("0.03"), "frontier"))
     assert isinstance(again, Refused) and again.budget == "fleet_day"
+
+    # Raising the ceiling is HIGH as well; once approved, the next reservation fits.
+    _send(
+        stack,
+        TaskName.BUDGET_RAISE,
+        {"budget": "fleet_day", "subject": fleet, "limit": "1.00", "requested_by": "ops-a"},
+    )
+
+    def raise_pending() -> Any:
+        return [
+            v
+            for v in approvals.list_requests(status=RequestStatus.PENDING)
+            if v.action == control.RAISE_ACTION and v.subject == f"fleet_day:{fleet}"
+        ]
+
+    (ask,) = wait_until(raise_pending, timeout_s=30)  # type: ignore[misc]
+    approvals.approve(ask.request_id, "ops-b")
+    _send(stack, TaskName.BUDGET_RESUME, {"fleet": fleet, "requested_by": "ops-a"})
+    (resume_ask,) = wait_until(pending, timeout_s=30)  # type: ignore[misc]
+    approvals.approve(resume_ask.request_id, "ops-b")
+    dispatch_approved(approvals, lambda msgs: [_send(stack, n, k) for n, k in msgs])
+    wait_until(lambda: not budgets.spending_paused(fleet), timeout_s=30)
+    wait_until(lambda: r.hget("fleet:budget:limits", f"fleet_day:{fleet}") == "1000000", 30)
+    fits = budgets.reserve(Charge(f"{fleet}-raised", "a1", fleet, Decimal("0.03"), "frontier"))
+    assert isinstance(fits, Admitted), fits
