@@ -382,6 +382,10 @@ class Budgets:
         self._settle = redis.register_script(_SETTLE)
         self._release = redis.register_script(_RELEASE)
 
+    def close(self) -> None:
+        """Close the Redis client (the runtime builds one for the budgets alone)."""
+        self.redis.close()
+
     def _now(self) -> float:
         return self.clock.now().timestamp()
 

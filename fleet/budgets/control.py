@@ -241,8 +241,6 @@ def check_raise(budget: str, subject: str, limit: Decimal) -> str:
         )
     if not subject:
         raise BudgetRequestError("subject: must not be empty ('*' for every agent or fleet)")
-    if budget == "pool" and subject == "*":
-        raise BudgetRequestError("subject: a pool is raised by its name, not '*'")
     if not limit.is_finite() or limit <= 0:
         raise BudgetRequestError(f"limit: must be a positive amount, got {limit}")
     if limit.as_tuple().exponent < -6:  # type: ignore[operator]

@@ -104,7 +104,6 @@ def test_resuming_and_raising_are_high_and_the_pause_task_name_is_the_workers() 
     [
         ("weekly", "*", "1", "budget: must be one of"),
         ("fleet_day", "", "1", "subject: must not be empty"),
-        ("pool", "*", "1", "a pool is raised by its name"),
         ("fleet_day", "demo", "0", "limit: must be a positive amount"),
         ("fleet_day", "demo", "1.0000001", "at most 6 decimal places"),
     ],

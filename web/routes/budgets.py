@@ -45,7 +45,8 @@ class RaiseRequest(BaseModel):
     budget: Literal["per_task", "agent_hour", "fleet_day", "pool"]
     # An agent (agent_hour), a fleet (per_task, fleet_day), a pool's name, or "*" for all.
     subject: Name
-    limit: Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=6, allow_inf_nan=False)]
+    # A positive decimal, at most 6 places, as text (exact): "3000.00", "0.5".
+    limit: Annotated[str, Field(pattern=r"^([1-9][0-9]{0,11}(\.[0-9]{1,6})?|0\.[0-9]{0,5}[1-9])$")]
     reason: Annotated[str, Field(max_length=500)] = ""
 
 
@@ -92,7 +93,7 @@ async def ask_raise(body: RaiseRequest, rt: RuntimeDep, who: Requester) -> Any:
 
     def ask() -> Gate:
         return control.request_raise(
-            control_deps(rt), body.budget, body.subject, body.limit, who.principal_id,
+            control_deps(rt), body.budget, body.subject, Decimal(body.limit), who.principal_id,
             reason=body.reason, task=raise_task.name, fleet=None if fleet == "*" else fleet,
         )  # fmt: skip
 
@@ -100,5 +101,5 @@ async def ask_raise(body: RaiseRequest, rt: RuntimeDep, who: Requester) -> Any:
         gate = await run_in_threadpool(ask)
     except control.BudgetRequestError as exc:
         raise ProblemError(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
-    return {"budget": body.budget, "subject": body.subject, "limit": format(body.limit, "f"),
+    return {"budget": body.budget, "subject": body.subject, "limit": body.limit,
             **_asked(gate)}  # fmt: skip
