@@ -135,6 +135,7 @@ def record_pause(deps: ControlDeps, event: PauseEvent) -> bool:
             "alert_id": alert_id,
         },
         article=audit.Article.RISK_MANAGEMENT,
+        trace_id=event.trace_id,
         time=when,
     )
     return True

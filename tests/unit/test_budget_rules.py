@@ -97,6 +97,8 @@ def test_resuming_and_raising_are_high_and_the_pause_task_name_is_the_workers() 
     assert BUDGET_PAUSE_TASK == TaskName.BUDGET_RECORD_PAUSE
     event = PauseEvent("f", Decimal("5"), Decimal("5.03"), 1.5, "t1")
     assert pause_from_message(pause_message(event)) == event
+    traced = PauseEvent("f", Decimal("5"), Decimal("5.03"), 1.5, "t1", "ab" * 16)
+    assert pause_from_message(pause_message(traced)) == traced
 
 
 @pytest.mark.parametrize(
