@@ -4,6 +4,7 @@ HTTP API's asks open HIGH approval requests."""
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterator
 from decimal import Decimal
@@ -116,9 +117,13 @@ def test_a_raise_names_what_is_wrong(budget: str, subject: str, limit: str, prob
 
 
 def test_a_store_that_does_not_answer_refuses_and_counts_as_paused() -> None:
-    nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5)
+    nowhere = redis.Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5, socket_timeout=0.5
+    )
     budgets = Budgets(nowhere, POLICY.budgets, SystemClock())
+    started = time.monotonic()
     answer = budgets.reserve(Charge("t1", "a1", "demo", Decimal("0.01"), "small"))
+    assert time.monotonic() - started < 1.0, "refused at once, not after retries"
     assert isinstance(answer, Refused) and answer.budget == "store_unreachable"
     assert "refused, not admitted" in answer.reason
     assert budgets.spending_paused("demo")
