@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import queue
 import random
 import time
 import uuid
@@ -39,12 +40,12 @@ def bench_policy(budget: Decimal, per_agent_hour: Decimal | None = None) -> Any:
     from config.settings import load_settings
 
     base = load_settings().policy.budgets
-    per_task = min(base.per_task, budget)
+    hour = per_agent_hour if per_agent_hour is not None else budget
     return base.model_copy(
         update={
             "fleet_day": budget,
-            "per_task": per_task,
-            "per_agent_hour": per_agent_hour if per_agent_hour is not None else budget,
+            "per_task": min(base.per_task, budget, hour),
+            "per_agent_hour": hour,
         }
     )
 
@@ -65,7 +66,7 @@ def make_charges(
         out.append(
             {
                 "task_id": f"bench-{run}-{i}",
-                "agent_id": f"agent-{i % agents}",
+                "agent_id": f"agent-{run}-{i % agents}",
                 "fleet": fleet,
                 "amount": format(amount, "f"),
                 "model": model,
@@ -162,7 +163,17 @@ def admit_concurrently(
     ]
     for p in procs:
         p.start()
-    results = [out.get(timeout=300) for _ in procs]
+    results: list[Any] = []
+    deadline = time.monotonic() + 300
+    while len(results) < len(procs):
+        try:
+            results.append(out.get(timeout=0.5))
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"admitting processes failed (exit codes {dead})") from None
     for p in procs:
         p.join(30)
     answers = [a for r in results for a in r[0]]

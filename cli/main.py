@@ -12,6 +12,7 @@ from cli.commands import (
     approvals,
     audit,
     bench,
+    budget,
     config,
     dlq,
     heartbeat,
@@ -75,6 +76,7 @@ main.add_command(identity.login)
 main.add_command(report.report_group)
 # Measuring it
 main.add_command(bench.bench)
+main.add_command(budget.budget_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

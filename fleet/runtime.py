@@ -22,6 +22,8 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
@@ -388,11 +390,14 @@ class Runtime:
 
         def build() -> Budgets:
             timeout = self.settings.budgets.redis_timeout_s
+            # One quick retry (a pooled connection Redis closed), no backoff: a refusal
+            # costs at most about two timeouts.
             client = redis.Redis.from_url(
                 self.settings.redis_url,
                 decode_responses=True,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1),
             )
             return Budgets(
                 client,

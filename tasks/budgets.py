@@ -75,9 +75,18 @@ def record_pause(pause: dict[str, Any]) -> bool:
 
 
 @fleet_task(TaskName.BUDGET_RESUME, ignore_result=False)
-def resume(fleet: str, requested_by: str = "celery", approval_id: str | None = None) -> str:
+def resume(
+    fleet: str, requested_by: str = "celery", approval_id: str | None = None, reason: str = ""
+) -> str:
     try:
-        return control.resume(control_deps(runtime()), fleet, approval_id, requested_by)
+        return control.resume(
+            control_deps(runtime()),
+            fleet,
+            approval_id,
+            requested_by,
+            task=TaskName.BUDGET_RESUME,
+            reason=reason,
+        )
     except NotApproved as exc:
         raise Reject(f"{exc}; request one with `fleet budget resume`", requeue=False) from None
 
@@ -89,11 +98,19 @@ def raise_limit(
     limit: str,
     requested_by: str = "celery",
     approval_id: str | None = None,
+    reason: str = "",
 ) -> str:
     try:
         amount = Decimal(str(limit))
         return control.raise_limit(
-            control_deps(runtime()), budget, subject, amount, approval_id, requested_by
+            control_deps(runtime()),
+            budget,
+            subject,
+            amount,
+            approval_id,
+            requested_by,
+            task=TaskName.BUDGET_RAISE,
+            reason=reason,
         )
     except (InvalidOperation, control.BudgetRequestError) as exc:
         raise Reject(f"invalid budget raise: {exc}", requeue=False) from None

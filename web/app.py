@@ -114,6 +114,10 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
     from web.routes import tasks
 
     api.include_router(tasks.router)
+
+    from web.routes import budgets
+
+    api.include_router(budgets.router)
     return api
 
 

@@ -91,6 +91,7 @@ class PauseEvent:
     would_be: Decimal
     at: float  # epoch s
     task_id: str
+    trace_id: str | None = None  # the refused task's trace: its audit entry carries it
 
 
 # The task that records and pages a pause (tasks/budgets.py; workers.queues.TaskName names it
@@ -106,6 +107,7 @@ def pause_message(event: PauseEvent) -> dict[str, str]:
         "would_be": format(event.would_be, "f"),
         "at": repr(event.at),
         "task_id": event.task_id,
+        "trace_id": event.trace_id or "",
     }
 
 
@@ -116,6 +118,7 @@ def pause_from_message(data: Mapping[str, Any]) -> PauseEvent:
         Decimal(str(data["would_be"])),
         float(data["at"]),
         str(data.get("task_id", "-")),
+        str(data.get("trace_id") or "") or None,
     )
 
 
@@ -382,6 +385,10 @@ class Budgets:
         self._settle = redis.register_script(_SETTLE)
         self._release = redis.register_script(_RELEASE)
 
+    def close(self) -> None:
+        """Close the Redis client (the runtime builds one for the budgets alone)."""
+        self.redis.close()
+
     def _now(self) -> float:
         return self.clock.now().timestamp()
 
@@ -446,7 +453,9 @@ class Budgets:
             return Admitted(charge.task_id, from_micros(reply[1]), float(reply[2]))
         refused = Refused(reply[1], from_micros(reply[2]), from_micros(reply[3]), reply[4])
         if reply[5] == "1" and self.on_pause is not None:
-            event = PauseEvent(charge.fleet, refused.limit, refused.would_be, now, charge.task_id)
+            event = PauseEvent(
+                charge.fleet, refused.limit, refused.would_be, now, charge.task_id, charge.trace_id
+            )
             try:
                 self.on_pause(event)
             except Exception:  # noqa: BLE001 - the pause holds in Redis; the sweep pages again

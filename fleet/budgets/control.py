@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet import audit
@@ -43,6 +44,7 @@ from fleet.budgets.admission import (
 from fleet.budgets.models import BudgetLimit, SpendingPause
 from fleet.clock import Clock
 from fleet.monitoring.alerts import Handoff, apply_changes
+from fleet.monitoring.models import Alert
 from fleet.monitoring.rules import Change, Rule
 from fleet.storage.db import write_session
 
@@ -97,29 +99,29 @@ def record_pause(deps: ControlDeps, event: PauseEvent) -> bool:
     """Store the pause, page the operators, audit it; False when it was recorded before."""
     when = datetime.fromtimestamp(event.at, tz=deps.clock.now().tzinfo)
     limit, would_be = format(event.limit, "f"), format(event.would_be, "f")
-    with write_session(deps.sessions) as s:
+    with deps.sessions() as s:
         if s.get(SpendingPause, event.fleet) is not None:
             return False
-        s.add(
-            SpendingPause(
-                fleet=event.fleet,
-                reason=f"fleet-day ceiling {limit} reached: {would_be} with task {event.task_id}",
-                limit=limit,
-                would_be=would_be,
-                paused_at=when,
-            )
-        )
-    opened, _ = apply_changes(
-        deps.sessions,
-        [_change(event.fleet, True, event.at, limit, would_be)],
-        _handoff(deps),
-        event.at,
-    )
-    if opened:
+    # The alert first (one per open condition, whoever races us), then the pause naming it:
+    # a pause row is never seen without its page.
+    change = _change(event.fleet, True, event.at, limit, would_be)
+    opened, _ = apply_changes(deps.sessions, [change], _handoff(deps), event.at)
+    alert_id = opened[0].alert_id if opened else _open_alert_id(deps.sessions, event.fleet)
+    try:
         with write_session(deps.sessions) as s:
-            row = s.get(SpendingPause, event.fleet)
-            if row is not None:
-                row.alert_id = opened[0].alert_id
+            s.add(
+                SpendingPause(
+                    fleet=event.fleet,
+                    reason=f"fleet-day ceiling {limit} reached: {would_be} with task "
+                    f"{event.task_id}",
+                    limit=limit,
+                    would_be=would_be,
+                    paused_at=when,
+                    alert_id=alert_id,
+                )
+            )
+    except IntegrityError:
+        return False  # recorded meanwhile by another delivery
     audit.record(
         actor=ACTOR,
         action="spending_paused",
@@ -130,12 +132,20 @@ def record_pause(deps: ControlDeps, event: PauseEvent) -> bool:
             "limit": limit,
             "would_be": would_be,
             "task_id": event.task_id,
-            "alert_id": opened[0].alert_id if opened else None,
+            "alert_id": alert_id,
         },
         article=audit.Article.RISK_MANAGEMENT,
+        trace_id=event.trace_id,
         time=when,
     )
     return True
+
+
+def _open_alert_id(sessions: sessionmaker[Session], fleet: str) -> str | None:
+    with sessions() as s:
+        return s.scalar(
+            select(Alert.alert_id).where(Alert.open_key == f"{PAUSE_RULE.name}|{fleet}")
+        )
 
 
 def pauses(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
@@ -174,16 +184,23 @@ def request_resume(
     )
 
 
-def resume(deps: ControlDeps, fleet: str, approval_id: str | None, requested_by: str) -> str:
-    """Lift the pause under an approval that names exactly this fleet (claimed once)."""
+def resume(
+    deps: ControlDeps,
+    fleet: str,
+    approval_id: str | None,
+    requested_by: str,
+    *,
+    task: str,
+    reason: str = "",
+) -> str:
+    """Lift the pause under an approval that names exactly this fleet (claimed once);
+    without one, ask for it (``task`` is sent again once it is approved)."""
     passed = clear(
         deps.approvals,
         action=RESUME_ACTION,
         subject=audit.fleet_subject(fleet),
         approval_id=approval_id,
-        ask=lambda: deps.approvals.request(
-            RESUME_ACTION, audit.fleet_subject(fleet), requested_by, fleet=fleet
-        ),
+        ask=lambda: request_resume(deps, fleet, requested_by, reason=reason, task=task),
     )
     if isinstance(passed, Held):
         return "awaiting-approval"
@@ -225,8 +242,6 @@ def check_raise(budget: str, subject: str, limit: Decimal) -> str:
         )
     if not subject:
         raise BudgetRequestError("subject: must not be empty ('*' for every agent or fleet)")
-    if budget == "pool" and subject == "*":
-        raise BudgetRequestError("subject: a pool is raised by its name, not '*'")
     if not limit.is_finite() or limit <= 0:
         raise BudgetRequestError(f"limit: must be a positive amount, got {limit}")
     if limit.as_tuple().exponent < -6:  # type: ignore[operator]
@@ -270,15 +285,21 @@ def raise_limit(
     limit: Decimal,
     approval_id: str | None,
     requested_by: str,
+    *,
+    task: str,
+    reason: str = "",
 ) -> str:
-    """Write the raised limit (database, then Redis) under its approval (claimed once)."""
+    """Write the raised limit (database, then Redis) under its approval (claimed once);
+    without one, ask for it (``task`` is sent again once it is approved)."""
     field = check_raise(budget, subject, limit)
     passed = clear(
         deps.approvals,
         action=RAISE_ACTION,
         subject=field,
         approval_id=approval_id,
-        ask=lambda: deps.approvals.request(RAISE_ACTION, field, requested_by),
+        ask=lambda: request_raise(
+            deps, budget, subject, limit, requested_by, reason=reason, task=task
+        ),
     )
     if isinstance(passed, Held):
         return "awaiting-approval"
