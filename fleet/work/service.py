@@ -124,7 +124,8 @@ class _Task:
 
 
 def _trace_id(sub: TaskSubmission) -> str | None:
-    return sub.trace.traceparent[3:35] if sub.trace else None
+    parent = sub.trace.carrier().get("traceparent") if sub.trace else None
+    return parent[3:35] if parent else None
 
 
 def _open(sub: TaskSubmission, task_id: str) -> _Task:

@@ -1,7 +1,8 @@
 """Work task state in Redis while a task runs, and its record in the database after.
 
 - ``fleet:work:idem:{key}`` → the task id that claimed an idempotency key (SET NX, TTL);
-- ``fleet:work:task:{task_id}`` → a hash: ``phase`` (claimed → dispatched → done) and,
+- ``fleet:work:task:{task_id}`` → a hash: ``queued_at`` when the API accepted it,
+  ``phase`` (claimed → dispatched → done) and,
   once done, the record as JSON (``record``), kept for ``ttl_s``;
 - ``fleet:work:records`` → a list of finished records, drained into ``work_tasks`` in
   batches by ``routing.flush_records`` (beat, every 2 s): no database write on the hot path.
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -46,6 +48,14 @@ def claim(r: redis.Redis, pairs: Sequence[tuple[str, str]], ttl_s: int) -> list[
     return [str(answers[i * 4 + 1]) for i in range(len(pairs))]
 
 
+def mark_queued(r: redis.Redis, task_id: str, ttl_s: int) -> None:
+    """Accepted and on its way to the queue: readable as ``queued`` until a worker claims it."""
+    with r.pipeline() as pipe:
+        pipe.hsetnx(task_key(task_id), "queued_at", f"{time.time():.3f}")
+        pipe.expire(task_key(task_id), ttl_s)
+        pipe.execute()
+
+
 def phases(r: redis.Redis, task_ids: Sequence[str]) -> list[str | None]:
     pipe = r.pipeline(transaction=False)
     for t in task_ids:
@@ -73,6 +83,8 @@ def task_state(r: redis.Redis, sessions: sessionmaker[Session], task_id: str) ->
         return out
     if raw.get("phase"):
         return {"task_id": task_id, "state": raw["phase"]}
+    if raw.get("queued_at"):
+        return {"task_id": task_id, "state": "queued"}
     with sessions() as s:
         row = s.scalars(select(WorkTask).where(WorkTask.task_id == task_id)).first()
         if row is None:

@@ -43,11 +43,13 @@ def served_api(
     real_redis: str, runtime: RecordingRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
     from tasks.provisioning import provision_fleet
+    from tasks.routing import submit_task
     from tasks.sla import evaluate_agent
     from web.app import create_api
 
     monkeypatch.setattr(provision_fleet, "apply_async", lambda **_: _Sent())
     monkeypatch.setattr(evaluate_agent, "apply_async", lambda **_: _Sent())
+    monkeypatch.setattr(submit_task, "apply_async", lambda **_: _Sent())
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(

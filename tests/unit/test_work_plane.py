@@ -250,3 +250,9 @@ def test_sla_samples_prefer_measured_figures_once_enough_tasks_were_seen() -> No
     assert decide("a", now, too_few, terms, 300).source == "snapshot"
     stale = dataclasses.replace(measured, measured_at=now.timestamp() - 301)
     assert decide("a", now, stale, terms, 300).verdict is Verdict.COMPLIANT
+
+
+def test_an_all_zero_trace_context_is_ignored_as_w3c_says_not_refused() -> None:
+    zero = "00-" + "0" * 32 + "-" + "b" * 16 + "-01"
+    sub = parse_submission({**GOOD, "trace": {"traceparent": zero}})
+    assert sub.trace is not None and sub.trace.carrier() == {}

@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fleet.identity import Permission, Principal
 from fleet.work import store
 from fleet.work.service import new_task_id
-from fleet.work.submission import SubmissionError, parse_submission
+from fleet.work.submission import SubmissionError, TaskSubmission, parse_submission
 from tasks.routing import submit_task
 from web.app_auth import require
 from web.deps import RuntimeDep
@@ -31,9 +31,18 @@ Submitter = Annotated[Principal, Depends(require(Permission.TASKS_SUBMIT))]
 Reader = Annotated[Principal, Depends(require(Permission.TASKS_READ))]
 
 
+# The body is read and parsed here (a traceparent header may complete it), so its
+# schema is declared for the OpenAPI document by hand.
+_SUBMISSION_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": TaskSubmission.model_json_schema()}},
+}
+
+
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
+    openapi_extra={"requestBody": _SUBMISSION_BODY},
     responses={
         200: {"description": "The idempotency key was seen before: the first task's id."},
         422: {"description": "Not a task submission: every problem by path."},
@@ -68,13 +77,17 @@ async def submit(
         response.status_code = status.HTTP_200_OK
         return {"task_id": str(seen), "duplicate": True}
     task_id = new_task_id()
+    # Readable at once: a GET right after the 202 answers "queued", not 404.
+    await run_in_threadpool(
+        store.mark_queued, rt.redis, task_id, rt.settings.work.idempotency_ttl_s
+    )
     await run_in_threadpool(
         submit_task.apply_async, kwargs={"task": sub.model_dump(mode="json")}, task_id=task_id
     )
     return {"task_id": task_id, "duplicate": False, "submitted_by": principal.principal_id}
 
 
-@router.get("/{task_id}")
+@router.get("/{task_id}", responses={404: {"description": "No such task."}})
 async def read(task_id: str, rt: RuntimeDep, _: Reader) -> dict[str, Any]:
     """The task's record once finished, its phase while it runs."""
     found = await run_in_threadpool(store.task_state, rt.redis, rt.sessions, task_id)
