@@ -71,8 +71,11 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
 # A connection to a server that vanished without a reset (a partition, a cut link)
 # would otherwise block its task until the time limit: connecting gives up after
 # 10 s, an idle connection is probed after 10 s, and data the server never
-# acknowledges fails the connection after 30 s.
+# acknowledges fails the connection after 30 s. On the server's side, a session whose
+# client vanished mid-transaction releases its locks after 30 s, not when (if ever)
+# the server notices the client is gone.
 POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "options": "-c idle_in_transaction_session_timeout=30000",
     "connect_timeout": 10,
     "keepalives": 1,
     "keepalives_idle": 10,

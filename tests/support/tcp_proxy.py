@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -30,9 +31,7 @@ class CuttableProxy:
         self._cut.set()
         with self._lock:
             for sock in self._open:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                    sock.close()
+                _drop(sock)
             self.dropped += len(self._open)
             self._open.clear()
 
@@ -78,6 +77,18 @@ class CuttableProxy:
                     sock.close()
             with self._lock:
                 self._open -= {source, sink}
+
+
+def _drop(sock: socket.socket) -> None:
+    """Reset the connection: the peer sees it go at once, whatever state it was in. A
+    shutdown that fails (the peer half-closed first) must not leave the socket open, or
+    a client waiting for an answer on it waits for ever, the proxy holding it alive."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
 @contextlib.contextmanager
