@@ -65,9 +65,40 @@ def test_database_unreachable_mid_provisioning_loses_and_doubles_nothing(
     total = 30
     direct = stack.settings.sqlalchemy_url.replace(f":{proxy.port}/", ":5432/")
     engine = create_db_engine(direct)  # the test reads past the proxy
-    sessions = session_factory(engine)
-    job_id = uuid.uuid4().hex
     app = stack.celery()
+    try:
+        done_at_cut, to_done_s, final, duplicated, repeated = _cut_mid_job(
+            app, session_factory(engine), stack, proxy, total
+        )
+    finally:
+        # A failure must not leave its connections to be collected in a later test.
+        app.close()
+        engine.dispose()
+    counts = {
+        "jobs_lost": int(final.done != total),
+        "agents_failed": final.failed,
+        "agents_duplicated": duplicated,
+        "spends_repeated": repeated,
+    }
+    report(
+        "database unreachable mid-provisioning (PostgreSQL behind a cut proxy)",
+        agents=total,
+        done_at_cut=done_at_cut,
+        cut_s=CUT_S,
+        connections_dropped=proxy.dropped,
+        connections_refused=proxy.refused,
+        restore_to_job_done_s=round(to_done_s, 1),
+        **counts,
+    )
+    assert counts == dict.fromkeys(counts, 0), [
+        (a.agent_id, a.status, a.failure_reason) for a in final.agents if a.status != "active"
+    ]
+
+
+def _cut_mid_job(
+    app: Any, sessions: Any, stack: Stack, proxy: CuttableProxy, total: int
+) -> tuple[int, float, Any, int, int]:
+    job_id = uuid.uuid4().hex
     app.send_task(
         TaskName.PROVISION_FLEET,
         kwargs={"manifest": fleet_manifest(total, fleet="dbcut"), "job_id": job_id},
@@ -91,24 +122,4 @@ def test_database_unreachable_mid_provisioning_loses_and_doubles_nothing(
         Decimal(sandbox.agent(a.agent_id)["wallet"]["balance"]) != Decimal("25.00")
         for a in final.agents
     )
-    app.close()
-    engine.dispose()
-    counts = {
-        "jobs_lost": int(final.done != total),
-        "agents_failed": final.failed,
-        "agents_duplicated": duplicated,
-        "spends_repeated": repeated,
-    }
-    report(
-        "database unreachable mid-provisioning (PostgreSQL behind a cut proxy)",
-        agents=total,
-        done_at_cut=done_at_cut,
-        cut_s=CUT_S,
-        connections_dropped=proxy.dropped,
-        connections_refused=proxy.refused,
-        restore_to_job_done_s=round(to_done_s, 1),
-        **counts,
-    )
-    assert counts == dict.fromkeys(counts, 0), [
-        (a.agent_id, a.status, a.failure_reason) for a in final.agents if a.status != "active"
-    ]
+    return done_at_cut, to_done_s, final, duplicated, repeated

@@ -20,6 +20,9 @@ class CuttableProxy:
         self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        # A connection belongs to the generation it was accepted in; a cut starts a new
+        # one, and nothing of an older generation is forwarded again.
+        self._generation = 0
         self._cut = threading.Event()
         self._closed = threading.Event()
         self.dropped = 0
@@ -28,11 +31,12 @@ class CuttableProxy:
 
     def cut(self) -> None:
         """Drop every connection; refuse new ones until restore()."""
-        self._cut.set()
         with self._lock:
+            self._cut.set()
+            self._generation += 1
             for sock in self._open:
                 _drop(sock)
-            self.dropped += len(self._open)
+            self.dropped += len(self._open) // 2
             self._open.clear()
 
     def restore(self) -> None:
@@ -50,33 +54,43 @@ class CuttableProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            if self._cut.is_set():
-                self.refused += 1
-                client.close()
-                continue
+            with self._lock:
+                # Registered at once: a cut while its upstream is being dialled drops it.
+                generation = self._generation
+                if self._cut.is_set():
+                    self.refused += 1
+                    _drop(client)
+                    continue
+                self._open.add(client)
             try:
                 upstream = socket.create_connection(self._target, timeout=5)
             except OSError:
-                client.close()
+                with self._lock:
+                    self._open.discard(client)
+                _drop(client)
                 continue
             upstream.settimeout(None)
             with self._lock:
-                self._open |= {client, upstream}
+                if generation != self._generation:  # cut meanwhile: the client was dropped
+                    _drop(upstream)
+                    continue
+                self._open.add(upstream)
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b, generation), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, generation: int) -> None:
         try:
             while data := source.recv(65536):
+                if generation != self._generation:
+                    break  # received across a cut: never forwarded
                 sink.sendall(data)
         except OSError:
             pass
         finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.close()
             with self._lock:
                 self._open -= {source, sink}
+            _drop(source)
+            _drop(sink)
 
 
 def _drop(sock: socket.socket) -> None:
