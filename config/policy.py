@@ -378,6 +378,25 @@ class DisputePolicy(_Model):
     resolve_on: Literal["open", "close"] = "close"
 
 
+class OutsideAgentsPolicy(_Model):
+    """Outside agents: marketplace services (not ours) as candidates beside our own agents."""
+
+    allowed: bool = False
+    # search_services is free; best_match costs 0.10 per call at the gateway.
+    discovery: Literal["search_services", "best_match"] = "search_services"
+    # A service's trust score (0..1, the marketplace's) below this is not a candidate.
+    min_trust_score: Annotated[float, Field(ge=0, le=1)] = 0.5
+    # A service whose price per call is above this is not a candidate.
+    max_cost_per_call: Money = Decimal("1.00")
+    # Discovery results are cached per capability set for this long (Redis, with a TTL),
+    # so discovery is not a gateway call per task.
+    cache_ttl_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    # Tasks in flight at one outside agent at which it gets no more.
+    max_inflight_per_agent: Annotated[int, Field(ge=1)] = 5
+    # Services asked for per discovery call.
+    discovery_limit: Annotated[int, Field(ge=1, le=50)] = 20
+
+
 class RoutingPolicy(_Model):
     """Weighted agent selection: score = Σ weight × factor, each factor in 0..1."""
 
@@ -389,6 +408,7 @@ class RoutingPolicy(_Model):
     full_headroom_balance: Annotated[Decimal, Field(gt=0)] = Decimal("100.00")
     # Work items in flight at which an agent counts as fully busy (idleness 0).
     busy_inflight: Annotated[int, Field(gt=0)] = 10
+    outside: OutsideAgentsPolicy = OutsideAgentsPolicy()
 
 
 class ModelRoutingPolicy(_Model):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
@@ -351,6 +351,7 @@ class Runtime:
             from fleet.work.a2a import A2ADelivery
             from fleet.work.admission import BudgetsAdmission
             from fleet.work.measured import MeasuredSignals
+            from fleet.work.outside import DiscoveryCache, OutsideDirectory
             from fleet.work.selection import CandidateDirectory, Listed
 
             s = self.settings
@@ -369,6 +370,32 @@ class Runtime:
                     gateway=gateway, agent_id=agent.agent_id
                 )
 
+            outside_policy = s.policy.routing.outside
+            gateway_sync = self.gateway_sync
+
+            def discover(capabilities: Collection[str]) -> list[Mapping[str, Any]]:
+                """One marketplace call for services matching ``capabilities``."""
+                from fleet.gateway import operations as ops
+
+                caps = sorted(capabilities)
+                if outside_policy.discovery == "best_match":
+                    match = gateway_sync.run(
+                        ops.best_match(
+                            caps[0] if caps else "",
+                            budget=outside_policy.max_cost_per_call,
+                            limit=outside_policy.discovery_limit,
+                        )
+                    )
+                    return [m.service.model_dump() for m in match.matches]
+                found = gateway_sync.run(
+                    ops.search_services(
+                        tags=caps,
+                        max_cost=outside_policy.max_cost_per_call,
+                        limit=outside_policy.discovery_limit,
+                    )
+                )
+                return [x.model_dump() for x in found.services]
+
             return WorkDeps(
                 redis=self.redis,
                 policy=s.policy,
@@ -379,6 +406,9 @@ class Runtime:
                 measured=MeasuredSignals(self.redis, every_s=s.work.measured_flush_s),
                 a2a_base=a2a_base,
                 admission=BudgetsAdmission(self.budgets, s.policy),
+                outside=OutsideDirectory(
+                    DiscoveryCache(self.redis, outside_policy), discover, outside_policy
+                ),
             )
 
         return self._once("work", build)

@@ -261,8 +261,65 @@ def add_a2a_routes(app: web.Application, sb: Sandbox) -> A2AAgents:
         agents.work_ms = None if value is None else float(value)
         return web.json_response({"work_ms": agents.work_ms})
 
+    async def list_service(request: web.Request) -> web.Response:
+        """Control: list a simulated agent in the marketplace as a service whose endpoint
+        is its A2A endpoint: ``{"agent_id": "...", "capabilities": ["translate"],
+        "cost": "0.05", "trust_score": 0.9}`` (cost and trust score optional)."""
+        if not admin(request):
+            raise web.HTTPUnauthorized(reason="the control API needs the admin key")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(reason="body is not JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(reason="body: an object")
+        problems = []
+        agent_id = body.get("agent_id")
+        if not isinstance(agent_id, str) or agent_id not in sb.state.agents:
+            problems.append("agent_id: a simulated agent's id")
+        caps = body.get("capabilities")
+        if (
+            not isinstance(caps, list)
+            or not caps
+            or not all(isinstance(c, str) and c for c in caps)
+        ):
+            problems.append("capabilities: a non-empty list of strings")
+        trust = body.get("trust_score", 0.9)
+        if isinstance(trust, bool) or not isinstance(trust, (int, float)) or not 0 <= trust <= 1:
+            problems.append("trust_score: a number from 0 to 1")
+        try:
+            cost = Decimal(str(body.get("cost", "0.05")))
+            if not cost.is_finite() or cost < 0:
+                raise ArithmeticError
+        except ArithmeticError:
+            problems.append("cost: a decimal >= 0")
+        if problems:
+            raise web.HTTPBadRequest(reason="; ".join(problems))
+        assert isinstance(agent_id, str) and isinstance(caps, list)
+        service_id = "svc-" + uuid.uuid4().hex[:12]
+        sb.state.services[service_id] = {
+            "id": service_id,
+            "provider_id": agent_id,
+            "name": f"{agent_id} (simulated)",
+            "description": f"simulated agent {agent_id} over A2A",
+            "category": "agents",
+            "tools": list(caps),
+            "tags": list(caps),
+            "endpoint": f"{base_of(request)}/a2a/{agent_id}",
+            "model": "per_call",
+            "cost": str(cost),
+            "trust_score": float(trust),
+            "status": "active",
+            "created_at": time.time(),
+        }
+        sb.state.touch("services", service_id)
+        return web.json_response(
+            {"id": service_id, "endpoint": sb.state.services[service_id]["endpoint"]}
+        )
+
     app.router.add_get("/a2a/{agent_id}/.well-known/agent-card.json", card)
     app.router.add_post("/a2a/{agent_id}", rpc)
     app.router.add_get("/_sandbox/a2a", received)
     app.router.add_put("/_sandbox/a2a", configure)
+    app.router.add_post("/_sandbox/a2a/services", list_service)
     return agents

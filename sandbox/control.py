@@ -427,6 +427,24 @@ class SandboxControl:
         result: dict[str, Any] = self._request("POST", "/seed", json=body)
         return result
 
+    def list_service(
+        self,
+        agent_id: str,
+        capabilities: list[str],
+        *,
+        cost: str = "0.05",
+        trust_score: float = 0.9,
+    ) -> dict[str, Any]:
+        """List a simulated agent in the marketplace, its endpoint its A2A endpoint."""
+        body = {
+            "agent_id": agent_id,
+            "capabilities": capabilities,
+            "cost": cost,
+            "trust_score": trust_score,
+        }
+        result: dict[str, Any] = self._request("POST", "/a2a/services", json=body)
+        return result
+
     def mint_key(self, agent_id: str, tier: str) -> str:
         """A new key of ``tier`` for an existing agent."""
         return str(self._request("POST", "/keys", json={"agent_id": agent_id, "tier": tier})["key"])

@@ -948,13 +948,15 @@ async def list_disputes(c: Call) -> dict[str, Any]:
 def _service_view(s: dict[str, Any], status: bool = True) -> dict[str, Any]:
     out = {
         "id": s["id"],
+        "provider_id": s["provider_id"],
         "name": s["name"],
         "description": s["description"],
         "category": s["category"],
         "pricing": {"model": s["model"], "cost": money(Decimal(s["cost"])), "currency": "credits"},
         "tags": s["tags"],
+        "tools": s.get("tools", []),
         "endpoint": s["endpoint"],
-        "trust_score": 0.0,
+        "trust_score": s.get("trust_score", 0.0),
     }
     if status:
         out["status"] = s["status"]

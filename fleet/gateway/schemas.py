@@ -292,6 +292,11 @@ class ServiceResult(GatewayOutput):
     name: str
     status: str | None = None
     provider_id: str | None = None
+    endpoint: str | None = None
+    tags: list[str] = []
+    tools: list[Any] = []
+    pricing: dict[str, Any] | None = None
+    trust_score: Number | None = None
 
 
 class ServiceSearch(GatewayOutput):

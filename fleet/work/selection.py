@@ -17,6 +17,7 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import redis
@@ -28,6 +29,7 @@ from fleet.hotstate import inflight_key
 from fleet.monitoring.snapshot import Snapshot, snapshot_key
 from fleet.routing import Candidate, select_agent, weight_of
 from fleet.storage.records import Agent, AgentStatus
+from fleet.work.outside import OutsideService, trust_reputation
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class Listed:
     weight: Any  # Decimal
     capabilities: frozenset[str]
     a2a_url: str | None
+    # An outside agent: a marketplace service, not one of ours (fleet.work.outside).
+    service_id: str | None = None
+
+    @property
+    def outside(self) -> bool:
+        return self.service_id is not None
 
 
 class CandidateDirectory:
@@ -57,6 +65,7 @@ class CandidateDirectory:
         self._lock = threading.Lock()
         self._fingerprint: tuple[int, datetime | None] | None = None
         self._listed: list[Listed] = []
+        self._every: frozenset[str] = frozenset()
         self._snaps: dict[str, Snapshot | None] = {}
         self._snaps_at = 0.0
 
@@ -75,12 +84,14 @@ class CandidateDirectory:
                     Agent.extra,
                 ).where(Agent.status == AgentStatus.ACTIVE)
             ).all()
+            every = frozenset(s.scalars(select(Agent.agent_id)).all())
         listed = [
             Listed(a, f, weight_of(w), frozenset(caps or ()), (extra or {}).get("a2a_url"))
             for a, f, w, caps, extra in rows
         ]
         with self._lock:
             self._fingerprint = fingerprint
+            self._every = every
             self._listed = [x for x in listed if x.weight > 0]
             self._snaps_at = 0.0
         return self._listed
@@ -102,6 +113,11 @@ class CandidateDirectory:
         with self._lock:
             self._snaps, self._snaps_at = snaps, now
         return snaps
+
+    def own_ids(self) -> frozenset[str]:
+        """Every agent of ours, whatever its status: never an outside agent."""
+        self._refresh()
+        return self._every
 
     def pool(self, fleet: str | None = None) -> list[Listed]:
         listed = self._refresh()
@@ -155,10 +171,26 @@ class Picker:
             if not (exclude_breached and c.sla_compliant is False)
         }
 
+    @property
+    def own_agents(self) -> frozenset[str]:
+        return frozenset(a for a, (x, _) in self._by_id.items() if not x.outside)
+
+    def add_outside(self, outside: Sequence[tuple[Listed, Candidate]]) -> None:
+        """Outside candidates (marketplace services) beside our own agents; our own agent
+        of the same id wins, and our paused/breached rules do not apply to them."""
+        for x, c in outside:
+            if c.agent_id not in self._by_id:
+                self._by_id[c.agent_id] = (x, c)
+
     def pick(self, capabilities: Collection[str], exclude: Collection[str] = ()) -> Listed | None:
         need = frozenset(capabilities)
+        cap = self._policy.outside.max_inflight_per_agent
         pool = [
-            c for a, (x, c) in self._by_id.items() if a not in exclude and need <= x.capabilities
+            c
+            for a, (x, c) in self._by_id.items()
+            if a not in exclude
+            and need <= x.capabilities
+            and not (x.outside and c.in_flight >= cap)
         ]
         chosen = select_agent(pool, self._policy, self._rng)
         if chosen is None:
@@ -166,3 +198,39 @@ class Picker:
         x, c = self._by_id[chosen.agent_id]
         self._by_id[chosen.agent_id] = (x, replace(c, in_flight=c.in_flight + 1))
         return x
+
+
+def outside_candidates(
+    services: Sequence[OutsideService], fleet: str | None, r: redis.Redis
+) -> list[tuple[Listed, Candidate]]:
+    """Outside services as candidates: reputation from the trust score, no budget headroom
+    of ours, idleness from their in-flight counters, no SLA margin (not known)."""
+    if not services:
+        return []
+    flights = r.mget([inflight_key(s.agent_id) for s in services])
+    out = []
+    for s, flight in zip(services, flights, strict=True):
+        listed = Listed(
+            s.agent_id,
+            fleet or "",
+            Decimal(1),
+            s.capabilities,
+            s.endpoint,
+            service_id=s.service_id,
+        )
+        out.append(
+            (
+                listed,
+                Candidate(
+                    s.agent_id,
+                    Decimal(1),
+                    AgentStatus.ACTIVE,
+                    reputation=trust_reputation(s.trust_score),
+                    balance=None,
+                    in_flight=int(flight or 0),
+                    sla_compliant=None,
+                    sla_margin_pct=0.0,  # no SLA margin: none is known for them
+                ),
+            )
+        )
+    return out

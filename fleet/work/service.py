@@ -7,7 +7,9 @@ Per task, in order:
    (a worker died mid-task) is not sent a second time;
 2. **model** from the policy (:mod:`fleet.work.model_choice`), recorded with its reason;
 3. **agent** by fleet/routing.py's weighted score over the live pool
-   (:mod:`fleet.work.selection`);
+   (:mod:`fleet.work.selection`), plus outside agents from the marketplace when the
+   policy allows them (:mod:`fleet.work.outside`; the discovery call, when not served
+   from its cache, is a child of the task's span);
 4. **admission**: the estimate reserved against the budgets (when admission is wired);
    refused → the task ends ``refused`` with the budget that said no;
 5. **in flight**: the agent's counter (``fleet:inflight:{agent}``) is incremented before
@@ -24,6 +26,7 @@ Per task, in order:
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import uuid
@@ -37,14 +40,18 @@ import redis
 from config.policy import Policy
 from config.settings import WorkSettings
 from fleet import tracing
+from fleet.gateway.errors import GatewayError
 from fleet.gateway.loop import BackgroundLoop
 from fleet.hotstate import inflight_key
 from fleet.work import store
 from fleet.work.a2a import A2ADelivery, Outcome
 from fleet.work.measured import MeasuredSignals
 from fleet.work.model_choice import choose_model
-from fleet.work.selection import CandidateDirectory, Listed, Picker
+from fleet.work.outside import OutsideDirectory
+from fleet.work.selection import CandidateDirectory, Listed, Picker, outside_candidates
 from fleet.work.submission import TaskSubmission
+
+log = logging.getLogger(__name__)
 
 
 class Admission(Protocol):
@@ -91,6 +98,8 @@ class WorkDeps:
     measured: MeasuredSignals
     a2a_base: Callable[[Listed], str]
     admission: Admission | None = None
+    # Marketplace discovery of outside agents (used when routing.outside.allowed).
+    outside: OutsideDirectory | None = None
     rng: random.Random = field(default_factory=random.Random)
 
     def close(self) -> None:
@@ -245,6 +254,7 @@ def _choose_model(deps: WorkDeps, t: _Task) -> None:
 def _route(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
     """Pick an agent for each task and reserve its estimate; count it in flight."""
     by_fleet: dict[str | None, Picker] = {}
+    discovered: set[tuple[str | None, frozenset[str]]] = set()
     pipe = deps.redis.pipeline(transaction=False)
     ttl = int(deps.policy.work.delivery_timeout_s * 4) + 60
     for t in tasks:
@@ -258,6 +268,7 @@ def _route(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
             )
             by_fleet[t.sub.fleet] = picker
         tried = {a["agent_id"] for a in t.attempts}
+        _add_outside(deps, t, picker, discovered)
         route_span = _child(t, "work.route", {tracing.GENAI_REQUEST_MODEL: t.model})
         t.agent, t.reservation = picker.pick(t.sub.capabilities, exclude=tried), None
         if route_span is not None:
@@ -268,8 +279,10 @@ def _route(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
             route_span.end()
         if t.agent is None:
             t.state = "unroutable"
-            t.reason = f"no active agent with capabilities {sorted(t.sub.capabilities)}" + (
-                " other than those tried" if tried else ""
+            outside = " nor allowed outside agent" if _outside_on(deps) else ""
+            t.reason = (
+                f"no candidate: no active agent{outside} with capabilities "
+                f"{sorted(t.sub.capabilities)}" + (" other than those tried" if tried else "")
             )
             continue
         reservation = f"{t.task_id}.{len(t.attempts) + 1}"
@@ -303,6 +316,52 @@ def _route(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
         pipe.expire(inflight_key(t.agent.agent_id), ttl)
         store.mark_dispatched(pipe, t.task_id)
     pipe.execute()
+
+
+def _outside_on(deps: WorkDeps) -> bool:
+    return deps.outside is not None and deps.policy.routing.outside.allowed
+
+
+def _add_outside(
+    deps: WorkDeps,
+    t: _Task,
+    picker: Picker,
+    discovered: set[tuple[str | None, frozenset[str]]],
+) -> None:
+    """Outside candidates for this task's capabilities into its picker, once per batch;
+    the discovery (cached per capability set) runs inside the task's span."""
+    if deps.outside is None or not deps.policy.routing.outside.allowed:
+        return
+    caps = frozenset(t.sub.capabilities)
+    if (t.sub.fleet, caps) in discovered:
+        return
+    discovered.add((t.sub.fleet, caps))
+    span = _child(
+        t,
+        "work.discover",
+        {
+            "fleet.outside.discovery": deps.policy.routing.outside.discovery,
+            "fleet.outside.capabilities": ",".join(sorted(caps)),
+        },
+    )
+    token = tracing.attach(tracing.context_with(span)) if span is not None else None
+    try:
+        own = deps.directory.own_ids() | picker.own_agents
+        services, called = deps.outside.services(caps, own)
+    except (GatewayError, redis.RedisError) as exc:
+        # Discovery failing leaves our own agents: outside agents are an addition.
+        log.warning("outside agent discovery failed: %s", exc)
+        if span is not None:
+            tracing.set_error(span, f"discovery failed: {exc}")
+        services, called = [], False
+    finally:
+        if token is not None:
+            tracing.detach(token)
+    if span is not None:
+        span.set_attribute("fleet.outside.cached", not called)
+        span.set_attribute("fleet.outside.found", len(services))
+        span.end()
+    picker.add_outside(outside_candidates(services, t.sub.fleet, deps.redis))
 
 
 def _deliver(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
@@ -373,7 +432,14 @@ def _after(deps: WorkDeps, t: _Task) -> bool:
     if t.agent is None or o is None:
         return False  # unroutable or refused: its state says why
     t.outcome = None
-    attempt = {"agent_id": t.agent.agent_id, "state": o.state, "latency_ms": round(o.latency_ms, 1)}
+    attempt: dict[str, Any] = {
+        "agent_id": t.agent.agent_id,
+        "state": o.state,
+        "latency_ms": round(o.latency_ms, 1),
+    }
+    if t.agent.outside:
+        attempt["outside"] = True
+        attempt["service_id"] = t.agent.service_id
     if o.detail:
         attempt["detail"] = o.detail
     t.attempts.append(attempt)
