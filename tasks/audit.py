@@ -8,12 +8,14 @@ Appending is idempotent on event ids, so a redelivered message adds nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import socket
 from typing import Any
 
+import redis
 from celery import Task
 from pydantic import ValidationError
 
@@ -27,6 +29,7 @@ from fleet.audit.retention import ArchiveResult, archive_expired
 from fleet.audit.signing import MissingSigningKey
 from tasks._base import TRANSIENT, fleet_task, heartbeat_task, runtime
 from workers.queues import FleetQueue, TaskName
+from workers.runtime import AUDIT_IN_FLIGHT
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,11 @@ def append_batch(self: Task, events: list[dict[str, Any]]) -> int:
         except ValidationError as exc:
             # Producers validate when they build events; this is version skew. Keep the evidence.
             log.error("unreadable audit event kept out of the chain: %s; event: %r", exc, raw)
-    result = runtime().audit_log.append(valid)
+    rt = runtime()
+    result = rt.audit_log.append(valid)
+    # Appended (or known already): the producer's copy is no longer needed.
+    with contextlib.suppress(redis.RedisError):
+        rt.redis.hdel(AUDIT_IN_FLIGHT, self.request.id)
     if result.appended:
         _nudge_mirror()
     return result.appended

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import atexit
 import functools
+import uuid
 from collections.abc import Sequence
+from typing import Any
 
+import orjson
+import redis
 from celery import Celery
 
 from config.settings import Settings, get_settings
 from fleet.audit.events import AuditEvent
+from fleet.hotstate import connect
 from fleet.runtime import Message, Runtime, build_runtime
 from workers.queues import TaskName
 
@@ -45,18 +50,57 @@ def send_messages(celery_app: Celery, messages: Sequence[Message]) -> None:
             celery_app.send_task(name, kwargs=kwargs, producer=producer, ignore_result=True)
 
 
-def enqueue_audit(celery_app: Celery, batch_size: int, events: Sequence[AuditEvent]) -> None:
-    """Send events to the audit queue, ``batch_size`` per ``audit.append_batch`` message."""
+# Audit messages on their way: a message Redis hands to a worker that is SIGKILLed before
+# kombu records it as unacknowledged is gone from the broker, so the producer keeps each
+# message here until the audit worker has appended it (the log keeps an event once).
+AUDIT_IN_FLIGHT = "fleet:audit:in-flight"
+
+
+def enqueue_audit(
+    celery_app: Celery, batch_size: int, r: redis.Redis, events: Sequence[AuditEvent]
+) -> None:
+    """Send events to the audit queue, ``batch_size`` per ``audit.append_batch`` message,
+    each kept in :data:`AUDIT_IN_FLIGHT` until appended."""
     batch = list(events)
     with celery_app.producer_or_acquire() as producer:
         for start in range(0, len(batch), batch_size):
             payload = [e.model_dump(mode="json") for e in batch[start : start + batch_size]]
-            celery_app.send_task(
-                TaskName.AUDIT_APPEND_BATCH,
-                args=(payload,),
-                producer=producer,
-                ignore_result=True,
-            )
+            _send_audit(celery_app, producer, r, payload)
+
+
+# A message sent again this many times without being appended is left to the dead letters.
+AUDIT_RESENDS = 3
+
+
+def _send_audit(
+    celery_app: Celery, producer: Any, r: redis.Redis, payload: list[Any], resent: int = 0
+) -> None:
+    task_id = uuid.uuid4().hex
+    r.hset(AUDIT_IN_FLIGHT, task_id, orjson.dumps({"events": payload, "resent": resent}))
+    celery_app.send_task(
+        TaskName.AUDIT_APPEND_BATCH,
+        args=(payload,),
+        task_id=task_id,
+        producer=producer,
+        ignore_result=True,
+    )
+
+
+def resend_audit_in_flight(celery_app: Celery, r: redis.Redis) -> int:
+    """Send again every audit message not yet appended (an audit worker starting: one may
+    have been lost with a worker that died). Each goes under a new id; a copy that was not
+    lost is appended once all the same."""
+    resent = 0
+    with celery_app.producer_or_acquire() as producer:
+        for task_id, raw in r.hgetall(AUDIT_IN_FLIGHT).items():
+            if not r.hdel(AUDIT_IN_FLIGHT, task_id):
+                continue  # another starting worker re-sends it
+            kept = orjson.loads(raw)
+            if kept["resent"] >= AUDIT_RESENDS:
+                continue  # it never appends (a poison message): the dead letters hold it
+            _send_audit(celery_app, producer, r, kept["events"], kept["resent"] + 1)
+            resent += 1
+    return resent
 
 
 def celery_runtime(celery_app: Celery, settings: Settings) -> Runtime:
@@ -65,7 +109,10 @@ def celery_runtime(celery_app: Celery, settings: Settings) -> Runtime:
         settings,
         send=functools.partial(send_messages, celery_app),
         enqueue_audit=functools.partial(
-            enqueue_audit, celery_app, settings.policy.audit.batch_size
+            enqueue_audit,
+            celery_app,
+            settings.policy.audit.batch_size,
+            connect(settings.redis_url),
         ),
         alert_task=TaskName.DELIVER_ALERTS,
         escalate_task=TaskName.SLA_EVALUATE_AGENT,

@@ -24,6 +24,7 @@ from celery.signals import (
 
 from config.settings import get_settings
 from fleet import tracing
+from fleet.hotstate import connect
 from workers import runtime
 from workers import tracing as worker_tracing
 from workers.queues import FleetQueue, TaskName
@@ -66,6 +67,19 @@ def connect_signals(celery_app: Celery) -> None:
         consumed = set(getattr(celery_app.amqp.queues, "consume_from", None) or ())
         # A provisioning worker that starts (after a crash, a restart of the whole stack)
         # resumes what a dead one held now, from the records, not at the stall sweep.
+        if FleetQueue.AUDIT.value in consumed:
+            try:
+                # The main process of a prefork worker has no runtime: a client of its own.
+                r = connect(get_settings().redis_url)
+                try:
+                    resent = runtime.resend_audit_in_flight(celery_app, r)
+                finally:
+                    r.close()
+            except Exception as exc:  # noqa: BLE001 - the next audit worker to start tries again
+                log.warning("could not re-send the audit messages in flight: %s", exc)
+            else:
+                if resent:
+                    log.warning("re-sent %d audit messages not appended yet", resent)
         if FleetQueue.PROVISIONING.value in consumed:
             try:
                 celery_app.send_task(TaskName.RESUME_INTERRUPTED, ignore_result=True)

@@ -24,6 +24,7 @@ from fleet.audit.signing import Checkpoint, signature_valid
 from fleet.clock import ManualClock
 from fleet.gateway import GatewayClient, GatewayConfig
 from fleet.gateway import operations as ops
+from fleet.hotstate import connect
 from fleet.runtime import Runtime
 from fleet.storage.db import create_db_engine, migrate
 from stack.parts import celery_worker, producer_app, redis_server, wait_until
@@ -224,7 +225,7 @@ def test_through_the_queue_and_a_real_worker_across_an_outage(
                     )
                     for i in range(12)
                 ]
-                enqueue_audit(app, 3, events)
+                enqueue_audit(app, 3, connect(redis_url), events)
                 wait_until(lambda: log.head().seq == 12, timeout_s=30)
                 # The appends nudged the outbox; it hit the outage and holds everything.
                 wait_until(lambda: _publishes(sandbox, "503") >= 1, timeout_s=30)

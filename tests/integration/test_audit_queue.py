@@ -16,12 +16,13 @@ from config.settings import DEFAULT_POLICY_FILE, load_settings
 from fleet.audit.log import AuditLog
 from fleet.audit.signing import read_checkpoint_file
 from fleet.audit.verify import verify_log
+from fleet.hotstate import connect
 from fleet.storage.db import create_db_engine, migrate
 from stack.parts import celery_worker, producer_app, redis_server, wait_until
 from tests.support.trust import trust_env, trusted
 from tests.support.workload import audit_events
 from workers.queues import FleetQueue
-from workers.runtime import enqueue_audit
+from workers.runtime import AUDIT_IN_FLIGHT, enqueue_audit
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,8 @@ def test_entries_pass_through_the_queue_into_one_chain_and_redelivery_adds_nothi
     ):
         app = producer_app(redis_url)
         # Three messages, appended by two processes at once.
-        enqueue_audit(app, load_settings().policy.audit.batch_size, events)
+        r = connect(redis_url)
+        enqueue_audit(app, load_settings().policy.audit.batch_size, r, events)
         app.send_task(
             "audit.append_batch", args=([e.model_dump(mode="json") for e in events[:500]],)
         )  # a redelivery
@@ -73,6 +75,8 @@ def test_entries_pass_through_the_queue_into_one_chain_and_redelivery_adds_nothi
             lambda: log_file.read_text().count("audit.append_batch") >= 8, timeout_s=30
         )  # received + succeeded
         wait_until(lambda: log.head().seq >= 1200, timeout_s=30)
+        # Appended: the producer's copies of the three messages are let go.
+        wait_until(lambda: r.hlen(AUDIT_IN_FLIGHT) == 0, timeout_s=30)
         assert not sup.dead()
     report = verify_log(log)
     assert report.ok and report.entries == 1200, report.summary()
@@ -125,3 +129,22 @@ def test_fleet_audit_verify_exit_status_and_export_verified_alone(
     bad = _fleet(env, "audit", "verify")
     assert bad.returncode == 1
     assert "entry 7 was edited" in bad.stdout
+
+
+def test_a_message_lost_from_the_broker_is_sent_again_by_the_next_audit_worker(
+    redis_url: str, stack: tuple[dict[str, str], AuditLog], tmp_path: Path
+) -> None:
+    env, log = stack
+    r = connect(redis_url)
+    r.delete(AUDIT_IN_FLIGHT)
+    events = audit_events(30)
+    app = producer_app(redis_url)
+    enqueue_audit(app, 10, r, events)
+    # What a worker SIGKILLed between Redis's BRPOP and kombu's record leaves: no message.
+    assert r.delete(FleetQueue.AUDIT.value) == 1
+    with celery_worker(env, [FleetQueue.AUDIT], tmp_path, concurrency=1, name="audit"):
+        wait_until(lambda: log.head() is not None and log.head().seq >= 30, timeout_s=60)
+        wait_until(lambda: r.hlen(AUDIT_IN_FLIGHT) == 0, timeout_s=30)
+    assert log.head().seq == 30, "each entry once"
+    app.close()
+    r.close()
