@@ -31,7 +31,9 @@ from workers.queues import TaskName
 pytestmark = pytest.mark.integration
 
 TREASURY = "fleet-treasury"
-WORK_MS = 4000
+# Long enough that the approval, the sweep and the retirement task reach the drain while
+# the task still runs, even on a loaded machine.
+WORK_MS = 12000
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +116,12 @@ def test_retirement_waits_for_the_agents_in_flight_task(stack: Stack) -> None:
         app.send_task(TaskName.AUDIT_APPROVALS_SWEEP)
 
         # Routing stopped at once, but the retirement waits while the task runs.
-        wait_until(lambda: _row(stack, agent_id).status == "retiring", timeout_s=10)
+        wait_until(lambda: _row(stack, agent_id).status == "retiring", timeout_s=WORK_MS / 1000)
         assert inflight(r, agent_id) == 1
         time.sleep(1.0)
         assert _row(stack, agent_id).status == "retiring"
 
-        wait_until(lambda: _row(stack, agent_id).status == "retired", timeout_s=30)
+        wait_until(lambda: _row(stack, agent_id).status == "retired", timeout_s=60)
         retired_after = time.monotonic() - dispatched
         holder = str(r.get(store.idem_key(key)))
         record = store.task_state(r, sessions, holder)
