@@ -110,7 +110,9 @@ def test_demo_starts_a_worker_per_queue_and_ctrl_c_stops_everything(tmp_path: Pa
         def demo_provisioned() -> bool:
             found = statuses()
             fleet = [s for a, s in found.items() if a.startswith(("support-", "research-"))]
-            return len(fleet) == 10 and set(fleet) == {"active"}
+            # Provisioned: active, or already paused by the demo's short-cadence monitoring
+            # (a flaky agent can breach its SLA and reach tier 4 within the wait).
+            return len(fleet) == 10 and set(fleet) <= {"active", "paused"}
 
         wait_until(demo_provisioned, timeout_s=180, interval_s=1)
         found = statuses()
