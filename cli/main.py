@@ -15,6 +15,7 @@ from cli.commands import (
     budget,
     config,
     dlq,
+    economics,
     heartbeat,
     identity,
     keys,
@@ -77,6 +78,7 @@ main.add_command(report.report_group)
 # Measuring it
 main.add_command(bench.bench)
 main.add_command(budget.budget_group)
+main.add_command(economics.economics)
 
 
 if __name__ == "__main__":  # pragma: no cover

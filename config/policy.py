@@ -477,6 +477,54 @@ class TransparencyPolicy(_Model):
     )
 
 
+class FinopsPolicy(_Model):
+    """Issue 15: cost attribution, the weekly FinOps review and fleet economics.
+
+    Segments are agent id prefixes (a manifest group's ``id_prefix``); a segment not
+    named in a per-segment map takes the default.
+    """
+
+    # How a multi-agent task's cost is shared: its caller (the root task's agent) pays
+    # all, each agent its share of the spans in the task's trace, or the task's pool.
+    attribution_default: Literal["caller-pays", "proportional", "task-pool"] = "caller-pays"
+    attribution: dict[str, Literal["caller-pays", "proportional", "task-pool"]] = {}
+    # Every figure of the review and the economics is shown in this currency,
+    # converted through the gateway's exchange rates.
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3,5}$")] = "USD"
+    # What one completed task is worth to the operator (ROI, break-even), per segment.
+    value_per_task_default: Money = Decimal("0.00")
+    value_per_task: dict[str, Money] = {}
+    # A segment's weekly budget; a segment not named gets an equal share of
+    # budgets.fleet_day x 7 among the segments that spent.
+    weekly_budget: dict[str, Money] = {}
+    # Spent above this share of its budget: the segment is flagged in the review.
+    flag_over: Annotated[float, Field(gt=0)] = 1.10
+    trend_weeks: Annotated[int, Field(ge=1, le=52)] = 4
+    top_tasks: Annotated[int, Field(ge=1, le=100)] = 10
+    # The Monday review (crontab, UTC): the week before is reviewed.
+    review_cron_day_of_week: Annotated[int, Field(ge=0, le=6)] = 1
+    review_cron_hour: Annotated[int, Field(ge=0, le=23)] = 1
+    review_cron_minute: Annotated[int, Field(ge=0, le=59)] = 0
+    # Volume discount capture: the gateway tool whose tiers are asked for, and the
+    # quantities probed to find the tiers (the gateway answers one quantity at a time).
+    discount_tool: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "best_match"
+    discount_probe_quantities: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [
+        100,
+        1000,
+        10000,
+        100000,
+    ]
+    # Economics: the gateway calls one task makes, and the days a month counts.
+    calls_per_task: Annotated[float, Field(gt=0)] = 1.0
+    days_per_month: Annotated[int, Field(ge=1, le=31)] = 30
+
+    def attribution_for(self, segment: str) -> str:
+        return self.attribution.get(segment, self.attribution_default)
+
+    def value_for(self, segment: str) -> Decimal:
+        return self.value_per_task.get(segment, self.value_per_task_default)
+
+
 class Policy(_Model):
     sla_templates: dict[str, SlaTerms]
     escalation: EscalationPolicy
@@ -494,6 +542,7 @@ class Policy(_Model):
     retention: RetentionPolicy = RetentionPolicy()
     audit: AuditPolicy = AuditPolicy()
     transparency: TransparencyPolicy = TransparencyPolicy()
+    finops: FinopsPolicy = FinopsPolicy()
 
     @model_validator(mode="before")
     @classmethod

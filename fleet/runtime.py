@@ -50,6 +50,7 @@ from fleet.secrets import AgentKeyRing, KeyVault
 from fleet.sla.alerts import AlertDeps
 from fleet.sla.service import SlaDeps
 from fleet.storage.db import engine_for, session_factory
+from fleet.work import store as work_store
 from fleet.work.service import WorkDeps
 
 log = logging.getLogger(__name__)
@@ -408,6 +409,9 @@ class Runtime:
                 admission=BudgetsAdmission(self.budgets, s.policy),
                 outside=OutsideDirectory(
                     DiscoveryCache(self.redis, outside_policy), discover, outside_policy
+                ),
+                task_lookup=lambda task_id: work_store.task_state(
+                    self.redis, self.sessions, task_id
                 ),
             )
 

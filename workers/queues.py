@@ -67,6 +67,7 @@ class TaskName(StrEnum):
     AUDIT_APPROVALS_SWEEP = "audit.approvals_sweep"
     AUDIT_RELEASE_AGENT = "audit.release_agent"
     AUDIT_COMPLIANCE_REPORT = "audit.compliance_report"
+    AUDIT_FINOPS_REVIEW = "audit.finops_review"
 
     SUBMIT_TASK = "routing.submit_task"
     SUBMIT_TASKS = "routing.submit_tasks"

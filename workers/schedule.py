@@ -87,6 +87,18 @@ def build_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "kwargs": {},
         "options": {"expires": DAY_S},
     }
+    # Monday (policy finops.review_cron_*): every fleet's FinOps review of the week before.
+    finops = settings.policy.finops
+    schedule["audit-finops-weekly"] = {
+        "task": TaskName.AUDIT_FINOPS_REVIEW,
+        "schedule": crontab(
+            minute=finops.review_cron_minute,
+            hour=finops.review_cron_hour,
+            day_of_week=finops.review_cron_day_of_week,
+        ),
+        "kwargs": {},
+        "options": {"expires": DAY_S},
+    }
     # Budgets: reservations whose task vanished released, pauses and raised limits
     # re-asserted in Redis; the spend ledger's queued rows written in batches.
     schedule["budgets-sweep"] = _entry(TaskName.BUDGET_SWEEP, settings.budgets.sweep_s)

@@ -41,10 +41,15 @@ class WorkTask(Base):
     output_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
     latency_ms: Mapped[float | None] = mapped_column(Float, default=None)
     trace_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    # A sub-agent's task names the task that spawned it; the root is the tree's top
+    # (migration 0013). Both None for a task of its own.
+    parent_task_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    root_task_id: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index("ix_work_tasks_agent", "agent_id", "finished_at"),
         Index("ix_work_tasks_fleet_finished", "fleet", "finished_at"),
+        Index("ix_work_tasks_root", "root_task_id"),
     )

@@ -101,6 +101,9 @@ class WorkDeps:
     # Marketplace discovery of outside agents (used when routing.outside.allowed).
     outside: OutsideDirectory | None = None
     rng: random.Random = field(default_factory=random.Random)
+    # What is known of a task by its id ({} when unknown): a sub-task's parent is checked
+    # with it. None: parent_task_id is recorded unchecked.
+    task_lookup: Callable[[str], dict[str, Any]] | None = None
 
     def close(self) -> None:
         try:
@@ -130,6 +133,7 @@ class _Task:
     created_at: float = field(default_factory=time.time)
     span: tracing.Span | None = None  # the task's own span; its phases are children
     a2a_span: tracing.Span | None = None
+    root_task_id: str | None = None
 
 
 def _trace_id(sub: TaskSubmission) -> str | None:
@@ -208,7 +212,9 @@ def run_tasks(
         work.append((i, _open(sub, task_id)))
 
     for _, t in work:
-        _choose_model(deps, t)
+        _check_parent(deps, t)
+        if not t.state:
+            _choose_model(deps, t)
     pending = [t for _, t in work if not t.state]
     rounds = 2 if deps.policy.work.reroute_before_spend else 1
     for _ in range(rounds):
@@ -249,6 +255,28 @@ def _choose_model(deps: WorkDeps, t: _Task) -> None:
             t.estimate = deps.admission.estimate(t.model, t.sub.estimated_tokens)
         except ValueError as exc:  # a model the price table does not know
             t.state, t.reason = "refused", f"estimate: {exc}"
+
+
+def _check_parent(deps: WorkDeps, t: _Task) -> None:
+    """A sub-task's parent must exist and be in the same trace; the root is inherited."""
+    parent_id = t.sub.parent_task_id
+    if parent_id is None:
+        return
+    if deps.task_lookup is None:
+        t.root_task_id = parent_id
+        return
+    parent = deps.task_lookup(parent_id)
+    if not parent:
+        t.state, t.reason = "refused", f"parent_task_id: no task {parent_id}"
+        return
+    trace = parent.get("trace_id")
+    if trace and t.trace_id and trace != t.trace_id:
+        t.state, t.reason = (
+            "refused",
+            f"parent_task_id: task {parent_id} is in trace {trace}, this task in {t.trace_id}",
+        )
+        return
+    t.root_task_id = parent.get("root_task_id") or parent_id
 
 
 def _route(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
@@ -494,6 +522,8 @@ def _record(t: _Task) -> dict[str, Any]:
         "output_tokens": last.output_tokens if last else None,
         "latency_ms": round(last.latency_ms, 1) if last else None,
         "trace_id": t.trace_id,
+        "parent_task_id": t.sub.parent_task_id,
+        "root_task_id": t.root_task_id,
         "agent_traceparent": last.traceparent_seen if last else None,
         "created_at": t.created_at,
         "finished_at": time.time(),

@@ -67,6 +67,9 @@ class TaskSubmission(BaseModel):
     # What the agent is asked to do: text, sent as the A2A message's text part.
     input: Annotated[str, Field(max_length=100_000)] = ""
     trace: TraceContext | None = None
+    # A sub-agent's task: the task that spawned it (which must exist and be in the
+    # same trace); its cost rolls up to the root of the tree.
+    parent_task_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
 
 
 def parse_submission(data: Any) -> TaskSubmission:
