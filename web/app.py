@@ -118,6 +118,9 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
     from web.routes import budgets
 
     api.include_router(budgets.router)
+    from web.routes import finops
+
+    api.include_router(finops.router)
     return api
 
 

@@ -96,11 +96,20 @@ def build_trees(nodes: Iterable[TaskNode]) -> list[Tree]:
         else:
             tops.append(n.task_id)  # a root, or a sub-task whose parent is not in view
     trees = []
-    for top in sorted(tops):
-        rolled: dict[str, Cost] = {}
-        order: list[TaskNode] = []
-        _walk(top, frozenset({top}), by_id, children, rolled, order)
-        trees.append(Tree(by_id[top], tuple(order), rolled))
+    visited: set[str] = set()
+    pending = sorted(tops)
+    while True:
+        for top in pending:
+            rolled: dict[str, Cost] = {}
+            order: list[TaskNode] = []
+            _walk(top, frozenset({top}), by_id, children, rolled, order)
+            visited.update(rolled)
+            trees.append(Tree(by_id[top], tuple(order), rolled))
+        # Tasks in a parent cycle (bad data) have no top: the first one is made one.
+        left = sorted(set(by_id) - visited)
+        if not left:
+            break
+        pending = left[:1]
     return trees
 
 

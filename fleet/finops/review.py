@@ -212,7 +212,7 @@ def _ratio(a: Cost, b: Decimal) -> Decimal | None:
 def _per_task(cost: Cost, n: int) -> Cost:
     if isinstance(cost, Unknown):
         return UNKNOWN
-    return (cost / n).quantize(QUANTUM) if n else Decimal(0)
+    return (cost / n).quantize(QUANTUM) if n else UNKNOWN  # no task: no cost per task
 
 
 def _payer_segment(payer: str, prefixes: Mapping[str, str]) -> str:
@@ -231,6 +231,8 @@ def _segments(
     actual: dict[str, Cost] = {}
     modes: dict[str, str] = {}
     for tree in trees:
+        if not tree.agents:
+            continue  # nothing ran (refused, unroutable): nothing to attribute
         caller = tree.root.agent_id or tree.root.payer_id
         mode: Mode = f.attribution_for(segment_of(caller, prefixes))  # type: ignore[assignment]
         for payer, cost in attribute(tree, mode).items():
@@ -280,7 +282,9 @@ def _segments(
     return rows
 
 
-def _cost_per_task(nodes: Sequence[TaskNode]) -> dict[str, Any]:
+def _cost_per_task(all_nodes: Sequence[TaskNode]) -> dict[str, Any]:
+    """Over the tasks that reached an agent (a refused task is not a task done)."""
+    nodes = [n for n in all_nodes if n.agent_id]
     known = [n.cost for n in nodes if not isinstance(n.cost, Unknown)]
     unknown = len(nodes) - len(known)
     cost = total(known)
@@ -352,6 +356,7 @@ def _tree_json(tree: Tree) -> dict[str, Any]:
 
 
 def _top(trees: Sequence[Tree], n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    trees = [t for t in trees if t.agents]  # a task that never ran costs nothing to list
     known = [t for t in trees if not isinstance(t.cost, Unknown)]
     known.sort(key=lambda t: (-t.cost, t.root.task_id))  # type: ignore[operator]
     unknown = [t for t in trees if isinstance(t.cost, Unknown)]

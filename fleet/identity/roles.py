@@ -26,6 +26,7 @@ class Permission(StrEnum):
     SLA_CHECK = "sla:check"
     AUDIT_READ = "audit:read"
     TASKS_READ = "tasks:read"
+    FINOPS_READ = "finops:read"
     TASKS_SUBMIT = "tasks:submit"
     IDENTITY_ADMIN = "identity:admin"
 
@@ -58,6 +59,7 @@ _GRANTED_FROM: dict[Permission, Role] = {
     Permission.SLA_READ: Role.VIEWER,
     Permission.AUDIT_READ: Role.VIEWER,
     Permission.TASKS_READ: Role.VIEWER,
+    Permission.FINOPS_READ: Role.VIEWER,
     Permission.APPROVALS_REQUEST: Role.OPERATOR,
     Permission.PROVISIONING_SUBMIT: Role.OPERATOR,
     Permission.MONITORING_REPORT: Role.OPERATOR,
