@@ -50,8 +50,11 @@ def check_fleet(fleet: str) -> str:
 
 def overhead_per_hour(deps: FinopsDeps, fleet: str) -> Decimal | None:
     """The sweeps' measured cost at the gateway over the last hour; None when no sweep
-    of this fleet was measured (unknown, not $0)."""
-    measured = monitoring_overhead(deps.redis, deps.clock.now().timestamp())
+    of this fleet was measured, or the hot state cannot be read (unknown, not $0)."""
+    try:
+        measured = monitoring_overhead(deps.redis, deps.clock.now().timestamp())
+    except redis.RedisError:
+        return None
     o = measured.get(fleet)
     return None if o is None else o.charged
 

@@ -121,3 +121,37 @@ def test_submission_parent_task_id_is_validated() -> None:
     with pytest.raises(SubmissionError) as exc:
         parse_submission({**base, "parent_task_id": "not-a-task"})
     assert "parent_task_id" in str(exc.value)
+
+
+def test_a_sub_task_needs_its_parent_in_the_same_trace() -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from fleet.work.service import WorkDeps, _check_parent, _Task
+
+    parent, child_of_child = "ab" * 16, "cd" * 16
+    known = {
+        parent: {"task_id": parent, "trace_id": "1" * 32, "root_task_id": None},
+        child_of_child: {"task_id": child_of_child, "trace_id": "1" * 32, "root_task_id": parent},
+    }
+    deps = cast(WorkDeps, SimpleNamespace(task_lookup=lambda t: known.get(t, {})))
+    base: dict[str, Any] = {
+        "type": "t",
+        "estimated_tokens": 10,
+        "payer": {"kind": "agent", "id": "a"},
+        "idempotency_key": "k",
+    }
+
+    def run(parent_id: str, trace: str) -> _Task:
+        t = _Task(parse_submission({**base, "parent_task_id": parent_id}), "ef" * 16, trace)
+        _check_parent(deps, t)
+        return t
+
+    ok = run(parent, "1" * 32)
+    assert ok.state == "" and ok.root_task_id == parent
+    deeper = run(child_of_child, "1" * 32)
+    assert deeper.root_task_id == parent  # the root is inherited, not the parent
+    missing = run("00" * 16, "1" * 32)
+    assert missing.state == "refused" and "parent_task_id: no task" in str(missing.reason)
+    other = run(parent, "2" * 32)
+    assert other.state == "refused" and "is in trace" in str(other.reason)

@@ -40,7 +40,7 @@ def _review(rt: Runtime, fleet: str | None, week: str | None) -> dict[str, Any]:
                 return kept
         return service.review(deps, name, week)
     except ReviewError as exc:
-        raise ProblemError(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+        raise ProblemError(422, str(exc)) from None
     except (RateError, GatewayError) as exc:
         raise ProblemError(
             status.HTTP_502_BAD_GATEWAY,
