@@ -72,3 +72,19 @@ def test_cli_refuses_a_bad_week_by_name(runtime: RecordingRuntime) -> None:
     assert out.exit_code == 2 and "--week" in out.output and "ISO week" in out.output
     out = CliRunner().invoke(main, ["economics", "--fleet", "a/b"])
     assert out.exit_code == 2 and "--fleet" in out.output
+
+
+def test_the_weekly_task_keeps_the_review_and_refuses_a_bad_week(
+    monkeypatch: pytest.MonkeyPatch, runtime: RecordingRuntime
+) -> None:
+    from celery.exceptions import Reject
+
+    from tasks.finops import finops_review
+
+    monkeypatch.setenv("FLEET_REDIS__URL", "redis://127.0.0.1:1/0")
+    (written,) = finops_review.run(fleet="empty", week="2026-W48")
+    assert written.endswith("finops/empty-2026-W48.json")
+    kept = service.saved(runtime.audit_log.files.report_dir, "empty", "2026-W48")
+    assert kept is not None and kept["fleet"] == "empty"
+    with pytest.raises(Reject, match="week"):
+        finops_review.run(fleet="empty", week="W48")
