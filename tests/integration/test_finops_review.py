@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
@@ -30,7 +31,7 @@ from fleet.monitoring.sweep import overhead_key
 from fleet.storage.db import engine_for, migrate
 from fleet.work.records import WorkTask
 from tests.conftest import ROOT, SandboxProcess
-from tests.support.databases import sqlite_database
+from tests.support.databases import postgres_available, postgres_database, sqlite_database
 from tests.support.fleet_rows import insert_agents, sessions_for
 
 pytestmark = pytest.mark.integration
@@ -114,8 +115,22 @@ class Seeder:
         return task_id
 
 
-@pytest.fixture
-def world(tmp_path: Path, sandbox: SandboxProcess) -> Iterator[dict[str, Any]]:
+@contextmanager
+def database(kind: str, tmp_path: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        with sqlite_database(tmp_path) as url:
+            yield url
+        return
+    if not postgres_available():
+        pytest.skip("no PostgreSQL server reachable on 127.0.0.1:5432")
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def world(
+    request: pytest.FixtureRequest, tmp_path: Path, sandbox: SandboxProcess
+) -> Iterator[dict[str, Any]]:
     fleet = f"fin-{secrets.token_hex(4)}"
     base = load_policy(ROOT / "config" / "defaults" / "policy.yaml")
     policy = base.model_copy(
@@ -148,7 +163,7 @@ def world(tmp_path: Path, sandbox: SandboxProcess) -> Iterator[dict[str, Any]]:
         ),
         StaticKeyRing(sandbox.admin_key),
     )
-    with sqlite_database(tmp_path) as url:
+    with database(request.param, tmp_path) as url:
         migrate(engine_for(url))
         sessions = sessions_for(url)
         insert_agents(sessions, [R1, R2, W1, O1], fleet=fleet, policy=policy)
@@ -170,6 +185,7 @@ def world(tmp_path: Path, sandbox: SandboxProcess) -> Iterator[dict[str, Any]]:
             }
         finally:
             gateway.close()
+            sessions.kw["bind"].dispose()
             r.hdel(minute, f"{fleet}:calls", f"{fleet}:charged")
 
 
