@@ -477,6 +477,9 @@ class TransparencyPolicy(_Model):
     )
 
 
+AttributionMode = Literal["caller-pays", "proportional", "task-pool"]
+
+
 class FinopsPolicy(_Model):
     """Issue 15: cost attribution, the weekly FinOps review and fleet economics.
 
@@ -486,8 +489,8 @@ class FinopsPolicy(_Model):
 
     # How a multi-agent task's cost is shared: its caller (the root task's agent) pays
     # all, each agent its share of the spans in the task's trace, or the task's pool.
-    attribution_default: Literal["caller-pays", "proportional", "task-pool"] = "caller-pays"
-    attribution: dict[str, Literal["caller-pays", "proportional", "task-pool"]] = {}
+    attribution_default: AttributionMode = "caller-pays"
+    attribution: dict[str, AttributionMode] = {}
     # Every figure of the review and the economics is shown in this currency,
     # converted through the gateway's exchange rates.
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3,5}$")] = "USD"
@@ -518,7 +521,7 @@ class FinopsPolicy(_Model):
     calls_per_task: Annotated[float, Field(gt=0)] = 1.0
     days_per_month: Annotated[int, Field(ge=1, le=31)] = 30
 
-    def attribution_for(self, segment: str) -> str:
+    def attribution_for(self, segment: str) -> AttributionMode:
         return self.attribution.get(segment, self.attribution_default)
 
     def value_for(self, segment: str) -> Decimal:

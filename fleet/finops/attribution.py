@@ -12,9 +12,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
-from typing import Final, Literal
+from typing import Final
 
-Mode = Literal["caller-pays", "proportional", "task-pool"]
+from config.policy import AttributionMode
+
+Mode = AttributionMode
 MODES: Final = ("caller-pays", "proportional", "task-pool")
 
 

@@ -234,7 +234,7 @@ def _segments(
         if not tree.agents:
             continue  # nothing ran (refused, unroutable): nothing to attribute
         caller = tree.root.agent_id or tree.root.payer_id
-        mode: Mode = f.attribution_for(segment_of(caller, prefixes))  # type: ignore[assignment]
+        mode: Mode = f.attribution_for(segment_of(caller, prefixes))
         for payer, cost in attribute(tree, mode).items():
             seg = _payer_segment(payer, prefixes)
             actual[seg] = add(actual.get(seg, Decimal(0)), cost)

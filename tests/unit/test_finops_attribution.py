@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -125,7 +126,7 @@ def test_submission_parent_task_id_is_validated() -> None:
 
 def test_a_sub_task_needs_its_parent_in_the_same_trace() -> None:
     from types import SimpleNamespace
-    from typing import Any, cast
+    from typing import cast
 
     from fleet.work.service import WorkDeps, _check_parent, _Task
 
@@ -155,3 +156,17 @@ def test_a_sub_task_needs_its_parent_in_the_same_trace() -> None:
     assert missing.state == "refused" and "parent_task_id: no task" in str(missing.reason)
     other = run(parent, "2" * 32)
     assert other.state == "refused" and "is in trace" in str(other.reason)
+
+
+def test_policy_refuses_an_unknown_attribution_mode_by_name(tmp_path: Any) -> None:
+    from pathlib import Path
+
+    from config.errors import ConfigError
+    from config.policy import load_policy
+
+    defaults = Path(__file__).resolve().parents[2] / "config" / "defaults" / "policy.yaml"
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(f"extends: {defaults}\nfinops:\n  attribution: {{research: split}}\n")
+    with pytest.raises(ConfigError, match=r"finops\.attribution\.research"):
+        load_policy(bad)
+    assert load_policy(defaults).finops.flag_over == 1.10
