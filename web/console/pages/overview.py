@@ -169,18 +169,19 @@ def load_overview(rt: Runtime, fleet: str) -> Overview:
         if fleet != ALL_FLEETS:
             alert_q = alert_q.where(Alert.fleet == fleet)
         open_alerts = [alert_view(a) for a in session.scalars(alert_q)]
+        # Columns, not ORM objects: a day of sweeps is over a thousand rows a fleet.
         hist = [
-            HistoryRow(
-                r.finished_at,
-                r.agents,
-                r.critical,
-                r.latency_p99,
-                r.error_rate,
-                _money(r.burn_rate_per_hour),
-            )
-            for r in session.scalars(
-                select(FleetSweep)
-                .where(FleetSweep.fleet == fleet, FleetSweep.finished_at >= since)
+            HistoryRow(at, agents, critical, p99, err, _money(burn))
+            for at, agents, critical, p99, err, burn in session.execute(
+                select(
+                    FleetSweep.finished_at,
+                    FleetSweep.agents,
+                    FleetSweep.critical,
+                    FleetSweep.latency_p99,
+                    FleetSweep.error_rate,
+                    FleetSweep.burn_rate_per_hour,
+                )
+                .where(FleetSweep.started_at >= since, FleetSweep.fleet == fleet)
                 .order_by(FleetSweep.finished_at)
             )
         ]
