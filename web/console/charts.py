@@ -90,6 +90,7 @@ def line_chart(
     return Markup(
         f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" '
         f'height="{height}"><title>{summary}</title>'
+        f'<text x="{pad_l}" y="12" font-size="12" font-weight="600" fill="#1b1f24">{label}</text>'
         f'<line x1="{pad_l}" y1="{pad_t + inner_h}" x2="{width - pad_r}" y2="{pad_t + inner_h}" '
         f'stroke="#c9d0d8"/>'
         f'<text x="{pad_l - 4}" y="{pad_t + 4}" text-anchor="end" font-size="11" '
