@@ -155,3 +155,31 @@ def test_the_overview_renders_for_a_signed_in_viewer(client: TestClient) -> None
     page = client.get("/console/")
     assert page.status_code == 200, page.text
     assert 'aria-label="Console"' in page.text and "Agents by health" in page.text
+
+
+def _depends_on(dependant: object, target: object) -> bool:
+    deps = getattr(dependant, "dependencies", [])
+    return any(d.call is target or _depends_on(d, target) for d in deps)
+
+
+def test_every_console_page_needs_a_session_and_every_post_its_csrf_token() -> None:
+    """Each route under /console but signing in and the static files resolves the signed-in
+    person (ConsoleUser); each POST but signing in checks the form's CSRF token."""
+    import importlib
+
+    from fastapi.routing import APIRoute
+
+    from web.console import PAGE_MODULES, live, signin
+    from web.console.session import console_user, verify_csrf
+
+    routers = [signin.router, live.router] + [
+        importlib.import_module(name).router for name in PAGE_MODULES
+    ]
+    console = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
+    assert len(console) >= 8
+    for route in console:
+        if route.path == "/console/sign-in":
+            continue
+        assert _depends_on(route.dependant, console_user), f"{route.path} needs no session"
+        if "POST" in route.methods:
+            assert _depends_on(route.dependant, verify_csrf), f"POST {route.path} skips CSRF"
