@@ -403,3 +403,32 @@ def bench_budget(
     if not amount.is_finite() or amount <= 0:
         raise click.BadParameter(f"must be a positive amount, got {budget}", param_hint="--budget")
     bench_module.run(concurrency, amount, processes, threads, agents, keep)
+
+
+@bench.command("console")
+@click.option("--agents", type=click.IntRange(1), default=10000, show_default=True)
+@click.option(
+    "--requests", type=click.IntRange(1), default=20, show_default=True, help="Fetches a page."
+)
+@click.option(
+    "--updates", type=click.IntRange(1), default=5, show_default=True, help="Live updates timed."
+)
+@click.option(
+    "--critical-every",
+    type=click.IntRange(0),
+    default=50,
+    show_default=True,
+    help="One agent in this many is critical (0: none).",
+)
+@click.option(
+    "--keep", type=click.Path(file_okay=False), default=None, help="Keep the stack's files here."
+)
+@config_errors_exit
+def bench_console(
+    agents: int, requests: int, updates: int, critical_every: int, keep: str | None
+) -> None:
+    """The console's overview and agent list at AGENTS agents (server time, page size), and
+    a live update's delay after the sweep that caused it."""
+    from benchmarks import console
+
+    console.run(agents, requests, updates, critical_every, keep)

@@ -66,10 +66,14 @@ def worker(queue: str, concurrency: int | None, pool: str) -> None:
 @click.command()
 @config_errors_exit
 def api() -> None:
-    """Serve the HTTP API (OpenAPI at /docs) on FLEET_API__HOST:FLEET_API__PORT."""
+    """Serve the HTTP API (OpenAPI at /docs) and the web console (/console/) on
+    FLEET_API__HOST:FLEET_API__PORT."""
+    from cli.commands.up import console_url
     from stack.processes import api_argv
 
-    argv = api_argv(settings_for_cli())
+    settings = settings_for_cli()
+    click.echo(f"console   {console_url(settings)}", err=True)
+    argv = api_argv(settings)
     os.execv(argv[0], argv)
 
 
