@@ -16,6 +16,7 @@ TASK_MODULES = (
     "tasks.audit",
     "tasks.routing",
     "tasks.budgets",
+    "tasks.control",
 )
 
 

@@ -67,6 +67,10 @@ class TaskName(StrEnum):
     AUDIT_APPROVALS_SWEEP = "audit.approvals_sweep"
     AUDIT_RELEASE_AGENT = "audit.release_agent"
     AUDIT_COMPLIANCE_REPORT = "audit.compliance_report"
+    # The kill switch (fleet/control): on the audit queue, beside the approvals sweep.
+    CONTROL_RESUME_LOOP = "audit.control.resume_loop"
+    CONTROL_RELEASE_FLEET = "audit.control.release_fleet"
+    CONTROL_SYNC = "audit.control.sync"
 
     SUBMIT_TASK = "routing.submit_task"
     SUBMIT_TASKS = "routing.submit_tasks"

@@ -101,6 +101,9 @@ class WorkDeps:
     # Marketplace discovery of outside agents (used when routing.outside.allowed).
     outside: OutsideDirectory | None = None
     rng: random.Random = field(default_factory=random.Random)
+    # The kill switch (fleet.control.LoopState.check): raises LoopPaused while the control
+    # loop is paused, before any task is claimed, so the batch is held and sent again.
+    check_loop: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         try:
@@ -192,7 +195,10 @@ def _headers(t: _Task) -> dict[str, str]:
 def run_tasks(
     deps: WorkDeps, submissions: Sequence[tuple[TaskSubmission, str]]
 ) -> list[dict[str, Any]]:
-    """Run a batch of (submission, task id); one summary per submission, in order."""
+    """Run a batch of (submission, task id); one summary per submission, in order.
+
+    Raises fleet.control.LoopPaused (nothing claimed) while the control loop is paused."""
+    deps.check_loop()
     pairs = [(sub.idempotency_key, task_id) for sub, task_id in submissions]
     holders = store.claim(deps.redis, pairs, deps.settings.idempotency_ttl_s)
     phases = store.phases(deps.redis, holders)
