@@ -14,6 +14,7 @@ from cli.commands import (
     bench,
     budget,
     config,
+    control,
     dlq,
     heartbeat,
     identity,
@@ -77,6 +78,7 @@ main.add_command(report.report_group)
 # Measuring it
 main.add_command(bench.bench)
 main.add_command(budget.budget_group)
+main.add_command(control.control_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,6 +27,7 @@ class Permission(StrEnum):
     AUDIT_READ = "audit:read"
     TASKS_READ = "tasks:read"
     TASKS_SUBMIT = "tasks:submit"
+    CONTROL_OPERATE = "control:operate"  # the kill switch: pause the loop, freeze, ask release
     IDENTITY_ADMIN = "identity:admin"
 
 
@@ -64,6 +65,7 @@ _GRANTED_FROM: dict[Permission, Role] = {
     Permission.SLA_ACK: Role.OPERATOR,
     Permission.SLA_CHECK: Role.OPERATOR,
     Permission.TASKS_SUBMIT: Role.OPERATOR,
+    Permission.CONTROL_OPERATE: Role.OPERATOR,
     Permission.APPROVALS_DECIDE: Role.APPROVER,
     Permission.APPROVALS_REVIEW: Role.APPROVER,
     Permission.IDENTITY_ADMIN: Role.ADMIN,
