@@ -70,6 +70,7 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
         rt: Runtime | None = getattr(state, "runtime", None)
         return (rt.settings if rt is not None else get_settings()).api.max_body_bytes
 
+    from web.console.session import PREFIX as CONSOLE_PREFIX
     from web.routes.provisioning import PREFIX as PROVISIONING_PREFIX
 
     api.add_middleware(
@@ -77,6 +78,7 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
         max_body_bytes=max_body_bytes,
         authenticate=authenticate,
         yaml_paths=(PROVISIONING_PREFIX,),
+        cookie_paths=(CONSOLE_PREFIX,),
     )
     install_problem_handlers(api)
 
@@ -122,6 +124,10 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
     from web.routes import control
 
     api.include_router(control.router)
+
+    from web.console import install_console
+
+    install_console(api)
     return api
 
 

@@ -12,6 +12,10 @@ A pure ASGI middleware in front of every route. In order:
    clients without a token, anyone else with one;
 3. the body's content type: JSON, and YAML only where a route takes YAML (415).
 
+Under ``cookie_paths`` (the web console, web/console/) steps 2 and 3 are the
+console's own: it signs people in with an HttpOnly cookie, takes HTML forms and
+checks a CSRF token on every POST (web/console/session.py). The size limit holds.
+
 The authenticated principal is left in ``request.state.principal``; each
 route then names the permission it needs (:func:`web.app_auth.require`).
 """
@@ -65,6 +69,10 @@ def bearer_token(scope: Scope) -> str | None:
     return match.group(1).decode("ascii") if match else None
 
 
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
+
+
 def _media_type(scope: Scope) -> str:
     raw = _header(scope, b"content-type") or b""
     return raw.decode("latin-1").split(";")[0].strip().lower()
@@ -78,11 +86,13 @@ class AccessGuard:
         max_body_bytes: Callable[[], int],
         authenticate: Callable[[Scope, str], Principal | None],
         yaml_paths: tuple[str, ...] = (),
+        cookie_paths: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.authenticate = authenticate
         self.yaml_paths = yaml_paths
+        self.cookie_paths = cookie_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,6 +129,8 @@ class AccessGuard:
                 return problem_response(
                     413, f"the body is over {limit} bytes", error="BodyTooLarge"
                 )
+        if self.cookie_paths and _under(path, self.cookie_paths):
+            return None
         if (method, path) not in PUBLIC:
             loopback = (scope.get("client") or ("",))[0] in LOOPBACK_HOSTS
             token = bearer_token(scope)

@@ -81,6 +81,13 @@ def _check_ports_free(settings: Settings, *, sandbox: bool) -> None:
             )
 
 
+def console_url(settings: Settings) -> str:
+    """The web console's address: the API's, under /console/."""
+    host = settings.api.host
+    shown = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
+    return f"http://{shown}:{settings.api.port}/console/"
+
+
 def _safe_url(url: str) -> str:
     return url.split("@")[-1] if "@" in url else url
 
@@ -204,6 +211,8 @@ def run_up(
     control: SandboxControl | None = None
     try:
         _check_ports_free(settings, sandbox=not real_gateway)
+        # First: the one address a person needs (it answers once the api line below shows).
+        click.echo(f"console   {console_url(settings)}  (sign in with a `fleet users` account)")
         if settings.redis.url:
             click.echo(f"redis     {settings.redis_url} (configured)")
         else:
