@@ -3,6 +3,7 @@ and the API's refusals. Redis is fakeredis, the gateway a recorder; the database
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -23,7 +24,7 @@ from fleet.work.service import WorkDeps, run_tasks
 from fleet.work.submission import parse_submission
 from tests.conftest import RecordingRuntime
 from tests.support.fleet_rows import insert_agents
-from tests.support.identities import signed_in
+from tests.support.identities import PASSWORD, signed_in
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -234,3 +235,79 @@ def test_the_api_offers_the_switch_to_operators_only(
         assert asked.status_code == 202 and asked.json()["risk"] == "HIGH"
         bad = client.post("/api/v1/control/fleets/a b/freeze", json=body, headers=alice)
         assert bad.status_code == 422
+
+
+# --- the console pages (cookie sign-in, CSRF, confirmation step) ---------------------------
+
+CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
+PRESIGN = re.compile(r'name="presign" value="([^"]+)"')
+DIGEST = re.compile(
+    r'/console/approvals/([0-9a-f]+)/approve">\s*<input type="hidden" name="csrf" '
+    r'value="[0-9a-f]+">\s*<input type="hidden" name="digest" value="([0-9a-f]+)"'
+)
+
+
+def _console(rt: RecordingRuntime, username: str) -> tuple[TestClient, str]:
+    from web.app import create_api
+
+    client = TestClient(create_api(lambda: rt), base_url="http://127.0.0.1")
+    client.__enter__()
+    form = client.get("/console/sign-in")
+    presign = PRESIGN.search(form.text)
+    assert presign is not None
+    client.post(
+        "/console/sign-in",
+        data={"username": username, "password": PASSWORD, "presign": presign.group(1)},
+        follow_redirects=False,
+    )
+    page = client.get("/console/control")
+    assert page.status_code == 200, page.text
+    csrf = CSRF.search(page.text)
+    assert csrf is not None
+    return client, csrf.group(1)
+
+
+def test_console_kill_switch_confirms_then_acts_and_a_second_person_approves(
+    world: tuple[RecordingRuntime, RecordingGateway],
+) -> None:
+    from fleet.identity import Role
+
+    rt, _ = world
+    rt.identities.add_user("vera", Role.VIEWER, PASSWORD)
+    rt.identities.add_user("alice", Role.APPROVER, PASSWORD)
+    rt.identities.add_user("bob", Role.APPROVER, PASSWORD)
+    viewer, vcsrf = _console(rt, "vera")
+    assert "Pause the control loop" not in viewer.get("/console/control").text
+    refused = viewer.post("/console/control/pause", data={"csrf": vcsrf, "reason": "x"})
+    assert refused.status_code == 403 and rt.loop_state() is None
+
+    alice, acsrf = _console(rt, "alice")
+    asked = alice.post("/console/control/pause", data={"csrf": acsrf, "reason": "incident"})
+    assert asked.status_code == 200 and "Confirm: Pause the control loop" in asked.text
+    assert rt.loop_state() is None  # the confirmation step did nothing
+    no_reason = alice.post("/console/control/pause", data={"csrf": acsrf, "confirm": "yes"})
+    assert no_reason.status_code == 422 and "reason: say why" in no_reason.text
+    stale = alice.post(
+        "/console/control/pause", data={"csrf": "0" * 64, "reason": "x", "confirm": "yes"}
+    )
+    assert stale.status_code == 403 and rt.loop_state() is None
+    done = alice.post(
+        "/console/control/pause", data={"csrf": acsrf, "reason": "incident", "confirm": "yes"}
+    )
+    assert done.status_code == 200 and "Paused" in done.text
+    assert "user:alice" in (rt.loop_state() or "")
+    alice.post("/console/control/resume", data={"csrf": acsrf, "reason": "over", "confirm": "yes"})
+    inbox = alice.get("/console/approvals").text
+    assert "resume_control_loop" in inbox and "You raised this request" in inbox
+    assert DIGEST.search(inbox) is None  # no approve button for the one who asked
+
+    bob, bcsrf = _console(rt, "bob")
+    found = DIGEST.search(bob.get("/console/approvals").text)
+    assert found is not None
+    rid, digest = found.groups()
+    voted = bob.post(f"/console/approvals/{rid}/approve", data={"csrf": bcsrf, "digest": digest})
+    assert voted.status_code == 200 and "now approved" in voted.text
+    assert rt.approvals.get(rid).votes[0].approver == "user:bob"
+    wrong = alice.post(f"/console/approvals/{rid}/approve", data={"csrf": acsrf, "digest": digest})
+    assert "NotPending" in wrong.text or "SelfApproval" in wrong.text
+    assert bob.get("/console/audit").status_code == 200
