@@ -311,3 +311,33 @@ def test_console_kill_switch_confirms_then_acts_and_a_second_person_approves(
     wrong = alice.post(f"/console/approvals/{rid}/approve", data={"csrf": acsrf, "digest": digest})
     assert "NotPending" in wrong.text or "SelfApproval" in wrong.text
     assert bob.get("/console/audit").status_code == 200
+
+
+def test_console_provisioning_validates_before_sending_and_money_renders(
+    world: tuple[RecordingRuntime, RecordingGateway],
+) -> None:
+    from fleet.identity import Role
+
+    rt, _ = world
+    rt.identities.add_user("otto", Role.OPERATOR, PASSWORD)
+    client, csrf = _console(rt, "otto")
+    bad = client.post(
+        "/console/provisioning/validate",
+        data={"csrf": csrf, "manifest": "fleet: demo\nenvironment: nowhere\nagents: []\n"},
+    )
+    assert bad.status_code == 422 and "<code>environment" in bad.text
+    assert rt.sent == []  # nothing was sent
+    good = client.post(
+        "/console/provisioning/validate",
+        data={
+            "csrf": csrf,
+            "manifest": "fleet: demo\nenvironment: staging\nagents:\n"
+            "  - {id_prefix: sup, count: 2, tier: free, initial_balance: '1.00',"
+            " sla_template: standard-support, capabilities: [support]}\n",
+        },
+    )
+    assert good.status_code == 200, good.text
+    assert "Provision 2 agents" in good.text and rt.sent == []
+    money = client.get("/console/money")
+    assert money.status_code == 200 and "Model mix today" in money.text
+    assert client.get("/console/provisioning").status_code == 200

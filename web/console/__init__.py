@@ -29,6 +29,8 @@ PAGE_MODULES: list[str] = [
     "web.console.pages.control",
     "web.console.pages.approvals",
     "web.console.pages.audit",
+    "web.console.pages.provisioning",
+    "web.console.pages.money",
 ]
 
 
