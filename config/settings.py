@@ -271,6 +271,25 @@ class ApiSettings(_Section):
         return None if value == "" else value
 
 
+class ConsoleSettings(_Section):
+    """The web console (web/console/, README, The console)."""
+
+    # The live stream looks for a newer sweep this often: an update reaches the
+    # browser within this (plus rendering) of the sweep that caused it.
+    live_poll_s: Annotated[float, Field(ge=0.05, le=10)] = 0.25
+    # A live stream ends after this long; the browser's EventSource reconnects.
+    live_max_s: Annotated[float, Field(ge=5, le=3600)] = 300.0
+    # Rows per page of agent lists, and the most a page may ask for.
+    page_size: Annotated[int, Field(ge=5, le=1000)] = 50
+    max_page_size: Annotated[int, Field(ge=5, le=5000)] = 500
+    # Open alerts shown on the overview, newest first.
+    overview_alerts: Annotated[int, Field(ge=1, le=500)] = 20
+    # Hours of history the charts show.
+    history_hours: Annotated[int, Field(ge=1, le=24 * 31)] = 24
+    # Recent tasks and audit entries on an agent's page.
+    agent_recent: Annotated[int, Field(ge=1, le=500)] = 20
+
+
 class IdentitySettings(_Section):
     """Who may call the API (README, Security and access)."""
 
@@ -387,6 +406,7 @@ class Settings(BaseSettings):
     supervisor: SupervisorSettings = SupervisorSettings()
     flower: FlowerSettings = FlowerSettings()
     api: ApiSettings = ApiSettings()
+    console: ConsoleSettings = ConsoleSettings()
     audit: AuditSettings = AuditSettings()
 
     @model_validator(mode="after")

@@ -147,6 +147,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if reason is not None:
         pytest.skip(reason)
     base = tmp_path_factory.mktemp("fleet-up")
+    # The demo's policy, with silences short enough that an agent gone quiet turns
+    # critical within half a minute (3 heartbeat intervals of 10 s).
+    policy = base / "e2e-policy.yaml"
+    policy.write_text(
+        f"extends: {ROOT / 'config' / 'defaults' / 'demo-policy.yaml'}\n"
+        "monitoring:\n  heartbeat_unknown_after: 1.5\n  heartbeat_critical_after: 3\n"
+    )
     ports = {name: free_port() for name in ("redis", "sandbox", "flower", "api")}
     env = {
         **os.environ,
@@ -156,6 +163,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "FLEET_FLOWER__PORT": str(ports["flower"]),
         "FLEET_API__PORT": str(ports["api"]),
         "FLEET_FLOWER__PASSWORD": "e2e",
+        "FLEET_POLICY_FILE": str(policy),
         "PYTHONPATH": str(ROOT),
     }
     for name in ("FLEET_REDIS__URL", "FLEET_DATABASE_URL", "FLEET_GATEWAY__BASE_URL"):

@@ -6,6 +6,7 @@ import re
 import warnings
 from collections.abc import Iterator
 
+import fakeredis
 import pytest
 
 with warnings.catch_warnings():
@@ -24,6 +25,7 @@ PRESIGN = re.compile(r'name="presign" value="([^"]+)"')
 def client(runtime: RecordingRuntime) -> Iterator[TestClient]:
     from web.app import create_api
 
+    runtime.redis = fakeredis.FakeRedis(decode_responses=True)
     runtime.identities.add_user("vera", Role.VIEWER, PASSWORD)
     runtime.identities.add_user("otto", Role.OPERATOR, PASSWORD)
     with TestClient(create_api(lambda: runtime), base_url="http://127.0.0.1") as c:
@@ -146,3 +148,10 @@ def test_the_nav_offers_only_what_the_role_may_open(client: TestClient) -> None:
 def test_the_guard_still_refuses_the_api_without_a_token(client: TestClient) -> None:
     sign_in(client, "vera")
     assert client.get("/api/v1/approvals").status_code == 401
+
+
+def test_the_overview_renders_for_a_signed_in_viewer(client: TestClient) -> None:
+    sign_in(client, "vera")
+    page = client.get("/console/")
+    assert page.status_code == 200, page.text
+    assert 'aria-label="Console"' in page.text and "Agents by health" in page.text
