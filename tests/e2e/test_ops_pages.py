@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from fleet.monitoring import sweep as sweeping
@@ -17,9 +18,16 @@ from tests.e2e.conftest import Stack, check_a11y, shot, sign_in, wait_for
 SWEEP_S = 15.0
 APPROVALS_SWEEP_S = 60.0
 
+# The session's `fleet up --demo` starts inside the first test (minutes on a loaded box),
+# and the resume waits for one approvals sweep: more than the suite's default 300 s.
+pytestmark = pytest.mark.timeout(900)
+
 
 def _stats(stack: Stack) -> dict[str, int]:
-    r = redis.Redis(port=int(stack.env["FLEET_REDIS__EMBEDDED_PORT"]), decode_responses=True)
+    # The embedded Redis's password, generated once into the data directory.
+    password = (stack.data_dir / "redis" / "password").read_text().strip()
+    port = int(stack.env["FLEET_REDIS__EMBEDDED_PORT"])
+    r = redis.Redis(port=port, password=password, decode_responses=True)
     try:
         return {k: int(v) for k, v in r.hgetall(sweeping.STATS_KEY).items()}
     finally:
