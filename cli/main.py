@@ -14,6 +14,7 @@ from cli.commands import (
     bench,
     budget,
     config,
+    control,
     dlq,
     economics,
     heartbeat,
@@ -79,6 +80,8 @@ main.add_command(report.report_group)
 main.add_command(bench.bench)
 main.add_command(budget.budget_group)
 main.add_command(economics.economics)
+
+main.add_command(control.control_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -437,6 +437,18 @@ class WorkPolicy(_Model):
     poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.2
 
 
+class ControlPolicy(_Model):
+    """The kill switch (fleet/control): how work held by a pause waits, how Redis is kept true."""
+
+    # Work held by a paused control loop (an escalation action, a provisioning step, a
+    # batch of tasks) is tried again after this long, without spending an attempt.
+    recheck_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # Beat re-asserts the pause and the fleet freezes from the database into Redis.
+    sync_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Longest reason a person may give for a pause or a freeze.
+    max_reason_chars: Annotated[int, Field(gt=0, le=10000)] = 500
+
+
 class RetentionPolicy(_Model):
     metrics_days: Annotated[float, Field(gt=0)] = 90
     audit_days: Annotated[float, Field(ge=183)] = 183
@@ -542,6 +554,7 @@ class Policy(_Model):
     disputes: DisputePolicy = DisputePolicy()
     routing: RoutingPolicy = RoutingPolicy()
     work: WorkPolicy = WorkPolicy()
+    control: ControlPolicy = ControlPolicy()
     retention: RetentionPolicy = RetentionPolicy()
     audit: AuditPolicy = AuditPolicy()
     transparency: TransparencyPolicy = TransparencyPolicy()

@@ -34,6 +34,7 @@ from fleet.audit.group import GroupSink
 from fleet.audit.log import AuditLog
 from fleet.budgets.admission import BUDGET_PAUSE_TASK, Budgets, pause_message
 from fleet.clock import Clock, SystemClock
+from fleet.control import ControlDeps, LoopState
 from fleet.durability.control import is_provisioning_frozen
 from fleet.escalation.actions import ActionDeps
 from fleet.gateway import GatewayClient, GatewayConfig
@@ -227,7 +228,11 @@ class Runtime:
                 clock=self.clock,
                 audit=audit.record,
                 lock=self.lock,
-                is_frozen=lambda fleet: is_provisioning_frozen(self.sessions, fleet),
+                is_frozen=lambda fleet: (
+                    is_provisioning_frozen(self.sessions, fleet)
+                    or self.loop_state.fleet_frozen(fleet)
+                ),
+                check_loop=self.loop_state.check,
                 lock_ttl_s=s.schedule.provisioning_lock_ttl_s,
                 keys=self.keys,
             )
@@ -245,6 +250,7 @@ class Runtime:
                 metrics=s.metrics,
                 interval_s=s.schedule.metrics_sweep_s,
                 admin_key_configured=bool(s.gateway.admin_key.get_secret_value()),
+                paused=self.loop_state,
                 clock=self.clock,
                 handoff=Handoff(
                     notify=self._notify,
@@ -340,6 +346,30 @@ class Runtime:
                 self.approvals,
                 admin_agent_id=self.settings.gateway.admin_agent_id,
                 operator_agent_id=self.settings.gateway.operator_agent_id,
+                paused=self.loop_state,
+            ),
+        )
+
+    @property
+    def loop_state(self) -> LoopState:
+        """The kill switch as the sweep, escalation, dispatch and provisioning read it."""
+        return self._once(
+            "loop_state",
+            lambda: LoopState(self.redis, self.sessions, self.settings.policy.control),
+        )
+
+    @property
+    def control(self) -> ControlDeps:
+        """The kill switch's own operations (fleet.control)."""
+        return self._once(
+            "control",
+            lambda: ControlDeps(
+                self.sessions,
+                self.redis,
+                self.approvals,
+                self.clock,
+                self.gateway,
+                self.settings.policy.control,
             ),
         )
 
@@ -413,6 +443,8 @@ class Runtime:
                 task_lookup=lambda task_id: work_store.task_state(
                     self.redis, self.sessions, task_id
                 ),
+
+                check_loop=self.loop_state.check,
             )
 
         return self._once("work", build)

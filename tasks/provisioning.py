@@ -23,6 +23,7 @@ from celery.exceptions import Reject
 
 from fleet.approvals import NotApproved
 from fleet.approvals.gate import Held, clear, run_approved
+from fleet.control import LoopPaused
 from fleet.hotstate import break_dead_lock, inflight
 from fleet.provisioning import lifecycle, pipeline
 from fleet.provisioning.manifest import ManifestError
@@ -67,9 +68,12 @@ def provision_fleet(
     }
 
 
-@fleet_task(TaskName.PROVISION_AGENT)
-def provision_agent(job_id: str, agent_id: str) -> dict[str, Any]:
-    status = pipeline.provision_agent(runtime().provisioning, agent_id)
+@fleet_task(TaskName.PROVISION_AGENT, bind=True)
+def provision_agent(self: Task, job_id: str, agent_id: str) -> dict[str, Any]:
+    try:
+        status = pipeline.provision_agent(runtime().provisioning, agent_id)
+    except LoopPaused as paused:  # the kill switch: the step waits, no attempt spent
+        raise self.retry(countdown=paused.retry_in, max_retries=None) from None
     return {
         "job_id": job_id,
         "agent_id": agent_id,

@@ -32,6 +32,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 
+from fleet.control import LoopPaused
 from fleet.work import store
 from fleet.work.service import run_tasks
 from fleet.work.submission import SubmissionError, parse_submission
@@ -51,7 +52,10 @@ def submit_task(self: Task, task: Any) -> dict[str, Any]:
         sub = parse_submission(task)
     except SubmissionError as exc:
         raise Reject(f"invalid task: {exc}", requeue=False) from None
-    return run_tasks(runtime().work, [(sub, str(self.request.id))])[0]
+    try:
+        return run_tasks(runtime().work, [(sub, str(self.request.id))])[0]
+    except LoopPaused as paused:  # the kill switch: held, sent again, nothing claimed
+        raise self.retry(countdown=paused.retry_in, max_retries=None) from None
 
 
 @fleet_task(TaskName.SUBMIT_TASKS, bind=True)
@@ -67,7 +71,10 @@ def submit_tasks(self: Task, tasks: Any) -> dict[str, Any]:
             problems += [f"tasks.{i}.{p}" for p in exc.problems]
     if problems:
         raise Reject("invalid tasks: " + "; ".join(problems), requeue=False)
-    done = run_tasks(runtime().work, subs)
+    try:
+        done = run_tasks(runtime().work, subs)
+    except LoopPaused as paused:
+        raise self.retry(countdown=paused.retry_in, max_retries=None) from None
     states: dict[str, int] = {}
     for d in done:
         states[str(d["state"])] = states.get(str(d["state"]), 0) + 1

@@ -125,6 +125,10 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
     api.include_router(finops.router)
 
 
+    from web.routes import control
+
+    api.include_router(control.router)
+
     from web.console import install_console
 
     install_console(api)

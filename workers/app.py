@@ -17,6 +17,7 @@ TASK_MODULES = (
     "tasks.routing",
     "tasks.budgets",
     "tasks.finops",
+    "tasks.control",
 )
 
 

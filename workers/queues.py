@@ -69,6 +69,11 @@ class TaskName(StrEnum):
     AUDIT_COMPLIANCE_REPORT = "audit.compliance_report"
     AUDIT_FINOPS_REVIEW = "audit.finops_review"
 
+    # The kill switch (fleet/control): on the audit queue, beside the approvals sweep.
+    CONTROL_RESUME_LOOP = "audit.control.resume_loop"
+    CONTROL_RELEASE_FLEET = "audit.control.release_fleet"
+    CONTROL_SYNC = "audit.control.sync"
+
     SUBMIT_TASK = "routing.submit_task"
     SUBMIT_TASKS = "routing.submit_tasks"
     FLUSH_WORK_RECORDS = "routing.flush_records"

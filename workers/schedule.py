@@ -56,6 +56,9 @@ def build_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     # no-overlap lock, and its batches expire before the next tick: a slow
     # sweep is skipped, never stacked, and a second beat doubles nothing.
     schedule["metrics-sweep"] = _entry(TaskName.METRICS_SWEEP, s.metrics_sweep_s)
+    # The kill switch's flags in Redis re-asserted from the database (a restarted Redis
+    # must not un-pause the control loop).
+    schedule["control-sync"] = _entry(TaskName.CONTROL_SYNC, settings.policy.control.sync_s)
     # Silent agents (no heartbeat for a policy multiple of its interval) turn unknown,
     # then critical, and the fleet view is folded from the snapshots: as often as the
     # sweep, so a dead agent shows within one interval of crossing its limit.

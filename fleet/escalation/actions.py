@@ -95,6 +95,8 @@ class ActionDeps:
     # settings.gateway: notices go from the admin key's agent to the operator's inbox.
     admin_agent_id: str = "fleet-admin"
     operator_agent_id: str = "fleet-operator"
+    # The kill switch (fleet.control.LoopState): a reason while the control loop is paused.
+    paused: Callable[[], str | None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,13 @@ def run_action(
     approval_id: str | None = None,
 ) -> Outcome:
     """Claim and run one tier's action for one episode (see the module docstring)."""
+    paused = deps.paused()
+    if paused is not None:
+        # Nothing claimed, no attempt spent: the action runs once the loop is resumed.
+        log.info("episode %s tier %d waits: %s", episode_id, tier, paused)
+        return Outcome(
+            "retry", tier, episode_id, {"waiting": paused}, retry_in=deps.policy.control.recheck_s
+        )
     claim = _claim(deps, episode_id, tier, worker, queue, approval_id, deps.clock.now())
     if isinstance(claim, Outcome):
         if claim.status in ("duplicate", "missing", "held"):

@@ -28,6 +28,7 @@ class Permission(StrEnum):
     TASKS_READ = "tasks:read"
     FINOPS_READ = "finops:read"
     TASKS_SUBMIT = "tasks:submit"
+    CONTROL_OPERATE = "control:operate"  # the kill switch: pause the loop, freeze, ask release
     IDENTITY_ADMIN = "identity:admin"
 
 
@@ -66,6 +67,7 @@ _GRANTED_FROM: dict[Permission, Role] = {
     Permission.SLA_ACK: Role.OPERATOR,
     Permission.SLA_CHECK: Role.OPERATOR,
     Permission.TASKS_SUBMIT: Role.OPERATOR,
+    Permission.CONTROL_OPERATE: Role.OPERATOR,
     Permission.APPROVALS_DECIDE: Role.APPROVER,
     Permission.APPROVALS_REVIEW: Role.APPROVER,
     Permission.IDENTITY_ADMIN: Role.ADMIN,

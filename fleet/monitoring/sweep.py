@@ -114,6 +114,8 @@ class MonitorDeps:
     handoff: alerts_mod.Handoff
     # The plan may put wallet reads on the admin key only when there is one.
     admin_key_configured: bool = False
+    # The kill switch (fleet.control.LoopState): a reason while the control loop is paused.
+    paused: Callable[[], str | None] = lambda: None
     agent_rules: AgentRules = field(init=False)
     fleet_rules: FleetRules = field(init=False)
 
@@ -164,6 +166,11 @@ def start_sweep(
     picks the slice of the fleet (default: the tick's place in the period).
     """
     r, now, interval = deps.redis, deps.now(), deps.interval_s
+    paused = deps.paused()
+    if paused is not None:
+        r.hincrby(STATS_KEY, "skipped_paused", 1)
+        log.info("sweep skipped: %s", paused)
+        return None
     window_ms = max(1, int(interval * 0.9 * 1000))
     taken = (
         r.set(tick_key("beat"), "1", nx=True, px=window_ms)

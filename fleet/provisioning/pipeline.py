@@ -173,6 +173,9 @@ class ProvisioningDeps:
     # a lease (renewed after every step) or None when another worker holds it.
     lock: Callable[[str, float], AbstractContextManager[Lease | None]]
     is_frozen: Callable[[str], bool] = lambda fleet: False
+    # The kill switch (fleet.control.LoopState.check): raises LoopPaused while the whole
+    # control loop is paused, so no provisioning step runs.
+    check_loop: Callable[[], None] = lambda: None
     # Longer than one step can take (retry ceiling × timeout); a worker killed
     # mid-agent delays that agent by at most this much.
     lock_ttl_s: float = 60.0
@@ -425,6 +428,7 @@ def key_tier(agent: Agent) -> str:
 def provision_agent(deps: ProvisioningDeps, agent_id: str) -> AgentStatus | None:
     """Run the remaining steps of one agent. Returns its status, or None when
     another worker holds it (a duplicate message; that worker finishes it)."""
+    deps.check_loop()
     with deps.lock(f"provision:{agent_id}", deps.lock_ttl_s) as lease:
         if lease is None:
             return None

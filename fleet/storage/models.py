@@ -6,6 +6,7 @@ Domain modules define their tables next to their logic and are listed here.
 import fleet.approvals.models  # noqa: E401,F401  (audit log and approvals tables)
 import fleet.audit.models
 import fleet.budgets.models  # noqa: E402,F401  (spend ledger, spending pauses, raised limits)
+import fleet.control.models  # noqa: E402,F401  (control-loop pause, fleet freezes)
 import fleet.durability.models  # noqa: E402,F401  (provisioning freezes, dead letters)
 import fleet.identity.models  # noqa: E402,F401  (accounts, service tokens, sign-in sessions)
 import fleet.monitoring.models  # noqa: E402,F401  (hourly agent history, fleet sweeps, alerts)

@@ -105,6 +105,10 @@ class WorkDeps:
     # with it. None: parent_task_id is recorded unchecked.
     task_lookup: Callable[[str], dict[str, Any]] | None = None
 
+    # The kill switch (fleet.control.LoopState.check): raises LoopPaused while the control
+    # loop is paused, before any task is claimed, so the batch is held and sent again.
+    check_loop: Callable[[], None] = lambda: None
+
     def close(self) -> None:
         try:
             self.measured.flush()
@@ -196,7 +200,10 @@ def _headers(t: _Task) -> dict[str, str]:
 def run_tasks(
     deps: WorkDeps, submissions: Sequence[tuple[TaskSubmission, str]]
 ) -> list[dict[str, Any]]:
-    """Run a batch of (submission, task id); one summary per submission, in order."""
+    """Run a batch of (submission, task id); one summary per submission, in order.
+
+    Raises fleet.control.LoopPaused (nothing claimed) while the control loop is paused."""
+    deps.check_loop()
     pairs = [(sub.idempotency_key, task_id) for sub, task_id in submissions]
     holders = store.claim(deps.redis, pairs, deps.settings.idempotency_ttl_s)
     phases = store.phases(deps.redis, holders)

@@ -26,6 +26,11 @@ PAGE_MODULES: list[str] = [
     "web.console.pages.overview",
     "web.console.pages.agents",
     "web.console.pages.sla",
+    "web.console.pages.control",
+    "web.console.pages.approvals",
+    "web.console.pages.audit",
+    "web.console.pages.provisioning",
+    "web.console.pages.money",
 ]
 
 

@@ -1,0 +1,43 @@
+"""The kill switch: the control-loop pause, agent and fleet freezes (see fleet.control.service)."""
+
+from fleet.control.service import (
+    FLEETS_KEY,
+    LOOP_KEY,
+    RELEASE_FLEET_TASK,
+    RESUME_TASK,
+    ControlDeps,
+    ControlError,
+    LoopPaused,
+    LoopState,
+    freeze_agent,
+    freeze_fleet,
+    pause_loop,
+    release_fleet,
+    request_agent_release,
+    request_fleet_release,
+    request_resume,
+    resume_loop,
+    state,
+    sync,
+)
+
+__all__ = [
+    "FLEETS_KEY",
+    "LOOP_KEY",
+    "RELEASE_FLEET_TASK",
+    "RESUME_TASK",
+    "ControlDeps",
+    "ControlError",
+    "LoopPaused",
+    "LoopState",
+    "freeze_agent",
+    "freeze_fleet",
+    "pause_loop",
+    "release_fleet",
+    "request_agent_release",
+    "request_fleet_release",
+    "request_resume",
+    "resume_loop",
+    "state",
+    "sync",
+]
