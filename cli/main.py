@@ -21,6 +21,7 @@ from cli.commands import (
     probe,
     provisioning,
     report,
+    scale,
     services,
     sla,
     status,
@@ -77,6 +78,7 @@ main.add_command(report.report_group)
 # Measuring it
 main.add_command(bench.bench)
 main.add_command(budget.budget_group)
+main.add_command(scale.scale_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -118,6 +118,10 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
     from web.routes import budgets
 
     api.include_router(budgets.router)
+
+    from web.routes import scaling
+
+    api.include_router(scaling.router)
     return api
 
 

@@ -1185,11 +1185,12 @@ def add_agents(
     with write_session(deps.sessions) as s:
         if s.get(ProvisioningJob, job_id) is not None:
             linked = list(s.scalars(select(JobAgent.agent_id).where(JobAgent.job_id == job_id)))
-            statuses = dict(
-                s.execute(select(Agent.agent_id, Agent.status).where(Agent.agent_id.in_(linked)))
-                .tuples()
-                .all()
-            )
+            statuses = {
+                str(a): str(st)
+                for a, st in s.execute(
+                    select(Agent.agent_id, Agent.status).where(Agent.agent_id.in_(linked))
+                )
+            }
             pending = [a for a in linked if statuses.get(a) != AgentStatus.ACTIVE]
             return JobSubmission(job_id, len(linked), pending, len(linked) - len(pending))
         s.add(_job_row(job_id, manifest, now, submitted_by, JobState.RUNNING, []))

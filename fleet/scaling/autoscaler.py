@@ -109,13 +109,14 @@ def agent_index(agent_id: str) -> int:
 
 def segment_agents(deps: ScalingDeps, segment: str) -> list[SegmentAgent]:
     with deps.sessions() as s:
-        rows = list(
-            s.execute(
+        rows = [
+            (str(a), str(st))
+            for a, st in s.execute(
                 select(Agent.agent_id, Agent.status).where(
                     Agent.id_prefix == segment, Agent.status.in_([*SIZED, *LOADED])
                 )
-            ).tuples()
-        )
+            )
+        ]
     ids = [a for a, _ in rows]
     counts = deps.redis.mget([inflight_key(a) for a in ids]) if ids else []
     fresh_after = deps.clock.now().timestamp() - deps.policy.scaling.snapshot_max_age_s
@@ -279,7 +280,7 @@ def job_id_for(decision_id: str) -> str:
 
 def _decision(deps: ScalingDeps, decision_id: str) -> ScalingDecision:
     with deps.sessions() as s:
-        row = s.get(ScalingDecision, decision_id)
+        row = s.scalar(select(ScalingDecision).where(ScalingDecision.decision_id == decision_id))
         if row is None:
             raise ScalingError(f"no scaling decision {decision_id!r}")
         s.expunge(row)
@@ -379,7 +380,7 @@ def decisions(
     sessions: sessionmaker[Session], *, segment: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
     """The latest decisions, newest first."""
-    stmt = select(ScalingDecision).order_by(desc(ScalingDecision.decided_at)).limit(limit)
+    stmt = select(ScalingDecision).order_by(desc(ScalingDecision.seq)).limit(limit)
     if segment is not None:
         stmt = stmt.where(ScalingDecision.segment == segment)
     with sessions() as s:

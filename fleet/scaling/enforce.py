@@ -42,8 +42,10 @@ def request_enforce(
     *,
     reason: str,
 ) -> Gate:
+    """Ask for enforce mode. HIGH by default: the gate holds until approved and the task
+    then sets it; should the matrix make it LOW or MEDIUM, it is set here at once."""
     fleet = fleet_of(sessions, segment)
-    return approvals.request(
+    gate = approvals.request(
         ACTION,
         segment,
         requested_by,
@@ -53,6 +55,9 @@ def request_enforce(
         task=TASK,
         task_kwargs={"segment": segment, "requested_by": requested_by, "reason": reason},
     )
+    if gate.may_run:
+        _set_mode(sessions, approvals, segment, Mode.ENFORCE, requested_by, reason, None)
+    return gate
 
 
 def _set_mode(

@@ -22,7 +22,9 @@ class ScalingDecision(Base):
 
     __tablename__ = "scaling_decisions"
 
-    decision_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The order decisions were logged in, even within one instant of the (movable) clock.
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    decision_id: Mapped[str] = mapped_column(String(32), unique=True)
     segment: Mapped[str] = mapped_column(String(64))
     fleet: Mapped[str] = mapped_column(String(128))
     mode: Mapped[str] = mapped_column(String(16))

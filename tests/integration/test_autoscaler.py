@@ -203,7 +203,10 @@ def test_the_autoscaler_scales_within_its_bounds_and_observe_mode_only_logs(stac
         newest = sorted(before, key=lambda a: int(a.rsplit("-", 2)[1]))[-len(chosen) :]
         assert sorted(chosen) == sorted(newest)
         retired_total += len(chosen)
-        wait_until(lambda: len(w.agents(enforced, "retired")) == retired_total, timeout_s=90)
+        wait_until(
+            lambda n=retired_total: len(w.agents(enforced, "retired")) == n,  # type: ignore[misc]
+            timeout_s=90,
+        )
         with w.sessions() as s:
             for a in chosen:
                 facts = s.get(Agent, a).extra["retirement"]  # type: ignore[union-attr]

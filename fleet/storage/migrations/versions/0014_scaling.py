@@ -18,6 +18,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "scaling_decisions",
+        sa.Column("seq", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("decision_id", sa.String(length=32), nullable=False),
         sa.Column("segment", sa.String(length=64), nullable=False),
         sa.Column("fleet", sa.String(length=128), nullable=False),
@@ -28,7 +29,8 @@ def upgrade() -> None:
         sa.Column("inputs", sa.JSON(), nullable=False),
         sa.Column("acted", sa.JSON(), nullable=False),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("decision_id", name=op.f("pk_scaling_decisions")),
+        sa.PrimaryKeyConstraint("seq", name=op.f("pk_scaling_decisions")),
+        sa.UniqueConstraint("decision_id", name=op.f("uq_scaling_decisions_decision_id")),
     )
     op.create_index(
         "ix_scaling_decisions_segment_at",
