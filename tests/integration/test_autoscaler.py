@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from config.settings import DEFAULT_POLICY_FILE
 from fleet.approvals import Approvals
+from fleet.audit.models import AuditEntry
 from fleet.clock import OffsetFileClock, SystemClock
 from fleet.hotstate import connect, inflight_key
 from fleet.monitoring.snapshot import Health, Snapshot, write_snapshots
@@ -41,6 +42,13 @@ from workers.queues import TaskName
 pytestmark = pytest.mark.integration
 
 TREASURY = "fleet-treasury"
+AUDITED = (
+    "autoscale_scale_up",
+    "autoscale_provision",
+    "autoscale_scale_down",
+    "retire_agent",
+    "autoscale_enforce",
+)
 MAX_AGENTS = 12  # the policy's max, lowered so the cap is reached by a real scale-up
 
 
@@ -221,6 +229,30 @@ def test_the_autoscaler_scales_within_its_bounds_and_observe_mode_only_logs(stac
     assert not w.agents(observed, "retired") and not w.agents(observed, "retiring")
     scale_jobs = sorted(j for j in w.jobs() if j.startswith("autoscale-"))
     assert scale_jobs == sorted([up_job, job_id_for(capped[enforced]["decision_id"])])
+
+    # Every action is in the audit log: the decisions, the provisioning, each retirement.
+    def audited() -> dict[tuple[str, str], int] | None:
+        with w.sessions() as s:
+            rows = s.execute(
+                select(AuditEntry.action, AuditEntry.subject, func.count())
+                .where(AuditEntry.action.in_(AUDITED))
+                .group_by(AuditEntry.action, AuditEntry.subject)
+            ).all()
+        seen: dict[tuple[str, str], int] = {}
+        for action, subject, n in rows:
+            key = (action, subject if subject in (enforced, observed) else "agent")
+            seen[key] = seen.get(key, 0) + n
+        wanted = {
+            ("autoscale_scale_up", enforced): 2,
+            ("autoscale_scale_up", observed): 3,
+            ("autoscale_provision", enforced): 2,
+            ("autoscale_scale_down", enforced): 4,
+            ("retire_agent", "agent"): 7,
+            ("autoscale_enforce", enforced): 1,
+        }
+        return seen if all(seen.get(k) == v for k, v in wanted.items()) else None
+
+    wait_until(audited, timeout_s=30)
     logged = decisions(w.sessions, segment=observed, limit=100)
     assert all(d["acted"] in ({}, {"observe": "decided and logged; nothing done"}) for d in logged)
     # Its size stays 5, so after the first two passes it keeps asking for more, then holds
