@@ -23,6 +23,7 @@ from cli.commands import (
     probe,
     provisioning,
     report,
+    scale,
     services,
     sla,
     status,
@@ -82,6 +83,8 @@ main.add_command(budget.budget_group)
 main.add_command(economics.economics)
 
 main.add_command(control.control_group)
+
+main.add_command(scale.scale_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -367,6 +367,20 @@ class ScalingPolicy(_Model):
     cooldown_s: Seconds = 600
     drain_timeout_s: Seconds = 300
     tier_upgrade_approval_increase: Annotated[float, Field(gt=0)] = 2.0
+    # The autoscaler's decision pass (beat); a segment starts in observe mode.
+    evaluate_every_s: Annotated[float, Field(gt=0)] = 60
+    # An agent counts as healthy only on a monitoring snapshot at most this old.
+    snapshot_max_age_s: Annotated[float, Field(gt=0)] = 300
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> ScalingPolicy:
+        if self.min_agents > self.max_agents:
+            raise ValueError("min_agents must not be above max_agents")
+        if self.scale_down_queue_per_agent > self.scale_up_queue_per_agent:
+            raise ValueError(
+                "scale_down_queue_per_agent must not be above scale_up_queue_per_agent"
+            )
+        return self
 
 
 class DisputePolicy(_Model):

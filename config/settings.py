@@ -392,6 +392,9 @@ class Settings(BaseSettings):
     # Key that encrypts agents' API keys at rest.
     secrets_key: SecretStr = SecretStr("change-me-in-production")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # A file holding seconds to add to the system clock (fleet/clock.py OffsetFileClock):
+    # tests and demos move every process's time by rewriting it. None: the system clock.
+    clock_offset_file: Path | None = None
 
     redis: RedisSettings = RedisSettings()
     gateway: GatewaySettings = GatewaySettings()

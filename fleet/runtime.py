@@ -47,6 +47,7 @@ from fleet.monitoring.ingest import AgentDirectory, IngestDeps
 from fleet.monitoring.poller import SweepPoller
 from fleet.monitoring.silence import SilenceDeps
 from fleet.provisioning.pipeline import ProvisioningDeps
+from fleet.scaling.autoscaler import ScalingDeps
 from fleet.secrets import AgentKeyRing, KeyVault
 from fleet.sla.alerts import AlertDeps
 from fleet.sla.service import SlaDeps
@@ -238,6 +239,21 @@ class Runtime:
             )
 
         return self._once("provisioning", build)
+
+    @property
+    def scaling(self) -> ScalingDeps:
+        def build() -> ScalingDeps:
+            return ScalingDeps(
+                sessions=self.sessions,
+                redis=self.redis,
+                policy=self.settings.policy,
+                clock=self.clock,
+                send=self.send,
+                audit=audit.record,
+                lock=self.lock,
+            )
+
+        return self._once("scaling", build)
 
     @property
     def monitor(self) -> sweeping.MonitorDeps:

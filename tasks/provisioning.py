@@ -27,6 +27,7 @@ from fleet.control import LoopPaused
 from fleet.hotstate import break_dead_lock, inflight
 from fleet.provisioning import lifecycle, pipeline
 from fleet.provisioning.manifest import ManifestError
+from fleet.scaling import autoscaler, enforce
 from tasks._base import fleet_task, heartbeat_task, runtime
 from workers.app import app
 from workers.queues import FleetQueue, TaskName
@@ -208,3 +209,60 @@ def upgrade_tier(
         "instructions": instructions,
         **plan.as_details(),
     }
+
+
+# ---------------------------------------------------------------- the autoscaler
+# Its decision pass runs here, on the provisioning queue, and not on metrics: it is a
+# handful of reads per segment each minute, and what it decides (provision, retire) is
+# provisioning work; a metrics backlog (sweeps of thousands of agents) must not delay it.
+
+
+@fleet_task(TaskName.SCALING_EVALUATE, ignore_result=False)
+def scaling_evaluate() -> list[dict[str, Any]]:
+    """Beat: one decision per segment, logged; acted on where the segment enforces."""
+    return autoscaler.evaluate(runtime().scaling)
+
+
+@fleet_task(TaskName.SCALING_SCALE_UP, ignore_result=False)
+def scaling_scale_up(segment: str, count: int, decision_id: str) -> dict[str, Any]:
+    rt = runtime()
+    try:
+        submission = autoscaler.scale_up(rt.scaling, rt.provisioning, segment, count, decision_id)
+    except (autoscaler.ScalingError, pipeline.ProvisioningFrozen, ValueError) as exc:
+        raise Reject(str(exc), requeue=False) from None
+    dispatch_agents(submission.job_id, submission.to_dispatch)
+    return {"job_id": submission.job_id, "dispatched": len(submission.to_dispatch)}
+
+
+@fleet_task(TaskName.SCALING_RETIRE, ignore_result=False)
+def scaling_retire(agent_id: str, decision_id: str) -> str:
+    """A graceful retirement (drain first) the autoscaler chose: covered by the segment's
+    enforce approval, so only for an agent an enforced scale-down decision named."""
+    rt = runtime()
+    try:
+        reason = autoscaler.retirement_reason(rt.scaling, agent_id, decision_id)
+    except autoscaler.ScalingError as exc:
+        raise Reject(str(exc), requeue=False) from None
+    rdeps = lifecycle.RetireDeps(inflight=lambda a: inflight(rt.redis, a))
+    return str(lifecycle.retire_agent(rt.provisioning, rdeps, agent_id, reason))
+
+
+@fleet_task(TaskName.SCALING_ENFORCE, ignore_result=False)
+def scaling_enforce(
+    segment: str, requested_by: str, reason: str, approval_id: str | None = None
+) -> bool:
+    """Sent once ``autoscale_enforce`` is approved: the segment's autoscaler acts from now on."""
+    rt = runtime()
+    if approval_id is None:
+        raise Reject("autoscale_enforce needs an approval; request one", requeue=False)
+    try:
+        return enforce.apply_enforce(
+            rt.approvals,
+            rt.sessions,
+            request_id=approval_id,
+            segment=segment,
+            requested_by=requested_by,
+            reason=reason,
+        )
+    except (NotApproved, autoscaler.ScalingError) as exc:
+        raise Reject(str(exc), requeue=False) from None

@@ -124,6 +124,9 @@ def create_api(build_runtime: Callable[[], Runtime] = _celery_runtime) -> FastAP
 
     api.include_router(finops.router)
 
+    from web.routes import scaling
+
+    api.include_router(scaling.router)
 
     from web.routes import control
 

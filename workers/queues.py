@@ -38,6 +38,11 @@ class TaskName(StrEnum):
     ROTATE_KEY = "provisioning.rotate_key"
     RETIRE_AGENT = "provisioning.retire_agent"
     UPGRADE_TIER = "provisioning.upgrade_tier"
+    # The autoscaler: its decision pass (beat), its actions, and the approved switch to enforce.
+    SCALING_EVALUATE = "provisioning.scaling.evaluate"
+    SCALING_SCALE_UP = "provisioning.scaling.scale_up"
+    SCALING_RETIRE = "provisioning.scaling.retire"
+    SCALING_ENFORCE = "provisioning.scaling.enforce"
 
     METRICS_SWEEP = "metrics.sweep"
     POLL_BATCH = "metrics.poll_batch"

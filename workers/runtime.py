@@ -19,6 +19,7 @@ from celery import Celery
 
 from config.settings import Settings, get_settings
 from fleet.audit.events import AuditEvent
+from fleet.clock import clock_from
 from fleet.hotstate import connect
 from fleet.runtime import Message, Runtime, build_runtime
 from workers.queues import TaskName
@@ -116,6 +117,7 @@ def celery_runtime(celery_app: Celery, settings: Settings) -> Runtime:
         ),
         alert_task=TaskName.DELIVER_ALERTS,
         escalate_task=TaskName.SLA_EVALUATE_AGENT,
+        clock=clock_from(settings.clock_offset_file),
     )
 
 

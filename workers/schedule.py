@@ -108,6 +108,11 @@ def build_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     schedule["budgets-ledger"] = _entry(
         TaskName.BUDGET_DRAIN_LEDGER, settings.budgets.ledger_drain_s
     )
+    # The autoscaler decides per segment on its own cadence; its pass and its actions
+    # (provision, retire) run on the provisioning queue, beside the work they start.
+    schedule["provisioning-autoscale"] = _entry(
+        TaskName.SCALING_EVALUATE, settings.policy.scaling.evaluate_every_s
+    )
     if audit.mirror_enabled:
         # Appends nudge the outbox; this resumes it after a gateway outage.
         schedule["audit-mirror"] = _entry(TaskName.AUDIT_MIRROR, audit.mirror_every_s)

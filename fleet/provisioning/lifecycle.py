@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
 
+from fleet.budgets.models import SpendEntry
 from fleet.gateway import operations as ops
 from fleet.gateway.errors import AuthError
 from fleet.provisioning.pipeline import (
@@ -139,16 +140,28 @@ def _expired(held: dict[str, Any], now: datetime) -> bool:
 # ---------------------------------------------------------------- tier upgrades
 
 
+DAYS_PER_MONTH = 30
+
+
 @dataclass(frozen=True)
 class UpgradePlan:
-    """A tier change's cost impact, from the policy's monthly tier prices (the gateway
-    has no tier-change estimate, and no API that grants a tier)."""
+    """A tier change's cost impact: the policy's monthly tier prices (the gateway has no
+    tier-change estimate, and no API that grants a tier) plus what the agent really
+    spends, its last day in the spend ledger × 30, on both sides.
+
+    ``current_monthly_cost`` = current tier price + usage; ``projected_monthly_cost`` =
+    new tier price + usage, with usage = ``daily_cost`` × 30.
+    """
 
     agent_id: str
     current_tier: str
     new_tier: str
     current_monthly_cost: Decimal
     projected_monthly_cost: Decimal
+    current_tier_price: Decimal = Decimal("0")
+    new_tier_price: Decimal = Decimal("0")
+    daily_cost: Decimal = Decimal("0")  # the ledger's actual spend over the last 24 h
+    ledger_entries: int = 0
 
     @property
     def increase(self) -> Decimal:
@@ -165,6 +178,11 @@ class UpgradePlan:
             "new_tier": self.new_tier,
             "current_monthly_cost": str(self.current_monthly_cost),
             "projected_monthly_cost": str(self.projected_monthly_cost),
+            "current_tier_price": str(self.current_tier_price),
+            "new_tier_price": str(self.new_tier_price),
+            "ledger_daily_cost": str(self.daily_cost),
+            "ledger_entries_24h": str(self.ledger_entries),
+            "monthly_usage_cost": str(self.daily_cost * DAYS_PER_MONTH),
             "increase_pct": "inf"
             if self.increase.is_infinite()
             else str((self.increase * 100).quantize(Decimal("0.1"))),
@@ -183,9 +201,34 @@ def plan_upgrade(deps: ProvisioningDeps, agent_id: str, new_tier: str) -> Upgrad
     current = key_tier(agent)
     if current == new_tier:
         raise LifecycleError(f"agent {agent_id} already holds a {new_tier} key")
+    daily, entries = ledger_daily_cost(deps, agent_id)
+    usage = daily * DAYS_PER_MONTH
+    current_price, new_price = prices.get(current, Decimal("0")), prices[new_tier]
     return UpgradePlan(
-        agent_id, current, new_tier, prices.get(current, Decimal("0")), prices[new_tier]
+        agent_id,
+        current,
+        new_tier,
+        current_price + usage,
+        new_price + usage,
+        current_tier_price=current_price,
+        new_tier_price=new_price,
+        daily_cost=daily,
+        ledger_entries=entries,
     )
+
+
+def ledger_daily_cost(deps: ProvisioningDeps, agent_id: str) -> tuple[Decimal, int]:
+    """The agent's real spend over the last 24 h (the spend ledger's actual amounts)."""
+    since = deps.clock.now() - timedelta(days=1)
+    with deps.sessions() as s:
+        amounts = list(
+            s.scalars(
+                select(SpendEntry.actual).where(
+                    SpendEntry.agent_id == agent_id, SpendEntry.settled_at >= since
+                )
+            )
+        )
+    return sum((Decimal(a) for a in amounts), Decimal("0")), len(amounts)
 
 
 def upgrade_instructions(plan: UpgradePlan) -> str:

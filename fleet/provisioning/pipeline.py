@@ -80,6 +80,9 @@ from fleet.provisioning.manifest import (
     plan_agents,
     validate_manifest,
 )
+from fleet.provisioning.manifest import (
+    agent_id as planned_agent_id,
+)
 from fleet.provisioning.records import JobAgent, JobState, ProvisioningJob
 from fleet.secrets import KeyVault
 from fleet.storage.db import write_connection, write_session
@@ -1154,3 +1157,52 @@ def stall_cutoff(clock: Clock, stall_s: float) -> datetime:
 def iter_chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def add_agents(
+    deps: ProvisioningDeps,
+    *,
+    fleet: str,
+    environment: str,
+    group: AgentGroup,
+    indices: list[int],
+    job_id: str,
+    submitted_by: str,
+) -> JobSubmission:
+    """A job growing one group by the agents at ``indices`` (the autoscaler's scale-up).
+
+    The same group spec as the manifest that made the segment, so the new agents are
+    its siblings; recorded as a job of its own (a manifest of that group with
+    ``count=len(indices)``). Idempotent on ``job_id``: a second call dispatches again
+    the job's agents that are not active yet, and creates none.
+    """
+    if deps.is_frozen(fleet):
+        raise ProvisioningFrozen(f"provisioning is frozen for fleet {fleet!r}")
+    manifest = FleetManifest.model_validate(
+        {
+            "fleet": fleet,
+            "environment": environment,
+            "agents": [{**group.model_dump(mode="json"), "count": len(indices)}],
+        }
+    )
+    now = deps.clock.now()
+    with write_session(deps.sessions) as s:
+        if s.get(ProvisioningJob, job_id) is not None:
+            linked = list(s.scalars(select(JobAgent.agent_id).where(JobAgent.job_id == job_id)))
+            statuses = {
+                str(a): str(st)
+                for a, st in s.execute(
+                    select(Agent.agent_id, Agent.status).where(Agent.agent_id.in_(linked))
+                )
+            }
+            pending = [a for a in linked if statuses.get(a) != AgentStatus.ACTIVE]
+            return JobSubmission(job_id, len(linked), pending, len(linked) - len(pending))
+        s.add(_job_row(job_id, manifest, now, submitted_by, JobState.RUNNING, []))
+        ids = [planned_agent_id(fleet, environment, group.id_prefix, i) for i in indices]
+        taken = set(s.scalars(select(Agent.agent_id).where(Agent.agent_id.in_(ids))))
+        if taken:
+            raise ValueError(f"agents already exist: {', '.join(sorted(taken))}")
+        s.add_all(_agent_row(a, manifest, manifest.agents[0], now, job_id) for a in ids)
+        s.flush()
+        s.add_all(JobAgent(job_id=job_id, agent_id=a) for a in ids)
+    return JobSubmission(job_id, len(ids), ids, 0)

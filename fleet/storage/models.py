@@ -10,6 +10,7 @@ import fleet.control.models  # noqa: E402,F401  (control-loop pause, fleet freez
 import fleet.durability.models  # noqa: E402,F401  (provisioning freezes, dead letters)
 import fleet.identity.models  # noqa: E402,F401  (accounts, service tokens, sign-in sessions)
 import fleet.monitoring.models  # noqa: E402,F401  (hourly agent history, fleet sweeps, alerts)
+import fleet.scaling.models  # noqa: E402,F401  (autoscaling decisions, segment modes)
 import fleet.sla.models  # noqa: E402,F401  (SLA episodes, escalations, disputes, burn-rate alerts)
 import fleet.work.records  # noqa: E402,F401  (work tasks: routing choice, outcome, cost)
 from fleet.provisioning.records import JobAgent, ProvisioningJob

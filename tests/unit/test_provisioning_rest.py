@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
@@ -473,3 +473,39 @@ def test_a_worker_killed_after_setting_the_identity_key_sets_the_same_one_again(
     assert pipeline.provision_agent(env.deps, agent_id) == AgentStatus.ACTIVE
     sets = {c.body["public_key"] for c in env.gateway.calls("register_identity")}
     assert sets == {env.agent(agent_id).extra["public_key"]}
+
+
+def test_a_tier_upgrade_plan_counts_the_agents_real_daily_spend_from_the_ledger(
+    make_env: Any,
+) -> None:
+    from fleet.budgets.models import SpendEntry
+
+    env = make_env()
+    [agent_id] = env.provision(manifest(tier="starter", count=1))
+    threshold = env.deps.policy.scaling.tier_upgrade_approval_increase
+    by_price = lifecycle.plan_upgrade(env.deps, agent_id, "pro")
+    # Its key is the gateway's free one: by the tier prices alone 0 → 199, an infinite rise.
+    assert by_price.current_tier == "free" and by_price.daily_cost == 0
+    assert by_price.needs_approval(threshold)
+
+    now = env.clock.now()
+
+    def spent(task: str, amount: str, hours_ago: float) -> SpendEntry:
+        at = now - timedelta(hours=hours_ago)
+        return SpendEntry(
+            task_id=task, agent_id=agent_id, fleet="support", model="mid", estimate=amount,
+            actual=amount, currency="USD", usage={}, reserved_at=at, settled_at=at,
+        )  # fmt: skip
+
+    with env.deps.sessions.begin() as s:
+        s.add_all([spent("t1", "4.00", 1), spent("t2", "6.00", 23), spent("old", "99.00", 25)])
+    plan = lifecycle.plan_upgrade(env.deps, agent_id, "pro")
+    # 10.00 a day over the last 24 h (the 25 h old spend is out), × 30 on both sides.
+    assert plan.daily_cost == Decimal("10.00") and plan.ledger_entries == 2
+    assert plan.current_monthly_cost == Decimal("0.00") + Decimal("300.00")
+    assert plan.projected_monthly_cost == Decimal("199.00") + Decimal("300.00")
+    assert not plan.needs_approval(threshold), "300 → 499 is +66.3 %"
+    details = plan.as_details()
+    assert details["increase_pct"] == "66.3"
+    assert details["ledger_daily_cost"] == "10.00" and details["monthly_usage_cost"] == "300.00"
+    assert details["current_tier_price"] == "0.00" and details["new_tier_price"] == "199.00"
