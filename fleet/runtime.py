@@ -459,7 +459,6 @@ class Runtime:
                 task_lookup=lambda task_id: work_store.task_state(
                     self.redis, self.sessions, task_id
                 ),
-
                 check_loop=self.loop_state.check,
             )
 
