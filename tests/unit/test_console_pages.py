@@ -254,3 +254,47 @@ def test_the_sla_board_renders_and_an_unknown_episode_is_not_acknowledged(
         "/console/sla/episodes/ep-missing/ack", data={"csrf": csrf.group(1), "reason": "on it"}
     )
     assert r.status_code == 200 and "not acknowledged" in r.text
+
+
+def test_the_scaling_page_lists_segments_and_asks_for_enforce_through_an_approval(
+    world: tuple[TestClient, RecordingRuntime],
+) -> None:
+    client, rt = world
+    sign_in(client, "vera")
+    viewer = client.get("/console/scaling").text
+    assert ">support<" in viewer and ">research<" in viewer
+    assert "operators change it" in viewer and "Ask to enforce" not in viewer
+    sign_in(client, "otto")
+    html = client.get("/console/scaling").text
+    csrf = CSRF.search(html)
+    assert csrf is not None and "Ask to enforce" in html
+    asked = client.post(
+        "/console/scaling/mode",
+        data={"csrf": csrf.group(1), "segment": "support", "mode": "enforce", "reason": "load"},
+    )
+    assert asked.status_code == 200 and "enforce support: approval request" in asked.text
+    assert "(HIGH)" in asked.text
+    pending = {(r.action, r.subject) for r in rt.approvals.list_requests()}
+    assert ("autoscale_enforce", "support") in pending
+    unknown = client.post(
+        "/console/scaling/mode",
+        data={"csrf": csrf.group(1), "segment": "nosuch", "mode": "enforce", "reason": "x"},
+    )
+    assert "no segment &#39;nosuch&#39;" in unknown.text or "no segment 'nosuch'" in unknown.text
+    bad = client.post(
+        "/console/scaling/mode",
+        data={"csrf": csrf.group(1), "segment": "support", "mode": "grow"},
+    )
+    assert bad.status_code == 422
+
+
+def test_the_money_page_links_the_weekly_review_and_the_review_page_answers(
+    world: tuple[TestClient, RecordingRuntime],
+) -> None:
+    client, _ = world
+    sign_in(client, "vera")
+    assert "/console/money/review?fleet=demo" in client.get("/console/money").text
+    review = client.get("/console/money/review?fleet=demo&week=2026-W48")
+    assert review.status_code == 200
+    assert "FinOps review — fleet demo, week 2026-W48" in unescape(review.text)
+    assert client.get("/console/money/review?week=2026-48").status_code == 422

@@ -31,6 +31,7 @@ PAGE_MODULES: list[str] = [
     "web.console.pages.audit",
     "web.console.pages.provisioning",
     "web.console.pages.money",
+    "web.console.pages.scaling",
 ]
 
 

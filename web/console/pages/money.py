@@ -1,6 +1,6 @@
 """Money: spend against the per-task, agent-hour and fleet-day budgets, the model mix, the
 ten most expensive tasks, balances and burn; asking to resume a paused fleet's spending
-(HIGH: another person approves). The weekly review joins this page at merge."""
+(HIGH: another person approves); the weekly FinOps review (fleet/finops) on a page of its own."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from fleet.budgets import control as budget_control
 from fleet.budgets.models import SpendEntry
+from fleet.gateway.errors import GatewayError
 from fleet.identity import Permission
 from web.console.render import page
 from web.console.session import CsrfChecked, needs
@@ -145,3 +146,27 @@ async def ask_resume(
         return RedirectResponse(f"{PATH}?fleet={quote(fleet)}&error={quote(str(exc))}", 303)
     message = f"resume spending of {fleet}: approval request {gate.request_id} ({gate.risk.value})"
     return RedirectResponse(f"{PATH}?fleet={quote(fleet)}&done={quote(message)}", 303)
+
+
+@router.get("/review", dependencies=[needs(Permission.FINOPS_READ)])
+async def review_page(
+    request: Request,
+    fleet: Annotated[str | None, Query(max_length=128)] = None,
+    week: Annotated[str | None, Query(max_length=8, pattern=r"^[0-9]{4}-W[0-9]{2}$")] = None,
+) -> HTMLResponse:
+    from fleet.finops import render, service
+    from fleet.finops.review import previous_week
+    from tasks.finops import finops_deps
+
+    rt = get_runtime(request)
+    name = fleet or rt.settings.fleet_name
+    deps = finops_deps(rt)
+    chosen = week or previous_week(rt.clock.now())
+    try:
+        review = await run_in_threadpool(service.review, deps, name, chosen)
+        fragment, error = render.review_fragment(review), ""
+    except (ValueError, GatewayError) as exc:
+        # A bad week, or the gateway (its exchange rates) away: said on the page.
+        fragment, error = "", str(exc)
+    context = {"fleet": name, "week": chosen, "review": fragment, "error": error}
+    return page(request, "money_review.html", context)
