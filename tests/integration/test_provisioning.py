@@ -612,6 +612,8 @@ def test_retirement_runs_only_after_two_distinct_approvals(stack: Stack) -> None
     # What beat does: send approved requests' tasks.
     producer(stack).send_task(TaskName.AUDIT_APPROVALS_SWEEP)
     wait_until(lambda: _agent_row(stack, agent_id).status == "retired", timeout_s=30)
+    # The approval is marked used just after the work is done (run_approved's order).
+    wait_until(lambda: approvals.get(gate.request_id).status.value == "executed", timeout_s=10)
     row = _agent_row(stack, agent_id)
     assert row.api_key_encrypted is None and row.traffic_weight == "0"
     assert row.extra["retire_stages"] == list(RETIRE_STAGES)
