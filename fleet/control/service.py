@@ -255,15 +255,19 @@ def _freeze_wallet(gateway: Gateway, agent_id: str) -> str:
         return f"failed: {type(exc).__name__}"
 
 
-def freeze_agent(deps: ControlDeps, agent_id: str, by: str, reason: str) -> dict[str, Any]:
-    """Pause one agent and freeze its wallet; released through a ``release_agent`` request."""
-    agent_id, by = check_name("agent_id", agent_id), check_person(by)
-    reason = check_reason(deps.policy, reason)
+def _fleet_of_agent(deps: ControlDeps, agent_id: str) -> str | None:
     with deps.sessions() as s:
         agent = s.get(Agent, agent_id)
         if agent is None:
             raise ControlError(f"agent_id: no agent {agent_id!r}")
-        fleet = agent.fleet
+        return agent.fleet
+
+
+def freeze_agent(deps: ControlDeps, agent_id: str, by: str, reason: str) -> dict[str, Any]:
+    """Pause one agent and freeze its wallet; released through a ``release_agent`` request."""
+    agent_id, by = check_name("agent_id", agent_id), check_person(by)
+    reason = check_reason(deps.policy, reason)
+    fleet = _fleet_of_agent(deps, agent_id)
     gate = deps.approvals.request(
         FREEZE_AGENT_ACTION, agent_id, by, fleet=fleet, reason=reason, details={"by": by}
     )
@@ -296,11 +300,7 @@ def request_agent_release(deps: ControlDeps, agent_id: str, by: str, reason: str
     """Ask to release a frozen agent (``release_agent``, HIGH): another person approves."""
     agent_id, by = check_name("agent_id", agent_id), check_person(by)
     reason = check_reason(deps.policy, reason)
-    with deps.sessions() as s:
-        agent = s.get(Agent, agent_id)
-        if agent is None:
-            raise ControlError(f"agent_id: no agent {agent_id!r}")
-        fleet = agent.fleet
+    fleet = _fleet_of_agent(deps, agent_id)
     gate = request_release(deps.approvals, agent_id, by, reason=reason, fleet=fleet)
     return {"status": "awaiting-approval", "request_id": gate.request_id, "risk": gate.risk}
 
