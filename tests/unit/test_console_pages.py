@@ -297,4 +297,9 @@ def test_the_money_page_links_the_weekly_review_and_the_review_page_answers(
     review = client.get("/console/money/review?fleet=demo&week=2026-W48")
     assert review.status_code == 200
     assert "FinOps review — fleet demo, week 2026-W48" in unescape(review.text)
+    text = unescape(review.text)
+    # The review itself is embedded: its sections, and a week without spend is not shown as $0.
+    for section in ("Model mix", "Most expensive tasks", "Volume discounts", "Fleet economics"):
+        assert f"<h2>{section}" in text
+    assert '<span class="unknown">unknown</span>' in text
     assert client.get("/console/money/review?week=2026-48").status_code == 422
