@@ -70,6 +70,14 @@ class ControlError(ValueError):
     """A pause, freeze or release that cannot be asked for (the message names the problem)."""
 
 
+class UnknownTarget(ControlError):
+    """The agent or fleet named is not one we know."""
+
+
+class NotHeld(ControlError):
+    """A release or resume of something that is not paused or frozen now."""
+
+
 class LoopPaused(Exception):  # noqa: N818 - a state, not a failure
     """The control loop is paused: this work waits (``retry_in`` seconds)."""
 
@@ -197,7 +205,7 @@ def request_resume(deps: ControlDeps, by: str, reason: str) -> Gate:
     by, reason = check_person(by), check_reason(deps.policy, reason)
     with deps.sessions() as s:
         if s.get(ControlPause, LOOP) is None:
-            raise ControlError("the control loop is not paused")
+            raise NotHeld("the control loop is not paused")
     return deps.approvals.request(
         RESUME_ACTION,
         LOOP_SUBJECT,
@@ -259,7 +267,7 @@ def _fleet_of_agent(deps: ControlDeps, agent_id: str) -> str | None:
     with deps.sessions() as s:
         agent = s.get(Agent, agent_id)
         if agent is None:
-            raise ControlError(f"agent_id: no agent {agent_id!r}")
+            raise UnknownTarget(f"agent_id: no agent {agent_id!r}")
         return agent.fleet
 
 
@@ -317,7 +325,7 @@ def freeze_fleet(deps: ControlDeps, fleet: str, by: str, reason: str) -> dict[st
             return {"status": "already-frozen", "fleet": fleet}
         known = s.scalar(select(Agent.agent_id).where(Agent.fleet == fleet).limit(1))
     if known is None:
-        raise ControlError(f"fleet: no agent in fleet {fleet!r}")
+        raise UnknownTarget(f"fleet: no agent in fleet {fleet!r}")
     gate = deps.approvals.request(
         FREEZE_FLEET_ACTION,
         audit.fleet_subject(fleet),
@@ -367,7 +375,7 @@ def request_fleet_release(deps: ControlDeps, fleet: str, by: str, reason: str) -
     reason = check_reason(deps.policy, reason)
     with deps.sessions() as s:
         if s.get(FleetFreeze, fleet) is None:
-            raise ControlError(f"fleet: {fleet!r} is not frozen")
+            raise NotHeld(f"fleet: {fleet!r} is not frozen")
     return deps.approvals.request(
         RELEASE_FLEET_ACTION,
         audit.fleet_subject(fleet),
@@ -512,6 +520,8 @@ __all__ = [
     "Check",
     "ControlDeps",
     "ControlError",
+    "NotHeld",
+    "UnknownTarget",
     "LoopPaused",
     "LoopState",
     "freeze_agent",

@@ -55,6 +55,10 @@ class ReviewError(ValueError):
     """A bad input to the review (a week that is not ISO, an unknown fleet…)."""
 
 
+class NoSuchWeek(ReviewError):
+    """A week written the ISO way that no calendar has (2026-W54, 0000-W01)."""
+
+
 def parse_week(text: str) -> tuple[datetime, datetime]:
     """``2026-W48`` → (its Monday 00:00 UTC, the next Monday 00:00 UTC)."""
     m = _WEEK.match(text or "")
@@ -63,7 +67,7 @@ def parse_week(text: str) -> tuple[datetime, datetime]:
     try:
         monday = date.fromisocalendar(int(m["year"]), int(m["week"]), 1)
     except ValueError:
-        raise ReviewError(f"week: {text} does not exist") from None
+        raise NoSuchWeek(f"week: {text} does not exist") from None
     start = datetime(monday.year, monday.month, monday.day, tzinfo=UTC)
     return start, start + timedelta(days=7)
 

@@ -235,6 +235,12 @@ def test_the_api_offers_the_switch_to_operators_only(
         assert asked.status_code == 202 and asked.json()["risk"] == "HIGH"
         bad = client.post("/api/v1/control/fleets/a b/freeze", json=body, headers=alice)
         assert bad.status_code == 422
+        ghost = client.post("/api/v1/control/agents/ghost/freeze", json=body, headers=alice)
+        assert ghost.status_code == 404 and "no agent 'ghost'" in ghost.text
+        nowhere = client.post("/api/v1/control/fleets/nowhere/freeze", json=body, headers=alice)
+        assert nowhere.status_code == 404
+        not_frozen = client.post("/api/v1/control/fleets/nowhere/release", json=body, headers=alice)
+        assert not_frozen.status_code == 409 and "is not frozen" in not_frozen.text
 
 
 # --- the console pages (cookie sign-in, CSRF, confirmation step) ---------------------------

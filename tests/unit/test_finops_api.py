@@ -37,6 +37,8 @@ def test_review_endpoints(api: TestClient, runtime: RecordingRuntime) -> None:
     assert bad.status_code == 422 and "week" in bad.text
     bad_fleet = api.get(url, params={"fleet": "../x", "week": "2026-W48"}, headers=AUTH)
     assert bad_fleet.status_code == 422 and "fleet" in bad_fleet.text
+    no_such = api.get(url, params={"fleet": "empty", "week": "2026-W54"}, headers=AUTH)
+    assert no_such.status_code == 404 and "2026-W54 does not exist" in no_such.text
 
     review = api.get(url, params={"fleet": "empty", "week": "2026-W48"}, headers=AUTH).json()
     assert review["kind"] == "finops-review" and review["week"] == "2026-W48"

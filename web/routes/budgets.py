@@ -100,6 +100,6 @@ async def ask_raise(body: RaiseRequest, rt: RuntimeDep, who: Requester) -> Any:
     try:
         gate = await run_in_threadpool(ask)
     except control.BudgetRequestError as exc:
-        raise ProblemError(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+        raise ProblemError(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     return {"budget": body.budget, "subject": body.subject, "limit": body.limit,
             **_asked(gate)}  # fmt: skip

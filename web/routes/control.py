@@ -40,7 +40,15 @@ FleetName = Annotated[str, Path(pattern=NAME)]
 class Reason(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    # Not only spaces: the reason is what the audit keeps of why.
+    reason: Annotated[str, Field(min_length=1, max_length=500, pattern=r"\S")]
+
+
+_UNKNOWN: dict[int | str, dict[str, Any]] = {404: {"description": "No such agent or fleet."}}
+_RELEASE: dict[int | str, dict[str, Any]] = {
+    **_UNKNOWN,
+    409: {"description": "It is not frozen."},
+}
 
 
 def _asked(gate: Gate) -> dict[str, Any]:
@@ -54,8 +62,12 @@ def _asked(gate: Gate) -> dict[str, Any]:
 async def _call(fn: Any, *args: Any) -> Any:
     try:
         return await run_in_threadpool(fn, *args)
+    except control.UnknownTarget as exc:
+        raise ProblemError(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except control.NotHeld as exc:
+        raise ProblemError(status.HTTP_409_CONFLICT, str(exc)) from None
     except control.ControlError as exc:
-        raise ProblemError(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+        raise ProblemError(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
 @router.get("", summary="The kill switch: loop pause, frozen fleets and agents, pending releases")
@@ -68,13 +80,22 @@ async def pause(body: Reason, rt: RuntimeDep, who: Operator) -> Any:
     return await _call(control.pause_loop, rt.control, who.principal_id, body.reason)
 
 
-@router.post("/resume", status_code=status.HTTP_202_ACCEPTED, summary="Ask to resume the loop")
+@router.post(
+    "/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={409: {"description": "The loop is not paused."}},
+    summary="Ask to resume the loop",
+)
 async def resume(body: Reason, rt: RuntimeDep, who: Operator) -> Any:
     gate = await _call(control.request_resume, rt.control, who.principal_id, body.reason)
     return _asked(gate)
 
 
-@router.post("/agents/{agent_id}/freeze", summary="Pause one agent and freeze its wallet")
+@router.post(
+    "/agents/{agent_id}/freeze",
+    responses=_UNKNOWN,
+    summary="Pause one agent and freeze its wallet",
+)
 async def freeze_agent(agent_id: AgentId, body: Reason, rt: RuntimeDep, who: Operator) -> Any:
     return await _call(control.freeze_agent, rt.control, agent_id, who.principal_id, body.reason)
 
@@ -82,6 +103,7 @@ async def freeze_agent(agent_id: AgentId, body: Reason, rt: RuntimeDep, who: Ope
 @router.post(
     "/agents/{agent_id}/release",
     status_code=status.HTTP_202_ACCEPTED,
+    responses=_UNKNOWN,
     summary="Ask to release a frozen agent",
 )
 async def release_agent(agent_id: AgentId, body: Reason, rt: RuntimeDep, who: Operator) -> Any:
@@ -90,7 +112,11 @@ async def release_agent(agent_id: AgentId, body: Reason, rt: RuntimeDep, who: Op
     )
 
 
-@router.post("/fleets/{fleet}/freeze", summary="Pause every active agent of a fleet")
+@router.post(
+    "/fleets/{fleet}/freeze",
+    responses=_UNKNOWN,
+    summary="Pause every active agent of a fleet",
+)
 async def freeze_fleet(fleet: FleetName, body: Reason, rt: RuntimeDep, who: Operator) -> Any:
     return await _call(control.freeze_fleet, rt.control, fleet, who.principal_id, body.reason)
 
@@ -98,6 +124,7 @@ async def freeze_fleet(fleet: FleetName, body: Reason, rt: RuntimeDep, who: Oper
 @router.post(
     "/fleets/{fleet}/release",
     status_code=status.HTTP_202_ACCEPTED,
+    responses=_RELEASE,
     summary="Ask to release a frozen fleet",
 )
 async def release_fleet(fleet: FleetName, body: Reason, rt: RuntimeDep, who: Operator) -> Any:

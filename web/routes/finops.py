@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse
 
 from fleet.finops import render, service
 from fleet.finops.rates import RateError
-from fleet.finops.review import ReviewError
+from fleet.finops.review import NoSuchWeek, ReviewError
 from fleet.gateway.errors import GatewayError
 from fleet.identity import Permission, Principal
 from fleet.runtime import Runtime
@@ -26,8 +26,8 @@ from web.problems import ProblemError
 router = APIRouter(prefix="/api/v1/finops", tags=["finops"])
 
 Reader = Annotated[Principal, Depends(require(Permission.FINOPS_READ))]
-Week = Annotated[str | None, Query(max_length=8, description="ISO week, 2026-W48")]
-Fleet = Annotated[str | None, Query(max_length=128)]
+Week = Annotated[str | None, Query(pattern=r"^\d{4}-W\d{2}$", description="ISO week, 2026-W48")]
+Fleet = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 
 def _review(rt: Runtime, fleet: str | None, week: str | None) -> dict[str, Any]:
@@ -39,8 +39,10 @@ def _review(rt: Runtime, fleet: str | None, week: str | None) -> dict[str, Any]:
             if kept is not None:
                 return kept
         return service.review(deps, name, week)
+    except NoSuchWeek as exc:
+        raise ProblemError(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except ReviewError as exc:
-        raise ProblemError(422, str(exc)) from None
+        raise ProblemError(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except (RateError, GatewayError) as exc:
         raise ProblemError(
             status.HTTP_502_BAD_GATEWAY,
@@ -49,13 +51,22 @@ def _review(rt: Runtime, fleet: str | None, week: str | None) -> dict[str, Any]:
         ) from None
 
 
-@router.get("/review", summary="The weekly FinOps review of a fleet (JSON)")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such week (2026-W54)."},
+    502: {"description": "The gateway's rates or discounts could not be read."},
+}
+
+
+@router.get("/review", responses=_ERRORS, summary="The weekly FinOps review of a fleet (JSON)")
 async def review_json(rt: RuntimeDep, _: Reader, fleet: Fleet = None, week: Week = None) -> Any:
     return await run_in_threadpool(_review, rt, fleet, week)
 
 
 @router.get(
-    "/review.html", summary="The weekly FinOps review as a page", response_class=HTMLResponse
+    "/review.html",
+    responses=_ERRORS,
+    summary="The weekly FinOps review as a page",
+    response_class=HTMLResponse,
 )
 async def review_page(
     rt: RuntimeDep, _: Reader, fleet: Fleet = None, week: Week = None
@@ -64,7 +75,11 @@ async def review_page(
     return HTMLResponse(render.review_html(review))
 
 
-@router.get("/economics", summary="Monthly cost, ROI and break-even per segment, with inputs")
+@router.get(
+    "/economics",
+    responses=_ERRORS,
+    summary="Monthly cost, ROI and break-even per segment, with inputs",
+)
 async def economics(rt: RuntimeDep, _: Reader, fleet: Fleet = None, week: Week = None) -> Any:
     review = await run_in_threadpool(_review, rt, fleet, week)
     return {

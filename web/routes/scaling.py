@@ -34,7 +34,7 @@ class ModeChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["observe", "enforce"]
-    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    reason: Annotated[str, Field(min_length=1, max_length=500, pattern=r"\S")]
 
 
 @router.get("/decisions", summary="The autoscaler's decisions, newest first, with their inputs")
@@ -55,7 +55,11 @@ def list_segments(rt: RuntimeDep, _: Reader) -> Any:
 @router.post(
     "/segments/{segment}/mode",
     summary="Observe (at once) or ask to enforce (HIGH: 202 with the approval request)",
-    responses={200: {"description": "observe set"}, 202: {"description": "enforce asked"}},
+    responses={
+        200: {"description": "observe set"},
+        202: {"description": "enforce asked"},
+        404: {"description": "No such segment."},
+    },
 )
 async def change_mode(
     segment: Annotated[str, Path(max_length=64, pattern=SEGMENT)],
