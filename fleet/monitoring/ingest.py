@@ -43,6 +43,7 @@ from fleet.clock import Clock
 from fleet.gateway.stream import BusEvent
 from fleet.hotstate import KEY_PREFIX, read_hash
 from fleet.monitoring import alerts as alerts_mod
+from fleet.monitoring import volume
 from fleet.monitoring.evaluate import apply_judgements, judge_snapshot, sla_terms, with_sla
 from fleet.monitoring.health import classify
 from fleet.monitoring.heartbeats import (
@@ -91,22 +92,30 @@ def rule_state_key(agent_id: str) -> str:
     return f"{KEY_PREFIX}monitor:agent:{agent_id}"
 
 
-# KEYS: order key, snapshot key, rule state key.
-# ARGV: event id, seq, snapshot ttl (0: none), rule state JSON, state ttl,
-#       number of fields to set, then field/value pairs, then fields to delete.
+# KEYS: order key, snapshot key, rule state key, then the volume counters to add to.
+# ARGV: event id, seq, snapshot ttl (0: none), rule state JSON, state ttl, volume ttl,
+#       one amount per volume counter, number of fields to set, then field/value pairs,
+#       then fields to delete.
 # Applies only when the event id is above the last one applied: returns 1; 2 when that
 # very event was applied meanwhile (the same batch on two workers), 0 when a later one was.
+# The volume is added in the same step, so a batch redone never counts its calls twice.
 _COMMIT = """
 local last = tonumber(redis.call('HGET', KEYS[1], 'e') or '0')
 if last == tonumber(ARGV[1]) then return 2 end
 if last > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'e', ARGV[1], 's', ARGV[2])
-local n = tonumber(ARGV[6])
+local counters = #KEYS - 3
+for i = 1, counters do
+  redis.call('INCRBY', KEYS[3 + i], ARGV[6 + i])
+  redis.call('EXPIRE', KEYS[3 + i], tonumber(ARGV[6]))
+end
+local at = 7 + counters
+local n = tonumber(ARGV[at])
 local values = {}
-for i = 7, 6 + 2 * n do values[#values + 1] = ARGV[i] end
+for i = at + 1, at + 2 * n do values[#values + 1] = ARGV[i] end
 if n > 0 then redis.call('HSET', KEYS[2], unpack(values)) end
 local gone = {}
-for i = 7 + 2 * n, #ARGV do gone[#gone + 1] = ARGV[i] end
+for i = at + 1 + 2 * n, #ARGV do gone[#gone + 1] = ARGV[i] end
 if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl); redis.call('EXPIRE', KEYS[2], ttl) end
@@ -282,7 +291,7 @@ def _apply(deps: IngestDeps, verified: dict[str, list[_Verified]], out: IngestOu
 
     changes: list[Change] = []
     rollups: list[dict[str, Any]] = []
-    commits: list[tuple[str, int, int, Snapshot, dict[str, Any], int]] = []
+    commits: list[tuple[str, int, int, Snapshot, dict[str, Any], int, dict[int, int]]] = []
     for i, agent_id in enumerate(agents):
         (last_e, last_s), (balance, burn), raw_state = answers[3 * i : 3 * i + 3]
         applied_e = int(last_e or 0)
@@ -290,6 +299,7 @@ def _apply(deps: IngestDeps, verified: dict[str, list[_Verified]], out: IngestOu
         state: dict[str, Any] = orjson.loads(raw_state) if raw_state else {}
         newest: Snapshot | None = None
         taken = 0
+        calls: dict[int, int] = {}  # hour -> tool calls the applied heartbeats report
         for item in sorted(verified[agent_id], key=lambda v: v.event_id):
             hb = item.heartbeat
             if item.event_id <= applied_e:
@@ -305,8 +315,11 @@ def _apply(deps: IngestDeps, verified: dict[str, list[_Verified]], out: IngestOu
             if row is not None:
                 rollups.append(row)
             newest, taken = snap, taken + 1
+            if hb.metrics.tool_calls:
+                hour = volume.hour_of(min(hb.sent_at, now))
+                calls[hour] = calls.get(hour, 0) + hb.metrics.tool_calls
         if newest is not None:
-            commits.append((agent_id, applied_e, applied_s, newest, state, taken))
+            commits.append((agent_id, applied_e, applied_s, newest, state, taken, calls))
 
     # Alerts and rollups first: both idempotent, so a batch redone after a crash
     # past this point records nothing twice; then the ordered snapshot writes.
@@ -314,21 +327,23 @@ def _apply(deps: IngestDeps, verified: dict[str, list[_Verified]], out: IngestOu
     out.changes = len(changes)
     commit = r.register_script(_COMMIT)
     pipe = r.pipeline(transaction=False)
-    for agent_id, event_id, seq, snap, state, _ in commits:
+    for agent_id, event_id, seq, snap, state, _, calls in commits:
         values = snap.to_redis()
         owned = {k: values[k] for k in MEASUREMENT_FIELDS if k in values}
         cleared = [k for k in MEASUREMENT_FIELDS if k not in owned]
+        fleet = verified[agent_id][0].record.fleet
+        counters = [volume.volume_key(fleet, hour) for hour in calls]
         argv: list[Any] = [event_id, seq, deps.snapshot_ttl_s, orjson.dumps(state)]
-        argv += [deps.state_ttl_s, len(owned)]
+        argv += [deps.state_ttl_s, volume.KEEP_S, *calls.values(), len(owned)]
         for name, value in owned.items():
             argv += [name, value]
         argv += cleared
         commit(
-            keys=[order_key(agent_id), snapshot_key(agent_id), rule_state_key(agent_id)],
+            keys=[order_key(agent_id), snapshot_key(agent_id), rule_state_key(agent_id)] + counters,
             args=argv,
             client=pipe,
         )
-    for (_, _, _, _, _, taken), applied in zip(commits, pipe.execute(), strict=True):
+    for (*_, taken, _), applied in zip(commits, pipe.execute(), strict=True):
         if applied == 1:
             out.accepted += taken
         elif applied == 2:

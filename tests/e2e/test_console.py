@@ -45,6 +45,12 @@ def test_the_demo_fleets_agents_appear_and_each_page_passes_axe(
 ) -> None:
     sign_in(page, stack, stack.people["operator"])
     page.get_by_role("heading", name="Fleet overview").wait_for()
+    # The demo's agents heartbeat with their tool calls: the volume chart has a peak.
+    page.get_by_test_id("volume-peak").wait_for(timeout=60_000)
+    assert re.match(
+        r"Peak: [\d,]+ calls in the hour from \d\d:00 UTC",
+        page.get_by_test_id("volume-peak").inner_text(),
+    )
     check_a11y(page)
     shot(page, shots, "overview")
     page.goto(f"{stack.url}/console/agents?fleet=demo")

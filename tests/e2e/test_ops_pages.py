@@ -5,6 +5,7 @@ manifest by path before sending; every page checked with axe and photographed.""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,9 @@ import redis
 from fleet.monitoring import sweep as sweeping
 from tests.e2e.conftest import Stack, check_a11y, shot, sign_in, wait_for
 
-# The demo's sweep runs every 15 s; the approvals sweep that sends approved work, every 60 s.
+# The demo's sweep runs every 15 s; the approvals sweep that sends approved work, every 5 s.
 SWEEP_S = 15.0
-APPROVALS_SWEEP_S = 60.0
+APPROVALS_SWEEP_S = 5.0  # the e2e policy's approvals.sweep_s
 
 # The session's `fleet up --demo` starts inside the first test (minutes on a loaded box),
 # and the resume waits for one approvals sweep: more than the suite's default 300 s.
@@ -130,3 +131,17 @@ def test_audit_verify_shows_intact_and_the_other_pages_pass_axe(
     page.get_by_role("heading", name="Model mix today").wait_for()
     check_a11y(page)
     shot(page, shots, "money")
+
+    page.get_by_role("link", name="The weekly FinOps review").click()
+    page.get_by_role("heading", name=re.compile(r"^FinOps review — fleet demo, week ")).wait_for()
+    check_a11y(page)
+    shot(page, shots, "finops-review")
+
+    page.goto(f"{stack.url}/console/scaling")
+    page.get_by_role("heading", name="Segments").wait_for()
+    assert page.get_by_role("button", name="Ask to enforce").count() >= 1
+    # The demo's segments are in observe mode: no decision is shown as acted upon.
+    acted = page.get_by_test_id("acted").all_inner_texts()
+    assert acted and all(a.startswith("no") for a in acted), acted
+    check_a11y(page)
+    shot(page, shots, "scaling")

@@ -26,6 +26,7 @@ from fleet.monitoring.ingest import (
 from fleet.monitoring.models import AgentHourly
 from fleet.monitoring.prom import render
 from fleet.monitoring.snapshot import Health, read_snapshot, snapshot_key
+from fleet.monitoring.volume import KEEP_S, hourly_volume, volume_key
 from fleet.storage.db import migrate
 from fleet.storage.records import Agent
 from tests.support.fleet_rows import insert_agents, sessions_for
@@ -163,6 +164,26 @@ def test_a_redelivered_batch_is_applied_once_and_a_replay_is_refused(world: Worl
     counts = ingest_counts(world.deps.redis)
     assert counts["accepted"] == 2 and counts["duplicate"] == 2
     assert counts["rejected"]["replayed"] == 1
+
+
+def test_tool_calls_are_counted_per_fleet_and_hour_once(world: World) -> None:
+    r, now = world.deps.redis, world.clock.now()  # 00:30
+    batch = world.events(
+        world.beat(AGENTS[0], 1, tool_calls=40),
+        world.beat(AGENTS[0], 2, tool_calls=2),
+        world.beat(AGENTS[1], 1, tool_calls=8),
+    )
+    world.ingest(batch)
+    world.ingest(batch)  # redelivered: applied already, counted already
+    body = {k: batch[2][k] for k in ("event_type", "source", "payload")}
+    world.ingest(world.events(body))  # replayed: refused, not counted
+    world.clock.advance(3600)
+    world.ingest(world.events(world.beat(AGENTS[1], 2, tool_calls=5)))
+    hours = hourly_volume(r, ["demo"], world.clock.now(), 3)
+    assert [at.hour for at, _ in hours] == [23, 0, 1]
+    assert [calls for _, calls in hours] == [None, 50, 5]
+    assert hourly_volume(r, ["demo", "other"], now, 1) == [(hours[1][0], 50)]
+    assert 0 < r.ttl(volume_key("demo", int(hours[2][0].timestamp()))) <= KEEP_S
 
 
 def test_an_older_heartbeat_never_overwrites_a_newer_one(world: World) -> None:

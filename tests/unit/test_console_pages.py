@@ -110,6 +110,15 @@ def test_the_overview_model_shows_the_fleet_view_and_refuses_an_unknown_fleet() 
         "burn": "$12.50/h",
     }
     assert "peak 1,900 ms" in str(o.charts["p99"]) and "peak 7" in str(o.charts["critical"])
+    assert "no data yet" in str(o.charts["volume"]) and "volume" not in o.peaks
+    hour = now.replace(minute=0)
+    volume = [(hour - timedelta(hours=2), 300), (hour - timedelta(hours=1), None), (hour, 1200)]
+    o = overview_model("demo", {"demo": HEALTH_VIEW}, {}, [], rows, now, 3, volume=volume)
+    assert "peak 1,200" in str(o.charts["volume"])
+    assert o.peaks == {
+        "volume": "1,200 calls in the hour from 12:00 UTC",
+        "volume_total": "1,500 calls in the last 3 h",
+    }
     with pytest.raises(UnknownFleet, match="no fleet 'nope'.*known: demo"):
         overview_model("nope", {"demo": HEALTH_VIEW}, {}, [], [], now, 24)
 

@@ -1,5 +1,6 @@
 """The fleet overview: agents by health class, fleet p99, error rate, SLA compliance,
-burn rate, history charts and open alerts, per fleet — updated live (web/console/live.py).
+burn rate, tool-call volume and history charts, open alerts, per fleet — updated live
+(web/console/live.py).
 
 :func:`overview_model` is pure: it turns what the sweep stored (the fleet view, its
 history rows, open alerts) into what the template shows; :func:`load_overview`
@@ -22,6 +23,7 @@ from fleet.monitoring import sweep as sweeping
 from fleet.monitoring.aggregate import ALL_FLEETS
 from fleet.monitoring.alerts import alert_view
 from fleet.monitoring.models import Alert, FleetSweep
+from fleet.monitoring.volume import hourly_volume
 from fleet.runtime import Runtime
 from web.console import charts
 from web.console.render import page
@@ -111,6 +113,7 @@ def overview_model(
     history: list[HistoryRow],
     now: datetime,
     hours: int,
+    volume: list[tuple[datetime, int | None]] | None = None,
 ) -> Overview:
     if fleet not in fleets and fleet != ALL_FLEETS:
         raise UnknownFleet(
@@ -140,7 +143,17 @@ def overview_model(
         "errors": charts.line_chart(f"Error rate, last {hours} h", series("err", 100.0), unit=" %"),
         "critical": charts.line_chart(f"Critical agents, last {hours} h", series("crit")),
         "burn": charts.line_chart(f"Burn rate, last {hours} h", series("burn"), unit=" $/h"),
+        "volume": charts.line_chart(
+            f"Tool calls reported per hour, last {hours} h",
+            [charts.Point(at.strftime("%H:00"), calls) for at, calls in volume or []],
+        ),
     }
+    peaks: dict[str, str] = {}
+    reported = [(calls, at) for at, calls in volume or [] if calls is not None]
+    if reported:
+        calls, at = max(reported, key=lambda pair: pair[0])
+        peaks["volume"] = f"{calls:,} calls in the hour from {at:%H:00} UTC"
+        peaks["volume_total"] = f"{sum(c for c, _ in reported):,} calls in the last {hours} h"
     return Overview(
         fleet=fleet,
         fleets=sorted(f for f in fleets if f != ALL_FLEETS),
@@ -151,6 +164,7 @@ def overview_model(
         alerts=alerts,
         bar=charts.health_bar(counts),
         charts=made,
+        peaks=peaks,
     )
 
 
@@ -185,7 +199,11 @@ def load_overview(rt: Runtime, fleet: str) -> Overview:
                 .order_by(FleetSweep.finished_at)
             )
         ]
-    return overview_model(fleet, fleets, meta, open_alerts, hist, now, cfg.history_hours)
+    counted = [f for f in fleets if f != ALL_FLEETS] if fleet == ALL_FLEETS else [fleet]
+    calls = hourly_volume(rt.redis, counted, now, cfg.history_hours)
+    return overview_model(
+        fleet, fleets, meta, open_alerts, hist, now, cfg.history_hours, volume=calls
+    )
 
 
 @router.get("/", dependencies=[needs(Permission.MONITORING_READ)])
