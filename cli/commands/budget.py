@@ -75,6 +75,26 @@ def budget_status(fleet: str | None, as_json: bool) -> None:
         raise SystemExit(1)
 
 
+@budget_group.command("pause")
+@click.argument("fleet")
+@click.option("--by", "paused_by", required=True, help="Who pauses.")
+@click.option("--reason", required=True, help="Why, for the audit trail.")
+@config_errors_exit
+def budget_pause(fleet: str, paused_by: str, reason: str) -> None:
+    """Pause FLEET's spending now: every reservation is refused until a resume is approved."""
+    from fleet.budgets import control
+    from tasks.budgets import control_deps
+
+    try:
+        done = control.pause_spending(control_deps(_runtime()), fleet, paused_by, reason)
+    except control.BudgetRequestError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"spending of {fleet}: {done['status']}; "
+        f"resume with `fleet budget resume {fleet} --by NAME`"
+    )
+
+
 @budget_group.command("resume")
 @click.argument("fleet")
 @click.option("--by", "requested_by", required=True, help="Who asks.")

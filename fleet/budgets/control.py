@@ -24,6 +24,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
 
+from redis.exceptions import RedisError
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -139,6 +140,56 @@ def record_pause(deps: ControlDeps, event: PauseEvent) -> bool:
         time=when,
     )
     return True
+
+
+def pause_spending(deps: ControlDeps, fleet: str, by: str, reason: str) -> dict[str, Any]:
+    """An operator pauses a fleet's spending at once (stopping spend is never gated):
+    every later reservation is refused ``spending_paused`` until a HIGH approval resumes
+    it, as after the ceiling. The database first, so the sync re-asserts it in Redis."""
+    fleet, by, reason = fleet.strip(), by.strip(), reason.strip()
+    if not fleet:
+        raise BudgetRequestError("fleet: must not be empty")
+    if not by:
+        raise BudgetRequestError("by: who pauses must be named")
+    if not reason:
+        raise BudgetRequestError("reason: must not be empty (say why, it is audited)")
+    now = deps.clock.now()
+    why = f"paused by {by}: {reason}"[:500]
+    try:
+        with write_session(deps.sessions) as s:
+            if s.get(SpendingPause, fleet) is not None:
+                return {"status": "already-paused", "fleet": fleet}
+            s.add(
+                SpendingPause(
+                    fleet=fleet, reason=why, limit="", would_be="", paused_at=now, alert_id=None
+                )
+            )
+    except IntegrityError:
+        return {"status": "already-paused", "fleet": fleet}
+    try:
+        deps.budgets.redis.set(pause_key(fleet), why, nx=True)
+        in_store = True
+    except RedisError as exc:
+        # The pause is recorded: the beat's sync sets it once the store answers, and a
+        # store that does not answer refuses every admission meanwhile.
+        log.warning("spending pause of %s not yet in the budget store: %s", fleet, exc)
+        in_store = False
+    audit.record(
+        actor=by,
+        action="spending_paused",
+        subject=audit.fleet_subject(fleet),
+        fleet=fleet,
+        details={"by": by, "reason": reason},
+        article=audit.Article.HUMAN_OVERSIGHT,
+        time=now,
+    )
+    return {
+        "status": "paused",
+        "fleet": fleet,
+        "reason": why,
+        "paused_at": now.isoformat(),
+        "in_store": in_store,
+    }
 
 
 def _open_alert_id(sessions: sessionmaker[Session], fleet: str) -> str | None:

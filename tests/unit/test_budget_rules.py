@@ -170,6 +170,18 @@ def test_the_api_asks_for_high_approvals_and_validates_by_field(api: TestClient)
     assert bad.status_code == 422
     text = bad.text
     assert "budget" in text and "limit" in text and "extra" in text
+    # Pausing is not gated, and holds with the store away: recorded, set by the next sync.
+    blank = api.post("/api/v1/budgets/pause", json={"fleet": "demo", "reason": " "}, headers=AUTH)
+    assert blank.status_code == 422 and "reason" in blank.text
+    paused = api.post(
+        "/api/v1/budgets/pause", json={"fleet": "demo", "reason": "odd spend"}, headers=AUTH
+    )
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["status"] == "paused" and paused.json()["in_store"] is False
+    again = api.post(
+        "/api/v1/budgets/pause", json={"fleet": "demo", "reason": "odd spend"}, headers=AUTH
+    )
+    assert again.json()["status"] == "already-paused"
     # The store away: the state is a 503 naming it, never a made-up answer.
     state = api.get("/api/v1/budgets", headers=AUTH)
     assert state.status_code == 503 and "admissions are refused" in state.text

@@ -20,6 +20,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from fleet.budgets import control as budget_control
 from fleet.identity import Role
 from fleet.monitoring import sweep
 from fleet.monitoring.snapshot import Health, Snapshot, write_snapshots
@@ -312,3 +313,31 @@ def test_the_money_page_links_the_weekly_review_and_the_review_page_answers(
         assert f"<h2>{section}" in text
     assert '<span class="unknown">unknown</span>' in text
     assert client.get("/console/money/review?week=2026-48").status_code == 422
+
+
+def test_an_operator_pauses_spending_at_once_and_a_viewer_is_offered_no_lever(
+    world: tuple[TestClient, RecordingRuntime],
+) -> None:
+    client, rt = world
+    rt.budgets.redis = rt.redis  # the world's Redis (the budgets keep a client of their own)
+    sign_in(client, "vera")
+    assert "Pause spending of demo" not in client.get("/console/money?fleet=demo").text
+    sign_in(client, "otto")
+    html = client.get("/console/money?fleet=demo").text
+    csrf = CSRF.search(html)
+    assert csrf is not None and "Pause spending of demo now" in html
+    blank = client.post(
+        "/console/money/pause", data={"csrf": csrf.group(1), "fleet": "demo", "reason": " "}
+    )
+    assert "reason: must not be empty" in unescape(blank.text)
+    assert not rt.budgets.spending_paused("demo")
+    done = client.post(
+        "/console/money/pause",
+        data={"csrf": csrf.group(1), "fleet": "demo", "reason": "odd invoices"},
+    )
+    assert "spending of demo: paused" in unescape(done.text)
+    assert rt.budgets.spending_paused("demo")
+    paused = unescape(client.get("/console/money?fleet=demo").text)
+    assert "Spending paused" in paused and "paused by user:otto: odd invoices" in paused
+    assert "Ask to resume spending" in paused and "Pause spending of demo" not in paused
+    assert [p["fleet"] for p in budget_control.pauses(rt.sessions)] == ["demo"]

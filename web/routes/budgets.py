@@ -26,6 +26,7 @@ router = APIRouter(prefix="/api/v1/budgets", tags=["budgets"])
 
 Reader = Annotated[Principal, Depends(require(Permission.MONITORING_READ))]
 Requester = Annotated[Principal, Depends(require(Permission.APPROVALS_REQUEST))]
+Operator = Annotated[Principal, Depends(require(Permission.CONTROL_OPERATE))]
 
 Name = Annotated[
     str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9*][A-Za-z0-9._*-]*$")
@@ -37,6 +38,16 @@ class ResumeRequest(BaseModel):
 
     fleet: Name
     reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class PauseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fleet: Annotated[
+        str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    ]
+    # Not only spaces: the reason is what the audit keeps of why.
+    reason: Annotated[str, Field(min_length=1, max_length=500, pattern=r"\S")]
 
 
 class RaiseRequest(BaseModel):
@@ -74,6 +85,16 @@ def budget_state(rt: RuntimeDep, _: Reader, fleet: Annotated[str | None, Query()
         "raised": control.raised_limits(rt.sessions),
         "ledger_pending": ledger.pending(rt.redis),
     }
+
+
+@router.post("/pause", summary="Pause a fleet's spending now (resuming is HIGH)")
+async def pause(body: PauseRequest, rt: RuntimeDep, who: Operator) -> Any:
+    try:
+        return await run_in_threadpool(
+            control.pause_spending, control_deps(rt), body.fleet, who.principal_id, body.reason
+        )
+    except control.BudgetRequestError as exc:
+        raise ProblemError(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
 @router.post("/resume", status_code=status.HTTP_202_ACCEPTED, summary="Ask to resume spending")

@@ -1,6 +1,7 @@
 """Money: spend against the per-task, agent-hour and fleet-day budgets, the model mix, the
-ten most expensive tasks, balances and burn; asking to resume a paused fleet's spending
-(HIGH: another person approves); the weekly FinOps review (fleet/finops) on a page of its own."""
+ten most expensive tasks, balances and burn; pausing a fleet's spending at once and asking
+to resume it (HIGH: another person approves); the weekly FinOps review (fleet/finops) on a
+page of its own."""
 
 from __future__ import annotations
 
@@ -145,6 +146,26 @@ async def ask_resume(
     except budget_control.BudgetRequestError as exc:
         return RedirectResponse(f"{PATH}?fleet={quote(fleet)}&error={quote(str(exc))}", 303)
     message = f"resume spending of {fleet}: approval request {gate.request_id} ({gate.risk.value})"
+    return RedirectResponse(f"{PATH}?fleet={quote(fleet)}&done={quote(message)}", 303)
+
+
+@router.post("/pause", dependencies=[needs(Permission.CONTROL_OPERATE)])
+async def pause(
+    request: Request,
+    who: CsrfChecked,
+    fleet: Annotated[str, Form(min_length=1, max_length=128)],
+    reason: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    from tasks.budgets import control_deps
+
+    rt = get_runtime(request)
+    try:
+        done = await run_in_threadpool(
+            lambda: budget_control.pause_spending(control_deps(rt), fleet, who.principal_id, reason)
+        )
+    except budget_control.BudgetRequestError as exc:
+        return RedirectResponse(f"{PATH}?fleet={quote(fleet)}&error={quote(str(exc))}", 303)
+    message = f"spending of {fleet}: {done['status']}"
     return RedirectResponse(f"{PATH}?fleet={quote(fleet)}&done={quote(message)}", 303)
 
 
