@@ -131,6 +131,7 @@ class AgentRecord:
     fleet: str
     public_key: Ed25519PublicKey | None
     terms: Mapping[str, Any]
+    segment: str = ""  # the manifest group's id prefix
 
 
 class AgentDirectory:
@@ -173,13 +174,15 @@ class AgentDirectory:
             chunk = agent_ids[start : start + 500]
             with self._sessions() as s:
                 rows = s.execute(
-                    select(Agent.agent_id, Agent.fleet, Agent.extra).where(
+                    select(Agent.agent_id, Agent.fleet, Agent.extra, Agent.id_prefix).where(
                         Agent.agent_id.in_(chunk)
                     )
                 ).all()
             terms = sla_terms(self._sessions, self._policy, [row[0] for row in rows])
-            for agent_id, fleet, extra in rows:
-                out[agent_id] = AgentRecord(fleet, _public_key(agent_id, extra), terms[agent_id])
+            for agent_id, fleet, extra, prefix in rows:
+                out[agent_id] = AgentRecord(
+                    fleet, _public_key(agent_id, extra), terms[agent_id], prefix or ""
+                )
         return out
 
 
@@ -331,10 +334,14 @@ def _apply(deps: IngestDeps, verified: dict[str, list[_Verified]], out: IngestOu
         values = snap.to_redis()
         owned = {k: values[k] for k in MEASUREMENT_FIELDS if k in values}
         cleared = [k for k in MEASUREMENT_FIELDS if k not in owned]
-        fleet = verified[agent_id][0].record.fleet
-        counters = [volume.volume_key(fleet, hour) for hour in calls]
+        record = verified[agent_id][0].record
+        views = [record.fleet]
+        if record.segment:
+            views.append(volume.segment_view(record.fleet, record.segment))
+        counters = [volume.volume_key(view, hour) for hour in calls for view in views]
+        amounts = [n for n in calls.values() for _ in views]
         argv: list[Any] = [event_id, seq, deps.snapshot_ttl_s, orjson.dumps(state)]
-        argv += [deps.state_ttl_s, volume.KEEP_S, *calls.values(), len(owned)]
+        argv += [deps.state_ttl_s, volume.KEEP_S, *amounts, len(owned)]
         for name, value in owned.items():
             argv += [name, value]
         argv += cleared

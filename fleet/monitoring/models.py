@@ -42,12 +42,12 @@ class AgentHourly(Base):
 
 
 class FleetSweep(Base):
-    """A fleet's aggregate as one sweep saw it."""
+    """A fleet's (or a segment's, "fleet/segment") aggregate as one sweep saw it."""
 
     __tablename__ = "monitoring_fleet_sweeps"
 
     sweep_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    fleet: Mapped[str] = mapped_column(String(128), primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(200), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     agents: Mapped[int] = mapped_column(Integer)

@@ -36,7 +36,8 @@ from fleet.monitoring.aggregate import ALL_FLEETS, FleetHealth, Partial
 from fleet.monitoring.models import FleetSweep
 from fleet.monitoring.rules import Change, FleetRules, evaluate_fleet
 from fleet.monitoring.snapshot import Health, Snapshot, snapshot_key
-from fleet.monitoring.sweep import HEALTH_KEY, HEALTH_META_KEY, fleet_state_key
+from fleet.monitoring.sweep import HEALTH_KEY, HEALTH_META_KEY, SEGMENTS_KEY, fleet_state_key
+from fleet.monitoring.volume import segment_view
 from fleet.storage.db import write_session
 from fleet.storage.records import Agent
 
@@ -96,6 +97,7 @@ class SilenceOutcome:
     unknown: int = 0  # turned unknown by this pass
     critical: int = 0  # turned critical by this pass
     fleets: dict[str, FleetHealth] = field(default_factory=dict)
+    segments: dict[str, FleetHealth] = field(default_factory=dict)
     wall_s: float = 0.0
 
 
@@ -106,17 +108,18 @@ def silence_pass(deps: SilenceDeps) -> SilenceOutcome:
     verdict = r.register_script(_VERDICT)
     out = SilenceOutcome()
     partials: dict[str, Partial] = {}
+    by_segment: dict[str, Partial] = {}  # "fleet/segment" -> its agents
     agents = _monitored(deps.sessions, deps.statuses)
     out.agents = len(agents)
     for start in range(0, len(agents), CHUNK):
         chunk = agents[start : start + CHUNK]
         pipe = r.pipeline(transaction=False)
-        for _, agent_id, _ in chunk:
+        for _, agent_id, _, _ in chunk:
             pipe.hgetall(snapshot_key(agent_id))
         raws: list[dict[str, str]] = pipe.execute()
         pipe = r.pipeline(transaction=False)
         changed: list[tuple[int, Health, str]] = []
-        for i, ((fleet, agent_id, created_at), raw) in enumerate(zip(chunk, raws, strict=True)):
+        for i, ((fleet, agent_id, created_at, _), raw) in enumerate(zip(chunk, raws, strict=True)):
             seen = raw.get("heartbeat_at", "")
             since = float(seen) if seen else created_at.timestamp()
             health = limits.verdict(now - since)
@@ -139,25 +142,28 @@ def silence_pass(deps: SilenceDeps) -> SilenceOutcome:
                 raws[i] = {**raws[i], "health": health.value, "error": error}
                 out.unknown += health is Health.UNKNOWN
                 out.critical += health is Health.CRITICAL
-        for (fleet, agent_id, _), raw in zip(chunk, raws, strict=True):
-            partial = partials.setdefault(fleet, Partial())
-            partial.add(_snapshot(agent_id, fleet, raw, now))
+        for (fleet, agent_id, _, prefix), raw in zip(chunk, raws, strict=True):
+            snap = _snapshot(agent_id, fleet, raw, now)
+            partials.setdefault(fleet, Partial()).add(snap)
+            if prefix:
+                by_segment.setdefault(segment_view(fleet, prefix), Partial()).add(snap)
     out.fleets = _fleet_view(partials)
-    _store_view(deps, out.fleets, now, began)
+    out.segments = {name: p.health(name) for name, p in sorted(by_segment.items())}
+    _store_view(deps, out.fleets, out.segments, now, began)
     out.wall_s = time.perf_counter() - began
     return out
 
 
 def _monitored(
     sessions: sessionmaker[Session], statuses: Sequence[str]
-) -> list[tuple[str, str, datetime]]:
+) -> list[tuple[str, str, datetime, str]]:
     query = (
-        select(Agent.fleet, Agent.agent_id, Agent.created_at)
+        select(Agent.fleet, Agent.agent_id, Agent.created_at, Agent.id_prefix)
         .where(Agent.status.in_(list(statuses)))
         .order_by(Agent.fleet, Agent.agent_id)
     )
     with sessions() as s:
-        return [(f, a, c) for f, a, c in s.execute(query)]
+        return [(f, a, c, p or "") for f, a, c, p in s.execute(query)]
 
 
 def _snapshot(agent_id: str, fleet: str, raw: dict[str, str], now: float) -> Snapshot:
@@ -181,14 +187,22 @@ def _fleet_view(partials: dict[str, Partial]) -> dict[str, FleetHealth]:
 
 
 def _store_view(
-    deps: SilenceDeps, fleets: dict[str, FleetHealth], now: float, began: float
+    deps: SilenceDeps,
+    fleets: dict[str, FleetHealth],
+    segments: dict[str, FleetHealth],
+    now: float,
+    began: float,
 ) -> None:
-    """Where the sweep kept it (readers unchanged), one history row per fleet, the fleet rules."""
+    """Where the sweep kept it (readers unchanged), the segments beside it, one history row
+    per fleet and per segment, the fleet rules (fleets only)."""
     r = deps.redis
     view_id = f"view-{int(now)}"
     pipe = r.pipeline(transaction=True)
     pipe.delete(HEALTH_KEY)
     pipe.hset(HEALTH_KEY, mapping={f: orjson.dumps(h.as_dict()) for f, h in fleets.items()})
+    pipe.delete(SEGMENTS_KEY)
+    if segments:
+        pipe.hset(SEGMENTS_KEY, mapping={n: orjson.dumps(h.as_dict()) for n, h in segments.items()})
     pipe.hset(
         HEALTH_META_KEY,
         mapping={
@@ -201,7 +215,7 @@ def _store_view(
     pipe.execute()
     stamp = utc_from_timestamp(now)
     with write_session(deps.sessions) as session:
-        for h in fleets.values():
+        for h in [*fleets.values(), *segments.values()]:
             session.merge(
                 FleetSweep(
                     sweep_id=view_id,

@@ -76,6 +76,7 @@ RECENT_KEY = f"{KEY_PREFIX}sweeps"  # ids of the latest sweeps, newest first
 STATS_KEY = f"{KEY_PREFIX}sweep:stats"
 PLAN_KEY = f"{KEY_PREFIX}sweep:plan"  # the last plan computed (JSON), or its refusal
 HEALTH_KEY = f"{KEY_PREFIX}health"  # fleet -> FleetHealth JSON (the fleet view)
+SEGMENTS_KEY = f"{KEY_PREFIX}health:segments"  # "fleet/segment" -> FleetHealth JSON
 HEALTH_META_KEY = f"{KEY_PREFIX}health:meta"  # sweep_id, finished_at, wall_s of that view
 RECENT_KEPT = 100
 MINUTE = 60
@@ -531,6 +532,11 @@ def fleet_health(r: redis.Redis) -> tuple[dict[str, dict[str, Any]], dict[str, s
     return {fleet: orjson.loads(value) for fleet, value in raw.items()}, read_hash(
         r, HEALTH_META_KEY
     )
+
+
+def segment_health(r: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Each segment's view ({"fleet/segment": health dict}) as the last pass stored it."""
+    return {name: orjson.loads(value) for name, value in read_hash(r, SEGMENTS_KEY).items()}
 
 
 def stale_sweeps_abandoned(r: redis.Redis, now: float, limit: int = RECENT_KEPT) -> list[str]:

@@ -28,8 +28,14 @@ def hour_of(timestamp: float) -> int:
     return int(timestamp // HOUR_S) * HOUR_S
 
 
-def volume_key(fleet: str, hour: int) -> str:
-    return f"{KEY_PREFIX}volume:{fleet}:{hour}"
+def segment_view(fleet: str, segment: str) -> str:
+    """The name a fleet's segment is counted and viewed under ("/" is in no fleet name)."""
+    return f"{fleet}/{segment}"
+
+
+def volume_key(view: str, hour: int) -> str:
+    """A fleet's or a segment's (:func:`segment_view`) counter for one hour."""
+    return f"{KEY_PREFIX}volume:{view}:{hour}"
 
 
 def hourly_volume(
@@ -50,4 +56,4 @@ def hourly_volume(
     return out
 
 
-__all__ = ["KEEP_S", "hour_of", "hourly_volume", "volume_key"]
+__all__ = ["KEEP_S", "hour_of", "hourly_volume", "segment_view", "volume_key"]

@@ -183,6 +183,8 @@ def test_tool_calls_are_counted_per_fleet_and_hour_once(world: World) -> None:
     assert [at.hour for at, _ in hours] == [23, 0, 1]
     assert [calls for _, calls in hours] == [None, 50, 5]
     assert hourly_volume(r, ["demo", "other"], now, 1) == [(hours[1][0], 50)]
+    # The agents' segment (their id prefix) is counted beside the fleet.
+    assert hourly_volume(r, ["demo/hb"], world.clock.now(), 3) == hours
     assert 0 < r.ttl(volume_key("demo", int(hours[2][0].timestamp()))) <= KEEP_S
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from config.settings import load_settings
 from fleet import audit
@@ -27,9 +28,10 @@ from fleet.durability.control import (
 from fleet.hotstate import connect
 from fleet.monitoring.alerts import Handoff, list_alerts
 from fleet.monitoring.ingest import AgentDirectory, IngestDeps, ingest_heartbeats
+from fleet.monitoring.models import FleetSweep
 from fleet.monitoring.silence import SilenceDeps, SilenceLimits, silence_pass
 from fleet.monitoring.snapshot import Health, read_snapshot
-from fleet.monitoring.sweep import fleet_health
+from fleet.monitoring.sweep import fleet_health, segment_health
 from fleet.storage.db import migrate, write_session
 from stack.local import local_stack
 from stack.processes import stream_argv
@@ -113,6 +115,16 @@ def test_a_silent_agent_turns_unknown_then_critical_and_recovers(
         fleets, meta = fleet_health(r)
         assert fleets["demo"]["critical"] == 1 and fleets["demo"]["healthy"] == 1
         assert meta["sweep_id"].startswith("view-")
+        # Each segment (the id prefix) has its own view and history beside its fleet's.
+        segments = segment_health(r)
+        assert set(segments) == {"demo/quiet", "demo/chatty"}
+        assert segments["demo/quiet"]["critical"] == 1 and segments["demo/quiet"]["agents"] == 1
+        assert segments["demo/chatty"]["healthy"] == 1
+        with sessions() as s:
+            kept = set(
+                s.scalars(select(FleetSweep.fleet).where(FleetSweep.sweep_id == meta["sweep_id"]))
+            )
+        assert kept == {"demo", "*", "demo/quiet", "demo/chatty"}
         beat(agents[0])  # back
         assert health(agents[0]) is Health.HEALTHY
         snap = read_snapshot(r, agents[0])

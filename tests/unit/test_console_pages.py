@@ -180,6 +180,26 @@ def test_the_overview_page_shows_counts_and_the_live_stream_sends_a_new_sweep(
     assert 'data-testid="count-critical">9<' in data["fragments"][0]["html"]
 
 
+def test_the_overview_shows_one_segment_of_a_fleet(
+    world: tuple[TestClient, RecordingRuntime],
+) -> None:
+    client, rt = world
+    research = {**HEALTH_VIEW, "fleet": "demo/research", "agents": 7, "healthy": 4, "critical": 3}
+    rt.redis.hset(sweep.SEGMENTS_KEY, "demo/research", orjson.dumps(research))
+    sign_in(client, "vera")
+    everything = client.get("/console/").text
+    assert '<option value="demo/research">demo · research</option>' in everything
+    html = unescape(client.get("/console/?fleet=demo/research").text)
+    assert 'data-testid="count-critical">3<' in html and 'data-testid="agents-total">7<' in html
+    assert "Segment <strong>research</strong> of fleet demo" in html
+    assert "/console/agents?health=critical&fleet=demo&segment=research" in html
+    listed = client.get("/console/agents?health=critical&fleet=demo&segment=research")
+    assert listed.status_code == 200
+    missing = client.get("/console/?fleet=demo/nowhere")
+    assert missing.status_code == 404 and "no segment 'demo/nowhere'" in unescape(missing.text)
+    assert client.get("/console/?fleet=demo/a/b").status_code == 422
+
+
 def test_the_agents_list_pages_and_filters(world: tuple[TestClient, RecordingRuntime]) -> None:
     client, _ = world
     sign_in(client, "vera")

@@ -1,6 +1,6 @@
 """The fleet overview: agents by health class, fleet p99, error rate, SLA compliance,
-burn rate, tool-call volume and history charts, open alerts, per fleet — updated live
-(web/console/live.py).
+burn rate, tool-call volume and history charts, open alerts, per fleet and per segment
+(``fleet/segment``) — updated live (web/console/live.py).
 
 :func:`overview_model` is pure: it turns what the sweep stored (the fleet view, its
 history rows, open alerts) into what the template shows; :func:`load_overview`
@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from starlette.responses import HTMLResponse
 
 from fleet.identity import Permission
@@ -25,6 +26,7 @@ from fleet.monitoring.alerts import alert_view
 from fleet.monitoring.models import Alert, FleetSweep
 from fleet.monitoring.volume import hourly_volume
 from fleet.runtime import Runtime
+from fleet.storage.records import Agent
 from web.console import charts
 from web.console.render import page
 from web.console.session import needs
@@ -33,7 +35,11 @@ from web.deps import get_runtime
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 HEALTH_CLASSES = ("healthy", "degraded", "critical", "unknown")
-FleetName = Annotated[str, Query(max_length=128, pattern=r"^[A-Za-z0-9*][A-Za-z0-9._*-]*$")]
+# A fleet, "*" for all, or one fleet's segment as "fleet/segment" (its agents' id prefix).
+FleetName = Annotated[
+    str,
+    Query(max_length=200, pattern=r"^[A-Za-z0-9*][A-Za-z0-9._*-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"),
+]
 
 
 class UnknownFleet(ValueError):
@@ -52,7 +58,7 @@ class HistoryRow:
 
 @dataclass
 class Overview:
-    fleet: str
+    fleet: str  # the view: a fleet, "*", or "fleet/segment"
     fleets: list[str]
     health: dict[str, Any]
     counts: dict[str, int]
@@ -62,6 +68,15 @@ class Overview:
     bar: Any
     charts: dict[str, Any] = field(default_factory=dict)
     peaks: dict[str, str] = field(default_factory=dict)
+    segments: list[str] = field(default_factory=list)  # "fleet/segment" views there are
+
+    @property
+    def agents_filter(self) -> str:
+        """The agents list's query for this view (fleet, and segment)."""
+        if self.fleet == ALL_FLEETS:
+            return ""
+        fleet, _, segment = self.fleet.partition("/")
+        return f"&fleet={quote(fleet)}" + (f"&segment={quote(segment)}" if segment else "")
 
     @property
     def version(self) -> str:
@@ -114,12 +129,16 @@ def overview_model(
     now: datetime,
     hours: int,
     volume: list[tuple[datetime, int | None]] | None = None,
+    segments: dict[str, dict[str, Any]] | None = None,
 ) -> Overview:
-    if fleet not in fleets and fleet != ALL_FLEETS:
+    views = {**fleets, **(segments or {})}
+    if fleet not in views and fleet != ALL_FLEETS:
+        what = "segment" if "/" in fleet else "fleet"
         raise UnknownFleet(
-            f"no fleet {fleet!r} in the last sweep; known: {', '.join(sorted(fleets)) or 'none'}"
+            f"no {what} {fleet!r} in the last sweep; known: "
+            f"{', '.join(sorted(k for k in views if k != ALL_FLEETS)) or 'none'}"
         )
-    health = dict(fleets.get(fleet) or {})
+    health = dict(views.get(fleet) or {})
     counts = {k: int(health.get(k) or 0) for k in HEALTH_CLASSES}
     burn = _money(health.get("burn_rate_per_hour", "0"))
     p99 = health.get("latency_p99")
@@ -165,11 +184,14 @@ def overview_model(
         bar=charts.health_bar(counts),
         charts=made,
         peaks=peaks,
+        segments=sorted(segments or {}),
     )
 
 
 def load_overview(rt: Runtime, fleet: str) -> Overview:
     fleets, meta = sweeping.fleet_health(rt.redis)
+    segments = sweeping.segment_health(rt.redis)
+    of_fleet, _, segment = fleet.partition("/")
     cfg = rt.settings.console
     now = rt.clock.now()
     since = now - timedelta(hours=cfg.history_hours)
@@ -180,7 +202,18 @@ def load_overview(rt: Runtime, fleet: str) -> Overview:
             .order_by(Alert.fired_at.desc())
             .limit(cfg.overview_alerts)
         )
-        if fleet != ALL_FLEETS:
+        if segment:
+            members = select(Agent.agent_id).where(
+                Agent.fleet == of_fleet, Agent.id_prefix == segment
+            )
+            # The segment's agents' alerts, and those of its whole fleet.
+            alert_q = alert_q.where(
+                or_(
+                    Alert.subject.in_(members),
+                    and_(Alert.scope == "fleet", Alert.subject == of_fleet),
+                )
+            )
+        elif fleet != ALL_FLEETS:
             alert_q = alert_q.where(Alert.fleet == fleet)
         open_alerts = [alert_view(a) for a in session.scalars(alert_q)]
         # Columns, not ORM objects: a day of sweeps is over a thousand rows a fleet.
@@ -202,7 +235,15 @@ def load_overview(rt: Runtime, fleet: str) -> Overview:
     counted = [f for f in fleets if f != ALL_FLEETS] if fleet == ALL_FLEETS else [fleet]
     calls = hourly_volume(rt.redis, counted, now, cfg.history_hours)
     return overview_model(
-        fleet, fleets, meta, open_alerts, hist, now, cfg.history_hours, volume=calls
+        fleet,
+        fleets,
+        meta,
+        open_alerts,
+        hist,
+        now,
+        cfg.history_hours,
+        volume=calls,
+        segments=segments,
     )
 
 
