@@ -29,6 +29,7 @@ from tests.support.fleet_rows import insert_agents
 from tests.support.identities import PASSWORD
 from tests.unit.test_console_session import sign_in
 from web.console import charts
+from web.console.pages import agents as agents_page
 from web.console.pages.overview import HistoryRow, UnknownFleet, hourly, overview_model
 
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
@@ -200,7 +201,9 @@ def test_the_overview_shows_one_segment_of_a_fleet(
     assert client.get("/console/?fleet=demo/a/b").status_code == 422
 
 
-def test_the_agents_list_pages_and_filters(world: tuple[TestClient, RecordingRuntime]) -> None:
+def test_the_agents_list_pages_and_filters(
+    world: tuple[TestClient, RecordingRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
     client, _ = world
     sign_in(client, "vera")
     first = client.get("/console/agents?fleet=demo").text
@@ -212,6 +215,11 @@ def test_the_agents_list_pages_and_filters(world: tuple[TestClient, RecordingRun
     assert "7 agents" in paused and "research-0000" in paused
     critical = client.get("/console/agents?health=critical").text
     assert "3 agents" in critical and "support-0040-" in critical
+    # Read in chunks: the matches of every chunk, in order; no snapshot counts as unknown.
+    monkeypatch.setattr(agents_page, "HEALTH_CHUNK", 16)
+    again = client.get("/console/agents?health=critical").text
+    assert "3 agents" in again and "support-0080-" in again
+    assert "7 agents" in client.get("/console/agents?health=unknown").text
     seg = client.get("/console/agents?segment=research&q=0003").text
     assert "1 agent ·" in seg
     bad = client.get("/console/agents?health=purple")
