@@ -386,6 +386,7 @@ class Runtime:
                 self.clock,
                 self.gateway,
                 self.settings.policy.control,
+                lambda messages: self.send(messages),
             ),
         )
 

@@ -78,6 +78,7 @@ class TaskName(StrEnum):
     CONTROL_RESUME_LOOP = "audit.control.resume_loop"
     CONTROL_RELEASE_FLEET = "audit.control.release_fleet"
     CONTROL_SYNC = "audit.control.sync"
+    CONTROL_FREEZE_WALLETS = "audit.control.freeze_wallets"
 
     SUBMIT_TASK = "routing.submit_task"
     SUBMIT_TASKS = "routing.submit_tasks"

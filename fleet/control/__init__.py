@@ -2,6 +2,7 @@
 
 from fleet.control.service import (
     FLEETS_KEY,
+    FREEZE_WALLETS_TASK,
     LOOP_KEY,
     RELEASE_FLEET_TASK,
     RESUME_TASK,
@@ -13,6 +14,7 @@ from fleet.control.service import (
     UnknownTarget,
     freeze_agent,
     freeze_fleet,
+    freeze_wallets,
     pause_loop,
     release_fleet,
     request_agent_release,
@@ -25,6 +27,7 @@ from fleet.control.service import (
 
 __all__ = [
     "FLEETS_KEY",
+    "FREEZE_WALLETS_TASK",
     "LOOP_KEY",
     "RELEASE_FLEET_TASK",
     "RESUME_TASK",
@@ -36,6 +39,7 @@ __all__ = [
     "UnknownTarget",
     "freeze_agent",
     "freeze_fleet",
+    "freeze_wallets",
     "pause_loop",
     "release_fleet",
     "request_agent_release",

@@ -62,8 +62,14 @@ RELEASE_FLEET_ACTION = "release_fleet"
 # Sent by the approvals sweep once a resume or a fleet release is approved.
 RESUME_TASK = "audit.control.resume_loop"
 RELEASE_FLEET_TASK = "audit.control.release_fleet"
+# Sent by a fleet freeze: its agents' wallets frozen at the gateway by a worker, a chunk
+# a message, so the freeze itself answers at once whatever the fleet's size.
+FREEZE_WALLETS_TASK = "audit.control.freeze_wallets"
+WALLETS_PER_MESSAGE = 200
 
 MAX_NAME = 128
+# Who the audit names for what a worker does on a person's behalf (the wallets).
+ACTOR = "fleet-commander/control"
 
 
 class ControlError(ValueError):
@@ -95,6 +101,7 @@ class ControlDeps:
     clock: Clock
     gateway: Gateway
     policy: ControlPolicy
+    send: Callable[[list[tuple[str, dict[str, Any]]]], None]  # messages to the workers
 
 
 class LoopState:
@@ -158,7 +165,9 @@ def check_reason(policy: ControlPolicy, reason: str) -> str:
 
 
 def check_name(field: str, value: str) -> str:
-    value = (value or "").strip()
+    if not isinstance(value, str):
+        raise ControlError(f"{field}: expected text, got {type(value).__name__}")
+    value = value.strip()
     if not value:
         raise ControlError(f"{field}: must not be empty")
     if len(value) > MAX_NAME or any(c.isspace() for c in value):
@@ -351,7 +360,6 @@ def freeze_fleet(deps: ControlDeps, fleet: str, by: str, reason: str) -> dict[st
         paused = [a.agent_id for a in agents]
         s.add(FleetFreeze(fleet=fleet, frozen_by=by, reason=reason, frozen_at=now, agents=paused))
     deps.redis.hset(FLEETS_KEY, fleet, f"frozen by {by}: {reason}")
-    wallets = {a: _freeze_wallet(deps.gateway, a) for a in paused}
     audit.record(
         actor=by,
         action="fleet_frozen",
@@ -360,14 +368,47 @@ def freeze_fleet(deps: ControlDeps, fleet: str, by: str, reason: str) -> dict[st
         details={
             "reason": reason,
             "agents": len(paused),
-            "wallets_not_frozen": sorted(a for a, w in wallets.items() if w != "frozen"),
+            "wallets": "queued",
         },
         article=audit.Article.HUMAN_OVERSIGHT,
         approval=gate.approval,
         approval_id=gate.request_id,
         time=now,
     )
-    return {"status": "frozen", "fleet": fleet, "agents": len(paused)}
+    deps.send(
+        [
+            (FREEZE_WALLETS_TASK, {"fleet": fleet, "agents": paused[i : i + WALLETS_PER_MESSAGE]})
+            for i in range(0, len(paused), WALLETS_PER_MESSAGE)
+        ]
+    )
+    return {"status": "frozen", "fleet": fleet, "agents": len(paused), "wallets": "queued"}
+
+
+def freeze_wallets(deps: ControlDeps, fleet: str, agents: list[str]) -> dict[str, Any]:
+    """Freeze the wallets of a frozen fleet's agents at the gateway (the worker's half of
+    :func:`freeze_fleet`); nothing when the fleet was released meanwhile. Audited with
+    the wallets that could not be frozen."""
+    fleet = check_name("fleet", fleet)
+    if not isinstance(agents, list):
+        raise ControlError(f"agents: expected a list of agent ids, got {type(agents).__name__}")
+    agents = [check_name("agent_id", a) for a in agents]
+    with deps.sessions() as s:
+        freeze = s.get(FleetFreeze, fleet)
+        if freeze is None:
+            return {"status": "released", "fleet": fleet, "frozen": 0}
+        mine = set(freeze.agents or [])
+    wallets = {a: _freeze_wallet(deps.gateway, a) for a in agents if a in mine}
+    not_frozen = sorted(a for a, w in wallets.items() if w != "frozen")
+    audit.record(
+        actor=ACTOR,
+        action="fleet_wallets_frozen",
+        subject=audit.fleet_subject(fleet),
+        fleet=fleet,
+        details={"agents": len(wallets), "wallets_not_frozen": not_frozen},
+        article=audit.Article.HUMAN_OVERSIGHT,
+        time=deps.clock.now(),
+    )
+    return {"status": "frozen", "fleet": fleet, "frozen": len(wallets) - len(not_frozen)}
 
 
 def request_fleet_release(deps: ControlDeps, fleet: str, by: str, reason: str) -> Gate:
@@ -514,6 +555,7 @@ Check = Callable[[], str | None]
 
 __all__ = [
     "FLEETS_KEY",
+    "FREEZE_WALLETS_TASK",
     "LOOP_KEY",
     "RELEASE_FLEET_TASK",
     "RESUME_TASK",
@@ -526,6 +568,7 @@ __all__ = [
     "LoopState",
     "freeze_agent",
     "freeze_fleet",
+    "freeze_wallets",
     "pause_loop",
     "release_fleet",
     "request_agent_release",

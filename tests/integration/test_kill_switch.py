@@ -127,3 +127,23 @@ def test_paused_loop_sweeps_nothing_and_resumes_after_a_second_person(
     [resumed_entry] = _audit(rt, "control_loop_resumed")
     assert resumed_entry.approval == "approved"
     assert '"approvers":["user:bob"]' in resumed_entry.body
+
+
+def test_a_fleet_freeze_answers_at_once_and_a_worker_freezes_its_wallets(
+    stack: Stack, rt: Runtime
+) -> None:
+    ids = seeded_ids(stack.sandbox().seed(AGENTS, prefix="icy", profile="healthy"))
+    insert_agents(
+        sessions_for(stack.settings.sqlalchemy_url), ids, fleet="icy", policy=stack.settings.policy
+    )
+    out = control.freeze_fleet(rt.control, "icy", "user:alice", "runaway spend")
+    assert out == {"status": "frozen", "fleet": "icy", "agents": AGENTS, "wallets": "queued"}
+
+    def frozen() -> list[str]:
+        return [a for a in ids if stack.sandbox().agent(a)["wallet"]["frozen"]]
+
+    # The audit worker takes the message and freezes each wallet at the gateway.
+    wait_until(lambda: len(frozen()) == AGENTS, timeout_s=30)
+    wait_until(lambda: bool(_audit(rt, "fleet_wallets_frozen")), timeout_s=30)
+    [entry] = _audit(rt, "fleet_wallets_frozen")
+    assert f'"agents":{AGENTS}' in entry.body and '"wallets_not_frozen":[]' in entry.body

@@ -46,7 +46,13 @@ def world(runtime: RecordingRuntime) -> Iterator[tuple[RecordingRuntime, Recordi
     r = fakeredis.FakeRedis(decode_responses=True)
     policy = runtime.settings.policy.control
     runtime._built["control"] = ControlDeps(
-        runtime.sessions, r, runtime.approvals, runtime.clock, cast(Gateway, gateway), policy
+        runtime.sessions,
+        r,
+        runtime.approvals,
+        runtime.clock,
+        cast(Gateway, gateway),
+        policy,
+        runtime.send,
     )
     runtime._built["loop_state"] = LoopState(r, runtime.sessions, policy)
     yield runtime, gateway
@@ -167,7 +173,18 @@ def test_freezing_a_fleet_pauses_its_agents_and_only_an_approved_release_undoes_
     assert {_status(rt, a) for a in ids} == {AgentStatus.PAUSED} and _status(
         rt, other[0]
     ) == "active"
+    # The wallets are a worker's: the freeze answers before any gateway call.
+    assert gateway.calls == [] and out["wallets"] == "queued"
+    sent = [kw for name, kw in rt.sent if name == control.FREEZE_WALLETS_TASK]
+    assert sent == [{"fleet": "red", "agents": ids}]
+    assert control.freeze_wallets(rt.control, **sent[0])["frozen"] == 3
     assert sorted(gateway.calls) == sorted(("freeze_wallet", a) for a in ids)
+    # Only the freeze's own agents: a message naming another is not obeyed for it.
+    gateway.calls.clear()
+    control.freeze_wallets(rt.control, "red", [*other, ids[0]])
+    assert gateway.calls == [("freeze_wallet", ids[0])]
+    with pytest.raises(control.ControlError, match="agents: expected a list"):
+        control.freeze_wallets(rt.control, "red", "x")  # type: ignore[arg-type]
     assert rt.loop_state.fleet_frozen("red") and not rt.loop_state.fleet_frozen("blue")
     gate = control.request_fleet_release(rt.control, "red", "user:alice", "fixed")
     assert gate.risk.value == "HIGH" and not gate.may_run and gate.request_id
@@ -185,6 +202,10 @@ def test_freezing_a_fleet_pauses_its_agents_and_only_an_approved_release_undoes_
     assert not rt.loop_state.fleet_frozen("red")
     with pytest.raises(NotApproved):  # claimed once
         control.release_fleet(rt.control, "red", "user:alice", approval_id=gate.request_id)
+    # A wallet message arriving after the release freezes nothing.
+    gateway.calls.clear()
+    assert control.freeze_wallets(rt.control, "red", ids)["status"] == "released"
+    assert gateway.calls == []
 
 
 def test_freezing_one_agent_and_asking_its_release(
