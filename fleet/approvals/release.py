@@ -11,8 +11,6 @@ doing it twice.
 
 from __future__ import annotations
 
-import contextlib
-
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet.approvals.gate import run_approved
@@ -21,6 +19,7 @@ from fleet.audit.events import ApprovalState, Article, build_event
 from fleet.gateway import Gateway
 from fleet.gateway import operations as ops
 from fleet.gateway.errors import NotFound
+from fleet.storage import wallets
 from fleet.storage.records import Agent, AgentStatus
 
 ACTION = "release_agent"
@@ -54,15 +53,21 @@ def release_agent(
 
     def unfreeze() -> str | None:
         # Unfreezing an unfrozen wallet is a no-op there; NotFound: no wallet, nothing to undo.
-        with contextlib.suppress(NotFound):
+        had_wallet = True
+        try:
             gateway.run(ops.unfreeze_wallet(agent_id))
+        except NotFound:
+            had_wallet = False
         with sessions.begin() as session:
             agent = session.get(Agent, agent_id)
             if agent is None:
                 return None
+            now = approvals.clock.now()
             if agent.status == AgentStatus.PAUSED:
                 agent.status = AgentStatus.ACTIVE
-                agent.updated_at = approvals.clock.now()
+                agent.updated_at = now
+            if had_wallet:
+                wallets.note_in(session, agent, frozen=False, by=approvals.actor, at=now)
             return agent.fleet
 
     fleet, view = run_approved(

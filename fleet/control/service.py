@@ -42,6 +42,7 @@ from fleet.control.models import ControlPause, FleetFreeze
 from fleet.gateway import Gateway
 from fleet.gateway import operations as ops
 from fleet.gateway.errors import GatewayError, NotFound
+from fleet.storage import wallets
 from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus
 
@@ -299,6 +300,8 @@ def freeze_agent(deps: ControlDeps, agent_id: str, by: str, reason: str) -> dict
             agent.status = AgentStatus.PAUSED
             agent.updated_at = now
     wallet = _freeze_wallet(deps.gateway, agent_id)
+    if wallet == "frozen":
+        wallets.note(deps.sessions, [agent_id], frozen=True, by=by, at=now)
     audit.record(
         actor=by,
         action="agent_frozen",
@@ -397,18 +400,21 @@ def freeze_wallets(deps: ControlDeps, fleet: str, agents: list[str]) -> dict[str
         if freeze is None:
             return {"status": "released", "fleet": fleet, "frozen": 0}
         mine = set(freeze.agents or [])
-    wallets = {a: _freeze_wallet(deps.gateway, a) for a in agents if a in mine}
-    not_frozen = sorted(a for a, w in wallets.items() if w != "frozen")
+    results = {a: _freeze_wallet(deps.gateway, a) for a in agents if a in mine}
+    not_frozen = sorted(a for a, w in results.items() if w != "frozen")
+    now = deps.clock.now()
+    done = [a for a, w in results.items() if w == "frozen"]
+    wallets.note(deps.sessions, done, frozen=True, by=freeze.frozen_by, at=now)
     audit.record(
         actor=ACTOR,
         action="fleet_wallets_frozen",
         subject=audit.fleet_subject(fleet),
         fleet=fleet,
-        details={"agents": len(wallets), "wallets_not_frozen": not_frozen},
+        details={"agents": len(results), "wallets_not_frozen": not_frozen},
         article=audit.Article.HUMAN_OVERSIGHT,
-        time=deps.clock.now(),
+        time=now,
     )
-    return {"status": "frozen", "fleet": fleet, "frozen": len(wallets) - len(not_frozen)}
+    return {"status": "frozen", "fleet": fleet, "frozen": len(done)}
 
 
 def request_fleet_release(deps: ControlDeps, fleet: str, by: str, reason: str) -> Gate:
@@ -459,9 +465,12 @@ def release_fleet(
         if row is not None:
             s.delete(row)
     deps.redis.hdel(FLEETS_KEY, fleet)
+    unfrozen = []
     for agent_id in listed:
         with contextlib.suppress(NotFound):
             deps.gateway.run(ops.unfreeze_wallet(agent_id))
+            unfrozen.append(agent_id)
+    wallets.note(deps.sessions, unfrozen, frozen=False, by=requested_by, at=now)
     audit.record(
         actor=requested_by,
         action="fleet_released",

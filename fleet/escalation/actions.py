@@ -68,6 +68,7 @@ from fleet.sla.models import (
     SlaEpisode,
     SlaEscalation,
 )
+from fleet.storage import wallets
 from fleet.storage.db import write_session
 from fleet.storage.records import Agent, AgentStatus
 
@@ -570,6 +571,9 @@ def _freeze(
     def freeze_wallet() -> dict[str, Any]:
         try:
             out = deps.gateway.run(ops.freeze_wallet(ep.agent_id))
+            wallets.note(
+                deps.sessions, [ep.agent_id], frozen=out.frozen, by=ACTOR, at=deps.clock.now()
+            )
             return {"frozen": out.frozen, "wallet_id": out.agent_id}
         except NotFound:
             return {"frozen": False, "note": "no wallet"}

@@ -24,6 +24,9 @@ from fleet.budgets import control as budget_control
 from fleet.identity import Role
 from fleet.monitoring import sweep
 from fleet.monitoring.snapshot import Health, Snapshot, write_snapshots
+from fleet.storage import wallets
+from fleet.storage.db import write_session
+from fleet.storage.records import Agent
 from tests.conftest import RecordingRuntime
 from tests.support.fleet_rows import insert_agents
 from tests.support.identities import PASSWORD
@@ -233,7 +236,7 @@ def test_the_agents_list_pages_and_filters(
 def test_the_drill_down_offers_levers_only_to_a_role_that_may_use_them(
     world: tuple[TestClient, RecordingRuntime],
 ) -> None:
-    client, _ = world
+    client, rt = world
     agent = _ids(1, "research")[0]
     sign_in(client, "vera")
     viewer = client.get(f"/console/agents/{agent}").text
@@ -246,6 +249,14 @@ def test_the_drill_down_offers_levers_only_to_a_role_that_may_use_them(
     )
     assert refused.status_code == 403 and "lacks approvals:request" in refused.text
     assert client.get("/console/agents/nobody-here").status_code == 404
+    # Frozen or not as we last left the wallet: the gateway has no read of the flag.
+    assert "not frozen by Fleet Commander (the gateway offers no read" in unescape(viewer)
+    with write_session(rt.sessions) as s:
+        row = s.get(Agent, agent)
+        assert row is not None
+        wallets.note_in(s, row, frozen=True, by="user:otto", at=datetime(2026, 12, 2, tzinfo=UTC))
+    shown = unescape(client.get(f"/console/agents/{agent}").text)
+    assert "yes — frozen by user:otto at 2026-12-02T00:00:00" in shown
 
 
 def test_an_operator_requests_a_release_and_a_retirement_through_the_approval_rules(

@@ -19,6 +19,7 @@ from fleet.escalation.actions import ActionDeps, run_action
 from fleet.gateway import Gateway
 from fleet.hotstate import Lease
 from fleet.provisioning import pipeline
+from fleet.storage import wallets
 from fleet.storage.records import Agent, AgentStatus
 from fleet.work.service import WorkDeps, run_tasks
 from fleet.work.submission import parse_submission
@@ -56,6 +57,13 @@ def world(runtime: RecordingRuntime) -> Iterator[tuple[RecordingRuntime, Recordi
     )
     runtime._built["loop_state"] = LoopState(r, runtime.sessions, policy)
     yield runtime, gateway
+
+
+def _wallet(rt: RecordingRuntime, agent_id: str) -> dict[str, Any] | None:
+    with rt.sessions() as s:
+        agent = s.get(Agent, agent_id)
+        assert agent is not None
+        return wallets.state(agent)
 
 
 def _agents(rt: RecordingRuntime, fleet: str, n: int) -> list[str]:
@@ -178,6 +186,8 @@ def test_freezing_a_fleet_pauses_its_agents_and_only_an_approved_release_undoes_
     sent = [kw for name, kw in rt.sent if name == control.FREEZE_WALLETS_TASK]
     assert sent == [{"fleet": "red", "agents": ids}]
     assert control.freeze_wallets(rt.control, **sent[0])["frozen"] == 3
+    assert {(_wallet(rt, a) or {}).get("by") for a in ids} == {"user:alice"}
+    assert _wallet(rt, other[0]) is None
     assert sorted(gateway.calls) == sorted(("freeze_wallet", a) for a in ids)
     # Only the freeze's own agents: a message naming another is not obeyed for it.
     gateway.calls.clear()
@@ -199,6 +209,7 @@ def test_freezing_a_fleet_pauses_its_agents_and_only_an_approved_release_undoes_
     )
     assert {_status(rt, a) for a in ids} == {AgentStatus.ACTIVE}
     assert ("unfreeze_wallet", ids[0]) in gateway.calls
+    assert {(_wallet(rt, a) or {}).get("frozen") for a in ids} == {False}
     assert not rt.loop_state.fleet_frozen("red")
     with pytest.raises(NotApproved):  # claimed once
         control.release_fleet(rt.control, "red", "user:alice", approval_id=gate.request_id)
@@ -215,6 +226,7 @@ def test_freezing_one_agent_and_asking_its_release(
     [agent] = _agents(rt, "one", 1)
     assert control.freeze_agent(rt.control, agent, "user:alice", "odd spend")["status"] == "frozen"
     assert _status(rt, agent) == AgentStatus.PAUSED and gateway.calls == [("freeze_wallet", agent)]
+    assert _wallet(rt, agent) is not None and _wallet(rt, agent)["frozen"] is True
     asked = control.request_agent_release(rt.control, agent, "user:alice", "looked at it")
     view = rt.approvals.get(asked["request_id"])
     assert view.action == "release_agent" and view.requested_by == "user:alice"

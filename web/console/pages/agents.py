@@ -27,6 +27,7 @@ from fleet.identity import Permission, Principal
 from fleet.monitoring.models import AgentHourly
 from fleet.monitoring.snapshot import Snapshot, snapshot_key
 from fleet.runtime import Runtime
+from fleet.storage import wallets
 from fleet.storage.records import Agent, AgentStatus
 from fleet.work.records import WorkTask
 from web.console import charts
@@ -282,6 +283,7 @@ def agent_detail(rt: Runtime, agent_id: str) -> dict[str, Any] | None:
             "traffic_weight": agent.traffic_weight,
             "created_at": agent.created_at,
             "public_key": (agent.extra or {}).get("public_key"),
+            "wallet": wallets.state(agent),
         }
         hourly = list(
             session.scalars(
@@ -328,7 +330,8 @@ def agent_detail(rt: Runtime, agent_id: str) -> dict[str, Any] | None:
         "wallet": {
             "balance": snap.balance if snap else None,
             "burn": snap.burn_rate_per_hour if snap else None,
-            "frozen": head["status"] == AgentStatus.PAUSED,
+            # Ours to know: the gateway has no read of a wallet's frozen flag.
+            "frozen": head["wallet"],
             "cap_per_agent_hour": budgets.per_agent_hour,
             "cap_per_task": budgets.per_task,
         },
