@@ -11,8 +11,8 @@ from typing import Any
 
 from tests.e2e.conftest import Stack, check_a11y, shot, sign_in, wait_for
 
-# The demo's sweep runs every 15 s (`fleet up --demo`).
-SWEEP_S = 15.0
+# The e2e stack sweeps every 5 s (FLEET_SCHEDULE__METRICS_SWEEP_S in conftest).
+SWEEP_S = 5.0
 
 
 def test_fleet_up_prints_the_console_url_first(stack: Stack) -> None:

@@ -15,8 +15,8 @@ import redis
 from fleet.monitoring import sweep as sweeping
 from tests.e2e.conftest import Stack, check_a11y, shot, sign_in, wait_for
 
-# The demo's sweep runs every 15 s; the approvals sweep that sends approved work, every 5 s.
-SWEEP_S = 15.0
+# The e2e stack sweeps every 5 s and sends approved work every 5 s (conftest).
+SWEEP_S = 5.0
 APPROVALS_SWEEP_S = 5.0  # the e2e policy's approvals.sweep_s
 
 # The session's `fleet up --demo` starts inside the first test (minutes on a loaded box),
