@@ -2,8 +2,9 @@
 live update's delay after the sweep that caused it.
 
 A local stack (Redis, SQLite, the API process as `fleet up` starts it) with AGENTS
-agent rows, a snapshot for each (one in ``critical_every`` critical), the fleet view
-and meta a sweep leaves behind, a day of per-sweep history rows and open alerts.
+agent rows, a snapshot for each (one in ``critical_every`` critical), the fleet view,
+its eight segments' views and meta a sweep leaves behind, a day of tool-call volume and
+of per-sweep history rows, and open alerts.
 A person signs in through the console's form; then:
 
 - the overview (``/console/?fleet=bench``) and the agent list, plain and filtered by
@@ -129,7 +130,7 @@ def seed(stack: Any, agents: int, critical_every: int, alerts: int) -> dict[str,
 def write_view(r: Any, agents: int, critical: int, sweep_id: str) -> None:
     import orjson
 
-    from fleet.monitoring import sweep
+    from fleet.monitoring import sweep, volume
 
     view = {
         "fleet": FLEET,
@@ -151,6 +152,17 @@ def write_view(r: Any, agents: int, critical: int, sweep_id: str) -> None:
     pipe.hset(
         sweep.HEALTH_META_KEY, mapping={"sweep_id": sweep_id, "finished_at": str(time.time())}
     )
+    # The eight segments' views (bench0 … bench7) and a day of tool-call volume.
+    segments = {
+        volume.segment_view(FLEET, f"bench{i}"): orjson.dumps(
+            {**view, "fleet": volume.segment_view(FLEET, f"bench{i}"), "agents": agents // 8}
+        )
+        for i in range(8)
+    }
+    pipe.hset(sweep.SEGMENTS_KEY, mapping=segments)
+    hour = volume.hour_of(time.time())
+    for h in range(24):
+        pipe.set(volume.volume_key(FLEET, hour - 3600 * h), 40 * agents + 97 * h, ex=volume.KEEP_S)
     pipe.execute()
 
 
