@@ -16,6 +16,17 @@ TEMPLATES_DIR = Path(__file__).parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 
 
+def _elsewhere(request: Request) -> dict[str, str]:
+    """Where the rest of the system is seen: Flower for the Celery tasks, the API's
+    OpenAPI document, the Prometheus metrics."""
+    runtime = getattr(request.app.state, "runtime", None)
+    flower = getattr(getattr(runtime, "settings", None), "flower", None)
+    out = {"openapi": "/openapi.json", "metrics": "/metrics"}
+    if flower is not None:
+        out["flower"] = f"http://{flower.host}:{flower.port}/"
+    return out
+
+
 def page(
     request: Request,
     template: str,
@@ -30,6 +41,7 @@ def page(
         "csrf": getattr(request.state, "console_csrf", ""),
         "nav": nav_for(principal, request.url.path) if principal is not None else [],
         "may": (lambda name: principal is not None and principal.may(Permission(name))),
+        "elsewhere": _elsewhere(request),
     }
     values.update(context or {})
     return templates.TemplateResponse(request, template, values, status_code=status_code)
