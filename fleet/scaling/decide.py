@@ -5,7 +5,9 @@ its limit scales down on cost; pending tasks per healthy agent above
 ``scale_up_queue_per_agent`` scale up by ``scale_up_step``, below
 ``scale_down_queue_per_agent`` scale down by ``scale_down_step``; every step is cut so
 the segment's size stays within ``min_agents``..``max_agents``, and a step cut to
-nothing is a hold. Every number comes from :class:`config.policy.ScalingPolicy`.
+nothing is a hold. A segment outside those bounds (a smaller manifest group, a policy
+changed since) is brought back towards them a step at a time, whatever its load.
+Every number comes from :class:`config.policy.ScalingPolicy`.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def decide(policy: ScalingPolicy, inputs: Inputs) -> Decision:
     def down(action: Action, why: str) -> Decision:
         count = min(policy.scale_down_step, inputs.size - policy.min_agents)
         if count <= 0:
-            return hold(f"{why}, but the segment is at its minimum ({policy.min_agents})")
+            where = "at" if inputs.size == policy.min_agents else "below"
+            return hold(f"{why}, but the segment is {where} its minimum ({policy.min_agents})")
         return Decision(action, count, f"{why}: retire {count}", seen)
 
     if (
@@ -108,6 +111,14 @@ def decide(policy: ScalingPolicy, inputs: Inputs) -> Decision:
         count = min(policy.scale_down_step, inputs.size - policy.max_agents)
         return Decision(
             Action.SCALE_DOWN, count, f"size {inputs.size} above max {policy.max_agents}", seen
+        )
+    if inputs.size < policy.min_agents:
+        count = min(policy.scale_up_step, policy.min_agents - inputs.size)
+        return Decision(
+            Action.SCALE_UP,
+            count,
+            f"size {inputs.size} below min {policy.min_agents}: provision {count}",
+            seen,
         )
     if ratio is None:
         if inputs.pending > 0:

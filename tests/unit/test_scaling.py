@@ -55,6 +55,8 @@ def inputs(pending: int, healthy: int, size: int, **kw: Any) -> Inputs:
         (3, 0, 5, Action.SCALE_UP, 5, "inf"),  # work and no healthy agent
         (0, 0, 5, Action.HOLD, 0, "no load"),
         (50, 10, 104, Action.SCALE_DOWN, 2, "above max"),
+        (0, 3, 3, Action.SCALE_UP, 2, "below min 5: provision 2"),  # a small group
+        (0, 0, 0, Action.SCALE_UP, 5, "below min 5: provision 5"),  # a step at a time
     ],
 )
 def test_decide_follows_the_thresholds_and_stays_within_min_and_max(
@@ -85,6 +87,10 @@ def test_burn_over_the_limit_scales_down_on_cost_before_the_load_counts() -> Non
     assert decide(POLICY, at_limit).action is Action.SCALE_UP
     at_min = inputs(0, 5, 5, burn=Decimal("3000"), burn_limit=Decimal("2000"))
     assert decide(POLICY, at_min).action is Action.HOLD
+    # Over the limit nothing is provisioned, not even to reach the minimum.
+    below_min = inputs(0, 3, 3, burn=Decimal("3000"), burn_limit=Decimal("2000"))
+    held = decide(POLICY, below_min)
+    assert held.action is Action.HOLD and "below its minimum" in held.reason
 
 
 def test_the_numbers_come_from_the_policy() -> None:
