@@ -4,7 +4,8 @@ Monthly cost of a segment = Σ its agents (tasks/day × calls/task × cost/call 
 + provisioning + monitoring overhead), where
 
 - tasks/day and cost/call come from a week of the ledger (the segment's attributed cost
-  over its tasks, calls/task from ``finops.calls_per_task``),
+  over its tasks, calls/task from ``finops.calls_per_task``); a week still running counts
+  its tasks over the days it has had so far, not seven,
 - provisioning is the monthly price of each agent's key tier (``provisioning.tier_prices``),
 - monitoring overhead is what the sweeps cost at the gateway, measured per fleet over the
   last hour (fleet.monitoring.sweep), × 24 × days, shared among the fleet's agents.
@@ -45,8 +46,12 @@ def compute(
     prefixes: Mapping[str, str],
     overhead_per_hour: Decimal | None,
     convert: Callable[[Decimal], Decimal],
+    days_observed: Decimal = Decimal(7),
 ) -> dict[str, Any]:
-    """The economics of each segment from the review's segment rows (a week's actuals)."""
+    """The economics of each segment from the review's segment rows (a week's actuals,
+    over ``days_observed`` days of it)."""
+    if days_observed <= 0:
+        raise ValueError("days_observed: must be above 0")
     f = policy.finops
     days = Decimal(f.days_per_month)
     calls_per_task = Decimal(str(f.calls_per_task))
@@ -71,7 +76,7 @@ def compute(
         n_agents = len(members) or len(seen_agents.get(name, ()))
         weekly_cost = _known(seg["actual"])
         tasks_week = int(seg["tasks"])
-        tasks_per_day = Decimal(tasks_week) / 7
+        tasks_per_day = Decimal(tasks_week) / days_observed
         provisioning = sum(
             (convert(policy.provisioning.tier_prices.get(a.tier, Decimal(0))) for a in members),
             Decimal(0),
@@ -111,6 +116,7 @@ def compute(
                 "inputs": {
                     "agents": n_agents,
                     "tasks_per_day": format(_q(tasks_per_day), "f"),
+                    "days_observed": format(days_observed.quantize(Decimal("0.01")), "f"),
                     "calls_per_task": format(calls_per_task, "f"),
                     "cost_per_call": as_json(cost_per_call),
                     "days_per_month": int(days),

@@ -42,13 +42,21 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence
     return "".join(out)
 
 
+def _so_far(period: Mapping[str, Any]) -> str:
+    # Reviews kept before the field existed are of complete weeks.
+    if period.get("complete", True):
+        return ""
+    return f" (under way: {_e(period['days_observed'])} days so far)"
+
+
 def review_fragment(review: Mapping[str, Any]) -> str:
     cur = str(review["currency"])
     parts = [
         f'<section class="finops-review"><h1>FinOps review: {_e(review["fleet"])}, '
         f"week {_e(review['week'])}</h1>",
-        f"<p>{_e(review['period']['start'])} to {_e(review['period']['end'])}; amounts in "
-        f"{_e(cur)}"
+        f"<p>{_e(review['period']['start'])} to {_e(review['period']['end'])}"
+        + _so_far(review["period"])
+        + f"; amounts in {_e(cur)}"
         + "".join(f"; rate {_e(k)} {_e(v)}" for k, v in review["exchange_rates"].items())
         + f"; generated {_e(review['generated_at'])}.</p>",
         "<h2>Budget vs actual per segment</h2>",

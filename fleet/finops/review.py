@@ -81,6 +81,16 @@ def previous_week(now: datetime) -> str:
     return week_of(now - timedelta(days=7))
 
 
+def days_observed(start: datetime, end: datetime, now: datetime) -> Decimal:
+    """The days of [start, end) that have passed by ``now``: 7 for a past week; for the
+    week under way the time so far (at least an hour, so a rate of its first minutes is
+    not a division by almost nothing); 7 for a week not begun (it holds nothing)."""
+    if now >= end or now < start:
+        return Decimal(7)
+    elapsed = max((now - start).total_seconds(), 3600.0)
+    return Decimal(str(elapsed)) / Decimal(86400)
+
+
 def _shift(week: str, weeks: int) -> str:
     start, _ = parse_week(week)
     return week_of(start + timedelta(days=7 * weeks))
@@ -459,6 +469,7 @@ def build_review(
         if overhead_per_hour is not None
         else None
     )
+    days = days_observed(start, end, generated_at)
     econ = economics.compute(
         policy,
         segments=segments,
@@ -467,12 +478,18 @@ def build_review(
         prefixes=prefixes,
         overhead_per_hour=overhead,
         convert=lambda amount: convert(amount, policy.budgets.currency),
+        days_observed=days,
     )
     return {
         "kind": "finops-review",
         "fleet": fleet,
         "week": week,
-        "period": {"start": start.isoformat(), "end": end.isoformat()},
+        "period": {
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "complete": generated_at >= end,
+            "days_observed": format(days.quantize(Decimal("0.01")), "f"),
+        },
         "generated_at": generated_at.isoformat(),
         "currency": f.currency,
         "exchange_rates": dict(sorted(convert.used.items())),

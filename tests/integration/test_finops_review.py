@@ -368,6 +368,25 @@ def test_review_and_economics_match_figures_computed_here(world: dict[str, Any])
     assert html_path.read_text(encoding="utf-8") == page
 
 
+def test_the_week_under_way_counts_its_tasks_over_the_days_it_has_had(
+    world: dict[str, Any],
+) -> None:
+    seed: Seeder = world["seed"]
+    this_monday = MONDAY + timedelta(days=7)  # 2026-W49; NOW is its Tuesday 09:00
+    for i in range(3):
+        seed.task(W1, "0.10", when=this_monday + timedelta(hours=10, minutes=i))
+    review = service.review(world["deps"], world["fleet"], "2026-W49")
+    days = D(33) / D(24)  # Monday 00:00 to Tuesday 09:00
+    assert review["period"]["complete"] is False
+    assert review["period"]["days_observed"] == "1.38"
+    writer = {s["segment"]: s for s in review["economics"]["segments"]}["writer"]
+    assert D(writer["inputs"]["tasks_per_day"]) == (D(3) / days).quantize(Q6)
+    assert "under way: 1.38 days so far" in render.review_html(review)
+    # A week that has ended is seven days, whatever the clock says since.
+    past = service.review(world["deps"], world["fleet"], WEEK)
+    assert past["period"] == {**past["period"], "complete": True, "days_observed": "7.00"}
+
+
 def test_a_bad_week_or_fleet_is_refused_by_name(world: dict[str, Any]) -> None:
     from fleet.finops.review import ReviewError
 

@@ -343,9 +343,14 @@ def test_the_scaling_page_lists_segments_and_asks_for_enforce_through_an_approva
 def test_the_money_page_links_the_weekly_review_and_the_review_page_answers(
     world: tuple[TestClient, RecordingRuntime],
 ) -> None:
-    client, _ = world
+    from fleet.finops.review import previous_week, week_of
+
+    client, rt = world
     sign_in(client, "vera")
-    assert "/console/money/review?fleet=demo" in client.get("/console/money").text
+    money = unescape(client.get("/console/money").text)
+    now = rt.clock.now()
+    assert f"/console/money/review?fleet=demo&week={previous_week(now)}" in money
+    assert f"/console/money/review?fleet=demo&week={week_of(now)}" in money
     review = client.get("/console/money/review?fleet=demo&week=2026-W48")
     assert review.status_code == 200
     assert "FinOps review — fleet demo, week 2026-W48" in unescape(review.text)

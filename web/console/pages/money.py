@@ -120,9 +120,13 @@ async def money_page(
     done: str = "",
     error: str = "",
 ) -> HTMLResponse:
+    from fleet.finops.review import previous_week, week_of
+
     rt = get_runtime(request)
     state = await run_in_threadpool(_state, rt, fleet or rt.settings.fleet_name)
-    return page(request, "money.html", {**state, "done": done[:300], "error": error[:300]})
+    now = rt.clock.now()
+    weeks = {"last_week": previous_week(now), "this_week": week_of(now)}
+    return page(request, "money.html", {**state, **weeks, "done": done[:300], "error": error[:300]})
 
 
 @router.post("/resume", dependencies=[needs(Permission.APPROVALS_REQUEST)])

@@ -90,6 +90,10 @@ def _money(value: object) -> Decimal:
         return Decimal(0)
 
 
+def _calls(n: int) -> str:
+    return f"{n:,} call" if n == 1 else f"{n:,} calls"
+
+
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.1f} %"
 
@@ -171,8 +175,9 @@ def overview_model(
     reported = [(calls, at) for at, calls in volume or [] if calls is not None]
     if reported:
         calls, at = max(reported, key=lambda pair: pair[0])
-        peaks["volume"] = f"{calls:,} calls in the hour from {at:%H:00} UTC"
-        peaks["volume_total"] = f"{sum(c for c, _ in reported):,} calls in the last {hours} h"
+        total = sum(c for c, _ in reported)
+        peaks["volume"] = f"{_calls(calls)} in the hour from {at:%H:00} UTC"
+        peaks["volume_total"] = f"{_calls(total)} in the last {hours} h"
     return Overview(
         fleet=fleet,
         fleets=sorted(f for f in fleets if f != ALL_FLEETS),
