@@ -34,7 +34,7 @@ from celery.exceptions import Reject
 
 from fleet.control import LoopPaused
 from fleet.work import store
-from fleet.work.service import run_tasks
+from fleet.work.service import run_tasks, task_id_for
 from fleet.work.submission import SubmissionError, parse_submission
 from tasks._base import fleet_task, runtime
 from workers.queues import TaskName
@@ -53,7 +53,7 @@ def submit_task(self: Task, task: Any) -> dict[str, Any]:
     except SubmissionError as exc:
         raise Reject(f"invalid task: {exc}", requeue=False) from None
     try:
-        return run_tasks(runtime().work, [(sub, str(self.request.id))])[0]
+        return run_tasks(runtime().work, [(sub, task_id_for(str(self.request.id)))])[0]
     except LoopPaused as paused:  # the kill switch: held, sent again, nothing claimed
         raise self.retry(countdown=paused.retry_in, max_retries=None) from None
 
@@ -66,7 +66,7 @@ def submit_tasks(self: Task, tasks: Any) -> dict[str, Any]:
     subs = []
     for i, item in enumerate(tasks):
         try:
-            subs.append((parse_submission(item), f"{self.request.id}.{i}"))
+            subs.append((parse_submission(item), task_id_for(str(self.request.id), i)))
         except SubmissionError as exc:
             problems += [f"tasks.{i}.{p}" for p in exc.problems]
     if problems:

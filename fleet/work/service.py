@@ -26,6 +26,7 @@ Per task, in order:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -539,3 +540,17 @@ def _record(t: _Task) -> dict[str, Any]:
 
 def new_task_id() -> str:
     return uuid.uuid4().hex
+
+
+def task_id_for(message_id: str, index: int | None = None) -> str:
+    """The id of a task that came in a queue message (``index``: its place in a batch).
+
+    32 hex like every task id, since a sub-task names its parent by one (a message id is
+    a dashed UUID, and a batch holds many tasks), and the same on every redelivery of
+    the message, so a redelivered task is known for the one already claimed."""
+    if index is None:
+        try:
+            return uuid.UUID(message_id).hex
+        except ValueError:
+            pass
+    return hashlib.sha256(f"{message_id}.{index}".encode()).hexdigest()[:32]

@@ -7,6 +7,7 @@ from the sandbox (what the agents themselves counted) and from the task records.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -191,6 +192,49 @@ def test_records_reach_the_database_with_the_model_and_its_reason(
 
     time.sleep(1.0)
     assert sum(_received(stack).values()) == sum(before.values())
+
+
+def test_a_task_sent_in_a_batch_or_alone_can_be_named_as_a_sub_tasks_parent(
+    stack: Stack, agents: list[str]
+) -> None:
+    """Task ids from queue messages are 32 hex, the form parent_task_id takes."""
+    tag = f"tree-{uuid.uuid4().hex[:6]}"
+    app = stack.celery()
+    r = connect(stack.settings.redis_url)
+    trace = "ef" * 16
+    carrier = {"traceparent": f"00-{trace}-{'12' * 8}-01"}
+
+    def done(key: str) -> dict[str, Any]:
+        def ended() -> dict[str, Any] | None:
+            task_id = r.get(store.idem_key(key))
+            state = store.task_state(r, _sessions(stack), str(task_id)) if task_id else {}
+            return state if state.get("state") in ("completed", "failed", "refused") else None
+
+        found: dict[str, Any] = wait_until(ended, timeout_s=30, interval_s=0.2)  # type: ignore[assignment]
+        return found
+
+    app.send_task(
+        TaskName.SUBMIT_TASKS.value,
+        kwargs={"tasks": [_submission(0, tag, trace=carrier), _submission(1, tag)]},
+    )
+    root = done(f"{tag}-0")
+    assert re.fullmatch(r"[0-9a-f]{32}", root["task_id"]), root["task_id"]
+    child = _submission(2, tag, trace=carrier, parent_task_id=root["task_id"])
+    app.send_task(TaskName.SUBMIT_TASK.value, kwargs={"task": child})
+    sub = done(f"{tag}-2")
+    assert sub["state"] == "completed", sub
+    assert re.fullmatch(r"[0-9a-f]{32}", sub["task_id"]), sub["task_id"]
+    assert sub["parent_task_id"] == root["task_id"] and sub["root_task_id"] == root["task_id"]
+    grandchild = _submission(3, tag, trace=carrier, parent_task_id=sub["task_id"])
+    app.send_task(TaskName.SUBMIT_TASKS.value, kwargs={"tasks": [grandchild]})
+    leaf = done(f"{tag}-3")
+    assert leaf["state"] == "completed" and leaf["root_task_id"] == root["task_id"], leaf
+    # A parent in another trace is refused, naming it.
+    stray = _submission(4, tag, parent_task_id=root["task_id"])
+    stray["trace"] = {"traceparent": f"00-{'9a' * 16}-{'12' * 8}-01"}
+    app.send_task(TaskName.SUBMIT_TASK.value, kwargs={"task": stray})
+    refused = done(f"{tag}-4")
+    assert refused["state"] == "refused" and "parent_task_id" in refused["reason"], refused
 
 
 def test_a_task_failed_before_any_spend_is_rerouted_once_and_never_after_a_spend(

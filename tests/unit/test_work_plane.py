@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import re
 import warnings
 from collections.abc import Iterator
 from decimal import Decimal
@@ -256,3 +257,15 @@ def test_an_all_zero_trace_context_is_ignored_as_w3c_says_not_refused() -> None:
     zero = "00-" + "0" * 32 + "-" + "b" * 16 + "-01"
     sub = parse_submission({**GOOD, "trace": {"traceparent": zero}})
     assert sub.trace is not None and sub.trace.carrier() == {}
+
+
+def test_a_queued_tasks_id_is_32_hex_and_the_same_on_redelivery() -> None:
+    from fleet.work.service import task_id_for
+
+    message = "2d1ef538-2c90-4e5e-a3a8-352e9144d093"
+    assert task_id_for(message) == message.replace("-", "")
+    first = task_id_for(message, 0)
+    assert re.fullmatch(r"[0-9a-f]{32}", first) and first == task_id_for(message, 0)
+    assert first != task_id_for(message, 1) and first != task_id_for(message)
+    # A message id that is not a UUID (another producer's) still gives a task id.
+    assert re.fullmatch(r"[0-9a-f]{32}", task_id_for("job-7"))
