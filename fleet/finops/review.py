@@ -44,7 +44,7 @@ from fleet.finops.attribution import (
 )
 from fleet.finops.rates import FinanceSource
 from fleet.storage.records import Agent
-from fleet.work.records import WorkTask
+from fleet.work.records import WorkTask, reservation_id, task_of
 
 _WEEK = re.compile(r"^(?P<year>\d{4})-W(?P<week>\d{2})$")
 # Tasks that never reached an agent spent nothing: their cost is known, and it is 0.
@@ -127,16 +127,16 @@ def _load_week(
     work_currency: str,
 ) -> WeekData:
     with sessions() as s:
-        ledger = {
-            e.task_id: e
-            for e in s.scalars(
-                select(SpendEntry).where(
-                    SpendEntry.fleet == fleet,
-                    SpendEntry.settled_at >= start,
-                    SpendEntry.settled_at < end,
-                )
+        # A work task's spend is booked per attempt, under its reservation id.
+        ledger: dict[str, list[SpendEntry]] = defaultdict(list)
+        for e in s.scalars(
+            select(SpendEntry).where(
+                SpendEntry.fleet == fleet,
+                SpendEntry.settled_at >= start,
+                SpendEntry.settled_at < end,
             )
-        }
+        ):
+            ledger[task_of(e.task_id)].append(e)
         tasks = list(
             s.scalars(
                 select(WorkTask).where(
@@ -147,22 +147,36 @@ def _load_week(
             )
         )
         # A task finished this week whose spend settled in another is still costed.
-        missing = [t.task_id for t in tasks if t.task_id not in ledger]
-        if missing:
-            for e in s.scalars(select(SpendEntry).where(SpendEntry.task_id.in_(missing))):
-                ledger[e.task_id] = e
+        missing = [
+            rid
+            for t in tasks
+            if t.task_id not in ledger
+            for rid in (
+                t.task_id,
+                *(reservation_id(t.task_id, n) for n in range(1, len(t.attempts or []) + 1)),
+            )
+        ]
+        for chunk in range(0, len(missing), 500):
+            for e in s.scalars(
+                select(SpendEntry).where(SpendEntry.task_id.in_(missing[chunk : chunk + 500]))
+            ):
+                ledger[task_of(e.task_id)].append(e)
     nodes: list[TaskNode] = []
     tokens: dict[str, int] = {}
     calls: Counter[str] = Counter()
     spend: dict[str, Decimal] = defaultdict(Decimal)
     seen: set[str] = set()
+
+    def booked(entries: Sequence[SpendEntry]) -> Decimal:
+        return sum((convert(Decimal(e.actual), e.currency) for e in entries), Decimal(0))
+
     for t in tasks:
         seen.add(t.task_id)
         tokens[t.task_id] = t.estimated_tokens
-        entry = ledger.get(t.task_id)
+        entries = ledger.get(t.task_id)
         cost: Cost
-        if entry is not None:
-            cost = convert(Decimal(entry.actual), entry.currency)
+        if entries:
+            cost = booked(entries)
         elif t.actual is not None:
             cost = convert(Decimal(t.actual), work_currency)
         elif t.state in NO_SPEND_STATES or t.agent_id is None:
@@ -182,14 +196,17 @@ def _load_week(
                 model=t.model,
             )
         )
-    for e in ledger.values():
-        if e.task_id not in seen and start <= _aware(e.settled_at) < end:
-            cost = convert(Decimal(e.actual), e.currency)
+    for task_id, entries in ledger.items():
+        if task_id in seen:
+            continue
+        week = [e for e in entries if start <= _aware(e.settled_at) < end]
+        if week:
+            e = week[-1]
             nodes.append(
                 TaskNode(
-                    e.task_id,
+                    task_id,
                     e.agent_id,
-                    cost,
+                    booked(week),
                     trace_id=e.trace_id,
                     payer_kind="pool" if e.pool else "agent",
                     payer_id=e.pool or e.agent_id,

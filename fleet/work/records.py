@@ -53,3 +53,16 @@ class WorkTask(Base):
         Index("ix_work_tasks_fleet_finished", "fleet", "finished_at"),
         Index("ix_work_tasks_root", "root_task_id"),
     )
+
+
+def reservation_id(task_id: str, attempt: int) -> str:
+    """The budget reservation of a task's attempt (1-based), which is also its spend-ledger
+    row's ``task_id``: each attempt reserves on its own."""
+    return f"{task_id}.{attempt}"
+
+
+def task_of(ledger_task_id: str) -> str:
+    """The work task a spend-ledger row belongs to: its reservation id without the attempt
+    (a row written by another caller of the budgets, without one, is its own task)."""
+    head, dot, tail = ledger_task_id.rpartition(".")
+    return head if dot and head and tail.isdigit() else ledger_task_id

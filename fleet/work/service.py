@@ -49,6 +49,7 @@ from fleet.work.a2a import A2ADelivery, Outcome
 from fleet.work.measured import MeasuredSignals
 from fleet.work.model_choice import choose_model
 from fleet.work.outside import OutsideDirectory
+from fleet.work.records import reservation_id
 from fleet.work.selection import CandidateDirectory, Listed, Picker, outside_candidates
 from fleet.work.submission import TaskSubmission
 
@@ -321,7 +322,7 @@ def _route(deps: WorkDeps, tasks: Sequence[_Task]) -> None:
                 f"{sorted(t.sub.capabilities)}" + (" other than those tried" if tried else "")
             )
             continue
-        reservation = f"{t.task_id}.{len(t.attempts) + 1}"
+        reservation = reservation_id(t.task_id, len(t.attempts) + 1)
         if deps.admission is not None and t.estimate is not None:
             admit_span = _child(
                 t,

@@ -29,7 +29,7 @@ from fleet.finops.rates import GatewayFinance
 from fleet.gateway import GatewayClient, GatewayConfig, StaticKeyRing
 from fleet.monitoring.sweep import overhead_key
 from fleet.storage.db import engine_for, migrate
-from fleet.work.records import WorkTask
+from fleet.work.records import WorkTask, reservation_id
 from tests.conftest import ROOT, SandboxProcess
 from tests.support.databases import postgres_available, postgres_database, sqlite_database
 from tests.support.fleet_rows import insert_agents, sessions_for
@@ -87,8 +87,10 @@ class Seeder:
                         model_reason="seeded",
                         state=state,
                         agent_id=agent,
-                        attempts=[],
-                        actual=None,  # the ledger is the record of what was spent
+                        # As the work plane writes them: one attempt, its reported cost
+                        # beside the ledger's (the ledger, per attempt, is what counts).
+                        attempts=[{"agent_id": agent, "state": state}] if agent else [],
+                        actual=actual if ledger else None,
                         trace_id=trace,
                         parent_task_id=parent,
                         root_task_id=root,
@@ -99,7 +101,8 @@ class Seeder:
             if ledger and agent and actual is not None:
                 s.add(
                     SpendEntry(
-                        task_id=task_id,
+                        # The work plane books an attempt under its reservation id.
+                        task_id=reservation_id(task_id, 1) if work else task_id,
                         agent_id=agent,
                         fleet=self.fleet,
                         model=model,

@@ -362,6 +362,29 @@ def test_the_money_page_links_the_weekly_review_and_the_review_page_answers(
     assert client.get("/console/money/review?week=2026-48").status_code == 422
 
 
+def test_the_money_page_names_the_task_of_each_booked_attempt(
+    world: tuple[TestClient, RecordingRuntime],
+) -> None:
+    from fleet.budgets.models import SpendEntry
+    from fleet.work.records import reservation_id
+
+    client, rt = world
+    now = rt.clock.now()
+    task = "c0" * 16
+    with write_session(rt.sessions) as s:
+        s.add(
+            SpendEntry(
+                task_id=reservation_id(task, 2), agent_id="support-0001-aaaaaaaa", fleet="demo",
+                model="frontier", estimate="0.70", actual="0.75", currency="USD", usage={},
+                reserved_at=now - timedelta(seconds=5), settled_at=now,
+            )
+        )  # fmt: skip
+    sign_in(client, "vera")
+    html = client.get("/console/money?fleet=demo").text
+    assert task in html and reservation_id(task, 2) not in html
+    assert "0.75" in html
+
+
 def test_an_operator_pauses_spending_at_once_and_a_viewer_is_offered_no_lever(
     world: tuple[TestClient, RecordingRuntime],
 ) -> None:

@@ -19,6 +19,7 @@ from fleet.budgets import control as budget_control
 from fleet.budgets.models import SpendEntry
 from fleet.gateway.errors import GatewayError
 from fleet.identity import Permission
+from fleet.work.records import task_of
 from web.console.render import page
 from web.console.session import CsrfChecked, needs
 from web.deps import get_runtime
@@ -96,7 +97,7 @@ def _state(rt: Any, fleet: str) -> dict[str, Any]:
         ],
         "top": [
             {
-                "task_id": t[0],
+                "task_id": task_of(t[0]),  # the ledger books each attempt
                 "agent_id": t[1],
                 "model": t[2],
                 "spend": _money(t[3]),
