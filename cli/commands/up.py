@@ -35,14 +35,18 @@ from stack.processes import (
 from workers.queues import ALL_QUEUES, TaskName
 
 if TYPE_CHECKING:
+    from fleet.provisioning.manifest import FleetManifest
     from fleet.runtime import Runtime
     from sandbox.control import SandboxControl
     from stack.bootstrap import DemoOperator
     from stack.demo_credentials import DemoCredentials
+    from stack.demo_traffic import DemoTraffic
 
 
 # How often the demo's operator looks for agents waiting for a key.
 DEMO_OPERATOR_EVERY_S = 2.0
+# How often the demo's callers send a task to each manifest group.
+DEMO_TRAFFIC_EVERY_S = 20.0
 
 
 class _Stop(BaseException):
@@ -92,7 +96,7 @@ def _safe_url(url: str) -> str:
     return url.split("@")[-1] if "@" in url else url
 
 
-def _submit(rt: Runtime, manifest_path: Path) -> str:
+def _submit(rt: Runtime, manifest_path: Path) -> tuple[str, FleetManifest]:
     """Send a manifest the way any other system would: recorded, then a Celery message."""
     from fleet.provisioning import pipeline
     from fleet.provisioning.manifest import ManifestError, parse_manifest_text
@@ -117,7 +121,7 @@ def _submit(rt: Runtime, manifest_path: Path) -> str:
             )
         ]
     )
-    return job_id
+    return job_id, parsed
 
 
 def _demo_operator(rt: Runtime, settings: Settings) -> tuple[DemoOperator, SandboxControl]:
@@ -135,6 +139,28 @@ def _demo_operator(rt: Runtime, settings: Settings) -> tuple[DemoOperator, Sandb
         ),
         control,
     )
+
+
+def _demo_traffic(rt: Runtime, manifest: FleetManifest) -> DemoTraffic | None:
+    from sqlalchemy import select
+
+    from fleet.storage.records import Agent, AgentStatus
+    from stack.demo_traffic import DemoTraffic, callers_of
+
+    callers = callers_of(manifest)
+    if not callers:
+        return None
+
+    def ready() -> bool:
+        with rt.sessions() as s:
+            found = s.execute(
+                select(Agent.agent_id)
+                .where(Agent.fleet == manifest.fleet, Agent.status == AgentStatus.ACTIVE)
+                .limit(1)
+            ).first()
+        return found is not None
+
+    return DemoTraffic(rt.send, rt.redis, manifest.fleet, callers, ready=ready)
 
 
 def _restart_policy(settings: Settings) -> RestartPolicy:
@@ -186,13 +212,20 @@ def run_up(
     manifest: Path | None = None,
     demo: bool = False,
     demo_credentials: DemoCredentials | None = None,
+    traffic: bool = False,
 ) -> int:
     """Start everything; against the sandbox unless FLEET_GATEWAY__BASE_URL names a gateway.
 
     demo: on the sandbox, agents waiting for a key get one from its control API
     (the operator's tooling, which a real gateway keeps to its operator).
+    traffic: with demo, the demo's callers send the manifest's groups work
+    (stack.demo_traffic).
     """
     # Imported here: every `fleet` command imports this module, few start the stack.
+    from kombu.exceptions import KombuError
+    from redis import RedisError
+    from sqlalchemy.exc import SQLAlchemyError
+
     from fleet.gateway.errors import GatewayError
     from stack.bootstrap import ensure_system_agents
     from stack.trust import prepare_local_trust
@@ -289,10 +322,11 @@ def run_up(
                 f"cannot set up the treasury and operator agents at {settings.gateway_url}: {exc}"
             ) from None
         operator: DemoOperator | None = None
+        demo_traffic: DemoTraffic | None = None
         if demo and not real_gateway:
             operator, control = _demo_operator(rt, settings)
         if manifest is not None:
-            job_id = _submit(rt, manifest)
+            job_id, parsed = _submit(rt, manifest)
             click.echo(
                 f"manifest  provisioning {manifest.name} as job {job_id}: watch it in Flower, "
                 f"or GET /api/v1/provisioning-jobs/{job_id}"
@@ -308,10 +342,19 @@ def run_up(
                     "keys      agents of pro groups wait for `fleet keys import AGENT KEY "
                     "--by NAME`; `fleet keys waiting` lists them"
                 )
+            if operator is not None and traffic:
+                demo_traffic = _demo_traffic(rt, parsed)
+                if demo_traffic is not None:
+                    click.echo(
+                        f"traffic   the demo's callers send a task to each of "
+                        f"{', '.join(c.segment for c in demo_traffic.callers)} every "
+                        f"{DEMO_TRAFFIC_EVERY_S:g} s (routing queue) once an agent is active: "
+                        "see Money and the FinOps review in the console"
+                    )
         click.echo("running — a process that dies is restarted; press Ctrl-C to stop everything")
         restarts = _restart_policy(settings)
         letters = _DeadLetterWatch(rt)
-        next_step = 0.0
+        next_step = next_traffic = 0.0
         stop.running = True
         while stop.received is None:
             for line in sup.tend(restarts):
@@ -335,6 +378,13 @@ def run_up(
                             "(the sandbox's): it heartbeats, signed"
                         )
                 next_step = time.monotonic() + DEMO_OPERATOR_EVERY_S
+            if demo_traffic is not None and time.monotonic() >= next_traffic:
+                next_traffic = time.monotonic() + DEMO_TRAFFIC_EVERY_S
+                try:
+                    demo_traffic.step()
+                except (RedisError, KombuError, SQLAlchemyError, OSError) as exc:
+                    # A store restarting (the supervisor brings it back): the next step.
+                    click.echo(f"traffic   not sent this step: {exc}")
             time.sleep(0.5)
         click.echo("stopping…")
         return 0
@@ -423,5 +473,8 @@ def up(demo: bool, manifest_file: Path | None, agents: int | None, concurrency: 
             manifest=manifest,
             demo=demo,
             demo_credentials=demo_credentials,
+            # The demo's callers know the demo manifest's groups; another manifest's
+            # fleet gets no work it did not ask for.
+            traffic=demo and manifest_file is None,
         )
     )

@@ -155,6 +155,23 @@ def test_demo_starts_a_worker_per_queue_and_ctrl_c_stops_everything(tmp_path: Pa
 
         wait_until(lambda: heartbeating() >= live, timeout_s=60, interval_s=1)
         assert heartbeating() <= live, "dead agents are silent"
+
+        # The demo's callers send the fleet work: tasks completed by its agents, some of
+        # them sub-tasks of another (a tree), recorded with their model and cost.
+        def demo_work() -> dict[str, int]:
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                try:
+                    rows = conn.execute(
+                        "SELECT parent_task_id IS NOT NULL, count(*) FROM work_tasks "
+                        "WHERE state = 'completed' AND fleet = 'demo' AND model IS NOT NULL "
+                        "AND agent_id IS NOT NULL GROUP BY 1"
+                    ).fetchall()
+                except sqlite3.OperationalError:
+                    return {}
+            return {"sub" if is_sub else "root": n for is_sub, n in rows}
+
+        wait_until(lambda: demo_work().get("sub", 0) >= 1, timeout_s=150, interval_s=2)
+        assert demo_work()["root"] >= 1
         # The demo's generated admin signs in with what `fleet up` printed and kept.
         creds = json.loads((tmp_path / "var" / "demo-credentials.json").read_text())
         api = f"http://127.0.0.1:{ports['api']}"
