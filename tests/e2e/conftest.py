@@ -148,13 +148,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.skip(reason)
     base = tmp_path_factory.mktemp("fleet-up")
     # The demo's policy, with silences short enough that an agent gone quiet turns
-    # critical within half a minute (3 heartbeat intervals of 10 s), and approved work
-    # sent within 5 s rather than the minute of the default approvals sweep.
+    # critical within half a minute (3 heartbeat intervals of 10 s), approved work sent
+    # within 5 s rather than the minute of the default approvals sweep, and an autoscaler
+    # pass every 10 s rather than every minute (the Scaling page shows its decisions).
     policy = base / "e2e-policy.yaml"
     policy.write_text(
         f"extends: {ROOT / 'config' / 'defaults' / 'demo-policy.yaml'}\n"
         "monitoring:\n  heartbeat_unknown_after: 1.5\n  heartbeat_critical_after: 3\n"
         "approvals:\n  sweep_s: 5\n"
+        "scaling:\n  evaluate_every_s: 10\n"
     )
     ports = {name: free_port() for name in ("redis", "sandbox", "flower", "api")}
     env = {

@@ -105,3 +105,15 @@ def test_a_critical_agent_appears_within_one_sweep_and_the_overview_updates_live
     assert page.get_by_test_id("agent-health").inner_text() == "critical"
     shot(page, shots, "critical-agent")
     print(f"{victim} listed critical {took:.1f} s after it fell silent")
+
+
+def test_the_footers_api_docs_render_without_a_cdn(stack: Stack, page: Any, shots: Path) -> None:
+    # These machines reach no CDN: the page renders only if every file comes from here.
+    sign_in(page, stack, stack.people["viewer"], "/console/")
+    page.get_by_role("link", name="API docs").click()
+    page.wait_for_url(f"{stack.url}/docs")
+    title = page.locator(".swagger-ui .info .title")
+    title.wait_for(timeout=30_000)
+    assert "Fleet Commander" in title.inner_text()
+    page.locator(".opblock-tag").first.wait_for()  # the operations, from /openapi.json
+    shot(page, shots, "api-docs")

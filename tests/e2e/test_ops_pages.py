@@ -137,8 +137,12 @@ def test_audit_verify_shows_intact_and_the_other_pages_pass_axe(
     check_a11y(page)
     shot(page, shots, "finops-review")
 
-    page.goto(f"{stack.url}/console/scaling")
-    page.get_by_role("heading", name="Segments").wait_for()
+    def scaling_decided() -> bool:
+        page.goto(f"{stack.url}/console/scaling")
+        page.get_by_role("heading", name="Segments").wait_for()
+        return page.get_by_test_id("acted").count() > 0
+
+    wait_for(scaling_decided, 60, "a decision of the autoscaler's pass (every 10 s here)", 2)
     assert page.get_by_role("button", name="Ask to enforce").count() >= 1
     # The demo's segments are in observe mode: no decision is shown as acted upon.
     acted = page.get_by_test_id("acted").all_inner_texts()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -138,3 +139,16 @@ def test_metrics_and_docs_need_a_token_off_loopback(client: TestClient) -> None:
     assert client.get("/docs").status_code == 401
     assert client.get("/openapi.json").status_code == 200
     assert client.get("/docs", headers=API_TOKEN).status_code == 200
+    assert client.get("/docs/static/swagger-ui-bundle.js").status_code == 401
+
+
+def test_docs_load_every_file_from_here_not_a_cdn(client: TestClient) -> None:
+    html = client.get("/docs", headers=API_TOKEN).text
+    referenced = re.findall(r'(?:src|href)="([^"]+)"', html) + re.findall(r"url: '([^']+)'", html)
+    assert referenced, html
+    assert not [u for u in referenced if "//" in u], referenced  # nothing off this host
+    for url in referenced:
+        assert client.get(url, headers=API_TOKEN).status_code == 200, url
+    redoc = client.get("/redoc", headers=API_TOKEN).text
+    scripts = re.findall(r'src="([^"]+)"', redoc)
+    assert scripts and not [u for u in scripts if "//" in u], scripts

@@ -166,6 +166,7 @@ def test_the_overview_page_shows_counts_and_the_live_stream_sends_a_new_sweep(
     flower = rt.settings.flower
     assert f'<a href="http://{flower.host}:{flower.port}/">Flower</a>' in html
     assert '<a href="/openapi.json">OpenAPI document</a>' in html
+    assert '<a href="/docs">API docs</a>' in html
     assert rt.settings.console.live_max_s == 5.0
     changed = {**HEALTH_VIEW, "critical": 9}
 

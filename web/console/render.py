@@ -21,7 +21,7 @@ def _elsewhere(request: Request) -> dict[str, str]:
     OpenAPI document, the Prometheus metrics."""
     runtime = getattr(request.app.state, "runtime", None)
     flower = getattr(getattr(runtime, "settings", None), "flower", None)
-    out = {"openapi": "/openapi.json", "metrics": "/metrics"}
+    out = {"openapi": "/openapi.json", "docs": "/docs", "metrics": "/metrics"}
     if flower is not None:
         out["flower"] = f"http://{flower.host}:{flower.port}/"
     return out
