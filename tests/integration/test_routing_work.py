@@ -181,13 +181,19 @@ def test_records_reach_the_database_with_the_model_and_its_reason(
     assert all(r.state == "completed" and r.agent_id in agents for r in found.values())
     # A second submission with the same key runs nothing.
     before = _received(stack)
-    app.send_task(TaskName.SUBMIT_TASK.value, kwargs={"task": small})
-    wait_until(lambda: True)
     r = connect(stack.settings.redis_url)
     assert r.get(store.idem_key(f"{tag}-0")) == found[f"{tag}-0"].task_id
-    # The measured signals reached the snapshot.
-    snap = read_snapshot(r, str(found[f"{tag}-0"].agent_id))
-    assert snap is not None and snap.measured_tasks and snap.measured_latency_p50 is not None
+
+    def measured() -> bool:
+        # Each duplicate runs nothing, and lets the worker flush the measured signals
+        # (at most once a second, after a batch), which then reach the snapshot.
+        app.send_task(TaskName.SUBMIT_TASK.value, kwargs={"task": small})
+        snap = read_snapshot(r, str(found[f"{tag}-0"].agent_id))
+        return (
+            snap is not None and bool(snap.measured_tasks) and snap.measured_latency_p50 is not None
+        )
+
+    wait_until(measured, timeout_s=20, interval_s=0.5)
     import time
 
     time.sleep(1.0)
