@@ -163,6 +163,7 @@ def test_the_overview_page_shows_counts_and_the_live_stream_sends_a_new_sweep(
     sign_in(client, "vera")
     html = client.get("/console/").text
     assert 'data-testid="count-critical">5<' in html and "$12.50/h" in html
+    assert "Live · as of 00:00:01 UTC" in html  # the view's time, not its id (finished_at 1.0)
     flower = rt.settings.flower
     assert f'<a href="http://{flower.host}:{flower.port}/">Flower</a>' in html
     assert '<a href="/openapi.json">OpenAPI document</a>' in html

@@ -47,7 +47,7 @@ def overview_event(rt: Runtime, fleet: str) -> bytes:
     return sse(
         "fragment",
         {
-            "at": rt.clock.now().strftime("%H:%M:%S"),
+            "at": rt.clock.now().strftime("%H:%M:%S UTC"),
             "version": model.version,
             "sweep_id": model.sweep.get("sweep_id", ""),
             "fragments": [{"id": "overview-live", "html": html}],

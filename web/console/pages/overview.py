@@ -10,7 +10,7 @@ reads those from the runtime.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -81,6 +81,15 @@ class Overview:
     @property
     def version(self) -> str:
         return self.sweep.get("sweep_id", "") + "|" + self.sweep.get("finished_at", "")
+
+    @property
+    def as_of(self) -> str | None:
+        """When the view shown was made (UTC), for people; None before the first one."""
+        try:
+            at = datetime.fromtimestamp(float(self.sweep["finished_at"]), UTC)
+        except (KeyError, ValueError, OverflowError, OSError):
+            return None
+        return f"{at:%H:%M:%S} UTC"
 
 
 def _money(value: object) -> Decimal:
