@@ -62,6 +62,14 @@ log = logging.getLogger(__name__)
 
 COUNTS_KEY = f"{KEY_PREFIX}heartbeats:counts"  # accepted, duplicate, superseded, rejected.<why>
 REJECTED_PREFIX = "rejected."
+# An event refused once is counted once, however often its batch is delivered again: the
+# gateway keeps events 24 h, so a re-read of one falls within this.
+REJECTED_SEEN_S = 26 * 3600
+
+
+def rejected_seen_key(event_id: int) -> str:
+    return f"{KEY_PREFIX}heartbeats:rejected:{event_id}"
+
 
 # The fields of the snapshot hash the heartbeat ingest owns (the wallet poll owns the
 # money); agent_id and polled_at make the hash readable whichever writer came first.
@@ -206,9 +214,13 @@ class IngestOutcome:
     ignored: int = 0  # not a heartbeat
     rejected: dict[str, int] = field(default_factory=dict)
     changes: int = 0
+    # (event id, reason) of refused events that have an id: counted once across deliveries.
+    rejected_events: list[tuple[int, str]] = field(default_factory=list)
 
-    def reject(self, reason: Rejection) -> None:
+    def reject(self, reason: Rejection, event_id: int | None = None) -> None:
         self.rejected[reason.value] = self.rejected.get(reason.value, 0) + 1
+        if event_id is not None:
+            self.rejected_events.append((event_id, reason.value))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -271,7 +283,7 @@ def ingest_heartbeats(
         try:
             hb = verify(event.source, event.payload, record.public_key if record else None)
         except HeartbeatRejected as exc:
-            out.reject(exc.reason)
+            out.reject(exc.reason, event.id)
             continue
         assert record is not None  # verify refuses an agent with no key on record
         verified.setdefault(event.source, []).append(_Verified(event.id, hb, record))
@@ -309,7 +321,7 @@ def _apply(deps: IngestDeps, verified: dict[str, list[_Verified]], out: IngestOu
                 out.duplicate += 1
                 continue
             if hb.seq <= applied_s:
-                out.reject(Rejection.REPLAYED)
+                out.reject(Rejection.REPLAYED, item.event_id)
                 continue
             applied_e, applied_s = item.event_id, hb.seq
             snap = heartbeat_snapshot(hb, item.record, now, deps.policy, balance, burn)
@@ -398,13 +410,22 @@ def _decimal(value: str | None) -> Decimal | None:
 
 
 def _count(r: redis.Redis, out: IngestOutcome) -> None:
+    rejected = dict(out.rejected)
+    if out.rejected_events:
+        seen = r.pipeline(transaction=False)
+        for event_id, _ in out.rejected_events:
+            seen.set(rejected_seen_key(event_id), 1, nx=True, ex=REJECTED_SEEN_S)
+        for (_, reason), first in zip(out.rejected_events, seen.execute(), strict=True):
+            if not first:  # counted when this event was first delivered
+                rejected[reason] -= 1
     pipe = r.pipeline(transaction=False)
     for name in ("accepted", "duplicate", "superseded", "ignored"):
         value = getattr(out, name)
         if value:
             pipe.hincrby(COUNTS_KEY, name, value)
-    for reason, n in out.rejected.items():
-        pipe.hincrby(COUNTS_KEY, REJECTED_PREFIX + reason, n)
+    for reason, n in rejected.items():
+        if n:
+            pipe.hincrby(COUNTS_KEY, REJECTED_PREFIX + reason, n)
     if pipe:
         pipe.execute()
 

@@ -125,17 +125,15 @@ def test_forged_heartbeats_change_nothing_and_are_counted_per_reason(world: Worl
     forger = identity_keys(["forger"])["forger"]
     unsigned = world.beat(victim, 5)
     del unsigned["payload"]["sig"]
-    out = world.ingest(
-        world.events(
-            # The victim's id, signed with a key that is not the victim's.
-            signed_event(victim, forger, 2, error_rate=0.9),
-            # Another agent's genuine heartbeat republished under the victim's source.
-            world.beat(other, 3, error_rate=0.9) | {"source": victim},
-            unsigned,
-            signed_event("nobody-0001-00000000", forger, 1),
-        )
-        + [{"id": "x", "event_type": "fleet.agent.heartbeat"}]
+    forged = world.events(
+        # The victim's id, signed with a key that is not the victim's.
+        signed_event(victim, forger, 2, error_rate=0.9),
+        # Another agent's genuine heartbeat republished under the victim's source.
+        world.beat(other, 3, error_rate=0.9) | {"source": victim},
+        unsigned,
+        signed_event("nobody-0001-00000000", forger, 1),
     )
+    out = world.ingest(forged + [{"id": "x", "event_type": "fleet.agent.heartbeat"}])
     assert out["accepted"] == 0
     assert out["rejected"] == {
         "bad_signature": 1,
@@ -146,7 +144,12 @@ def test_forged_heartbeats_change_nothing_and_are_counted_per_reason(world: Worl
     }
     assert world.deps.redis.hgetall(snapshot_key(victim)) == before
     assert world.deps.redis.exists(snapshot_key(other)) == 0
-    assert ingest_counts(world.deps.redis)["rejected"]["bad_signature"] == 1
+    # The batch delivered again (a consumer killed before its cursor moved): refused
+    # again, counted once.
+    world.ingest(forged)
+    counted = ingest_counts(world.deps.redis)["rejected"]
+    assert counted["bad_signature"] == counted["source_mismatch"] == 1
+    assert counted["unsigned"] == counted["unknown_agent"] == 1
     shown = render(world.deps.redis, max_agents=0).decode()
     assert 'fleet_heartbeat_events_total{outcome="rejected_bad_signature"} 1.0' in shown
 
@@ -159,8 +162,10 @@ def test_a_redelivered_batch_is_applied_once_and_a_replay_is_refused(world: Worl
     assert again["accepted"] == 0 and again["duplicate"] == 2 and again["rejected"] == {}
     # The same signed heartbeat published anew: a new event id, an old seq.
     body = {k: first[0][k] for k in ("event_type", "source", "payload")}
-    replay = world.ingest(world.events(body))
+    replayed = world.events(body)
+    replay = world.ingest(replayed)
     assert replay["rejected"] == {"replayed": 1}
+    world.ingest(replayed)  # its batch delivered again: counted once
     counts = ingest_counts(world.deps.redis)
     assert counts["accepted"] == 2 and counts["duplicate"] == 2
     assert counts["rejected"]["replayed"] == 1
