@@ -215,13 +215,22 @@ def test_with_gateway_faults_the_sweep_completes_failures_keep_their_error_and_t
             assert snap is not None
             # A failed read keeps its reason on the snapshot; a good one clears it.
             assert (snap.wallet_error is not None) == (agent_id in failures), snap
+
+        def injected(reason: str) -> bool:
+            # A server error, a timeout, or the breaker they opened.
+            return reason.split(": ")[1].split()[0] in ("Unavailable", "CircuitOpen")
+
+        # A stranger's reads fail with the gateway's 404, unless an injected fault took
+        # every attempt of both reads first (rare, yet seen in CI: the retry ceiling can cut
+        # the attempts short).
         for agent_id in strangers:
-            assert "NotFound" in failures[agent_id]
+            reasons = failures[agent_id].split("; ")
+            assert "NotFound" in failures[agent_id] or all(map(injected, reasons)), reasons
+        assert sum("NotFound" in failures[a] for a in strangers) >= len(strangers) - 1
         assert status["failed"] == len(failures) > len(strangers)
         for agent_id in set(failures) - set(strangers):
-            # Only the injected faults: a server error, a timeout, or the breaker they opened.
             for reason in failures[agent_id].split("; "):
-                assert reason.split(": ")[1].split()[0] in ("Unavailable", "CircuitOpen"), reason
+                assert injected(reason), reason
         assert took < 60
 
         counters = sandbox.counters(agents=False)
