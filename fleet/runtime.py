@@ -294,6 +294,7 @@ class Runtime:
                 directory=AgentDirectory(self.sessions, s.policy, s.stream.directory_ttl_s),
                 snapshot_ttl_s=s.metrics.snapshot_ttl_s,
                 state_ttl_s=s.metrics.state_ttl_s,
+                rejected_seen_s=s.worker.visibility_timeout_s + 3600,
             )
 
         return self._once("heartbeat_ingest", build)

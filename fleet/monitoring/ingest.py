@@ -62,9 +62,6 @@ log = logging.getLogger(__name__)
 
 COUNTS_KEY = f"{KEY_PREFIX}heartbeats:counts"  # accepted, duplicate, superseded, rejected.<why>
 REJECTED_PREFIX = "rejected."
-# An event refused once is counted once, however often its batch is delivered again: the
-# gateway keeps events 24 h, so a re-read of one falls within this.
-REJECTED_SEEN_S = 26 * 3600
 
 
 def rejected_seen_key(event_id: int) -> str:
@@ -244,6 +241,11 @@ class IngestDeps:
     directory: AgentDirectory
     snapshot_ttl_s: int
     state_ttl_s: int
+    # How long a refused event's id is remembered, so that a batch delivered again
+    # (a message redelivered within the broker's visibility timeout, or a stream re-read
+    # from the last saved cursor) counts it once. One key per refused event: bounded by
+    # this window, not the gateway's 24 h retention, since anyone may publish forgeries.
+    rejected_seen_s: int = 2 * 3600
     agent_rules: AgentRules = field(init=False)
 
     def __post_init__(self) -> None:
@@ -290,7 +292,7 @@ def ingest_heartbeats(
 
     if verified:
         _apply(deps, verified, out)
-    _count(deps.redis, out)
+    _count(deps.redis, out, deps.rejected_seen_s)
     return out
 
 
@@ -409,12 +411,12 @@ def _decimal(value: str | None) -> Decimal | None:
         return None
 
 
-def _count(r: redis.Redis, out: IngestOutcome) -> None:
+def _count(r: redis.Redis, out: IngestOutcome, seen_s: int) -> None:
     rejected = dict(out.rejected)
     if out.rejected_events:
         seen = r.pipeline(transaction=False)
         for event_id, _ in out.rejected_events:
-            seen.set(rejected_seen_key(event_id), 1, nx=True, ex=REJECTED_SEEN_S)
+            seen.set(rejected_seen_key(event_id), 1, nx=True, ex=seen_s)
         for (_, reason), first in zip(out.rejected_events, seen.execute(), strict=True):
             if not first:  # counted when this event was first delivered
                 rejected[reason] -= 1

@@ -22,6 +22,7 @@ from fleet.monitoring.ingest import (
     IngestDeps,
     ingest_counts,
     ingest_heartbeats,
+    rejected_seen_key,
 )
 from fleet.monitoring.models import AgentHourly
 from fleet.monitoring.prom import render
@@ -149,6 +150,9 @@ def test_forged_heartbeats_change_nothing_and_are_counted_per_reason(world: Worl
     world.ingest(forged)
     counted = ingest_counts(world.deps.redis)["rejected"]
     assert counted["bad_signature"] == counted["source_mismatch"] == 1
+    # Remembered for the redelivery window only: forgeries cannot fill Redis for a day.
+    ttl = world.deps.redis.ttl(rejected_seen_key(forged[0]["id"]))
+    assert 0 < ttl <= world.deps.rejected_seen_s
     assert counted["unsigned"] == counted["unknown_agent"] == 1
     shown = render(world.deps.redis, max_agents=0).decode()
     assert 'fleet_heartbeat_events_total{outcome="rejected_bad_signature"} 1.0' in shown
