@@ -25,6 +25,7 @@ import redis
 from fleet.provisioning.manifest import FleetManifest
 from fleet.runtime import Send
 from fleet.work import store
+from fleet.work.submission import NAME_MAX, NAME_PATTERN
 from workers.queues import TaskName
 
 # Under 100 estimated tokens the routing policy picks the small model; above, mid or frontier.
@@ -33,8 +34,7 @@ SUB_TOKENS = 300
 SPAWNS_FROM = 800
 # A parent not recorded after this many steps (refused, the loop paused) spawns nothing.
 PARENT_WAIT_STEPS = 5
-# What a submission accepts as a capability (fleet.work.submission.Name).
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def callers_of(manifest: FleetManifest) -> list[Caller]:
     """A caller per group that has a capability a task can ask for."""
     out = []
     for group in manifest.agents:
-        names = [c for c in group.capabilities if _NAME.match(c)]
+        names = [c for c in group.capabilities if len(c) <= NAME_MAX and _NAME.match(c)]
         if names:
             out.append(Caller(group.id_prefix, names[0], names[1] if len(names) > 1 else None))
     return out

@@ -7,7 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+# A capability, a fleet, a payer: what a submission takes as a name.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+NAME_MAX = 128
+Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)]
 
 
 class SubmissionError(ValueError):

@@ -95,3 +95,14 @@ def test_a_sub_task_follows_its_parent_once_it_has_run_in_the_same_trace() -> No
     before = len(sent.tasks())
     traffic.step()
     assert not any(t.get("parent_task_id") == parent_id for t in sent.tasks()[before:])
+
+
+def test_a_capability_no_task_can_ask_for_is_passed_over() -> None:
+    manifest = demo_manifest()
+    support, research = manifest.agents
+    odd = support.model_copy(update={"capabilities": ["ticket triage", "triage"]})
+    none_usable = research.model_copy(update={"capabilities": ["web research"]})
+    callers = callers_of(manifest.model_copy(update={"agents": [odd, none_usable]}))
+    assert [(c.segment, c.capability, c.sub_capability) for c in callers] == [
+        ("support", "triage", None)
+    ]
